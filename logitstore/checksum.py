@@ -1,0 +1,37 @@
+"""Content checksums and sizes of shards, which may be one file or a directory tree."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+_CHUNK = 1 << 20
+
+
+def _files_of(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
+
+
+def shard_checksum(path: str | os.PathLike) -> tuple[str, int]:
+    """sha256 and byte size of a shard, as FORMAT.md defines them.
+
+    A file: sha256 of its bytes. A directory: sha256 over its files in sorted relative-path
+    order, each fed as `relpath UTF-8 | 0x00 | size as 8-byte little-endian | bytes`, so a
+    renamed, missing or extra file changes the digest as well as changed bytes.
+    """
+    path = Path(path)
+    digest = hashlib.sha256()
+    total = 0
+    is_dir = path.is_dir()
+    for f in _files_of(path):
+        size = f.stat().st_size
+        total += size
+        if is_dir:
+            digest.update(f.relative_to(path).as_posix().encode() + b"\0" + size.to_bytes(8, "little"))
+        with open(f, "rb") as fh:
+            while block := fh.read(_CHUNK):
+                digest.update(block)
+    return digest.hexdigest(), total

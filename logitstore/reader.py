@@ -1,0 +1,143 @@
+"""Reading a store: shard streaming with bounded memory, random access by sample id, checksum checks."""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from logitstore.backends import get_backend
+from logitstore.checksum import shard_checksum
+from logitstore.errors import ShardCorruptError, StoreError
+from logitstore.manifest import Manifest, ShardInfo, read_manifest
+from logitstore.planning import ShardPlan, plan_from_manifest
+from logitstore.shard import ShardData
+
+
+class StoreReader:
+    """Open a complete store. Every shard read is checked against the manifest's checksum.
+
+    Memory: at most `cache_shards` decoded shards are held at once.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, verify: bool = True, cache_shards: int = 2):
+        self.root = Path(path)
+        self.manifest: Manifest = read_manifest(self.root)
+        self.plan: ShardPlan = plan_from_manifest(self.manifest)
+        self.verify_checksums = verify
+        self._backend = get_backend(self.manifest.backend)
+        self._cache: OrderedDict[int, ShardData] = OrderedDict()
+        self._cache_shards = max(1, cache_shards)
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.manifest.shards)
+
+    def check_shard(self, index: int) -> None:
+        """Raise ShardCorruptError if shard `index` is missing or its bytes differ from the manifest."""
+        info = self.manifest.shards[index]
+        path = self.root / info.name
+        if not path.exists():
+            raise ShardCorruptError(f"shard {info.name} of store {self.root} is missing: the store is damaged; dump it again")
+        sha, nbytes = shard_checksum(path)
+        if nbytes != info.num_bytes or sha != info.sha256:
+            raise ShardCorruptError(
+                f"shard {info.name} of store {self.root} fails its checksum (bytes or content changed): the store is damaged; dump it again"
+            )
+
+    def read_shard(self, index: int) -> ShardData:
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        info = self.manifest.shards[index]
+        if self.verify_checksums:
+            self.check_shard(index)
+        try:
+            data = self._backend.read(str(self.root / info.name))
+        except StoreError:
+            raise
+        except Exception as exc:  # a backend's own decode error on damaged bytes
+            raise ShardCorruptError(f"shard {info.name} of store {self.root} cannot be decoded ({type(exc).__name__}): the store is damaged") from None
+        self._check_layout(info, data)
+        self._cache[index] = data
+        while len(self._cache) > self._cache_shards:
+            self._cache.popitem(last=False)
+        return data
+
+    def _check_layout(self, info: ShardInfo, data: ShardData) -> None:
+        m = self.manifest
+        try:
+            data.validate(top_k=m.top_k, num_temperatures=len(m.temperatures), index_dtype=m.index_dtype, vocab_size=m.vocab_size)
+        except StoreError as exc:
+            raise ShardCorruptError(f"shard {info.name} of store {self.root} breaks the format: {exc}") from None
+        if (data.num_samples, data.num_positions) != (info.num_samples, info.num_positions) or (
+            int(data.sample_id[0]), int(data.sample_id[-1])) != (info.first_id, info.last_id):
+            raise ShardCorruptError(f"shard {info.name} of store {self.root} disagrees with the manifest's counts or id range")
+
+    def iter_shards(self, order: Iterable[int] | None = None) -> Iterator[tuple[int, ShardData]]:
+        for index in range(self.num_shards) if order is None else order:
+            yield index, self.read_shard(index)
+
+    def lookup(self, ids: np.ndarray) -> ShardData:
+        """The stored records of `ids`, in the order given. KeyError names ids the store lacks."""
+        ids = np.asarray(ids, dtype=np.int64)
+        shard = self.plan.shard_of(ids)
+        parts: list[ShardData] = []
+        order: list[np.ndarray] = []
+        for j in np.unique(shard):
+            where = np.nonzero(shard == j)[0]
+            if j < 0:
+                raise KeyError(f"sample ids not in store {self.root}: {ids[where][:5].tolist()}")
+            data = self.read_shard(int(j))
+            rows = np.searchsorted(data.sample_id, ids[where])
+            rows_clipped = np.clip(rows, 0, data.num_samples - 1)
+            if not np.array_equal(data.sample_id[rows_clipped], ids[where]):
+                missing = ids[where][data.sample_id[rows_clipped] != ids[where]]
+                raise KeyError(f"sample ids not in store {self.root}: {missing[:5].tolist()}")
+            parts.append(data.select(rows_clipped))
+            order.append(where)
+        return _concat_in_order(parts, order, ids.shape[0])
+
+    def verify(self) -> list[str]:
+        """Check every shard; one message per bad shard (empty when the store is sound)."""
+        problems = []
+        for i in range(self.num_shards):
+            try:
+                saved, self.verify_checksums = self.verify_checksums, True
+                self._cache.pop(i, None)
+                self.read_shard(i)
+            except StoreError as exc:
+                problems.append(str(exc))
+            finally:
+                self.verify_checksums = saved
+        return problems
+
+
+def _concat_in_order(parts: list[ShardData], order: list[np.ndarray], n: int) -> ShardData:
+    if len(parts) == 1:
+        inv = np.argsort(order[0], kind="stable")
+        return parts[0].select(inv)
+    merged = ShardData(
+        sample_id=np.concatenate([p.sample_id for p in parts]),
+        position_offsets=np.concatenate(
+            [[0]] + [p.position_offsets[1:] + off for p, off in zip(parts, np.cumsum([0] + [p.num_positions for p in parts[:-1]]))]
+        ).astype(np.int64),
+        topk_index=np.concatenate([p.topk_index for p in parts]),
+        topk_logit=np.concatenate([p.topk_logit for p in parts]),
+        logsumexp=np.concatenate([p.logsumexp for p in parts]),
+    )
+    inv = np.argsort(np.concatenate(order), kind="stable")
+    return merged.select(inv)
+
+
+def topk_probabilities(topk_logit: np.ndarray, logsumexp_t: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """Exact teacher probabilities at T of the stored classes, and the tail mass (1 - their sum).
+
+    topk_logit [P, k], logsumexp_t [P] (the column for T) -> (probs [P, k], tail [P]).
+    """
+    probs = np.exp(topk_logit.astype(np.float64) / temperature - logsumexp_t.astype(np.float64)[:, None])
+    tail = np.clip(1.0 - probs.sum(axis=1), 0.0, 1.0)
+    return probs.astype(np.float32), tail.astype(np.float32)

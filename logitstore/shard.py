@@ -1,0 +1,121 @@
+"""The in-memory form of one shard: what every backend writes and reads back.
+
+Positions are stored flat with CSR-style offsets so that a sample may have any number of
+positions (one for a classifier, one per token for a sequence model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from logitstore.errors import ShardDataError
+
+INDEX_DTYPES = ("uint16", "uint32")
+VALUE_DTYPE = "float32"
+
+
+def index_dtype_for(vocab_size: int) -> str:
+    """Narrowest index dtype that holds every class index of a vocabulary."""
+    if vocab_size <= 0:
+        raise ShardDataError(f"vocabulary size must be positive, got {vocab_size}")
+    return "uint16" if vocab_size <= 2**16 else "uint32"
+
+
+@dataclass(frozen=True)
+class ShardData:
+    """One shard's content.
+
+    Shapes (S samples, P positions in total, k stored classes, R recorded temperatures):
+      sample_id        int64   [S]    strictly increasing
+      position_offsets int64   [S+1]  positions of sample i are rows offsets[i]:offsets[i+1]
+      topk_index       uint16|uint32 [P, k]  class ids, sorted by descending teacher logit
+      topk_logit       float32 [P, k]  raw teacher logits z of those classes (before temperature)
+      logsumexp        float32 [P, R]  logsumexp(z / T_r) over the full vocabulary
+    """
+
+    sample_id: np.ndarray
+    position_offsets: np.ndarray
+    topk_index: np.ndarray
+    topk_logit: np.ndarray
+    logsumexp: np.ndarray
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.sample_id.shape[0])
+
+    @property
+    def num_positions(self) -> int:
+        return int(self.topk_index.shape[0])
+
+    @property
+    def top_k(self) -> int:
+        return int(self.topk_index.shape[1])
+
+    def positions_of(self, row: int) -> slice:
+        return slice(int(self.position_offsets[row]), int(self.position_offsets[row + 1]))
+
+    def validate(self, *, top_k: int, num_temperatures: int, index_dtype: str, vocab_size: int) -> None:
+        """Raise ShardDataError if this shard breaks the format's rules."""
+        problems = []
+        s = self.sample_id
+        if s.dtype != np.int64 or s.ndim != 1 or s.shape[0] == 0:
+            problems.append(f"sample_id must be a non-empty int64 vector, got {s.dtype} {s.shape}")
+        elif s.shape[0] > 1 and not np.all(np.diff(s) > 0):
+            problems.append("sample_id must be strictly increasing (sorted, no duplicates)")
+        o = self.position_offsets
+        if o.dtype != np.int64 or o.shape != (s.shape[0] + 1,):
+            problems.append(f"position_offsets must be int64 [{s.shape[0] + 1}], got {o.dtype} {o.shape}")
+        elif o[0] != 0 or np.any(np.diff(o) < 0) or o[-1] != self.topk_index.shape[0]:
+            problems.append("position_offsets must start at 0, never decrease and end at the position count")
+        p = self.topk_index.shape[0]
+        if self.topk_index.dtype != np.dtype(index_dtype) or self.topk_index.shape != (p, top_k):
+            problems.append(
+                f"topk_index must be {index_dtype} [P, {top_k}], got {self.topk_index.dtype} {self.topk_index.shape}"
+            )
+        elif p and int(self.topk_index.max()) >= vocab_size:
+            problems.append(f"topk_index holds a class id >= vocabulary size {vocab_size}")
+        if self.topk_logit.dtype != np.float32 or self.topk_logit.shape != (p, top_k):
+            problems.append(f"topk_logit must be float32 [{p}, {top_k}], got {self.topk_logit.dtype} {self.topk_logit.shape}")
+        elif not np.all(np.isfinite(self.topk_logit)):
+            problems.append("topk_logit holds NaN or inf")
+        elif top_k > 1 and np.any(np.diff(self.topk_logit, axis=1) > 0):
+            problems.append("topk_logit must be sorted by descending logit within each position")
+        if self.logsumexp.dtype != np.float32 or self.logsumexp.shape != (p, num_temperatures):
+            problems.append(
+                f"logsumexp must be float32 [{p}, {num_temperatures}], got {self.logsumexp.dtype} {self.logsumexp.shape}"
+            )
+        elif not np.all(np.isfinite(self.logsumexp)):
+            problems.append("logsumexp holds NaN or inf")
+        if problems:
+            raise ShardDataError("; ".join(problems))
+
+    def equals(self, other: "ShardData") -> bool:
+        """Exact equality of content (dtypes included)."""
+        return all(
+            a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+            for a, b in zip(self.arrays(), other.arrays())
+        )
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return (self.sample_id, self.position_offsets, self.topk_index, self.topk_logit, self.logsumexp)
+
+    def select(self, rows: np.ndarray) -> "ShardData":
+        """The samples at `rows` (indices into this shard), in that order, positions kept together."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts, ends = self.position_offsets[rows], self.position_offsets[rows + 1]
+        lengths = ends - starts
+        offsets = np.zeros(rows.shape[0] + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        if lengths.size and np.all(lengths == 1):
+            pos = starts
+        else:
+            pos = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)]) if rows.size else np.zeros(0, np.int64)
+        return ShardData(
+            sample_id=self.sample_id[rows],
+            position_offsets=offsets,
+            topk_index=self.topk_index[pos],
+            topk_logit=self.topk_logit[pos],
+            logsumexp=self.logsumexp[pos],
+        )

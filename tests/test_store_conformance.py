@@ -1,0 +1,189 @@
+"""The store contract, run against every backend (the zarr-python StoreTests pattern)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from logitstore import (
+    ManifestError,
+    ShardCorruptError,
+    ShardDataError,
+    StoreExistsError,
+    StoreNotFoundError,
+    StoreReader,
+    commit_store,
+    plan_shards,
+    prepare_store_dir,
+    write_shard,
+)
+from logitstore.backends import get_backend
+from logitstore.manifest import Manifest, parse_manifest
+from logitstore.shard import ShardData, index_dtype_for
+
+BACKENDS = ["zarr", "arrow"]
+TEMPS = [1.0, 2.0, 4.0]
+
+
+def random_shard(rng, ids, k, vocab, positions_per_sample=None) -> ShardData:
+    """Real top-k/logsumexp of random logits; variable positions per sample when asked."""
+    n = len(ids)
+    lengths = positions_per_sample if positions_per_sample is not None else np.ones(n, dtype=np.int64)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    p = int(offsets[-1])
+    z = rng.normal(size=(p, vocab)).astype(np.float32) * 3
+    order = np.argsort(-z, axis=1, kind="stable")[:, :k]
+    lse = np.stack([np.log(np.exp(z.astype(np.float64) / t).sum(axis=1)) for t in TEMPS], axis=1)
+    return ShardData(
+        sample_id=np.asarray(ids, dtype=np.int64),
+        position_offsets=offsets,
+        topk_index=order.astype(index_dtype_for(vocab)),
+        topk_logit=np.take_along_axis(z, order, axis=1),
+        logsumexp=lse.astype(np.float32),
+    )
+
+
+def build_store(root, backend, ids, k=4, vocab=10, shard_size=7, lengths=None, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = np.asarray(ids, dtype=np.int64)
+    plan = plan_shards(ids, shard_size)
+    prepare_store_dir(root, overwrite=False)
+    infos, shards = [], []
+    start = 0
+    for j in range(plan.num_shards):
+        n = int(plan.counts[j])
+        data = random_shard(rng, ids[start:start + n], k, vocab, None if lengths is None else lengths[start:start + n])
+        start += n
+        shards.append(data)
+        infos.append(write_shard(root, backend, j, data, top_k=k, num_temperatures=len(TEMPS),
+                                 index_dtype=index_dtype_for(vocab), vocab_size=vocab))
+    manifest = Manifest(
+        backend=backend, top_k=k, vocab_size=vocab, index_dtype=index_dtype_for(vocab), value_dtype="float32",
+        temperatures=TEMPS, num_samples=len(ids), num_positions=sum(s.num_positions for s in shards),
+        shard_size=shard_size, teacher={"spec": "test"}, dataset={"spec": "test"}, shards=infos,
+    )
+    commit_store(root, manifest)
+    return shards
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+def test_backend_round_trip_is_exact(tmp_path, backend):
+    rng = np.random.default_rng(1)
+    for vocab in (10, 70_000):  # uint16 and uint32 indices
+        data = random_shard(rng, [3, 5, 9], k=5, vocab=vocab)
+        path = str(tmp_path / f"s{vocab}")
+        get_backend(backend).write(path, data)
+        back = get_backend(backend).read(path)
+        assert back.equals(data)
+        assert back.topk_index.dtype == np.dtype(index_dtype_for(vocab))
+
+
+def test_variable_positions_round_trip(tmp_path, backend):
+    rng = np.random.default_rng(2)
+    lengths = np.array([1, 0, 5, 3], dtype=np.int64)
+    data = random_shard(rng, [0, 1, 2, 3], k=3, vocab=50, positions_per_sample=lengths)
+    path = str(tmp_path / "s")
+    get_backend(backend).write(path, data)
+    back = get_backend(backend).read(path)
+    assert back.equals(data)
+    assert back.num_positions == 9
+
+
+def test_store_streams_and_looks_up_by_id(tmp_path, backend):
+    ids = np.arange(100, 130) * 3
+    shards = build_store(tmp_path / "st", backend, ids)
+    reader = StoreReader(tmp_path / "st")
+    assert reader.num_shards == 5 and reader.manifest.num_samples == 30
+    streamed = [d for _, d in reader.iter_shards()]
+    assert all(a.equals(b) for a, b in zip(streamed, shards))
+    query = np.array([ids[29], ids[0], ids[8], ids[7]])
+    got = reader.lookup(query)
+    assert got.sample_id.tolist() == query.tolist()
+    expected = np.concatenate([shards[4].topk_logit[1:2], shards[0].topk_logit[0:1], shards[1].topk_logit[1:2], shards[1].topk_logit[0:1]])
+    np.testing.assert_array_equal(got.topk_logit, expected)
+    with pytest.raises(KeyError):
+        reader.lookup(np.array([ids[0] + 1]))
+
+
+def test_reader_memory_is_bounded_by_cache(tmp_path, backend):
+    build_store(tmp_path / "st", backend, np.arange(50), shard_size=5)
+    reader = StoreReader(tmp_path / "st", cache_shards=2)
+    for _ in reader.iter_shards():
+        assert len(reader._cache) <= 2
+
+
+def test_incomplete_store_is_refused(tmp_path, backend):
+    build_store(tmp_path / "st", backend, np.arange(10))
+    os.remove(tmp_path / "st" / "manifest.json")
+    with pytest.raises(StoreNotFoundError, match="no complete store"):
+        StoreReader(tmp_path / "st")
+
+
+def test_existing_store_is_kept_without_overwrite(tmp_path, backend):
+    build_store(tmp_path / "st", backend, np.arange(10))
+    before = (tmp_path / "st" / "manifest.json").read_bytes()
+    with pytest.raises(StoreExistsError, match="--overwrite"):
+        prepare_store_dir(tmp_path / "st", overwrite=False)
+    assert (tmp_path / "st" / "manifest.json").read_bytes() == before
+    assert StoreReader(tmp_path / "st").verify() == []
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_flipped_byte_is_detected(tmp_path, backend, seed):
+    build_store(tmp_path / "st", backend, np.arange(20), shard_size=10)
+    rng = np.random.default_rng(seed)
+    files = sorted(p for p in (tmp_path / "st" / "shards").rglob("*") if p.is_file())
+    victim = files[rng.integers(len(files))]
+    raw = bytearray(victim.read_bytes())
+    pos = int(rng.integers(len(raw)))
+    raw[pos] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    reader = StoreReader(tmp_path / "st")
+    problems = reader.verify()
+    assert len(problems) == 1 and "checksum" in problems[0]
+    bad = 0 if "00000" in str(victim) else 1
+    with pytest.raises(ShardCorruptError, match=f"{bad:05d}"):
+        reader.read_shard(bad)
+
+
+def test_writer_rejects_bad_shards(tmp_path, backend):
+    rng = np.random.default_rng(3)
+    prepare_store_dir(tmp_path / "st", overwrite=False)
+    good = random_shard(rng, [1, 2, 3], k=3, vocab=10)
+    kwargs = dict(top_k=3, num_temperatures=3, index_dtype="uint16", vocab_size=10)
+    nan = good.topk_logit.copy()
+    nan[1, 0] = np.nan
+    bad_cases = {
+        "NaN": ShardData(good.sample_id, good.position_offsets, good.topk_index, nan, good.logsumexp),
+        "increasing": ShardData(good.sample_id[::-1].copy(), good.position_offsets, good.topk_index, good.topk_logit, good.logsumexp),
+        "descending": ShardData(good.sample_id, good.position_offsets, good.topk_index, good.topk_logit[:, ::-1].copy(), good.logsumexp),
+    }
+    for needle, data in bad_cases.items():
+        with pytest.raises(ShardDataError, match=needle):
+            write_shard(tmp_path / "st", backend, 0, data, **kwargs)
+    assert list((tmp_path / "st" / "shards").iterdir()) == []
+
+
+def test_manifest_rejects_hostile_or_newer_content(tmp_path, backend):
+    build_store(tmp_path / "st", backend, np.arange(10))
+    raw = json.loads((tmp_path / "st" / "manifest.json").read_text())
+    cases = [
+        ({"format_version": 99}, "newer"),
+        ({"top_k": "5"}, "type"),
+        ({"shards": [{**raw["shards"][0], "name": "../../etc/passwd"}] + raw["shards"][1:]}, "not a valid shard name"),
+        ({"num_samples": 10**30}, "out of range"),
+        ({"temperatures": []}, "temperatures"),
+    ]
+    for change, needle in cases:
+        with pytest.raises(ManifestError, match=needle):
+            parse_manifest(json.dumps({**raw, **change}))
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        parse_manifest(json.dumps(raw)[:-20])
