@@ -1,0 +1,1 @@
+"""Command-line entry points: python -m jobs.dump_logits, python -m jobs.train_student."""

@@ -1,0 +1,149 @@
+"""One dataclass per job. Field metadata `help` becomes the CLI's --help; `validate()` lists every problem."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from logitstore.errors import StoreError
+from logitstore.manifest import MANIFEST_NAME, read_manifest
+from trainer.data import check_dataset_spec
+from trainer.models import check_model_spec
+
+
+def _help(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+def _check_out_dir(path: str, flag: str) -> list[str]:
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        return [f"{flag} {path} is a file: pass a directory path"]
+    parent = next((a for a in [p, *p.parents] if a.exists()), None)
+    if parent is not None and not os.access(parent, os.W_OK):
+        return [f"{flag} {path} is not writable (no write permission on {parent}): choose a writable path"]
+    return []
+
+
+@dataclass
+class DumpConfig:
+    """Run a teacher once over a dataset and write its top-k logits into a sharded store."""
+
+    teacher: str = _help("built-in model (digits-cnn) or package.module:function returning a torch.nn.Module", default="")
+    dataset: str = _help("built-in dataset (digits, digits-fewlabels, digits-eval), a Parquet file/directory, or package.module:function returning a ray.data.Dataset", default="")
+    out: str = _help("directory of the store to write", default="")
+    top_k: int = _help("classes stored per position, by descending teacher logit", default=5)
+    temperatures: tuple[float, ...] = _help("temperatures whose log-normalisers are recorded (comma-separated); students may train at any of them", default=(1.0, 2.0, 4.0))
+    format: str = _help("store backend: zarr or arrow", default="zarr")
+    batch_size: int = _help("samples per teacher batch", default=256)
+    workers: int = _help("teacher actors (one GPU each when the cluster has GPUs)", default=1)
+    shard_size: int = _help("samples per shard (memory of a writer or reader is bounded by one shard)", default=1024)
+    precision: str = _help("teacher precision: auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16", default="auto")
+    overwrite: bool = _help("replace a complete store already at --out", default=False)
+
+    def validate(self) -> list[str]:
+        problems = []
+        for flag, value in (("--teacher", self.teacher), ("--dataset", self.dataset), ("--out", self.out)):
+            if not value:
+                problems.append(f"{flag} is required")
+        if self.teacher:
+            problems += check_model_spec(self.teacher, "--teacher")
+        if self.dataset:
+            problems += check_dataset_spec(self.dataset, "--dataset")
+        if self.top_k < 1:
+            problems.append(f"--top-k must be >= 1, got {self.top_k}")
+        if not self.temperatures or any(not (math.isfinite(t) and t > 0) for t in self.temperatures):
+            problems.append(f"--temperatures must be positive numbers, got {','.join(map(str, self.temperatures))}")
+        elif len(set(self.temperatures)) != len(self.temperatures):
+            problems.append("--temperatures lists a temperature twice")
+        if self.format not in ("zarr", "arrow"):
+            problems.append(f"--format must be zarr or arrow, got {self.format!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            problems.append(f"--precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        for flag, value in (("--batch-size", self.batch_size), ("--workers", self.workers), ("--shard-size", self.shard_size)):
+            if value < 1:
+                problems.append(f"{flag} must be >= 1, got {value}")
+        if self.out:
+            problems += _check_out_dir(self.out, "--out")
+            if (Path(self.out) / MANIFEST_NAME).exists() and not self.overwrite:
+                problems.append(f"a complete store already exists at {self.out}: pass --overwrite to replace it, or choose another --out")
+        return problems
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainConfig:
+    """Distil a student from a logit store (Ray Train), never running the teacher."""
+
+    store: str = _help("store written by jobs.dump_logits over --dataset", default="")
+    dataset: str = _help("training data (same forms as dump_logits --dataset); must be the data the store was dumped from", default="")
+    eval_dataset: str = _help("held-out data for eval_accuracy (optional)", default="")
+    eval_store: str = _help("store dumped over --eval-dataset, for teacher_agreement (optional)", default="")
+    student: str = _help("built-in model (digits-mlp, digits-mlp-tiny) or package.module:function returning a torch.nn.Module", default="")
+    output: str = _help("directory for metrics.json, config.json and the checkpoint", default="")
+    epochs: int = _help("passes over the training data", default=30)
+    batch_size: int = _help("samples per optimiser step on each worker", default=64)
+    lr: float = _help("AdamW learning rate (cosine-annealed over the epochs)", default=0.01)
+    weight_decay: float = _help("AdamW weight decay", default=1e-4)
+    temperature: float = _help("KD temperature; must be one the store recorded", default=4.0)
+    alpha: float = _help("loss = alpha * KD + (1 - alpha) * CE; 0 = labels only, 1 = KD only", default=0.9)
+    workers: int = _help("Ray Train workers", default=1)
+    cpus_per_worker: float = _help("CPUs per training worker; 0 = auto (leave room for the data pipeline)", default=0.0)
+    seed: int = _help("seed for the student's initialisation and the data order", default=0)
+    overwrite: bool = _help("replace a finished run already in --output", default=False)
+
+    def validate(self) -> list[str]:
+        problems = []
+        for flag, value in (("--store", self.store), ("--dataset", self.dataset), ("--student", self.student), ("--output", self.output)):
+            if not value:
+                problems.append(f"{flag} is required")
+        manifest = None
+        if self.store:
+            try:
+                manifest = read_manifest(self.store)
+            except StoreError as exc:
+                problems.append(f"--store: {exc}")
+        if manifest is not None and math.isfinite(self.temperature):
+            try:
+                manifest.temperature_index(self.temperature)
+            except ValueError:
+                recorded = ", ".join(f"{t:g}" for t in manifest.temperatures)
+                problems.append(f"--temperature {self.temperature:g} was not recorded in the store (recorded: {recorded}): pick one of those, or dump again with it in --temperatures")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            problems.append(f"--temperature must be positive, got {self.temperature}")
+        if self.eval_store:
+            if not self.eval_dataset:
+                problems.append("--eval-store needs --eval-dataset (the data it was dumped from)")
+            try:
+                read_manifest(self.eval_store)
+            except StoreError as exc:
+                problems.append(f"--eval-store: {exc}")
+        if self.dataset:
+            problems += check_dataset_spec(self.dataset, "--dataset")
+        if self.eval_dataset:
+            problems += check_dataset_spec(self.eval_dataset, "--eval-dataset")
+        if self.student:
+            problems += check_model_spec(self.student, "--student")
+        if not 0.0 <= self.alpha <= 1.0:
+            problems.append(f"--alpha must be in [0, 1], got {self.alpha}")
+        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--workers", self.workers)):
+            if value < 1:
+                problems.append(f"{flag} must be >= 1, got {value}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"--lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            problems.append(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.cpus_per_worker < 0:
+            problems.append(f"--cpus-per-worker must be >= 0 (0 = auto), got {self.cpus_per_worker}")
+        if self.output:
+            problems += _check_out_dir(self.output, "--output")
+            if (Path(self.output) / "metrics.json").exists() and not self.overwrite:
+                problems.append(f"{self.output} already holds a finished run (metrics.json): pass --overwrite to replace it, or choose another --output")
+        return problems
+
+    def to_dict(self) -> dict:
+        return asdict(self)

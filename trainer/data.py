@@ -1,0 +1,202 @@
+"""Datasets by name, as Ray Datasets with the canonical columns, and their fingerprints.
+
+Canonical columns: `id` int64 (unique), `features` float32 tensor (same shape every row),
+`label` int64 (-1 where the label is missing).
+
+A dataset spec is one of:
+  - a built-in name: digits, digits-fewlabels, digits-eval;
+  - a Parquet file or directory with `features` (list of floats), optional `label` (int,
+    nullable) and optional `id` (int64; else the row's position, files in sorted path order);
+  - `package.module:function` returning a ray.data.Dataset with those columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray.data
+
+from trainer import digits
+from trainer.errors import DataError
+from trainer.specs import import_callable, is_callable_spec
+
+BUILTIN_DATASETS = {"digits": "train", "digits-fewlabels": "train-fewlabels", "digits-eval": "eval"}
+
+
+def check_dataset_spec(spec: str, what: str) -> list[str]:
+    """Problems with a dataset spec, found without reading it."""
+    if spec in BUILTIN_DATASETS:
+        return []
+    if is_callable_spec(spec) and not Path(spec).exists():
+        try:
+            import_callable(spec, DataError, what)
+        except DataError as exc:
+            return [str(exc)]
+        return []
+    path = Path(spec)
+    if not path.exists():
+        return [f"{what} {spec!r} does not exist: pass a built-in name ({', '.join(BUILTIN_DATASETS)}), a Parquet file or directory, or package.module:function"]
+    if not parquet_files(path):
+        return [f"{what} {spec!r} holds no .parquet files: pass a Parquet file or a directory of them"]
+    return []
+
+
+def parquet_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*.parquet") if p.is_file())
+
+
+def load_dataset(spec: str, what: str = "--dataset") -> ray.data.Dataset:
+    problems = check_dataset_spec(spec, what)
+    if problems:
+        raise DataError(problems[0])
+    if spec in BUILTIN_DATASETS:
+        split = BUILTIN_DATASETS[spec]
+        # Several blocks, so that several teacher actors or training workers get work.
+        blocks = 8
+        return ray.data.range(blocks, override_num_blocks=blocks).map_batches(
+            _digits_block, batch_size=1, fn_kwargs={"split": split, "blocks": blocks})
+    if is_callable_spec(spec) and not Path(spec).exists():
+        ds = import_callable(spec, DataError, what)()
+        if not isinstance(ds, ray.data.Dataset):
+            raise DataError(f"{what} {spec!r} returned {type(ds).__name__}, not a ray.data.Dataset")
+        return ds.map_batches(_normalize_batch, batch_format="numpy", fn_kwargs={"source": spec})
+    files = parquet_files(Path(spec))
+    offsets = np.concatenate([[0], np.cumsum([pq.ParquetFile(f).metadata.num_rows for f in files])])
+    # One read task per file; ids of id-less files follow the files' sorted order.
+    items = [{"path": str(f), "offset": int(o)} for f, o in zip(files, offsets[:-1])]
+    return ray.data.from_items(items).map_batches(_read_parquet_batch, batch_size=1, batch_format="pyarrow")
+
+
+def _digits_block(batch: dict[str, np.ndarray], split: str, blocks: int) -> dict[str, np.ndarray]:
+    rows = digits.load_split(split)
+    part = np.array_split(np.arange(rows["id"].shape[0]), blocks)[int(batch["id"][0])]
+    return {key: value[part] for key, value in rows.items()}
+
+
+def _read_parquet_batch(batch: pa.Table) -> dict[str, np.ndarray]:
+    path, offset = batch.column("path")[0].as_py(), batch.column("offset")[0].as_py()
+    table = pq.read_table(path)
+    names = set(table.column_names)
+    if "features" not in names:
+        raise DataError(f"parquet file {path} has no 'features' column: add one (a list of floats per row)")
+    feats = table.column("features").combine_chunks()
+    if not (pa.types.is_list(feats.type) or pa.types.is_large_list(feats.type) or pa.types.is_fixed_size_list(feats.type)):
+        raise DataError(f"parquet file {path}: 'features' has type {feats.type}; it must be a list of floats per row")
+    if feats.null_count:
+        raise DataError(f"parquet file {path}: 'features' has null rows; every row needs its features")
+    lengths = pc.list_value_length(feats).to_numpy(zero_copy_only=False)
+    if len(lengths) and (lengths.min() != lengths.max() or lengths.min() == 0):
+        raise DataError(f"parquet file {path}: 'features' rows have different or zero lengths; every row needs the same number of floats")
+    n = table.num_rows
+    width = int(lengths[0]) if n else 0
+    features = pc.list_flatten(feats).to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, width)
+    out = {"features": features}
+    out["id"] = table.column("id").to_numpy(zero_copy_only=False) if "id" in names else np.arange(offset, offset + n)
+    if "label" in names:
+        out["label"] = table.column("label").combine_chunks()
+    return _normalize_batch(out, source=path)
+
+
+def _normalize_batch(batch: dict, source: str) -> dict[str, np.ndarray]:
+    """Check one batch and convert it to the canonical columns and dtypes."""
+    if "features" not in batch:
+        raise DataError(f"dataset {source} has no 'features' column: add one (a float array per row)")
+    features = batch["features"]
+    if isinstance(features, np.ndarray) and features.dtype == object:
+        try:
+            features = np.stack([np.asarray(f, dtype=np.float32) for f in features])
+        except ValueError:
+            raise DataError(f"dataset {source}: 'features' rows have different shapes; every row needs the same shape") from None
+    features = np.asarray(features, dtype=np.float32)
+    n = features.shape[0]
+    if features.ndim < 2:
+        features = features.reshape(n, 1)
+    ids = np.asarray(batch["id"]) if "id" in batch else None
+    if ids is None:
+        raise DataError(f"dataset {source} has no 'id' column: function datasets must give each row a unique int id")
+    if ids.dtype.kind not in "iu":
+        raise DataError(f"dataset {source}: 'id' has dtype {ids.dtype}; ids must be integers")
+    labels = _labels(batch.get("label"), n, source)
+    return {"id": ids.astype(np.int64), "features": features, "label": labels}
+
+
+def _labels(raw, n: int, source: str) -> np.ndarray:
+    if raw is None:
+        return np.full(n, -1, dtype=np.int64)
+    if isinstance(raw, (pa.Array, pa.ChunkedArray)):
+        if not pa.types.is_integer(raw.type) and not pa.types.is_null(raw.type):
+            raise DataError(f"dataset {source}: 'label' has type {raw.type}; labels must be integers (null where missing)")
+        values = pc.fill_null(raw, -1).to_numpy(zero_copy_only=False) if raw.null_count else raw.to_numpy(zero_copy_only=False)
+        if raw.null_count == 0 and np.any(values < 0):
+            raise DataError(f"dataset {source}: 'label' holds negative values; use null for a missing label")
+        return np.asarray(values, dtype=np.int64)
+    arr = np.asarray(raw)
+    if arr.dtype == object:
+        arr = np.array([-1 if v is None else v for v in arr])
+    if arr.dtype.kind == "f":
+        if np.any(np.isfinite(arr) & (arr != np.round(arr))):
+            raise DataError(f"dataset {source}: 'label' holds non-integer values; labels must be integers")
+        arr = np.where(np.isnan(arr), -1, arr)
+    elif arr.dtype.kind not in "iu":
+        raise DataError(f"dataset {source}: 'label' has dtype {arr.dtype}; labels must be integers (null where missing)")
+    return arr.astype(np.int64)
+
+
+def sample_digest(features: np.ndarray) -> bytes:
+    """16-byte BLAKE2b of one sample's input, as FORMAT.md defines it."""
+    return hashlib.blake2b(np.ascontiguousarray(features, dtype="<f4").tobytes(), digest_size=16).digest()
+
+
+def _digest_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    feats = batch["features"]
+    digests = np.frombuffer(b"".join(sample_digest(f) for f in feats), dtype=np.uint8).reshape(len(feats), 16)
+    return {"id": batch["id"], "digest": digests, "labelled": (batch["label"] >= 0)}
+
+
+@dataclass(frozen=True)
+class DatasetFingerprint:
+    spec: str
+    ids: np.ndarray  # sorted
+    ids_sha256: str
+    inputs_sha256: str
+    num_labelled: int
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.ids.shape[0])
+
+    def to_manifest(self) -> dict:
+        return {"spec": self.spec, "num_samples": self.num_samples, "ids_sha256": self.ids_sha256, "inputs_sha256": self.inputs_sha256}
+
+
+def fingerprint_dataset(ds: ray.data.Dataset, spec: str) -> DatasetFingerprint:
+    """One pass over the dataset: sorted ids, their hash, the hash of the inputs. Checks ids are unique."""
+    ids, digests, labelled = [], [], 0
+    for batch in ds.map_batches(_digest_batch, batch_format="numpy").iter_batches(batch_size=None, batch_format="numpy"):
+        ids.append(batch["id"])
+        digests.append(batch["digest"])
+        labelled += int(batch["labelled"].sum())
+    if not ids or sum(len(i) for i in ids) == 0:
+        raise DataError(f"dataset {spec!r} is empty: it needs at least one row")
+    all_ids = np.concatenate(ids).astype(np.int64)
+    all_digests = np.concatenate(digests)
+    order = np.argsort(all_ids, kind="stable")
+    all_ids, all_digests = all_ids[order], all_digests[order]
+    dup = np.nonzero(np.diff(all_ids) == 0)[0]
+    if dup.size:
+        raise DataError(f"dataset {spec!r} has duplicate ids (e.g. {all_ids[dup[0]]}): every row needs a unique id")
+    return DatasetFingerprint(
+        spec=spec,
+        ids=all_ids,
+        ids_sha256=hashlib.sha256(all_ids.astype("<i8").tobytes()).hexdigest(),
+        inputs_sha256=hashlib.sha256(np.ascontiguousarray(all_digests).tobytes()).hexdigest(),
+        num_labelled=labelled,
+    )

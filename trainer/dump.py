@@ -1,0 +1,172 @@
+"""The teacher pass: dataset -> teacher actor pool (top-k on device) -> one writer task per shard -> manifest."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.data
+import torch
+
+import logitstore
+from logitstore import Manifest, ShardData, commit_store, index_dtype_for, plan_shards, prepare_store_dir, write_shard
+from trainer.config import DumpConfig
+from trainer.data import fingerprint_dataset, load_dataset
+from trainer.errors import ConfigError, DataError
+from trainer.models import build_model, output_width, weights_sha256
+from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray
+
+
+def _precision(requested: str, device: torch.device) -> torch.dtype:
+    if requested == "fp32" or (requested == "auto" and device.type == "cpu"):
+        return torch.float32
+    if requested == "fp16" or (requested == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+class TeacherScorer:
+    """One teacher replica (a Ray Data actor). Weights come from the driver, so every replica is identical."""
+
+    def __init__(self, spec: str, state_ref: list, top_k: int, temperatures: list[float], precision: str,
+                 index_dtype: str, first_ids: np.ndarray, last_ids: np.ndarray, threads: int):
+        torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = _precision(precision, self.device)
+        model = build_model(spec, "--teacher", pretrained=False)
+        model.load_state_dict(ray.get(state_ref[0]))
+        self.model = model.to(self.device, self.dtype).eval()
+        self.top_k = top_k
+        self.temperatures = torch.tensor(temperatures, dtype=torch.float32, device=self.device)
+        self.index_dtype = index_dtype
+        self.plan = logitstore.ShardPlan(first_ids, last_ids, np.zeros_like(first_ids))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = torch.tensor(batch["features"]).to(self.device, self.dtype, non_blocking=True)
+        with torch.inference_mode():
+            z = self.model(x).float()  # top-k and normalisers in fp32, on the device
+            if not bool(torch.isfinite(z).all()):
+                bad = batch["id"][(~torch.isfinite(z).all(dim=1)).cpu().numpy()]
+                raise DataError(f"the teacher produced NaN or inf logits for sample ids {bad[:5].tolist()}: check the teacher and those inputs")
+            values, indices = z.topk(self.top_k, dim=1, sorted=True)
+            lse = torch.logsumexp(z.unsqueeze(1) / self.temperatures.view(1, -1, 1), dim=2)
+        return {
+            "id": batch["id"],
+            "shard": self.plan.shard_of(batch["id"]),
+            "topk_index": indices.cpu().numpy().astype(self.index_dtype),
+            "topk_logit": values.cpu().numpy(),
+            "logsumexp": lse.cpu().numpy(),
+        }
+
+
+def _write_group(batch: dict[str, np.ndarray], *, root: str, backend: str, top_k: int, num_temperatures: int,
+                 index_dtype: str, vocab_size: int, expected_counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Write one whole shard (map_groups gives this task every row of it) and return its ShardInfo."""
+    shard = int(batch["shard"][0])
+    if shard < 0 or len(batch["id"]) != int(expected_counts[shard]):
+        raise DataError("the dataset changed while it was being dumped (ids differ from the first pass): make the dataset deterministic")
+    order = np.argsort(batch["id"], kind="stable")
+    n = len(order)
+    data = ShardData(
+        sample_id=batch["id"][order].astype(np.int64),
+        position_offsets=np.arange(n + 1, dtype=np.int64),  # a classifier: one position per sample
+        topk_index=np.ascontiguousarray(batch["topk_index"][order]),
+        topk_logit=np.ascontiguousarray(batch["topk_logit"][order], dtype=np.float32),
+        logsumexp=np.ascontiguousarray(batch["logsumexp"][order], dtype=np.float32),
+    )
+    info = write_shard(root, backend, shard, data, top_k=top_k, num_temperatures=num_temperatures,
+                       index_dtype=index_dtype, vocab_size=vocab_size)
+    return {key: np.array([value]) for key, value in info.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class DumpSummary:
+    manifest: Manifest
+    seconds: float
+
+    def lines(self) -> list[str]:
+        m = self.manifest
+        entries = m.num_positions * m.top_k
+        return [
+            f"store     {m.backend} store, k={m.top_k} of {m.vocab_size} classes, T={','.join(f'{t:g}' for t in m.temperatures)}",
+            f"samples   {m.num_samples} ({m.num_positions} positions) in {len(m.shards)} shards",
+            f"bytes     {m.num_bytes} on disk, {m.num_bytes / entries:.2f} bytes per stored (index, value) entry",
+            f"speed     {m.num_samples / self.seconds:.1f} samples/s ({self.seconds:.1f} s)",
+        ]
+
+
+def run_dump(cfg: DumpConfig) -> DumpSummary:
+    start = time.perf_counter()
+    teacher = build_model(cfg.teacher, "--teacher")
+    ensure_ray()
+    ds = load_dataset(cfg.dataset, "--dataset")
+    fingerprint = fingerprint_dataset(ds, cfg.dataset)  # also refuses empty data and duplicate ids
+    probe = ds.take_batch(2, batch_format="numpy")["features"]
+    vocab = output_width(teacher, probe)
+    if cfg.top_k > vocab:
+        raise ConfigError([f"--top-k {cfg.top_k} exceeds the teacher's {vocab} classes: use --top-k {vocab} or less"])
+    plan = plan_shards(fingerprint.ids, cfg.shard_size)
+    root = prepare_store_dir(Path(cfg.out), overwrite=cfg.overwrite)
+    index_dtype = index_dtype_for(vocab)
+
+    gpus = cluster_gpus()
+    threads = max(1, int(cluster_cpus() // cfg.workers))
+    # Leave one whole CPU free for the read and write tasks, or the pipeline stalls "backpressured".
+    per_actor = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": max(0.25, min(1.0, (cluster_cpus() - 1.0) / cfg.workers))}
+    state_ref = [ray.put({k: v.detach().cpu() for k, v in teacher.state_dict().items()})]
+    scored = ds.map_batches(
+        TeacherScorer,
+        fn_constructor_kwargs=dict(spec=cfg.teacher, state_ref=state_ref, top_k=cfg.top_k,
+                                   temperatures=list(cfg.temperatures), precision=cfg.precision,
+                                   index_dtype=index_dtype, first_ids=plan.first_ids, last_ids=plan.last_ids,
+                                   threads=threads),
+        compute=ray.data.ActorPoolStrategy(size=cfg.workers),
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        **per_actor,
+    )
+    written = scored.groupby("shard", num_partitions=max(1, min(plan.num_shards, 64))).map_groups(
+        _write_group,
+        batch_format="numpy",
+        fn_kwargs=dict(root=str(root), backend=cfg.format, top_k=cfg.top_k, num_temperatures=len(cfg.temperatures),
+                       index_dtype=index_dtype, vocab_size=vocab, expected_counts=plan.counts),
+    )
+    rows = sorted(written.take_all(), key=lambda r: r["index"])
+    infos = [logitstore.ShardInfo(**{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}) for r in rows]
+    if [i.index for i in infos] != list(range(plan.num_shards)):
+        raise DataError(f"the dump wrote shards {[i.index for i in infos]} of {plan.num_shards} planned: run it again")
+
+    manifest = Manifest(
+        backend=cfg.format,
+        top_k=cfg.top_k,
+        vocab_size=vocab,
+        index_dtype=index_dtype,
+        value_dtype="float32",
+        temperatures=[float(t) for t in cfg.temperatures],
+        num_samples=fingerprint.num_samples,
+        num_positions=sum(i.num_positions for i in infos),
+        shard_size=cfg.shard_size,
+        teacher={
+            "spec": cfg.teacher,
+            "weights_sha256": weights_sha256(teacher),
+            "num_parameters": sum(p.numel() for p in teacher.parameters()),
+            "dtype": str(_precision(cfg.precision, torch.device("cuda" if gpus >= 1 else "cpu"))).replace("torch.", ""),
+        },
+        dataset=fingerprint.to_manifest(),
+        shards=infos,
+        config=cfg.to_dict(),
+        created_by=f"logitstore {logitstore.__version__}",
+    )
+    commit_store(root, manifest)
+    return DumpSummary(manifest=manifest, seconds=time.perf_counter() - start)
+
+
+def main_body(cfg: DumpConfig) -> None:
+    summary = run_dump(cfg)
+    print(f"dump complete: {cfg.out}", file=sys.stderr)
+    for line in summary.lines():
+        print(line)

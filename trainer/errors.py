@@ -1,0 +1,21 @@
+"""One error hierarchy for the trainer and the jobs: every message names the problem and the fix."""
+
+
+class TrainerError(Exception):
+    """Base class of all trainer errors."""
+
+
+class ConfigError(TrainerError):
+    """A job's configuration is invalid; `problems` lists every problem found at once."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class DataError(TrainerError):
+    """A dataset is missing, malformed, or does not match the store."""
+
+
+class ModelError(TrainerError):
+    """A model spec cannot be resolved, or the model does not fit the data or the store."""

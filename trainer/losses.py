@@ -1,0 +1,80 @@
+"""Distillation losses over stored top-k teacher logits.
+
+The teacher's distribution at temperature T is represented by k+1 buckets: the k stored classes
+with their exact probabilities, and one "rest" bucket holding the tail mass 1 - sum(p_head).
+The student's distribution is folded onto the same k+1 buckets, and KD is the KL divergence
+between the two, scaled by T^2 (Hinton et al. 2015) so its gradients keep their size across T.
+With k = V the rest bucket is empty and this is exactly the textbook full-softmax KD.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def teacher_buckets(topk_logit: torch.Tensor, logsumexp_t: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher probabilities at T of the stored classes and of the rest bucket.
+
+    topk_logit [N, k] (raw logits), logsumexp_t [N] (logsumexp(z/T) over the full vocabulary)
+    -> (p_head [N, k], p_rest [N]).
+    """
+    p_head = torch.exp(topk_logit.float() / temperature - logsumexp_t.float().unsqueeze(1))
+    p_rest = (1.0 - p_head.sum(dim=1)).clamp(min=0.0)
+    return p_head, p_rest
+
+
+def student_buckets(student_logits: torch.Tensor, topk_index: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student log-probabilities at T folded onto the teacher's buckets.
+
+    student_logits [N, V], topk_index [N, k] -> (log_q_head [N, k], log_q_rest [N]).
+    """
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_q_head = log_q.gather(1, topk_index)
+    # Rest bucket: logsumexp over the classes not stored. A finite fill (not -inf) keeps the
+    # gradient finite when k = V and the rest is empty.
+    masked = log_q.scatter(1, topk_index, torch.finfo(log_q.dtype).min)
+    log_q_rest = torch.logsumexp(masked, dim=1)
+    return log_q_head, log_q_rest
+
+
+def topk_kd_loss(student_logits: torch.Tensor, topk_index: torch.Tensor, topk_logit: torch.Tensor,
+                 logsumexp_t: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-row Hinton KD over k+1 buckets: T^2 * KL(teacher || student).
+
+    student_logits [N, V], topk_index [N, k] (int64), topk_logit [N, k], logsumexp_t [N] -> [N].
+    """
+    p_head, p_rest = teacher_buckets(topk_logit, logsumexp_t, temperature)
+    log_q_head, log_q_rest = student_buckets(student_logits, topk_index, temperature)
+    # xlogy(p, p) is 0 where p == 0, so empty buckets add nothing.
+    kl_head = (torch.xlogy(p_head, p_head) - p_head * log_q_head).sum(dim=1)
+    kl_rest = torch.xlogy(p_rest, p_rest) - p_rest * log_q_rest
+    return (kl_head + kl_rest) * temperature**2
+
+
+def labelled_cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy summed over rows that have a label (label < 0 means missing).
+
+    student_logits [N, V], labels [N] (int64) -> (sum of CE over labelled rows [], count []).
+    """
+    has_label = labels >= 0
+    count = has_label.sum()
+    if not bool(has_label.any()):
+        return student_logits.sum() * 0.0, count
+    ce = F.cross_entropy(student_logits[has_label].float(), labels[has_label], reduction="sum")
+    return ce, count
+
+
+def distillation_loss(student_logits: torch.Tensor, labels: torch.Tensor, topk_index: torch.Tensor,
+                      topk_logit: torch.Tensor, logsumexp_t: torch.Tensor, *, temperature: float,
+                      alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """alpha * mean(KD over all rows) + (1 - alpha) * mean(CE over labelled rows).
+
+    Rows without a label (label < 0) get only the KD term; a batch with no labels is pure KD.
+    Returns (loss, kd, ce) as scalars; kd and ce are detached, for logging.
+    """
+    kd = topk_kd_loss(student_logits, topk_index, topk_logit, logsumexp_t, temperature).mean() if alpha > 0 else student_logits.sum() * 0.0
+    ce_sum, count = labelled_cross_entropy(student_logits, labels)
+    ce = ce_sum / count.clamp(min=1)
+    loss = alpha * kd + (1.0 - alpha) * ce
+    return loss, kd.detach(), ce.detach()

@@ -1,0 +1,71 @@
+"""Models by name: built-in ones, or `package.module:function` returning a torch.nn.Module."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from trainer import digits
+from trainer.errors import ModelError
+from trainer.specs import import_callable, is_callable_spec
+
+BUILTIN_MODELS: dict[str, Callable[[], nn.Module]] = {
+    "digits-cnn": digits.load_teacher,  # the trained, cached teacher
+    "digits-mlp": lambda: digits.DigitsMLP(hidden=16),
+    "digits-mlp-tiny": lambda: digits.DigitsMLP(hidden=8),
+}
+
+
+def check_model_spec(spec: str, what: str) -> list[str]:
+    """Problems with a model spec, found without building the model."""
+    if spec in BUILTIN_MODELS:
+        return []
+    if not is_callable_spec(spec):
+        return [f"{what} {spec!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) nor package.module:function"]
+    try:
+        import_callable(spec, ModelError, what)
+    except ModelError as exc:
+        return [str(exc)]
+    return []
+
+
+# Architectures of built-in models whose builder loads trained weights, for replicas that
+# receive those weights from the driver instead.
+BUILTIN_ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {"digits-cnn": digits.DigitsCNN}
+
+
+def build_model(spec: str, what: str = "--model", *, pretrained: bool = True) -> nn.Module:
+    """Build the model a spec names. pretrained=False skips loading a built-in's trained weights."""
+    if not pretrained and spec in BUILTIN_ARCHITECTURES:
+        model = BUILTIN_ARCHITECTURES[spec]()
+    elif spec in BUILTIN_MODELS:
+        model = BUILTIN_MODELS[spec]()
+    elif is_callable_spec(spec):
+        model = import_callable(spec, ModelError, what)()
+    else:
+        raise ModelError(check_model_spec(spec, what)[0])
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{what} {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """Fingerprint of a model's weights, as FORMAT.md defines it."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}\0{t.dtype}\0{list(t.shape)}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def output_width(model: nn.Module, features) -> int:
+    """Number of classes the model outputs for a batch of dataset features (a numpy array)."""
+    with torch.no_grad():
+        out = model.eval()(torch.as_tensor(features, dtype=torch.float32))
+    if out.ndim != 2:
+        raise ModelError(f"the model returned logits of shape {tuple(out.shape)}; expected [batch, classes]")
+    return int(out.shape[1])

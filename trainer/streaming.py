@@ -1,0 +1,75 @@
+"""Joining data rows with their stored teacher logits, by sample id, one store shard at a time.
+
+The data rows are grouped by the store shard that owns their id (a sort shuffle of the data
+only; logits never travel through the shuffle), and each group is joined with that one shard read
+from disk. Memory per task is bounded by one shard, and the join is by id, never by row order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import ray.data
+
+from logitstore import StoreReader, read_manifest
+from logitstore.planning import plan_from_manifest
+from trainer.errors import DataError
+
+_READERS: dict[str, StoreReader] = {}
+
+
+def _reader(store: str) -> StoreReader:
+    # One reader per store per worker process: the manifest is parsed once, one shard cached.
+    if store not in _READERS:
+        _READERS[store] = StoreReader(store, cache_shards=1)
+    return _READERS[store]
+
+
+def _assign_shard(batch: dict[str, np.ndarray], first_ids: np.ndarray, last_ids: np.ndarray) -> dict[str, np.ndarray]:
+    from logitstore import ShardPlan
+
+    shard = ShardPlan(first_ids, last_ids, np.zeros_like(first_ids)).shard_of(batch["id"])
+    if np.any(shard < 0):
+        missing = batch["id"][shard < 0][:5].tolist()
+        raise DataError(f"sample ids {missing} are not in the store: pass the dataset the store was dumped from")
+    return {**batch, "shard": shard}
+
+
+def _join_group(batch: dict[str, np.ndarray], store: str, temperature_index: int, shuffle: bool) -> dict[str, np.ndarray]:
+    data = _reader(store).read_shard(int(batch["shard"][0]))
+    ids = batch["id"]
+    rows = np.clip(np.searchsorted(data.sample_id, ids), 0, data.num_samples - 1)
+    if not np.array_equal(data.sample_id[rows], ids):
+        missing = ids[data.sample_id[rows] != ids][:5].tolist()
+        raise DataError(f"sample ids {missing} are not in the store: pass the dataset the store was dumped from")
+    if not np.all(np.diff(data.position_offsets) == 1):
+        raise DataError("this store holds several positions per sample; the classifier trainer needs exactly one")
+    order = np.random.default_rng().permutation(len(ids)) if shuffle else np.arange(len(ids))
+    rows = rows[order]
+    topk_index = data.topk_index[rows].astype(np.int64)
+    return {
+        "id": ids[order],
+        "features": batch["features"][order],
+        "label": batch["label"][order],
+        "topk_index": topk_index,
+        "topk_logit": data.topk_logit[rows],
+        "logsumexp_t": data.logsumexp[rows, temperature_index],
+        "teacher_top1": topk_index[:, 0],
+    }
+
+
+def join_with_store(ds: ray.data.Dataset, store: str, temperature: float, *, shuffle: bool) -> ray.data.Dataset:
+    """Rows of `ds` with their stored top-k, reshuffled on every execution when `shuffle`.
+
+    Output columns: id, features, label, topk_index int64 [k], topk_logit float32 [k],
+    logsumexp_t float32 (the column for `temperature`), teacher_top1 int64.
+    """
+    manifest = read_manifest(store)
+    plan = plan_from_manifest(manifest)
+    joined = ds.map_batches(
+        _assign_shard, batch_format="numpy", fn_kwargs={"first_ids": plan.first_ids, "last_ids": plan.last_ids}
+    ).groupby("shard", num_partitions=max(1, min(plan.num_shards, 64))).map_groups(
+        _join_group,
+        batch_format="numpy",
+        fn_kwargs={"store": str(store), "temperature_index": manifest.temperature_index(temperature), "shuffle": shuffle},
+    )
+    return joined.randomize_block_order() if shuffle else joined

@@ -1,0 +1,152 @@
+"""Ray Train glue for train_student: checks before spending compute, the TorchTrainer, the outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import ray.train
+import torch
+from ray.train.torch import TorchTrainer
+
+import logitstore
+from logitstore import Manifest, read_manifest
+from trainer.config import TrainConfig
+from trainer.data import fingerprint_dataset, load_dataset
+from trainer.errors import DataError, ModelError
+from trainer.loop import CHECKPOINT_FILE, HISTORY_FILE, train_loop_per_worker
+from trainer.models import build_model, output_width
+from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray
+from trainer.specs import worker_runtime_env
+from trainer.streaming import join_with_store
+
+
+def check_store_matches(manifest: Manifest, ds, spec: str, store: str, flag: str) -> None:
+    """The dataset must be exactly the data the store was dumped from (ids and inputs; labels may differ)."""
+    fp = fingerprint_dataset(ds, spec)
+    recorded = manifest.dataset
+    if fp.ids_sha256 != recorded.get("ids_sha256"):
+        raise DataError(
+            f"{flag} {spec} does not match store {store}: the store covers {recorded.get('num_samples')} samples of "
+            f"{recorded.get('spec')!r}, the dataset has {fp.num_samples} with other ids; pass the dataset the store was dumped from, or dump a store for this one"
+        )
+    if fp.inputs_sha256 != recorded.get("inputs_sha256"):
+        raise DataError(
+            f"{flag} {spec} does not match store {store}: same ids, but the inputs differ from those the teacher saw; "
+            f"pass the dataset the store was dumped from, or dump the store again"
+        )
+
+
+def check_student_width(student: torch.nn.Module, ds, manifest: Manifest, spec: str) -> None:
+    probe = ds.take_batch(2, batch_format="numpy")["features"]
+    try:
+        width = output_width(student, probe)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"--student {spec} fails on the dataset's features {probe.shape[1:]} ({type(exc).__name__}: {exc})") from None
+    if width != manifest.vocab_size:
+        raise ModelError(
+            f"--student {spec} outputs {width} classes but the store's teacher has {manifest.vocab_size}: use a student with {manifest.vocab_size} outputs"
+        )
+
+
+def _cpus_per_worker(cfg: TrainConfig) -> float:
+    if cfg.cpus_per_worker > 0:
+        return cfg.cpus_per_worker
+    # Leave one CPU for the data pipeline (read, join); workers that claim every CPU starve it.
+    return max(0.25, min(4.0, (cluster_cpus() - 1.0) / cfg.workers))
+
+
+def run_training(cfg: TrainConfig) -> dict:
+    start = time.perf_counter()
+    manifest = read_manifest(cfg.store)
+    ensure_ray()
+    train_ds = load_dataset(cfg.dataset, "--dataset")
+    check_student_width(build_model(cfg.student, "--student"), train_ds, manifest, cfg.student)
+    check_store_matches(manifest, train_ds, cfg.dataset, cfg.store, "--dataset")
+    datasets = {"train": join_with_store(train_ds, cfg.store, cfg.temperature, shuffle=True)}
+    if cfg.eval_dataset:
+        eval_ds = load_dataset(cfg.eval_dataset, "--eval-dataset")
+        if cfg.eval_store:
+            eval_manifest = read_manifest(cfg.eval_store)
+            if eval_manifest.teacher.get("weights_sha256") != manifest.teacher.get("weights_sha256"):
+                raise DataError(f"--eval-store {cfg.eval_store} was dumped by another teacher than --store {cfg.store}: dump both with the same teacher")
+            check_store_matches(eval_manifest, eval_ds, cfg.eval_dataset, cfg.eval_store, "--eval-dataset")
+            eval_ds = join_with_store(eval_ds, cfg.eval_store, eval_manifest.temperatures[0], shuffle=False)
+        datasets["eval"] = eval_ds
+
+    output = Path(cfg.output).resolve()
+    if output.exists() and cfg.overwrite:
+        for name in ("metrics.json", "config.json", "checkpoint", "ray"):
+            target = output / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    output.mkdir(parents=True, exist_ok=True)
+    cpus = _cpus_per_worker(cfg)
+    use_gpu = cluster_gpus() >= cfg.workers
+    resolved = {**cfg.to_dict(), "cpus_per_worker": cpus, "use_gpu": use_gpu}
+    (output / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "student": cfg.student, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+            "weight_decay": cfg.weight_decay, "temperature": cfg.temperature, "alpha": cfg.alpha,
+            "seed": cfg.seed, "has_eval": "eval" in datasets, "threads": max(1, int(cpus)),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
+        ),
+        datasets=datasets,
+        # Only "train" is split across workers; rank 0 evaluates the whole eval set.
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        run_config=ray.train.RunConfig(
+            name="train",
+            storage_path=str(output / "ray"),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            worker_runtime_env=worker_runtime_env(),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise ModelError(f"training finished without a checkpoint; see the Ray logs under {output / 'ray'}")
+
+    # The final checkpoint, copied next to the metrics and re-loaded as a check that it is sound.
+    final = output / "checkpoint"
+    shutil.rmtree(final, ignore_errors=True)
+    with result.checkpoint.as_directory() as src:
+        shutil.copytree(src, final)
+    state = torch.load(final / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    build_model(cfg.student, "--student").load_state_dict(state)
+    history = json.loads((final / HISTORY_FILE).read_text())
+    last = history[-1]
+    metrics = {
+        "eval_accuracy": last.get("eval_accuracy"),
+        "teacher_agreement": last.get("teacher_agreement"),
+        "train_loss": last["train_loss"],
+        "train_kd_loss": last["train_kd_loss"],
+        "train_ce_loss": last["train_ce_loss"],
+        "epochs": history,
+        "store": {"path": str(Path(cfg.store).resolve()), "teacher": manifest.teacher, "top_k": manifest.top_k,
+                  "temperatures": manifest.temperatures},
+        "checkpoint": str(final / CHECKPOINT_FILE),
+        "wall_seconds": time.perf_counter() - start,
+        "config": resolved,
+        "logitstore_version": logitstore.__version__,
+    }
+    tmp = output / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    os.replace(tmp, output / "metrics.json")
+    return metrics
+
+
+def main_body(cfg: TrainConfig) -> None:
+    metrics = run_training(cfg)
+    print(f"training complete: {cfg.output}", file=sys.stderr)
+    for key in ("eval_accuracy", "teacher_agreement", "train_loss", "train_kd_loss", "train_ce_loss", "wall_seconds"):
+        value = metrics[key]
+        print(f"{key:18s} {value:.4f}" if isinstance(value, float) else f"{key:18s} {value}")
