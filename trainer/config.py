@@ -91,6 +91,8 @@ class TrainConfig:
     weight_decay: float = _help("AdamW weight decay", default=1e-4)
     temperature: float = _help("KD temperature; must be one the store recorded", default=4.0)
     alpha: float = _help("loss = alpha * KD + (1 - alpha) * CE; 0 = labels only, 1 = KD only", default=0.9)
+    eval_every: int = _help("evaluate every N epochs (0 = after the last epoch only)", default=0)
+    checkpoint_every: int = _help("checkpoint every N epochs (the last epoch is always checkpointed)", default=10)
     workers: int = _help("Ray Train workers", default=1)
     cpus_per_worker: float = _help("CPUs per training worker; 0 = auto (leave room for the data pipeline)", default=0.0)
     seed: int = _help("seed for the student's initialisation and the data order", default=0)
@@ -133,6 +135,10 @@ class TrainConfig:
         for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--workers", self.workers)):
             if value < 1:
                 problems.append(f"{flag} must be >= 1, got {value}")
+        if self.checkpoint_every < 1:
+            problems.append(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+        if self.eval_every < 0:
+            problems.append(f"--eval-every must be >= 0, got {self.eval_every}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             problems.append(f"--lr must be positive, got {self.lr}")
         if self.weight_decay < 0:

@@ -19,6 +19,7 @@ from trainer.data import fingerprint_dataset, load_dataset
 from trainer.errors import ConfigError, DataError
 from trainer.models import build_model, output_width, weights_sha256
 from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray
+from trainer.specs import worker_runtime_env
 
 
 def _precision(requested: str, device: torch.device) -> torch.dtype:
@@ -34,6 +35,15 @@ class TeacherScorer:
 
     def __init__(self, spec: str, state_ref: list, top_k: int, temperatures: list[float], precision: str,
                  index_dtype: str, first_ids: np.ndarray, last_ids: np.ndarray, threads: int):
+        # An error raised here would reach the driver as a bare ActorDiedError; keep it and raise it
+        # from __call__, where Ray keeps the original exception.
+        self.init_error: Exception | None = None
+        try:
+            self._setup(spec, state_ref, top_k, temperatures, precision, index_dtype, first_ids, last_ids, threads)
+        except Exception as exc:
+            self.init_error = exc
+
+    def _setup(self, spec, state_ref, top_k, temperatures, precision, index_dtype, first_ids, last_ids, threads) -> None:
         torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = _precision(precision, self.device)
@@ -46,6 +56,8 @@ class TeacherScorer:
         self.plan = logitstore.ShardPlan(first_ids, last_ids, np.zeros_like(first_ids))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.init_error is not None:
+            raise self.init_error
         x = torch.tensor(batch["features"]).to(self.device, self.dtype, non_blocking=True)
         with torch.inference_mode():
             z = self.model(x).float()  # top-k and normalisers in fp32, on the device
@@ -127,6 +139,7 @@ def run_dump(cfg: DumpConfig) -> DumpSummary:
         compute=ray.data.ActorPoolStrategy(size=cfg.workers),
         batch_size=cfg.batch_size,
         batch_format="numpy",
+        runtime_env=worker_runtime_env(),  # user modules from the working directory, even in a long-lived session
         **per_actor,
     )
     written = scored.groupby("shard", num_partitions=max(1, min(plan.num_shards, 64))).map_groups(

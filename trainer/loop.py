@@ -89,12 +89,17 @@ def train_loop_per_worker(cfg: dict) -> None:
             "train_ce_loss": totals[2].item() / rows,
             "train_rows": int(totals[3].item()),
         }
-        if rank == 0 and eval_data is not None:
+        last = epoch + 1 == cfg["epochs"]
+        due = last or (cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0)
+        if rank == 0 and eval_data is not None and due:
             metrics.update(evaluate(model.module if hasattr(model, "module") else model, eval_data, 1024))
         history.append(metrics)
         if rank == 0:
             print(json.dumps(metrics))
 
+        if not (last or (epoch + 1) % cfg["checkpoint_every"] == 0):
+            ray.train.report(metrics)
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:

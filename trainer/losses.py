@@ -44,10 +44,15 @@ def topk_kd_loss(student_logits: torch.Tensor, topk_index: torch.Tensor, topk_lo
 
     student_logits [N, V], topk_index [N, k] (int64), topk_logit [N, k], logsumexp_t [N] -> [N].
     """
-    p_head, p_rest = teacher_buckets(topk_logit, logsumexp_t, temperature)
+    log_p_head = topk_logit.float() / temperature - logsumexp_t.float().unsqueeze(1)  # exact, no log(exp(.))
+    p_head = log_p_head.exp()
+    if topk_index.shape[1] == student_logits.shape[1]:
+        p_rest = torch.zeros_like(p_head[:, 0])  # k = V: no class outside the head; 1 - sum is only rounding
+    else:
+        p_rest = (1.0 - p_head.sum(dim=1)).clamp(min=0.0)
     log_q_head, log_q_rest = student_buckets(student_logits, topk_index, temperature)
-    # xlogy(p, p) is 0 where p == 0, so empty buckets add nothing.
-    kl_head = (torch.xlogy(p_head, p_head) - p_head * log_q_head).sum(dim=1)
+    kl_head = (p_head * (log_p_head - log_q_head)).sum(dim=1)
+    # xlogy(p, p) is 0 where p == 0, so an empty rest bucket (k = V) adds nothing.
     kl_rest = torch.xlogy(p_rest, p_rest) - p_rest * log_q_rest
     return (kl_head + kl_rest) * temperature**2
 

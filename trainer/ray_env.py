@@ -15,6 +15,9 @@ def configure_data_context() -> None:
     # Task-based sort shuffle: the hash shuffle starts aggregator actors on every execution,
     # seconds of overhead per epoch on small machines.
     ctx.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    # Our own errors (bad teacher output, ids missing from a store) reach the driver as themselves,
+    # so the jobs can print their one-line message.
+    ctx.raise_original_map_exception = True
 
 
 def ensure_ray() -> None:

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import ray.data
 import ray.train
 import torch
 from ray.train.torch import TorchTrainer
@@ -66,6 +67,7 @@ def run_training(cfg: TrainConfig) -> dict:
     start = time.perf_counter()
     manifest = read_manifest(cfg.store)
     ensure_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one epoch = one execution: too noisy
     train_ds = load_dataset(cfg.dataset, "--dataset")
     check_student_width(build_model(cfg.student, "--student"), train_ds, manifest, cfg.student)
     check_store_matches(manifest, train_ds, cfg.dataset, cfg.store, "--dataset")
@@ -96,7 +98,7 @@ def run_training(cfg: TrainConfig) -> dict:
         train_loop_config={
             "student": cfg.student, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
             "weight_decay": cfg.weight_decay, "temperature": cfg.temperature, "alpha": cfg.alpha,
-            "seed": cfg.seed, "has_eval": "eval" in datasets, "threads": max(1, int(cpus)),
+            "seed": cfg.seed, "eval_every": cfg.eval_every, "checkpoint_every": cfg.checkpoint_every, "has_eval": "eval" in datasets, "threads": max(1, int(cpus)),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}

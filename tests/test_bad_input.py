@@ -1,0 +1,169 @@
+"""Bad input as a new user would give it: one line naming the problem, exit code 2, nothing damaged."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from jobs import dump_logits, train_student
+
+
+def tree_digest(path: str | Path) -> str:
+    """Hash of every file's path and bytes under `path`: equal before and after means nothing changed."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()
+
+
+def run(main, argv, capsys) -> tuple[int, list[str]]:
+    code = main(argv)
+    err = capsys.readouterr().err
+    return code, [line for line in err.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def stores(dump):
+    return {
+        "train": dump(teacher="digits-cnn", dataset="digits", top_k=5, shard_size=500, workers=1),
+        "eval": dump(teacher="digits-cnn", dataset="digits-eval", top_k=10, format="zarr", shard_size=100),
+    }
+
+
+@pytest.fixture(scope="module")
+def user_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("usermods")
+    (root / "bad_models.py").write_text(textwrap.dedent("""
+        import torch
+        def seven_classes():
+            return torch.nn.Linear(64, 7)
+        def not_a_model():
+            return "hello"
+        def nan_teacher():
+            class Nan(torch.nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.lin = torch.nn.Linear(64, 10)
+                def forward(self, x):
+                    return self.lin(x) * float("nan")
+            return Nan()
+    """))
+    sys.path.insert(0, str(root))
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), saved]))  # Ray workers import it too
+    yield root
+    sys.path.remove(str(root))
+    if saved is None:
+        os.environ.pop("PYTHONPATH")
+    else:
+        os.environ["PYTHONPATH"] = saved
+
+
+def train_args(stores, tmp_path, **override):
+    args = {"--store": stores["train"], "--dataset": "digits", "--student": "digits-mlp",
+            "--output": str(tmp_path / "run"), "--epochs": "1"}
+    args.update(override)
+    return [x for k, v in args.items() for x in (k, v)]
+
+
+def test_missing_dataset_path(tmp_path, capsys):
+    code, errors = run(dump_logits.main, ["--teacher", "digits-cnn", "--dataset", str(tmp_path / "nope.parquet"),
+                                          "--out", str(tmp_path / "st")], capsys)
+    assert code == 2 and len(errors) == 1 and "does not exist" in errors[0]
+    assert not (tmp_path / "st").exists()
+
+
+def test_all_problems_are_reported_at_once(tmp_path, capsys):
+    code, errors = run(dump_logits.main, ["--teacher", "nosuch", "--dataset", "digits", "--out", str(tmp_path / "st"),
+                                          "--top-k", "0", "--temperatures", "1,-2", "--format", "hdf5"], capsys)
+    assert code == 2 and len(errors) == 4
+    joined = "\n".join(errors)
+    for needle in ("--teacher 'nosuch'", "--top-k must be >= 1", "--temperatures", "--format must be zarr or arrow"):
+        assert needle in joined
+
+
+def test_existing_store_is_not_overwritten(stores, capsys):
+    before = tree_digest(stores["eval"])
+    code, errors = run(dump_logits.main, ["--teacher", "digits-cnn", "--dataset", "digits-eval", "--out", stores["eval"]], capsys)
+    assert code == 2 and len(errors) == 1 and "--overwrite" in errors[0]
+    assert tree_digest(stores["eval"]) == before
+
+
+def test_k_larger_than_vocabulary(tmp_path, capsys):
+    code, errors = run(dump_logits.main, ["--teacher", "digits-cnn", "--dataset", "digits-eval", "--out", str(tmp_path / "st"),
+                                          "--top-k", "11"], capsys)
+    assert code == 2 and len(errors) == 1 and "exceeds the teacher's 10 classes" in errors[0]
+    assert not (tmp_path / "st" / "manifest.json").exists()
+
+
+def test_nan_teacher_logits(tmp_path, capsys, user_models):
+    code, errors = run(dump_logits.main, ["--teacher", "bad_models:nan_teacher", "--dataset", "digits-eval",
+                                          "--out", str(tmp_path / "st")], capsys)
+    assert code == 2 and len(errors) == 1 and "NaN or inf" in errors[0]
+    assert not (tmp_path / "st" / "manifest.json").exists()
+
+
+def test_teacher_that_is_not_a_module(tmp_path, capsys, user_models):
+    code, errors = run(dump_logits.main, ["--teacher", "bad_models:not_a_model", "--dataset", "digits-eval",
+                                          "--out", str(tmp_path / "st")], capsys)
+    assert code == 2 and len(errors) == 1 and "not a torch.nn.Module" in errors[0]
+
+
+def test_store_does_not_match_dataset(stores, tmp_path, capsys):
+    before = tree_digest(stores["eval"])
+    code, errors = run(train_student.main, train_args(stores, tmp_path, **{"--store": stores["eval"]}), capsys)
+    assert code == 2 and len(errors) == 1 and "does not match store" in errors[0]
+    assert tree_digest(stores["eval"]) == before
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_temperature_not_recorded(stores, tmp_path, capsys):
+    code, errors = run(train_student.main, train_args(stores, tmp_path, **{"--temperature": "3"}), capsys)
+    assert code == 2 and len(errors) == 1 and "--temperature 3 was not recorded" in errors[0] and "1, 2, 4" in errors[0]
+
+
+def test_student_width_differs_from_vocabulary(stores, tmp_path, capsys, user_models):
+    code, errors = run(train_student.main, train_args(stores, tmp_path, **{"--student": "bad_models:seven_classes"}), capsys)
+    assert code == 2 and len(errors) == 1 and "outputs 7 classes but the store's teacher has 10" in errors[0]
+
+
+def test_missing_and_incomplete_store(stores, tmp_path, capsys):
+    code, errors = run(train_student.main, train_args(stores, tmp_path, **{"--store": str(tmp_path / "nope")}), capsys)
+    assert code == 2 and len(errors) == 1 and "no store at" in errors[0]
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "shards").mkdir()
+    code, errors = run(train_student.main, train_args(stores, tmp_path, **{"--store": str(tmp_path / "half")}), capsys)
+    assert code == 2 and len(errors) == 1 and "no complete store" in errors[0]
+
+
+def test_bad_training_numbers(stores, tmp_path, capsys):
+    code, errors = run(train_student.main, train_args(stores, tmp_path, **{"--alpha": "1.5", "--epochs": "0", "--lr": "-1"}), capsys)
+    assert code == 2 and len(errors) == 3
+
+
+def test_cli_process_exits_non_zero_with_one_line(tmp_path):
+    """The real process: exit status and stderr, not just the function's return value."""
+    proc = subprocess.run([sys.executable, "-m", "jobs.train_student", "--store", str(tmp_path / "nope"), "--dataset", "digits",
+                           "--student", "digits-mlp", "--output", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "no store at" in proc.stderr
+
+
+def test_help_lists_every_flag():
+    out = subprocess.run([sys.executable, "-m", "jobs.dump_logits", "--help"], capture_output=True, text=True, timeout=120).stdout
+    for flag in ("--teacher", "--dataset", "--out", "--top-k", "--temperatures", "--format", "--batch-size", "--workers",
+                 "--shard-size", "--overwrite", "--precision"):
+        assert flag in out
+    out = subprocess.run([sys.executable, "-m", "jobs.train_student", "--help"], capture_output=True, text=True, timeout=120).stdout
+    for flag in ("--store", "--dataset", "--eval-dataset", "--eval-store", "--student", "--epochs", "--batch-size", "--lr",
+                 "--temperature", "--alpha", "--workers", "--seed", "--output"):
+        assert flag in out

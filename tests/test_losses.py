@@ -1,0 +1,102 @@
+"""Each loss against a plain reference formula."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.losses import distillation_loss, labelled_cross_entropy, topk_kd_loss
+
+
+def full_softmax_kd(student, teacher, T):
+    """Textbook Hinton KD: T^2 * KL(softmax(z/T) || softmax(s/T)), per row."""
+    p = torch.softmax(teacher.double() / T, dim=1)
+    log_q = torch.log_softmax(student.double() / T, dim=1)
+    return T**2 * (p * (p.log() - log_q)).sum(dim=1)
+
+
+def stored(teacher, k, T):
+    values, index = teacher.topk(k, dim=1)
+    return index, values, torch.logsumexp(teacher / T, dim=1)
+
+
+def bucket_reference(student, teacher, k, T):
+    """k+1 buckets, computed row by row in float64 with explicit loops."""
+    out = []
+    for s_row, z_row in zip(student.double().numpy(), teacher.double().numpy()):
+        top = np.argsort(-z_row)[:k]
+        p = np.exp(z_row / T) / np.exp(z_row / T).sum()
+        q = np.exp(s_row / T) / np.exp(s_row / T).sum()
+        rest = np.setdiff1d(np.arange(len(z_row)), top)
+        pb = list(p[top]) + [p[rest].sum()]
+        qb = list(q[top]) + [q[rest].sum()]
+        out.append(T**2 * sum(a * (math.log(a) - math.log(b)) for a, b in zip(pb, qb) if a > 0))
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("T", [1.0, 2.0, 4.0])
+def test_k_equal_vocab_is_full_kd(T):
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(32, 10, generator=g) * 3
+    teacher = torch.randn(32, 10, generator=g) * 3
+    got = topk_kd_loss(student, *stored(teacher, 10, T), T)
+    # fp32 precision: the loss is computed in float32, the reference in float64; T^2 scales both.
+    torch.testing.assert_close(got.double(), full_softmax_kd(student, teacher, T), rtol=1e-5, atol=1e-6 * T**2)
+
+
+def test_k_equal_vocab_gradient_is_finite_and_matches_full_kd():
+    g = torch.Generator().manual_seed(1)
+    teacher = torch.randn(8, 10, generator=g)
+    s1 = (torch.randn(8, 10, generator=g)).requires_grad_()
+    s2 = s1.detach().clone().requires_grad_()
+    topk_kd_loss(s1, *stored(teacher, 10, 2.0), 2.0).sum().backward()
+    full_softmax_kd(s2, teacher, 2.0).sum().backward()
+    assert torch.isfinite(s1.grad).all()
+    torch.testing.assert_close(s1.grad.double(), s2.grad.double(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+@pytest.mark.parametrize("T", [1.0, 4.0])
+def test_topk_buckets_match_reference(k, T):
+    g = torch.Generator().manual_seed(k)
+    student = torch.randn(16, 10, generator=g) * 2
+    teacher = torch.randn(16, 10, generator=g) * 2
+    got = topk_kd_loss(student, *stored(teacher, k, T), T)
+    torch.testing.assert_close(got.double(), bucket_reference(student, teacher, k, T), rtol=1e-5, atol=1e-6 * T**2)
+
+
+def test_kd_is_zero_when_student_equals_teacher_and_positive_otherwise():
+    teacher = torch.randn(4, 10)
+    assert topk_kd_loss(teacher.clone(), *stored(teacher, 3, 2.0), 2.0).abs().max() < 1e-5
+    assert (topk_kd_loss(torch.zeros(4, 10), *stored(teacher, 3, 2.0), 2.0) > 0).all()
+
+
+def test_missing_labels_get_only_the_kd_term():
+    g = torch.Generator().manual_seed(3)
+    student = torch.randn(6, 10, generator=g)
+    teacher = torch.randn(6, 10, generator=g)
+    labels = torch.tensor([3, -1, 5, -1, -1, 0])
+    T, alpha = 2.0, 0.3
+    loss, kd, ce = distillation_loss(student, labels, *stored(teacher, 4, T), temperature=T, alpha=alpha)
+    kd_ref = topk_kd_loss(student, *stored(teacher, 4, T), T).mean()
+    has = labels >= 0
+    ce_ref = torch.nn.functional.cross_entropy(student[has], labels[has])
+    torch.testing.assert_close(loss, alpha * kd_ref + (1 - alpha) * ce_ref)
+    torch.testing.assert_close(ce, ce_ref)
+    # No labels at all: pure KD, whatever alpha.
+    loss_unlabelled, _, ce0 = distillation_loss(student, torch.full((6,), -1), *stored(teacher, 4, T), temperature=T, alpha=alpha)
+    assert ce0 == 0
+    torch.testing.assert_close(loss_unlabelled, alpha * kd_ref)
+
+
+def test_alpha_zero_is_plain_cross_entropy():
+    student = torch.randn(5, 10)
+    teacher = torch.randn(5, 10)
+    labels = torch.tensor([1, 2, 3, 4, 5])
+    loss, _, _ = distillation_loss(student, labels, *stored(teacher, 2, 1.0), temperature=1.0, alpha=0.0)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(student, labels))
+    total, count = labelled_cross_entropy(student, torch.tensor([-1, -1, -1, -1, -1]))
+    assert count == 0 and total == 0
