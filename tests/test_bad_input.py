@@ -96,6 +96,14 @@ def test_existing_store_is_not_overwritten(stores, capsys):
     assert tree_digest(stores["eval"]) == before
 
 
+def test_out_is_a_non_empty_directory_that_is_not_a_store(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    code, errors = run(dump_logits.main, ["--teacher", "digits-cnn", "--dataset", "digits-eval", "--out", str(tmp_path / "mine")], capsys)
+    assert code == 2 and len(errors) == 1 and "not a store" in errors[0]
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
 def test_k_larger_than_vocabulary(tmp_path, capsys):
     code, errors = run(dump_logits.main, ["--teacher", "digits-cnn", "--dataset", "digits-eval", "--out", str(tmp_path / "st"),
                                           "--top-k", "11"], capsys)

@@ -67,8 +67,11 @@ class DumpConfig:
                 problems.append(f"{flag} must be >= 1, got {value}")
         if self.out:
             problems += _check_out_dir(self.out, "--out")
-            if (Path(self.out) / MANIFEST_NAME).exists() and not self.overwrite:
+            out = Path(self.out)
+            if (out / MANIFEST_NAME).exists() and not self.overwrite:
                 problems.append(f"a complete store already exists at {self.out}: pass --overwrite to replace it, or choose another --out")
+            elif out.is_dir() and any(out.iterdir()) and not any((out / n).exists() for n in (MANIFEST_NAME, "shards", ".tmp")):
+                problems.append(f"--out {self.out} is a non-empty directory that is not a store: choose an empty or new directory")
         return problems
 
     def to_dict(self) -> dict:
