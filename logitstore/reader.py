@@ -52,9 +52,16 @@ class StoreReader:
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
-        info = self.manifest.shards[index]
         if self.verify_checksums:
             self.check_shard(index)
+        data = self._decode(index)
+        self._cache[index] = data
+        while len(self._cache) > self._cache_shards:
+            self._cache.popitem(last=False)
+        return data
+
+    def _decode(self, index: int) -> ShardData:
+        info = self.manifest.shards[index]
         try:
             data = self._backend.read(str(self.root / info.name))
         except StoreError:
@@ -62,9 +69,6 @@ class StoreReader:
         except Exception as exc:  # a backend's own decode error on damaged bytes
             raise ShardCorruptError(f"shard {info.name} of store {self.root} cannot be decoded ({type(exc).__name__}): the store is damaged") from None
         self._check_layout(info, data)
-        self._cache[index] = data
-        while len(self._cache) > self._cache_shards:
-            self._cache.popitem(last=False)
         return data
 
     def _check_layout(self, info: ShardInfo, data: ShardData) -> None:
@@ -102,17 +106,14 @@ class StoreReader:
         return _concat_in_order(parts, order, ids.shape[0])
 
     def verify(self) -> list[str]:
-        """Check every shard; one message per bad shard (empty when the store is sound)."""
+        """Check every shard's checksum and layout; one message per bad shard (empty when sound)."""
         problems = []
-        for i in range(self.num_shards):
+        for index in range(self.num_shards):
             try:
-                saved, self.verify_checksums = self.verify_checksums, True
-                self._cache.pop(i, None)
-                self.read_shard(i)
+                self.check_shard(index)
+                self._decode(index)
             except StoreError as exc:
                 problems.append(str(exc))
-            finally:
-                self.verify_checksums = saved
         return problems
 
 
