@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -65,7 +66,7 @@ def weights_sha256(model: nn.Module) -> str:
 def output_width(model: nn.Module, features) -> int:
     """Number of classes the model outputs for a batch of dataset features (a numpy array)."""
     with torch.no_grad():
-        out = model.eval()(torch.as_tensor(features, dtype=torch.float32))
+        out = model.eval()(torch.tensor(np.asarray(features), dtype=torch.float32))
     if out.ndim != 2:
         raise ModelError(f"the model returned logits of shape {tuple(out.shape)}; expected [batch, classes]")
     return int(out.shape[1])
