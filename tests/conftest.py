@@ -52,3 +52,27 @@ def dump(ray_session, tmp_path_factory):
         return done[key]
 
     return _dump
+
+
+@pytest.fixture(scope="session")
+def user_modules(tmp_path_factory):
+    """add(name, source): a user's module, importable here and in Ray workers (as from their cwd)."""
+    import importlib
+    import sys
+    import textwrap
+
+    root = tmp_path_factory.mktemp("usermods")
+    sys.path.insert(0, str(root))
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), saved]))
+
+    def add(name: str, source: str) -> None:
+        (root / f"{name}.py").write_text(textwrap.dedent(source))
+        importlib.invalidate_caches()
+
+    yield add
+    sys.path.remove(str(root))
+    if saved is None:
+        os.environ.pop("PYTHONPATH")
+    else:
+        os.environ["PYTHONPATH"] = saved

@@ -6,7 +6,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -38,9 +37,8 @@ def stores(dump):
 
 
 @pytest.fixture(scope="module")
-def user_models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("usermods")
-    (root / "bad_models.py").write_text(textwrap.dedent("""
+def user_models(user_modules):
+    user_modules("bad_models", """
         import torch
         def seven_classes():
             return torch.nn.Linear(64, 7)
@@ -54,16 +52,7 @@ def user_models(tmp_path_factory):
                 def forward(self, x):
                     return self.lin(x) * float("nan")
             return Nan()
-    """))
-    sys.path.insert(0, str(root))
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), saved]))  # Ray workers import it too
-    yield root
-    sys.path.remove(str(root))
-    if saved is None:
-        os.environ.pop("PYTHONPATH")
-    else:
-        os.environ["PYTHONPATH"] = saved
+    """)
 
 
 def train_args(stores, tmp_path, **override):

@@ -27,11 +27,16 @@ from trainer.errors import DataError
 from trainer.specs import import_callable, is_callable_spec
 
 BUILTIN_DATASETS = {"digits": "train", "digits-fewlabels": "train-fewlabels", "digits-eval": "eval"}
+# Byte-level text of the standard library, packed into blocks of LM_SEQ_LEN tokens:
+# name -> (split, number of files; None = all).
+BUILTIN_TEXT = {"stdlib-bytes": ("train", None), "stdlib-bytes-eval": ("eval", None),
+                "stdlib-bytes-small": ("train", 40), "stdlib-bytes-small-eval": ("eval", 8)}
+LM_SEQ_LEN = 128
 
 
 def check_dataset_spec(spec: str, what: str) -> list[str]:
     """Problems with a dataset spec, found without reading it."""
-    if spec in BUILTIN_DATASETS:
+    if spec in BUILTIN_DATASETS or spec in BUILTIN_TEXT:
         return []
     if is_callable_spec(spec) and not Path(spec).exists():
         try:
@@ -57,6 +62,11 @@ def load_dataset(spec: str, what: str = "--dataset") -> ray.data.Dataset:
     problems = check_dataset_spec(spec, what)
     if problems:
         raise DataError(problems[0])
+    if spec in BUILTIN_TEXT:
+        split, max_files = BUILTIN_TEXT[spec]
+        blocks = 8
+        return ray.data.range(blocks, override_num_blocks=blocks).map_batches(
+            _text_block, batch_size=1, fn_kwargs={"split": split, "max_files": max_files, "blocks": blocks})
     if spec in BUILTIN_DATASETS:
         split = BUILTIN_DATASETS[spec]
         # Several blocks, so that several teacher actors or training workers get work.
@@ -79,6 +89,16 @@ def _digits_block(batch: dict[str, np.ndarray], split: str, blocks: int) -> dict
     rows = digits.load_split(split)
     part = np.array_split(np.arange(rows["id"].shape[0]), blocks)[int(batch["id"][0])]
     return {key: value[part] for key, value in rows.items()}
+
+
+def _text_block(batch: dict[str, np.ndarray], split: str, max_files: int | None, blocks: int) -> dict[str, np.ndarray]:
+    from trainer.lm.corpus import corpus_files
+    from trainer.lm.tokenization import ByteTokenizer, corpus_blocks
+
+    input_ids, lengths = corpus_blocks(corpus_files(split, max_files), ByteTokenizer(), LM_SEQ_LEN)
+    part = np.array_split(np.arange(input_ids.shape[0]), blocks)[int(batch["id"][0])]
+    return {"id": part.astype(np.int64), "input_ids": input_ids[part], "length": lengths[part],
+            "label": np.full(part.shape[0], -1, dtype=np.int64)}
 
 
 def _read_parquet_batch(batch: pa.Table) -> dict[str, np.ndarray]:
@@ -155,9 +175,21 @@ def sample_digest(features: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(features, dtype="<f4").tobytes(), digest_size=16).digest()
 
 
+def sequence_digest(input_ids: np.ndarray, length: int) -> bytes:
+    """16-byte BLAKE2b of one sequence sample: its valid token ids as int64 little-endian."""
+    return hashlib.blake2b(np.ascontiguousarray(input_ids[:length], dtype="<i8").tobytes(), digest_size=16).digest()
+
+
+def is_sequence_batch(batch: dict) -> bool:
+    return "input_ids" in batch
+
+
 def _digest_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    feats = batch["features"]
-    digests = np.frombuffer(b"".join(sample_digest(f) for f in feats), dtype=np.uint8).reshape(len(feats), 16)
+    if is_sequence_batch(batch):
+        parts = [sequence_digest(ids, int(n)) for ids, n in zip(batch["input_ids"], batch["length"])]
+    else:
+        parts = [sample_digest(f) for f in batch["features"]]
+    digests = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(len(parts), 16)
     return {"id": batch["id"], "digest": digests, "labelled": (batch["label"] >= 0)}
 
 

@@ -17,7 +17,7 @@ from logitstore import Manifest, ShardData, commit_store, index_dtype_for, plan_
 from trainer.config import DumpConfig
 from trainer.data import fingerprint_dataset, load_dataset
 from trainer.errors import ConfigError, DataError
-from trainer.models import build_model, output_width, weights_sha256
+from trainer.models import build_model, model_input, output_width, weights_sha256
 from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray
 from trainer.specs import worker_runtime_env
 
@@ -58,21 +58,47 @@ class TeacherScorer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.init_error is not None:
             raise self.init_error
-        x = torch.tensor(batch["features"]).to(self.device, self.dtype, non_blocking=True)
+        sequence = "input_ids" in batch
+        x = model_input(batch).to(self.device, non_blocking=True)
+        if not sequence:
+            x = x.to(self.dtype)
         with torch.inference_mode():
             z = self.model(x).float()  # top-k and normalisers in fp32, on the device
-            if not bool(torch.isfinite(z).all()):
-                bad = batch["id"][(~torch.isfinite(z).all(dim=1)).cpu().numpy()]
+            if sequence:
+                # Only the valid positions of each block; padding is never stored.
+                valid = torch.arange(z.shape[1], device=self.device) < torch.as_tensor(batch["length"], device=self.device).unsqueeze(1)
+                z_valid = z[valid]
+            else:
+                z_valid = z
+            finite = torch.isfinite(z_valid).all(dim=-1)
+            if not bool(finite.all()):
+                per_row = torch.isfinite(z).all(dim=-1) if not sequence else (torch.isfinite(z).all(dim=-1) | ~valid).all(dim=1)
+                bad = batch["id"][(~per_row).cpu().numpy()]
                 raise DataError(f"the teacher produced NaN or inf logits for sample ids {bad[:5].tolist()}: check the teacher and those inputs")
-            values, indices = z.topk(self.top_k, dim=1, sorted=True)
-            lse = torch.logsumexp(z.unsqueeze(1) / self.temperatures.view(1, -1, 1), dim=2)
-        return {
-            "id": batch["id"],
-            "shard": self.plan.shard_of(batch["id"]),
-            "topk_index": indices.cpu().numpy().astype(self.index_dtype),
-            "topk_logit": values.cpu().numpy(),
-            "logsumexp": lse.cpu().numpy(),
-        }
+            values, indices = z_valid.topk(self.top_k, dim=-1, sorted=True)
+            lse = torch.logsumexp(z_valid.unsqueeze(-2) / self.temperatures.view(-1, 1), dim=-1)
+        out = {"topk_index": indices.cpu().numpy().astype(self.index_dtype), "topk_logit": values.cpu().numpy(),
+               "logsumexp": lse.cpu().numpy()}
+        if sequence:
+            # Ragged rows: one [length, ...] array per sample.
+            cuts = np.cumsum(np.asarray(batch["length"]))[:-1]
+            out = {key: _ragged(np.split(value, cuts)) for key, value in out.items()}
+        return {"id": batch["id"], "shard": self.plan.shard_of(batch["id"]), **out}
+
+
+def _ragged(rows: list[np.ndarray]) -> np.ndarray:
+    holder = np.empty(len(rows), dtype=object)
+    holder[:] = rows
+    return holder
+
+
+def _positions(column: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of one column in `order` -> (flat [P, w], positions per row). Accepts [B, w] (one position
+    per sample), [B, n, w] (n each) and ragged object arrays of [n_i, w]."""
+    if column.dtype != object and column.ndim == 2:
+        return np.ascontiguousarray(column[order]), np.ones(len(order), dtype=np.int64)
+    rows = [np.asarray(column[i]) for i in order]
+    return np.ascontiguousarray(np.concatenate(rows)), np.array([r.shape[0] for r in rows], dtype=np.int64)
 
 
 def _write_group(batch: dict[str, np.ndarray], *, root: str, backend: str, top_k: int, num_temperatures: int,
@@ -82,13 +108,15 @@ def _write_group(batch: dict[str, np.ndarray], *, root: str, backend: str, top_k
     if shard < 0 or len(batch["id"]) != int(expected_counts[shard]):
         raise DataError("the dataset changed while it was being dumped (ids differ from the first pass): make the dataset deterministic")
     order = np.argsort(batch["id"], kind="stable")
-    n = len(order)
+    topk_index, lengths = _positions(batch["topk_index"], order)
+    offsets = np.zeros(len(order) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
     data = ShardData(
         sample_id=batch["id"][order].astype(np.int64),
-        position_offsets=np.arange(n + 1, dtype=np.int64),  # a classifier: one position per sample
-        topk_index=np.ascontiguousarray(batch["topk_index"][order]),
-        topk_logit=np.ascontiguousarray(batch["topk_logit"][order], dtype=np.float32),
-        logsumexp=np.ascontiguousarray(batch["logsumexp"][order], dtype=np.float32),
+        position_offsets=offsets,
+        topk_index=topk_index,
+        topk_logit=_positions(batch["topk_logit"], order)[0].astype(np.float32, copy=False),
+        logsumexp=_positions(batch["logsumexp"], order)[0].astype(np.float32, copy=False),
     )
     info = write_shard(root, backend, shard, data, top_k=top_k, num_temperatures=num_temperatures,
                        index_dtype=index_dtype, vocab_size=vocab_size)
@@ -117,8 +145,7 @@ def run_dump(cfg: DumpConfig) -> DumpSummary:
     ensure_ray()
     ds = load_dataset(cfg.dataset, "--dataset")
     fingerprint = fingerprint_dataset(ds, cfg.dataset)  # also refuses empty data and duplicate ids
-    probe = ds.take_batch(2, batch_format="numpy")["features"]
-    vocab = output_width(teacher, probe)
+    vocab = output_width(teacher, ds.take_batch(2, batch_format="numpy"))
     if cfg.top_k > vocab:
         raise ConfigError([f"--top-k {cfg.top_k} exceeds the teacher's {vocab} classes: use --top-k {vocab} or less"])
     plan = plan_shards(fingerprint.ids, cfg.shard_size)

@@ -63,10 +63,19 @@ def weights_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def output_width(model: nn.Module, features) -> int:
-    """Number of classes the model outputs for a batch of dataset features (a numpy array)."""
+def model_input(batch: dict) -> torch.Tensor:
+    """What a model gets from a canonical batch: float features, or int64 token ids [B, T]."""
+    if "input_ids" in batch:
+        return torch.tensor(np.asarray(batch["input_ids"]), dtype=torch.int64)
+    return torch.tensor(np.asarray(batch["features"]), dtype=torch.float32)
+
+
+def output_width(model: nn.Module, batch: dict) -> int:
+    """Number of classes the model outputs for a canonical batch (vocabulary size for a sequence model)."""
     with torch.no_grad():
-        out = model.eval()(torch.tensor(np.asarray(features), dtype=torch.float32))
-    if out.ndim != 2:
-        raise ModelError(f"the model returned logits of shape {tuple(out.shape)}; expected [batch, classes]")
-    return int(out.shape[1])
+        out = model.eval()(model_input(batch))
+    expected = 3 if "input_ids" in batch else 2
+    if out.ndim != expected:
+        shape = "[batch, tokens, vocabulary]" if expected == 3 else "[batch, classes]"
+        raise ModelError(f"the model returned logits of shape {tuple(out.shape)}; expected {shape}")
+    return int(out.shape[-1])

@@ -43,13 +43,13 @@ def check_store_matches(manifest: Manifest, ds, spec: str, store: str, flag: str
 
 
 def check_student_width(student: torch.nn.Module, ds, manifest: Manifest, spec: str) -> None:
-    probe = ds.take_batch(2, batch_format="numpy")["features"]
+    probe = ds.take_batch(2, batch_format="numpy")
     try:
         width = output_width(student, probe)
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"--student {spec} fails on the dataset's features {probe.shape[1:]} ({type(exc).__name__}: {exc})") from None
+        raise ModelError(f"--student {spec} fails on the dataset's inputs ({type(exc).__name__}: {exc})") from None
     if width != manifest.vocab_size:
         raise ModelError(
             f"--student {spec} outputs {width} classes but the store's teacher has {manifest.vocab_size}: use a student with {manifest.vocab_size} outputs"

@@ -1,0 +1,87 @@
+"""Per-token teacher logits on real text (the stdlib corpus): variable positions per sample, both backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from logitstore import StoreReader, read_manifest
+from trainer.data import BUILTIN_TEXT, LM_SEQ_LEN
+from trainer.lm.corpus import corpus_files, corpus_fingerprint
+from trainer.lm.gpt import GPT, GPTConfig
+from trainer.lm.tokenization import ByteTokenizer, corpus_blocks, pack_blocks
+
+DATASET = "stdlib-bytes-small-eval"
+
+
+@pytest.fixture(scope="module")
+def lm_teacher(user_modules):
+    user_modules("lm_models", """
+        import torch
+        from trainer.lm.gpt import GPT, GPTConfig
+        def tiny_gpt():
+            torch.manual_seed(3)
+            return GPT(GPTConfig(vocab_size=256, seq_len=128, width=32, depth=1, heads=2))
+    """)
+    import lm_models
+
+    return lm_models.tiny_gpt()
+
+
+def blocks():
+    split, max_files = BUILTIN_TEXT[DATASET]
+    return corpus_blocks(corpus_files(split, max_files), ByteTokenizer(), LM_SEQ_LEN)
+
+
+def test_pack_blocks_masks_only_the_tail():
+    ids, lengths = pack_blocks([np.arange(5), np.arange(7)], seq_len=4)
+    assert ids.shape == (3, 4) and lengths.tolist() == [4, 4, 4]
+    ids, lengths = pack_blocks([np.arange(1, 6)], seq_len=4)
+    assert lengths.tolist() == [4, 1] and ids[1].tolist() == [5, 0, 0, 0]
+
+
+def test_corpus_split_is_by_file_and_disjoint():
+    train, eval_ = corpus_files("train"), corpus_files("eval")
+    assert train and eval_ and not set(train) & set(eval_)
+    assert all("site-packages" not in p.parts for p in train + eval_)
+    assert corpus_fingerprint(eval_[:3]) == corpus_fingerprint(eval_[:3]) != corpus_fingerprint(eval_[1:4])
+
+
+def test_gpt_is_causal():
+    model = GPT(GPTConfig(vocab_size=50, seq_len=16, width=16, depth=2, heads=2)).eval()
+    x = torch.randint(0, 50, (2, 16))
+    y = x.clone()
+    y[:, 10:] = (y[:, 10:] + 1) % 50
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[:, :10], model(y)[:, :10])
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "arrow"])
+def test_per_token_topk_matches_the_teacher(dump, lm_teacher, fmt):
+    store = dump(teacher="lm_models:tiny_gpt", dataset=DATASET, top_k=8, format=fmt, shard_size=128)
+    input_ids, lengths = blocks()
+    m = read_manifest(store)
+    assert m.num_samples == len(lengths) and m.num_positions == int(lengths.sum())
+    assert m.vocab_size == 256 and m.index_dtype == "uint16" and len(m.shards) == -(-len(lengths) // 128)
+    reader = StoreReader(store)
+    picks = np.array([0, 1, 200, len(lengths) - 1])  # the last block is the short one
+    got = reader.lookup(picks)
+    with torch.no_grad():
+        for row, block in enumerate(picks):
+            n = int(lengths[block])
+            positions = got.positions_of(row)
+            assert positions.stop - positions.start == n
+            z = lm_teacher.eval()(torch.from_numpy(input_ids[block : block + 1, :n]))[0]
+            values, index = z.topk(8, dim=-1)
+            np.testing.assert_allclose(got.topk_logit[positions], values.numpy(), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(got.logsumexp[positions, 1], torch.logsumexp(z / 2.0, dim=-1).numpy(), rtol=1e-5, atol=1e-5)
+            assert np.mean(got.topk_index[positions] == index.numpy()) > 0.99  # ties may swap order
+
+
+def test_sequence_stores_are_identical_across_backends(dump, lm_teacher):
+    a = dump(teacher="lm_models:tiny_gpt", dataset=DATASET, top_k=8, format="zarr", shard_size=128)
+    b = dump(teacher="lm_models:tiny_gpt", dataset=DATASET, top_k=8, format="arrow", shard_size=128)
+    for (_, x), (_, y) in zip(StoreReader(a).iter_shards(), StoreReader(b).iter_shards()):
+        assert x.equals(y)
+    assert read_manifest(a).dataset == read_manifest(b).dataset
