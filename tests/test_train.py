@@ -50,7 +50,7 @@ def test_two_students_with_different_t_and_alpha_from_one_store(stores_without_t
         assert m["teacher_agreement"] > 0.5
         assert m["epochs"][-1]["train_kd_loss"] < m["epochs"][0]["train_kd_loss"]
         # Every training row was seen once per epoch (2-worker splits may drop < workers rows).
-        assert 1437 - workers < m["epochs"][-1]["train_rows"] <= 1437
+        assert 1437 - workers < m["epochs"][-1]["train_positions"] <= 1437
     # alpha = 1: the CE term is logged but has no weight; alpha = 0.5 mixes both.
     assert b["train_loss"] == pytest.approx(b["train_kd_loss"])
     assert a["train_loss"] == pytest.approx(0.5 * a["train_kd_loss"] + 0.5 * a["train_ce_loss"], rel=0.05)

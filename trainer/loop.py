@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 
@@ -10,8 +11,9 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
-from trainer.losses import distillation_loss
+from trainer.losses import distillation_loss, topk_kd_loss
 from trainer.models import build_model
 
 CHECKPOINT_FILE = "model.pt"
@@ -24,25 +26,57 @@ def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def model_inputs(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return batch["input_ids"] if "input_ids" in batch else batch["features"]
+
+
+def positions(batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One row per stored position: a classifier's rows as they are; a sequence batch flattened
+    over its valid tokens, with the next token as label (-1 at a block's last token).
+
+    -> logits [N, V], labels [N], and when the batch has them: topk_index [N, k],
+    topk_logit [N, k], logsumexp_t [N], teacher_top1 [N].
+    """
+    keys = [k for k in ("topk_index", "topk_logit", "logsumexp_t", "teacher_top1") if k in batch]
+    if "input_ids" not in batch:
+        return {"logits": logits, "labels": batch["label"], **{k: batch[k] for k in keys}}
+    ids, length = batch["input_ids"], batch["length"]
+    valid = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0) < length.unsqueeze(1)
+    labels = torch.full_like(ids, -1)
+    labels[:, :-1] = torch.where(valid[:, 1:], ids[:, 1:], -1)
+    return {"logits": logits[valid], "labels": labels[valid], **{k: batch[k][valid] for k in keys}}
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data, batch_size: int) -> dict[str, float | None]:
-    """Accuracy on labelled rows; agreement with the teacher's top-1 when the data carries it."""
+def evaluate(model: torch.nn.Module, data, batch_size: int, kl_temperature: float) -> dict[str, float | None]:
+    """Accuracy and cross-entropy on labelled positions (next tokens for sequences); agreement with
+    the teacher's top-1 and KL(teacher || student) at `kl_temperature` when the data carries a store."""
     model.eval()
-    correct = labelled = agree = rows = 0
-    has_teacher = False
+    correct = labelled = agree = with_teacher = 0
+    ce_sum = kl_sum = 0.0
+    sequence = False
     for batch in data.iter_torch_batches(batch_size=batch_size):
-        pred = model(batch["features"]).argmax(dim=1)
-        has_label = batch["label"] >= 0
-        correct += int((pred[has_label] == batch["label"][has_label]).sum())
+        sequence = "input_ids" in batch
+        p = positions(batch, model(model_inputs(batch)))
+        pred = p["logits"].argmax(dim=-1)
+        has_label = p["labels"] >= 0
+        correct += int((pred[has_label] == p["labels"][has_label]).sum())
         labelled += int(has_label.sum())
-        if "teacher_top1" in batch:
-            has_teacher = True
-            agree += int((pred == batch["teacher_top1"]).sum())
-        rows += int(pred.shape[0])
+        if bool(has_label.any()):
+            ce_sum += float(F.cross_entropy(p["logits"][has_label].float(), p["labels"][has_label], reduction="sum"))
+        if "teacher_top1" in p:
+            agree += int((pred == p["teacher_top1"]).sum())
+            with_teacher += int(pred.shape[0])
+            kd = topk_kd_loss(p["logits"], p["topk_index"], p["topk_logit"], p["logsumexp_t"], kl_temperature)
+            kl_sum += float(kd.sum()) / kl_temperature**2
+    ce = ce_sum / labelled if labelled else None
     return {
         "eval_accuracy": correct / labelled if labelled else None,
-        "teacher_agreement": agree / rows if has_teacher and rows else None,
-        "eval_rows": rows,
+        "eval_cross_entropy": ce,
+        "eval_perplexity": math.exp(ce) if sequence and ce is not None else None,
+        "teacher_agreement": agree / with_teacher if with_teacher else None,
+        "eval_kl_to_teacher": kl_sum / with_teacher if with_teacher else None,
+        "eval_positions": max(with_teacher, labelled),
     }
 
 
@@ -61,22 +95,22 @@ def train_loop_per_worker(cfg: dict) -> None:
 
     for epoch in range(cfg["epochs"]):
         model.train()
-        totals = torch.zeros(4, dtype=torch.float64)  # loss, kd, ce (each * rows), rows
+        totals = torch.zeros(4, dtype=torch.float64)  # loss, kd, ce (each * positions), positions
         batches = train_data.iter_torch_batches(
             batch_size=cfg["batch_size"],
             local_shuffle_buffer_size=4 * cfg["batch_size"],
             local_shuffle_seed=cfg["seed"] * 100_003 + epoch * 101 + rank,
         )
         for batch in batches:
-            logits = model(batch["features"])
+            p = positions(batch, model(model_inputs(batch)))
             loss, kd, ce = distillation_loss(
-                logits, batch["label"], batch["topk_index"], batch["topk_logit"], batch["logsumexp_t"],
+                p["logits"], p["labels"], p["topk_index"], p["topk_logit"], p["logsumexp_t"],
                 temperature=cfg["temperature"], alpha=cfg["alpha"],
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            n = logits.shape[0]
+            n = p["logits"].shape[0]
             totals += torch.tensor([loss.item() * n, kd.item() * n, ce.item() * n, n], dtype=torch.float64)
         schedule.step()
 
@@ -87,12 +121,13 @@ def train_loop_per_worker(cfg: dict) -> None:
             "train_loss": totals[0].item() / rows,
             "train_kd_loss": totals[1].item() / rows,
             "train_ce_loss": totals[2].item() / rows,
-            "train_rows": int(totals[3].item()),
+            "train_positions": int(totals[3].item()),
         }
         last = epoch + 1 == cfg["epochs"]
         due = last or (cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0)
         if rank == 0 and eval_data is not None and due:
-            metrics.update(evaluate(model.module if hasattr(model, "module") else model, eval_data, 1024))
+            metrics.update(evaluate(model.module if hasattr(model, "module") else model, eval_data, cfg["eval_batch_size"],
+                                    cfg["eval_temperature"]))
         history.append(metrics)
         if rank == 0:
             print(json.dumps(metrics))

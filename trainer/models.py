@@ -13,7 +13,29 @@ from trainer import digits
 from trainer.errors import ModelError
 from trainer.specs import import_callable, is_callable_spec
 
+def _lm_teacher() -> nn.Module:
+    from trainer.lm import example
+
+    return example.load_teacher()
+
+
+def _lm_student() -> nn.Module:
+    from trainer.lm import example
+    from trainer.lm.gpt import GPT
+
+    return GPT(example.STUDENT)
+
+
+def _lm_teacher_architecture() -> nn.Module:
+    from trainer.lm import example
+    from trainer.lm.gpt import GPT
+
+    return GPT(example.TEACHER)
+
+
 BUILTIN_MODELS: dict[str, Callable[[], nn.Module]] = {
+    "stdlib-gpt": _lm_teacher,  # trained on stdlib-bytes-small and cached
+    "stdlib-gpt-student": _lm_student,
     "digits-cnn": digits.load_teacher,  # the trained, cached teacher
     "digits-mlp": lambda: digits.DigitsMLP(hidden=16),
     "digits-mlp-tiny": lambda: digits.DigitsMLP(hidden=8),
@@ -35,7 +57,7 @@ def check_model_spec(spec: str, what: str) -> list[str]:
 
 # Architectures of built-in models whose builder loads trained weights, for replicas that
 # receive those weights from the driver instead.
-BUILTIN_ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {"digits-cnn": digits.DigitsCNN}
+BUILTIN_ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {"digits-cnn": digits.DigitsCNN, "stdlib-gpt": _lm_teacher_architecture}
 
 
 def build_model(spec: str, what: str = "--model", *, pretrained: bool = True) -> nn.Module:

@@ -41,27 +41,48 @@ def _join_group(batch: dict[str, np.ndarray], store: str, temperature_index: int
     if not np.array_equal(data.sample_id[rows], ids):
         missing = ids[data.sample_id[rows] != ids][:5].tolist()
         raise DataError(f"sample ids {missing} are not in the store: pass the dataset the store was dumped from")
-    if not np.all(np.diff(data.position_offsets) == 1):
-        raise DataError("this store holds several positions per sample; the classifier trainer needs exactly one")
     order = np.random.default_rng().permutation(len(ids)) if shuffle else np.arange(len(ids))
     rows = rows[order]
+    out = {key: value[order] for key, value in batch.items() if key != "shard"}
+    if "input_ids" in batch:
+        out.update(_sequence_targets(data, rows, out["length"], out["input_ids"].shape[1], temperature_index))
+        return out
+    if not np.all(np.diff(data.position_offsets) == 1):
+        raise DataError("this store holds several positions per sample, but the dataset has one input per sample: pass the sequence dataset it was dumped from")
     topk_index = data.topk_index[rows].astype(np.int64)
-    return {
-        "id": ids[order],
-        "features": batch["features"][order],
-        "label": batch["label"][order],
+    out.update({
         "topk_index": topk_index,
         "topk_logit": data.topk_logit[rows],
         "logsumexp_t": data.logsumexp[rows, temperature_index],
         "teacher_top1": topk_index[:, 0],
-    }
+    })
+    return out
+
+
+def _sequence_targets(data, rows: np.ndarray, lengths: np.ndarray, seq_len: int, temperature_index: int) -> dict[str, np.ndarray]:
+    """Stored positions of each block, zero-padded to [B, seq_len, ...]; teacher_top1 is -1 on padding."""
+    n, k = len(rows), data.top_k
+    topk_index = np.zeros((n, seq_len, k), dtype=np.int64)
+    topk_logit = np.zeros((n, seq_len, k), dtype=np.float32)
+    lse = np.zeros((n, seq_len), dtype=np.float32)
+    for i, row in enumerate(rows):
+        span = data.positions_of(int(row))
+        count = span.stop - span.start
+        if count != int(lengths[i]):
+            raise DataError(f"sample {int(data.sample_id[row])} has {int(lengths[i])} tokens but the store holds {count} positions: pass the dataset the store was dumped from")
+        topk_index[i, :count] = data.topk_index[span]
+        topk_logit[i, :count] = data.topk_logit[span]
+        lse[i, :count] = data.logsumexp[span, temperature_index]
+    top1 = np.where(np.arange(seq_len) < lengths[:, None], topk_index[:, :, 0], -1)
+    return {"topk_index": topk_index, "topk_logit": topk_logit, "logsumexp_t": lse, "teacher_top1": top1}
 
 
 def join_with_store(ds: ray.data.Dataset, store: str, temperature: float, *, shuffle: bool) -> ray.data.Dataset:
     """Rows of `ds` with their stored top-k, reshuffled on every execution when `shuffle`.
 
-    Output columns: id, features, label, topk_index int64 [k], topk_logit float32 [k],
-    logsumexp_t float32 (the column for `temperature`), teacher_top1 int64.
+    Output columns: the dataset's own, plus topk_index int64 [k], topk_logit float32 [k],
+    logsumexp_t float32 (the column for `temperature`), teacher_top1 int64 — each with a leading
+    [seq_len] axis for sequence datasets (zero-padded after `length`; teacher_top1 -1 there).
     """
     manifest = read_manifest(store)
     plan = plan_from_manifest(manifest)

@@ -72,6 +72,7 @@ def run_training(cfg: TrainConfig) -> dict:
     check_student_width(build_model(cfg.student, "--student"), train_ds, manifest, cfg.student)
     check_store_matches(manifest, train_ds, cfg.dataset, cfg.store, "--dataset")
     datasets = {"train": join_with_store(train_ds, cfg.store, cfg.temperature, shuffle=True)}
+    eval_temperature = 1.0
     if cfg.eval_dataset:
         eval_ds = load_dataset(cfg.eval_dataset, "--eval-dataset")
         if cfg.eval_store:
@@ -79,7 +80,8 @@ def run_training(cfg: TrainConfig) -> dict:
             if eval_manifest.teacher.get("weights_sha256") != manifest.teacher.get("weights_sha256"):
                 raise DataError(f"--eval-store {cfg.eval_store} was dumped by another teacher than --store {cfg.store}: dump both with the same teacher")
             check_store_matches(eval_manifest, eval_ds, cfg.eval_dataset, cfg.eval_store, "--eval-dataset")
-            eval_ds = join_with_store(eval_ds, cfg.eval_store, eval_manifest.temperatures[0], shuffle=False)
+            eval_temperature = 1.0 if 1.0 in eval_manifest.temperatures else eval_manifest.temperatures[0]
+            eval_ds = join_with_store(eval_ds, cfg.eval_store, eval_temperature, shuffle=False)
         datasets["eval"] = eval_ds
 
     output = Path(cfg.output).resolve()
@@ -98,7 +100,7 @@ def run_training(cfg: TrainConfig) -> dict:
         train_loop_config={
             "student": cfg.student, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
             "weight_decay": cfg.weight_decay, "temperature": cfg.temperature, "alpha": cfg.alpha,
-            "seed": cfg.seed, "eval_every": cfg.eval_every, "checkpoint_every": cfg.checkpoint_every, "has_eval": "eval" in datasets, "threads": max(1, int(cpus)),
+            "seed": cfg.seed, "eval_temperature": eval_temperature, "eval_batch_size": 256, "eval_every": cfg.eval_every, "checkpoint_every": cfg.checkpoint_every, "has_eval": "eval" in datasets, "threads": max(1, int(cpus)),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
@@ -129,6 +131,9 @@ def run_training(cfg: TrainConfig) -> dict:
     metrics = {
         "eval_accuracy": last.get("eval_accuracy"),
         "teacher_agreement": last.get("teacher_agreement"),
+        "eval_perplexity": last.get("eval_perplexity"),
+        "eval_kl_to_teacher": last.get("eval_kl_to_teacher"),
+        "eval_cross_entropy": last.get("eval_cross_entropy"),
         "train_loss": last["train_loss"],
         "train_kd_loss": last["train_kd_loss"],
         "train_ce_loss": last["train_ce_loss"],
@@ -149,6 +154,6 @@ def run_training(cfg: TrainConfig) -> dict:
 def main_body(cfg: TrainConfig) -> None:
     metrics = run_training(cfg)
     print(f"training complete: {cfg.output}", file=sys.stderr)
-    for key in ("eval_accuracy", "teacher_agreement", "train_loss", "train_kd_loss", "train_ce_loss", "wall_seconds"):
+    for key in ("eval_accuracy", "teacher_agreement", "eval_perplexity", "eval_kl_to_teacher", "train_loss", "train_kd_loss", "train_ce_loss", "wall_seconds"):
         value = metrics[key]
         print(f"{key:18s} {value:.4f}" if isinstance(value, float) else f"{key:18s} {value}")
