@@ -85,3 +85,21 @@ def test_sequence_stores_are_identical_across_backends(dump, lm_teacher):
     for (_, x), (_, y) in zip(StoreReader(a).iter_shards(), StoreReader(b).iter_shards()):
         assert x.equals(y)
     assert read_manifest(a).dataset == read_manifest(b).dataset
+
+
+@pytest.mark.slow
+def test_per_token_distillation_moves_the_student_towards_the_teacher(dump, lm_teacher, tmp_path):
+    import json
+
+    from jobs import train_student
+
+    store = dump(teacher="lm_models:tiny_gpt", dataset=DATASET, top_k=8, format="zarr", shard_size=128)
+    argv = ["--store", store, "--dataset", DATASET, "--eval-dataset", DATASET, "--eval-store", store,
+            "--student", "stdlib-gpt-student", "--output", str(tmp_path / "lm"), "--epochs", "3", "--eval-every", "1",
+            "--batch-size", "16", "--lr", "0.003", "--temperature", "1", "--alpha", "1"]
+    assert train_student.main(argv) == 0
+    m = json.loads((tmp_path / "lm" / "metrics.json").read_text())
+    kl = [e["eval_kl_to_teacher"] for e in m["epochs"]]
+    assert kl[-1] < kl[0] and kl[-1] >= 0
+    assert m["epochs"][-1]["train_positions"] == int(blocks()[1].sum())
+    assert 1.0 < m["eval_perplexity"] < 256.0 and 0.0 <= m["teacher_agreement"] <= 1.0

@@ -83,3 +83,66 @@ def distillation_loss(student_logits: torch.Tensor, labels: torch.Tensor, topk_i
     ce = ce_sum / count.clamp(min=1)
     loss = alpha * kd + (1.0 - alpha) * ce
     return loss, kd.detach(), ce.detach()
+
+
+# --- Sparse teacher targets by sampling (Anshumann et al., ACL 2025) ------------------------------
+#
+# Full KD's cross-entropy H(p, q) = -sum_v p_v log q_v is an expectation over v ~ p, so n draws
+# from the teacher give the unbiased estimate -(1/n) sum_j log q_{v_j}. The hybrid keeps the
+# exact top-k head and estimates only the tail from m draws of the renormalised tail:
+# H = -sum_{head} p_i log q_i + tail_mass * E_{v ~ p_tail / tail_mass}[-log q_v].
+
+
+def draw_teacher_samples(teacher_logits: torch.Tensor, temperature: float, draws: int,
+                         generator: torch.Generator | None = None, exclude: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`draws` tokens per row from softmax(z/T) (restricted to classes not in `exclude`), as
+    unique ids with counts, padded with count 0.
+
+    teacher_logits [N, V], exclude [N, k] or None -> (index int64 [N, draws], count int64 [N, draws]),
+    each row sorted by descending count.
+    """
+    logits = teacher_logits.float() / temperature
+    if exclude is not None:
+        logits = logits.scatter(1, exclude, float("-inf"))
+    probs = torch.softmax(logits, dim=1)
+    picks = torch.multinomial(probs, draws, replacement=True, generator=generator)
+    counts = torch.zeros_like(probs, dtype=torch.int64).scatter_add_(1, picks, torch.ones_like(picks))
+    count, index = counts.topk(draws, dim=1)
+    return index, count
+
+
+def sampled_cross_entropy(student_logits: torch.Tensor, sample_index: torch.Tensor, sample_count: torch.Tensor,
+                          temperature: float) -> torch.Tensor:
+    """Unbiased estimate of T^2 * H(p_T, q_T) from draws of the teacher at T.
+
+    student_logits [N, V], sample_index [N, m], sample_count [N, m] (0 = padding) -> [N].
+    """
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=1).gather(1, sample_index)
+    weights = sample_count.float() / sample_count.sum(dim=1, keepdim=True).clamp(min=1)
+    return -(weights * log_q).sum(dim=1) * temperature**2
+
+
+def hybrid_cross_entropy(student_logits: torch.Tensor, topk_index: torch.Tensor, topk_logit: torch.Tensor,
+                         logsumexp_t: torch.Tensor, tail_index: torch.Tensor, tail_count: torch.Tensor,
+                         temperature: float) -> torch.Tensor:
+    """Unbiased estimate of T^2 * H(p_T, q_T): the top-k head exactly, the tail from draws of
+    the renormalised tail (as `draw_teacher_samples(..., exclude=topk_index)` makes them).
+
+    student_logits [N, V], topk_index/topk_logit [N, k], logsumexp_t [N], tail_index/tail_count [N, m] -> [N].
+    """
+    p_head, p_rest = teacher_buckets(topk_logit, logsumexp_t, temperature)
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
+    head = -(p_head * log_q.gather(1, topk_index)).sum(dim=1)
+    weights = tail_count.float() / tail_count.sum(dim=1, keepdim=True).clamp(min=1)
+    tail = -(weights * log_q.gather(1, tail_index)).sum(dim=1)
+    return (head + p_rest * tail) * temperature**2
+
+
+def renormalised_topk_cross_entropy(student_logits: torch.Tensor, topk_index: torch.Tensor,
+                                    topk_logit: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The common top-k-only target (teacher head renormalised to sum 1, tail dropped): a biased
+    estimate of T^2 * H(p_T, q_T), kept for comparison. [N, V], [N, k], [N, k] -> [N]."""
+    p = torch.softmax(topk_logit.float() / temperature, dim=1)
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=1).gather(1, topk_index)
+    return -(p * log_q).sum(dim=1) * temperature**2
