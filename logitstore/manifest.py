@@ -13,7 +13,8 @@ from typing import Any
 from logitstore.errors import ManifestError, StoreNotFoundError
 
 FORMAT_NAME = "logitstore"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this code reads and writes; top-k stores are still written as 1
+SELECTIONS = ("topk", "sample", "hybrid")
 MANIFEST_NAME = "manifest.json"
 BACKENDS = ("zarr", "arrow")
 SHARD_SUFFIX = {"zarr": ".zarr", "arrow": ".arrow"}
@@ -54,8 +55,19 @@ class Manifest:
     shards: list[ShardInfo]
     config: dict[str, Any] = field(default_factory=dict)
     created_by: str = ""
+    # {"kind": "topk"}, or {"kind": "sample" | "hybrid", "draws": m, "temperature": T_s}
+    selection: dict[str, Any] = field(default_factory=lambda: {"kind": "topk"})
     format: str = FORMAT_NAME
-    format_version: int = FORMAT_VERSION
+    format_version: int = 1
+
+    @property
+    def draws(self) -> int:
+        """Sampled entries per position (0 for a top-k store)."""
+        return int(self.selection.get("draws", 0))
+
+    @staticmethod
+    def version_for(selection: dict[str, Any]) -> int:
+        return 1 if selection.get("kind", "topk") == "topk" else 2
 
     @property
     def num_bytes(self) -> int:
@@ -150,6 +162,16 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
         if shards and info.first_id <= shards[-1].last_id:
             raise ManifestError(f"manifest {where}overlaps the id range of shard {i - 1}: the store is damaged")
         shards.append(info)
+    selection = raw.get("selection", {"kind": "topk"})
+    if not isinstance(selection, dict) or selection.get("kind") not in SELECTIONS:
+        raise ManifestError(f"manifest selection {selection!r} is unknown (expected kind topk, sample or hybrid)")
+    if selection["kind"] != "topk":
+        if version < 2:
+            raise ManifestError("manifest of format version 1 declares a sampled selection: the store is damaged")
+        draws = _count(selection, "draws", "selection ", minimum=1)
+        temp = selection.get("temperature")
+        if draws > 65535 or not isinstance(temp, (int, float)) or isinstance(temp, bool) or not (temp > 0 and math.isfinite(temp)):
+            raise ManifestError("manifest selection needs draws in 1..65535 and a positive temperature: the store is damaged")
     manifest = Manifest(
         backend=backend,
         top_k=top_k,
@@ -165,6 +187,7 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
         shards=shards,
         config=_require(raw, "config", dict, "") if "config" in raw else {},
         created_by=str(raw.get("created_by", "")),
+        selection=selection,
         format_version=version,
     )
     if sum(s.num_samples for s in shards) != manifest.num_samples or sum(s.num_positions for s in shards) != manifest.num_positions:

@@ -74,7 +74,8 @@ class StoreReader:
     def _check_layout(self, info: ShardInfo, data: ShardData) -> None:
         m = self.manifest
         try:
-            data.validate(top_k=m.top_k, num_temperatures=len(m.temperatures), index_dtype=m.index_dtype, vocab_size=m.vocab_size)
+            data.validate(top_k=m.top_k, num_temperatures=len(m.temperatures), index_dtype=m.index_dtype,
+                          vocab_size=m.vocab_size, draws=m.draws)
         except StoreError as exc:
             raise ShardCorruptError(f"shard {info.name} of store {self.root} breaks the format: {exc}") from None
         if (data.num_samples, data.num_positions) != (info.num_samples, info.num_positions) or (
@@ -129,6 +130,8 @@ def _concat_in_order(parts: list[ShardData], order: list[np.ndarray], n: int) ->
         topk_index=np.concatenate([p.topk_index for p in parts]),
         topk_logit=np.concatenate([p.topk_logit for p in parts]),
         logsumexp=np.concatenate([p.logsumexp for p in parts]),
+        sample_index=np.concatenate([p.sample_index for p in parts]) if parts[0].has_samples else None,
+        sample_count=np.concatenate([p.sample_count for p in parts]) if parts[0].has_samples else None,
     )
     inv = np.argsort(np.concatenate(order), kind="stable")
     return merged.select(inv)

@@ -33,6 +33,9 @@ class ShardData:
       topk_index       uint16|uint32 [P, k]  class ids, sorted by descending teacher logit
       topk_logit       float32 [P, k]  raw teacher logits z of those classes (before temperature)
       logsumexp        float32 [P, R]  logsumexp(z / T_r) over the full vocabulary
+    and, for the `sample` and `hybrid` selections only (m = draws per position):
+      sample_index     uint16|uint32 [P, m]  distinct drawn class ids, by descending count
+      sample_count     uint16 [P, m]         how often each was drawn (0 = padding)
     """
 
     sample_id: np.ndarray
@@ -40,6 +43,12 @@ class ShardData:
     topk_index: np.ndarray
     topk_logit: np.ndarray
     logsumexp: np.ndarray
+    sample_index: np.ndarray | None = None
+    sample_count: np.ndarray | None = None
+
+    @property
+    def has_samples(self) -> bool:
+        return self.sample_index is not None
 
     @property
     def num_samples(self) -> int:
@@ -56,8 +65,8 @@ class ShardData:
     def positions_of(self, row: int) -> slice:
         return slice(int(self.position_offsets[row]), int(self.position_offsets[row + 1]))
 
-    def validate(self, *, top_k: int, num_temperatures: int, index_dtype: str, vocab_size: int) -> None:
-        """Raise ShardDataError if this shard breaks the format's rules."""
+    def validate(self, *, top_k: int, num_temperatures: int, index_dtype: str, vocab_size: int, draws: int = 0) -> None:
+        """Raise ShardDataError if this shard breaks the format's rules (draws = 0: no sample arrays)."""
         problems = []
         s = self.sample_id
         if s.dtype != np.int64 or s.ndim != 1 or s.shape[0] == 0:
@@ -88,18 +97,29 @@ class ShardData:
             )
         elif not np.all(np.isfinite(self.logsumexp)):
             problems.append("logsumexp holds NaN or inf")
+        if draws == 0 and self.has_samples:
+            problems.append("sample arrays are present but the store's selection draws none")
+        elif draws:
+            si, sc = self.sample_index, self.sample_count
+            if si is None or sc is None:
+                problems.append(f"sample_index and sample_count are required ({draws} draws per position)")
+            elif si.dtype != np.dtype(index_dtype) or si.shape != (p, draws) or sc.dtype != np.uint16 or sc.shape != (p, draws):
+                problems.append(f"sample_index must be {index_dtype} and sample_count uint16, both [{p}, {draws}]")
+            elif p and (int(si.max()) >= vocab_size or np.any(sc.astype(np.int64).sum(axis=1) != draws)):
+                problems.append(f"sample arrays must hold class ids < {vocab_size} whose counts sum to {draws} per position")
         if problems:
             raise ShardDataError("; ".join(problems))
 
     def equals(self, other: "ShardData") -> bool:
         """Exact equality of content (dtypes included)."""
-        return all(
+        return self.has_samples == other.has_samples and all(
             a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
             for a, b in zip(self.arrays(), other.arrays())
         )
 
     def arrays(self) -> tuple[np.ndarray, ...]:
-        return (self.sample_id, self.position_offsets, self.topk_index, self.topk_logit, self.logsumexp)
+        base = (self.sample_id, self.position_offsets, self.topk_index, self.topk_logit, self.logsumexp)
+        return base + ((self.sample_index, self.sample_count) if self.has_samples else ())
 
     def select(self, rows: np.ndarray) -> "ShardData":
         """The samples at `rows` (indices into this shard), in that order, positions kept together."""
@@ -118,4 +138,6 @@ class ShardData:
             topk_index=self.topk_index[pos],
             topk_logit=self.topk_logit[pos],
             logsumexp=self.logsumexp[pos],
+            sample_index=self.sample_index[pos] if self.has_samples else None,
+            sample_count=self.sample_count[pos] if self.has_samples else None,
         )

@@ -40,12 +40,12 @@ def prepare_store_dir(root: str | os.PathLike, *, overwrite: bool) -> Path:
 
 
 def write_shard(root: str | os.PathLike, backend_name: str, index: int, data: ShardData, *,
-                top_k: int, num_temperatures: int, index_dtype: str, vocab_size: int) -> ShardInfo:
+                top_k: int, num_temperatures: int, index_dtype: str, vocab_size: int, draws: int = 0) -> ShardInfo:
     """Validate `data`, write it under a temporary name, then rename it into place.
 
     The caller owns shard `index` exclusively (one task per shard).
     """
-    data.validate(top_k=top_k, num_temperatures=num_temperatures, index_dtype=index_dtype, vocab_size=vocab_size)
+    data.validate(top_k=top_k, num_temperatures=num_temperatures, index_dtype=index_dtype, vocab_size=vocab_size, draws=draws)
     root = Path(root)
     name = shard_name(index, backend_name)
     final = root / name

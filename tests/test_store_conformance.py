@@ -28,6 +28,16 @@ BACKENDS = ["zarr", "arrow"]
 TEMPS = [1.0, 2.0, 4.0]
 
 
+def with_samples(rng, data: ShardData, vocab: int, draws: int) -> ShardData:
+    """Add `draws` multinomial draws per position, as distinct ids with uint16 counts."""
+    p = data.num_positions
+    counts = np.stack([np.bincount(rng.integers(0, vocab, size=draws), minlength=vocab) for _ in range(p)]) if p else np.zeros((0, vocab), np.int64)
+    order = np.argsort(-counts, axis=1, kind="stable")[:, :draws]
+    return ShardData(data.sample_id, data.position_offsets, data.topk_index, data.topk_logit, data.logsumexp,
+                     sample_index=order.astype(index_dtype_for(vocab)),
+                     sample_count=np.take_along_axis(counts, order, axis=1).astype(np.uint16))
+
+
 def random_shard(rng, ids, k, vocab, positions_per_sample=None) -> ShardData:
     """Real top-k/logsumexp of random logits; variable positions per sample when asked."""
     n = len(ids)
@@ -47,7 +57,7 @@ def random_shard(rng, ids, k, vocab, positions_per_sample=None) -> ShardData:
     )
 
 
-def build_store(root, backend, ids, k=4, vocab=10, shard_size=7, lengths=None, seed=0):
+def build_store(root, backend, ids, k=4, vocab=10, shard_size=7, lengths=None, seed=0, draws=0):
     rng = np.random.default_rng(seed)
     ids = np.asarray(ids, dtype=np.int64)
     plan = plan_shards(ids, shard_size)
@@ -57,14 +67,18 @@ def build_store(root, backend, ids, k=4, vocab=10, shard_size=7, lengths=None, s
     for j in range(plan.num_shards):
         n = int(plan.counts[j])
         data = random_shard(rng, ids[start:start + n], k, vocab, None if lengths is None else lengths[start:start + n])
+        if draws:
+            data = with_samples(rng, data, vocab, draws)
         start += n
         shards.append(data)
         infos.append(write_shard(root, backend, j, data, top_k=k, num_temperatures=len(TEMPS),
-                                 index_dtype=index_dtype_for(vocab), vocab_size=vocab))
+                                 index_dtype=index_dtype_for(vocab), vocab_size=vocab, draws=draws))
     manifest = Manifest(
         backend=backend, top_k=k, vocab_size=vocab, index_dtype=index_dtype_for(vocab), value_dtype="float32",
         temperatures=TEMPS, num_samples=len(ids), num_positions=sum(s.num_positions for s in shards),
         shard_size=shard_size, teacher={"spec": "test"}, dataset={"spec": "test"}, shards=infos,
+        selection={"kind": "hybrid", "draws": draws, "temperature": 1.0} if draws else {"kind": "topk"},
+        format_version=2 if draws else 1,
     )
     commit_store(root, manifest)
     return shards
@@ -187,3 +201,33 @@ def test_manifest_rejects_hostile_or_newer_content(tmp_path, backend):
             parse_manifest(json.dumps({**raw, **change}))
     with pytest.raises(ManifestError, match="not valid JSON"):
         parse_manifest(json.dumps(raw)[:-20])
+
+
+def test_sampled_shards_round_trip(tmp_path, backend):
+    rng = np.random.default_rng(5)
+    lengths = np.array([2, 0, 3], dtype=np.int64)
+    data = with_samples(rng, random_shard(rng, [4, 8, 9], k=2, vocab=300, positions_per_sample=lengths), 300, 6)
+    data.validate(top_k=2, num_temperatures=3, index_dtype="uint16", vocab_size=300, draws=6)
+    get_backend(backend).write(str(tmp_path / "s"), data)
+    back = get_backend(backend).read(str(tmp_path / "s"))
+    assert back.has_samples and back.equals(data)
+    assert back.sample_count.dtype == np.uint16 and (back.sample_count.astype(int).sum(axis=1) == 6).all()
+
+
+def test_sampled_store_reads_back_and_is_version_2(tmp_path, backend):
+    shards = build_store(tmp_path / "st", backend, np.arange(20), draws=5)
+    reader = StoreReader(tmp_path / "st")
+    assert reader.manifest.format_version == 2 and reader.manifest.draws == 5
+    got = reader.lookup(np.array([13, 2]))
+    np.testing.assert_array_equal(got.sample_count, np.concatenate([shards[1].sample_count[6:7], shards[0].sample_count[2:3]]))
+    assert reader.verify() == []
+
+
+def test_manifest_selection_rules(tmp_path, backend):
+    build_store(tmp_path / "st", backend, np.arange(10), draws=4)
+    raw = json.loads((tmp_path / "st" / "manifest.json").read_text())
+    for change, needle in [({"selection": {"kind": "magic"}}, "unknown"),
+                           ({"format_version": 1}, "version 1 declares a sampled selection"),
+                           ({"selection": {"kind": "sample", "draws": 0, "temperature": 1.0}}, "out of range")]:
+        with pytest.raises(ManifestError, match=needle):
+            parse_manifest(json.dumps({**raw, **change}))

@@ -9,6 +9,7 @@ from logitstore.errors import ShardCorruptError
 from logitstore.shard import ShardData
 
 LIST_COLUMNS = ("topk_index", "topk_logit", "logsumexp")
+SAMPLE_COLUMNS = ("sample_index", "sample_count")
 
 
 def _nested(values: np.ndarray, offsets: np.ndarray) -> pa.LargeListArray:
@@ -37,6 +38,8 @@ class ArrowBackend:
                 "topk_index": _nested(data.topk_index, offsets),
                 "topk_logit": _nested(data.topk_logit, offsets),
                 "logsumexp": _nested(data.logsumexp, offsets),
+                **({"sample_index": _nested(data.sample_index, offsets), "sample_count": _nested(data.sample_count, offsets)}
+                   if data.has_samples else {}),
             }
         )
         options = pa.ipc.IpcWriteOptions(compression="zstd")
@@ -48,7 +51,8 @@ class ArrowBackend:
             table = pa.ipc.open_file(source).read_all()
         columns = {}
         offsets = None
-        for name in LIST_COLUMNS:
+        present = LIST_COLUMNS + tuple(c for c in SAMPLE_COLUMNS if c in table.column_names)
+        for name in present:
             field_type = table.schema.field(name).type
             width = field_type.value_type.list_size
             dtype = field_type.value_type.value_type.to_pandas_dtype()

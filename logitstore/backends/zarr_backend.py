@@ -9,6 +9,7 @@ from zarr.codecs import ZstdCodec
 from logitstore.shard import ShardData
 
 ARRAYS = ("sample_id", "position_offsets", "topk_index", "topk_logit", "logsumexp")
+SAMPLE_ARRAYS = ("sample_index", "sample_count")
 CHUNK_ROWS = 8192
 
 
@@ -17,7 +18,7 @@ class ZarrBackend:
 
     def write(self, path: str, data: ShardData) -> None:
         group = zarr.open_group(path, mode="w-", zarr_format=3)
-        for name, array in zip(ARRAYS, data.arrays()):
+        for name, array in zip(ARRAYS + SAMPLE_ARRAYS, data.arrays()):
             rows = max(1, min(CHUNK_ROWS, array.shape[0]))
             chunks = (rows,) + array.shape[1:]
             # One Zarr shard per array: a shard file is written by one task only, as Zarr requires.
@@ -38,6 +39,8 @@ class ZarrBackend:
     def read(self, path: str) -> ShardData:
         group = zarr.open_group(path, mode="r", zarr_format=3)
         arrays = {}
-        for name in ARRAYS:
+        for name in ARRAYS + SAMPLE_ARRAYS:
+            if name in SAMPLE_ARRAYS and name not in group:
+                continue
             arrays[name] = np.asarray(group[name][...])
         return ShardData(**arrays)
