@@ -37,6 +37,10 @@ class DumpConfig:
     top_k: int = _help("classes stored per position, by descending teacher logit", default=5)
     temperatures: tuple[float, ...] = _help("temperatures whose log-normalisers are recorded (comma-separated); students may train at any of them", default=(1.0, 2.0, 4.0))
     format: str = _help("store backend: zarr or arrow", default="zarr")
+    selection: str = _help("what is stored per position: topk (the exact top-k), sample (also --draws tokens drawn from the teacher at --sample-temperature, as ids with counts: unbiased KD), hybrid (exact top-k head plus --draws tokens drawn from the renormalised tail)", default="topk")
+    draws: int = _help("tokens drawn per position for --selection sample or hybrid", default=12)
+    sample_temperature: float = _help("temperature the draws are made at (must be among --temperatures; students train at it)", default=1.0)
+    seed: int = _help("seed of the draws (each sample's draws depend only on it and the sample id)", default=0)
     batch_size: int = _help("samples per teacher batch", default=256)
     workers: int = _help("teacher actors (one GPU each when the cluster has GPUs)", default=1)
     shard_size: int = _help("samples per shard (memory of a writer or reader is bounded by one shard)", default=1024)
@@ -58,6 +62,13 @@ class DumpConfig:
             problems.append(f"--temperatures must be positive numbers, got {','.join(map(str, self.temperatures))}")
         elif len(set(self.temperatures)) != len(self.temperatures):
             problems.append("--temperatures lists a temperature twice")
+        if self.selection not in ("topk", "sample", "hybrid"):
+            problems.append(f"--selection must be topk, sample or hybrid, got {self.selection!r}")
+        elif self.selection != "topk":
+            if not 1 <= self.draws <= 65535:
+                problems.append(f"--draws must be in 1..65535, got {self.draws}")
+            if self.sample_temperature not in self.temperatures:
+                problems.append(f"--sample-temperature {self.sample_temperature:g} must be one of --temperatures ({','.join(f'{t:g}' for t in self.temperatures)})")
         if self.format not in ("zarr", "arrow"):
             problems.append(f"--format must be zarr or arrow, got {self.format!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

@@ -17,6 +17,7 @@ from logitstore import Manifest, ShardData, commit_store, index_dtype_for, plan_
 from trainer.config import DumpConfig
 from trainer.data import fingerprint_dataset, load_dataset
 from trainer.errors import ConfigError, DataError
+from trainer.losses import draw_teacher_samples
 from trainer.models import build_model, model_input, output_width, weights_sha256
 from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray
 from trainer.specs import worker_runtime_env
@@ -34,12 +35,13 @@ class TeacherScorer:
     """One teacher replica (a Ray Data actor). Weights come from the driver, so every replica is identical."""
 
     def __init__(self, spec: str, state_ref: list, top_k: int, temperatures: list[float], precision: str,
-                 index_dtype: str, first_ids: np.ndarray, last_ids: np.ndarray, threads: int):
+                 index_dtype: str, first_ids: np.ndarray, last_ids: np.ndarray, threads: int, selection: dict):
         # An error raised here would reach the driver as a bare ActorDiedError; keep it and raise it
         # from __call__, where Ray keeps the original exception.
         self.init_error: Exception | None = None
         try:
             self._setup(spec, state_ref, top_k, temperatures, precision, index_dtype, first_ids, last_ids, threads)
+            self.selection = selection
         except Exception as exc:
             self.init_error = exc
 
@@ -77,13 +79,35 @@ class TeacherScorer:
                 raise DataError(f"the teacher produced NaN or inf logits for sample ids {bad[:5].tolist()}: check the teacher and those inputs")
             values, indices = z_valid.topk(self.top_k, dim=-1, sorted=True)
             lse = torch.logsumexp(z_valid.unsqueeze(-2) / self.temperatures.view(-1, 1), dim=-1)
+            if self.selection["kind"] != "topk":
+                lengths = np.asarray(batch["length"]) if sequence else np.ones(len(batch["id"]), dtype=np.int64)
+                draw_index, draw_count = self._draw(z_valid, indices, batch["id"], lengths)
         out = {"topk_index": indices.cpu().numpy().astype(self.index_dtype), "topk_logit": values.cpu().numpy(),
                "logsumexp": lse.cpu().numpy()}
+        if self.selection["kind"] != "topk":
+            out["sample_index"] = draw_index.cpu().numpy().astype(self.index_dtype)
+            out["sample_count"] = draw_count.cpu().numpy().astype(np.uint16)
         if sequence:
             # Ragged rows: one [length, ...] array per sample.
             cuts = np.cumsum(np.asarray(batch["length"]))[:-1]
             out = {key: _ragged(np.split(value, cuts)) for key, value in out.items()}
         return {"id": batch["id"], "shard": self.plan.shard_of(batch["id"]), **out}
+
+
+    def _draw(self, z: torch.Tensor, head: torch.Tensor, ids: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draws for every position, seeded per sample id: the store does not depend on batching or workers."""
+        hybrid = self.selection["kind"] == "hybrid"
+        index, count, start = [], [], 0
+        for sample_id, n in zip(ids, lengths):
+            rows = slice(start, start + int(n))
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(int(self.selection["seed"]) * 1_000_003 + int(sample_id))
+            i, c = draw_teacher_samples(z[rows], self.selection["temperature"], self.selection["draws"],
+                                        generator=generator, exclude=head[rows] if hybrid else None)
+            index.append(i)
+            count.append(c)
+            start += int(n)
+        return torch.cat(index), torch.cat(count)
 
 
 def _ragged(rows: list[np.ndarray]) -> np.ndarray:
@@ -102,13 +126,14 @@ def _positions(column: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def _write_group(batch: dict[str, np.ndarray], *, root: str, backend: str, top_k: int, num_temperatures: int,
-                 index_dtype: str, vocab_size: int, expected_counts: np.ndarray) -> dict[str, np.ndarray]:
+                 index_dtype: str, vocab_size: int, expected_counts: np.ndarray, draws: int) -> dict[str, np.ndarray]:
     """Write one whole shard (map_groups gives this task every row of it) and return its ShardInfo."""
     shard = int(batch["shard"][0])
     if shard < 0 or len(batch["id"]) != int(expected_counts[shard]):
         raise DataError("the dataset changed while it was being dumped (ids differ from the first pass): make the dataset deterministic")
     order = np.argsort(batch["id"], kind="stable")
     topk_index, lengths = _positions(batch["topk_index"], order)
+    sampled = "sample_index" in batch
     offsets = np.zeros(len(order) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     data = ShardData(
@@ -117,9 +142,11 @@ def _write_group(batch: dict[str, np.ndarray], *, root: str, backend: str, top_k
         topk_index=topk_index,
         topk_logit=_positions(batch["topk_logit"], order)[0].astype(np.float32, copy=False),
         logsumexp=_positions(batch["logsumexp"], order)[0].astype(np.float32, copy=False),
+        sample_index=_positions(batch["sample_index"], order)[0] if sampled else None,
+        sample_count=_positions(batch["sample_count"], order)[0] if sampled else None,
     )
     info = write_shard(root, backend, shard, data, top_k=top_k, num_temperatures=num_temperatures,
-                       index_dtype=index_dtype, vocab_size=vocab_size)
+                       index_dtype=index_dtype, vocab_size=vocab_size, draws=draws)
     return {key: np.array([value]) for key, value in info.__dict__.items()}
 
 
@@ -130,9 +157,10 @@ class DumpSummary:
 
     def lines(self) -> list[str]:
         m = self.manifest
-        entries = m.num_positions * m.top_k
+        entries = m.num_positions * (m.top_k + m.draws)
+        sampled = f", {m.selection['kind']} +{m.draws} draws at T={m.selection['temperature']:g}" if m.draws else ""
         return [
-            f"store     {m.backend} store, k={m.top_k} of {m.vocab_size} classes, T={','.join(f'{t:g}' for t in m.temperatures)}",
+            f"store     {m.backend} store, k={m.top_k} of {m.vocab_size} classes{sampled}, T={','.join(f'{t:g}' for t in m.temperatures)}",
             f"samples   {m.num_samples} ({m.num_positions} positions) in {len(m.shards)} shards",
             f"bytes     {m.num_bytes} on disk, {m.num_bytes / entries:.2f} bytes per stored (index, value) entry",
             f"speed     {m.num_samples / self.seconds:.1f} samples/s ({self.seconds:.1f} s)",
@@ -151,6 +179,9 @@ def run_dump(cfg: DumpConfig) -> DumpSummary:
     plan = plan_shards(fingerprint.ids, cfg.shard_size)
     root = prepare_store_dir(Path(cfg.out), overwrite=cfg.overwrite)
     index_dtype = index_dtype_for(vocab)
+    selection = {"kind": cfg.selection}
+    if cfg.selection != "topk":
+        selection.update(draws=cfg.draws, temperature=float(cfg.sample_temperature), seed=cfg.seed)
 
     gpus = cluster_gpus()
     threads = max(1, int(cluster_cpus() // cfg.workers))
@@ -162,7 +193,7 @@ def run_dump(cfg: DumpConfig) -> DumpSummary:
         fn_constructor_kwargs=dict(spec=cfg.teacher, state_ref=state_ref, top_k=cfg.top_k,
                                    temperatures=list(cfg.temperatures), precision=cfg.precision,
                                    index_dtype=index_dtype, first_ids=plan.first_ids, last_ids=plan.last_ids,
-                                   threads=threads),
+                                   threads=threads, selection=selection),
         compute=ray.data.ActorPoolStrategy(size=cfg.workers),
         batch_size=cfg.batch_size,
         batch_format="numpy",
@@ -173,7 +204,8 @@ def run_dump(cfg: DumpConfig) -> DumpSummary:
         _write_group,
         batch_format="numpy",
         fn_kwargs=dict(root=str(root), backend=cfg.format, top_k=cfg.top_k, num_temperatures=len(cfg.temperatures),
-                       index_dtype=index_dtype, vocab_size=vocab, expected_counts=plan.counts),
+                       index_dtype=index_dtype, vocab_size=vocab, expected_counts=plan.counts,
+                       draws=selection.get("draws", 0)),
     )
     rows = sorted(written.take_all(), key=lambda r: r["index"])
     infos = [logitstore.ShardInfo(**{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}) for r in rows]
@@ -200,6 +232,8 @@ def run_dump(cfg: DumpConfig) -> DumpSummary:
         shards=infos,
         config=cfg.to_dict(),
         created_by=f"logitstore {logitstore.__version__}",
+        selection=selection,
+        format_version=Manifest.version_for(selection),
     )
     commit_store(root, manifest)
     return DumpSummary(manifest=manifest, seconds=time.perf_counter() - start)
