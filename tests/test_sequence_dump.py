@@ -103,3 +103,49 @@ def test_per_token_distillation_moves_the_student_towards_the_teacher(dump, lm_t
     assert kl[-1] < kl[0] and kl[-1] >= 0
     assert m["epochs"][-1]["train_positions"] == int(blocks()[1].sum())
     assert 1.0 < m["eval_perplexity"] < 256.0 and 0.0 <= m["teacher_agreement"] <= 1.0
+
+
+def test_sampled_draws_are_valid_and_independent_of_workers(dump, lm_teacher):
+    one = dump(teacher="lm_models:tiny_gpt", dataset=DATASET, top_k=1, selection="sample", draws=12, shard_size=128, workers=1)
+    two = dump(teacher="lm_models:tiny_gpt", dataset=DATASET, top_k=1, selection="sample", draws=12, shard_size=128, workers=2)
+    m = read_manifest(one)
+    assert m.format_version == 2 and m.selection["kind"] == "sample" and m.draws == 12
+    for (_, a), (_, b) in zip(StoreReader(one).iter_shards(), StoreReader(two).iter_shards()):
+        assert a.equals(b)
+        assert (a.sample_count.astype(int).sum(axis=1) == 12).all()
+    # Exactly the teacher's draws for that sample id's seed, recomputed here.
+    from trainer.losses import draw_teacher_samples
+
+    input_ids, lengths = blocks()
+    got = StoreReader(one).lookup(np.array([5]))
+    with torch.no_grad():
+        z = lm_teacher.eval()(torch.from_numpy(input_ids[5:6, : lengths[5]]))[0]
+    generator = torch.Generator().manual_seed(0 * 1_000_003 + 5)
+    index, count = draw_teacher_samples(z, 1.0, 12, generator=generator)
+    np.testing.assert_array_equal(got.sample_count, count.numpy())
+    np.testing.assert_array_equal(got.sample_index[count.numpy() > 0], index.numpy()[count.numpy() > 0])
+
+
+def test_hybrid_tail_draws_exclude_the_head(dump, lm_teacher):
+    store = dump(teacher="lm_models:tiny_gpt", dataset=DATASET, top_k=4, selection="hybrid", draws=8, shard_size=128)
+    data = StoreReader(store).read_shard(1)
+    drawn = np.where(data.sample_count > 0, data.sample_index.astype(int), -1)
+    assert not (drawn[:, :, None] == data.topk_index[:, None, :].astype(int)).any()
+
+
+@pytest.mark.slow
+def test_hybrid_store_distils_and_checks_its_temperature(dump, lm_teacher, tmp_path, capsys):
+    import json
+
+    from jobs import train_student
+
+    store = dump(teacher="lm_models:tiny_gpt", dataset=DATASET, top_k=4, selection="hybrid", draws=8, shard_size=128)
+    eval_store = dump(teacher="lm_models:tiny_gpt", dataset=DATASET, top_k=8, format="zarr", shard_size=128)
+    argv = ["--store", store, "--dataset", DATASET, "--eval-dataset", DATASET, "--eval-store", eval_store,
+            "--student", "stdlib-gpt-student", "--output", str(tmp_path / "hy"), "--epochs", "2", "--eval-every", "1",
+            "--batch-size", "16", "--lr", "0.003", "--temperature", "1", "--alpha", "1"]
+    assert train_student.main(argv + ["--temperature", "2"]) == 2
+    assert "draws were made at (1)" in capsys.readouterr().err
+    assert train_student.main(argv) == 0
+    kl = [e["eval_kl_to_teacher"] for e in json.loads((tmp_path / "hy" / "metrics.json").read_text())["epochs"]]
+    assert kl[-1] < kl[0]

@@ -129,6 +129,10 @@ class TrainConfig:
             except ValueError:
                 recorded = ", ".join(f"{t:g}" for t in manifest.temperatures)
                 problems.append(f"--temperature {self.temperature:g} was not recorded in the store (recorded: {recorded}): pick one of those, or dump again with it in --temperatures")
+            else:
+                drawn_at = manifest.selection.get("temperature")
+                if manifest.draws and drawn_at != self.temperature:
+                    problems.append(f"--temperature {self.temperature:g} differs from the temperature the store's {manifest.selection['kind']} draws were made at ({drawn_at:g}): train at --temperature {drawn_at:g}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             problems.append(f"--temperature must be positive, got {self.temperature}")
         if self.eval_store:

@@ -37,7 +37,7 @@ def positions(batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str,
     -> logits [N, V], labels [N], and when the batch has them: topk_index [N, k],
     topk_logit [N, k], logsumexp_t [N], teacher_top1 [N].
     """
-    keys = [k for k in ("topk_index", "topk_logit", "logsumexp_t", "teacher_top1") if k in batch]
+    keys = [k for k in ("topk_index", "topk_logit", "logsumexp_t", "teacher_top1", "sample_index", "sample_count") if k in batch]
     if "input_ids" not in batch:
         return {"logits": logits, "labels": batch["label"], **{k: batch[k] for k in keys}}
     ids, length = batch["input_ids"], batch["length"]
@@ -105,7 +105,8 @@ def train_loop_per_worker(cfg: dict) -> None:
             p = positions(batch, model(model_inputs(batch)))
             loss, kd, ce = distillation_loss(
                 p["logits"], p["labels"], p["topk_index"], p["topk_logit"], p["logsumexp_t"],
-                temperature=cfg["temperature"], alpha=cfg["alpha"],
+                temperature=cfg["temperature"], alpha=cfg["alpha"], selection=cfg["selection"],
+                sample_index=p.get("sample_index"), sample_count=p.get("sample_count"),
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -70,15 +70,32 @@ def labelled_cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor) -
     return ce, count
 
 
+def kd_term(student_logits: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float, selection: str = "topk") -> torch.Tensor:
+    """Per-row KD term for a store's selection: exact k+1-bucket KL (topk), or the unbiased
+    full-KD cross-entropy estimates (sample, hybrid; these differ from KL by the teacher's entropy,
+    a constant for the student). targets holds the stored arrays of these rows. -> [N]."""
+    if selection == "topk":
+        return topk_kd_loss(student_logits, targets["topk_index"], targets["topk_logit"], targets["logsumexp_t"], temperature)
+    if selection == "sample":
+        return sampled_cross_entropy(student_logits, targets["sample_index"], targets["sample_count"], temperature)
+    if selection == "hybrid":
+        return hybrid_cross_entropy(student_logits, targets["topk_index"], targets["topk_logit"], targets["logsumexp_t"],
+                                    targets["sample_index"], targets["sample_count"], temperature)
+    raise ValueError(f"unknown selection {selection!r}")
+
+
 def distillation_loss(student_logits: torch.Tensor, labels: torch.Tensor, topk_index: torch.Tensor,
                       topk_logit: torch.Tensor, logsumexp_t: torch.Tensor, *, temperature: float,
-                      alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      alpha: float, selection: str = "topk", sample_index: torch.Tensor | None = None,
+                      sample_count: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """alpha * mean(KD over all rows) + (1 - alpha) * mean(CE over labelled rows).
 
     Rows without a label (label < 0) get only the KD term; a batch with no labels is pure KD.
     Returns (loss, kd, ce) as scalars; kd and ce are detached, for logging.
     """
-    kd = topk_kd_loss(student_logits, topk_index, topk_logit, logsumexp_t, temperature).mean() if alpha > 0 else student_logits.sum() * 0.0
+    targets = {"topk_index": topk_index, "topk_logit": topk_logit, "logsumexp_t": logsumexp_t,
+               "sample_index": sample_index, "sample_count": sample_count}
+    kd = kd_term(student_logits, targets, temperature, selection).mean() if alpha > 0 else student_logits.sum() * 0.0
     ce_sum, count = labelled_cross_entropy(student_logits, labels)
     ce = ce_sum / count.clamp(min=1)
     loss = alpha * kd + (1.0 - alpha) * ce

@@ -56,6 +56,8 @@ def _join_group(batch: dict[str, np.ndarray], store: str, temperature_index: int
         "logsumexp_t": data.logsumexp[rows, temperature_index],
         "teacher_top1": topk_index[:, 0],
     })
+    if data.has_samples:
+        out.update({"sample_index": data.sample_index[rows].astype(np.int64), "sample_count": data.sample_count[rows].astype(np.int64)})
     return out
 
 
@@ -65,6 +67,9 @@ def _sequence_targets(data, rows: np.ndarray, lengths: np.ndarray, seq_len: int,
     topk_index = np.zeros((n, seq_len, k), dtype=np.int64)
     topk_logit = np.zeros((n, seq_len, k), dtype=np.float32)
     lse = np.zeros((n, seq_len), dtype=np.float32)
+    m = data.sample_index.shape[1] if data.has_samples else 0
+    sample_index = np.zeros((n, seq_len, m), dtype=np.int64)
+    sample_count = np.zeros((n, seq_len, m), dtype=np.int64)
     for i, row in enumerate(rows):
         span = data.positions_of(int(row))
         count = span.stop - span.start
@@ -73,8 +78,12 @@ def _sequence_targets(data, rows: np.ndarray, lengths: np.ndarray, seq_len: int,
         topk_index[i, :count] = data.topk_index[span]
         topk_logit[i, :count] = data.topk_logit[span]
         lse[i, :count] = data.logsumexp[span, temperature_index]
+        if m:
+            sample_index[i, :count] = data.sample_index[span]
+            sample_count[i, :count] = data.sample_count[span]
     top1 = np.where(np.arange(seq_len) < lengths[:, None], topk_index[:, :, 0], -1)
-    return {"topk_index": topk_index, "topk_logit": topk_logit, "logsumexp_t": lse, "teacher_top1": top1}
+    out = {"topk_index": topk_index, "topk_logit": topk_logit, "logsumexp_t": lse, "teacher_top1": top1}
+    return {**out, "sample_index": sample_index, "sample_count": sample_count} if m else out
 
 
 def join_with_store(ds: ray.data.Dataset, store: str, temperature: float, *, shuffle: bool) -> ray.data.Dataset:

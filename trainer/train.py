@@ -100,7 +100,7 @@ def run_training(cfg: TrainConfig) -> dict:
         train_loop_config={
             "student": cfg.student, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
             "weight_decay": cfg.weight_decay, "temperature": cfg.temperature, "alpha": cfg.alpha,
-            "seed": cfg.seed, "eval_temperature": eval_temperature, "eval_batch_size": 256, "eval_every": cfg.eval_every, "checkpoint_every": cfg.checkpoint_every, "has_eval": "eval" in datasets, "threads": max(1, int(cpus)),
+            "seed": cfg.seed, "selection": manifest.selection["kind"], "eval_temperature": eval_temperature, "eval_batch_size": 256, "eval_every": cfg.eval_every, "checkpoint_every": cfg.checkpoint_every, "has_eval": "eval" in datasets, "threads": max(1, int(cpus)),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
