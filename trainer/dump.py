@@ -40,13 +40,13 @@ class TeacherScorer:
         # from __call__, where Ray keeps the original exception.
         self.init_error: Exception | None = None
         try:
-            self._setup(spec, state_ref, top_k, temperatures, precision, index_dtype, first_ids, last_ids, threads)
-            self.selection = selection
+            self._setup(spec, state_ref, top_k, temperatures, precision, index_dtype, first_ids, last_ids, threads, selection)
         except Exception as exc:
             self.init_error = exc
 
-    def _setup(self, spec, state_ref, top_k, temperatures, precision, index_dtype, first_ids, last_ids, threads) -> None:
+    def _setup(self, spec, state_ref, top_k, temperatures, precision, index_dtype, first_ids, last_ids, threads, selection) -> None:
         torch.set_num_threads(threads)
+        self.selection = selection
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = _precision(precision, self.device)
         model = build_model(spec, "--teacher", pretrained=False)
@@ -92,7 +92,6 @@ class TeacherScorer:
             cuts = np.cumsum(np.asarray(batch["length"]))[:-1]
             out = {key: _ragged(np.split(value, cuts)) for key, value in out.items()}
         return {"id": batch["id"], "shard": self.plan.shard_of(batch["id"]), **out}
-
 
     def _draw(self, z: torch.Tensor, head: torch.Tensor, ids: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Draws for every position, seeded per sample id: the store does not depend on batching or workers."""
