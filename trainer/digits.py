@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from trainer.cache import cache_dir
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -81,8 +83,7 @@ class DigitsMLP(nn.Module):
 
 
 def teacher_cache_path() -> Path:
-    root = os.environ.get("LOGITSTORE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "logitstore")
-    return Path(root) / f"digits-cnn-{TEACHER_VERSION}.pt"
+    return cache_dir() / f"digits-cnn-{TEACHER_VERSION}.pt"
 
 
 def train_teacher(seed: int = 0, epochs: int = 40) -> DigitsCNN:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer.cache import cache_dir
 from trainer.digits import save_teacher
 from trainer.lm.corpus import corpus_files
 from trainer.lm.gpt import GPT, GPTConfig
@@ -31,8 +31,7 @@ TRAIN_FILES, EVAL_FILES = 40, 8  # the stdlib-bytes-small splits
 
 
 def teacher_cache_path() -> Path:
-    root = os.environ.get("LOGITSTORE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "logitstore")
-    return Path(root) / f"stdlib-gpt-{TEACHER_VERSION}.pt"
+    return cache_dir() / f"stdlib-gpt-{TEACHER_VERSION}.pt"
 
 
 def _blocks(split: str, files: int) -> tuple[torch.Tensor, torch.Tensor]:
