@@ -156,4 +156,5 @@ def main_body(cfg: TrainConfig) -> None:
     print(f"training complete: {cfg.output}", file=sys.stderr)
     for key in ("eval_accuracy", "teacher_agreement", "eval_perplexity", "eval_kl_to_teacher", "train_loss", "train_kd_loss", "train_ce_loss", "wall_seconds"):
         value = metrics[key]
-        print(f"{key:18s} {value:.4f}" if isinstance(value, float) else f"{key:18s} {value}")
+        if value is not None:  # e.g. no perplexity for a classifier, no agreement without --eval-store
+            print(f"{key:18s} {value:.4f}" if isinstance(value, float) else f"{key:18s} {value}")
