@@ -190,7 +190,7 @@ def _digest_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     else:
         parts = [sample_digest(f) for f in batch["features"]]
     digests = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(len(parts), 16)
-    return {"id": batch["id"], "digest": digests, "labelled": (batch["label"] >= 0)}
+    return {"id": batch["id"], "digest": digests}
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,6 @@ class DatasetFingerprint:
     ids: np.ndarray  # sorted
     ids_sha256: str
     inputs_sha256: str
-    num_labelled: int
 
     @property
     def num_samples(self) -> int:
@@ -211,11 +210,10 @@ class DatasetFingerprint:
 
 def fingerprint_dataset(ds: ray.data.Dataset, spec: str) -> DatasetFingerprint:
     """One pass over the dataset: sorted ids, their hash, the hash of the inputs. Checks ids are unique."""
-    ids, digests, labelled = [], [], 0
+    ids, digests = [], []
     for batch in ds.map_batches(_digest_batch, batch_format="numpy").iter_batches(batch_size=None, batch_format="numpy"):
         ids.append(batch["id"])
         digests.append(batch["digest"])
-        labelled += int(batch["labelled"].sum())
     if not ids or sum(len(i) for i in ids) == 0:
         raise DataError(f"dataset {spec!r} is empty: it needs at least one row")
     all_ids = np.concatenate(ids).astype(np.int64)
@@ -230,5 +228,4 @@ def fingerprint_dataset(ds: ray.data.Dataset, spec: str) -> DatasetFingerprint:
         ids=all_ids,
         ids_sha256=hashlib.sha256(all_ids.astype("<i8").tobytes()).hexdigest(),
         inputs_sha256=hashlib.sha256(np.ascontiguousarray(all_digests).tobytes()).hexdigest(),
-        num_labelled=labelled,
     )

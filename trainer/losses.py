@@ -13,15 +13,20 @@ import torch
 import torch.nn.functional as F
 
 
-def teacher_buckets(topk_logit: torch.Tensor, logsumexp_t: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher probabilities at T of the stored classes and of the rest bucket.
+def teacher_buckets(topk_logit: torch.Tensor, logsumexp_t: torch.Tensor, temperature: float,
+                    vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher log-probabilities and probabilities at T of the stored classes, and the rest mass.
 
     topk_logit [N, k] (raw logits), logsumexp_t [N] (logsumexp(z/T) over the full vocabulary)
-    -> (p_head [N, k], p_rest [N]).
+    -> (log_p_head [N, k], p_head [N, k], p_rest [N]). With k = vocab_size the rest is exactly 0.
     """
-    p_head = torch.exp(topk_logit.float() / temperature - logsumexp_t.float().unsqueeze(1))
-    p_rest = (1.0 - p_head.sum(dim=1)).clamp(min=0.0)
-    return p_head, p_rest
+    log_p_head = topk_logit.float() / temperature - logsumexp_t.float().unsqueeze(1)  # exact, no log(exp(.))
+    p_head = log_p_head.exp()
+    if topk_logit.shape[1] == vocab_size:
+        p_rest = torch.zeros_like(p_head[:, 0])  # no class outside the head; 1 - sum would be only rounding
+    else:
+        p_rest = (1.0 - p_head.sum(dim=1)).clamp(min=0.0)
+    return log_p_head, p_head, p_rest
 
 
 def student_buckets(student_logits: torch.Tensor, topk_index: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,12 +49,7 @@ def topk_kd_loss(student_logits: torch.Tensor, topk_index: torch.Tensor, topk_lo
 
     student_logits [N, V], topk_index [N, k] (int64), topk_logit [N, k], logsumexp_t [N] -> [N].
     """
-    log_p_head = topk_logit.float() / temperature - logsumexp_t.float().unsqueeze(1)  # exact, no log(exp(.))
-    p_head = log_p_head.exp()
-    if topk_index.shape[1] == student_logits.shape[1]:
-        p_rest = torch.zeros_like(p_head[:, 0])  # k = V: no class outside the head; 1 - sum is only rounding
-    else:
-        p_rest = (1.0 - p_head.sum(dim=1)).clamp(min=0.0)
+    log_p_head, p_head, p_rest = teacher_buckets(topk_logit, logsumexp_t, temperature, student_logits.shape[1])
     log_q_head, log_q_rest = student_buckets(student_logits, topk_index, temperature)
     kl_head = (p_head * (log_p_head - log_q_head)).sum(dim=1)
     # xlogy(p, p) is 0 where p == 0, so an empty rest bucket (k = V) adds nothing.
@@ -148,7 +148,7 @@ def hybrid_cross_entropy(student_logits: torch.Tensor, topk_index: torch.Tensor,
 
     student_logits [N, V], topk_index/topk_logit [N, k], logsumexp_t [N], tail_index/tail_count [N, m] -> [N].
     """
-    p_head, p_rest = teacher_buckets(topk_logit, logsumexp_t, temperature)
+    _, p_head, p_rest = teacher_buckets(topk_logit, logsumexp_t, temperature, student_logits.shape[1])
     log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
     head = -(p_head * log_q.gather(1, topk_index)).sum(dim=1)
     weights = tail_count.float() / tail_count.sum(dim=1, keepdim=True).clamp(min=1)
