@@ -2,7 +2,7 @@
 
     python -m bench.lm_selections [--epochs 2] [--json PATH]
 
-One teacher (stdlib-gpt), three stores over stdlib-bytes-small sized to similar raw bytes per
+One teacher (stdlib-gpt), three stores over stdlib-small sized to similar raw bytes per
 token (top-k k=32: 32 x (2 B index + 4 B logit); sample: top-1 + 46 draws x (2 B id + 2 B count);
 hybrid: k=16 + 24 draws), one eval store; then the same student trained labels-only and from each
 store. Prints bytes per token on disk and eval perplexity (byte-level) of each, next to the teacher's.
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="lm-selections-"))
-    train, evaluation = "stdlib-bytes-small", "stdlib-bytes-small-eval"
+    train, evaluation = "stdlib-small", "stdlib-small-eval"
 
     eval_store = str(work / "eval")
     run_dump(DumpConfig(teacher="stdlib-gpt", dataset=evaluation, out=eval_store, top_k=16, overwrite=True))

@@ -16,6 +16,7 @@ FORMAT_NAME = "logitstore"
 FORMAT_VERSION = 2  # the newest this code reads and writes; top-k stores are still written as 1
 SELECTIONS = ("topk", "sample", "hybrid")
 MANIFEST_NAME = "manifest.json"
+TOKENIZER_NAME = "tokenizer.json"  # the only extra file a store may hold at its root
 BACKENDS = ("zarr", "arrow")
 SHARD_SUFFIX = {"zarr": ".zarr", "arrow": ".arrow"}
 _SHARD_NAME = re.compile(r"^shards/[0-9]{5,9}\.(zarr|arrow)$")
@@ -57,6 +58,9 @@ class Manifest:
     created_by: str = ""
     # {"kind": "topk"}, or {"kind": "sample" | "hybrid", "draws": m, "temperature": T_s}
     selection: dict[str, Any] = field(default_factory=lambda: {"kind": "topk"})
+    # None for data that is not text; {"kind": "bytes", "vocab_size": 256}; or
+    # {"kind": "bpe", "vocab_size": n, "file": "tokenizer.json", "sha256": hex}
+    tokenizer: dict[str, Any] | None = None
     format: str = FORMAT_NAME
     format_version: int = 1
 
@@ -172,6 +176,13 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
         temp = selection.get("temperature")
         if draws > 65535 or not isinstance(temp, (int, float)) or isinstance(temp, bool) or not (temp > 0 and math.isfinite(temp)):
             raise ManifestError("manifest selection needs draws in 1..65535 and a positive temperature: the store is damaged")
+    tokenizer = raw.get("tokenizer")
+    if tokenizer is not None:
+        if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("kind"), str):
+            raise ManifestError("manifest tokenizer must be an object with a 'kind': the store is damaged")
+        _count(tokenizer, "vocab_size", "tokenizer ", minimum=1)
+        if "file" in tokenizer and (tokenizer["file"] != TOKENIZER_NAME or not _HEX64.match(str(tokenizer.get("sha256", "")))):
+            raise ManifestError(f"manifest tokenizer file must be {TOKENIZER_NAME!r} with a sha256: the store is damaged")
     manifest = Manifest(
         backend=backend,
         top_k=top_k,
@@ -188,6 +199,7 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
         config=_require(raw, "config", dict, "") if "config" in raw else {},
         created_by=str(raw.get("created_by", "")),
         selection=selection,
+        tokenizer=tokenizer,
         format_version=version,
     )
     if sum(s.num_samples for s in shards) != manifest.num_samples or sum(s.num_positions for s in shards) != manifest.num_positions:

@@ -12,7 +12,7 @@ import numpy as np
 from logitstore.backends import get_backend
 from logitstore.checksum import shard_checksum
 from logitstore.errors import ShardCorruptError, StoreError
-from logitstore.manifest import Manifest, ShardInfo, read_manifest
+from logitstore.manifest import TOKENIZER_NAME, Manifest, ShardInfo, read_manifest
 from logitstore.planning import ShardPlan, plan_from_manifest
 from logitstore.shard import ShardData
 
@@ -106,9 +106,28 @@ class StoreReader:
             order.append(where)
         return _concat_in_order(parts, order, ids.shape[0])
 
+    def tokenizer_json(self) -> str | None:
+        """The saved tokenizer's JSON (checked against the manifest), or None when the store has none."""
+        entry = self.manifest.tokenizer or {}
+        if "file" not in entry:
+            return None
+        import hashlib
+
+        path = self.root / TOKENIZER_NAME
+        if not path.is_file():
+            raise ShardCorruptError(f"{TOKENIZER_NAME} of store {self.root} is missing: the store is damaged; dump it again")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise ShardCorruptError(f"{TOKENIZER_NAME} of store {self.root} fails its checksum: the store is damaged; dump it again")
+        return data.decode("utf-8")
+
     def verify(self) -> list[str]:
-        """Check every shard's checksum and layout; one message per bad shard (empty when sound)."""
+        """Check every shard's checksum and layout (and the tokenizer's); one message per bad file (empty when sound)."""
         problems = []
+        try:
+            self.tokenizer_json()
+        except StoreError as exc:
+            problems.append(str(exc))
         for index in range(self.num_shards):
             try:
                 self.check_shard(index)

@@ -10,7 +10,7 @@ from pathlib import Path
 from logitstore.backends import get_backend
 from logitstore.checksum import shard_checksum
 from logitstore.errors import StoreError, StoreExistsError
-from logitstore.manifest import MANIFEST_NAME, Manifest, ShardInfo, shard_name, write_manifest
+from logitstore.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ShardInfo, shard_name, write_manifest
 from logitstore.shard import ShardData
 
 TMP_DIR = ".tmp"
@@ -31,6 +31,7 @@ def prepare_store_dir(root: str | os.PathLike, *, overwrite: bool) -> Path:
     for sub in ("shards", TMP_DIR):
         if (root / sub).exists():
             shutil.rmtree(root / sub)
+    (root / TOKENIZER_NAME).unlink(missing_ok=True)
     try:
         (root / "shards").mkdir(parents=True, exist_ok=True)
         (root / TMP_DIR).mkdir(exist_ok=True)
@@ -71,6 +72,17 @@ def write_shard(root: str | os.PathLike, backend_name: str, index: int, data: Sh
         num_bytes=nbytes,
         sha256=sha,
     )
+
+
+def write_tokenizer(root: str | os.PathLike, json_text: str) -> dict:
+    """Save the tokenizer the store's token ids come from (before the commit); -> its manifest entry."""
+    import hashlib
+
+    data = json_text.encode("utf-8")
+    tmp = Path(root) / TMP_DIR / TOKENIZER_NAME
+    tmp.write_bytes(data)
+    os.replace(tmp, Path(root) / TOKENIZER_NAME)
+    return {"file": TOKENIZER_NAME, "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def commit_store(root: str | os.PathLike, manifest: Manifest) -> Path:

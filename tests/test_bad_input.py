@@ -44,6 +44,9 @@ def user_models(user_modules):
             return torch.nn.Linear(64, 7)
         def not_a_model():
             return "hello"
+        def tiny_lm():
+            from trainer.lm.gpt import GPT, GPTConfig
+            return GPT(GPTConfig(vocab_size=256, seq_len=16, width=16, depth=1, heads=2))
         def nan_teacher():
             class Nan(torch.nn.Module):
                 def __init__(self):
@@ -145,6 +148,51 @@ def test_bad_training_numbers(stores, tmp_path, capsys):
     assert code == 2 and len(errors) == 3
 
 
+def token_parquet(path, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"input_ids": pa.array(rows, type=pa.list_(pa.int64()))}), path)
+    return str(path)
+
+
+def test_token_row_longer_than_seq_len(tmp_path, capsys, user_models):
+    data = token_parquet(tmp_path / "t.parquet", [list(range(10)), list(range(20))])
+    code, errors = run(dump_logits.main, ["--teacher", "bad_models:tiny_lm", "--dataset", data, "--out", str(tmp_path / "st"),
+                                          "--seq-len", "16"], capsys)
+    assert code == 2 and len(errors) == 1 and "id 1 has 20 tokens, more than --seq-len 16" in errors[0]
+    assert not (tmp_path / "st").exists()
+
+
+def test_token_ids_beyond_the_teachers_vocabulary(tmp_path, capsys, user_models):
+    data = token_parquet(tmp_path / "t.parquet", [[1, 2, 3], [4, 300, 5]])
+    code, errors = run(dump_logits.main, ["--teacher", "bad_models:tiny_lm", "--dataset", data, "--out", str(tmp_path / "st"),
+                                          "--seq-len", "16"], capsys)
+    assert code == 2 and len(errors) == 1 and "token id 300 but the teacher's vocabulary has 256" in errors[0]
+    assert not (tmp_path / "st").exists()
+
+
+def test_tokenizer_problems_and_hf_dir_without_config(tmp_path, capsys):
+    (tmp_path / "model").mkdir()
+    code, errors = run(dump_logits.main, ["--teacher", f"hf:{tmp_path / 'model'}", "--dataset", "digits", "--out", str(tmp_path / "st"),
+                                          "--tokenizer", "bpe:lots"], capsys)
+    joined = "\n".join(errors)
+    assert code == 2 and len(errors) == 3 and "no config.json" in joined and "write bpe:N" in joined and "--tokenizer applies to the built-in text" in joined
+    code, errors = run(dump_logits.main, ["--teacher", "digits-cnn", "--dataset", "stdlib-small", "--out", str(tmp_path / "st"),
+                                          "--tokenizer", str(tmp_path / "tokenizer.json"), "--seq-len", "1"], capsys)
+    assert code == 2 and len(errors) == 2 and "neither bytes, bpe:N nor an existing tokenizer.json" in errors[0] and "--seq-len must be >= 2" in errors[1]
+
+
+def test_parquet_without_features_or_tokens(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a", "b"]}), tmp_path / "t.parquet")
+    code, errors = run(dump_logits.main, ["--teacher", "digits-cnn", "--dataset", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "st")], capsys)
+    assert code == 2 and len(errors) == 1 and "neither a 'features' column" in errors[0] and "'input_ids'" in errors[0]
+    assert not (tmp_path / "st").exists()
+
+
 def test_cli_process_exits_non_zero_with_one_line(tmp_path):
     """The real process: exit status and stderr, not just the function's return value."""
     proc = subprocess.run([sys.executable, "-m", "jobs.train_student", "--store", str(tmp_path / "nope"), "--dataset", "digits",
@@ -158,7 +206,7 @@ def test_cli_process_exits_non_zero_with_one_line(tmp_path):
 def test_help_lists_every_flag():
     out = subprocess.run([sys.executable, "-m", "jobs.dump_logits", "--help"], capture_output=True, text=True, timeout=120).stdout
     for flag in ("--teacher", "--dataset", "--out", "--top-k", "--temperatures", "--format", "--batch-size", "--workers",
-                 "--shard-size", "--overwrite", "--precision"):
+                 "--shard-size", "--overwrite", "--precision", "--selection", "--draws", "--tokenizer", "--seq-len"):
         assert flag in out
     out = subprocess.run([sys.executable, "-m", "jobs.train_student", "--help"], capture_output=True, text=True, timeout=120).stdout
     for flag in ("--store", "--dataset", "--eval-dataset", "--eval-store", "--student", "--epochs", "--batch-size", "--lr",

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from logitstore import StoreReader, read_manifest
-from trainer.data import BUILTIN_TEXT, LM_SEQ_LEN
+from trainer.data import TEXT_PARTS, TextOptions, text_part
 from trainer.lm.corpus import corpus_files, corpus_fingerprint
 from trainer.lm.gpt import GPT, GPTConfig
-from trainer.lm.tokenization import ByteTokenizer, corpus_blocks, pack_blocks
+from trainer.lm.tokenization import pack_blocks
 
-DATASET = "stdlib-bytes-small-eval"
+DATASET = "stdlib-small-eval"
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,9 @@ def lm_teacher(user_modules):
 
 
 def blocks():
-    split, max_files = BUILTIN_TEXT[DATASET]
-    return corpus_blocks(corpus_files(split, max_files), ByteTokenizer(), LM_SEQ_LEN)
+    """-> ids, input_ids, lengths of DATASET, exactly as the data loader builds them."""
+    parts = [text_part(DATASET, p, TextOptions()) for p in range(TEXT_PARTS)]
+    return tuple(np.concatenate([part[key] for part in parts]) for key in ("id", "input_ids", "length"))
 
 
 def test_pack_blocks_masks_only_the_tail():
@@ -60,13 +61,16 @@ def test_gpt_is_causal():
 @pytest.mark.parametrize("fmt", ["zarr", "arrow"])
 def test_per_token_topk_matches_the_teacher(dump, lm_teacher, fmt):
     store = dump(teacher="lm_models:tiny_gpt", dataset=DATASET, top_k=8, format=fmt, shard_size=128)
-    input_ids, lengths = blocks()
+    ids, input_ids, lengths = blocks()
     m = read_manifest(store)
     assert m.num_samples == len(lengths) and m.num_positions == int(lengths.sum())
     assert m.vocab_size == 256 and m.index_dtype == "uint16" and len(m.shards) == -(-len(lengths) // 128)
+    assert m.tokenizer == {"kind": "bytes", "vocab_size": 256}
+    assert m.dataset["corpus"]["sha256"] == corpus_fingerprint(corpus_files("eval", 8))
     reader = StoreReader(store)
-    picks = np.array([0, 1, 200, len(lengths) - 1])  # the last block is the short one
-    got = reader.lookup(picks)
+    picks = np.array([0, 1, 200, len(lengths) - 1])  # the last block is a short one
+    assert lengths[-1] < 128
+    got = reader.lookup(ids[picks])
     with torch.no_grad():
         for row, block in enumerate(picks):
             n = int(lengths[block])
@@ -101,7 +105,7 @@ def test_per_token_distillation_moves_the_student_towards_the_teacher(dump, lm_t
     m = json.loads((tmp_path / "lm" / "metrics.json").read_text())
     kl = [e["eval_kl_to_teacher"] for e in m["epochs"]]
     assert kl[-1] < kl[0] and kl[-1] >= 0
-    assert m["epochs"][-1]["train_positions"] == int(blocks()[1].sum())
+    assert m["epochs"][-1]["train_positions"] == int(blocks()[2].sum())
     assert 1.0 < m["eval_perplexity"] < 256.0 and 0.0 <= m["teacher_agreement"] <= 1.0
 
 
@@ -116,11 +120,12 @@ def test_sampled_draws_are_valid_and_independent_of_workers(dump, lm_teacher):
     # Exactly the teacher's draws for that sample id's seed, recomputed here.
     from trainer.losses import draw_teacher_samples
 
-    input_ids, lengths = blocks()
-    got = StoreReader(one).lookup(np.array([5]))
+    ids, input_ids, lengths = blocks()
+    row = len(ids) - 3  # in the last part: a large id
+    got = StoreReader(one).lookup(ids[row:row + 1])
     with torch.no_grad():
-        z = lm_teacher.eval()(torch.from_numpy(input_ids[5:6, : lengths[5]]))[0]
-    generator = torch.Generator().manual_seed(0 * 1_000_003 + 5)
+        z = lm_teacher.eval()(torch.from_numpy(input_ids[row:row + 1, : lengths[row]]))[0]
+    generator = torch.Generator().manual_seed(0 * 1_000_003 + int(ids[row]))
     index, count = draw_teacher_samples(z, 1.0, 12, generator=generator)
     np.testing.assert_array_equal(got.sample_count, count.numpy())
     np.testing.assert_array_equal(got.sample_index[count.numpy() > 0], index.numpy()[count.numpy() > 0])

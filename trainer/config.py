@@ -9,7 +9,8 @@ from pathlib import Path
 
 from logitstore.errors import StoreError
 from logitstore.manifest import MANIFEST_NAME, read_manifest
-from trainer.data import check_dataset_spec
+from trainer.data import BUILTIN_TEXT, LM_SEQ_LEN, check_dataset_spec
+from trainer.lm.tokenization import check_tokenizer_spec
 from trainer.models import check_model_spec
 
 
@@ -31,8 +32,8 @@ def _check_out_dir(path: str, flag: str) -> list[str]:
 class DumpConfig:
     """Run a teacher once over a dataset and write its top-k logits into a sharded store."""
 
-    teacher: str = _help("built-in model (digits-cnn) or package.module:function returning a torch.nn.Module", default="")
-    dataset: str = _help("built-in dataset (digits, digits-fewlabels, digits-eval), a Parquet file/directory, or package.module:function returning a ray.data.Dataset", default="")
+    teacher: str = _help("built-in model (digits-cnn, stdlib-gpt), hf:<dir> (a Hugging Face causal LM saved in a local directory), or package.module:function returning a torch.nn.Module", default="")
+    dataset: str = _help("built-in dataset (digits, digits-fewlabels, digits-eval; text: stdlib, stdlib-eval, stdlib-small, stdlib-small-eval), a Parquet file/directory (with 'features', or 'input_ids' for token data), or package.module:function returning a ray.data.Dataset", default="")
     out: str = _help("directory of the store to write", default="")
     top_k: int = _help("classes stored per position, by descending teacher logit", default=5)
     temperatures: tuple[float, ...] = _help("temperatures whose log-normalisers are recorded (comma-separated); students may train at any of them", default=(1.0, 2.0, 4.0))
@@ -41,6 +42,8 @@ class DumpConfig:
     draws: int = _help("tokens drawn per position for --selection sample or hybrid", default=12)
     sample_temperature: float = _help("temperature the draws are made at (must be among --temperatures; students train at it)", default=1.0)
     seed: int = _help("seed of the draws (each sample's draws depend only on it and the sample id)", default=0)
+    tokenizer: str = _help("for built-in text datasets: bytes (vocabulary 256), bpe:N (byte-level BPE of vocabulary N trained on the stdlib train split, cached), or a tokenizer.json path such as another store's; saved in the store", default="bytes")
+    seq_len: int = _help("tokens per block: built-in text is packed into blocks of this length; token rows of a user dataset may not be longer", default=LM_SEQ_LEN)
     batch_size: int = _help("samples per teacher batch", default=256)
     workers: int = _help("teacher actors (one GPU each when the cluster has GPUs)", default=1)
     shard_size: int = _help("samples per shard (memory of a writer or reader is bounded by one shard)", default=1024)
@@ -58,6 +61,11 @@ class DumpConfig:
             problems += check_dataset_spec(self.dataset, "--dataset")
         if self.top_k < 1:
             problems.append(f"--top-k must be >= 1, got {self.top_k}")
+        problems += check_tokenizer_spec(self.tokenizer)
+        if self.tokenizer != "bytes" and self.dataset and self.dataset not in BUILTIN_TEXT:
+            problems.append(f"--tokenizer applies to the built-in text datasets ({', '.join(BUILTIN_TEXT)}) only; tokenise your own data before the dump (Parquet 'input_ids')")
+        if self.seq_len < 2:
+            problems.append(f"--seq-len must be >= 2, got {self.seq_len}")
         if not self.temperatures or any(not (math.isfinite(t) and t > 0) for t in self.temperatures):
             problems.append(f"--temperatures must be positive numbers, got {','.join(map(str, self.temperatures))}")
         elif len(set(self.temperatures)) != len(self.temperatures):

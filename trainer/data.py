@@ -1,12 +1,16 @@
 """Datasets by name, as Ray Datasets with the canonical columns, and their fingerprints.
 
-Canonical columns: `id` int64 (unique), `features` float32 tensor (same shape every row),
-`label` int64 (-1 where the label is missing).
+Canonical columns: `id` int64 (unique), `label` int64 (-1 where the label is missing), and either
+`features` float32 tensor (same shape every row) or, for token data, `input_ids` int64
+[seq_len] (zero-padded) with `length` int64 (the valid tokens, 1..seq_len).
 
 A dataset spec is one of:
-  - a built-in name: digits, digits-fewlabels, digits-eval;
-  - a Parquet file or directory with `features` (list of floats), optional `label` (int,
-    nullable) and optional `id` (int64; else the row's position, files in sorted path order);
+  - a built-in name: digits, digits-fewlabels, digits-eval; or the text of the Python standard
+    library (stdlib, stdlib-eval, stdlib-small, stdlib-small-eval), tokenised by the
+    TextOptions' tokenizer and packed into blocks of seq_len tokens;
+  - a Parquet file or directory with `features` (list of floats) and optional `label` (int,
+    nullable), or with `input_ids` (list of ints per row, at most seq_len); optional `id`
+    (int64; else the row's position, files in sorted path order);
   - `package.module:function` returning a ray.data.Dataset with those columns.
 """
 
@@ -27,11 +31,19 @@ from trainer.errors import DataError
 from trainer.specs import import_callable, is_callable_spec
 
 BUILTIN_DATASETS = {"digits": "train", "digits-fewlabels": "train-fewlabels", "digits-eval": "eval"}
-# Byte-level text of the standard library, packed into blocks of LM_SEQ_LEN tokens:
-# name -> (split, number of files; None = all).
-BUILTIN_TEXT = {"stdlib-bytes": ("train", None), "stdlib-bytes-eval": ("eval", None),
-                "stdlib-bytes-small": ("train", 40), "stdlib-bytes-small-eval": ("eval", 8)}
+# Text of the standard library: name -> (split, number of files; None = all).
+BUILTIN_TEXT = {"stdlib": ("train", None), "stdlib-eval": ("eval", None),
+                "stdlib-small": ("train", 40), "stdlib-small-eval": ("eval", 8)}
 LM_SEQ_LEN = 128
+TEXT_PARTS = 8  # read tasks per built-in text dataset; blocks never span two parts
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """How text and token data become blocks: the tokenizer (its JSON; None = bytes) and the block length."""
+
+    tokenizer_json: str | None = None
+    seq_len: int = LM_SEQ_LEN
 
 
 def check_dataset_spec(spec: str, what: str) -> list[str]:
@@ -46,7 +58,7 @@ def check_dataset_spec(spec: str, what: str) -> list[str]:
         return []
     path = Path(spec)
     if not path.exists():
-        return [f"{what} {spec!r} does not exist: pass a built-in name ({', '.join(BUILTIN_DATASETS)}), a Parquet file or directory, or package.module:function"]
+        return [f"{what} {spec!r} does not exist: pass a built-in name ({', '.join([*BUILTIN_DATASETS, *BUILTIN_TEXT])}), a Parquet file or directory, or package.module:function"]
     if not parquet_files(path):
         return [f"{what} {spec!r} holds no .parquet files: pass a Parquet file or a directory of them"]
     return []
@@ -58,15 +70,13 @@ def parquet_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*.parquet") if p.is_file())
 
 
-def load_dataset(spec: str, what: str = "--dataset") -> ray.data.Dataset:
+def load_dataset(spec: str, what: str = "--dataset", text: TextOptions = TextOptions()) -> ray.data.Dataset:
     problems = check_dataset_spec(spec, what)
     if problems:
         raise DataError(problems[0])
     if spec in BUILTIN_TEXT:
-        split, max_files = BUILTIN_TEXT[spec]
-        blocks = 8
-        return ray.data.range(blocks, override_num_blocks=blocks).map_batches(
-            _text_block, batch_size=1, fn_kwargs={"split": split, "max_files": max_files, "blocks": blocks})
+        return ray.data.range(TEXT_PARTS, override_num_blocks=TEXT_PARTS).map_batches(
+            _text_block, batch_size=1, fn_kwargs={"spec": spec, "text": text})
     if spec in BUILTIN_DATASETS:
         split = BUILTIN_DATASETS[spec]
         # Several blocks, so that several teacher actors or training workers get work.
@@ -77,12 +87,39 @@ def load_dataset(spec: str, what: str = "--dataset") -> ray.data.Dataset:
         ds = import_callable(spec, DataError, what)()
         if not isinstance(ds, ray.data.Dataset):
             raise DataError(f"{what} {spec!r} returned {type(ds).__name__}, not a ray.data.Dataset")
-        return ds.map_batches(_normalize_batch, batch_format="numpy", fn_kwargs={"source": spec})
+        return ds.map_batches(_normalize_batch, batch_format="numpy", fn_kwargs={"source": spec, "seq_len": text.seq_len})
     files = parquet_files(Path(spec))
     offsets = np.concatenate([[0], np.cumsum([pq.ParquetFile(f).metadata.num_rows for f in files])])
     # One read task per file; ids of id-less files follow the files' sorted order.
     items = [{"path": str(f), "offset": int(o)} for f, o in zip(files, offsets[:-1])]
-    return ray.data.from_items(items).map_batches(_read_parquet_batch, batch_size=1, batch_format="pyarrow")
+    return ray.data.from_items(items).map_batches(_read_parquet_batch, batch_size=1, batch_format="pyarrow",
+                                                  fn_kwargs={"seq_len": text.seq_len})
+
+
+def is_text_dataset(spec: str) -> bool:
+    return spec in BUILTIN_TEXT
+
+
+def text_part(spec: str, part: int, text: TextOptions) -> dict[str, np.ndarray]:
+    """Blocks of one part of a built-in text dataset. Part p holds a contiguous run of files; its
+    blocks have ids p * 2**32 + i, so no part needs another's token count."""
+    from trainer.lm.corpus import corpus_files
+    from trainer.lm.tokenization import corpus_blocks, tokenizer_from_json
+
+    split, max_files = BUILTIN_TEXT[spec]
+    files = np.array_split(np.array(corpus_files(split, max_files), dtype=object), TEXT_PARTS)[part].tolist()
+    input_ids, lengths = corpus_blocks(files, tokenizer_from_json(text.tokenizer_json), text.seq_len)
+    ids = (np.int64(part) << np.int64(32)) + np.arange(input_ids.shape[0], dtype=np.int64)
+    return {"id": ids, "input_ids": input_ids, "length": lengths, "label": np.full(ids.shape[0], -1, dtype=np.int64)}
+
+
+def text_corpus_identity(spec: str) -> dict:
+    """What the manifest records about a built-in text dataset's corpus: which files, exactly."""
+    from trainer.lm.corpus import corpus_files, corpus_fingerprint
+
+    split, max_files = BUILTIN_TEXT[spec]
+    files = corpus_files(split, max_files)
+    return {"name": "python-stdlib", "split": split, "files": len(files), "sha256": corpus_fingerprint(files)}
 
 
 def _digits_block(batch: dict[str, np.ndarray], split: str, blocks: int) -> dict[str, np.ndarray]:
@@ -91,22 +128,18 @@ def _digits_block(batch: dict[str, np.ndarray], split: str, blocks: int) -> dict
     return {key: value[part] for key, value in rows.items()}
 
 
-def _text_block(batch: dict[str, np.ndarray], split: str, max_files: int | None, blocks: int) -> dict[str, np.ndarray]:
-    from trainer.lm.corpus import corpus_files
-    from trainer.lm.tokenization import ByteTokenizer, corpus_blocks
-
-    input_ids, lengths = corpus_blocks(corpus_files(split, max_files), ByteTokenizer(), LM_SEQ_LEN)
-    part = np.array_split(np.arange(input_ids.shape[0]), blocks)[int(batch["id"][0])]
-    return {"id": part.astype(np.int64), "input_ids": input_ids[part], "length": lengths[part],
-            "label": np.full(part.shape[0], -1, dtype=np.int64)}
+def _text_block(batch: dict[str, np.ndarray], spec: str, text: TextOptions) -> dict[str, np.ndarray]:
+    return text_part(spec, int(batch["id"][0]), text)
 
 
-def _read_parquet_batch(batch: pa.Table) -> dict[str, np.ndarray]:
+def _read_parquet_batch(batch: pa.Table, seq_len: int) -> dict[str, np.ndarray]:
     path, offset = batch.column("path")[0].as_py(), batch.column("offset")[0].as_py()
     table = pq.read_table(path)
     names = set(table.column_names)
+    if "input_ids" in names:
+        return _read_parquet_tokens(table, path, offset, seq_len)
     if "features" not in names:
-        raise DataError(f"parquet file {path} has no 'features' column: add one (a list of floats per row)")
+        raise DataError(f"parquet file {path} has neither a 'features' column (a list of floats per row) nor 'input_ids' (a list of token ids per row): add one")
     feats = table.column("features").combine_chunks()
     if not (pa.types.is_list(feats.type) or pa.types.is_large_list(feats.type) or pa.types.is_fixed_size_list(feats.type)):
         raise DataError(f"parquet file {path}: 'features' has type {feats.type}; it must be a list of floats per row")
@@ -125,10 +158,61 @@ def _read_parquet_batch(batch: pa.Table) -> dict[str, np.ndarray]:
     return _normalize_batch(out, source=path)
 
 
-def _normalize_batch(batch: dict, source: str) -> dict[str, np.ndarray]:
+def _read_parquet_tokens(table: pa.Table, path: str, offset: int, seq_len: int) -> dict[str, np.ndarray]:
+    tokens = table.column("input_ids").combine_chunks()
+    if not (pa.types.is_list(tokens.type) or pa.types.is_large_list(tokens.type) or pa.types.is_fixed_size_list(tokens.type)) \
+            or not pa.types.is_integer(tokens.type.value_type):
+        raise DataError(f"parquet file {path}: 'input_ids' has type {tokens.type}; it must be a list of ints per row")
+    if tokens.null_count:
+        raise DataError(f"parquet file {path}: 'input_ids' has null rows; every row needs its tokens")
+    lengths = pc.list_value_length(tokens).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(tokens).to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    rows = [flat[s:s + n] for s, n in zip(starts, lengths)]
+    ids = table.column("id").to_numpy(zero_copy_only=False) if "id" in table.column_names else np.arange(offset, offset + table.num_rows)
+    return _normalize_tokens({"id": ids, "input_ids": rows, "length": lengths}, path, seq_len)
+
+
+def _normalize_tokens(batch: dict, source: str, seq_len: int) -> dict[str, np.ndarray]:
+    """Token rows (ragged lists, or [n, w] with optional `length`) -> input_ids [n, seq_len] zero-padded + length."""
+    raw = batch["input_ids"]
+    if isinstance(raw, np.ndarray) and raw.dtype != object and raw.ndim == 2:
+        rows = list(raw)
+        lengths = np.asarray(batch["length"], dtype=np.int64) if "length" in batch else np.full(len(rows), raw.shape[1], dtype=np.int64)
+    else:
+        rows = [np.asarray(r) for r in raw]
+        lengths = np.array([r.shape[0] for r in rows], dtype=np.int64)
+    n = len(rows)
+    ids = _ids(batch, source)
+    input_ids = np.zeros((n, seq_len), dtype=np.int64)
+    for i, (row, length) in enumerate(zip(rows, lengths)):
+        if row.ndim != 1 or (row.size and row.dtype.kind not in "iu"):
+            raise DataError(f"dataset {source}: 'input_ids' of id {ids[i]} is not a flat list of ints")
+        if not 1 <= length <= row.shape[0] or length > seq_len:
+            if length > seq_len:
+                raise DataError(f"dataset {source}: id {ids[i]} has {length} tokens, more than --seq-len {seq_len}: raise --seq-len or split the row")
+            raise DataError(f"dataset {source}: id {ids[i]} has no tokens (or a 'length' beyond its row): every row needs 1..{seq_len} tokens")
+        if np.any(row[:length] < 0):
+            raise DataError(f"dataset {source}: id {ids[i]} has negative token ids: token ids must be >= 0")
+        input_ids[i, :length] = row[:length]
+    return {"id": ids, "input_ids": input_ids, "length": lengths, "label": np.full(n, -1, dtype=np.int64)}
+
+
+def _ids(batch: dict, source: str) -> np.ndarray:
+    ids = np.asarray(batch["id"]) if "id" in batch else None
+    if ids is None:
+        raise DataError(f"dataset {source} has no 'id' column: function datasets must give each row a unique int id")
+    if ids.dtype.kind not in "iu":
+        raise DataError(f"dataset {source}: 'id' has dtype {ids.dtype}; ids must be integers")
+    return ids.astype(np.int64)
+
+
+def _normalize_batch(batch: dict, source: str, seq_len: int = LM_SEQ_LEN) -> dict[str, np.ndarray]:
     """Check one batch and convert it to the canonical columns and dtypes."""
+    if "input_ids" in batch:
+        return _normalize_tokens(batch, source, seq_len)
     if "features" not in batch:
-        raise DataError(f"dataset {source} has no 'features' column: add one (a float array per row)")
+        raise DataError(f"dataset {source} has neither a 'features' column (a float array per row) nor 'input_ids' (a list of token ids per row): add one")
     features = batch["features"]
     if isinstance(features, np.ndarray) and features.dtype == object:
         try:
@@ -139,13 +223,9 @@ def _normalize_batch(batch: dict, source: str) -> dict[str, np.ndarray]:
     n = features.shape[0]
     if features.ndim < 2:
         features = features.reshape(n, 1)
-    ids = np.asarray(batch["id"]) if "id" in batch else None
-    if ids is None:
-        raise DataError(f"dataset {source} has no 'id' column: function datasets must give each row a unique int id")
-    if ids.dtype.kind not in "iu":
-        raise DataError(f"dataset {source}: 'id' has dtype {ids.dtype}; ids must be integers")
+    ids = _ids(batch, source)
     labels = _labels(batch.get("label"), n, source)
-    return {"id": ids.astype(np.int64), "features": features, "label": labels}
+    return {"id": ids, "features": features, "label": labels}
 
 
 def _labels(raw, n: int, source: str) -> np.ndarray:
@@ -190,7 +270,9 @@ def _digest_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     else:
         parts = [sample_digest(f) for f in batch["features"]]
     digests = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(len(parts), 16)
-    return {"id": batch["id"], "digest": digests}
+    # Largest token id per row (-1 for features), so a too-small vocabulary is caught before the teacher runs.
+    top = batch["input_ids"].max(axis=1) if is_sequence_batch(batch) else np.full(len(parts), -1, dtype=np.int64)
+    return {"id": batch["id"], "digest": digests, "max_token": top}
 
 
 @dataclass(frozen=True)
@@ -199,6 +281,7 @@ class DatasetFingerprint:
     ids: np.ndarray  # sorted
     ids_sha256: str
     inputs_sha256: str
+    max_token: int  # largest token id; -1 for feature data
 
     @property
     def num_samples(self) -> int:
@@ -210,10 +293,12 @@ class DatasetFingerprint:
 
 def fingerprint_dataset(ds: ray.data.Dataset, spec: str) -> DatasetFingerprint:
     """One pass over the dataset: sorted ids, their hash, the hash of the inputs. Checks ids are unique."""
-    ids, digests = [], []
+    ids, digests, max_token = [], [], -1
     for batch in ds.map_batches(_digest_batch, batch_format="numpy").iter_batches(batch_size=None, batch_format="numpy"):
         ids.append(batch["id"])
         digests.append(batch["digest"])
+        if len(batch["max_token"]):
+            max_token = max(max_token, int(batch["max_token"].max()))
     if not ids or sum(len(i) for i in ids) == 0:
         raise DataError(f"dataset {spec!r} is empty: it needs at least one row")
     all_ids = np.concatenate(ids).astype(np.int64)
@@ -228,4 +313,5 @@ def fingerprint_dataset(ds: ray.data.Dataset, spec: str) -> DatasetFingerprint:
         ids=all_ids,
         ids_sha256=hashlib.sha256(all_ids.astype("<i8").tobytes()).hexdigest(),
         inputs_sha256=hashlib.sha256(np.ascontiguousarray(all_digests).tobytes()).hexdigest(),
+        max_token=max_token,
     )

@@ -15,10 +15,12 @@ import torch
 import logitstore
 from logitstore import Manifest, ShardData, commit_store, index_dtype_for, plan_shards, prepare_store_dir, write_shard
 from trainer.config import DumpConfig
-from trainer.data import fingerprint_dataset, load_dataset
+from logitstore.writer import write_tokenizer
+from trainer.data import TextOptions, fingerprint_dataset, is_text_dataset, load_dataset, text_corpus_identity
 from trainer.errors import ConfigError, DataError
+from trainer.lm.tokenization import resolve_tokenizer
 from trainer.losses import draw_teacher_samples
-from trainer.models import build_model, model_input, output_width, weights_sha256
+from trainer.models import build_model, model_input, probe_width, weights_sha256
 from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray
 from trainer.specs import worker_runtime_env
 
@@ -100,7 +102,7 @@ class TeacherScorer:
         for sample_id, n in zip(ids, lengths):
             rows = slice(start, start + int(n))
             generator = torch.Generator(device=self.device)
-            generator.manual_seed(int(self.selection["seed"]) * 1_000_003 + int(sample_id))
+            generator.manual_seed((int(self.selection["seed"]) * 1_000_003 + int(sample_id)) % 2**64)
             i, c = draw_teacher_samples(z[rows], self.selection["temperature"], self.selection["draws"],
                                         generator=generator, exclude=head[rows] if hybrid else None)
             index.append(i)
@@ -170,13 +172,22 @@ def run_dump(cfg: DumpConfig) -> DumpSummary:
     start = time.perf_counter()
     teacher = build_model(cfg.teacher, "--teacher")
     ensure_ray()
-    ds = load_dataset(cfg.dataset, "--dataset")
+    text = is_text_dataset(cfg.dataset)
+    tokenizer = resolve_tokenizer(cfg.tokenizer) if text else None
+    ds = load_dataset(cfg.dataset, "--dataset", TextOptions(tokenizer.to_json() if tokenizer else None, cfg.seq_len))
     fingerprint = fingerprint_dataset(ds, cfg.dataset)  # also refuses empty data and duplicate ids
-    vocab = output_width(teacher, ds.take_batch(2, batch_format="numpy"))
+    vocab = probe_width(teacher, ds.take_batch(2, batch_format="numpy"), "--teacher", cfg.teacher)
+    if fingerprint.max_token >= vocab:
+        raise DataError(f"--dataset {cfg.dataset} holds token id {fingerprint.max_token} but the teacher's vocabulary has {vocab} entries: tokenise the data with the teacher's tokenizer")
     if cfg.top_k > vocab:
         raise ConfigError([f"--top-k {cfg.top_k} exceeds the teacher's {vocab} classes: use --top-k {vocab} or less"])
     plan = plan_shards(fingerprint.ids, cfg.shard_size)
     root = prepare_store_dir(Path(cfg.out), overwrite=cfg.overwrite)
+    tokenizer_entry = None
+    if tokenizer is not None:
+        tokenizer_entry = {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size}
+        if tokenizer.to_json() is not None:
+            tokenizer_entry.update(write_tokenizer(root, tokenizer.to_json()))
     index_dtype = index_dtype_for(vocab)
     selection = {"kind": cfg.selection}
     if cfg.selection != "topk":
@@ -227,11 +238,12 @@ def run_dump(cfg: DumpConfig) -> DumpSummary:
             "num_parameters": sum(p.numel() for p in teacher.parameters()),
             "dtype": str(_precision(cfg.precision, torch.device("cuda" if gpus >= 1 else "cpu"))).replace("torch.", ""),
         },
-        dataset=fingerprint.to_manifest(),
+        dataset={**fingerprint.to_manifest(), **({"corpus": text_corpus_identity(cfg.dataset)} if text else {})},
         shards=infos,
         config=cfg.to_dict(),
         created_by=f"logitstore {logitstore.__version__}",
         selection=selection,
+        tokenizer=tokenizer_entry,
         format_version=Manifest.version_for(selection),
     )
     commit_store(root, manifest)

@@ -1,8 +1,10 @@
-"""Models by name: built-in ones, or `package.module:function` returning a torch.nn.Module."""
+"""Models by name: built-in ones, `hf:<dir>` (a Hugging Face causal LM saved in a local directory),
+or `package.module:function` returning a torch.nn.Module."""
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -34,7 +36,7 @@ def _lm_teacher_architecture() -> nn.Module:
 
 
 BUILTIN_MODELS: dict[str, Callable[[], nn.Module]] = {
-    "stdlib-gpt": _lm_teacher,  # trained on stdlib-bytes-small and cached
+    "stdlib-gpt": _lm_teacher,  # trained on stdlib-small and cached
     "stdlib-gpt-student": _lm_student,
     "digits-cnn": digits.load_teacher,  # the trained, cached teacher
     "digits-mlp": lambda: digits.DigitsMLP(hidden=16),
@@ -42,12 +44,51 @@ BUILTIN_MODELS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+HF_PREFIX = "hf:"
+
+
+class HFCausalLM(nn.Module):
+    """A `transformers` causal LM from a local directory, as input_ids [B, T] -> logits [B, T, V].
+
+    Never touches the hub (local_files_only) and never runs code from the directory. Blocks are
+    right-padded, so with causal attention no attention mask is needed for the valid positions.
+    """
+
+    def __init__(self, path: str, *, pretrained: bool = True) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        if pretrained:
+            self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        else:  # the architecture only; the weights come from the driver
+            config = AutoConfig.from_pretrained(path, local_files_only=True)
+            self.model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+
+def _check_hf_dir(spec: str, what: str) -> list[str]:
+    path = Path(spec[len(HF_PREFIX):])
+    if not (path / "config.json").is_file():
+        return [f"{what} {spec!r}: {path} is not a saved Hugging Face model (no config.json): pass the directory save_pretrained wrote"]
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return [f"{what} {spec!r} needs the transformers package: pip install 'logitstore[hf]'"]
+    return []
+
+
 def check_model_spec(spec: str, what: str) -> list[str]:
     """Problems with a model spec, found without building the model."""
     if spec in BUILTIN_MODELS:
         return []
+    if spec.startswith(HF_PREFIX):
+        return _check_hf_dir(spec, what)
     if not is_callable_spec(spec):
-        return [f"{what} {spec!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) nor package.module:function"]
+        return [f"{what} {spec!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}), hf:<dir>, nor package.module:function"]
     try:
         import_callable(spec, ModelError, what)
     except ModelError as exc:
@@ -62,7 +103,15 @@ BUILTIN_ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {"digits-cnn": digit
 
 def build_model(spec: str, what: str = "--model", *, pretrained: bool = True) -> nn.Module:
     """Build the model a spec names. pretrained=False skips loading a built-in's trained weights."""
-    if not pretrained and spec in BUILTIN_ARCHITECTURES:
+    if spec.startswith(HF_PREFIX):
+        problems = _check_hf_dir(spec, what)
+        if problems:
+            raise ModelError(problems[0])
+        try:
+            model = HFCausalLM(spec[len(HF_PREFIX):], pretrained=pretrained)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{what} {spec!r} cannot be loaded ({str(exc).splitlines()[0]}): check the directory's files") from None
+    elif not pretrained and spec in BUILTIN_ARCHITECTURES:
         model = BUILTIN_ARCHITECTURES[spec]()
     elif spec in BUILTIN_MODELS:
         model = BUILTIN_MODELS[spec]()
@@ -101,3 +150,17 @@ def output_width(model: nn.Module, batch: dict) -> int:
         shape = "[batch, tokens, vocabulary]" if expected == 3 else "[batch, classes]"
         raise ModelError(f"the model returned logits of shape {tuple(out.shape)}; expected {shape}")
     return int(out.shape[-1])
+
+
+def probe_width(model: nn.Module, batch: dict, flag: str, spec: str) -> int:
+    """output_width on a few real rows, token ids zeroed (their range is checked against the vocabulary
+    separately); any failure becomes one ModelError naming the model."""
+    if "input_ids" in batch:
+        batch = {**batch, "input_ids": np.zeros_like(batch["input_ids"])}
+    try:
+        return output_width(model, batch)
+    except ModelError:
+        raise
+    except Exception as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelError(f"{flag} {spec} fails on the dataset's inputs ({type(exc).__name__}: {detail})") from None

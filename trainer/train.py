@@ -15,12 +15,12 @@ import torch
 from ray.train.torch import TorchTrainer
 
 import logitstore
-from logitstore import Manifest, read_manifest
+from logitstore import Manifest, StoreReader, read_manifest
 from trainer.config import TrainConfig
-from trainer.data import fingerprint_dataset, load_dataset
+from trainer.data import LM_SEQ_LEN, TextOptions, fingerprint_dataset, load_dataset
 from trainer.errors import DataError, ModelError
 from trainer.loop import CHECKPOINT_FILE, HISTORY_FILE, train_loop_per_worker
-from trainer.models import build_model, output_width
+from trainer.models import build_model, probe_width
 from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray
 from trainer.specs import worker_runtime_env
 from trainer.streaming import join_with_store
@@ -43,17 +43,16 @@ def check_store_matches(manifest: Manifest, ds, spec: str, store: str, flag: str
 
 
 def check_student_width(student: torch.nn.Module, ds, manifest: Manifest, spec: str) -> None:
-    probe = ds.take_batch(2, batch_format="numpy")
-    try:
-        width = output_width(student, probe)
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"--student {spec} fails on the dataset's inputs ({type(exc).__name__}: {exc})") from None
+    width = probe_width(student, ds.take_batch(2, batch_format="numpy"), "--student", spec)
     if width != manifest.vocab_size:
         raise ModelError(
             f"--student {spec} outputs {width} classes but the store's teacher has {manifest.vocab_size}: use a student with {manifest.vocab_size} outputs"
         )
+
+
+def text_options(store: str, manifest: Manifest) -> TextOptions:
+    """Tokenise and pack text exactly as the dump did: the store's own tokenizer and block length."""
+    return TextOptions(StoreReader(store).tokenizer_json(), int(manifest.config.get("seq_len", LM_SEQ_LEN)))
 
 
 def _cpus_per_worker(cfg: TrainConfig) -> float:
@@ -68,17 +67,23 @@ def run_training(cfg: TrainConfig) -> dict:
     manifest = read_manifest(cfg.store)
     ensure_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False  # one epoch = one execution: too noisy
-    train_ds = load_dataset(cfg.dataset, "--dataset")
+    text = text_options(cfg.store, manifest)
+    train_ds = load_dataset(cfg.dataset, "--dataset", text)
     check_student_width(build_model(cfg.student, "--student"), train_ds, manifest, cfg.student)
     check_store_matches(manifest, train_ds, cfg.dataset, cfg.store, "--dataset")
     datasets = {"train": join_with_store(train_ds, cfg.store, cfg.temperature, shuffle=True)}
     eval_temperature = 1.0
     if cfg.eval_dataset:
-        eval_ds = load_dataset(cfg.eval_dataset, "--eval-dataset")
+        eval_text = text
         if cfg.eval_store:
             eval_manifest = read_manifest(cfg.eval_store)
             if eval_manifest.teacher.get("weights_sha256") != manifest.teacher.get("weights_sha256"):
                 raise DataError(f"--eval-store {cfg.eval_store} was dumped by another teacher than --store {cfg.store}: dump both with the same teacher")
+            eval_text = text_options(cfg.eval_store, eval_manifest)
+            if eval_text.tokenizer_json != text.tokenizer_json:
+                raise DataError(f"--eval-store {cfg.eval_store} was tokenised with another tokenizer than --store {cfg.store}: dump it with --tokenizer {Path(cfg.store) / 'tokenizer.json'}")
+        eval_ds = load_dataset(cfg.eval_dataset, "--eval-dataset", eval_text)
+        if cfg.eval_store:
             check_store_matches(eval_manifest, eval_ds, cfg.eval_dataset, cfg.eval_store, "--eval-dataset")
             eval_temperature = 1.0 if 1.0 in eval_manifest.temperatures else eval_manifest.temperatures[0]
             eval_ds = join_with_store(eval_ds, cfg.eval_store, eval_temperature, shuffle=False)

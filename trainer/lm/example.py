@@ -1,6 +1,6 @@
 """The built-in language-model example: byte-level GPTs on the standard library's sources.
 
-The teacher (`stdlib-gpt`, 0.8M parameters) is trained reproducibly on `stdlib-bytes-small`:
+The teacher (`stdlib-gpt`, 0.8M parameters) is trained reproducibly on `stdlib-small`:
     python -m trainer.lm.example train-teacher [--steps 600] [--out PATH]
 and cached (LOGITSTORE_CACHE, else ~/.cache/logitstore); also trained on first use. The student
 (`stdlib-gpt-student`) is a much smaller GPT of the same vocabulary.
@@ -27,7 +27,7 @@ from trainer.lm.tokenization import ByteTokenizer, corpus_blocks
 TEACHER = GPTConfig(vocab_size=256, seq_len=128, width=128, depth=4, heads=4)
 STUDENT = GPTConfig(vocab_size=256, seq_len=128, width=48, depth=2, heads=2)
 TEACHER_VERSION = "v1"
-TRAIN_FILES, EVAL_FILES = 40, 8  # the stdlib-bytes-small splits
+TRAIN_FILES = 40  # the stdlib-small train split
 
 
 def teacher_cache_path() -> Path:
@@ -46,8 +46,13 @@ def next_token_loss(model: torch.nn.Module, ids: torch.Tensor, lengths: torch.Te
 
 
 @torch.no_grad()
-def perplexity(model: torch.nn.Module, split: str = "eval", files: int = EVAL_FILES) -> float:
-    ids, lengths = _blocks(split, files)
+def perplexity(model: torch.nn.Module, dataset: str = "stdlib-small-eval") -> float:
+    """Per-token perplexity over exactly the blocks of the built-in text dataset students are evaluated on."""
+    from trainer.data import TEXT_PARTS, TextOptions, text_part
+
+    parts = [text_part(dataset, p, TextOptions()) for p in range(TEXT_PARTS)]
+    ids = torch.from_numpy(np.concatenate([p["input_ids"] for p in parts]))
+    lengths = torch.from_numpy(np.concatenate([p["length"] for p in parts]))
     model.eval()
     total = count = 0.0
     for start in range(0, ids.shape[0], 64):
