@@ -14,7 +14,7 @@ from logitstore.checksum import shard_checksum
 from logitstore.errors import ShardCorruptError, StoreError
 from logitstore.manifest import TOKENIZER_NAME, Manifest, ShardInfo, read_manifest
 from logitstore.planning import ShardPlan, plan_from_manifest
-from logitstore.shard import ShardData
+from logitstore.shard import ShardData, pad_samples
 
 
 class StoreReader:
@@ -141,6 +141,9 @@ def _concat_in_order(parts: list[ShardData], order: list[np.ndarray], n: int) ->
     if len(parts) == 1:
         inv = np.argsort(order[0], kind="stable")
         return parts[0].select(inv)
+    if parts[0].has_samples:
+        width = max(p.sample_index.shape[1] for p in parts)
+        padded = [pad_samples(p.sample_index, p.sample_count, width) for p in parts]
     merged = ShardData(
         sample_id=np.concatenate([p.sample_id for p in parts]),
         position_offsets=np.concatenate(
@@ -149,8 +152,8 @@ def _concat_in_order(parts: list[ShardData], order: list[np.ndarray], n: int) ->
         topk_index=np.concatenate([p.topk_index for p in parts]),
         topk_logit=np.concatenate([p.topk_logit for p in parts]),
         logsumexp=np.concatenate([p.logsumexp for p in parts]),
-        sample_index=np.concatenate([p.sample_index for p in parts]) if parts[0].has_samples else None,
-        sample_count=np.concatenate([p.sample_count for p in parts]) if parts[0].has_samples else None,
+        sample_index=np.concatenate([i for i, _ in padded]) if parts[0].has_samples else None,
+        sample_count=np.concatenate([c for _, c in padded]) if parts[0].has_samples else None,
     )
     inv = np.argsort(np.concatenate(order), kind="stable")
     return merged.select(inv)

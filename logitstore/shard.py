@@ -34,8 +34,9 @@ class ShardData:
       topk_logit       float32 [P, k]  raw teacher logits z of those classes (before temperature)
       logsumexp        float32 [P, R]  logsumexp(z / T_r) over the full vocabulary
     and, for the `sample` and `hybrid` selections only (m = draws per position):
-      sample_index     uint16|uint32 [P, m]  distinct drawn class ids, by descending count
-      sample_count     uint16 [P, m]         how often each was drawn (0 = padding)
+      sample_index     uint16|uint32 [P, w]  distinct drawn class ids, by descending count
+      sample_count     uint16 [P, w]         how often each was drawn (0 = padding)
+    where w <= min(m, vocabulary) is the most distinct ids drawn at any position of the shard.
     """
 
     sample_id: np.ndarray
@@ -103,8 +104,9 @@ class ShardData:
             si, sc = self.sample_index, self.sample_count
             if si is None or sc is None:
                 problems.append(f"sample_index and sample_count are required ({draws} draws per position)")
-            elif si.dtype != np.dtype(index_dtype) or si.shape != (p, draws) or sc.dtype != np.uint16 or sc.shape != (p, draws):
-                problems.append(f"sample_index must be {index_dtype} and sample_count uint16, both [{p}, {draws}]")
+            elif si.dtype != np.dtype(index_dtype) or sc.dtype != np.uint16 or si.ndim != 2 or si.shape != sc.shape \
+                    or si.shape[0] != p or not 1 <= si.shape[1] <= min(draws, vocab_size):
+                problems.append(f"sample_index must be {index_dtype} and sample_count uint16, both [{p}, w] with 1 <= w <= {min(draws, vocab_size)}")
             elif p and (int(si.max()) >= vocab_size or np.any(sc.astype(np.int64).sum(axis=1) != draws)):
                 problems.append(f"sample arrays must hold class ids < {vocab_size} whose counts sum to {draws} per position")
         if problems:
@@ -141,3 +143,18 @@ class ShardData:
             sample_index=self.sample_index[pos] if self.has_samples else None,
             sample_count=self.sample_count[pos] if self.has_samples else None,
         )
+
+
+def pad_samples(index: np.ndarray, count: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sample arrays widened to `width` columns with count-0 padding (widths differ between shards)."""
+    extra = width - index.shape[-1]
+    if extra <= 0:
+        return index, count
+    pad = [(0, 0)] * (index.ndim - 1) + [(0, extra)]
+    return np.pad(index, pad), np.pad(count, pad)
+
+
+def trim_samples(index: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop the columns that are padding at every position (rows are sorted by descending count)."""
+    width = max(1, int((count > 0).sum(axis=-1).max())) if count.size else 1
+    return np.ascontiguousarray(index[..., :width]), np.ascontiguousarray(count[..., :width])

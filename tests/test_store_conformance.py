@@ -22,20 +22,23 @@ from logitstore import (
 )
 from logitstore.backends import get_backend
 from logitstore.manifest import Manifest, parse_manifest
-from logitstore.shard import ShardData, index_dtype_for
+from logitstore.shard import ShardData, index_dtype_for, pad_samples, trim_samples
 
 BACKENDS = ["zarr", "arrow"]
 TEMPS = [1.0, 2.0, 4.0]
 
 
-def with_samples(rng, data: ShardData, vocab: int, draws: int) -> ShardData:
-    """Add `draws` multinomial draws per position, as distinct ids with uint16 counts."""
+def with_samples(rng, data: ShardData, vocab: int, draws: int, trim: bool = False) -> ShardData:
+    """Add `draws` multinomial draws per position, as distinct ids with uint16 counts (only as
+    many columns as the shard needs when `trim`, as the dump writes them)."""
     p = data.num_positions
     counts = np.stack([np.bincount(rng.integers(0, vocab, size=draws), minlength=vocab) for _ in range(p)]) if p else np.zeros((0, vocab), np.int64)
     order = np.argsort(-counts, axis=1, kind="stable")[:, :draws]
+    index, count = order.astype(index_dtype_for(vocab)), np.take_along_axis(counts, order, axis=1).astype(np.uint16)
+    if trim:
+        index, count = trim_samples(index, count)
     return ShardData(data.sample_id, data.position_offsets, data.topk_index, data.topk_logit, data.logsumexp,
-                     sample_index=order.astype(index_dtype_for(vocab)),
-                     sample_count=np.take_along_axis(counts, order, axis=1).astype(np.uint16))
+                     sample_index=index, sample_count=count)
 
 
 def random_shard(rng, ids, k, vocab, positions_per_sample=None) -> ShardData:
@@ -68,7 +71,7 @@ def build_store(root, backend, ids, k=4, vocab=10, shard_size=7, lengths=None, s
         n = int(plan.counts[j])
         data = random_shard(rng, ids[start:start + n], k, vocab, None if lengths is None else lengths[start:start + n])
         if draws:
-            data = with_samples(rng, data, vocab, draws)
+            data = with_samples(rng, data, vocab, draws, trim=True)
         start += n
         shards.append(data)
         infos.append(write_shard(root, backend, j, data, top_k=k, num_temperatures=len(TEMPS),
@@ -215,11 +218,18 @@ def test_sampled_shards_round_trip(tmp_path, backend):
 
 
 def test_sampled_store_reads_back_and_is_version_2(tmp_path, backend):
-    shards = build_store(tmp_path / "st", backend, np.arange(20), draws=5)
+    shards = build_store(tmp_path / "st", backend, np.arange(20), draws=6, vocab=8, shard_size=2)
     reader = StoreReader(tmp_path / "st")
-    assert reader.manifest.format_version == 2 and reader.manifest.draws == 5
-    got = reader.lookup(np.array([13, 2]))
-    np.testing.assert_array_equal(got.sample_count, np.concatenate([shards[1].sample_count[6:7], shards[0].sample_count[2:3]]))
+    assert reader.manifest.format_version == 2 and reader.manifest.draws == 6
+    widths = [s.sample_index.shape[1] for s in shards]
+    assert len(set(widths)) > 1 and max(widths) <= 6  # shards keep only the columns they need
+    for ids in (np.array([13, 2, 7]), np.arange(20)[::-1]):
+        got = reader.lookup(ids)
+        width = got.sample_index.shape[1]
+        for row, i in enumerate(ids):
+            index, count = pad_samples(shards[i // 2].sample_index[i % 2], shards[i // 2].sample_count[i % 2], width)
+            np.testing.assert_array_equal(got.sample_count[row], count)
+            np.testing.assert_array_equal(got.sample_index[row][count > 0], index[count > 0])
     assert reader.verify() == []
 
 

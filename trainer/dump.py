@@ -13,6 +13,7 @@ import ray.data
 import torch
 
 import logitstore
+from logitstore.shard import trim_samples
 from logitstore import Manifest, ShardData, commit_store, index_dtype_for, plan_shards, prepare_store_dir, write_shard
 from trainer.config import DumpConfig
 from logitstore.writer import write_tokenizer
@@ -135,6 +136,8 @@ def _write_group(batch: dict[str, np.ndarray], *, root: str, backend: str, top_k
     order = np.argsort(batch["id"], kind="stable")
     topk_index, lengths = _positions(batch["topk_index"], order)
     sampled = "sample_index" in batch
+    if sampled:  # only as wide as the most distinct ids any position of this shard drew
+        sample_index, sample_count = trim_samples(_positions(batch["sample_index"], order)[0], _positions(batch["sample_count"], order)[0])
     offsets = np.zeros(len(order) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     data = ShardData(
@@ -143,8 +146,8 @@ def _write_group(batch: dict[str, np.ndarray], *, root: str, backend: str, top_k
         topk_index=topk_index,
         topk_logit=_positions(batch["topk_logit"], order)[0].astype(np.float32, copy=False),
         logsumexp=_positions(batch["logsumexp"], order)[0].astype(np.float32, copy=False),
-        sample_index=_positions(batch["sample_index"], order)[0] if sampled else None,
-        sample_count=_positions(batch["sample_count"], order)[0] if sampled else None,
+        sample_index=sample_index if sampled else None,
+        sample_count=sample_count if sampled else None,
     )
     info = write_shard(root, backend, shard, data, top_k=top_k, num_temperatures=num_temperatures,
                        index_dtype=index_dtype, vocab_size=vocab_size, draws=draws)

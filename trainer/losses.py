@@ -116,8 +116,8 @@ def draw_teacher_samples(teacher_logits: torch.Tensor, temperature: float, draws
     """`draws` tokens per row from softmax(z/T) (restricted to classes not in `exclude`), as
     unique ids with counts, padded with count 0.
 
-    teacher_logits [N, V], exclude [N, k] or None -> (index int64 [N, draws], count int64 [N, draws]),
-    each row sorted by descending count.
+    teacher_logits [N, V], exclude [N, k] or None -> (index int64 [N, w], count int64 [N, w]) with
+    w = min(draws, V) (no row can hold more distinct ids), each row sorted by descending count.
     """
     logits = teacher_logits.float() / temperature
     if exclude is not None:
@@ -125,7 +125,7 @@ def draw_teacher_samples(teacher_logits: torch.Tensor, temperature: float, draws
     probs = torch.softmax(logits, dim=1)
     picks = torch.multinomial(probs, draws, replacement=True, generator=generator)
     counts = torch.zeros_like(probs, dtype=torch.int64).scatter_add_(1, picks, torch.ones_like(picks))
-    count, index = counts.topk(draws, dim=1)
+    count, index = counts.topk(min(draws, counts.shape[1]), dim=1)
     return index, count
 
 

@@ -12,6 +12,7 @@ import ray.data
 
 from logitstore import StoreReader, read_manifest
 from logitstore.planning import plan_from_manifest
+from logitstore.shard import pad_samples
 from trainer.errors import DataError
 
 _READERS: dict[str, StoreReader] = {}
@@ -35,7 +36,10 @@ def _assign_shard(batch: dict[str, np.ndarray], first_ids: np.ndarray, last_ids:
 
 
 def _join_group(batch: dict[str, np.ndarray], store: str, temperature_index: int, shuffle: bool) -> dict[str, np.ndarray]:
-    data = _reader(store).read_shard(int(batch["shard"][0]))
+    reader = _reader(store)
+    data = reader.read_shard(int(batch["shard"][0]))
+    # Every batch gets the same sample width, whatever width each shard was stored with.
+    width = min(reader.manifest.draws, reader.manifest.vocab_size)
     ids = batch["id"]
     rows = np.clip(np.searchsorted(data.sample_id, ids), 0, data.num_samples - 1)
     if not np.array_equal(data.sample_id[rows], ids):
@@ -45,7 +49,7 @@ def _join_group(batch: dict[str, np.ndarray], store: str, temperature_index: int
     rows = rows[order]
     out = {key: value[order] for key, value in batch.items() if key != "shard"}
     if "input_ids" in batch:
-        out.update(_sequence_targets(data, rows, out["length"], out["input_ids"].shape[1], temperature_index))
+        out.update(_sequence_targets(data, rows, out["length"], out["input_ids"].shape[1], temperature_index, width))
         return out
     if not np.all(np.diff(data.position_offsets) == 1):
         raise DataError("this store holds several positions per sample, but the dataset has one input per sample: pass the sequence dataset it was dumped from")
@@ -57,17 +61,19 @@ def _join_group(batch: dict[str, np.ndarray], store: str, temperature_index: int
         "teacher_top1": topk_index[:, 0],
     })
     if data.has_samples:
-        out.update({"sample_index": data.sample_index[rows].astype(np.int64), "sample_count": data.sample_count[rows].astype(np.int64)})
+        index, count = pad_samples(data.sample_index[rows], data.sample_count[rows], width)
+        out.update({"sample_index": index.astype(np.int64), "sample_count": count.astype(np.int64)})
     return out
 
 
-def _sequence_targets(data, rows: np.ndarray, lengths: np.ndarray, seq_len: int, temperature_index: int) -> dict[str, np.ndarray]:
+def _sequence_targets(data, rows: np.ndarray, lengths: np.ndarray, seq_len: int, temperature_index: int, width: int) -> dict[str, np.ndarray]:
     """Stored positions of each block, zero-padded to [B, seq_len, ...]; teacher_top1 is -1 on padding."""
     n, k = len(rows), data.top_k
     topk_index = np.zeros((n, seq_len, k), dtype=np.int64)
     topk_logit = np.zeros((n, seq_len, k), dtype=np.float32)
     lse = np.zeros((n, seq_len), dtype=np.float32)
-    m = data.sample_index.shape[1] if data.has_samples else 0
+    m = width if data.has_samples else 0
+    stored = data.sample_index.shape[1] if data.has_samples else 0
     sample_index = np.zeros((n, seq_len, m), dtype=np.int64)
     sample_count = np.zeros((n, seq_len, m), dtype=np.int64)
     for i, row in enumerate(rows):
@@ -79,8 +85,8 @@ def _sequence_targets(data, rows: np.ndarray, lengths: np.ndarray, seq_len: int,
         topk_logit[i, :count] = data.topk_logit[span]
         lse[i, :count] = data.logsumexp[span, temperature_index]
         if m:
-            sample_index[i, :count] = data.sample_index[span]
-            sample_count[i, :count] = data.sample_count[span]
+            sample_index[i, :count, :stored] = data.sample_index[span]
+            sample_count[i, :count, :stored] = data.sample_count[span]
     top1 = np.where(np.arange(seq_len) < lengths[:, None], topk_index[:, :, 0], -1)
     out = {"topk_index": topk_index, "topk_logit": topk_logit, "logsumexp_t": lse, "teacher_top1": top1}
     return {**out, "sample_index": sample_index, "sample_count": sample_count} if m else out
