@@ -1,18 +1,25 @@
-"""LM example: students distilled from top-k, sampled and hybrid stores of about equal bytes per token.
+"""LM example: students distilled from top-k, sampled and hybrid stores of equal bytes per token.
 
-    python -m bench.lm_selections [--epochs 2] [--json PATH]
+    python -m bench.lm_selections [--seeds 3] [--epochs 2] [--json PATH]
 
-One teacher (stdlib-gpt), three stores over stdlib-small sized to similar raw bytes per
-token (top-k k=32: 32 x (2 B index + 4 B logit); sample: top-1 + 46 draws x (2 B id + 2 B count);
-hybrid: k=16 + 24 draws), one eval store; then the same student trained labels-only and from each
-store. Prints bytes per token on disk and eval perplexity (byte-level) of each, next to the teacher's.
+One teacher (stdlib-gpt, byte-level), the training text stdlib-small, eval text stdlib-small-eval.
+1. A top-k store with k=32 sets the byte budget (bytes per token on disk, compressed).
+2. The number of draws of the `sample` store (top-1 + draws) and of the `hybrid` store (k=16 head
+   + tail draws) is calibrated on the eval text so that their bytes per token match the top-k
+   store's there (secant steps on log bytes vs log draws); then all three are dumped on the
+   training text and their real bytes per token reported.
+3. The same student is trained labels-only and from each store, for each seed; eval perplexity
+   (per byte) mean +- sd, next to the teacher's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
 from logitstore import read_manifest
@@ -22,49 +29,101 @@ from trainer.lm import example
 from trainer.models import build_model
 from trainer.train import run_training
 
-STORES = {
-    "top-k (k=32)": dict(selection="topk", top_k=32),
-    "sample (top-1 + 46 draws)": dict(selection="sample", top_k=1, draws=46),
-    "hybrid (k=16 + 24 tail draws)": dict(selection="hybrid", top_k=16, draws=24),
-}
+TRAIN, EVAL = "stdlib-small", "stdlib-small-eval"
+TOPK = dict(selection="topk", top_k=32)
+SAMPLED = {"sample": dict(selection="sample", top_k=1), "hybrid": dict(selection="hybrid", top_k=16)}
+
+
+def bytes_per_token(store: str) -> float:
+    m = read_manifest(store)
+    return m.num_bytes / m.num_positions
+
+
+def dump(out: Path, dataset: str, **extra) -> float:
+    run_dump(DumpConfig(teacher="stdlib-gpt", dataset=dataset, out=str(out), overwrite=True, **extra))
+    return bytes_per_token(str(out))
+
+
+def calibrate_draws(work: Path, extra: dict, target: float, tolerance: float = 0.03, steps: int = 8) -> tuple[int, list]:
+    """Draws whose store on the eval text has `target` bytes per token (within `tolerance`)."""
+    tried: dict[int, float] = {}
+
+    def measure(draws: int) -> float:
+        if draws not in tried:
+            tried[draws] = dump(work / "calibration", EVAL, draws=draws, **extra)
+            print(f"  calibrate {extra['selection']}: draws={draws} -> {tried[draws]:.1f} B/token (target {target:.1f})", flush=True)
+        return tried[draws]
+
+    a, b = 16, 256
+    for _ in range(steps):
+        fa, fb = math.log(measure(a)), math.log(measure(b))
+        if abs(measure(b) / target - 1) <= tolerance:
+            return b, sorted(tried.items())
+        slope = (fb - fa) / (math.log(b) - math.log(a)) if a != b else 0.0
+        if slope <= 1e-3:  # flat: step by a factor of 4 towards the target
+            nxt = b * 4 if measure(b) < target else max(1, b // 4)
+        else:
+            nxt = round(math.exp(math.log(b) + (math.log(target) - fb) / slope))
+        a, b = b, int(min(65535, max(1, nxt)))
+    best = min(tried, key=lambda d: abs(tried[d] / target - 1))
+    return best, sorted(tried.items())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.lm_selections", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--work-dir", default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="lm-selections-"))
-    train, evaluation = "stdlib-small", "stdlib-small-eval"
+    start = time.perf_counter()
 
     eval_store = str(work / "eval")
-    run_dump(DumpConfig(teacher="stdlib-gpt", dataset=evaluation, out=eval_store, top_k=16, overwrite=True))
-    rows = [("teacher stdlib-gpt", None, example.perplexity(build_model("stdlib-gpt")))]
+    run_dump(DumpConfig(teacher="stdlib-gpt", dataset=EVAL, out=eval_store, top_k=16, overwrite=True))
+    target = dump(work / "calibration-topk", EVAL, **TOPK)
+    configs = {"top-k (k=32)": TOPK}
+    calibration = {}
+    for name, extra in SAMPLED.items():
+        draws, tried = calibrate_draws(work, extra, target)
+        calibration[name] = tried
+        label = f"sample (top-1 + {draws} draws)" if name == "sample" else f"hybrid (k=16 + {draws} tail draws)"
+        configs[label] = {**extra, "draws": draws}
+
     stores = {}
-    for name, extra in STORES.items():
-        stores[name] = str(work / name.split()[0])
-        run_dump(DumpConfig(teacher="stdlib-gpt", dataset=train, out=stores[name], overwrite=True, **extra))
+    for label, extra in configs.items():
+        stores[label] = str(work / label.split()[0])
+        dump(Path(stores[label]), TRAIN, **extra)
+        print(f"{label}: {bytes_per_token(stores[label]):.1f} B/token on the training text", flush=True)
 
-    def student(store: str, alpha: float, tag: str) -> float:
-        cfg = TrainConfig(store=store, dataset=train, eval_dataset=evaluation, eval_store=eval_store,
-                          student="stdlib-gpt-student", output=str(work / f"run-{tag}"), epochs=args.epochs,
-                          batch_size=32, lr=0.003, temperature=1.0, alpha=alpha, overwrite=True)
-        return run_training(cfg)["eval_perplexity"]
+    def student(store: str, alpha: float, tag: str, seed: int) -> float:
+        cfg = TrainConfig(store=store, dataset=TRAIN, eval_dataset=EVAL, eval_store=eval_store,
+                          student="stdlib-gpt-student", output=str(work / f"run-{tag}-{seed}"), epochs=args.epochs,
+                          batch_size=32, lr=0.003, temperature=1.0, alpha=alpha, seed=seed, overwrite=True)
+        ppl = run_training(cfg)["eval_perplexity"]
+        print(f"  {tag} seed {seed}: eval perplexity {ppl:.3f}", flush=True)
+        return ppl
 
-    rows.append(("student, labels only (alpha=0)", None, student(stores["top-k (k=32)"], 0.0, "labels")))
-    for name, store in stores.items():
-        m = read_manifest(store)
-        rows.append((f"student, {name}, alpha={args.alpha:g}", m.num_bytes / m.num_positions, student(store, args.alpha, name.split()[0])))
-        print(rows[-1], flush=True)
+    seeds = range(args.seeds)
+    rows = [{"model": "teacher stdlib-gpt", "bytes_per_token": None, "perplexities": [example.perplexity(build_model("stdlib-gpt"))]}]
+    rows.append({"model": "student, labels only (alpha=0)", "bytes_per_token": None,
+                 "perplexities": [student(stores["top-k (k=32)"], 0.0, "labels", s) for s in seeds]})
+    for label, store in stores.items():
+        rows.append({"model": f"student, {label}, alpha={args.alpha:g}", "bytes_per_token": bytes_per_token(store),
+                     "perplexities": [student(store, args.alpha, label.split()[0], s) for s in seeds]})
 
-    lines = ["| model | store bytes per token | eval perplexity |", "|---|---|---|"]
-    lines += [f"| {name} | {'-' if b is None else f'{b:.1f}'} | {ppl:.3f} |" for name, b, ppl in rows]
+    lines = [f"| model | store bytes per token | eval perplexity (mean ± sd, {args.seeds} seeds) |", "|---|---|---|"]
+    for row in rows:
+        p = row["perplexities"]
+        spread = f" ± {statistics.stdev(p):.3f}" if len(p) > 1 else ""
+        stored = "-" if row["bytes_per_token"] is None else f"{row['bytes_per_token']:.1f}"
+        lines.append(f"| {row['model']} | {stored} | {statistics.mean(p):.3f}{spread} |")
     print("\n".join(lines))
+    print(f"({time.perf_counter() - start:.0f} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "args": vars(args)}, indent=2))
+        Path(args.json).write_text(json.dumps({"rows": rows, "calibration": calibration, "args": vars(args)}, indent=2))
     return 0
 
 
