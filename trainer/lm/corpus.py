@@ -7,7 +7,9 @@ sorted path order, for examples that must train in CPU minutes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import sysconfig
 from pathlib import Path
 
@@ -21,16 +23,24 @@ def stdlib_root() -> Path:
 def corpus_files(split: str, max_files: int | None = None) -> list[Path]:
     if split not in SPLITS:
         raise ValueError(f"unknown corpus split {split!r} (expected train or eval)")
+    return list(_split_files(split)[:max_files] if max_files else _split_files(split))
+
+
+@functools.lru_cache(maxsize=None)
+def _split_files(split: str) -> tuple[Path, ...]:
+    # Cached per process: every read task of every epoch asks again.
     root = stdlib_root()
+    rels = []
+    for directory, subdirs, names in os.walk(root):
+        subdirs[:] = [d for d in subdirs if d not in ("site-packages", "__pycache__")]  # prune, do not walk
+        base = Path(directory).relative_to(root)
+        rels += [(base / n).as_posix() for n in names if n.endswith(".py")]
     files = []
-    for path in sorted(root.rglob("*.py"), key=lambda p: p.relative_to(root).as_posix()):
-        rel = path.relative_to(root).as_posix()
-        if "site-packages" in path.relative_to(root).parts or not path.is_file():
-            continue
+    for rel in sorted(rels):
         in_eval = hashlib.sha256(rel.encode()).digest()[0] < 13
-        if in_eval == (split == "eval"):
-            files.append(path)
-    return files[:max_files] if max_files else files
+        if in_eval == (split == "eval") and (root / rel).is_file():
+            files.append(root / rel)
+    return tuple(files)
 
 
 def corpus_fingerprint(files: list[Path]) -> str:
