@@ -23,3 +23,11 @@ class ShardCorruptError(StoreError):
 
 class ShardDataError(StoreError):
     """Data handed to the writer breaks the format's rules (shape, dtype, ordering, non-finite values)."""
+
+
+class StoreLockedError(StoreError):
+    """Another live process is writing this store."""
+
+
+class StoreConflictError(StoreError):
+    """The destination holds an unfinished dump made with other arguments."""

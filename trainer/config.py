@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from logitstore.errors import StoreError
+from logitstore.lock import LOCK_NAME
 from logitstore.manifest import MANIFEST_NAME, read_manifest
+from logitstore.writer import is_store_dir
 from trainer.data import BUILTIN_TEXT, LM_SEQ_LEN, check_dataset_spec
 from trainer.lm.tokenization import check_tokenizer_spec
 from trainer.models import check_model_spec
@@ -89,7 +91,7 @@ class DumpConfig:
             out = Path(self.out)
             if (out / MANIFEST_NAME).exists() and not self.overwrite:
                 problems.append(f"a complete store already exists at {self.out}: pass --overwrite to replace it, or choose another --out")
-            elif out.is_dir() and any(out.iterdir()) and not any((out / n).exists() for n in (MANIFEST_NAME, "shards", ".tmp")):
+            elif out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not is_store_dir(out):
                 problems.append(f"--out {self.out} is a non-empty directory that is not a store: choose an empty or new directory")
         return problems
 

@@ -14,12 +14,14 @@ import torch
 
 import logitstore
 from logitstore.shard import trim_samples
-from logitstore import Manifest, ShardData, commit_store, index_dtype_for, plan_shards, prepare_store_dir, write_shard
+from logitstore import Manifest, ShardData, commit_store, index_dtype_for, plan_shards, write_shard
+from logitstore.lock import LOCK_NAME, StoreLock
+from logitstore.writer import check_destination, completed_shards, start_or_resume
 from trainer.config import DumpConfig
 from logitstore.writer import write_tokenizer
 from trainer.data import TextOptions, fingerprint_dataset, is_text_dataset, load_dataset, text_corpus_identity
 from trainer.errors import ConfigError, DataError
-from trainer.lm.tokenization import resolve_tokenizer
+from trainer.lm.tokenization import resolve_tokenizer, sha256_text
 from trainer.losses import draw_teacher_samples
 from trainer.models import build_model, model_input, probe_width, weights_sha256
 from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray
@@ -60,9 +62,8 @@ class TeacherScorer:
         self.index_dtype = index_dtype
         self.plan = logitstore.ShardPlan(first_ids, last_ids, np.zeros_like(first_ids))
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.init_error is not None:
-            raise self.init_error
+    def score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One batch through the teacher -> per-sample top-k, log-normalisers (and draws)."""
         sequence = "input_ids" in batch
         x = model_input(batch).to(self.device, non_blocking=True)
         if not sequence:
@@ -112,6 +113,28 @@ class TeacherScorer:
         return torch.cat(index), torch.cat(count)
 
 
+class ShardDumper(TeacherScorer):
+    """Teacher and writer of whole shards (a Ray Data actor): map_groups hands it every row of one
+    shard; it scores them in batches of `batch_size` in id order and writes the shard. So the
+    teacher sees the same batches whatever the number of workers or a resume, and each finished
+    shard is on disk at once (a crash loses only the shards in flight)."""
+
+    def __init__(self, *, batch_size: int, write: dict, **scorer) -> None:
+        super().__init__(**scorer)
+        self.batch_size = batch_size
+        self.write = write
+
+    def __call__(self, group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.init_error is not None:
+            raise self.init_error
+        order = np.argsort(group["id"], kind="stable")
+        group = {key: value[order] for key, value in group.items()}
+        n = len(group["id"])
+        parts = [self.score({key: value[s:s + self.batch_size] for key, value in group.items()})
+                 for s in range(0, n, self.batch_size)]
+        return _write_group({key: np.concatenate([p[key] for p in parts]) for key in parts[0]}, **self.write)
+
+
 def _ragged(rows: list[np.ndarray]) -> np.ndarray:
     holder = np.empty(len(rows), dtype=object)
     holder[:] = rows
@@ -158,6 +181,7 @@ def _write_group(batch: dict[str, np.ndarray], *, root: str, backend: str, top_k
 class DumpSummary:
     manifest: Manifest
     seconds: float
+    resumed_shards: int = 0
 
     def lines(self) -> list[str]:
         m = self.manifest
@@ -167,11 +191,31 @@ class DumpSummary:
             f"store     {m.backend} store, k={m.top_k} of {m.vocab_size} classes{sampled}, T={','.join(f'{t:g}' for t in m.temperatures)}",
             f"samples   {m.num_samples} ({m.num_positions} positions) in {len(m.shards)} shards",
             f"bytes     {m.num_bytes} on disk, {m.num_bytes / entries:.2f} bytes per stored (index, value) entry",
-            f"speed     {m.num_samples / self.seconds:.1f} samples/s ({self.seconds:.1f} s)",
+            f"speed     {m.num_samples / self.seconds:.1f} samples/s ({self.seconds:.1f} s)"
+            + (f"; resumed: {self.resumed_shards} of {len(m.shards)} shards were already complete" if self.resumed_shards else ""),
         ]
 
 
+CONTENT_FIELDS = ("teacher", "dataset", "top_k", "temperatures", "format", "selection", "draws", "sample_temperature",
+                  "seed", "shard_size", "tokenizer", "seq_len")  # what decides a store's bytes; not workers or batch size
+
+
 def run_dump(cfg: DumpConfig) -> DumpSummary:
+    """Dump under the store's lock; an interrupted dump rerun with the same arguments resumes."""
+    out = Path(cfg.out)
+    check_destination(out)  # before the lock file is created in someone's directory
+    created = not out.exists()
+    try:
+        with StoreLock(out):
+            return _dump(cfg)
+    finally:
+        # A dump refused before it wrote anything leaves no directory behind.
+        if created and out.is_dir() and [p.name for p in out.iterdir()] == [LOCK_NAME]:
+            (out / LOCK_NAME).unlink(missing_ok=True)
+            out.rmdir()
+
+
+def _dump(cfg: DumpConfig) -> DumpSummary:
     start = time.perf_counter()
     teacher = build_model(cfg.teacher, "--teacher")
     ensure_ray()
@@ -185,43 +229,34 @@ def run_dump(cfg: DumpConfig) -> DumpSummary:
     if cfg.top_k > vocab:
         raise ConfigError([f"--top-k {cfg.top_k} exceeds the teacher's {vocab} classes: use --top-k {vocab} or less"])
     plan = plan_shards(fingerprint.ids, cfg.shard_size)
-    root = prepare_store_dir(Path(cfg.out), overwrite=cfg.overwrite)
+    gpus = cluster_gpus()
+    dtype = str(_precision(cfg.precision, torch.device("cuda" if gpus >= 1 else "cpu"))).replace("torch.", "")
+    index_dtype = index_dtype_for(vocab)
+    selection = {"kind": cfg.selection}
+    if cfg.selection != "topk":
+        selection.update(draws=cfg.draws, temperature=float(cfg.sample_temperature), seed=cfg.seed)
+    teacher_info = {"spec": cfg.teacher, "weights_sha256": weights_sha256(teacher),
+                    "num_parameters": sum(p.numel() for p in teacher.parameters()), "dtype": dtype}
+    identity = {
+        "format_version": Manifest.version_for(selection), "config": {k: getattr(cfg, k) for k in CONTENT_FIELDS},
+        "teacher": teacher_info, "dataset": fingerprint.to_manifest(), "vocab_size": vocab,
+        "tokenizer_sha256": sha256_text(tokenizer.to_json()) if tokenizer and tokenizer.to_json() else None,
+    }
+    root = Path(cfg.out)
+    resumed = start_or_resume(root, identity, overwrite=cfg.overwrite)
     tokenizer_entry = None
     if tokenizer is not None:
         tokenizer_entry = {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size}
         if tokenizer.to_json() is not None:
             tokenizer_entry.update(write_tokenizer(root, tokenizer.to_json()))
-    index_dtype = index_dtype_for(vocab)
-    selection = {"kind": cfg.selection}
-    if cfg.selection != "topk":
-        selection.update(draws=cfg.draws, temperature=float(cfg.sample_temperature), seed=cfg.seed)
-
-    gpus = cluster_gpus()
-    threads = max(1, int(cluster_cpus() // cfg.workers))
-    # Leave one whole CPU free for the read and write tasks, or the pipeline stalls "backpressured".
-    per_actor = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": max(0.25, min(1.0, (cluster_cpus() - 1.0) / cfg.workers))}
-    state_ref = [ray.put({k: v.detach().cpu() for k, v in teacher.state_dict().items()})]
-    scored = ds.map_batches(
-        TeacherScorer,
-        fn_constructor_kwargs=dict(spec=cfg.teacher, state_ref=state_ref, top_k=cfg.top_k,
-                                   temperatures=list(cfg.temperatures), precision=cfg.precision,
-                                   index_dtype=index_dtype, first_ids=plan.first_ids, last_ids=plan.last_ids,
-                                   threads=threads, selection=selection),
-        compute=ray.data.ActorPoolStrategy(size=cfg.workers),
-        batch_size=cfg.batch_size,
-        batch_format="numpy",
-        runtime_env=worker_runtime_env(),  # user modules from the working directory, even in a long-lived session
-        **per_actor,
-    )
-    written = scored.groupby("shard", num_partitions=max(1, min(plan.num_shards, 64))).map_groups(
-        _write_group,
-        batch_format="numpy",
-        fn_kwargs=dict(root=str(root), backend=cfg.format, top_k=cfg.top_k, num_temperatures=len(cfg.temperatures),
-                       index_dtype=index_dtype, vocab_size=vocab, expected_counts=plan.counts,
-                       draws=selection.get("draws", 0)),
-    )
-    rows = sorted(written.take_all(), key=lambda r: r["index"])
-    infos = [logitstore.ShardInfo(**{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}) for r in rows]
+    layout = dict(top_k=cfg.top_k, num_temperatures=len(cfg.temperatures), index_dtype=index_dtype, vocab_size=vocab,
+                  draws=selection.get("draws", 0))
+    done = completed_shards(root, cfg.format, plan, **layout) if resumed else {}
+    if resumed:
+        print(f"resuming the unfinished dump in {root}: {len(done)} of {plan.num_shards} shards are complete", file=sys.stderr)
+    todo = np.array([j not in done for j in range(plan.num_shards)])
+    written = _score_and_write(cfg, teacher, ds, plan, todo, selection, layout, gpus) if todo.any() else []
+    infos = sorted([*done.values(), *written], key=lambda i: i.index)
     if [i.index for i in infos] != list(range(plan.num_shards)):
         raise DataError(f"the dump wrote shards {[i.index for i in infos]} of {plan.num_shards} planned: run it again")
 
@@ -235,12 +270,7 @@ def run_dump(cfg: DumpConfig) -> DumpSummary:
         num_samples=fingerprint.num_samples,
         num_positions=sum(i.num_positions for i in infos),
         shard_size=cfg.shard_size,
-        teacher={
-            "spec": cfg.teacher,
-            "weights_sha256": weights_sha256(teacher),
-            "num_parameters": sum(p.numel() for p in teacher.parameters()),
-            "dtype": str(_precision(cfg.precision, torch.device("cuda" if gpus >= 1 else "cpu"))).replace("torch.", ""),
-        },
+        teacher=teacher_info,
         dataset={**fingerprint.to_manifest(), **({"corpus": text_corpus_identity(cfg.dataset)} if text else {})},
         shards=infos,
         config=cfg.to_dict(),
@@ -250,7 +280,42 @@ def run_dump(cfg: DumpConfig) -> DumpSummary:
         format_version=Manifest.version_for(selection),
     )
     commit_store(root, manifest)
-    return DumpSummary(manifest=manifest, seconds=time.perf_counter() - start)
+    return DumpSummary(manifest=manifest, seconds=time.perf_counter() - start, resumed_shards=len(done))
+
+
+def _shard_rows(batch: dict[str, np.ndarray], first_ids: np.ndarray, last_ids: np.ndarray, todo: np.ndarray) -> dict[str, np.ndarray]:
+    """Each row with its shard, keeping only shards still to write (a resume never re-runs the teacher on the rest)."""
+    shard = logitstore.ShardPlan(first_ids, last_ids, np.zeros_like(first_ids)).shard_of(batch["id"])
+    if np.any(shard < 0):
+        raise DataError("the dataset changed while it was being dumped (ids differ from the first pass): make the dataset deterministic")
+    keep = todo[shard]
+    return {**{key: value[keep] for key, value in batch.items()}, "shard": shard[keep]}
+
+
+def _score_and_write(cfg: DumpConfig, teacher: torch.nn.Module, ds: ray.data.Dataset, plan, todo: np.ndarray,
+                     selection: dict, layout: dict, gpus: float) -> list[logitstore.ShardInfo]:
+    keyed = ds.map_batches(_shard_rows, batch_format="numpy",
+                           fn_kwargs={"first_ids": plan.first_ids, "last_ids": plan.last_ids, "todo": todo})
+    threads = max(1, int(cluster_cpus() // cfg.workers))
+    # Leave one whole CPU free for the read and sort tasks, or the pipeline stalls "backpressured".
+    per_actor = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": max(0.25, min(1.0, (cluster_cpus() - 1.0) / cfg.workers))}
+    state_ref = [ray.put({k: v.detach().cpu() for k, v in teacher.state_dict().items()})]
+    # Group the inputs (small) by shard, not the outputs (k values per position): then one actor
+    # scores and writes each shard.
+    written = keyed.groupby("shard").map_groups(
+        ShardDumper,
+        compute=ray.data.ActorPoolStrategy(size=cfg.workers),
+        batch_format="numpy",
+        fn_constructor_kwargs=dict(
+            spec=cfg.teacher, state_ref=state_ref, top_k=cfg.top_k, temperatures=list(cfg.temperatures),
+            precision=cfg.precision, index_dtype=layout["index_dtype"], first_ids=plan.first_ids,
+            last_ids=plan.last_ids, threads=threads, selection=selection, batch_size=cfg.batch_size,
+            write=dict(root=str(cfg.out), backend=cfg.format, expected_counts=plan.counts, **layout)),
+        runtime_env=worker_runtime_env(),  # user modules from the working directory, even in a long-lived session
+        **per_actor,
+    )
+    rows = written.take_all()
+    return [logitstore.ShardInfo(**{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}) for r in rows]
 
 
 def main_body(cfg: DumpConfig) -> None:
