@@ -61,6 +61,9 @@ class Manifest:
     # None for data that is not text; {"kind": "bytes", "vocab_size": 256}; or
     # {"kind": "bpe", "vocab_size": n, "file": "tokenizer.json", "sha256": hex}
     tokenizer: dict[str, Any] | None = None
+    # sha256 of everything that decided the content (arguments, teacher weights, data): a rerun
+    # of the same dump finds the store already complete (informative; "" when unknown)
+    content_sha256: str = ""
     format: str = FORMAT_NAME
     format_version: int = 1
 
@@ -200,6 +203,7 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
         created_by=str(raw.get("created_by", "")),
         selection=selection,
         tokenizer=tokenizer,
+        content_sha256=raw.get("content_sha256") if isinstance(raw.get("content_sha256"), str) else "",
         format_version=version,
     )
     if sum(s.num_samples for s in shards) != manifest.num_samples or sum(s.num_positions for s in shards) != manifest.num_positions:

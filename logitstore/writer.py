@@ -82,7 +82,7 @@ def start_or_resume(root: str | os.PathLike, identity: dict, *, overwrite: bool)
         if previous == mine:
             resume = True
         elif isinstance(previous, dict):
-            differ = sorted(k for k in set(previous) | set(mine) if previous.get(k) != mine.get(k))
+            differ = _differences(previous, mine)
             raise StoreConflictError(
                 f"{root} holds an unfinished dump made with other arguments (they differ in: {', '.join(differ)}): "
                 f"rerun that dump's command to resume it, or pass --overwrite to start over"
@@ -96,6 +96,18 @@ def start_or_resume(root: str | os.PathLike, identity: dict, *, overwrite: bool)
     tmp.write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, pending)
     return False
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ (one level into nested objects is enough to name the cause)."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict) and not prefix:
+            out += _differences(x, y, f"{key}.")
+        elif x != y:
+            out.append(prefix + key)
+    return out
 
 
 def completed_shards(root: str | os.PathLike, backend_name: str, plan: ShardPlan, *, top_k: int, num_temperatures: int,

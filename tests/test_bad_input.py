@@ -17,7 +17,7 @@ def tree_digest(path: str | Path) -> str:
     """Hash of every file's path and bytes under `path`: equal before and after means nothing changed."""
     digest = hashlib.sha256()
     root = Path(path)
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.name != ".lock"):  # the lock records its last holder
         digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
     return digest.hexdigest()
 

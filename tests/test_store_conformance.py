@@ -153,22 +153,45 @@ def test_existing_store_is_kept_without_overwrite(tmp_path, backend):
     assert StoreReader(tmp_path / "st").verify() == []
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_flipped_byte_is_detected(tmp_path, backend, seed):
-    build_store(tmp_path / "st", backend, np.arange(20), shard_size=10)
-    rng = np.random.default_rng(seed)
+def test_any_flipped_byte_or_truncation_is_detected_by_verify_and_the_reader(tmp_path, backend):
+    """One byte flipped at 80 random positions of random shard files (data and metadata alike), and
+    truncations: each is reported by verify() naming that one shard, and the reader refuses it."""
+    build_store(tmp_path / "st", backend, np.arange(40), shard_size=10)
+    rng = np.random.default_rng(0)
     files = sorted(p for p in (tmp_path / "st" / "shards").rglob("*") if p.is_file())
-    victim = files[rng.integers(len(files))]
-    raw = bytearray(victim.read_bytes())
-    pos = int(rng.integers(len(raw)))
-    raw[pos] ^= 0xFF
-    victim.write_bytes(bytes(raw))
-    reader = StoreReader(tmp_path / "st")
-    problems = reader.verify()
-    assert len(problems) == 1 and "checksum" in problems[0]
-    bad = 0 if "00000" in str(victim) else 1
-    with pytest.raises(ShardCorruptError, match=f"{bad:05d}"):
-        reader.read_shard(bad)
+    for trial in range(100):
+        victim = files[rng.integers(len(files))]
+        original = victim.read_bytes()
+        damaged = bytearray(original)
+        if trial < 80:
+            damaged[int(rng.integers(len(damaged)))] ^= int(rng.integers(1, 256))
+        else:
+            damaged = damaged[: int(rng.integers(len(damaged)))]
+        victim.write_bytes(bytes(damaged))
+        bad = int(victim.relative_to(tmp_path / "st" / "shards").parts[0].split(".")[0])
+        reader = StoreReader(tmp_path / "st")
+        problems = reader.verify()
+        assert len(problems) == 1 and f"shards/{bad:05d}" in problems[0], (trial, victim, problems)
+        with pytest.raises(ShardCorruptError, match=f"shards/{bad:05d}"):
+            reader.read_shard(bad)
+        victim.write_bytes(original)
+    assert StoreReader(tmp_path / "st").verify() == []
+
+
+def test_verify_store_cli_names_each_damaged_shard(tmp_path, backend, capsys):
+    from jobs import verify_store
+
+    build_store(tmp_path / "st", backend, np.arange(30), shard_size=10)
+    assert verify_store.main([str(tmp_path / "st")]) == 0 and "all sound" in capsys.readouterr().out
+    for index in (0, 2):
+        victim = sorted(p for p in (tmp_path / "st" / "shards" / f"{index:05d}.{backend}").parent.rglob("*")
+                        if p.is_file() and f"{index:05d}" in str(p))[-1]
+        victim.write_bytes(victim.read_bytes()[:-1] + bytes([victim.read_bytes()[-1] ^ 1]))
+    assert verify_store.main([str(tmp_path / "st")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    damaged = [line for line in out if line.startswith("damaged:")]
+    assert len(damaged) == 2 and "shards/00000" in damaged[0] and "shards/00002" in damaged[1] and "2 damaged" in out[-1]
+    assert verify_store.main([str(tmp_path / "nope")]) == 2 and "no store at" in capsys.readouterr().err
 
 
 def test_writer_rejects_bad_shards(tmp_path, backend):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,12 @@ def _check_out_dir(path: str, flag: str) -> list[str]:
     if parent is not None and not os.access(parent, os.W_OK):
         return [f"{flag} {path} is not writable (no write permission on {parent}): choose a writable path"]
     return []
+
+
+# The dump arguments that decide a store's bytes (not workers, batch size or precision on CPU):
+# a rerun with the same ones resumes an unfinished dump, or finds a finished one complete.
+CONTENT_FIELDS = ("teacher", "dataset", "top_k", "temperatures", "format", "selection", "draws", "sample_temperature",
+                  "seed", "shard_size", "tokenizer", "seq_len")
 
 
 @dataclass
@@ -90,10 +97,22 @@ class DumpConfig:
             problems += _check_out_dir(self.out, "--out")
             out = Path(self.out)
             if (out / MANIFEST_NAME).exists() and not self.overwrite:
-                problems.append(f"a complete store already exists at {self.out}: pass --overwrite to replace it, or choose another --out")
+                problems += self._check_existing_store(out)
             elif out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not is_store_dir(out):
                 problems.append(f"--out {self.out} is a non-empty directory that is not a store: choose an empty or new directory")
         return problems
+
+    def _check_existing_store(self, out: Path) -> list[str]:
+        """A complete store at --out is fine only for a rerun of the very same dump (then it is a no-op)."""
+        try:
+            recorded = read_manifest(out).config
+        except StoreError as exc:
+            return [f"--out {self.out}: {exc}"]
+        mine = json.loads(json.dumps(self.to_dict()))
+        differ = [f for f in CONTENT_FIELDS if recorded.get(f) != mine.get(f)]
+        if differ:
+            return [f"a complete store made with other arguments (they differ in: {', '.join(differ)}) already exists at {self.out}: pass --overwrite to replace it, or choose another --out"]
+        return []
 
     def to_dict(self) -> dict:
         return asdict(self)

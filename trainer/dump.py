@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -13,12 +15,13 @@ import ray.data
 import torch
 
 import logitstore
-from logitstore.shard import trim_samples
 from logitstore import Manifest, ShardData, commit_store, index_dtype_for, plan_shards, write_shard
+from logitstore.errors import StoreExistsError
 from logitstore.lock import LOCK_NAME, StoreLock
-from logitstore.writer import check_destination, completed_shards, start_or_resume
-from trainer.config import DumpConfig
-from logitstore.writer import write_tokenizer
+from logitstore.manifest import MANIFEST_NAME, read_manifest
+from logitstore.shard import trim_samples
+from logitstore.writer import check_destination, completed_shards, start_or_resume, write_tokenizer
+from trainer.config import CONTENT_FIELDS, DumpConfig
 from trainer.data import TextOptions, fingerprint_dataset, is_text_dataset, load_dataset, text_corpus_identity
 from trainer.errors import ConfigError, DataError
 from trainer.lm.tokenization import resolve_tokenizer, sha256_text
@@ -196,10 +199,6 @@ class DumpSummary:
         ]
 
 
-CONTENT_FIELDS = ("teacher", "dataset", "top_k", "temperatures", "format", "selection", "draws", "sample_temperature",
-                  "seed", "shard_size", "tokenizer", "seq_len")  # what decides a store's bytes; not workers or batch size
-
-
 def run_dump(cfg: DumpConfig) -> DumpSummary:
     """Dump under the store's lock; an interrupted dump rerun with the same arguments resumes."""
     out = Path(cfg.out)
@@ -243,6 +242,13 @@ def _dump(cfg: DumpConfig) -> DumpSummary:
         "tokenizer_sha256": sha256_text(tokenizer.to_json()) if tokenizer and tokenizer.to_json() else None,
     }
     root = Path(cfg.out)
+    content_sha256 = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    if (root / MANIFEST_NAME).exists() and not cfg.overwrite:
+        existing = read_manifest(root)
+        if existing.content_sha256 != content_sha256:
+            raise StoreExistsError(f"a complete store made from other teacher weights, data or arguments already exists at {root}: pass --overwrite to replace it, or choose another --out")
+        print(f"{root} already holds this exact dump (same arguments, teacher weights and data): nothing to do", file=sys.stderr)
+        return DumpSummary(manifest=existing, seconds=time.perf_counter() - start, resumed_shards=len(existing.shards))
     resumed = start_or_resume(root, identity, overwrite=cfg.overwrite)
     tokenizer_entry = None
     if tokenizer is not None:
@@ -277,6 +283,7 @@ def _dump(cfg: DumpConfig) -> DumpSummary:
         created_by=f"logitstore {logitstore.__version__}",
         selection=selection,
         tokenizer=tokenizer_entry,
+        content_sha256=content_sha256,
         format_version=Manifest.version_for(selection),
     )
     commit_store(root, manifest)

@@ -1,0 +1,1 @@
+"""Operational scripts (fault injection); run from the repository root with `python -m scripts.<name>`."""

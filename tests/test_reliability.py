@@ -1,0 +1,142 @@
+"""Failures during a dump: killed teacher actors, crashes and resumes, concurrent writers, reruns."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs import dump_logits
+from logitstore import StoreReader, read_manifest
+from logitstore.lock import StoreLock
+from logitstore.writer import PENDING_NAME
+from trainer.config import DumpConfig
+from trainer.dump import run_dump
+
+from test_bad_input import run, tree_digest
+
+# Small shards, one teacher batch per shard: many shards to lose, resume and compare.
+SETTINGS = dict(dataset="digits", top_k=5, shard_size=60, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def reference(dump):
+    return dump(teacher="digits-cnn", **SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def faulty(user_modules, tmp_path_factory):
+    """faulty_teachers:killer / :failer — the digits teacher, except that the 3rd forward call of
+    a replica SIGKILLs its process (killer) or raises (failer) while the flag file is absent."""
+    flags = tmp_path_factory.mktemp("flags")
+    user_modules("faulty_teachers", f"""
+        import os, signal
+        from pathlib import Path
+        import torch
+        from trainer import digits
+
+        class Faulty(torch.nn.Module):
+            def __init__(self, mode):
+                super().__init__()
+                self.inner = digits.DigitsCNN()
+                self.mode, self.calls = mode, 0
+            def forward(self, x):
+                self.calls += 1
+                flag = Path({str(flags)!r}) / self.mode
+                if self.calls == 3 and not flag.exists():
+                    flag.write_text("tripped")
+                    if self.mode == "killer":
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    raise RuntimeError("injected teacher failure")
+                return self.inner(x)
+
+        def _make(mode):
+            model = Faulty(mode)
+            model.inner.load_state_dict(digits.load_teacher().state_dict())
+            return model
+
+        def killer():
+            return _make("killer")
+
+        def failer():
+            return _make("failer")
+    """)
+    return flags
+
+
+def same_content(a: str | Path, b: str | Path) -> bool:
+    x, y = StoreReader(a), StoreReader(b)
+    return x.num_shards == y.num_shards and all(p.equals(q) for (_, p), (_, q) in zip(x.iter_shards(), y.iter_shards()))
+
+
+def test_a_killed_teacher_actor_is_replaced_and_the_store_is_exact(ray_session, reference, faulty, tmp_path):
+    out = tmp_path / "store"
+    run_dump(DumpConfig(teacher="faulty_teachers:killer", out=str(out), **SETTINGS))
+    assert (faulty / "killer").exists()  # the actor really died mid-dump
+    assert same_content(reference, out) and StoreReader(out).verify() == []
+
+
+def test_a_crashed_dump_resumes_and_equals_an_uninterrupted_one(ray_session, reference, faulty, tmp_path, capsys):
+    out = tmp_path / "store"
+    args = ["--teacher", "faulty_teachers:failer", "--dataset", "digits", "--out", str(out), "--top-k", "5",
+            "--shard-size", "60", "--batch-size", "64"]
+    with pytest.raises(Exception, match="injected teacher failure"):
+        dump_logits.main(args)
+    assert (out / PENDING_NAME).exists() and not (out / "manifest.json").exists()
+    written = len(list((out / "shards").iterdir()))
+    assert 0 < written < 24
+
+    # Other arguments against the unfinished store: refused, nothing touched.
+    before = tree_digest(out)
+    code, errors = run(dump_logits.main, args[:-4] + ["--shard-size", "50", "--batch-size", "64"], capsys)
+    assert code == 2 and len(errors) == 1 and "unfinished dump made with other arguments" in errors[0] and "config.shard_size" in errors[0]
+    assert tree_digest(out) == before
+
+    # The same command again: resumes, keeps the finished shards, ends equal to the uninterrupted store.
+    assert dump_logits.main(args) == 0
+    assert f"resumed: {written} of 24 shards were already complete" in capsys.readouterr().out
+    assert same_content(reference, out) and not (out / PENDING_NAME).exists()
+
+    # And once more: the complete store is recognised, nothing is rewritten.
+    before = tree_digest(out)
+    assert dump_logits.main(args) == 0
+    assert "already holds this exact dump" in capsys.readouterr().err and tree_digest(out) == before
+
+
+def test_a_second_writer_is_refused_and_a_dead_holders_lock_is_not(ray_session, tmp_path, capsys):
+    out = tmp_path / "store"
+    with StoreLock(out):
+        code, errors = run(dump_logits.main, ["--teacher", "digits-cnn", "--dataset", "digits-eval", "--out", str(out)], capsys)
+        assert code == 2 and len(errors) == 1 and f"another dump (pid {os.getpid()}" in errors[0]
+    # A holder killed with SIGKILL: its lock goes with it.
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from logitstore.lock import StoreLock; "
+                               f"StoreLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(Exception, match="another dump"):
+        StoreLock(out).acquire()
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    with StoreLock(out):
+        pass
+
+
+def test_a_refused_dump_leaves_no_directory(ray_session, tmp_path, capsys):
+    code, errors = run(dump_logits.main, ["--teacher", "digits-cnn", "--dataset", "digits-eval", "--out", str(tmp_path / "st"),
+                                          "--top-k", "11"], capsys)
+    assert code == 2 and not (tmp_path / "st").exists()
+
+
+@pytest.mark.slow
+def test_kill_resume_script_short_form(tmp_path):
+    """The chaos script of issue 4, one kill -9 of the whole local cluster (CI's short form)."""
+    proc = subprocess.run([sys.executable, "-m", "scripts.kill_resume", "--kills", "1", "--seed", "3",
+                           "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert "1 kills, 1 final stores equal to the uninterrupted one, 0 not" in proc.stdout
