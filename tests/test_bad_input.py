@@ -193,6 +193,50 @@ def test_parquet_without_features_or_tokens(tmp_path, capsys):
     assert not (tmp_path / "st").exists()
 
 
+def test_empty_dataset(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"features": pa.array([], type=pa.list_(pa.float32()))}), tmp_path / "empty.parquet")
+    code, errors = run(dump_logits.main, ["--teacher", "digits-cnn", "--dataset", str(tmp_path / "empty.parquet"), "--out", str(tmp_path / "st")], capsys)
+    assert code == 2 and len(errors) == 1 and "is empty" in errors[0]
+    assert not (tmp_path / "st").exists()
+
+
+def test_duplicate_ids(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": [1, 2, 2], "features": [[0.0] * 64] * 3}), tmp_path / "dup.parquet")
+    code, errors = run(dump_logits.main, ["--teacher", "digits-cnn", "--dataset", str(tmp_path / "dup.parquet"), "--out", str(tmp_path / "st")], capsys)
+    assert code == 2 and len(errors) == 1 and "duplicate ids (e.g. 2)" in errors[0]
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda text: text[: len(text) // 2], "not valid JSON"),
+    (lambda text: text.replace('"format_version": 1', '"format_version": 99'), "newer than this logitstore reads"),
+    (lambda text: text.replace('"shards/00000.zarr"', '"../../etc/passwd"'), "not a valid shard name"),
+    (lambda text: text.replace('"num_samples": 360', '"num_samples": "many"', 1), "has type str"),
+], ids=["truncated-json", "newer-version", "path-traversal", "wrong-type"])
+def test_damaged_or_hostile_manifest(stores, tmp_path, capsys, damage, needle):
+    import shutil
+
+    store = tmp_path / "copy"
+    shutil.copytree(stores["eval"], store)
+    manifest = store / "manifest.json"
+    manifest.write_text(damage(manifest.read_text()))
+    before = tree_digest(store)
+    args = {"--store": str(store), "--dataset": "digits-eval"}
+    code, errors = run(train_student.main, train_args(stores, tmp_path, **args), capsys)
+    assert code == 2 and len(errors) == 1 and needle in errors[0], errors
+    assert tree_digest(store) == before and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_eval_store_without_eval_dataset(stores, tmp_path, capsys):
+    code, errors = run(train_student.main, train_args(stores, tmp_path, **{"--eval-store": stores["eval"]}), capsys)
+    assert code == 2 and len(errors) == 1 and "--eval-store needs --eval-dataset" in errors[0]
+
+
 def test_cli_process_exits_non_zero_with_one_line(tmp_path):
     """The real process: exit status and stderr, not just the function's return value."""
     proc = subprocess.run([sys.executable, "-m", "jobs.train_student", "--store", str(tmp_path / "nope"), "--dataset", "digits",
@@ -210,5 +254,5 @@ def test_help_lists_every_flag():
         assert flag in out
     out = subprocess.run([sys.executable, "-m", "jobs.train_student", "--help"], capture_output=True, text=True, timeout=120).stdout
     for flag in ("--store", "--dataset", "--eval-dataset", "--eval-store", "--student", "--epochs", "--batch-size", "--lr",
-                 "--temperature", "--alpha", "--workers", "--seed", "--output"):
+                 "--temperature", "--alpha", "--workers", "--seed", "--output", "--checkpoint-every-steps", "--max-failures"):
         assert flag in out

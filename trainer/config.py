@@ -135,7 +135,9 @@ class TrainConfig:
     temperature: float = _help("KD temperature; must be one the store recorded", default=4.0)
     alpha: float = _help("loss = alpha * KD + (1 - alpha) * CE; 0 = labels only, 1 = KD only", default=0.9)
     eval_every: int = _help("evaluate every N epochs (0 = after the last epoch only)", default=0)
-    checkpoint_every: int = _help("checkpoint every N epochs (the last epoch is always checkpointed)", default=10)
+    checkpoint_every: int = _help("checkpoint every N epochs (the last epoch is always checkpointed)", default=1)
+    checkpoint_every_steps: int = _help("also checkpoint every N optimiser steps within an epoch (0 = off)", default=0)
+    max_failures: int = _help("restarts from the latest checkpoint after a worker dies (Ray Train FailureConfig; -1 = unlimited)", default=3)
     workers: int = _help("Ray Train workers", default=1)
     cpus_per_worker: float = _help("CPUs per training worker; 0 = auto (leave room for the data pipeline)", default=0.0)
     seed: int = _help("seed for the student's initialisation and the data order", default=0)
@@ -184,6 +186,10 @@ class TrainConfig:
                 problems.append(f"{flag} must be >= 1, got {value}")
         if self.checkpoint_every < 1:
             problems.append(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+        if self.checkpoint_every_steps < 0:
+            problems.append(f"--checkpoint-every-steps must be >= 0 (0 = off), got {self.checkpoint_every_steps}")
+        if self.max_failures < -1:
+            problems.append(f"--max-failures must be >= -1 (-1 = unlimited), got {self.max_failures}")
         if self.eval_every < 0:
             problems.append(f"--eval-every must be >= 0, got {self.eval_every}")
         if not (math.isfinite(self.lr) and self.lr > 0):

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from trainer.losses import distillation_loss, topk_kd_loss
 from trainer.models import build_model
 
-CHECKPOINT_FILE = "model.pt"
+CHECKPOINT_FILE = "model.pt"  # the student's weights (state_dict)
+STATE_FILE = "train_state.pt"  # optimiser and schedule state, epoch and step: what a restart needs
 HISTORY_FILE = "history.json"
 
 
@@ -80,28 +81,79 @@ def evaluate(model: torch.nn.Module, data, batch_size: int, kl_temperature: floa
     }
 
 
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _restore(model: torch.nn.Module) -> tuple[dict | None, list[dict]]:
+    """Weights, optimiser state and history from the latest checkpoint, when this run is a restart
+    (a worker died, or the same command was rerun after the driver died)."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None, []
+    with checkpoint.as_directory() as path:
+        model.load_state_dict(torch.load(os.path.join(path, CHECKPOINT_FILE), map_location="cpu", weights_only=True))
+        state = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=True)
+        with open(os.path.join(path, HISTORY_FILE)) as fh:
+            history = json.load(fh)
+    return state, history
+
+
+def _report(model, optimizer, schedule, history: list[dict], metrics: dict, *, epoch: int, step: int, checkpoint: bool) -> None:
+    """ray.train.report from every worker; rank 0 attaches the checkpoint: weights (loadable with
+    weights_only=True), optimiser and schedule state, and where in training it was taken."""
+    if not checkpoint:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        attached = None
+        if ray.train.get_context().get_world_rank() == 0:
+            torch.save(_unwrap(model).state_dict(), os.path.join(tmp, CHECKPOINT_FILE))
+            torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                        "epoch": epoch, "step": step}, os.path.join(tmp, STATE_FILE))
+            with open(os.path.join(tmp, HISTORY_FILE), "w") as fh:
+                json.dump(history, fh)
+            attached = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=attached)
+
+
 def train_loop_per_worker(cfg: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
 
     model = build_model(cfg["student"], "--student")
+    state, history = _restore(model)  # before wrapping: the checkpoint holds the plain module's weights
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["epochs"])
+    # (epoch, step): epochs finished, and optimiser steps already taken in the next one.
+    start_epoch, skip_steps = 0, 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start_epoch, skip_steps = int(state["epoch"]), int(state["step"])
+        if rank == 0:
+            print(json.dumps({"resumed_from": {"epoch": start_epoch, "step": skip_steps}}))
     train_data = ray.train.get_dataset_shard("train")
     eval_data = ray.train.get_dataset_shard("eval") if cfg["has_eval"] else None
-    history: list[dict] = []
+    every_steps = cfg["checkpoint_every_steps"]
 
-    for epoch in range(cfg["epochs"]):
+    for epoch in range(start_epoch, cfg["epochs"]):
         model.train()
         totals = torch.zeros(4, dtype=torch.float64)  # loss, kd, ce (each * positions), positions
+        step = 0
         batches = train_data.iter_torch_batches(
             batch_size=cfg["batch_size"],
             local_shuffle_buffer_size=4 * cfg["batch_size"],
             local_shuffle_seed=cfg["seed"] * 100_003 + epoch * 101 + rank,
         )
-        for batch in batches:
+        # A restart inside an epoch skips as many batches as were already trained on (the epoch's
+        # shuffle is a fresh one: the same number of batches, not the same rows).
+        skip = skip_steps if epoch == start_epoch else 0
+        for step, batch in enumerate(batches, start=1):
+            if step <= skip:
+                continue
             p = positions(batch, model(model_inputs(batch)))
             loss, kd, ce = distillation_loss(
                 p["logits"], p["labels"], p["topk_index"], p["topk_logit"], p["logsumexp_t"],
@@ -113,6 +165,8 @@ def train_loop_per_worker(cfg: dict) -> None:
             optimizer.step()
             n = p["logits"].shape[0]
             totals += torch.tensor([loss.item() * n, kd.item() * n, ce.item() * n, n], dtype=torch.float64)
+            if every_steps and step % every_steps == 0:
+                _report(model, optimizer, schedule, history, {"epoch": epoch, "step": step}, epoch=epoch, step=step, checkpoint=True)
         schedule.step()
 
         totals = _all_reduce_sum(totals)
@@ -123,25 +177,17 @@ def train_loop_per_worker(cfg: dict) -> None:
             "train_kd_loss": totals[1].item() / rows,
             "train_ce_loss": totals[2].item() / rows,
             "train_positions": int(totals[3].item()),
+            "train_steps": step,  # optimiser steps of this worker in this epoch (skipped ones included)
         }
+        if state is not None and epoch == start_epoch:
+            # This epoch began from a restart; with skip > 0 the train_* figures cover only the steps after it.
+            metrics["resumed_from"] = {"epoch": start_epoch, "step": skip_steps}
         last = epoch + 1 == cfg["epochs"]
         due = last or (cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0)
         if rank == 0 and eval_data is not None and due:
-            metrics.update(evaluate(model.module if hasattr(model, "module") else model, eval_data, cfg["eval_batch_size"],
-                                    cfg["eval_temperature"]))
+            metrics.update(evaluate(_unwrap(model), eval_data, cfg["eval_batch_size"], cfg["eval_temperature"]))
         history.append(metrics)
         if rank == 0:
             print(json.dumps(metrics))
-
-        if not (last or (epoch + 1) % cfg["checkpoint_every"] == 0):
-            ray.train.report(metrics)
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                state = (model.module if hasattr(model, "module") else model).state_dict()
-                torch.save(state, os.path.join(tmp, CHECKPOINT_FILE))
-                with open(os.path.join(tmp, HISTORY_FILE), "w") as fh:
-                    json.dump(history, fh)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        _report(model, optimizer, schedule, history, metrics, epoch=epoch + 1, step=0,
+                checkpoint=last or (epoch + 1) % cfg["checkpoint_every"] == 0)

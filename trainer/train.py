@@ -50,6 +50,27 @@ def check_student_width(student: torch.nn.Module, ds, manifest: Manifest, spec: 
         )
 
 
+RUN_NAME = "train"  # Ray Train's run directory under <output>/ray; the same name is what lets a rerun resume
+
+
+def _check_unfinished_run(output: Path, resolved: dict) -> None:
+    """An unfinished run in --output (its driver died) is resumed from its latest checkpoint by Ray
+    Train, but only by the same command: other arguments would mix two runs in one checkpoint."""
+    saved = output / "config.json"
+    if not saved.is_file() or not (output / "ray").exists():
+        return
+    previous = json.loads(saved.read_text())
+    ignore = {"overwrite", "max_failures"}
+    differ = sorted(k for k in set(previous) | set(resolved) if k not in ignore and previous.get(k) != resolved.get(k))
+    if differ:
+        raise DataError(f"--output {output} holds an unfinished run with other arguments (they differ in: {', '.join(differ)}): "
+                        f"rerun that command to resume it, pass --overwrite to start over, or choose another --output")
+    if (output / "ray" / RUN_NAME / "checkpoint_manager_snapshot.json").is_file():  # Ray Train's record of registered checkpoints
+        print(f"resuming the unfinished run in {output} from its latest registered checkpoint", file=sys.stderr)
+    else:
+        print(f"the unfinished run in {output} registered no checkpoint before it stopped: starting it over", file=sys.stderr)
+
+
 def text_options(store: str, manifest: Manifest) -> TextOptions:
     """Tokenise and pack text exactly as the dump did: the store's own tokenizer and block length."""
     return TextOptions(StoreReader(store).tokenizer_json(), int(manifest.config.get("seq_len", LM_SEQ_LEN)))
@@ -98,6 +119,7 @@ def run_training(cfg: TrainConfig) -> dict:
     cpus = _cpus_per_worker(cfg)
     use_gpu = cluster_gpus() >= cfg.workers
     resolved = {**cfg.to_dict(), "cpus_per_worker": cpus, "use_gpu": use_gpu}
+    _check_unfinished_run(output, resolved)
     (output / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
 
     trainer = TorchTrainer(
@@ -105,7 +127,7 @@ def run_training(cfg: TrainConfig) -> dict:
         train_loop_config={
             "student": cfg.student, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
             "weight_decay": cfg.weight_decay, "temperature": cfg.temperature, "alpha": cfg.alpha,
-            "seed": cfg.seed, "selection": manifest.selection["kind"], "eval_temperature": eval_temperature, "eval_batch_size": 256, "eval_every": cfg.eval_every, "checkpoint_every": cfg.checkpoint_every, "has_eval": "eval" in datasets, "threads": max(1, int(cpus)),
+            "seed": cfg.seed, "selection": manifest.selection["kind"], "eval_temperature": eval_temperature, "eval_batch_size": 256, "eval_every": cfg.eval_every, "checkpoint_every": cfg.checkpoint_every, "checkpoint_every_steps": cfg.checkpoint_every_steps, "has_eval": "eval" in datasets, "threads": max(1, int(cpus)),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
@@ -114,9 +136,10 @@ def run_training(cfg: TrainConfig) -> dict:
         # Only "train" is split across workers; rank 0 evaluates the whole eval set.
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
-            name="train",
+            name=RUN_NAME,
             storage_path=str(output / "ray"),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             worker_runtime_env=worker_runtime_env(),
         ),
     )
