@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -154,9 +155,13 @@ def write_shard(root: str | os.PathLike, backend_name: str, index: int, data: Sh
         if final.exists():  # a retried task: the plan is deterministic, so the new copy replaces the old
             shutil.rmtree(final) if final.is_dir() else final.unlink()
         os.rename(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        if _is_out_of_space(exc):
+            raise StoreError(f"no space left to write shard {name} of {root}: free space, then rerun the same command to resume (finished shards are kept)") from None
+        if isinstance(exc, PermissionError):
+            raise StoreError(f"no permission to write shard {name} of {root}: make the store directory writable, then rerun the same command") from None
         raise
     return ShardInfo(
         index=index,
@@ -181,10 +186,27 @@ def write_tokenizer(root: str | os.PathLike, json_text: str) -> dict:
     return {"file": TOKENIZER_NAME, "sha256": hashlib.sha256(data).hexdigest()}
 
 
+def _is_out_of_space(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT / EFBIG anywhere in the chain (zarr and pyarrow wrap OSError in their own errors)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return True
+        if "No space left on device" in str(exc) or "File too large" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def commit_store(root: str | os.PathLike, manifest: Manifest) -> Path:
     """Write the manifest last; the store is complete from this moment."""
     root = Path(root)
     shutil.rmtree(root / TMP_DIR, ignore_errors=True)
-    path = write_manifest(root, manifest)
+    try:
+        path = write_manifest(root, manifest)
+    except OSError as exc:
+        raise StoreError(f"cannot write the manifest of {root} ({exc.strerror}): fix that, then rerun the same command; "
+                         f"every shard is kept and the store stays incomplete until then") from None
     (root / PENDING_NAME).unlink(missing_ok=True)
     return path
