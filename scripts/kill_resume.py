@@ -4,8 +4,9 @@ it by rerunning the same command, and check the final store equals an uninterrup
     python -m scripts.kill_resume [--kills 20] [--seed 0] [--dataset digits] [--shard-size 60] [--format zarr]
 
 For each trial: dump into a fresh directory, SIGKILL every process of the dump's session at a
-moment drawn uniformly from (0.5 s, the uninterrupted run's wall time), then rerun the same command
-until it succeeds. The final store must decode to exactly the reference store (every shard), hold
+random moment, then rerun the same command. Half the moments are drawn from the whole run
+(0.5 s .. the uninterrupted run's wall time), half from the window in which the uninterrupted run
+was writing shards (its first shard .. its manifest), where a kill can hit a shard mid-write. The final store must decode to exactly the reference store (every shard), hold
 every sample id once (0 duplicates, 0 missing) and pass `verify`. Exit status 1 on any mismatch.
 """
 
@@ -46,12 +47,23 @@ def kill_session(sid: int) -> None:
                 pass
 
 
-def run_to_completion(cmd: list[str], log) -> float:
+def run_to_completion(cmd: list[str], log, out: Path | None = None) -> tuple[float, float | None, float | None]:
+    """-> (wall seconds, when the first shard appeared, when the manifest appeared); the last two
+    only when `out` is given (the directory is polled)."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=log, stderr=log, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+    first_shard = committed = None
+    while proc.poll() is None:
+        if out is not None:
+            now = time.perf_counter() - start
+            if first_shard is None and (out / "shards").is_dir() and any((out / "shards").iterdir()):
+                first_shard = now
+            if committed is None and (out / "manifest.json").exists():
+                committed = now
+        time.sleep(0.05)
     if proc.returncode != 0:
         raise SystemExit(f"the dump failed with exit code {proc.returncode}; see the log")
-    return time.perf_counter() - start
+    return time.perf_counter() - start, first_shard, committed
 
 
 def compare(reference: Path, store: Path) -> tuple[bool, int, int]:
@@ -84,15 +96,18 @@ def main(argv: list[str] | None = None) -> int:
 
     reference = work / "reference"
     shutil.rmtree(reference, ignore_errors=True)
-    wall = run_to_completion(dump_command(args, reference), log)
-    print(f"reference dump: {wall:.1f} s, {StoreReader(reference).num_shards} shards", flush=True)
+    wall, first_shard, committed_at = run_to_completion(dump_command(args, reference), log, reference)
+    first_shard = first_shard or 0.5
+    committed_at = committed_at or wall
+    total = StoreReader(reference).num_shards
+    print(f"reference dump: {wall:.1f} s, {total} shards written from {first_shard:.1f} s to {committed_at:.1f} s", flush=True)
 
-    failures = 0
+    failures, phases = 0, {}
     for trial in range(args.kills):
         out = work / "chaos"
         shutil.rmtree(out, ignore_errors=True)
         proc = subprocess.Popen(dump_command(args, out), stdout=log, stderr=log, start_new_session=True)
-        delay = rng.uniform(0.5, wall)
+        delay = rng.uniform(0.5, wall) if trial % 2 == 0 else rng.uniform(first_shard, committed_at)
         try:
             proc.wait(timeout=delay)
             finished_first = True
@@ -102,12 +117,22 @@ def main(argv: list[str] | None = None) -> int:
         proc.wait()
         shards_before = len(list((out / "shards").glob("*"))) if (out / "shards").exists() else 0
         committed = (out / "manifest.json").exists()
-        resume_wall = run_to_completion(dump_command(args, out), log)
+        partial = len(list((out / ".tmp").glob("*"))) if (out / ".tmp").exists() else 0
+        resume_wall = run_to_completion(dump_command(args, out), log)[0]
         equal, duplicates, missing = compare(reference, out)
         failures += not (equal and duplicates == 0 and missing == 0)
-        state = "finished before the kill" if finished_first else f"{shards_before} shards on disk, committed={committed}"
+        if finished_first:
+            state = "it had finished"
+        elif committed:
+            state = "after the commit"
+        elif shards_before:
+            state = f"while writing: {shards_before} of {total} shards done, {partial} partial"
+        else:
+            state = "before any shard"
+        phases[state.split(":")[0]] = phases.get(state.split(":")[0], 0) + 1
         print(f"trial {trial + 1}/{args.kills}: kill -9 at {delay:.1f} s ({state}); resume {resume_wall:.1f} s; "
               f"equal={equal} duplicates={duplicates} missing={missing}", flush=True)
+    print(f"kills by phase: {phases}")
     print(f"{args.kills} kills, {args.kills - failures} final stores equal to the uninterrupted one, {failures} not")
     return 1 if failures else 0
 
