@@ -1,7 +1,11 @@
 """Kill the dump at random moments (kill -9 of the driver and its whole local Ray cluster), resume
 it by rerunning the same command, and check the final store equals an uninterrupted one.
 
-    python -m scripts.kill_resume [--kills 20] [--seed 0] [--dataset digits] [--shard-size 60] [--format zarr]
+    python -m scripts.kill_resume [--kills 20] [--seed 0] [--teacher stdlib-gpt] [--dataset stdlib-small-eval]
+        [--shard-size 16] [--format zarr]
+
+The default workload (the LM teacher over 444 text blocks, 28 shards of 16 blocks) spends several
+seconds writing shards, so that kills land mid-write; digits writes its shards in about a second.
 
 For each trial: dump into a fresh directory, SIGKILL every process of the dump's session at a
 random moment, then rerun the same command. Half the moments are drawn from the whole run
@@ -30,7 +34,7 @@ from logitstore import StoreReader
 
 def dump_command(args: argparse.Namespace, out: Path) -> list[str]:
     return [sys.executable, "-m", "jobs.dump_logits", "--teacher", args.teacher, "--dataset", args.dataset,
-            "--out", str(out), "--shard-size", str(args.shard_size), "--format", args.format, "--batch-size", "64",
+            "--out", str(out), "--shard-size", str(args.shard_size), "--format", args.format, "--batch-size", "8",
             "--top-k", "5"]
 
 
@@ -83,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--teacher", default="digits-cnn")
-    parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--shard-size", type=int, default=60)
+    parser.add_argument("--teacher", default="stdlib-gpt")
+    parser.add_argument("--dataset", default="stdlib-small-eval")
+    parser.add_argument("--shard-size", type=int, default=16)
     parser.add_argument("--format", default="zarr", choices=["zarr", "arrow"])
     parser.add_argument("--work-dir", default=None)
     args = parser.parse_args(argv)

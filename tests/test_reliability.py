@@ -142,8 +142,9 @@ def test_a_refused_dump_leaves_no_directory(ray_session, tmp_path, capsys):
 @pytest.mark.slow
 def test_kill_resume_script_short_form(tmp_path):
     """The chaos script of issue 4, one kill -9 of the whole local cluster (CI's short form)."""
-    proc = subprocess.run([sys.executable, "-m", "scripts.kill_resume", "--kills", "1", "--seed", "3",
-                           "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=600,
+    proc = subprocess.run([sys.executable, "-m", "scripts.kill_resume", "--kills", "1", "--seed", "3", "--teacher", "digits-cnn",
+                           "--dataset", "digits", "--shard-size", "60", "--work-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert "1 kills, 1 final stores equal to the uninterrupted one, 0 not" in proc.stdout
