@@ -43,16 +43,16 @@ class TeacherScorer:
     """One teacher replica (a Ray Data actor). Weights come from the driver, so every replica is identical."""
 
     def __init__(self, spec: str, state_ref: list, top_k: int, temperatures: list[float], precision: str,
-                 index_dtype: str, first_ids: np.ndarray, last_ids: np.ndarray, threads: int, selection: dict):
+                 index_dtype: str, threads: int, selection: dict):
         # An error raised here would reach the driver as a bare ActorDiedError; keep it and raise it
         # from __call__, where Ray keeps the original exception.
         self.init_error: Exception | None = None
         try:
-            self._setup(spec, state_ref, top_k, temperatures, precision, index_dtype, first_ids, last_ids, threads, selection)
+            self._setup(spec, state_ref, top_k, temperatures, precision, index_dtype, threads, selection)
         except Exception as exc:
             self.init_error = exc
 
-    def _setup(self, spec, state_ref, top_k, temperatures, precision, index_dtype, first_ids, last_ids, threads, selection) -> None:
+    def _setup(self, spec, state_ref, top_k, temperatures, precision, index_dtype, threads, selection) -> None:
         torch.set_num_threads(threads)
         self.selection = selection
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -63,7 +63,6 @@ class TeacherScorer:
         self.top_k = top_k
         self.temperatures = torch.tensor(temperatures, dtype=torch.float32, device=self.device)
         self.index_dtype = index_dtype
-        self.plan = logitstore.ShardPlan(first_ids, last_ids, np.zeros_like(first_ids))
 
     def score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One batch through the teacher -> per-sample top-k, log-normalisers (and draws)."""
@@ -98,7 +97,7 @@ class TeacherScorer:
             # Ragged rows: one [length, ...] array per sample.
             cuts = np.cumsum(np.asarray(batch["length"]))[:-1]
             out = {key: _ragged(np.split(value, cuts)) for key, value in out.items()}
-        return {"id": batch["id"], "shard": self.plan.shard_of(batch["id"]), **out}
+        return {"id": batch["id"], "shard": batch["shard"], **out}
 
     def _draw(self, z: torch.Tensor, head: torch.Tensor, ids: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Draws for every position, seeded per sample id: the store does not depend on batching or workers."""
@@ -315,8 +314,8 @@ def _score_and_write(cfg: DumpConfig, teacher: torch.nn.Module, ds: ray.data.Dat
         batch_format="numpy",
         fn_constructor_kwargs=dict(
             spec=cfg.teacher, state_ref=state_ref, top_k=cfg.top_k, temperatures=list(cfg.temperatures),
-            precision=cfg.precision, index_dtype=layout["index_dtype"], first_ids=plan.first_ids,
-            last_ids=plan.last_ids, threads=threads, selection=selection, batch_size=cfg.batch_size,
+            precision=cfg.precision, index_dtype=layout["index_dtype"], threads=threads, selection=selection,
+            batch_size=cfg.batch_size,
             write=dict(root=str(cfg.out), backend=cfg.format, expected_counts=plan.counts, **layout)),
         runtime_env=worker_runtime_env(),  # user modules from the working directory, even in a long-lived session
         **per_actor,
