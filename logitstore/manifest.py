@@ -13,7 +13,7 @@ from typing import Any
 from logitstore.errors import ManifestError, StoreNotFoundError
 
 FORMAT_NAME = "logitstore"
-FORMAT_VERSION = 2  # the newest this code reads and writes; top-k stores are still written as 1
+FORMAT_VERSION = 3  # the newest this code reads and writes; stores are written with the lowest version that holds them
 SELECTIONS = ("topk", "sample", "hybrid")
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"  # the only extra file a store may hold at its root
@@ -64,6 +64,8 @@ class Manifest:
     # sha256 of everything that decided the content (arguments, teacher weights, data): a rerun
     # of the same dump finds the store already complete (informative; "" when unknown)
     content_sha256: str = ""
+    # how the top-k arrays are encoded (logitstore/codec.py); the default is version 1's layout
+    codec: dict[str, Any] = field(default_factory=lambda: {"index": "plain", "values": "float32"})
     format: str = FORMAT_NAME
     format_version: int = 1
 
@@ -73,8 +75,17 @@ class Manifest:
         return int(self.selection.get("draws", 0))
 
     @staticmethod
-    def version_for(selection: dict[str, Any]) -> int:
+    def version_for(selection: dict[str, Any], codec: dict[str, Any] | None = None) -> int:
+        if codec and (codec.get("index", "plain"), codec.get("values", "float32")) != ("plain", "float32"):
+            return 3
         return 1 if selection.get("kind", "topk") == "topk" else 2
+
+    @property
+    def store_codec(self):
+        """The Codec object that reads and writes this store's shards."""
+        from logitstore.codec import Codec
+
+        return Codec.from_json(self.codec, self.temperatures)
 
     @property
     def num_bytes(self) -> int:
@@ -186,6 +197,14 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
         _count(tokenizer, "vocab_size", "tokenizer ", minimum=1)
         if "file" in tokenizer and (tokenizer["file"] != TOKENIZER_NAME or not _HEX64.match(str(tokenizer.get("sha256", "")))):
             raise ManifestError(f"manifest tokenizer file must be {TOKENIZER_NAME!r} with a sha256: the store is damaged")
+    codec = raw.get("codec", {"index": "plain", "values": "float32"})
+    from logitstore.codec import Codec
+
+    if not isinstance(codec, dict) or not isinstance(codec.get("bits", 0), int) or \
+            Codec.from_json(codec, [float(t) for t in temps]).problems():
+        raise ManifestError(f"manifest codec {codec!r} is unknown or invalid: upgrade logitstore, or the store is damaged")
+    if Manifest.version_for(selection, codec) == 3 and version < 3:
+        raise ManifestError(f"manifest of format version {version} declares codec {codec!r}: the store is damaged")
     manifest = Manifest(
         backend=backend,
         top_k=top_k,
@@ -204,6 +223,7 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
         selection=selection,
         tokenizer=tokenizer,
         content_sha256=raw.get("content_sha256") if isinstance(raw.get("content_sha256"), str) else "",
+        codec=codec,
         format_version=version,
     )
     if sum(s.num_samples for s in shards) != manifest.num_samples or sum(s.num_positions for s in shards) != manifest.num_positions:

@@ -29,6 +29,7 @@ class StoreReader:
         self.plan: ShardPlan = plan_from_manifest(self.manifest)
         self.verify_checksums = verify
         self._backend = get_backend(self.manifest.backend)
+        self.codec = self.manifest.store_codec
         self._cache: OrderedDict[int, ShardData] = OrderedDict()
         self._cache_shards = max(1, cache_shards)
 
@@ -63,7 +64,7 @@ class StoreReader:
     def _decode(self, index: int) -> ShardData:
         info = self.manifest.shards[index]
         try:
-            data = self._backend.read(str(self.root / info.name))
+            data = self.codec.decode(self._backend.read(str(self.root / info.name)))
         except StoreError:
             raise
         except Exception as exc:  # a backend's own decode error on damaged bytes
@@ -154,6 +155,8 @@ def _concat_in_order(parts: list[ShardData], order: list[np.ndarray], n: int) ->
         logsumexp=np.concatenate([p.logsumexp for p in parts]),
         sample_index=np.concatenate([i for i, _ in padded]) if parts[0].has_samples else None,
         sample_count=np.concatenate([c for _, c in padded]) if parts[0].has_samples else None,
+        rest_mass=np.concatenate([p.rest_mass for p in parts]) if parts[0].rest_mass is not None else None,
+        ordered=parts[0].ordered,
     )
     inv = np.argsort(np.concatenate(order), kind="stable")
     return merged.select(inv)

@@ -30,9 +30,12 @@ class ShardData:
     Shapes (S samples, P positions in total, k stored classes, R recorded temperatures):
       sample_id        int64   [S]    strictly increasing
       position_offsets int64   [S+1]  positions of sample i are rows offsets[i]:offsets[i+1]
-      topk_index       uint16|uint32 [P, k]  class ids, sorted by descending teacher logit
+      topk_index       uint16|uint32 [P, k]  class ids; column 0 is the teacher's top-1, the others
+                                       by descending logit when `ordered`, else in the codec's order
       topk_logit       float32 [P, k]  raw teacher logits z of those classes (before temperature)
       logsumexp        float32 [P, R]  logsumexp(z / T_r) over the full vocabulary
+    and, when the logits were stored quantized (their head sum is then too coarse for the tail):
+      rest_mass        float32 [P, R]  the exact tail mass 1 - sum_i p_i(T_r) of the stored classes
     and, for the `sample` and `hybrid` selections only (m = draws per position):
       sample_index     uint16|uint32 [P, w]  distinct drawn class ids, by descending count
       sample_count     uint16 [P, w]         how often each was drawn (0 = padding)
@@ -46,6 +49,8 @@ class ShardData:
     logsumexp: np.ndarray
     sample_index: np.ndarray | None = None
     sample_count: np.ndarray | None = None
+    rest_mass: np.ndarray | None = None
+    ordered: bool = True
 
     @property
     def has_samples(self) -> bool:
@@ -90,8 +95,16 @@ class ShardData:
             problems.append(f"topk_logit must be float32 [{p}, {top_k}], got {self.topk_logit.dtype} {self.topk_logit.shape}")
         elif not np.all(np.isfinite(self.topk_logit)):
             problems.append("topk_logit holds NaN or inf")
-        elif top_k > 1 and np.any(np.diff(self.topk_logit, axis=1) > 0):
+        elif top_k > 1 and self.ordered and np.any(np.diff(self.topk_logit, axis=1) > 0):
             problems.append("topk_logit must be sorted by descending logit within each position")
+        elif top_k > 1 and not self.ordered and p and np.any(self.topk_logit[:, :1] < self.topk_logit):
+            problems.append("column 0 of topk_logit must hold each position's largest logit")
+        if self.rest_mass is not None:
+            r = self.rest_mass
+            if r.dtype != np.float32 or r.shape != (p, num_temperatures):
+                problems.append(f"rest_mass must be float32 [{p}, {num_temperatures}], got {r.dtype} {r.shape}")
+            elif not np.all((r >= 0) & (r <= 1)):
+                problems.append("rest_mass must lie in [0, 1]")
         if self.logsumexp.dtype != np.float32 or self.logsumexp.shape != (p, num_temperatures):
             problems.append(
                 f"logsumexp must be float32 [{p}, {num_temperatures}], got {self.logsumexp.dtype} {self.logsumexp.shape}"
@@ -114,14 +127,15 @@ class ShardData:
 
     def equals(self, other: "ShardData") -> bool:
         """Exact equality of content (dtypes included)."""
-        return self.has_samples == other.has_samples and all(
+        return self.has_samples == other.has_samples and (self.rest_mass is None) == (other.rest_mass is None) and all(
             a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
             for a, b in zip(self.arrays(), other.arrays())
         )
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         base = (self.sample_id, self.position_offsets, self.topk_index, self.topk_logit, self.logsumexp)
-        return base + ((self.sample_index, self.sample_count) if self.has_samples else ())
+        return base + ((self.sample_index, self.sample_count) if self.has_samples else ()) + (
+            (self.rest_mass,) if self.rest_mass is not None else ())
 
     def select(self, rows: np.ndarray) -> "ShardData":
         """The samples at `rows` (indices into this shard), in that order, positions kept together."""
@@ -142,6 +156,8 @@ class ShardData:
             logsumexp=self.logsumexp[pos],
             sample_index=self.sample_index[pos] if self.has_samples else None,
             sample_count=self.sample_count[pos] if self.has_samples else None,
+            rest_mass=self.rest_mass[pos] if self.rest_mass is not None else None,
+            ordered=self.ordered,
         )
 
 

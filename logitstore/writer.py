@@ -11,6 +11,7 @@ from pathlib import Path
 
 from logitstore.backends import get_backend
 from logitstore.checksum import shard_checksum
+from logitstore.codec import Codec
 from logitstore.errors import ShardDataError, StoreConflictError, StoreError, StoreExistsError
 from logitstore.lock import LOCK_NAME
 from logitstore.planning import ShardPlan
@@ -112,7 +113,7 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def completed_shards(root: str | os.PathLike, backend_name: str, plan: ShardPlan, *, top_k: int, num_temperatures: int,
-                     index_dtype: str, vocab_size: int, draws: int = 0) -> dict[int, ShardInfo]:
+                     index_dtype: str, vocab_size: int, draws: int = 0, codec: Codec = Codec()) -> dict[int, ShardInfo]:
     """Shards of an unfinished dump that are in place and sound (decode, validate, ids as planned).
     A shard that fails is deleted, so it is written again."""
     root = Path(root)
@@ -124,7 +125,7 @@ def completed_shards(root: str | os.PathLike, backend_name: str, plan: ShardPlan
         if not path.exists():
             continue
         try:
-            data = backend.read(str(path))
+            data = codec.decode(backend.read(str(path)))
             data.validate(top_k=top_k, num_temperatures=num_temperatures, index_dtype=index_dtype, vocab_size=vocab_size, draws=draws)
             if (data.num_samples, int(data.sample_id[0]), int(data.sample_id[-1])) != (int(plan.counts[j]), int(plan.first_ids[j]), int(plan.last_ids[j])):
                 raise ShardDataError("ids differ from the plan")
@@ -138,8 +139,10 @@ def completed_shards(root: str | os.PathLike, backend_name: str, plan: ShardPlan
 
 
 def write_shard(root: str | os.PathLike, backend_name: str, index: int, data: ShardData, *,
-                top_k: int, num_temperatures: int, index_dtype: str, vocab_size: int, draws: int = 0) -> ShardInfo:
-    """Validate `data`, write it under a temporary name, then rename it into place.
+                top_k: int, num_temperatures: int, index_dtype: str, vocab_size: int, draws: int = 0,
+                codec: Codec = Codec()) -> ShardInfo:
+    """Validate `data` (top-k by descending logit), encode it with `codec`, write it under a
+    temporary name, then rename it into place.
 
     The caller owns shard `index` exclusively (one task per shard).
     """
@@ -150,7 +153,7 @@ def write_shard(root: str | os.PathLike, backend_name: str, index: int, data: Sh
     tmp = root / TMP_DIR / f"{Path(name).name}.{uuid.uuid4().hex}"
     backend = get_backend(backend_name)
     try:
-        backend.write(str(tmp), data)
+        backend.write(str(tmp), codec.encode(data))
         sha, nbytes = shard_checksum(tmp)
         if final.exists():  # a retried task: the plan is deterministic, so the new copy replaces the old
             shutil.rmtree(final) if final.is_dir() else final.unlink()

@@ -34,7 +34,7 @@ def _check_out_dir(path: str, flag: str) -> list[str]:
 # The dump arguments that decide a store's bytes (not workers, batch size or precision on CPU):
 # a rerun with the same ones resumes an unfinished dump, or finds a finished one complete.
 CONTENT_FIELDS = ("teacher", "dataset", "top_k", "temperatures", "format", "selection", "draws", "sample_temperature",
-                  "seed", "shard_size", "tokenizer", "seq_len")
+                  "seed", "shard_size", "tokenizer", "seq_len", "index_codec", "value_codec", "value_bits")
 
 
 @dataclass
@@ -47,6 +47,9 @@ class DumpConfig:
     top_k: int = _help("classes stored per position, by descending teacher logit", default=5)
     temperatures: tuple[float, ...] = _help("temperatures whose log-normalisers are recorded (comma-separated); students may train at any of them", default=(1.0, 2.0, 4.0))
     format: str = _help("store backend: zarr or arrow", default="zarr")
+    index_codec: str = _help("how class ids are stored: plain (by descending logit) or delta (sorted by id, as gaps: ~1/3 smaller at large vocabularies, lossless; readers get the top-1 in column 0 and the rest by id)", default="plain")
+    value_codec: str = _help("how logits are stored: float32 (exact) or logq (gaps to the top-1 quantized to --value-bits through a temperature-aware compander, plus the exact tail mass per temperature; KL distortion ~1e-5 nats at 8 bits)", default="float32")
+    value_bits: int = _help("bits per quantized logit for --value-codec logq (1..16)", default=8)
     selection: str = _help("what is stored per position: topk (the exact top-k), sample (also --draws tokens drawn from the teacher at --sample-temperature, as ids with counts: unbiased KD), hybrid (exact top-k head plus --draws tokens drawn from the renormalised tail)", default="topk")
     draws: int = _help("tokens drawn per position for --selection sample or hybrid", default=12)
     sample_temperature: float = _help("temperature the draws are made at (must be among --temperatures; students train at it)", default=1.0)
@@ -88,6 +91,12 @@ class DumpConfig:
                 problems.append(f"--sample-temperature {self.sample_temperature:g} must be one of --temperatures ({','.join(f'{t:g}' for t in self.temperatures)})")
         if self.format not in ("zarr", "arrow"):
             problems.append(f"--format must be zarr or arrow, got {self.format!r}")
+        if self.index_codec not in ("plain", "delta"):
+            problems.append(f"--index-codec must be plain or delta, got {self.index_codec!r}")
+        if self.value_codec not in ("float32", "logq"):
+            problems.append(f"--value-codec must be float32 or logq, got {self.value_codec!r}")
+        elif self.value_codec == "logq" and not 1 <= self.value_bits <= 16:
+            problems.append(f"--value-bits must be in 1..16, got {self.value_bits}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             problems.append(f"--precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         for flag, value in (("--batch-size", self.batch_size), ("--workers", self.workers), ("--shard-size", self.shard_size)):

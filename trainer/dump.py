@@ -20,6 +20,7 @@ from logitstore.errors import StoreExistsError
 from logitstore.lock import LOCK_NAME, StoreLock
 from logitstore.manifest import MANIFEST_NAME, read_manifest
 from logitstore.shard import trim_samples
+from logitstore.codec import Codec
 from logitstore.writer import check_destination, completed_shards, start_or_resume, write_tokenizer
 from trainer.config import CONTENT_FIELDS, DumpConfig
 from trainer.data import TextOptions, fingerprint_dataset, is_text_dataset, load_dataset, text_corpus_identity
@@ -153,7 +154,7 @@ def _positions(column: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def _write_group(batch: dict[str, np.ndarray], *, root: str, backend: str, top_k: int, num_temperatures: int,
-                 index_dtype: str, vocab_size: int, expected_counts: np.ndarray, draws: int) -> dict[str, np.ndarray]:
+                 index_dtype: str, vocab_size: int, expected_counts: np.ndarray, draws: int, codec) -> dict[str, np.ndarray]:
     """Write one whole shard (map_groups gives this task every row of it) and return its ShardInfo."""
     shard = int(batch["shard"][0])
     if shard < 0 or len(batch["id"]) != int(expected_counts[shard]):
@@ -175,7 +176,7 @@ def _write_group(batch: dict[str, np.ndarray], *, root: str, backend: str, top_k
         sample_count=sample_count if sampled else None,
     )
     info = write_shard(root, backend, shard, data, top_k=top_k, num_temperatures=num_temperatures,
-                       index_dtype=index_dtype, vocab_size=vocab_size, draws=draws)
+                       index_dtype=index_dtype, vocab_size=vocab_size, draws=draws, codec=codec)
     return {key: np.array([value]) for key, value in info.__dict__.items()}
 
 
@@ -235,8 +236,9 @@ def _dump(cfg: DumpConfig) -> DumpSummary:
         selection.update(draws=cfg.draws, temperature=float(cfg.sample_temperature), seed=cfg.seed)
     teacher_info = {"spec": cfg.teacher, "weights_sha256": weights_sha256(teacher),
                     "num_parameters": sum(p.numel() for p in teacher.parameters()), "dtype": dtype}
+    codec = Codec.make(cfg.index_codec, cfg.value_codec, cfg.value_bits, cfg.temperatures)
     identity = {
-        "format_version": Manifest.version_for(selection), "config": {k: getattr(cfg, k) for k in CONTENT_FIELDS},
+        "format_version": Manifest.version_for(selection, codec.to_json()), "config": {k: getattr(cfg, k) for k in CONTENT_FIELDS},
         "teacher": teacher_info, "dataset": fingerprint.to_manifest(), "vocab_size": vocab,
         "tokenizer_sha256": sha256_text(tokenizer.to_json()) if tokenizer and tokenizer.to_json() else None,
     }
@@ -255,7 +257,7 @@ def _dump(cfg: DumpConfig) -> DumpSummary:
         if tokenizer.to_json() is not None:
             tokenizer_entry.update(write_tokenizer(root, tokenizer.to_json()))
     layout = dict(top_k=cfg.top_k, num_temperatures=len(cfg.temperatures), index_dtype=index_dtype, vocab_size=vocab,
-                  draws=selection.get("draws", 0))
+                  draws=selection.get("draws", 0), codec=codec)
     done = completed_shards(root, cfg.format, plan, **layout) if resumed else {}
     if resumed:
         print(f"resuming the unfinished dump in {root}: {len(done)} of {plan.num_shards} shards are complete", file=sys.stderr)
@@ -283,7 +285,8 @@ def _dump(cfg: DumpConfig) -> DumpSummary:
         selection=selection,
         tokenizer=tokenizer_entry,
         content_sha256=content_sha256,
-        format_version=Manifest.version_for(selection),
+        codec=codec.to_json(),
+        format_version=Manifest.version_for(selection, codec.to_json()),
     )
     commit_store(root, manifest)
     return DumpSummary(manifest=manifest, seconds=time.perf_counter() - start, resumed_shards=len(done))

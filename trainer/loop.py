@@ -38,7 +38,7 @@ def positions(batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str,
     -> logits [N, V], labels [N], and when the batch has them: topk_index [N, k],
     topk_logit [N, k], logsumexp_t [N], teacher_top1 [N].
     """
-    keys = [k for k in ("topk_index", "topk_logit", "logsumexp_t", "teacher_top1", "sample_index", "sample_count") if k in batch]
+    keys = [k for k in ("topk_index", "topk_logit", "logsumexp_t", "rest_t", "teacher_top1", "sample_index", "sample_count") if k in batch]
     if "input_ids" not in batch:
         return {"logits": logits, "labels": batch["label"], **{k: batch[k] for k in keys}}
     ids, length = batch["input_ids"], batch["length"]
@@ -68,7 +68,7 @@ def evaluate(model: torch.nn.Module, data, batch_size: int, kl_temperature: floa
         if "teacher_top1" in p:
             agree += int((pred == p["teacher_top1"]).sum())
             with_teacher += int(pred.shape[0])
-            kd = topk_kd_loss(p["logits"], p["topk_index"], p["topk_logit"], p["logsumexp_t"], kl_temperature)
+            kd = topk_kd_loss(p["logits"], p["topk_index"], p["topk_logit"], p["logsumexp_t"], kl_temperature, p.get("rest_t"))
             kl_sum += float(kd.sum()) / kl_temperature**2
     ce = ce_sum / labelled if labelled else None
     return {
@@ -158,7 +158,7 @@ def train_loop_per_worker(cfg: dict) -> None:
             loss, kd, ce = distillation_loss(
                 p["logits"], p["labels"], p["topk_index"], p["topk_logit"], p["logsumexp_t"],
                 temperature=cfg["temperature"], alpha=cfg["alpha"], selection=cfg["selection"],
-                sample_index=p.get("sample_index"), sample_count=p.get("sample_count"),
+                sample_index=p.get("sample_index"), sample_count=p.get("sample_count"), rest_t=p.get("rest_t"),
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

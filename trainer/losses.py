@@ -14,12 +14,21 @@ import torch.nn.functional as F
 
 
 def teacher_buckets(topk_logit: torch.Tensor, logsumexp_t: torch.Tensor, temperature: float,
-                    vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    vocab_size: int | None = None, rest_t: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Teacher log-probabilities and probabilities at T of the stored classes, and the rest mass.
 
-    topk_logit [N, k] (raw logits), logsumexp_t [N] (logsumexp(z/T) over the full vocabulary)
+    topk_logit [N, k] (raw logits), logsumexp_t [N] (logsumexp(z/T) over the full vocabulary),
+    rest_t [N] or None (the stored tail mass, given by stores whose logits are quantized)
     -> (log_p_head [N, k], p_head [N, k], p_rest [N]). With k = vocab_size the rest is exactly 0.
     """
+    if rest_t is not None:
+        # Quantized logits: 1 - sum(head) would be rounding noise, so the exact stored rest is the
+        # tail, and the head is renormalised to 1 - rest (the k+1 buckets sum to 1).
+        p_rest = rest_t.float()
+        log_head = torch.log_softmax(topk_logit.float() / temperature, dim=1)
+        log_p_head = log_head + torch.log1p(-p_rest.clamp(max=1.0 - 1e-7)).unsqueeze(1)
+        return log_p_head, log_p_head.exp(), p_rest
     log_p_head = topk_logit.float() / temperature - logsumexp_t.float().unsqueeze(1)  # exact, no log(exp(.))
     p_head = log_p_head.exp()
     if topk_logit.shape[1] == vocab_size:
@@ -44,12 +53,13 @@ def student_buckets(student_logits: torch.Tensor, topk_index: torch.Tensor, temp
 
 
 def topk_kd_loss(student_logits: torch.Tensor, topk_index: torch.Tensor, topk_logit: torch.Tensor,
-                 logsumexp_t: torch.Tensor, temperature: float) -> torch.Tensor:
+                 logsumexp_t: torch.Tensor, temperature: float, rest_t: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row Hinton KD over k+1 buckets: T^2 * KL(teacher || student).
 
-    student_logits [N, V], topk_index [N, k] (int64), topk_logit [N, k], logsumexp_t [N] -> [N].
+    student_logits [N, V], topk_index [N, k] (int64), topk_logit [N, k], logsumexp_t [N],
+    rest_t [N] or None (see teacher_buckets) -> [N].
     """
-    log_p_head, p_head, p_rest = teacher_buckets(topk_logit, logsumexp_t, temperature, student_logits.shape[1])
+    log_p_head, p_head, p_rest = teacher_buckets(topk_logit, logsumexp_t, temperature, student_logits.shape[1], rest_t)
     log_q_head, log_q_rest = student_buckets(student_logits, topk_index, temperature)
     kl_head = (p_head * (log_p_head - log_q_head)).sum(dim=1)
     # xlogy(p, p) is 0 where p == 0, so an empty rest bucket (k = V) adds nothing.
@@ -75,26 +85,28 @@ def kd_term(student_logits: torch.Tensor, targets: dict[str, torch.Tensor], temp
     full-KD cross-entropy estimates (sample, hybrid; these differ from KL by the teacher's entropy,
     a constant for the student). targets holds the stored arrays of these rows. -> [N]."""
     if selection == "topk":
-        return topk_kd_loss(student_logits, targets["topk_index"], targets["topk_logit"], targets["logsumexp_t"], temperature)
+        return topk_kd_loss(student_logits, targets["topk_index"], targets["topk_logit"], targets["logsumexp_t"], temperature,
+                            targets.get("rest_t"))
     if selection == "sample":
         return sampled_cross_entropy(student_logits, targets["sample_index"], targets["sample_count"], temperature)
     if selection == "hybrid":
         return hybrid_cross_entropy(student_logits, targets["topk_index"], targets["topk_logit"], targets["logsumexp_t"],
-                                    targets["sample_index"], targets["sample_count"], temperature)
+                                    targets["sample_index"], targets["sample_count"], temperature, targets.get("rest_t"))
     raise ValueError(f"unknown selection {selection!r}")
 
 
 def distillation_loss(student_logits: torch.Tensor, labels: torch.Tensor, topk_index: torch.Tensor,
                       topk_logit: torch.Tensor, logsumexp_t: torch.Tensor, *, temperature: float,
                       alpha: float, selection: str = "topk", sample_index: torch.Tensor | None = None,
-                      sample_count: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      sample_count: torch.Tensor | None = None, rest_t: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """alpha * mean(KD over all rows) + (1 - alpha) * mean(CE over labelled rows).
 
     Rows without a label (label < 0) get only the KD term; a batch with no labels is pure KD.
     Returns (loss, kd, ce) as scalars; kd and ce are detached, for logging.
     """
     targets = {"topk_index": topk_index, "topk_logit": topk_logit, "logsumexp_t": logsumexp_t,
-               "sample_index": sample_index, "sample_count": sample_count}
+               "sample_index": sample_index, "sample_count": sample_count, "rest_t": rest_t}
     kd = kd_term(student_logits, targets, temperature, selection).mean() if alpha > 0 else student_logits.sum() * 0.0
     ce_sum, count = labelled_cross_entropy(student_logits, labels)
     ce = ce_sum / count.clamp(min=1)
@@ -142,13 +154,13 @@ def sampled_cross_entropy(student_logits: torch.Tensor, sample_index: torch.Tens
 
 def hybrid_cross_entropy(student_logits: torch.Tensor, topk_index: torch.Tensor, topk_logit: torch.Tensor,
                          logsumexp_t: torch.Tensor, tail_index: torch.Tensor, tail_count: torch.Tensor,
-                         temperature: float) -> torch.Tensor:
+                         temperature: float, rest_t: torch.Tensor | None = None) -> torch.Tensor:
     """Unbiased estimate of T^2 * H(p_T, q_T): the top-k head exactly, the tail from draws of
     the renormalised tail (as `draw_teacher_samples(..., exclude=topk_index)` makes them).
 
     student_logits [N, V], topk_index/topk_logit [N, k], logsumexp_t [N], tail_index/tail_count [N, m] -> [N].
     """
-    _, p_head, p_rest = teacher_buckets(topk_logit, logsumexp_t, temperature, student_logits.shape[1])
+    _, p_head, p_rest = teacher_buckets(topk_logit, logsumexp_t, temperature, student_logits.shape[1], rest_t)
     log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
     head = -(p_head * log_q.gather(1, topk_index)).sum(dim=1)
     weights = tail_count.float() / tail_count.sum(dim=1, keepdim=True).clamp(min=1)

@@ -15,29 +15,20 @@ from trainer import digits
 from trainer.errors import ModelError
 from trainer.specs import import_callable, is_callable_spec
 
-def _lm_teacher() -> nn.Module:
-    from trainer.lm import example
 
-    return example.load_teacher()
-
-
-def _lm_student() -> nn.Module:
+def _lm_models() -> dict[str, Callable[[], nn.Module]]:
     from trainer.lm import example
     from trainer.lm.gpt import GPT
 
-    return GPT(example.STUDENT)
-
-
-def _lm_teacher_architecture() -> nn.Module:
-    from trainer.lm import example
-    from trainer.lm.gpt import GPT
-
-    return GPT(example.TEACHER)
+    models: dict[str, Callable[[], nn.Module]] = {}
+    for name, spec in example.TEACHERS.items():
+        models[name] = lambda name=name: example.load_teacher(name)  # trained on stdlib-small and cached
+        models[f"{name}-student"] = lambda spec=spec: GPT(spec.student)
+    return models
 
 
 BUILTIN_MODELS: dict[str, Callable[[], nn.Module]] = {
-    "stdlib-gpt": _lm_teacher,  # trained on stdlib-small and cached
-    "stdlib-gpt-student": _lm_student,
+    **_lm_models(),
     "digits-cnn": digits.load_teacher,  # the trained, cached teacher
     "digits-mlp": lambda: digits.DigitsMLP(hidden=16),
     "digits-mlp-tiny": lambda: digits.DigitsMLP(hidden=8),
@@ -98,7 +89,14 @@ def check_model_spec(spec: str, what: str) -> list[str]:
 
 # Architectures of built-in models whose builder loads trained weights, for replicas that
 # receive those weights from the driver instead.
-BUILTIN_ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {"digits-cnn": digits.DigitsCNN, "stdlib-gpt": _lm_teacher_architecture}
+def _lm_architectures() -> dict[str, Callable[[], nn.Module]]:
+    from trainer.lm import example
+    from trainer.lm.gpt import GPT
+
+    return {name: (lambda spec=spec: GPT(spec.teacher)) for name, spec in example.TEACHERS.items()}
+
+
+BUILTIN_ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {"digits-cnn": digits.DigitsCNN, **_lm_architectures()}
 
 
 def build_model(spec: str, what: str = "--model", *, pretrained: bool = True) -> nn.Module:

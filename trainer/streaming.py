@@ -60,6 +60,8 @@ def _join_group(batch: dict[str, np.ndarray], store: str, temperature_index: int
         "logsumexp_t": data.logsumexp[rows, temperature_index],
         "teacher_top1": topk_index[:, 0],
     })
+    if data.rest_mass is not None:
+        out["rest_t"] = data.rest_mass[rows, temperature_index]
     if data.has_samples:
         index, count = pad_samples(data.sample_index[rows], data.sample_count[rows], width)
         out.update({"sample_index": index.astype(np.int64), "sample_count": count.astype(np.int64)})
@@ -72,6 +74,7 @@ def _sequence_targets(data, rows: np.ndarray, lengths: np.ndarray, seq_len: int,
     topk_index = np.zeros((n, seq_len, k), dtype=np.int64)
     topk_logit = np.zeros((n, seq_len, k), dtype=np.float32)
     lse = np.zeros((n, seq_len), dtype=np.float32)
+    rest = np.zeros((n, seq_len), dtype=np.float32) if data.rest_mass is not None else None
     m = width if data.has_samples else 0
     stored = data.sample_index.shape[1] if data.has_samples else 0
     sample_index = np.zeros((n, seq_len, m), dtype=np.int64)
@@ -84,11 +87,15 @@ def _sequence_targets(data, rows: np.ndarray, lengths: np.ndarray, seq_len: int,
         topk_index[i, :count] = data.topk_index[span]
         topk_logit[i, :count] = data.topk_logit[span]
         lse[i, :count] = data.logsumexp[span, temperature_index]
+        if rest is not None:
+            rest[i, :count] = data.rest_mass[span, temperature_index]
         if m:
             sample_index[i, :count, :stored] = data.sample_index[span]
             sample_count[i, :count, :stored] = data.sample_count[span]
     top1 = np.where(np.arange(seq_len) < lengths[:, None], topk_index[:, :, 0], -1)
     out = {"topk_index": topk_index, "topk_logit": topk_logit, "logsumexp_t": lse, "teacher_top1": top1}
+    if rest is not None:
+        out["rest_t"] = rest
     return {**out, "sample_index": sample_index, "sample_count": sample_count} if m else out
 
 
@@ -96,7 +103,8 @@ def join_with_store(ds: ray.data.Dataset, store: str, temperature: float, *, shu
     """Rows of `ds` with their stored top-k, reshuffled on every execution when `shuffle`.
 
     Output columns: the dataset's own, plus topk_index int64 [k], topk_logit float32 [k],
-    logsumexp_t float32 (the column for `temperature`), teacher_top1 int64 — each with a leading
+    logsumexp_t float32 (the column for `temperature`), teacher_top1 int64, and rest_t float32
+    (the stored tail mass, for stores with quantized logits) — each with a leading
     [seq_len] axis for sequence datasets (zero-padded after `length`; teacher_top1 -1 there).
     """
     manifest = read_manifest(store)

@@ -1,23 +1,28 @@
-"""Backends: each turns a ShardData into one shard on disk and back, nothing more.
+"""Backends: each stores one shard's named arrays on disk and reads them back, nothing more.
 
 The contract (checked by tests/test_store_conformance.py for every backend):
-  write(path, data, index_dtype) -> None   creates `path` (must not exist) holding `data`
-  read(path) -> ShardData                  returns exactly what was written, dtypes included
+  write(path, arrays) -> None   creates `path` (must not exist) holding `arrays`
+  read(path) -> arrays          returns exactly what was written, dtypes included
+`arrays` maps names to numpy arrays: `sample_id` [S], `position_offsets` [S+1], and any number of
+per-position arrays whose leading axis is the position (P rows, 1-D or 2-D). What the arrays
+mean is the codec's business (logitstore/codec.py).
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from logitstore.shard import ShardData
+import numpy as np
+
+PER_SAMPLE = ("sample_id", "position_offsets")
 
 
 class Backend(Protocol):
     name: str
 
-    def write(self, path: str, data: ShardData) -> None: ...
+    def write(self, path: str, arrays: dict[str, np.ndarray]) -> None: ...
 
-    def read(self, path: str) -> ShardData: ...
+    def read(self, path: str) -> dict[str, np.ndarray]: ...
 
 
 def get_backend(name: str) -> Backend:

@@ -6,19 +6,15 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from logitstore.shard import ShardData
-
-ARRAYS = ("sample_id", "position_offsets", "topk_index", "topk_logit", "logsumexp")
-SAMPLE_ARRAYS = ("sample_index", "sample_count")
 CHUNK_ROWS = 8192
 
 
 class ZarrBackend:
     name = "zarr"
 
-    def write(self, path: str, data: ShardData) -> None:
+    def write(self, path: str, arrays: dict[str, np.ndarray]) -> None:
         group = zarr.open_group(path, mode="w-", zarr_format=3)
-        for name, array in zip(ARRAYS + SAMPLE_ARRAYS, data.arrays()):
+        for name, array in arrays.items():
             rows = max(1, min(CHUNK_ROWS, array.shape[0]))
             chunks = (rows,) + array.shape[1:]
             # One Zarr shard per array: a shard file is written by one task only, as Zarr requires.
@@ -36,11 +32,6 @@ class ZarrBackend:
             if array.size:
                 arr[...] = array
 
-    def read(self, path: str) -> ShardData:
+    def read(self, path: str) -> dict[str, np.ndarray]:
         group = zarr.open_group(path, mode="r", zarr_format=3)
-        arrays = {}
-        for name in ARRAYS + SAMPLE_ARRAYS:
-            if name in SAMPLE_ARRAYS and name not in group:
-                continue
-            arrays[name] = np.asarray(group[name][...])
-        return ShardData(**arrays)
+        return {name: np.asarray(arr[...]) for name, arr in group.arrays()}

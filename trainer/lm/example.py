@@ -1,9 +1,13 @@
-"""The built-in language-model example: byte-level GPTs on the standard library's sources.
+"""The built-in language-model example: GPTs on the standard library's sources.
 
-The teacher (`stdlib-gpt`, 0.8M parameters) is trained reproducibly on `stdlib-small`:
-    python -m trainer.lm.example train-teacher [--steps 600] [--out PATH]
-and cached (LOGITSTORE_CACHE, else ~/.cache/logitstore); also trained on first use. The student
-(`stdlib-gpt-student`) is a much smaller GPT of the same vocabulary.
+Teachers, each trained reproducibly on `stdlib-small` and cached (LOGITSTORE_CACHE, else
+~/.cache/logitstore); also trained on first use:
+    stdlib-gpt           byte-level (V=256), 0.8M parameters, ~3 CPU minutes
+    stdlib-gpt-bpe8192   BPE tokenizer `bpe:8192` (V=8192), the store benchmarks' teacher
+    stdlib-gpt-bpe32k    BPE tokenizer `bpe:32768` (V=32768), a large-vocabulary variant
+    python -m trainer.lm.example train-teacher [--teacher NAME] [--steps N] [--out PATH]
+Each has a student of its vocabulary, `<teacher>-student`, a much smaller GPT. A dump with a BPE
+teacher must tokenise with the same tokenizer: `--tokenizer bpe:8192` (or bpe:32768).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +35,33 @@ TEACHER_VERSION = "v1"
 TRAIN_FILES = 40  # the stdlib-small train split
 
 
-def teacher_cache_path() -> Path:
-    return cache_dir() / f"stdlib-gpt-{TEACHER_VERSION}.pt"
+@dataclass(frozen=True)
+class LMTeacher:
+    name: str
+    tokenizer: str  # a --tokenizer spec
+    teacher: GPTConfig
+    student: GPTConfig
+    steps: int  # training steps of the cached teacher
 
 
-def _blocks(split: str, files: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ids, lengths = corpus_blocks(corpus_files(split, files), ByteTokenizer(), TEACHER.seq_len)
+TEACHERS = {
+    t.name: t for t in (
+        LMTeacher("stdlib-gpt", "bytes", TEACHER, STUDENT, 600),
+        LMTeacher("stdlib-gpt-bpe8192", "bpe:8192", replace(TEACHER, vocab_size=8192), replace(STUDENT, vocab_size=8192), 600),
+        LMTeacher("stdlib-gpt-bpe32k", "bpe:32768", replace(TEACHER, vocab_size=32768), replace(STUDENT, vocab_size=32768), 300),
+    )
+}
+
+
+def teacher_cache_path(name: str = "stdlib-gpt") -> Path:
+    return cache_dir() / f"{name}-{TEACHER_VERSION}.pt"
+
+
+def _blocks(split: str, files: int, tokenizer: str = "bytes") -> tuple[torch.Tensor, torch.Tensor]:
+    from trainer.lm.tokenization import resolve_tokenizer
+
+    tok = ByteTokenizer() if tokenizer == "bytes" else resolve_tokenizer(tokenizer)
+    ids, lengths = corpus_blocks(corpus_files(split, files), tok, TEACHER.seq_len)
     return torch.from_numpy(ids), torch.from_numpy(lengths)
 
 
@@ -46,11 +72,13 @@ def next_token_loss(model: torch.nn.Module, ids: torch.Tensor, lengths: torch.Te
 
 
 @torch.no_grad()
-def perplexity(model: torch.nn.Module, dataset: str = "stdlib-small-eval") -> float:
+def perplexity(model: torch.nn.Module, dataset: str = "stdlib-small-eval", tokenizer: str = "bytes") -> float:
     """Per-token perplexity over exactly the blocks of the built-in text dataset students are evaluated on."""
     from trainer.data import TEXT_PARTS, TextOptions, text_part
+    from trainer.lm.tokenization import resolve_tokenizer
 
-    parts = [text_part(dataset, p, TextOptions()) for p in range(TEXT_PARTS)]
+    options = TextOptions() if tokenizer == "bytes" else TextOptions(tokenizer_json=resolve_tokenizer(tokenizer).to_json())
+    parts = [text_part(dataset, p, options) for p in range(TEXT_PARTS)]
     ids = torch.from_numpy(np.concatenate([p["input_ids"] for p in parts]))
     lengths = torch.from_numpy(np.concatenate([p["length"] for p in parts]))
     model.eval()
@@ -63,10 +91,11 @@ def perplexity(model: torch.nn.Module, dataset: str = "stdlib-small-eval") -> fl
     return math.exp(total / count)
 
 
-def train_teacher(steps: int = 600, seed: int = 0, batch_size: int = 32) -> GPT:
+def train_teacher(steps: int = 600, seed: int = 0, batch_size: int = 32, name: str = "stdlib-gpt") -> GPT:
+    spec = TEACHERS[name]
     torch.manual_seed(seed)
-    ids, lengths = _blocks("train", TRAIN_FILES)
-    model = GPT(TEACHER)
+    ids, lengths = _blocks("train", TRAIN_FILES, spec.tokenizer)
+    model = GPT(spec.teacher)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     rng = np.random.default_rng(seed)
@@ -85,12 +114,13 @@ def train_teacher(steps: int = 600, seed: int = 0, batch_size: int = 32) -> GPT:
     return model.eval()
 
 
-def load_teacher() -> GPT:
-    path = teacher_cache_path()
+def load_teacher(name: str = "stdlib-gpt") -> GPT:
+    spec = TEACHERS[name]
+    path = teacher_cache_path(name)
     if not path.exists():
-        print(f"training the stdlib-gpt teacher once (cached at {path}; a few CPU minutes) ...", file=sys.stderr)
-        save_teacher(train_teacher(), path)
-    model = GPT(TEACHER)
+        print(f"training the {name} teacher once (cached at {path}; a few CPU minutes) ...", file=sys.stderr)
+        save_teacher(train_teacher(spec.steps, name=name), path)
+    model = GPT(spec.teacher)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
 
@@ -100,13 +130,15 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train-teacher", help="train the stdlib-gpt teacher and cache it")
-    train.add_argument("--steps", type=int, default=600)
+    train.add_argument("--teacher", choices=sorted(TEACHERS), default="stdlib-gpt")
+    train.add_argument("--steps", type=int, default=None, help="default: the cached teacher's step count")
     train.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    model = train_teacher(args.steps)
-    out = args.out or teacher_cache_path()
+    spec = TEACHERS[args.teacher]
+    model = train_teacher(args.steps or spec.steps, name=args.teacher)
+    out = args.out or teacher_cache_path(args.teacher)
     save_teacher(model, out)
-    print(f"teacher saved to {out}; eval perplexity {perplexity(model):.3f}")
+    print(f"teacher saved to {out}; eval perplexity per token {perplexity(model, tokenizer=spec.tokenizer):.3f}")
     return 0
 
 

@@ -1,0 +1,215 @@
+"""Codecs: how a shard's top-k arrays are encoded on disk (FORMAT.md, "Codecs").
+
+A codec turns a ShardData into named arrays that a backend stores, and back. Two independent
+choices, recorded in the manifest's `codec` object:
+
+  index  "plain"  class ids as given (descending teacher logit)
+         "delta"  class ids sorted ascending and stored as gaps (id_j - id_{j-1} - 1): small numbers
+                  that compress well. The loss does not depend on the order of the k entries, so
+                  this costs nothing; on reading, the top-1 is moved to column 0.
+  values "float32" raw logits and log-normalisers, exact
+         "logq"   the gap of each logit to the top-1, g = z_1 - z_i >= 0, through a compander
+                  whose step grows with g exactly as fast as the entry's weight in the KL falls,
+                  at every temperature of the manifest's range, then rounded to `bits` bits; plus
+                  the exact tail mass per temperature, because 1 - sum(head) of a quantized head
+                  is meaningless when the tail is small.
+
+Every array stored has one row per position (its leading axis) except `sample_id` [S] and
+`position_offsets` [S+1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from logitstore.errors import ShardCorruptError
+from logitstore.shard import ShardData
+
+INDEX_CODECS = ("plain", "delta")
+VALUE_CODECS = ("float32", "logq")
+SAMPLE_ARRAYS = ("sample_index", "sample_count")
+
+
+@dataclass(frozen=True)
+class Codec:
+    index: str = "plain"
+    values: str = "float32"
+    bits: int = 0  # logq only: bits per quantized gap (1..16)
+    # logq only: the store's recorded temperatures (the tail mass is kept for each; the quantizer
+    # is tuned for their range)
+    temperatures: tuple[float, ...] = ()
+
+    @staticmethod
+    def make(index: str = "plain", values: str = "float32", bits: int = 0, temperatures=()) -> "Codec":
+        if values != "logq":
+            return Codec(index=index, values=values)
+        return Codec(index=index, values=values, bits=bits, temperatures=tuple(float(t) for t in temperatures))
+
+    @property
+    def t_min(self) -> float:
+        return min(self.temperatures)
+
+    @property
+    def t_max(self) -> float:
+        return max(self.temperatures)
+
+    @property
+    def is_default(self) -> bool:
+        return self.index == "plain" and self.values == "float32"
+
+    @property
+    def lossless(self) -> bool:
+        return self.values == "float32"
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.index not in INDEX_CODECS:
+            out.append(f"index codec {self.index!r} is unknown (use {' or '.join(INDEX_CODECS)})")
+        if self.values not in VALUE_CODECS:
+            out.append(f"value codec {self.values!r} is unknown (use {' or '.join(VALUE_CODECS)})")
+        if self.values == "logq":
+            if not 1 <= self.bits <= 16:
+                out.append(f"logq bits must be 1..16, got {self.bits}")
+            if not self.temperatures or not all(0 < t < math.inf for t in self.temperatures):
+                out.append(f"logq needs positive recorded temperatures, got {list(self.temperatures)}")
+        return out
+
+    def to_json(self) -> dict:
+        out = {"index": self.index, "values": self.values}
+        if self.values == "logq":
+            out["bits"] = self.bits
+        return out
+
+    @staticmethod
+    def from_json(obj: dict, temperatures) -> "Codec":
+        """The manifest's `codec` object (absent: plain/float32) with the manifest's temperatures."""
+        return Codec.make(str(obj.get("index", "plain")), str(obj.get("values", "float32")), int(obj.get("bits", 0)), temperatures)
+
+    # ---- the logq quantizer -------------------------------------------------------------
+    @cached_property
+    def _compander(self) -> "Compander":
+        return Compander(self.t_min, self.t_max, self.bits)
+
+    # ---- encode / decode ----------------------------------------------------------------
+    def encode(self, data: ShardData) -> dict[str, np.ndarray]:
+        """ShardData (top-k sorted by descending logit) -> the arrays a backend stores."""
+        index, logit = data.topk_index, data.topk_logit
+        if self.index == "delta":
+            order = np.argsort(index, axis=1, kind="stable")
+            index = np.take_along_axis(index, order, axis=1)
+            logit = np.take_along_axis(logit, order, axis=1)
+            gaps = np.diff(index.astype(np.int64), axis=1, prepend=-1) - 1
+            out = {"topk_index_gap": gaps.astype(index.dtype)}
+        else:
+            out = {"topk_index": index}
+        if self.values == "float32":
+            out.update(topk_logit=logit, logsumexp=data.logsumexp)
+        else:
+            top1 = data.topk_logit[:, 0]
+            out.update(top1_logit=top1, topk_code=self._compander.encode(top1[:, None] - logit),
+                       logsumexp=data.logsumexp, rest_mass=_rest_mass(data.topk_logit, data.logsumexp, self.temperatures))
+        if data.has_samples:
+            out.update(sample_index=data.sample_index, sample_count=data.sample_count)
+        return {"sample_id": data.sample_id, "position_offsets": data.position_offsets, **out}
+
+    def decode(self, arrays: dict[str, np.ndarray]) -> ShardData:
+        """The arrays a backend read -> ShardData (column 0 is the top-1; the other columns are in
+        descending logit order for the plain index codec, ascending class id for delta)."""
+        try:
+            return self._decode(arrays)
+        except KeyError as exc:
+            raise ShardCorruptError(f"shard lacks array {exc.args[0]!r} that codec {self.to_json()} stores") from None
+
+    def _decode(self, arrays: dict[str, np.ndarray]) -> ShardData:
+        if self.index == "delta":
+            gaps = arrays["topk_index_gap"]
+            # Gaps along the last axis: cumulative sum of (gap + 1), minus one. int64 keeps a damaged
+            # shard from wrapping around; the reader's range check then catches it.
+            index = np.cumsum(gaps, axis=1, dtype=np.int64)
+            index += np.arange(1, gaps.shape[1] + 1, dtype=np.int64)
+            index -= 1
+        else:
+            index = arrays["topk_index"]
+        rest = None
+        if self.values == "float32":
+            logit = arrays["topk_logit"]
+        else:
+            codes = arrays["topk_code"]
+            logit = arrays["top1_logit"][:, None] - self._compander.table[codes]
+            rest = arrays["rest_mass"]
+        if self.index == "delta" and index.shape[0] and index.shape[1] > 1:
+            index, logit = _top1_first(index, logit)
+        if self.index == "delta":
+            index = index.astype(arrays["topk_index_gap"].dtype)
+        return ShardData(
+            sample_id=arrays["sample_id"], position_offsets=arrays["position_offsets"],
+            topk_index=index, topk_logit=np.ascontiguousarray(logit, dtype=np.float32), logsumexp=arrays["logsumexp"],
+            sample_index=arrays.get("sample_index"), sample_count=arrays.get("sample_count"), rest_mass=rest,
+            ordered=self.index == "plain",
+        )
+
+
+def _top1_first(index: np.ndarray, logit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Swap each row's largest logit (first on ties) into column 0; -> new arrays."""
+    best = logit.argmax(axis=1)
+    rows = np.arange(index.shape[0])
+    index, logit = index.copy(), logit.copy()
+    index[rows, 0], index[rows, best] = index[rows, best], index[rows, 0]
+    logit[rows, 0], logit[rows, best] = logit[rows, best], logit[rows, 0]
+    return index, logit
+
+
+def _rest_mass(topk_logit: np.ndarray, logsumexp: np.ndarray, temperatures: list[float]) -> np.ndarray:
+    """Exact tail mass 1 - sum_i p_i(T_r) of the stored classes, float32 [P, R] (float64 inside)."""
+    z = topk_logit.astype(np.float64)
+    out = np.empty(logsumexp.shape, dtype=np.float32)
+    for r, t in enumerate(temperatures):
+        head = np.exp(z / t - logsumexp[:, r : r + 1].astype(np.float64)).sum(axis=1)
+        out[:, r] = np.clip(1.0 - head, 0.0, 1.0)
+    return out
+
+
+class Compander:
+    """Gap g = z_1 - z_i >= 0 (raw logit units) <-> code in [0, 2^bits).
+
+    KL(p || p_hat) ~ 1/2 sum_i p_i(T) (err_i / T)^2 and p_i(T) <= exp(-g_i / T), so an entry may
+    carry an error that grows like delta(g) = min over T in [t_min, t_max] of T exp(g / 2T). f is
+    the integral of 1/delta: uniform steps in f give every entry the same worst-case share of the
+    KL at every temperature of the range. f(0) = 0, f increases to f_max = 2 + (2/e) ln(t_max/t_min).
+    """
+
+    def __init__(self, t_min: float, t_max: float, bits: int) -> None:
+        self.a, self.b, self.bits = t_min, t_max, bits
+        self.f_max = 2.0 + (2.0 / math.e) * math.log(t_max / t_min)
+        self.levels = 2**bits
+        self.step = self.f_max / self.levels
+        self.dtype = np.uint8 if bits <= 8 else np.uint16
+        codes = np.arange(self.levels, dtype=np.float64)
+        self.table = self.inverse(codes * self.step).astype(np.float32)  # code -> reconstructed gap
+
+    def forward(self, g: np.ndarray) -> np.ndarray:
+        a, b, e = self.a, self.b, math.e
+        g = np.maximum(np.asarray(g, dtype=np.float64), 0.0)
+        f1 = 2.0 * (1.0 - np.exp(-np.minimum(g, 2 * a) / (2 * a)))
+        f2 = (2.0 / e) * np.log(np.clip(g, 2 * a, 2 * b) / (2 * a))
+        f3 = 2.0 * (1.0 / e - np.exp(-np.maximum(g, 2 * b) / (2 * b)))
+        return f1 + f2 + f3
+
+    def inverse(self, f: np.ndarray) -> np.ndarray:
+        a, b, e = self.a, self.b, math.e
+        f1_end = 2.0 * (1.0 - 1.0 / e)
+        f2_end = f1_end + (2.0 / e) * math.log(b / a)
+        f = np.asarray(f, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g1 = -2 * a * np.log1p(-np.minimum(f, f1_end) / 2.0)
+            g2 = 2 * a * np.exp((np.clip(f, f1_end, f2_end) - f1_end) * e / 2.0)
+            g3 = -2 * b * np.log(np.maximum(1.0 / e - (f - f2_end) / 2.0, 1e-300))
+        return np.where(f <= f1_end, g1, np.where(f <= f2_end, g2, g3))
+
+    def encode(self, gaps: np.ndarray) -> np.ndarray:
+        codes = np.rint(self.forward(gaps) / self.step)
+        return np.minimum(codes, self.levels - 1).astype(self.dtype)
