@@ -100,3 +100,28 @@ def test_alpha_zero_is_plain_cross_entropy():
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(student, labels))
     total, count = labelled_cross_entropy(student, torch.tensor([-1, -1, -1, -1, -1]))
     assert count == 0 and total == 0
+
+
+def test_stored_rest_mass_gives_the_tail_bucket_and_a_renormalised_head():
+    """With rest_t (stores with quantized logits) the buckets are: head softmax(z/T) over the k
+    stored classes scaled to 1 - rest, and the rest exactly rest_t; logsumexp_t is not used."""
+    torch.manual_seed(3)
+    n, v, k, T = 6, 40, 5, 2.0
+    z = torch.randn(n, v, dtype=torch.float64) * 3
+    student = torch.randn(n, v, dtype=torch.float64)
+    values, index = z.topk(k, dim=1)
+    p = torch.softmax(z / T, dim=1)
+    rest = 1 - p.gather(1, index).sum(dim=1)
+    q = torch.log_softmax(student / T, dim=1)
+    head = p.gather(1, index)
+    q_rest = torch.logsumexp(q.scatter(1, index, float("-inf")), dim=1)
+    reference = ((head * (head.log() - q.gather(1, index))).sum(1) + rest * (rest.log() - q_rest)) * T**2
+    noisy_lse = torch.full((n,), 123.0, dtype=torch.float64)  # ignored when the rest is given
+    got = topk_kd_loss(student, index, values, noisy_lse, T, rest_t=rest)
+    torch.testing.assert_close(got.double(), reference, rtol=1e-5, atol=1e-6)  # the loss works in float32
+    # A quantized head (logits off by up to 0.05) keeps the tail bucket exact.
+    from trainer.losses import teacher_buckets
+
+    _, q_head, q_tail = teacher_buckets(values + 0.05 * torch.rand_like(values), noisy_lse, T, v, rest)
+    torch.testing.assert_close(q_tail.double(), rest, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close((q_head.sum(1) + q_tail).double(), torch.ones(n, dtype=torch.float64), rtol=1e-6, atol=1e-6)

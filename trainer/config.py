@@ -58,6 +58,7 @@ class DumpConfig:
     seq_len: int = _help("tokens per block: built-in text is packed into blocks of this length; token rows of a user dataset may not be longer", default=LM_SEQ_LEN)
     batch_size: int = _help("samples per teacher batch", default=256)
     workers: int = _help("teacher actors (one GPU each when the cluster has GPUs)", default=1)
+    threads_per_worker: int = _help("CPU threads of each teacher actor on CPU clusters (0: the cluster's CPUs / --workers)", default=0)
     shard_size: int = _help("samples per shard (memory of a writer or reader is bounded by one shard)", default=1024)
     precision: str = _help("teacher precision: auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16", default="auto")
     overwrite: bool = _help("replace a complete store already at --out", default=False)
@@ -102,6 +103,8 @@ class DumpConfig:
         for flag, value in (("--batch-size", self.batch_size), ("--workers", self.workers), ("--shard-size", self.shard_size)):
             if value < 1:
                 problems.append(f"{flag} must be >= 1, got {value}")
+        if self.threads_per_worker < 0:
+            problems.append(f"--threads-per-worker must be >= 0, got {self.threads_per_worker}")
         if self.out:
             problems += _check_out_dir(self.out, "--out")
             out = Path(self.out)

@@ -305,7 +305,7 @@ def _score_and_write(cfg: DumpConfig, teacher: torch.nn.Module, ds: ray.data.Dat
                      selection: dict, layout: dict, gpus: float) -> list[logitstore.ShardInfo]:
     keyed = ds.map_batches(_shard_rows, batch_format="numpy",
                            fn_kwargs={"first_ids": plan.first_ids, "last_ids": plan.last_ids, "todo": todo})
-    threads = max(1, int(cluster_cpus() // cfg.workers))
+    threads = cfg.threads_per_worker or max(1, int(cluster_cpus() // cfg.workers))
     # Leave one whole CPU free for the read and sort tasks, or the pipeline stalls "backpressured".
     per_actor = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": max(0.25, min(1.0, (cluster_cpus() - 1.0) / cfg.workers))}
     state_ref = [ray.put({k: v.detach().cpu() for k, v in teacher.state_dict().items()})]

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import tempfile
+import time
 
 import ray.train
 import ray.train.torch
@@ -141,6 +142,7 @@ def train_loop_per_worker(cfg: dict) -> None:
 
     for epoch in range(start_epoch, cfg["epochs"]):
         model.train()
+        epoch_start = time.perf_counter()
         totals = torch.zeros(4, dtype=torch.float64)  # loss, kd, ce (each * positions), positions
         step = 0
         batches = train_data.iter_torch_batches(
@@ -156,7 +158,7 @@ def train_loop_per_worker(cfg: dict) -> None:
                 continue
             p = positions(batch, model(model_inputs(batch)))
             loss, kd, ce = distillation_loss(
-                p["logits"], p["labels"], p["topk_index"], p["topk_logit"], p["logsumexp_t"],
+                p["logits"], p["labels"], p.get("topk_index"), p.get("topk_logit"), p.get("logsumexp_t"),
                 temperature=cfg["temperature"], alpha=cfg["alpha"], selection=cfg["selection"],
                 sample_index=p.get("sample_index"), sample_count=p.get("sample_count"), rest_t=p.get("rest_t"),
             )
@@ -168,6 +170,7 @@ def train_loop_per_worker(cfg: dict) -> None:
             if every_steps and step % every_steps == 0:
                 _report(model, optimizer, schedule, history, {"epoch": epoch, "step": step}, epoch=epoch, step=step, checkpoint=True)
         schedule.step()
+        epoch_seconds = time.perf_counter() - epoch_start
 
         totals = _all_reduce_sum(totals)
         rows = max(totals[3].item(), 1.0)
@@ -178,6 +181,7 @@ def train_loop_per_worker(cfg: dict) -> None:
             "train_ce_loss": totals[2].item() / rows,
             "train_positions": int(totals[3].item()),
             "train_steps": step,  # optimiser steps of this worker in this epoch (skipped ones included)
+            "epoch_seconds": epoch_seconds,  # this worker's training pass (data, forward, backward, step), not eval
         }
         if state is not None and epoch == start_epoch:
             # This epoch began from a restart; with skip > 0 the train_* figures cover only the steps after it.

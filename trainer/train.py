@@ -92,7 +92,9 @@ def run_training(cfg: TrainConfig) -> dict:
     train_ds = load_dataset(cfg.dataset, "--dataset", text)
     check_student_width(build_model(cfg.student, "--student"), train_ds, manifest, cfg.student)
     check_store_matches(manifest, train_ds, cfg.dataset, cfg.store, "--dataset")
-    datasets = {"train": join_with_store(train_ds, cfg.store, cfg.temperature, shuffle=True)}
+    # Labels only (alpha 0) never reads the teacher's logits: the data alone, reshuffled each epoch.
+    datasets = {"train": join_with_store(train_ds, cfg.store, cfg.temperature, shuffle=True) if cfg.alpha > 0
+                else train_ds.random_shuffle()}
     eval_temperature = 1.0
     if cfg.eval_dataset:
         eval_text = text
