@@ -56,7 +56,7 @@ def train_epochs(store: Path, dataset: str, out: Path, *, alpha: float, workers:
                       batch_size=BATCH // workers, lr=3e-3, temperature=TEMPERATURE, alpha=alpha, workers=workers,
                       cpus_per_worker=0.5 if workers > 1 else 1.0)
     run_training(cfg)
-    history = json.loads((out / "metrics.json").read_text())["history"]
+    history = json.loads((out / "metrics.json").read_text())["epochs"]
     return [h["epoch_seconds"] for h in history]
 
 
