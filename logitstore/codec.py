@@ -32,6 +32,8 @@ from logitstore.shard import ShardData
 INDEX_CODECS = ("plain", "delta")
 VALUE_CODECS = ("float32", "logq")
 SAMPLE_ARRAYS = ("sample_index", "sample_count")
+_HI_DTYPE = {"uint16": np.uint8, "uint32": np.uint32}  # the gap's bits above the low byte
+_INDEX_DTYPE = {"uint8": "uint16", "uint32": "uint32"}
 
 
 @dataclass(frozen=True)
@@ -103,15 +105,23 @@ class Codec:
             index = np.take_along_axis(index, order, axis=1)
             logit = np.take_along_axis(logit, order, axis=1)
             gaps = np.diff(index.astype(np.int64), axis=1, prepend=-1) - 1
-            out = {"topk_index_gap": gaps.astype(index.dtype)}
+            # Low byte and the rest apart: most gaps are < 256, so the high plane is nearly all
+            # zeros and each plane compresses far better than the interleaved bytes.
+            out = {"topk_index_gap_lo": (gaps & 0xFF).astype(np.uint8),
+                   "topk_index_gap_hi": (gaps >> 8).astype(_HI_DTYPE[str(index.dtype)])}
         else:
             out = {"topk_index": index}
         if self.values == "float32":
             out.update(topk_logit=logit, logsumexp=data.logsumexp)
         else:
             top1 = data.topk_logit[:, 0]
+            temps = np.asarray(self.temperatures, dtype=np.float64)
+            rest = _rest_mass(data.topk_logit, data.logsumexp, self.temperatures)
+            with np.errstate(divide="ignore"):
+                log_rest = np.log(rest.astype(np.float64))  # -inf where nothing is left (k = V)
             out.update(top1_logit=top1, topk_code=self._compander.encode(top1[:, None] - logit),
-                       logsumexp=data.logsumexp, rest_mass=_rest_mass(data.topk_logit, data.logsumexp, self.temperatures))
+                       top1_logprob=(top1[:, None].astype(np.float64) / temps - data.logsumexp).astype(np.float16),
+                       log_rest=log_rest.astype(np.float16))
         if data.has_samples:
             out.update(sample_index=data.sample_index, sample_count=data.sample_count)
         return {"sample_id": data.sample_id, "position_offsets": data.position_offsets, **out}
@@ -126,7 +136,8 @@ class Codec:
 
     def _decode(self, arrays: dict[str, np.ndarray]) -> ShardData:
         if self.index == "delta":
-            gaps = arrays["topk_index_gap"]
+            gaps = arrays["topk_index_gap_hi"].astype(np.int64) << 8
+            gaps |= arrays["topk_index_gap_lo"]
             # Gaps along the last axis: cumulative sum of (gap + 1), minus one. int64 keeps a damaged
             # shard from wrapping around; the reader's range check then catches it.
             index = np.cumsum(gaps, axis=1, dtype=np.int64)
@@ -136,18 +147,20 @@ class Codec:
             index = arrays["topk_index"]
         rest = None
         if self.values == "float32":
-            logit = arrays["topk_logit"]
+            logit, lse = arrays["topk_logit"], arrays["logsumexp"]
         else:
-            codes = arrays["topk_code"]
-            logit = arrays["top1_logit"][:, None] - self._compander.table[codes]
-            rest = arrays["rest_mass"]
+            top1 = arrays["top1_logit"]
+            logit = top1[:, None] - self._compander.table[arrays["topk_code"]]
+            temps = np.asarray(self.temperatures, dtype=np.float32)
+            lse = top1[:, None] / temps - arrays["top1_logprob"].astype(np.float32)
+            rest = np.exp(arrays["log_rest"].astype(np.float32))
         if self.index == "delta" and index.shape[0] and index.shape[1] > 1:
             index, logit = _top1_first(index, logit)
         if self.index == "delta":
-            index = index.astype(arrays["topk_index_gap"].dtype)
+            index = index.astype(_INDEX_DTYPE[str(arrays["topk_index_gap_hi"].dtype)])
         return ShardData(
             sample_id=arrays["sample_id"], position_offsets=arrays["position_offsets"],
-            topk_index=index, topk_logit=np.ascontiguousarray(logit, dtype=np.float32), logsumexp=arrays["logsumexp"],
+            topk_index=index, topk_logit=np.ascontiguousarray(logit, dtype=np.float32), logsumexp=lse,
             sample_index=arrays.get("sample_index"), sample_count=arrays.get("sample_count"), rest_mass=rest,
             ordered=self.index == "plain",
         )
