@@ -135,29 +135,36 @@ class Codec:
             raise ShardCorruptError(f"shard lacks array {exc.args[0]!r} that codec {self.to_json()} stores") from None
 
     def _decode(self, arrays: dict[str, np.ndarray]) -> ShardData:
-        if self.index == "delta":
-            gaps = arrays["topk_index_gap_hi"].astype(np.int64) << 8
-            gaps |= arrays["topk_index_gap_lo"]
-            # Gaps along the last axis: cumulative sum of (gap + 1), minus one. int64 keeps a damaged
-            # shard from wrapping around; the reader's range check then catches it.
-            index = np.cumsum(gaps, axis=1, dtype=np.int64)
-            index += np.arange(1, gaps.shape[1] + 1, dtype=np.int64)
-            index -= 1
-        else:
-            index = arrays["topk_index"]
+        # Every step below is one vectorised pass; the profile of bench/store.py is in BENCHMARKS.md.
         rest = None
         if self.values == "float32":
             logit, lse = arrays["topk_logit"], arrays["logsumexp"]
         else:
-            top1 = arrays["top1_logit"]
-            logit = top1[:, None] - self._compander.table[arrays["topk_code"]]
+            codes, top1 = arrays["topk_code"], arrays["top1_logit"]
+            logit = np.take(self._compander.table, codes)
+            np.subtract(top1[:, None], logit, out=logit)
             temps = np.asarray(self.temperatures, dtype=np.float32)
             lse = top1[:, None] / temps - arrays["top1_logprob"].astype(np.float32)
             rest = np.exp(arrays["log_rest"].astype(np.float32))
-        if self.index == "delta" and index.shape[0] and index.shape[1] > 1:
-            index, logit = _top1_first(index, logit)
         if self.index == "delta":
-            index = index.astype(_INDEX_DTYPE[str(arrays["topk_index_gap_hi"].dtype)])
+            hi = arrays["topk_index_gap_hi"]
+            dtype = np.dtype(_INDEX_DTYPE[str(hi.dtype)])
+            gaps = arrays["topk_index_gap_lo"].astype(np.uint32)
+            if hi.any():
+                gaps |= hi.astype(np.uint32) << 8
+            gaps += 1
+            # id_j = sum_{i<=j} (gap_i + 1) - 1. Checksums catch damaged bytes before this; the
+            # range check after it catches a writer's bug.
+            index = np.cumsum(gaps, axis=1, dtype=np.uint32)
+            index -= 1
+            if index.shape[0] and index.shape[1] > 1:
+                best = codes.argmin(axis=1) if self.values == "logq" else logit.argmax(axis=1)
+                _swap_into_column_0(index, best)
+                logit = np.array(logit, dtype=np.float32, copy=not logit.flags.writeable)
+                _swap_into_column_0(logit, best)
+            index = index.astype(dtype)
+        else:
+            index = arrays["topk_index"]
         return ShardData(
             sample_id=arrays["sample_id"], position_offsets=arrays["position_offsets"],
             topk_index=index, topk_logit=np.ascontiguousarray(logit, dtype=np.float32), logsumexp=lse,
@@ -166,14 +173,12 @@ class Codec:
         )
 
 
-def _top1_first(index: np.ndarray, logit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Swap each row's largest logit (first on ties) into column 0; -> new arrays."""
-    best = logit.argmax(axis=1)
-    rows = np.arange(index.shape[0])
-    index, logit = index.copy(), logit.copy()
-    index[rows, 0], index[rows, best] = index[rows, best], index[rows, 0]
-    logit[rows, 0], logit[rows, best] = logit[rows, best], logit[rows, 0]
-    return index, logit
+def _swap_into_column_0(a: np.ndarray, column: np.ndarray) -> None:
+    """In place: each row's entry at `column[row]` trades places with its column 0."""
+    rows = np.arange(a.shape[0])
+    first = a[:, 0].copy()
+    a[:, 0] = a[rows, column]
+    a[rows, column] = first
 
 
 def _rest_mass(topk_logit: np.ndarray, logsumexp: np.ndarray, temperatures: list[float]) -> np.ndarray:

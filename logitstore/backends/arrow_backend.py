@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from logitstore.backends import PER_SAMPLE
+from logitstore.backends import PER_SAMPLE, ZSTD_LEVEL
 from logitstore.errors import ShardCorruptError
 
 
@@ -37,7 +37,7 @@ class ArrowBackend:
         columns = {"sample_id": pa.array(arrays["sample_id"], type=pa.int64())}
         columns.update({name: _nested(a, offsets) for name, a in arrays.items() if name not in PER_SAMPLE})
         table = pa.table(columns)
-        options = pa.ipc.IpcWriteOptions(compression="zstd")
+        options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", compression_level=ZSTD_LEVEL))
         with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as writer:
             writer.write_table(table)
 

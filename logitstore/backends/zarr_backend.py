@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import zarr
+from zarr import AsyncGroup
 from zarr.codecs import ZstdCodec
+from zarr.core.sync import sync
+
+from logitstore.backends import ZSTD_LEVEL
 
 CHUNK_ROWS = 8192
 
@@ -26,12 +32,26 @@ class ZarrBackend:
                 dtype=array.dtype,
                 chunks=chunks,
                 shards=shards,
-                compressors=ZstdCodec(level=3),
+                compressors=ZstdCodec(level=ZSTD_LEVEL),
                 fill_value=0,
             )
             if array.size:
                 arr[...] = array
 
     def read(self, path: str) -> dict[str, np.ndarray]:
-        group = zarr.open_group(path, mode="r", zarr_format=3)
-        return {name: np.asarray(arr[...]) for name, arr in group.arrays()}
+        # All arrays in one trip through zarr's event loop (one blocking call per array costs more
+        # than decompressing it).
+        return sync(_read_all(path))
+
+
+async def _read_all(path: str) -> dict[str, np.ndarray]:
+    group = await _open(path)
+    arrays = [a async for _, a in group.arrays()]
+    values = await asyncio.gather(*(a.getitem(...) for a in arrays))
+    return {a.basename: np.asarray(v) for a, v in zip(arrays, values)}
+
+
+async def _open(path: str) -> AsyncGroup:
+    from zarr.api.asynchronous import open_group
+
+    return await open_group(store=path, mode="r", zarr_format=3)
