@@ -40,6 +40,18 @@ def _precision(requested: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
+def _logsumexp_from_max(z: torch.Tensor, top: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
+    """logsumexp(z / T) for each T, [N, V] -> [N, R], shifted by the row maximum `top` [N] (the
+    top-1, already known): one subtraction, then one scaled exp and sum per temperature, instead of
+    a [N, R, V] tensor."""
+    shifted = z - top.unsqueeze(1)
+    out = torch.empty(z.shape[0], temperatures.shape[0], dtype=z.dtype, device=z.device)
+    for r, t in enumerate(temperatures.tolist()):
+        scaled = shifted.mul(1.0 / t)
+        out[:, r] = scaled.exp_().sum(dim=-1).log_() + top / t
+    return out
+
+
 class TeacherScorer:
     """One teacher replica (a Ray Data actor). Weights come from the driver, so every replica is identical."""
 
@@ -66,7 +78,8 @@ class TeacherScorer:
         self.index_dtype = index_dtype
 
     def score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One batch through the teacher -> per-sample top-k, log-normalisers (and draws)."""
+        """One batch through the teacher -> the top-k, log-normalisers (and draws) of its positions,
+        flat in sample order, with `positions` per sample (1 for a classifier, `length` for text)."""
         sequence = "input_ids" in batch
         x = model_input(batch).to(self.device, non_blocking=True)
         if not sequence:
@@ -74,18 +87,26 @@ class TeacherScorer:
         with torch.inference_mode():
             z = self.model(x).float()  # top-k and normalisers in fp32, on the device
             if sequence:
-                # Only the valid positions of each block; padding is never stored.
-                valid = torch.arange(z.shape[1], device=self.device) < torch.as_tensor(batch["length"], device=self.device).unsqueeze(1)
-                z_valid = z[valid]
+                # Only the valid positions of each block; padding is never stored. Full blocks
+                # (nearly all) need no copy.
+                lengths_t = torch.as_tensor(batch["length"], device=self.device)
+                valid = torch.arange(z.shape[1], device=self.device) < lengths_t.unsqueeze(1)
+                z_valid = z.reshape(-1, z.shape[-1]) if bool(valid.all()) else z[valid]
             else:
                 z_valid = z
-            finite = torch.isfinite(z_valid).all(dim=-1)
-            if not bool(finite.all()):
-                per_row = torch.isfinite(z).all(dim=-1) if not sequence else (torch.isfinite(z).all(dim=-1) | ~valid).all(dim=1)
-                bad = batch["id"][(~per_row).cpu().numpy()]
-                raise DataError(f"the teacher produced NaN or inf logits for sample ids {bad[:5].tolist()}: check the teacher and those inputs")
             values, indices = z_valid.topk(self.top_k, dim=-1, sorted=True)
-            lse = torch.logsumexp(z_valid.unsqueeze(-2) / self.temperatures.view(-1, 1), dim=-1)
+            lse = _logsumexp_from_max(z_valid, values[:, 0], self.temperatures)
+            # A NaN or +inf logit anywhere makes its row's normaliser non-finite, so checking the
+            # results finds every bad row without another pass over the full logits.
+            finite = torch.isfinite(lse).all(dim=-1) & torch.isfinite(values).all(dim=-1)
+            if not bool(finite.all()):
+                if sequence:
+                    per_position = torch.zeros(valid.shape, dtype=torch.bool, device=self.device)
+                    per_position[valid] = ~finite
+                    bad = batch["id"][per_position.any(dim=1).cpu().numpy()]
+                else:
+                    bad = batch["id"][(~finite).cpu().numpy()]
+                raise DataError(f"the teacher produced NaN or inf logits for sample ids {bad[:5].tolist()}: check the teacher and those inputs")
             if self.selection["kind"] != "topk":
                 lengths = np.asarray(batch["length"]) if sequence else np.ones(len(batch["id"]), dtype=np.int64)
                 draw_index, draw_count = self._draw(z_valid, indices, batch["id"], lengths)
@@ -94,11 +115,8 @@ class TeacherScorer:
         if self.selection["kind"] != "topk":
             out["sample_index"] = draw_index.cpu().numpy().astype(self.index_dtype)
             out["sample_count"] = draw_count.cpu().numpy().astype(np.uint16)
-        if sequence:
-            # Ragged rows: one [length, ...] array per sample.
-            cuts = np.cumsum(np.asarray(batch["length"]))[:-1]
-            out = {key: _ragged(np.split(value, cuts)) for key, value in out.items()}
-        return {"id": batch["id"], "shard": batch["shard"], **out}
+        positions = np.asarray(batch["length"], dtype=np.int64) if sequence else np.ones(len(batch["id"]), dtype=np.int64)
+        return {"id": batch["id"], "shard": batch["shard"], "positions": positions, **out}
 
     def _draw(self, z: torch.Tensor, head: torch.Tensor, ids: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Draws for every position, seeded per sample id: the store does not depend on batching or workers."""
@@ -138,40 +156,23 @@ class ShardDumper(TeacherScorer):
         return _write_group({key: np.concatenate([p[key] for p in parts]) for key in parts[0]}, **self.write)
 
 
-def _ragged(rows: list[np.ndarray]) -> np.ndarray:
-    holder = np.empty(len(rows), dtype=object)
-    holder[:] = rows
-    return holder
-
-
-def _positions(column: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of one column in `order` -> (flat [P, w], positions per row). Accepts [B, w] (one position
-    per sample), [B, n, w] (n each) and ragged object arrays of [n_i, w]."""
-    if column.dtype != object and column.ndim == 2:
-        return np.ascontiguousarray(column[order]), np.ones(len(order), dtype=np.int64)
-    rows = [np.asarray(column[i]) for i in order]
-    return np.ascontiguousarray(np.concatenate(rows)), np.array([r.shape[0] for r in rows], dtype=np.int64)
-
-
-def _write_group(batch: dict[str, np.ndarray], *, root: str, backend: str, top_k: int, num_temperatures: int,
+def _write_group(rows: dict[str, np.ndarray], *, root: str, backend: str, top_k: int, num_temperatures: int,
                  index_dtype: str, vocab_size: int, expected_counts: np.ndarray, draws: int, codec) -> dict[str, np.ndarray]:
-    """Write one whole shard (map_groups gives this task every row of it) and return its ShardInfo."""
-    shard = int(batch["shard"][0])
-    if shard < 0 or len(batch["id"]) != int(expected_counts[shard]):
+    """Write one whole shard (every sample of it, in id order, its positions flat) -> its ShardInfo."""
+    shard = int(rows["shard"][0])
+    if shard < 0 or len(rows["id"]) != int(expected_counts[shard]):
         raise DataError("the dataset changed while it was being dumped (ids differ from the first pass): make the dataset deterministic")
-    order = np.argsort(batch["id"], kind="stable")
-    topk_index, lengths = _positions(batch["topk_index"], order)
-    sampled = "sample_index" in batch
+    sampled = "sample_index" in rows
     if sampled:  # only as wide as the most distinct ids any position of this shard drew
-        sample_index, sample_count = trim_samples(_positions(batch["sample_index"], order)[0], _positions(batch["sample_count"], order)[0])
-    offsets = np.zeros(len(order) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+        sample_index, sample_count = trim_samples(rows["sample_index"], rows["sample_count"])
+    offsets = np.zeros(len(rows["id"]) + 1, dtype=np.int64)
+    np.cumsum(rows["positions"], out=offsets[1:])
     data = ShardData(
-        sample_id=batch["id"][order].astype(np.int64),
+        sample_id=rows["id"].astype(np.int64),
         position_offsets=offsets,
-        topk_index=topk_index,
-        topk_logit=_positions(batch["topk_logit"], order)[0].astype(np.float32, copy=False),
-        logsumexp=_positions(batch["logsumexp"], order)[0].astype(np.float32, copy=False),
+        topk_index=rows["topk_index"],
+        topk_logit=rows["topk_logit"].astype(np.float32, copy=False),
+        logsumexp=rows["logsumexp"].astype(np.float32, copy=False),
         sample_index=sample_index if sampled else None,
         sample_count=sample_count if sampled else None,
     )

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-import zarr
-from zarr import AsyncGroup
 from zarr.codecs import ZstdCodec
 from zarr.core.sync import sync
 
@@ -19,24 +17,8 @@ class ZarrBackend:
     name = "zarr"
 
     def write(self, path: str, arrays: dict[str, np.ndarray]) -> None:
-        group = zarr.open_group(path, mode="w-", zarr_format=3)
-        for name, array in arrays.items():
-            rows = max(1, min(CHUNK_ROWS, array.shape[0]))
-            chunks = (rows,) + array.shape[1:]
-            # One Zarr shard per array: a shard file is written by one task only, as Zarr requires.
-            n_chunks = -(-max(array.shape[0], 1) // rows)
-            shards = (n_chunks * rows,) + array.shape[1:]
-            arr = group.create_array(
-                name,
-                shape=array.shape,
-                dtype=array.dtype,
-                chunks=chunks,
-                shards=shards,
-                compressors=ZstdCodec(level=ZSTD_LEVEL),
-                fill_value=0,
-            )
-            if array.size:
-                arr[...] = array
+        # All arrays in one trip through zarr's event loop, as in read().
+        sync(_write_all(path, arrays))
 
     def read(self, path: str) -> dict[str, np.ndarray]:
         # All arrays in one trip through zarr's event loop (one blocking call per array costs more
@@ -44,14 +26,29 @@ class ZarrBackend:
         return sync(_read_all(path))
 
 
+async def _write_all(path: str, arrays: dict[str, np.ndarray]) -> None:
+    from zarr.api.asynchronous import open_group
+
+    group = await open_group(store=path, mode="w-", zarr_format=3)
+
+    async def one(name: str, array: np.ndarray) -> None:
+        rows = max(1, min(CHUNK_ROWS, array.shape[0]))
+        # One Zarr shard per array: a shard file is written by one task only, as Zarr requires.
+        n_chunks = -(-max(array.shape[0], 1) // rows)
+        arr = await group.create_array(name, shape=array.shape, dtype=array.dtype, chunks=(rows,) + array.shape[1:],
+                                       shards=(n_chunks * rows,) + array.shape[1:], compressors=ZstdCodec(level=ZSTD_LEVEL),
+                                       fill_value=0)
+        if array.size:
+            await arr.setitem(..., array)
+
+    await asyncio.gather(*(one(name, array) for name, array in arrays.items()))
+
+
 async def _read_all(path: str) -> dict[str, np.ndarray]:
-    group = await _open(path)
+    from zarr.api.asynchronous import open_group
+
+    group = await open_group(store=path, mode="r", zarr_format=3)
     arrays = [a async for _, a in group.arrays()]
     values = await asyncio.gather(*(a.getitem(...) for a in arrays))
     return {a.basename: np.asarray(v) for a, v in zip(arrays, values)}
 
-
-async def _open(path: str) -> AsyncGroup:
-    from zarr.api.asynchronous import open_group
-
-    return await open_group(store=path, mode="r", zarr_format=3)
