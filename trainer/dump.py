@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -40,15 +41,26 @@ def _precision(requested: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
-def _logsumexp_from_max(z: torch.Tensor, top: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
+def _logsumexp_from_max(z: torch.Tensor, top: torch.Tensor, temperatures: torch.Tensor, *, inplace: bool,
+                        scratch: torch.Tensor | None = None) -> torch.Tensor:
     """logsumexp(z / T) for each T, [N, V] -> [N, R], shifted by the row maximum `top` [N] (the
-    top-1, already known): one subtraction, then one scaled exp and sum per temperature, instead of
-    a [N, R, V] tensor."""
-    shifted = z - top.unsqueeze(1)
-    out = torch.empty(z.shape[0], temperatures.shape[0], dtype=z.dtype, device=z.device)
-    for r, t in enumerate(temperatures.tolist()):
-        scaled = shifted.mul(1.0 / t)
-        out[:, r] = scaled.exp_().sum(dim=-1).log_() + top / t
+    top-1, already known). One buffer, no [N, R, V] tensor; temperatures are taken from the highest
+    down, and where one is half the previous one, exp(x/T) = exp(x/2T)^2 is a multiply, not an
+    exp (the default 1,2,4 needs one exp). `inplace` lets it overwrite z; `scratch` (at least z's
+    size) is reused instead of a fresh buffer (a fresh one costs its page faults on every batch)."""
+    shifted = z.sub_(top.unsqueeze(1)) if inplace else z - top.unsqueeze(1)
+    temps = temperatures.tolist()
+    out = torch.empty(z.shape[0], len(temps), dtype=z.dtype, device=z.device)
+    e = torch.empty_like(shifted) if scratch is None else scratch.view(-1)[: shifted.numel()].view(shifted.shape)
+    previous = None
+    for r in sorted(range(len(temps)), key=lambda i: -temps[i]):
+        t = temps[r]
+        if previous is not None and math.isclose(previous / t, 2.0, rel_tol=1e-12):
+            e.mul_(e)
+        else:
+            torch.mul(shifted, 1.0 / t, out=e).exp_()
+        out[:, r] = e.sum(dim=-1).log_() + top / t
+        previous = t
     return out
 
 
@@ -76,6 +88,7 @@ class TeacherScorer:
         self.top_k = top_k
         self.temperatures = torch.tensor(temperatures, dtype=torch.float32, device=self.device)
         self.index_dtype = index_dtype
+        self._scratch: torch.Tensor | None = None  # reused by the normalisers, batch after batch
 
     def score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One batch through the teacher -> the top-k, log-normalisers (and draws) of its positions,
@@ -95,7 +108,10 @@ class TeacherScorer:
             else:
                 z_valid = z
             values, indices = z_valid.topk(self.top_k, dim=-1, sorted=True)
-            lse = _logsumexp_from_max(z_valid, values[:, 0], self.temperatures)
+            draws = self.selection["kind"] != "topk"
+            if self._scratch is None or self._scratch.numel() < z_valid.numel() or self._scratch.device != z_valid.device:
+                self._scratch = torch.empty(z_valid.numel(), dtype=z_valid.dtype, device=z_valid.device)
+            lse = _logsumexp_from_max(z_valid, values[:, 0], self.temperatures, inplace=not draws, scratch=self._scratch)
             # A NaN or +inf logit anywhere makes its row's normaliser non-finite, so checking the
             # results finds every bad row without another pass over the full logits.
             finite = torch.isfinite(lse).all(dim=-1) & torch.isfinite(values).all(dim=-1)
@@ -107,7 +123,7 @@ class TeacherScorer:
                 else:
                     bad = batch["id"][(~finite).cpu().numpy()]
                 raise DataError(f"the teacher produced NaN or inf logits for sample ids {bad[:5].tolist()}: check the teacher and those inputs")
-            if self.selection["kind"] != "topk":
+            if draws:
                 lengths = np.asarray(batch["length"]) if sequence else np.ones(len(batch["id"]), dtype=np.int64)
                 draw_index, draw_count = self._draw(z_valid, indices, batch["id"], lengths)
         out = {"topk_index": indices.cpu().numpy().astype(self.index_dtype), "topk_logit": values.cpu().numpy(),
