@@ -24,6 +24,7 @@ import json
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,9 @@ def write_store(root: Path, backend: str, codec: Codec, shards: list[ShardData],
 
 
 def to_torch(data: ShardData) -> dict[str, torch.Tensor]:
-    """What a training batch needs from a shard, as torch tensors."""
+    """What a training batch needs from a shard, as torch tensors (zero-copy where the arrays allow;
+    Arrow's read-only buffers are only read)."""
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     out = {"topk_index": torch.from_numpy(data.topk_index.astype(np.int64)), "topk_logit": torch.from_numpy(data.topk_logit),
            "logsumexp": torch.from_numpy(data.logsumexp)}
     if data.rest_mass is not None:
