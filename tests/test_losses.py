@@ -125,3 +125,24 @@ def test_stored_rest_mass_gives_the_tail_bucket_and_a_renormalised_head():
     _, q_head, q_tail = teacher_buckets(values + 0.05 * torch.rand_like(values), noisy_lse, T, v, rest)
     torch.testing.assert_close(q_tail.double(), rest, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close((q_head.sum(1) + q_tail).double(), torch.ones(n, dtype=torch.float64), rtol=1e-6, atol=1e-6)
+
+
+def test_student_rest_bucket_is_exact_for_large_and_tiny_rests():
+    """The rest bucket from 1 - sum(head) (rows with rest >= 1e-2) and from the masked logsumexp
+    (smaller rests) both match the float64 reference, values and gradients."""
+    from trainer.losses import student_buckets
+
+    torch.manual_seed(5)
+    n, v, k, T = 64, 300, 20, 1.0
+    logits = torch.randn(n, v, dtype=torch.float64) * 2
+    index = torch.stack([torch.randperm(v)[:k] for _ in range(n)])
+    logits[: n // 2].scatter_add_(1, index[: n // 2], torch.full((n // 2, k), 12.0, dtype=torch.float64))  # tiny rests
+    reference = torch.logsumexp(torch.log_softmax(logits / T, 1).scatter(1, index, float("-inf")), 1)
+    x = logits.float().requires_grad_(True)
+    _, rest = student_buckets(x, index, T)
+    assert (rest.exp() < 1e-2).sum() >= n // 2 and (rest.exp() >= 1e-2).sum() >= n // 4
+    torch.testing.assert_close(rest.double(), reference, rtol=1e-4, atol=1e-4)
+    rest.sum().backward()
+    y = logits.clone().requires_grad_(True)
+    torch.logsumexp(torch.log_softmax(y / T, 1).scatter(1, index, float("-inf")), 1).sum().backward()
+    torch.testing.assert_close(x.grad.double(), y.grad, rtol=1e-3, atol=1e-4)
