@@ -8,7 +8,7 @@ shard, the teacher, top-k and normalisers, encoding, writing, the manifest):
   bare      the teacher's forward pass over the same token blocks, same batch size, same threads,
             in a plain Python loop (the blocks are tokenised beforehand, not timed)
   dump      `python -m jobs.dump_logits` (run_dump) with 1 worker of that many threads,
-            k=64, delta/logq10 codec, zarr
+            k=64, delta/logq8 codec, zarr
   scaling   the dump with 2 workers of 1 thread each / 1 worker of 1 thread
 Rates are positions/s end to end, and steady (between the first and the last shard written, so
 without the job's fixed start-up of several seconds); the goal figures use the steady rates.
@@ -83,7 +83,7 @@ def steady_rate(store: Path) -> float:
 
 def dump(name: str, dataset: str, work: Path, workers: int, threads: int, tag: str) -> tuple[float, int, float]:
     cfg = DumpConfig(teacher=name, dataset=dataset, out=str(work / tag), tokenizer=example.TEACHERS[name].tokenizer,
-                     top_k=64, index_codec="delta", value_codec="logq", value_bits=10, batch_size=BATCH,
+                     top_k=64, index_codec="delta", value_codec="logq", value_bits=8, batch_size=BATCH,
                      workers=workers, threads_per_worker=threads, shard_size=64)
     problems = cfg.validate()
     if problems:
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "scaling_dump_2v1": rate["dump, 2 workers x 1 thread"] / rate["dump, 1 worker x 1 thread"],
         "scaling_dump_2v1_end_to_end": whole["dump, 2 workers x 1 thread"] / whole["dump, 1 worker x 1 thread"],
     }
-    print(f"\nDump vs bare teacher loop: {name} over {dataset}, batch {BATCH}, k=64, delta/logq10, zarr\n")
+    print(f"\nDump vs bare teacher loop: {name} over {dataset}, batch {BATCH}, k=64, delta/logq8, zarr\n")
     print(markdown_table(rows, [("run", "{}"), ("positions", "{}"), ("seconds", "{:.1f}"), ("positions_s", "{:.0f}"),
                                 ("steady_positions_s", "{:.0f}")]))
     print("\n" + "  ".join(f"{k} = {v:.3f}" for k, v in figures.items()))

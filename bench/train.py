@@ -4,7 +4,7 @@
 
 The LM example: teacher stdlib-gpt (byte-level), student stdlib-gpt-student, over stdlib-small
 (--quick, for CI: a briefly trained teacher over stdlib-small-eval). Measured side by side in one run:
-  dump                 `jobs.dump_logits` once (k=64, delta/logq10, zarr; the local Ray cluster is
+  dump                 `jobs.dump_logits` once (k=64, delta/logq8, zarr; the local Ray cluster is
                        started before, not counted)
   store vs labels      `jobs.train_student` (Ray Train, 1 worker) from the store (alpha 0.9) and on
                        labels only (alpha 0: the store is never read); median epoch_seconds
@@ -47,7 +47,7 @@ TEMPERATURE = 2.0
 
 def dump_store(dataset: str, out: Path) -> float:
     cfg = DumpConfig(teacher=TEACHER, dataset=dataset, out=str(out), top_k=64, index_codec="delta",
-                     value_codec="logq", value_bits=10, shard_size=64, batch_size=32)
+                     value_codec="logq", value_bits=8, shard_size=64, batch_size=32)
     return run_dump(cfg).seconds
 
 
