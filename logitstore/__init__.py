@@ -1,5 +1,6 @@
 """logitstore: an offline, sharded store of a teacher's top-k logits (see FORMAT.md)."""
 
+from logitstore.codec import Codec
 from logitstore.errors import (
     ManifestError,
     ShardCorruptError,
@@ -17,7 +18,7 @@ from logitstore.writer import commit_store, prepare_store_dir, write_shard
 __version__ = "0.1.0"
 
 __all__ = [
-    "FORMAT_VERSION", "Manifest", "ManifestError", "ShardCorruptError", "ShardData", "ShardDataError",
+    "Codec", "FORMAT_VERSION", "Manifest", "ManifestError", "ShardCorruptError", "ShardData", "ShardDataError",
     "ShardInfo", "ShardPlan", "StoreError", "StoreExistsError", "StoreNotFoundError", "StoreReader",
     "commit_store", "index_dtype_for", "plan_shards", "prepare_store_dir", "read_manifest",
     "topk_probabilities", "write_shard",

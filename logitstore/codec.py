@@ -107,6 +107,9 @@ class Codec:
         else:
             top1 = logit[:, 0]
             values = self._compander.encode(top1[:, None] - logit)
+            # Code 0 is the top-1's alone, so a reader finds the teacher's top-1 exactly even when
+            # another logit lies within a step of it (that one gets code 1: at most a step off).
+            np.maximum(values[:, 1:], 1, out=values[:, 1:])
             temps = np.asarray(self.temperatures, dtype=np.float64)
             with np.errstate(divide="ignore"):
                 log_rest = np.log(_rest_mass(logit, data.logsumexp, self.temperatures))  # -inf: nothing left (k = V)

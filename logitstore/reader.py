@@ -162,11 +162,18 @@ def _concat_in_order(parts: list[ShardData], order: list[np.ndarray], n: int) ->
     return merged.select(inv)
 
 
-def topk_probabilities(topk_logit: np.ndarray, logsumexp_t: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-    """Exact teacher probabilities at T of the stored classes, and the tail mass (1 - their sum).
+def topk_probabilities(topk_logit: np.ndarray, logsumexp_t: np.ndarray, temperature: float,
+                       rest_t: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher probabilities at T of the stored classes, and the tail mass (1 - their sum).
 
-    topk_logit [P, k], logsumexp_t [P] (the column for T) -> (probs [P, k], tail [P]).
+    topk_logit [P, k], logsumexp_t [P] (the column for T), rest_t [P] or None (a quantized store's
+    `rest_mass` column: then the head is renormalised to 1 - rest) -> (probs [P, k], tail [P]).
     """
-    probs = np.exp(topk_logit.astype(np.float64) / temperature - logsumexp_t.astype(np.float64)[:, None])
+    z = topk_logit.astype(np.float64) / temperature
+    if rest_t is not None:
+        head = np.exp(z - z.max(axis=1, keepdims=True))
+        head *= (1.0 - rest_t.astype(np.float64))[:, None] / head.sum(axis=1, keepdims=True)
+        return head.astype(np.float32), rest_t.astype(np.float32)
+    probs = np.exp(z - logsumexp_t.astype(np.float64)[:, None])
     tail = np.clip(1.0 - probs.sum(axis=1), 0.0, 1.0)
     return probs.astype(np.float32), tail.astype(np.float32)

@@ -81,6 +81,17 @@ def test_all_problems_are_reported_at_once(tmp_path, capsys):
         assert needle in joined
 
 
+def test_bad_codec_flags(tmp_path, capsys):
+    code, errors = run(dump_logits.main, ["--teacher", "digits-cnn", "--dataset", "digits", "--out", str(tmp_path / "st"),
+                                          "--index-codec", "huffman", "--value-codec", "logq", "--value-bits", "20",
+                                          "--threads-per-worker", "-1"], capsys)
+    assert code == 2 and len(errors) == 3
+    joined = "\n".join(errors)
+    for needle in ("--index-codec must be plain or delta", "--value-bits must be in 1..16", "--threads-per-worker must be >= 0"):
+        assert needle in joined
+    assert not (tmp_path / "st").exists()
+
+
 def test_existing_store_is_not_overwritten(stores, capsys):
     before = tree_digest(stores["eval"])
     code, errors = run(dump_logits.main, ["--teacher", "digits-cnn", "--dataset", "digits-eval", "--out", stores["eval"]], capsys)

@@ -91,6 +91,29 @@ def test_sequence_stores_are_identical_across_backends(dump, lm_teacher):
     assert read_manifest(a).dataset == read_manifest(b).dataset
 
 
+def test_a_compact_codec_dump_holds_the_same_top_k(dump, lm_teacher):
+    """delta ids + logq values through the real dump: per position the same k class ids, the same
+    top-1, logits within the quantizer's step, and the tail mass of the exact dump."""
+    exact = dump(teacher="lm_models:tiny_gpt", dataset=DATASET, top_k=8, format="zarr", shard_size=128)
+    compact = dump(teacher="lm_models:tiny_gpt", dataset=DATASET, top_k=8, format="arrow", shard_size=128,
+                   index_codec="delta", value_codec="logq", value_bits=8)
+    m = read_manifest(compact)
+    assert m.format_version == 3 and m.codec == {"index": "delta", "values": "logq", "bits": 8}
+    assert m.num_bytes < read_manifest(exact).num_bytes
+    for (_, x), (_, y) in zip(StoreReader(exact).iter_shards(), StoreReader(compact).iter_shards()):
+        assert np.array_equal(x.sample_id, y.sample_id) and np.array_equal(x.position_offsets, y.position_offsets)
+        assert np.array_equal(np.sort(x.topk_index, axis=1), np.sort(y.topk_index, axis=1))
+        assert np.array_equal(x.topk_index[:, 0], y.topk_index[:, 0])  # the teacher's top-1, exactly
+        z = x.topk_logit.astype(np.float64)
+        for r, t in enumerate(m.temperatures):
+            rest = 1 - np.exp(z / t - x.logsumexp[:, r:r + 1]).sum(axis=1)
+            np.testing.assert_allclose(y.rest_mass[:, r], np.clip(rest, 0, 1), rtol=2e-2, atol=1e-6)
+        order_x, order_y = np.argsort(x.topk_index, axis=1), np.argsort(y.topk_index, axis=1)
+        gap_x = x.topk_logit[:, :1] - np.take_along_axis(x.topk_logit, order_x, axis=1)
+        gap_y = y.topk_logit[:, :1] - np.take_along_axis(y.topk_logit, order_y, axis=1)
+        assert np.abs(gap_x - gap_y).max() < 0.5 and np.abs(gap_x - gap_y).mean() < 0.02
+
+
 @pytest.mark.slow
 def test_per_token_distillation_moves_the_student_towards_the_teacher(dump, lm_teacher, tmp_path):
     import json
