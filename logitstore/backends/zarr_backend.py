@@ -41,7 +41,12 @@ async def _write_all(path: str, arrays: dict[str, np.ndarray]) -> None:
         if array.size:
             await arr.setitem(..., array)
 
-    await asyncio.gather(*(one(name, array) for name, array in arrays.items()))
+    # Wait for every write to end before raising the first error: a caller that cleans up after
+    # a failure (a full disk) must not race writes still in flight.
+    results = await asyncio.gather(*(one(name, array) for name, array in arrays.items()), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise errors[0]
 
 
 async def _read_all(path: str) -> dict[str, np.ndarray]:
