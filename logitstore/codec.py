@@ -11,8 +11,8 @@ choices, recorded in the manifest's `codec` object:
          "logq"   the gap of each logit to the top-1, g = z_1 - z_i >= 0, through a compander
                   whose step grows with g exactly as fast as the entry's weight in the KL falls,
                   at every temperature of the manifest's range, then rounded to `bits` bits; plus
-                  the exact tail mass per temperature, because 1 - sum(head) of a quantized head
-                  is meaningless when the tail is small.
+                  the tail mass per temperature from the exact logits (its log, float16),
+                  because 1 - sum(head) of a quantized head is noise when the tail is small.
 
 Every array stored has one row per position (its leading axis) except `sample_id` [S] and
 `position_offsets` [S+1].
@@ -31,7 +31,6 @@ from logitstore.shard import ShardData
 
 INDEX_CODECS = ("plain", "delta")
 VALUE_CODECS = ("float32", "logq")
-SAMPLE_ARRAYS = ("sample_index", "sample_count")
 _HI_DTYPE = {"uint16": np.uint8, "uint32": np.uint32}  # the gap's bits above the low byte
 _INDEX_DTYPE = {"uint8": "uint16", "uint32": "uint32"}
 

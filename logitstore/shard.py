@@ -35,7 +35,7 @@ class ShardData:
       topk_logit       float32 [P, k]  raw teacher logits z of those classes (before temperature)
       logsumexp        float32 [P, R]  logsumexp(z / T_r) over the full vocabulary
     and, when the logits were stored quantized (their head sum is then too coarse for the tail):
-      rest_mass        float32 [P, R]  the exact tail mass 1 - sum_i p_i(T_r) of the stored classes
+      rest_mass        float32 [P, R]  the tail mass 1 - sum_i p_i(T_r) of the stored classes (from the exact logits)
     and, for the `sample` and `hybrid` selections only (m = draws per position):
       sample_index     uint16|uint32 [P, w]  distinct drawn class ids, by descending count
       sample_count     uint16 [P, w]         how often each was drawn (0 = padding)
