@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -21,6 +22,28 @@ def machine() -> dict:
 
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+@contextlib.contextmanager
+def quick_teacher(name: str, cache: Path, enabled: bool = True):
+    """CI (--quick): a briefly trained `name` in the private cache `cache`, which the jobs load it
+    from by name; LOGITSTORE_CACHE is restored afterwards. A no-op when not `enabled`."""
+    if not enabled:
+        yield
+        return
+    from trainer.digits import save_teacher
+    from trainer.lm import example
+
+    saved = os.environ.get("LOGITSTORE_CACHE")
+    os.environ["LOGITSTORE_CACHE"] = str(cache)
+    try:
+        save_teacher(example.train_teacher(30, name=name), example.teacher_cache_path(name))
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("LOGITSTORE_CACHE", None)
+        else:
+            os.environ["LOGITSTORE_CACHE"] = saved
 
 
 def write_json(path: str, figures: dict) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import markdown_table, write_json
+from bench.common import markdown_table, quick_teacher, write_json
 from trainer.config import DumpConfig
 from trainer.data import TEXT_PARTS, TextOptions, text_part
 from trainer.dump import run_dump
@@ -39,18 +39,10 @@ from trainer.ray_env import ensure_ray
 BATCH = 32
 
 
-def prepare_quick_teacher(name: str, cache: Path) -> None:
-    """CI: a briefly trained teacher in a private cache (the dump loads the teacher by name)."""
-    from trainer.digits import save_teacher
-
-    os.environ["LOGITSTORE_CACHE"] = str(cache)
-    save_teacher(example.train_teacher(30, name=name), example.teacher_cache_path(name))
-
-
 def bare_loop(name: str, dataset: str, threads: int) -> tuple[float, int, None]:
     """Forward passes only -> (seconds, positions)."""
     spec = example.TEACHERS[name]
-    options = TextOptions(tokenizer_json=None if spec.tokenizer == "bytes" else resolve_tokenizer(spec.tokenizer).to_json())
+    options = TextOptions(tokenizer_json=resolve_tokenizer(spec.tokenizer).to_json())
     parts = [text_part(dataset, p, options) for p in range(TEXT_PARTS)]
     ids = torch.from_numpy(np.concatenate([p["input_ids"] for p in parts]))
     lengths = np.concatenate([p["length"] for p in parts])
@@ -103,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     name, dataset = ("stdlib-gpt", "stdlib-small-eval") if args.quick else ("stdlib-gpt-bpe8192", "stdlib-small")
     cpus = os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="bench-dump-"))
-    saved_cache = os.environ.get("LOGITSTORE_CACHE")
     rows = []
     runs = [
         (f"bare loop, {cpus} threads", lambda: bare_loop(name, dataset, cpus)),
@@ -115,17 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick or cpus == 1:  # the 1-thread pair stands for both (two dumps fewer)
         runs = runs[2:]
     try:
-        if args.quick:
-            prepare_quick_teacher(name, work / "cache")
-        ensure_ray()
-        for label, fn in runs:
-            seconds, positions, steady = fn()
-            rows.append({"run": label, "seconds": seconds, "positions": positions, "positions_s": positions / seconds,
-                         "steady_positions_s": steady if steady is not None else positions / seconds})
-            print(rows[-1], flush=True)
+        with quick_teacher(name, work / "cache", enabled=args.quick):
+            ensure_ray()
+            for label, fn in runs:
+                seconds, positions, steady = fn()
+                rows.append({"run": label, "seconds": seconds, "positions": positions, "positions_s": positions / seconds,
+                             "steady_positions_s": steady if steady is not None else positions / seconds})
+                print(rows[-1], flush=True)
     finally:
-        if args.quick:
-            os.environ.pop("LOGITSTORE_CACHE", None) if saved_cache is None else os.environ.update(LOGITSTORE_CACHE=saved_cache)
         shutil.rmtree(work, ignore_errors=True)
     rate = {r["run"]: r["steady_positions_s"] for r in rows}
     whole = {r["run"]: r["positions_s"] for r in rows}

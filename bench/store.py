@@ -57,7 +57,7 @@ def teacher_outputs(name: str, k: int, parts: int, quick: bool) -> dict[str, np.
     their ids, logsumexp [P, R] (float64)."""
     spec = example.TEACHERS[name]
     model = example.train_teacher(30, name=name) if quick else example.load_teacher(name)
-    options = TextOptions(tokenizer_json=None if spec.tokenizer == "bytes" else resolve_tokenizer(spec.tokenizer).to_json())
+    options = TextOptions(tokenizer_json=resolve_tokenizer(spec.tokenizer).to_json())
     blocks = [text_part("stdlib-small-eval", p, options) for p in range(parts)]
     ids = np.concatenate([b["input_ids"] for b in blocks])
     lengths = np.concatenate([b["length"] for b in blocks])

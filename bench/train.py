@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import markdown_table, write_json
+from bench.common import markdown_table, quick_teacher, write_json
 from logitstore import StoreReader
 from trainer.config import DumpConfig, TrainConfig
 from trainer.data import TEXT_PARTS, TextOptions, text_part
@@ -107,30 +107,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     epochs = args.epochs or (1 if args.quick else 3)
     dataset = "stdlib-small-eval" if args.quick else "stdlib-small"
-    saved_cache = os.environ.get("LOGITSTORE_CACHE")
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
-        if args.quick:  # a private cache with a briefly trained teacher, restored afterwards
-            from trainer.digits import save_teacher
-
-            os.environ["LOGITSTORE_CACHE"] = str(work / "cache")
-            save_teacher(example.train_teacher(30, name=TEACHER), example.teacher_cache_path(TEACHER))
-        teacher = example.load_teacher(TEACHER)
-        ensure_ray()
-        torch.set_num_threads(os.cpu_count() or 1)
-        store = work / "store"
-        dump_s = dump_store(dataset, store)
-        runs = {
-            "store, 1 worker": train_epochs(store, dataset, work / "t1", alpha=0.9, workers=1, epochs=epochs),
-            "labels only, 1 worker": train_epochs(store, dataset, work / "l1", alpha=0.0, workers=1, epochs=epochs),
-            "store, 2 workers": train_epochs(store, dataset, work / "t2", alpha=0.9, workers=2, epochs=epochs),
-        }
-        # Epoch 1 includes start-up (dataset planning, first shard reads): the median of the rest when there are 2+.
-        epoch_s = {k: statistics.median(v[1:] if len(v) > 1 else v) for k, v in runs.items()}
-        online_s, offline_s = one_epoch("online", dataset, store, teacher), one_epoch("offline", dataset, store, teacher)
+        with quick_teacher(TEACHER, work / "cache", enabled=args.quick):
+            teacher = example.load_teacher(TEACHER)
+            ensure_ray()
+            torch.set_num_threads(os.cpu_count() or 1)
+            store = work / "store"
+            dump_s = dump_store(dataset, store)
+            runs = {
+                "store, 1 worker": train_epochs(store, dataset, work / "t1", alpha=0.9, workers=1, epochs=epochs),
+                "labels only, 1 worker": train_epochs(store, dataset, work / "l1", alpha=0.0, workers=1, epochs=epochs),
+                "store, 2 workers": train_epochs(store, dataset, work / "t2", alpha=0.9, workers=2, epochs=epochs),
+            }
+            # Epoch 1 includes start-up (dataset planning, first shard reads): the median of the rest when there are 2+.
+            epoch_s = {k: statistics.median(v[1:] if len(v) > 1 else v) for k, v in runs.items()}
+            online_s, offline_s = one_epoch("online", dataset, store, teacher), one_epoch("offline", dataset, store, teacher)
     finally:
-        if args.quick:
-            os.environ.pop("LOGITSTORE_CACHE", None) if saved_cache is None else os.environ.update(LOGITSTORE_CACHE=saved_cache)
         shutil.rmtree(work, ignore_errors=True)
     online_8 = STUDENTS * epochs * online_s
     offline_8 = dump_s + STUDENTS * epochs * offline_s

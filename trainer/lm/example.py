@@ -27,7 +27,7 @@ from trainer.cache import cache_dir
 from trainer.digits import save_teacher
 from trainer.lm.corpus import corpus_files
 from trainer.lm.gpt import GPT, GPTConfig
-from trainer.lm.tokenization import ByteTokenizer, corpus_blocks
+from trainer.lm.tokenization import corpus_blocks, resolve_tokenizer
 
 TEACHER = GPTConfig(vocab_size=256, seq_len=128, width=128, depth=4, heads=4)
 STUDENT = GPTConfig(vocab_size=256, seq_len=128, width=48, depth=2, heads=2)
@@ -58,10 +58,8 @@ def teacher_cache_path(name: str = "stdlib-gpt") -> Path:
 
 
 def _blocks(split: str, files: int, tokenizer: str = "bytes") -> tuple[torch.Tensor, torch.Tensor]:
-    from trainer.lm.tokenization import resolve_tokenizer
 
-    tok = ByteTokenizer() if tokenizer == "bytes" else resolve_tokenizer(tokenizer)
-    ids, lengths = corpus_blocks(corpus_files(split, files), tok, TEACHER.seq_len)
+    ids, lengths = corpus_blocks(corpus_files(split, files), resolve_tokenizer(tokenizer), TEACHER.seq_len)
     return torch.from_numpy(ids), torch.from_numpy(lengths)
 
 
@@ -75,9 +73,8 @@ def next_token_loss(model: torch.nn.Module, ids: torch.Tensor, lengths: torch.Te
 def perplexity(model: torch.nn.Module, dataset: str = "stdlib-small-eval", tokenizer: str = "bytes") -> float:
     """Per-token perplexity over exactly the blocks of the built-in text dataset students are evaluated on."""
     from trainer.data import TEXT_PARTS, TextOptions, text_part
-    from trainer.lm.tokenization import resolve_tokenizer
 
-    options = TextOptions() if tokenizer == "bytes" else TextOptions(tokenizer_json=resolve_tokenizer(tokenizer).to_json())
+    options = TextOptions(tokenizer_json=resolve_tokenizer(tokenizer).to_json())
     parts = [text_part(dataset, p, options) for p in range(TEXT_PARTS)]
     ids = torch.from_numpy(np.concatenate([p["input_ids"] for p in parts]))
     lengths = torch.from_numpy(np.concatenate([p["length"] for p in parts]))
