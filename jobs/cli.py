@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
+import tomllib
 import typing
+from pathlib import Path
 from typing import Any, Callable, TypeVar
+
+import yaml
 
 from logitstore.errors import StoreError
 from trainer.errors import ConfigError, TrainerError
@@ -24,6 +29,8 @@ def _parse_float_list(text: str) -> tuple[float, ...]:
 def build_parser(cls: type, prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", metavar="FILE.yaml|FILE.toml", default=None,
+                        help="read these flags from a YAML or TOML file (keys as the flags, - or _); flags given on the command line override it")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
@@ -39,9 +46,68 @@ def build_parser(cls: type, prog: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _coerce(kind: type, key: str, value: Any, source: str) -> tuple[Any, str | None]:
+    """A config-file value as the field's type, or a problem naming the key and what it needs."""
+    wrong = f"{source}: {key} must be {{}}, got {value!r}"
+    if kind is bool:
+        return (value, None) if isinstance(value, bool) else (None, wrong.format("true or false"))
+    if kind is int:
+        return (value, None) if isinstance(value, int) and not isinstance(value, bool) else (None, wrong.format("an integer"))
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return (float(value), None) if ok else (None, wrong.format("a number"))
+    if kind == tuple[float, ...]:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return (float(value),), None
+        if isinstance(value, str):
+            try:
+                return _parse_float_list(value), None
+            except argparse.ArgumentTypeError:
+                pass
+        if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return tuple(float(v) for v in value), None
+        return None, wrong.format("a list of numbers")
+    # Strings; a nested table or list (a sweep's space, a run's variants) is passed on as JSON text.
+    return (json.dumps(value) if isinstance(value, (dict, list)) else str(value)), None
+
+
+def load_config_file(cls: type, path: str) -> dict[str, Any]:
+    """The flags a YAML or TOML file sets, checked against `cls`: every problem at once (ConfigError)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError([f"--config {path}: no such file: pass a YAML (.yaml/.yml) or TOML (.toml) file"])
+    if file.suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError([f"--config {path}: unknown file type {file.suffix!r}: use .yaml, .yml or .toml"])
+    try:
+        data = tomllib.loads(file.read_text()) if file.suffix == ".toml" else (yaml.safe_load(file.read_text()) or {})
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError([f"--config {path} is not valid {'TOML' if file.suffix == '.toml' else 'YAML'}: {str(exc).splitlines()[0]}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"--config {path} must hold a mapping of flags to values, got {type(data).__name__}"])
+    hints = typing.get_type_hints(cls)
+    values, problems = {}, []
+    for key, value in data.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name not in hints:
+            problems.append(f"--config {path}: unknown key {key!r}: use the flags of --help (without --)")
+            continue
+        values[name], problem = _coerce(hints[name], str(key), value, f"--config {path}")
+        if problem:
+            problems.append(problem)
+    if problems:
+        raise ConfigError(problems)
+    return values
+
+
 def parse_config(cls: type[C], argv: list[str] | None, prog: str) -> C:
-    args = build_parser(cls, prog).parse_args(argv)
-    return cls(**vars(args))
+    """Defaults, then the --config file's values, then the command line's flags."""
+    parser = build_parser(cls, prog)
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        parser.set_defaults(**load_config_file(cls, pre.config))
+    args = vars(parser.parse_args(argv))
+    args.pop("config")
+    return cls(**args)
 
 
 def find_cause(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
@@ -62,8 +128,12 @@ def find_cause(exc: BaseException, types: tuple[type[BaseException], ...]) -> Ba
 
 def run_job(cls: type[C], body: Callable[[C], Any], argv: list[str] | None, prog: str) -> int:
     """Parse, validate (reporting every problem), run; known errors become one line and exit code 2."""
-    config = parse_config(cls, argv, prog)
-    problems = config.validate()
+    try:
+        config = parse_config(cls, argv, prog)
+    except ConfigError as exc:
+        problems = exc.problems
+    else:
+        problems = config.validate()
     if problems:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.losses import distillation_loss, labelled_cross_entropy, topk_kd_loss
+from trainer.losses import distillation_loss, labelled_cross_entropy, topk_divergence, topk_kd_loss
 
 
 def full_softmax_kd(student, teacher, T):
@@ -146,3 +146,58 @@ def test_student_rest_bucket_is_exact_for_large_and_tiny_rests():
     y = logits.clone().requires_grad_(True)
     torch.logsumexp(torch.log_softmax(y / T, 1).scatter(1, index, float("-inf")), 1).sum().backward()
     torch.testing.assert_close(x.grad.double(), y.grad, rtol=1e-3, atol=1e-4)
+
+
+def dense_divergence(student, teacher, T, kind, beta=0.5):
+    """Plain dense formulas over all V classes, float64."""
+    p = torch.softmax(teacher.double() / T, dim=1)
+    q = torch.softmax(student.double() / T, dim=1)
+    kl = lambda a, b: (a * (a.log() - b.log())).sum(dim=1)  # noqa: E731
+    if kind == "kl":
+        return T**2 * kl(p, q)
+    if kind == "reverse-kl":
+        return T**2 * kl(q, p)
+    m = beta * p + (1 - beta) * q
+    return T**2 * (beta * kl(p, m) + (1 - beta) * kl(q, m))
+
+
+@pytest.mark.parametrize("kind,beta", [("kl", 0.5), ("reverse-kl", 0.5), ("jsd", 0.5), ("jsd", 0.1), ("jsd", 0.9)])
+@pytest.mark.parametrize("T", [1.0, 4.0])
+def test_each_loss_kind_with_k_equal_vocab_is_the_dense_divergence(kind, beta, T):
+    g = torch.Generator().manual_seed(7)
+    teacher = torch.randn(32, 10, generator=g) * 3
+    s1 = (torch.randn(32, 10, generator=g) * 3).requires_grad_()
+    s2 = s1.detach().clone().requires_grad_()
+    got = topk_divergence(s1, *stored(teacher, 10, T), T, kind, beta)
+    want = dense_divergence(s2, teacher, T, kind, beta)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6 * T**2)
+    got.sum().backward()
+    want.sum().backward()
+    assert torch.isfinite(s1.grad).all()
+    torch.testing.assert_close(s1.grad, s2.grad, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["reverse-kl", "jsd"])
+def test_loss_kinds_over_buckets_match_the_dense_formula_on_folded_distributions(kind):
+    """With k < V: the same formula applied to both distributions folded to top-k + rest."""
+    g = torch.Generator().manual_seed(3)
+    k, T = 3, 2.0
+    teacher = torch.randn(16, 12, generator=g) * 2
+    student = torch.randn(16, 12, generator=g) * 2
+    index, values, lse = stored(teacher, k, T)
+    got = topk_divergence(student, index, values, lse, T, kind)
+    fold = lambda logits: torch.cat([(probs := torch.softmax(logits.double() / T, dim=1)).gather(1, index),  # noqa: E731
+                                     1 - probs.gather(1, index).sum(1, keepdim=True)], dim=1)
+    # Buckets as "classes": log of the folded probabilities times T undoes dense_divergence's /T.
+    want = dense_divergence(fold(student).log() * T, fold(teacher).log() * T, T, kind)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+    dense = dense_divergence(student, teacher, T, kind)
+    assert torch.all(got.double() <= dense + 1e-6)  # folding never raises a divergence
+
+
+def test_reverse_kl_and_jsd_are_zero_at_the_teacher_and_positive_elsewhere():
+    g = torch.Generator().manual_seed(5)
+    teacher = torch.randn(8, 10, generator=g) * 2
+    for kind in ("reverse-kl", "jsd"):
+        assert topk_divergence(teacher.clone(), *stored(teacher, 4, 2.0), 2.0, kind).abs().max() < 1e-5
+        assert (topk_divergence(torch.randn(8, 10, generator=g), *stored(teacher, 4, 2.0), 2.0, kind) > 1e-3).all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from logitstore.errors import StoreError
@@ -14,6 +14,7 @@ from logitstore.manifest import MANIFEST_NAME, read_manifest
 from logitstore.writer import is_store_dir
 from trainer.data import BUILTIN_TEXT, LM_SEQ_LEN, check_dataset_spec
 from trainer.lm.tokenization import check_tokenizer_spec
+from trainer.losses import LOSS_KINDS
 from trainer.models import check_model_spec
 
 
@@ -126,8 +127,74 @@ class DumpConfig:
             return [f"a complete store made with other arguments (they differ in: {', '.join(differ)}) already exists at {self.out}: pass --overwrite to replace it, or choose another --out"]
         return []
 
+    def _student_problems(self, manifest) -> list[str]:
+        """The checks of what each student of a run may set for itself (VARIANT_FIELDS)."""
+        problems = []
+        if manifest is not None and math.isfinite(self.temperature):
+            try:
+                manifest.temperature_index(self.temperature)
+            except ValueError:
+                recorded = ", ".join(f"{t:g}" for t in manifest.temperatures)
+                problems.append(f"--temperature {self.temperature:g} was not recorded in the store (recorded: {recorded}): pick one of those, or dump again with it in --temperatures")
+            else:
+                drawn_at = manifest.selection.get("temperature")
+                if manifest.draws and drawn_at != self.temperature:
+                    problems.append(f"--temperature {self.temperature:g} differs from the temperature the store's {manifest.selection['kind']} draws were made at ({drawn_at:g}): train at --temperature {drawn_at:g}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            problems.append(f"--temperature must be positive, got {self.temperature}")
+        if self.student:
+            problems += check_model_spec(self.student, "--student")
+        if not 0.0 <= self.alpha <= 1.0:
+            problems.append(f"--alpha must be in [0, 1], got {self.alpha}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"--lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            problems.append(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.loss not in LOSS_KINDS:
+            problems.append(f"--loss must be one of {', '.join(LOSS_KINDS)}, got {self.loss!r}")
+        elif self.loss != "kl" and manifest is not None and manifest.draws and self.alpha > 0:
+            problems.append(f"--loss {self.loss} needs the teacher's exact top-k, but this store holds {manifest.selection['kind']} draws (an estimate of forward KL): use --loss kl")
+        if self.loss == "jsd" and not 0.0 < self.jsd_beta < 1.0:
+            problems.append(f"--jsd-beta must be in (0, 1), got {self.jsd_beta}")
+        return problems
+
+    def _parse_variants(self) -> tuple[list[dict], list[str]]:
+        if not self.variants:
+            return [], []
+        try:
+            variants = json.loads(self.variants)
+        except json.JSONDecodeError as exc:
+            return [], [f"--variants is not valid JSON ({exc.msg} at character {exc.pos}): pass a list of objects such as '[{{\"lr\": 0.01}}, {{\"lr\": 0.003}}]'"]
+        if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
+            return [], ["--variants must be a non-empty JSON list of objects, one per student"]
+        problems = []
+        hints = {f.name: f.type for f in fields(self)}
+        for i, variant in enumerate(variants):
+            for key in list(variant):
+                name = key.replace("-", "_")
+                if name not in VARIANT_FIELDS:
+                    problems.append(f"--variants[{i}]: {key!r} cannot differ between the students of one run: use one of {', '.join(VARIANT_FIELDS)}")
+                    variant.pop(key)
+                    continue
+                value = variant.pop(key)
+                ok = isinstance(value, str) if hints[name] == "str" else isinstance(value, (int, float)) and not isinstance(value, bool)
+                if not ok:
+                    problems.append(f"--variants[{i}]: {key} must be {'a string' if hints[name] == 'str' else 'a number'}, got {value!r}")
+                    continue
+                variant[name] = float(value) if hints[name] == "float" else value
+        return variants, problems
+
+    def students(self) -> list["TrainConfig"]:
+        """One config per student of this run: this one, or one per --variants entry (validated first)."""
+        variants, _ = self._parse_variants()
+        return [replace(self, variants="", **v) for v in variants] or [self]
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# What one student of a multi-student run (--variants) may set for itself; the rest is shared.
+VARIANT_FIELDS = ("student", "lr", "weight_decay", "temperature", "alpha", "loss", "jsd_beta")
 
 
 @dataclass
@@ -146,6 +213,9 @@ class TrainConfig:
     weight_decay: float = _help("AdamW weight decay", default=1e-4)
     temperature: float = _help("KD temperature; must be one the store recorded", default=4.0)
     alpha: float = _help("loss = alpha * KD + (1 - alpha) * CE; 0 = labels only, 1 = KD only", default=0.9)
+    loss: str = _help("KD divergence over the stored top-k + rest bucket: kl (forward, Hinton), reverse-kl, or jsd (generalised Jensen-Shannon, see --jsd-beta); sample/hybrid stores support kl only", default="kl")
+    jsd_beta: float = _help("beta of --loss jsd: beta * KL(p||m) + (1 - beta) * KL(q||m), m = beta * p + (1 - beta) * q; in (0, 1)", default=0.5)
+    variants: str = _help("train several students in this one run from one read of the store (each batch feeds all): a JSON list of objects, each overriding some of " + ", ".join(VARIANT_FIELDS) + "; the students share the data, epochs, batch size and --seed (the same init and data order as a run of each alone)", default="")
     eval_every: int = _help("evaluate every N epochs (0 = after the last epoch only)", default=0)
     checkpoint_every: int = _help("checkpoint every N epochs (the last epoch is always checkpointed)", default=1)
     checkpoint_every_steps: int = _help("also checkpoint every N optimiser steps within an epoch (0 = off)", default=0)
@@ -166,6 +236,46 @@ class TrainConfig:
                 manifest = read_manifest(self.store)
             except StoreError as exc:
                 problems.append(f"--store: {exc}")
+        problems += self._student_problems(manifest)
+        variants, variant_problems = self._parse_variants()
+        problems += variant_problems
+        for i, variant in enumerate(variants):
+            mine = [f"--variants[{i}]: {p}" for p in replace(self, variants="", **variant)._student_problems(manifest)
+                    if p not in problems and not p.endswith(" is required")]
+            problems += mine
+        if self.eval_store:
+            if not self.eval_dataset:
+                problems.append("--eval-store needs --eval-dataset (the data it was dumped from)")
+            try:
+                read_manifest(self.eval_store)
+            except StoreError as exc:
+                problems.append(f"--eval-store: {exc}")
+        if self.dataset:
+            problems += check_dataset_spec(self.dataset, "--dataset")
+        if self.eval_dataset:
+            problems += check_dataset_spec(self.eval_dataset, "--eval-dataset")
+        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--workers", self.workers)):
+            if value < 1:
+                problems.append(f"{flag} must be >= 1, got {value}")
+        if self.checkpoint_every < 1:
+            problems.append(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+        if self.checkpoint_every_steps < 0:
+            problems.append(f"--checkpoint-every-steps must be >= 0 (0 = off), got {self.checkpoint_every_steps}")
+        if self.max_failures < -1:
+            problems.append(f"--max-failures must be >= -1 (-1 = unlimited), got {self.max_failures}")
+        if self.eval_every < 0:
+            problems.append(f"--eval-every must be >= 0, got {self.eval_every}")
+        if self.cpus_per_worker < 0:
+            problems.append(f"--cpus-per-worker must be >= 0 (0 = auto), got {self.cpus_per_worker}")
+        if self.output:
+            problems += _check_out_dir(self.output, "--output")
+            if (Path(self.output) / "metrics.json").exists() and not self.overwrite:
+                problems.append(f"{self.output} already holds a finished run (metrics.json): pass --overwrite to replace it, or choose another --output")
+        return problems
+
+    def _student_problems(self, manifest) -> list[str]:
+        """The checks of what each student of a run may set for itself (VARIANT_FIELDS)."""
+        problems = []
         if manifest is not None and math.isfinite(self.temperature):
             try:
                 manifest.temperature_index(self.temperature)
@@ -178,43 +288,52 @@ class TrainConfig:
                     problems.append(f"--temperature {self.temperature:g} differs from the temperature the store's {manifest.selection['kind']} draws were made at ({drawn_at:g}): train at --temperature {drawn_at:g}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             problems.append(f"--temperature must be positive, got {self.temperature}")
-        if self.eval_store:
-            if not self.eval_dataset:
-                problems.append("--eval-store needs --eval-dataset (the data it was dumped from)")
-            try:
-                read_manifest(self.eval_store)
-            except StoreError as exc:
-                problems.append(f"--eval-store: {exc}")
-        if self.dataset:
-            problems += check_dataset_spec(self.dataset, "--dataset")
-        if self.eval_dataset:
-            problems += check_dataset_spec(self.eval_dataset, "--eval-dataset")
         if self.student:
             problems += check_model_spec(self.student, "--student")
         if not 0.0 <= self.alpha <= 1.0:
             problems.append(f"--alpha must be in [0, 1], got {self.alpha}")
-        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--workers", self.workers)):
-            if value < 1:
-                problems.append(f"{flag} must be >= 1, got {value}")
-        if self.checkpoint_every < 1:
-            problems.append(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
-        if self.checkpoint_every_steps < 0:
-            problems.append(f"--checkpoint-every-steps must be >= 0 (0 = off), got {self.checkpoint_every_steps}")
-        if self.max_failures < -1:
-            problems.append(f"--max-failures must be >= -1 (-1 = unlimited), got {self.max_failures}")
-        if self.eval_every < 0:
-            problems.append(f"--eval-every must be >= 0, got {self.eval_every}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             problems.append(f"--lr must be positive, got {self.lr}")
         if self.weight_decay < 0:
             problems.append(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if self.cpus_per_worker < 0:
-            problems.append(f"--cpus-per-worker must be >= 0 (0 = auto), got {self.cpus_per_worker}")
-        if self.output:
-            problems += _check_out_dir(self.output, "--output")
-            if (Path(self.output) / "metrics.json").exists() and not self.overwrite:
-                problems.append(f"{self.output} already holds a finished run (metrics.json): pass --overwrite to replace it, or choose another --output")
+        if self.loss not in LOSS_KINDS:
+            problems.append(f"--loss must be one of {', '.join(LOSS_KINDS)}, got {self.loss!r}")
+        elif self.loss != "kl" and manifest is not None and manifest.draws and self.alpha > 0:
+            problems.append(f"--loss {self.loss} needs the teacher's exact top-k, but this store holds {manifest.selection['kind']} draws (an estimate of forward KL): use --loss kl")
+        if self.loss == "jsd" and not 0.0 < self.jsd_beta < 1.0:
+            problems.append(f"--jsd-beta must be in (0, 1), got {self.jsd_beta}")
         return problems
+
+    def _parse_variants(self) -> tuple[list[dict], list[str]]:
+        if not self.variants:
+            return [], []
+        try:
+            variants = json.loads(self.variants)
+        except json.JSONDecodeError as exc:
+            return [], [f"--variants is not valid JSON ({exc.msg} at character {exc.pos}): pass a list of objects such as '[{{\"lr\": 0.01}}, {{\"lr\": 0.003}}]'"]
+        if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
+            return [], ["--variants must be a non-empty JSON list of objects, one per student"]
+        problems = []
+        hints = {f.name: f.type for f in fields(self)}
+        for i, variant in enumerate(variants):
+            for key in list(variant):
+                name = key.replace("-", "_")
+                if name not in VARIANT_FIELDS:
+                    problems.append(f"--variants[{i}]: {key!r} cannot differ between the students of one run: use one of {', '.join(VARIANT_FIELDS)}")
+                    variant.pop(key)
+                    continue
+                value = variant.pop(key)
+                ok = isinstance(value, str) if hints[name] == "str" else isinstance(value, (int, float)) and not isinstance(value, bool)
+                if not ok:
+                    problems.append(f"--variants[{i}]: {key} must be {'a string' if hints[name] == 'str' else 'a number'}, got {value!r}")
+                    continue
+                variant[name] = float(value) if hints[name] == "float" else value
+        return variants, problems
+
+    def students(self) -> list["TrainConfig"]:
+        """One config per student of this run: this one, or one per --variants entry (validated first)."""
+        variants, _ = self._parse_variants()
+        return [replace(self, variants="", **v) for v in variants] or [self]
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -50,67 +50,81 @@ def positions(batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str,
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data, batch_size: int, kl_temperature: float) -> dict[str, float | None]:
-    """Accuracy and cross-entropy on labelled positions (next tokens for sequences); agreement with
-    the teacher's top-1 and KL(teacher || student) at `kl_temperature` when the data carries a store."""
-    model.eval()
-    correct = labelled = agree = with_teacher = 0
-    ce_sum = kl_sum = 0.0
+def evaluate(models: list[torch.nn.Module], data, batch_size: int, kl_temperature: float) -> list[dict[str, float | None]]:
+    """For each model, in one pass over the data: accuracy and cross-entropy on labelled positions
+    (next tokens for sequences); agreement with the teacher's top-1 and KL(teacher || student) at
+    `kl_temperature` when the data carries a store."""
+    for model in models:
+        model.eval()
+    sums = [dict(correct=0, agree=0, ce=0.0, kl=0.0) for _ in models]
+    labelled = with_teacher = 0
     sequence = False
     for batch in data.iter_torch_batches(batch_size=batch_size):
         sequence = "input_ids" in batch
-        p = positions(batch, model(model_inputs(batch)))
-        pred = p["logits"].argmax(dim=-1)
-        has_label = p["labels"] >= 0
-        correct += int((pred[has_label] == p["labels"][has_label]).sum())
+        for model, acc in zip(models, sums):
+            p = positions(batch, model(model_inputs(batch)))
+            pred = p["logits"].argmax(dim=-1)
+            has_label = p["labels"] >= 0
+            acc["correct"] += int((pred[has_label] == p["labels"][has_label]).sum())
+            if bool(has_label.any()):
+                acc["ce"] += float(F.cross_entropy(p["logits"][has_label].float(), p["labels"][has_label], reduction="sum"))
+            if "teacher_top1" in p:
+                acc["agree"] += int((pred == p["teacher_top1"]).sum())
+                kd = topk_kd_loss(p["logits"], p["topk_index"], p["topk_logit"], p["logsumexp_t"], kl_temperature, p.get("rest_t"))
+                acc["kl"] += float(kd.sum()) / kl_temperature**2
         labelled += int(has_label.sum())
-        if bool(has_label.any()):
-            ce_sum += float(F.cross_entropy(p["logits"][has_label].float(), p["labels"][has_label], reduction="sum"))
-        if "teacher_top1" in p:
-            agree += int((pred == p["teacher_top1"]).sum())
-            with_teacher += int(pred.shape[0])
-            kd = topk_kd_loss(p["logits"], p["topk_index"], p["topk_logit"], p["logsumexp_t"], kl_temperature, p.get("rest_t"))
-            kl_sum += float(kd.sum()) / kl_temperature**2
-    ce = ce_sum / labelled if labelled else None
-    return {
-        "eval_accuracy": correct / labelled if labelled else None,
-        "eval_cross_entropy": ce,
-        "eval_perplexity": math.exp(ce) if sequence and ce is not None else None,
-        "teacher_agreement": agree / with_teacher if with_teacher else None,
-        "eval_kl_to_teacher": kl_sum / with_teacher if with_teacher else None,
-        "eval_positions": max(with_teacher, labelled),
-    }
+        with_teacher += int(pred.shape[0]) if "teacher_top1" in p else 0
+    results = []
+    for acc in sums:
+        ce = acc["ce"] / labelled if labelled else None
+        results.append({
+            "eval_accuracy": acc["correct"] / labelled if labelled else None,
+            "eval_cross_entropy": ce,
+            "eval_perplexity": math.exp(ce) if sequence and ce is not None else None,
+            "teacher_agreement": acc["agree"] / with_teacher if with_teacher else None,
+            "eval_kl_to_teacher": acc["kl"] / with_teacher if with_teacher else None,
+            "eval_positions": max(with_teacher, labelled),
+        })
+    return results
+
+
+def checkpoint_file(student: int, students: int) -> str:
+    """A student's weights in a checkpoint: model.pt alone, or model-<i>.pt for one of several."""
+    return CHECKPOINT_FILE if students == 1 else f"model-{student}.pt"
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _restore(model: torch.nn.Module) -> tuple[dict | None, list[dict]]:
+def _restore(models: list[torch.nn.Module]) -> tuple[dict | None, list[dict]]:
     """Weights, optimiser state and history from the latest checkpoint, when this run is a restart
     (a worker died, or the same command was rerun after the driver died)."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None, []
     with checkpoint.as_directory() as path:
-        model.load_state_dict(torch.load(os.path.join(path, CHECKPOINT_FILE), map_location="cpu", weights_only=True))
+        for i, model in enumerate(models):
+            weights = os.path.join(path, checkpoint_file(i, len(models)))
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         state = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=True)
         with open(os.path.join(path, HISTORY_FILE)) as fh:
             history = json.load(fh)
     return state, history
 
 
-def _report(model, optimizer, schedule, history: list[dict], metrics: dict, *, epoch: int, step: int, checkpoint: bool) -> None:
-    """ray.train.report from every worker; rank 0 attaches the checkpoint: weights (loadable with
-    weights_only=True), optimiser and schedule state, and where in training it was taken."""
+def _report(models, optimizers, schedules, history: list[dict], metrics: dict, *, epoch: int, step: int, checkpoint: bool) -> None:
+    """ray.train.report from every worker; rank 0 attaches the checkpoint: each student's weights
+    (loadable with weights_only=True), optimiser and schedule states, and where in training it was taken."""
     if not checkpoint:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
         attached = None
         if ray.train.get_context().get_world_rank() == 0:
-            torch.save(_unwrap(model).state_dict(), os.path.join(tmp, CHECKPOINT_FILE))
-            torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+            for i, model in enumerate(models):
+                torch.save(_unwrap(model).state_dict(), os.path.join(tmp, checkpoint_file(i, len(models))))
+            torch.save({"optimizers": [o.state_dict() for o in optimizers], "schedules": [s.state_dict() for s in schedules],
                         "epoch": epoch, "step": step}, os.path.join(tmp, STATE_FILE))
             with open(os.path.join(tmp, HISTORY_FILE), "w") as fh:
                 json.dump(history, fh)
@@ -118,21 +132,32 @@ def _report(model, optimizer, schedule, history: list[dict], metrics: dict, *, e
         ray.train.report(metrics, checkpoint=attached)
 
 
+def _targets(p: dict[str, torch.Tensor], column: int) -> dict[str, torch.Tensor]:
+    """The stored arrays of these positions at one student's temperature (the join carries one
+    logsumexp_t / rest_t column per temperature the run's students train at)."""
+    picked = {k: p[k][..., column] if k in p else None for k in ("logsumexp_t", "rest_t")}
+    return {k: p.get(k) for k in ("topk_index", "topk_logit", "sample_index", "sample_count")} | picked
+
+
 def train_loop_per_worker(cfg: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(cfg["threads"])
-    torch.manual_seed(cfg["seed"])
+    students = cfg["students"]  # one dict per student: its model spec and optimiser and loss settings
 
-    model = build_model(cfg["student"], "--student")
-    state, history = _restore(model)  # before wrapping: the checkpoint holds the plain module's weights
-    model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["epochs"])
+    models = []
+    for s in students:
+        torch.manual_seed(cfg["seed"])  # every student starts as it would in a run of its own
+        models.append(build_model(s["student"], "--student"))
+    state, history = _restore(models)  # before wrapping: the checkpoint holds the plain modules' weights
+    models = [ray.train.torch.prepare_model(m) for m in models]
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=s["lr"], weight_decay=s["weight_decay"]) for m, s in zip(models, students)]
+    schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=cfg["epochs"]) for o in optimizers]
     # (epoch, step): epochs finished, and optimiser steps already taken in the next one.
     start_epoch, skip_steps = 0, 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+        for optimizer, schedule, o_state, s_state in zip(optimizers, schedules, state["optimizers"], state["schedules"]):
+            optimizer.load_state_dict(o_state)
+            schedule.load_state_dict(s_state)
         start_epoch, skip_steps = int(state["epoch"]), int(state["step"])
         if rank == 0:
             print(json.dumps({"resumed_from": {"epoch": start_epoch, "step": skip_steps}}))
@@ -141,9 +166,10 @@ def train_loop_per_worker(cfg: dict) -> None:
     every_steps = cfg["checkpoint_every_steps"]
 
     for epoch in range(start_epoch, cfg["epochs"]):
-        model.train()
+        for model in models:
+            model.train()
         epoch_start = time.perf_counter()
-        totals = torch.zeros(4, dtype=torch.float64)  # loss, kd, ce (each * positions), positions
+        totals = torch.zeros(len(students), 4, dtype=torch.float64)  # per student: loss, kd, ce (each * positions), positions
         step = 0
         batches = train_data.iter_torch_batches(
             batch_size=cfg["batch_size"],
@@ -156,42 +182,47 @@ def train_loop_per_worker(cfg: dict) -> None:
         for step, batch in enumerate(batches, start=1):
             if step <= skip:
                 continue
-            p = positions(batch, model(model_inputs(batch)))
-            loss, kd, ce = distillation_loss(
-                p["logits"], p["labels"], p.get("topk_index"), p.get("topk_logit"), p.get("logsumexp_t"),
-                temperature=cfg["temperature"], alpha=cfg["alpha"], selection=cfg["selection"],
-                sample_index=p.get("sample_index"), sample_count=p.get("sample_count"), rest_t=p.get("rest_t"),
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n = p["logits"].shape[0]
-            totals += torch.tensor([loss.item() * n, kd.item() * n, ce.item() * n, n], dtype=torch.float64)
+            for i, (s, model, optimizer) in enumerate(zip(students, models, optimizers)):  # each batch feeds every student
+                p = positions(batch, model(model_inputs(batch)))
+                loss, kd, ce = distillation_loss(
+                    p["logits"], p["labels"], **_targets(p, s["temperature_column"]),
+                    temperature=s["temperature"], alpha=s["alpha"], selection=cfg["selection"], kind=s["loss"], beta=s["jsd_beta"],
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                n = p["logits"].shape[0]
+                totals[i] += torch.tensor([loss.item() * n, kd.item() * n, ce.item() * n, n], dtype=torch.float64)
             if every_steps and step % every_steps == 0:
-                _report(model, optimizer, schedule, history, {"epoch": epoch, "step": step}, epoch=epoch, step=step, checkpoint=True)
-        schedule.step()
+                _report(models, optimizers, schedules, history, {"epoch": epoch, "step": step}, epoch=epoch, step=step, checkpoint=True)
+        for schedule in schedules:
+            schedule.step()
         epoch_seconds = time.perf_counter() - epoch_start
 
         totals = _all_reduce_sum(totals)
-        rows = max(totals[3].item(), 1.0)
+        per_student = [{
+            "train_loss": t[0].item() / max(t[3].item(), 1.0),
+            "train_kd_loss": t[1].item() / max(t[3].item(), 1.0),
+            "train_ce_loss": t[2].item() / max(t[3].item(), 1.0),
+            "train_positions": int(t[3].item()),
+        } for t in totals]
+        last = epoch + 1 == cfg["epochs"]
+        due = last or (cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0)
+        if rank == 0 and eval_data is not None and due:
+            for mine, result in zip(per_student, evaluate([_unwrap(m) for m in models], eval_data, cfg["eval_batch_size"], cfg["eval_temperature"])):
+                mine.update(result)
         metrics = {
             "epoch": epoch + 1,
-            "train_loss": totals[0].item() / rows,
-            "train_kd_loss": totals[1].item() / rows,
-            "train_ce_loss": totals[2].item() / rows,
-            "train_positions": int(totals[3].item()),
             "train_steps": step,  # optimiser steps of this worker in this epoch (skipped ones included)
             "epoch_seconds": epoch_seconds,  # this worker's training pass (data, forward, backward, step), not eval
+            # One student: its figures at the top level; several: a list in the order of --variants.
+            **(per_student[0] if len(students) == 1 else {"students": per_student}),
         }
         if state is not None and epoch == start_epoch:
             # This epoch began from a restart; with skip > 0 the train_* figures cover only the steps after it.
             metrics["resumed_from"] = {"epoch": start_epoch, "step": skip_steps}
-        last = epoch + 1 == cfg["epochs"]
-        due = last or (cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0)
-        if rank == 0 and eval_data is not None and due:
-            metrics.update(evaluate(_unwrap(model), eval_data, cfg["eval_batch_size"], cfg["eval_temperature"]))
         history.append(metrics)
         if rank == 0:
             print(json.dumps(metrics))
-        _report(model, optimizer, schedule, history, metrics, epoch=epoch + 1, step=0,
+        _report(models, optimizers, schedules, history, metrics, epoch=epoch + 1, step=0,
                 checkpoint=last or (epoch + 1) % cfg["checkpoint_every"] == 0)

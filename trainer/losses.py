@@ -9,6 +9,8 @@ With k = V the rest bucket is empty and this is exactly the textbook full-softma
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -74,6 +76,49 @@ def topk_kd_loss(student_logits: torch.Tensor, topk_index: torch.Tensor, topk_lo
     return (kl_head + kl_rest) * temperature**2
 
 
+LOSS_KINDS = ("kl", "reverse-kl", "jsd")
+
+
+def _bucket_kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """KL(a || b) over buckets given as finite log-probabilities [N, B] -> [N] (empty buckets of a add 0)."""
+    a = log_a.exp()
+    return torch.where(a > 0, a * (log_a - log_b), 0.0).sum(dim=1)
+
+
+def topk_divergence(student_logits: torch.Tensor, topk_index: torch.Tensor, topk_logit: torch.Tensor,
+                    logsumexp_t: torch.Tensor, temperature: float, kind: str = "kl", beta: float = 0.5,
+                    rest_t: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row T^2 * D(teacher, student) over the k+1 buckets, for a divergence `kind`:
+
+    kl          KL(p || q), Hinton's forward KL (mean-seeking); the same as topk_kd_loss.
+    reverse-kl  KL(q || p) (mode-seeking): the student is charged for mass where the teacher has little.
+    jsd         generalised Jensen-Shannon, beta * KL(p || m) + (1 - beta) * KL(q || m) with
+                m = beta * p + (1 - beta) * q (Agarwal et al. 2024); bounded, symmetric at beta 0.5.
+
+    Folding both distributions onto the same buckets can only lower a divergence (data processing),
+    and with k = V the buckets are the classes: each is then the textbook dense divergence.
+    student_logits [N, V], topk_index [N, k], topk_logit [N, k], logsumexp_t [N], rest_t [N] or None -> [N].
+    """
+    if kind == "kl":
+        return topk_kd_loss(student_logits, topk_index, topk_logit, logsumexp_t, temperature, rest_t)
+    log_p_head, _, p_rest = teacher_buckets(topk_logit, logsumexp_t, temperature, student_logits.shape[1], rest_t)
+    log_q_head, log_q_rest = student_buckets(student_logits, topk_index, temperature)
+    # Finite floors instead of log(0) = -inf keep 0 * log terms and their gradients finite.
+    floor = torch.finfo(torch.float32).min
+    log_p = torch.cat([log_p_head, torch.log(p_rest).clamp(min=floor).unsqueeze(1)], dim=1)
+    log_q = torch.cat([log_q_head, log_q_rest.clamp(min=floor).unsqueeze(1)], dim=1)
+    if kind == "reverse-kl":
+        divergence = _bucket_kl(log_q, log_p)
+    elif kind == "jsd":
+        if not 0.0 < beta < 1.0:
+            raise ValueError(f"jsd beta must be in (0, 1), got {beta}")
+        log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
+        divergence = beta * _bucket_kl(log_p, log_m) + (1.0 - beta) * _bucket_kl(log_q, log_m)
+    else:
+        raise ValueError(f"unknown loss kind {kind!r} (expected one of {', '.join(LOSS_KINDS)})")
+    return divergence * temperature**2
+
+
 def labelled_cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy summed over rows that have a label (label < 0 means missing).
 
@@ -87,13 +132,17 @@ def labelled_cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor) -
     return ce, count
 
 
-def kd_term(student_logits: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float, selection: str = "topk") -> torch.Tensor:
-    """Per-row KD term for a store's selection: exact k+1-bucket KL (topk), or the unbiased
-    full-KD cross-entropy estimates (sample, hybrid; these differ from KL by the teacher's entropy,
-    a constant for the student). targets holds the stored arrays of these rows. -> [N]."""
+def kd_term(student_logits: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float, selection: str = "topk",
+            kind: str = "kl", beta: float = 0.5) -> torch.Tensor:
+    """Per-row KD term for a store's selection: the exact k+1-bucket divergence `kind` (topk), or
+    the unbiased full-KD cross-entropy estimates (sample, hybrid: forward KL only; these differ from
+    KL by the teacher's entropy, a constant for the student). targets holds the stored arrays of
+    these rows. -> [N]."""
     if selection == "topk":
-        return topk_kd_loss(student_logits, targets["topk_index"], targets["topk_logit"], targets["logsumexp_t"], temperature,
-                            targets.get("rest_t"))
+        return topk_divergence(student_logits, targets["topk_index"], targets["topk_logit"], targets["logsumexp_t"], temperature,
+                               kind, beta, targets.get("rest_t"))
+    if kind != "kl":
+        raise ValueError(f"loss {kind!r} needs the teacher's exact head; a {selection} store supports only kl")
     if selection == "sample":
         return sampled_cross_entropy(student_logits, targets["sample_index"], targets["sample_count"], temperature)
     if selection == "hybrid":
@@ -105,16 +154,17 @@ def kd_term(student_logits: torch.Tensor, targets: dict[str, torch.Tensor], temp
 def distillation_loss(student_logits: torch.Tensor, labels: torch.Tensor, topk_index: torch.Tensor,
                       topk_logit: torch.Tensor, logsumexp_t: torch.Tensor, *, temperature: float,
                       alpha: float, selection: str = "topk", sample_index: torch.Tensor | None = None,
-                      sample_count: torch.Tensor | None = None, rest_t: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """alpha * mean(KD over all rows) + (1 - alpha) * mean(CE over labelled rows).
+                      sample_count: torch.Tensor | None = None, rest_t: torch.Tensor | None = None,
+                      kind: str = "kl", beta: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """alpha * mean(KD over all rows) + (1 - alpha) * mean(CE over labelled rows), KD being the
+    divergence `kind` (see topk_divergence; beta for jsd).
 
     Rows without a label (label < 0) get only the KD term; a batch with no labels is pure KD.
     Returns (loss, kd, ce) as scalars; kd and ce are detached, for logging.
     """
     targets = {"topk_index": topk_index, "topk_logit": topk_logit, "logsumexp_t": logsumexp_t,
                "sample_index": sample_index, "sample_count": sample_count, "rest_t": rest_t}
-    kd = kd_term(student_logits, targets, temperature, selection).mean() if alpha > 0 else student_logits.sum() * 0.0
+    kd = kd_term(student_logits, targets, temperature, selection, kind, beta).mean() if alpha > 0 else student_logits.sum() * 0.0
     ce_sum, count = labelled_cross_entropy(student_logits, labels)
     ce = ce_sum / count.clamp(min=1)
     loss = alpha * kd + (1.0 - alpha) * ce

@@ -7,8 +7,11 @@ from disk. Memory per task is bounded by one shard, and the join is by id, never
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import ray.data
+from ray.data import RandomSeedConfig
 
 from logitstore import StoreReader, read_manifest
 from logitstore.planning import plan_from_manifest
@@ -35,7 +38,8 @@ def _assign_shard(batch: dict[str, np.ndarray], first_ids: np.ndarray, last_ids:
     return {**batch, "shard": shard}
 
 
-def _join_group(batch: dict[str, np.ndarray], store: str, temperature_index: int, shuffle: bool) -> dict[str, np.ndarray]:
+def _join_group(batch: dict[str, np.ndarray], store: str, temperature_index: int | list[int], shuffle: bool,
+                seed: int | None) -> dict[str, np.ndarray]:
     reader = _reader(store)
     data = reader.read_shard(int(batch["shard"][0]))
     # Every batch gets the same sample width, whatever width each shard was stored with.
@@ -45,7 +49,12 @@ def _join_group(batch: dict[str, np.ndarray], store: str, temperature_index: int
     if not np.array_equal(data.sample_id[rows], ids):
         missing = ids[data.sample_id[rows] != ids][:5].tolist()
         raise DataError(f"sample ids {missing} are not in the store: pass the dataset the store was dumped from")
-    order = np.random.default_rng().permutation(len(ids)) if shuffle else np.arange(len(ids))
+    # Rows in id order first, whatever order the shuffle delivered them in: with a seed, the same
+    # shard then comes out in the same order in every run.
+    order = np.argsort(ids, kind="stable")
+    if shuffle:
+        shard = int(batch["shard"][0])
+        order = order[np.random.default_rng(None if seed is None else (seed, shard)).permutation(len(ids))]
     rows = rows[order]
     out = {key: value[order] for key, value in batch.items() if key != "shard"}
     if "input_ids" in batch:
@@ -57,24 +66,25 @@ def _join_group(batch: dict[str, np.ndarray], store: str, temperature_index: int
     out.update({
         "topk_index": topk_index,
         "topk_logit": data.topk_logit[rows],
-        "logsumexp_t": data.logsumexp[rows, temperature_index],
+        "logsumexp_t": data.logsumexp[rows][:, temperature_index],
         "teacher_top1": topk_index[:, 0],
     })
     if data.rest_mass is not None:
-        out["rest_t"] = data.rest_mass[rows, temperature_index]
+        out["rest_t"] = data.rest_mass[rows][:, temperature_index]
     if data.has_samples:
         index, count = pad_samples(data.sample_index[rows], data.sample_count[rows], width)
         out.update({"sample_index": index.astype(np.int64), "sample_count": count.astype(np.int64)})
     return out
 
 
-def _sequence_targets(data, rows: np.ndarray, lengths: np.ndarray, seq_len: int, temperature_index: int, width: int) -> dict[str, np.ndarray]:
+def _sequence_targets(data, rows: np.ndarray, lengths: np.ndarray, seq_len: int, temperature_index: int | list[int], width: int) -> dict[str, np.ndarray]:
     """Stored positions of each block, zero-padded to [B, seq_len, ...]; teacher_top1 is -1 on padding."""
     n, k = len(rows), data.top_k
     topk_index = np.zeros((n, seq_len, k), dtype=np.int64)
     topk_logit = np.zeros((n, seq_len, k), dtype=np.float32)
-    lse = np.zeros((n, seq_len), dtype=np.float32)
-    rest = np.zeros((n, seq_len), dtype=np.float32) if data.rest_mass is not None else None
+    columns = np.shape(data.logsumexp[:1, temperature_index])[1:]  # () for one temperature, (m,) for a list
+    lse = np.zeros((n, seq_len, *columns), dtype=np.float32)
+    rest = np.zeros((n, seq_len, *columns), dtype=np.float32) if data.rest_mass is not None else None
     m = width if data.has_samples else 0
     stored = data.sample_index.shape[1] if data.has_samples else 0
     sample_index = np.zeros((n, seq_len, m), dtype=np.int64)
@@ -99,21 +109,31 @@ def _sequence_targets(data, rows: np.ndarray, lengths: np.ndarray, seq_len: int,
     return {**out, "sample_index": sample_index, "sample_count": sample_count} if m else out
 
 
-def join_with_store(ds: ray.data.Dataset, store: str, temperature: float, *, shuffle: bool) -> ray.data.Dataset:
-    """Rows of `ds` with their stored top-k, reshuffled on every execution when `shuffle`.
+def join_with_store(ds: ray.data.Dataset, store: str, temperature: float | Sequence[float], *, shuffle: bool,
+                    seed: int | None = None) -> ray.data.Dataset:
+    """Rows of `ds` with their stored top-k, reshuffled on every execution when `shuffle` (in the
+    same sequence of orders in every run when `seed` is given: pair it with preserve_order).
 
     Output columns: the dataset's own, plus topk_index int64 [k], topk_logit float32 [k],
-    logsumexp_t float32 (the column for `temperature`), teacher_top1 int64, and rest_t float32
-    (the stored tail mass, for stores with quantized logits) — each with a leading
-    [seq_len] axis for sequence datasets (zero-padded after `length`; teacher_top1 -1 there).
+    logsumexp_t float32 (the column for `temperature`, or [m] columns for a list of m
+    temperatures), teacher_top1 int64, and rest_t float32 (the stored tail mass, shaped as
+    logsumexp_t, for stores with quantized logits) — each with a leading [seq_len] axis for
+    sequence datasets (zero-padded after `length`; teacher_top1 -1 there).
     """
     manifest = read_manifest(store)
     plan = plan_from_manifest(manifest)
+    if isinstance(temperature, (int, float)):
+        temperature_index: int | list[int] = manifest.temperature_index(temperature)
+    else:
+        temperature_index = [manifest.temperature_index(t) for t in temperature]
     joined = ds.map_batches(
         _assign_shard, batch_format="numpy", fn_kwargs={"first_ids": plan.first_ids, "last_ids": plan.last_ids}
     ).groupby("shard", num_partitions=max(1, min(plan.num_shards, 64))).map_groups(
         _join_group,
         batch_format="numpy",
-        fn_kwargs={"store": str(store), "temperature_index": manifest.temperature_index(temperature), "shuffle": shuffle},
+        fn_kwargs={"store": str(store), "temperature_index": temperature_index, "shuffle": shuffle, "seed": seed},
     )
-    return joined.randomize_block_order() if shuffle else joined
+    if not shuffle:
+        return joined
+    # A new block order on every execution (epoch); with a seed, the same sequence in every run.
+    return joined.randomize_block_order(seed=None if seed is None else RandomSeedConfig(seed=seed, reseed_after_execution=True))

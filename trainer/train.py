@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -11,15 +12,16 @@ from pathlib import Path
 
 import ray.data
 import ray.train
+from ray.data import ExecutionOptions, RandomSeedConfig
 import torch
 from ray.train.torch import TorchTrainer
 
 import logitstore
 from logitstore import Manifest, StoreReader, read_manifest
-from trainer.config import TrainConfig
+from trainer.config import VARIANT_FIELDS, TrainConfig
 from trainer.data import LM_SEQ_LEN, TextOptions, fingerprint_dataset, load_dataset
 from trainer.errors import DataError, ModelError
-from trainer.loop import CHECKPOINT_FILE, HISTORY_FILE, train_loop_per_worker
+from trainer.loop import HISTORY_FILE, checkpoint_file, train_loop_per_worker
 from trainer.models import build_model, probe_width
 from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray
 from trainer.specs import worker_runtime_env
@@ -49,6 +51,10 @@ def check_student_width(student: torch.nn.Module, ds, manifest: Manifest, spec: 
             f"--student {spec} outputs {width} classes but the store's teacher has {manifest.vocab_size}: use a student with {manifest.vocab_size} outputs"
         )
 
+
+# What metrics.json reports of each student (the last epoch's figures).
+SUMMARY_KEYS = ("eval_accuracy", "teacher_agreement", "eval_perplexity", "eval_kl_to_teacher", "eval_cross_entropy",
+                "train_loss", "train_kd_loss", "train_ce_loss")
 
 RUN_NAME = "train"  # Ray Train's run directory under <output>/ray; the same name is what lets a rerun resume
 
@@ -83,6 +89,13 @@ def _cpus_per_worker(cfg: TrainConfig) -> float:
     return max(0.25, min(4.0, (cluster_cpus() - 1.0) / cfg.workers))
 
 
+def _ordered() -> ExecutionOptions:
+    """Blocks in the order the (seeded) shuffles made, not in the order tasks happen to finish."""
+    options = copy.copy(ray.data.DataContext.get_current().execution_options)
+    options.preserve_order = True
+    return options
+
+
 def run_training(cfg: TrainConfig) -> dict:
     start = time.perf_counter()
     manifest = read_manifest(cfg.store)
@@ -90,11 +103,17 @@ def run_training(cfg: TrainConfig) -> dict:
     ray.data.DataContext.get_current().enable_progress_bars = False  # one epoch = one execution: too noisy
     text = text_options(cfg.store, manifest)
     train_ds = load_dataset(cfg.dataset, "--dataset", text)
-    check_student_width(build_model(cfg.student, "--student"), train_ds, manifest, cfg.student)
+    students = cfg.students()
+    for spec in dict.fromkeys(s.student for s in students):
+        check_student_width(build_model(spec, "--student"), train_ds, manifest, spec)
     check_store_matches(manifest, train_ds, cfg.dataset, cfg.store, "--dataset")
-    # Labels only (alpha 0) never reads the teacher's logits: the data alone, reshuffled each epoch.
-    datasets = {"train": join_with_store(train_ds, cfg.store, cfg.temperature, shuffle=True) if cfg.alpha > 0
-                else train_ds.random_shuffle()}
+    # The join carries one logsumexp column per temperature the students train at. Labels only
+    # (alpha 0 for all) never reads the teacher's logits: the data alone, reshuffled each epoch.
+    # Seeded shuffles in preserved order: a run's data order depends only on --seed.
+    temperatures = sorted({s.temperature for s in students})
+    shuffle_seed = RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True)
+    datasets = {"train": join_with_store(train_ds, cfg.store, temperatures, shuffle=True, seed=cfg.seed)
+                if any(s.alpha > 0 for s in students) else train_ds.random_shuffle(seed=shuffle_seed)}
     eval_temperature = 1.0
     if cfg.eval_dataset:
         eval_text = text
@@ -127,16 +146,16 @@ def run_training(cfg: TrainConfig) -> dict:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "student": cfg.student, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
-            "weight_decay": cfg.weight_decay, "temperature": cfg.temperature, "alpha": cfg.alpha,
-            "seed": cfg.seed, "selection": manifest.selection["kind"], "eval_temperature": eval_temperature, "eval_batch_size": 256, "eval_every": cfg.eval_every, "checkpoint_every": cfg.checkpoint_every, "checkpoint_every_steps": cfg.checkpoint_every_steps, "has_eval": "eval" in datasets, "threads": max(1, int(cpus)),
+            "students": [{**{k: getattr(s, k) for k in VARIANT_FIELDS}, "temperature_column": temperatures.index(s.temperature)}
+                         for s in students],
+            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed, "selection": manifest.selection["kind"], "eval_temperature": eval_temperature, "eval_batch_size": 256, "eval_every": cfg.eval_every, "checkpoint_every": cfg.checkpoint_every, "checkpoint_every_steps": cfg.checkpoint_every_steps, "has_eval": "eval" in datasets, "threads": max(1, int(cpus)),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
         ),
         datasets=datasets,
         # Only "train" is split across workers; rank 0 evaluates the whole eval set.
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=_ordered()),
         run_config=ray.train.RunConfig(
             name=RUN_NAME,
             storage_path=str(output / "ray"),
@@ -154,23 +173,22 @@ def run_training(cfg: TrainConfig) -> dict:
     shutil.rmtree(final, ignore_errors=True)
     with result.checkpoint.as_directory() as src:
         shutil.copytree(src, final)
-    state = torch.load(final / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    build_model(cfg.student, "--student").load_state_dict(state)
     history = json.loads((final / HISTORY_FILE).read_text())
-    last = history[-1]
+    results = []
+    for i, s in enumerate(students):
+        weights = final / checkpoint_file(i, len(students))
+        build_model(s.student, "--student").load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        last = history[-1] if len(students) == 1 else history[-1]["students"][i]
+        results.append({
+            **({"variant": {k: getattr(s, k) for k in VARIANT_FIELDS}} if len(students) > 1 else {}),
+            **{key: last.get(key) for key in SUMMARY_KEYS},
+            "checkpoint": str(weights),
+        })
     metrics = {
-        "eval_accuracy": last.get("eval_accuracy"),
-        "teacher_agreement": last.get("teacher_agreement"),
-        "eval_perplexity": last.get("eval_perplexity"),
-        "eval_kl_to_teacher": last.get("eval_kl_to_teacher"),
-        "eval_cross_entropy": last.get("eval_cross_entropy"),
-        "train_loss": last["train_loss"],
-        "train_kd_loss": last["train_kd_loss"],
-        "train_ce_loss": last["train_ce_loss"],
+        **(results[0] if len(students) == 1 else {"students": results}),
         "epochs": history,
         "store": {"path": str(Path(cfg.store).resolve()), "teacher": manifest.teacher, "top_k": manifest.top_k,
                   "temperatures": manifest.temperatures},
-        "checkpoint": str(final / CHECKPOINT_FILE),
         "wall_seconds": time.perf_counter() - start,
         "config": resolved,
         "logitstore_version": logitstore.__version__,
@@ -184,7 +202,10 @@ def run_training(cfg: TrainConfig) -> dict:
 def main_body(cfg: TrainConfig) -> None:
     metrics = run_training(cfg)
     print(f"training complete: {cfg.output}", file=sys.stderr)
-    for key in ("eval_accuracy", "teacher_agreement", "eval_perplexity", "eval_kl_to_teacher", "train_loss", "train_kd_loss", "train_ce_loss", "wall_seconds"):
-        value = metrics[key]
-        if value is not None:  # e.g. no perplexity for a classifier, no agreement without --eval-store
-            print(f"{key:18s} {value:.4f}" if isinstance(value, float) else f"{key:18s} {value}")
+    for i, result in enumerate(metrics.get("students", [metrics])):
+        if "variant" in result:
+            print(f"student {i}: {json.dumps(result['variant'])}")
+        for key in SUMMARY_KEYS:
+            if result[key] is not None and key != "eval_cross_entropy":  # e.g. no perplexity for a classifier, no agreement without --eval-store
+                print(f"{key:18s} {result[key]:.4f}")
+    print(f"{'wall_seconds':18s} {metrics['wall_seconds']:.1f}")
