@@ -14,7 +14,7 @@ from typing import Any, Callable, TypeVar
 import yaml
 
 from logitstore.errors import StoreError
-from trainer.errors import ConfigError, TrainerError
+from trainer.errors import ConfigError, TrainerError, find_cause
 
 C = TypeVar("C")
 
@@ -108,22 +108,6 @@ def parse_config(cls: type[C], argv: list[str] | None, prog: str) -> C:
     args = vars(parser.parse_args(argv))
     args.pop("config")
     return cls(**args)
-
-
-def find_cause(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
-    """Our own error inside whatever Ray wrapped it in (task errors keep the cause chain)."""
-    seen = set()
-    stack = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        inner = getattr(e, "cause", None)  # ray.exceptions.RayTaskError keeps the original here
-        if isinstance(e, types) and not isinstance(inner, types):
-            return e
-        stack += [e.__context__, e.__cause__, inner]
-    return None
 
 
 def run_job(cls: type[C], body: Callable[[C], Any], argv: list[str] | None, prog: str) -> int:

@@ -19,3 +19,19 @@ class DataError(TrainerError):
 
 class ModelError(TrainerError):
     """A model spec cannot be resolved, or the model does not fit the data or the store."""
+
+
+def find_cause(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
+    """Our own error inside whatever Ray wrapped it in (task errors keep the cause chain)."""
+    seen = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        inner = getattr(e, "cause", None)  # ray.exceptions.RayTaskError keeps the original here
+        if isinstance(e, types) and not isinstance(inner, types):
+            return e
+        stack += [e.__context__, e.__cause__, inner]
+    return None

@@ -96,37 +96,58 @@ def _ordered() -> ExecutionOptions:
     return options
 
 
-def run_training(cfg: TrainConfig) -> dict:
+def _eval_data(cfg: TrainConfig, manifest: Manifest, text: TextOptions) -> tuple[ray.data.Dataset, Manifest | None]:
+    """The eval dataset, tokenised as its store was, and that store's manifest (None without --eval-store)."""
+    if not cfg.eval_store:
+        return load_dataset(cfg.eval_dataset, "--eval-dataset", text), None
+    eval_manifest = read_manifest(cfg.eval_store)
+    if eval_manifest.teacher.get("weights_sha256") != manifest.teacher.get("weights_sha256"):
+        raise DataError(f"--eval-store {cfg.eval_store} was dumped by another teacher than --store {cfg.store}: dump both with the same teacher")
+    eval_text = text_options(cfg.eval_store, eval_manifest)
+    if eval_text.tokenizer_json != text.tokenizer_json:
+        raise DataError(f"--eval-store {cfg.eval_store} was tokenised with another tokenizer than --store {cfg.store}: dump it with --tokenizer {Path(cfg.store) / 'tokenizer.json'}")
+    return load_dataset(cfg.eval_dataset, "--eval-dataset", eval_text), eval_manifest
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """The passes over the data that check it against the stores and every student's width."""
+    manifest = read_manifest(cfg.store)
+    text = text_options(cfg.store, manifest)
+    train_ds = load_dataset(cfg.dataset, "--dataset", text)
+    for spec in dict.fromkeys(s.student for s in cfg.students()):
+        check_student_width(build_model(spec, "--student"), train_ds, manifest, spec)
+    check_store_matches(manifest, train_ds, cfg.dataset, cfg.store, "--dataset")
+    if cfg.eval_dataset:
+        eval_ds, eval_manifest = _eval_data(cfg, manifest, text)
+        if eval_manifest is not None:
+            check_store_matches(eval_manifest, eval_ds, cfg.eval_dataset, cfg.eval_store, "--eval-dataset")
+
+
+def run_training(cfg: TrainConfig, *, inputs_checked: bool = False) -> dict:
+    """Train the run's students; `inputs_checked` skips check_inputs (a sweep makes those passes
+    over the data once for all its runs)."""
     start = time.perf_counter()
     manifest = read_manifest(cfg.store)
     ensure_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False  # one epoch = one execution: too noisy
+    if not inputs_checked:
+        check_inputs(cfg)
     text = text_options(cfg.store, manifest)
-    train_ds = load_dataset(cfg.dataset, "--dataset", text)
     students = cfg.students()
-    for spec in dict.fromkeys(s.student for s in students):
-        check_student_width(build_model(spec, "--student"), train_ds, manifest, spec)
-    check_store_matches(manifest, train_ds, cfg.dataset, cfg.store, "--dataset")
     # The join carries one logsumexp column per temperature the students train at. Labels only
     # (alpha 0 for all) never reads the teacher's logits: the data alone, reshuffled each epoch.
-    # Seeded shuffles in preserved order: a run's data order depends only on --seed.
+    # Seeded shuffles in preserved order: a run's data order depends only on --seed. The dataset is
+    # a fresh one: seeded shuffles count the executions of the dataset they derive from, so one
+    # already iterated by the checks would start the sequence of orders further along.
+    train_ds = load_dataset(cfg.dataset, "--dataset", text)
     temperatures = sorted({s.temperature for s in students})
     shuffle_seed = RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True)
     datasets = {"train": join_with_store(train_ds, cfg.store, temperatures, shuffle=True, seed=cfg.seed)
                 if any(s.alpha > 0 for s in students) else train_ds.random_shuffle(seed=shuffle_seed)}
     eval_temperature = 1.0
     if cfg.eval_dataset:
-        eval_text = text
-        if cfg.eval_store:
-            eval_manifest = read_manifest(cfg.eval_store)
-            if eval_manifest.teacher.get("weights_sha256") != manifest.teacher.get("weights_sha256"):
-                raise DataError(f"--eval-store {cfg.eval_store} was dumped by another teacher than --store {cfg.store}: dump both with the same teacher")
-            eval_text = text_options(cfg.eval_store, eval_manifest)
-            if eval_text.tokenizer_json != text.tokenizer_json:
-                raise DataError(f"--eval-store {cfg.eval_store} was tokenised with another tokenizer than --store {cfg.store}: dump it with --tokenizer {Path(cfg.store) / 'tokenizer.json'}")
-        eval_ds = load_dataset(cfg.eval_dataset, "--eval-dataset", eval_text)
-        if cfg.eval_store:
-            check_store_matches(eval_manifest, eval_ds, cfg.eval_dataset, cfg.eval_store, "--eval-dataset")
+        eval_ds, eval_manifest = _eval_data(cfg, manifest, text)
+        if eval_manifest is not None:
             eval_temperature = 1.0 if 1.0 in eval_manifest.temperatures else eval_manifest.temperatures[0]
             eval_ds = join_with_store(eval_ds, cfg.eval_store, eval_temperature, shuffle=False)
         datasets["eval"] = eval_ds
