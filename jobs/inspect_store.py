@@ -1,0 +1,67 @@
+"""python -m jobs.inspect_store STORE: what a store holds, and what k it needs.
+
+Prints counts, bytes, codec, teacher and data identity, and per recorded temperature the
+distribution over positions of the tail mass and of the k that covers 90% / 99% of the mass, the
+teacher's entropy and top-1 confidence, and a one-line recommendation. Writes summary.json and
+PNG plots (tail_mass.png, k_coverage.png, confidence.png) to --out. Exit status 2: not a store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _lines(report: dict) -> list[str]:
+    teacher, data = report["teacher"], report["dataset"]
+    codec = f"{report['codec'].get('index', 'plain')}/{report['codec'].get('values', 'float32')}"
+    lines = [
+        f"store      {report['store']} (format v{report['format_version']}, {report['backend']}, codec {codec}, selection {report['selection'].get('kind')})",
+        f"contents   {report['samples']} samples, {report['positions']} positions, {report['shards']} shards; top-{report['top_k']} of {report['vocab_size']} classes; T = {', '.join(f'{t:g}' for t in report['temperatures'])}",
+        f"bytes      {report['bytes']} on disk, {report['bytes_per_entry']:.3f} per stored entry",
+        f"teacher    {teacher.get('spec', '?')}, weights sha256 {str(teacher.get('weights_sha256', '?'))[:16]}",
+        f"data       {data.get('spec', '?')}, {data.get('num_samples', '?')} samples, ids sha256 {str(data.get('ids_sha256', '?'))[:16]}",
+        f"sampled    {report['sampled_positions']} positions from {report['shards_read']} shards",
+        f"entropy    at T={report['reference_temperature']:g}: median {report['entropy']['median']:.3f} nats (5%-95%: {report['entropy']['p5']:.3f}-{report['entropy']['p95']:.3f}; head + tail bucket)",
+        f"top-1      at T={report['reference_temperature']:g}: median probability {report['top1_confidence']['median']:.3f} (5%-95%: {report['top1_confidence']['p5']:.3f}-{report['top1_confidence']['p95']:.3f})",
+        "",
+        "| T | tail mass median | tail p95 | tail max | k for 90% (median / p95) | k for 99% (median / p95) | positions 99% covered |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    k = report["top_k"]
+    show = lambda v: f">{k}" if v > k else f"{v:g}"  # noqa: E731
+    for row in report["per_temperature"]:
+        lines.append(f"| {row['temperature']:g} | {row['tail_median']:.2e} | {row['tail_p95']:.2e} | {row['tail_max']:.2e} | "
+                     f"{show(row['k90_median'])} / {show(row['k90_p95'])} | {show(row['k99_median'])} / {show(row['k99_p95'])} | {row['k99_covered']:.1%} |")
+    lines += ["", f"recommendation: {report['recommendation']}", f"plots: {', '.join(report['plots'])}"]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.inspect_store", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("store", help="the store directory")
+    parser.add_argument("--out", default=None, help="directory for summary.json and the plots (default: STORE.inspect, beside the store)")
+    parser.add_argument("--max-positions", type=int, default=200_000, help="positions read, from shards spread over the store")
+    args = parser.parse_args(argv)
+
+    from pathlib import Path
+
+    from logitstore import StoreError, StoreReader
+    from logitstore.inspection import write_report
+
+    if args.max_positions < 1:
+        print(f"error: --max-positions must be >= 1, got {args.max_positions}", file=sys.stderr)
+        return 2
+    try:
+        reader = StoreReader(Path(args.store).resolve())
+        report = write_report(reader, Path(args.out or f"{Path(args.store).resolve()}.inspect"), args.max_positions)
+    except StoreError as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print("\n".join(_lines(report)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""What a store holds, per position: tail mass at each recorded T, teacher entropy and top-1
+confidence, and the k that covers 90% / 99% of the mass; plots and a recommended k.
+
+Everything is computed from the stored head and its exact normalisers, so it is exact for the
+head; the full distribution's entropy is not stored, and `entropy` is that of the k classes plus
+one tail bucket (a lower bound of the full entropy: merging classes never adds entropy).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from logitstore.reader import StoreReader, topk_probabilities
+
+COVER = (0.90, 0.99)
+
+
+@dataclass
+class TemperatureStats:
+    temperature: float
+    tail_mass: np.ndarray  # [P] float32
+    k_needed: dict[float, np.ndarray] = field(default_factory=dict)  # cover -> [P] int, k + 1 where the head falls short
+
+
+@dataclass
+class StoreStats:
+    positions: int  # positions sampled
+    total_positions: int
+    shards_read: int
+    top_k: int
+    entropy: np.ndarray  # [P] nats, at T = 1 (or the first recorded T), head + tail bucket
+    top1_confidence: np.ndarray  # [P] teacher probability of its top-1 at that T
+    reference_temperature: float
+    per_temperature: list[TemperatureStats]
+
+
+def _k_needed(probs: np.ndarray, cover: float) -> np.ndarray:
+    """Smallest k' with the k' largest stored probabilities summing to >= cover; k + 1 if none."""
+    ordered = -np.sort(-probs, axis=1)  # a delta-coded store returns the head by id, not by value
+    reached = np.cumsum(ordered, axis=1, dtype=np.float64) >= cover - 1e-6
+    return np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, probs.shape[1] + 1)
+
+
+def collect(reader: StoreReader, max_positions: int = 200_000) -> StoreStats:
+    """Read shards spread evenly over the store until `max_positions` positions are in hand."""
+    m = reader.manifest
+    # Shards in a golden-ratio order: any prefix of it is spread evenly over the store.
+    order = np.argsort([(i * 0.6180339887) % 1.0 for i in range(reader.num_shards)], kind="stable")
+    parts: list[dict[str, np.ndarray]] = []
+    seen = 0
+    for index in order:
+        data = reader.read_shard(int(index))
+        parts.append({"logit": data.topk_logit, "lse": data.logsumexp,
+                      "rest": data.rest_mass if data.rest_mass is not None else None})
+        seen += data.topk_logit.shape[0]
+        if seen >= max_positions:
+            break
+    logits = np.concatenate([p["logit"] for p in parts])[:max_positions]
+    lse = np.concatenate([p["lse"] for p in parts])[:max_positions]
+    rest = None if parts[0]["rest"] is None else np.concatenate([p["rest"] for p in parts])[:max_positions]
+
+    reference = 1.0 if 1.0 in m.temperatures else m.temperatures[0]
+    per_t = []
+    for j, t in enumerate(m.temperatures):
+        probs, tail = topk_probabilities(logits, lse[:, j], t, None if rest is None else rest[:, j])
+        stats = TemperatureStats(t, tail, {c: _k_needed(probs, c) for c in COVER})
+        per_t.append(stats)
+        if t == reference:
+            buckets = np.concatenate([probs, tail[:, None]], axis=1).astype(np.float64)
+            entropy = -np.sum(np.where(buckets > 0, buckets * np.log(np.where(buckets > 0, buckets, 1.0)), 0.0), axis=1)
+            confidence = probs.max(axis=1)
+    return StoreStats(positions=len(logits), total_positions=m.num_positions, shards_read=len(parts), top_k=m.top_k,
+                      entropy=entropy, top1_confidence=confidence, reference_temperature=reference, per_temperature=per_t)
+
+
+def recommendation(stats: StoreStats, cover: float = 0.99, share: float = 0.95) -> str:
+    """The smallest k that keeps `cover` of the mass at the reference T for `share` of positions."""
+    ref = next(s for s in stats.per_temperature if s.temperature == stats.reference_temperature)
+    needed = ref.k_needed[cover]
+    k = int(np.quantile(needed, share, method="higher"))
+    t = f"T={stats.reference_temperature:g}"
+    if k <= stats.top_k:
+        return (f"k={k} keeps {cover:.0%} of the mass at {t} for {share:.0%} of positions "
+                f"(this store holds k={stats.top_k}; a dump with --top-k {k} would be {k / stats.top_k:.0%} of the entries)")
+    covered = float(np.mean(needed <= stats.top_k))
+    return (f"k={stats.top_k} (all stored) keeps {cover:.0%} of the mass at {t} for only {covered:.0%} of positions: "
+            f"the tail bucket carries the rest; dump with a larger --top-k to resolve it")
+
+
+def _q(values: np.ndarray, q: float) -> float:
+    return float(np.quantile(values, q))
+
+
+def summary(reader: StoreReader, stats: StoreStats) -> dict:
+    m = reader.manifest
+    entries = m.num_positions * m.top_k
+    per_t = []
+    for s in stats.per_temperature:
+        row = {"temperature": s.temperature, "tail_mean": float(s.tail_mass.mean()), "tail_median": _q(s.tail_mass, 0.5),
+               "tail_p95": _q(s.tail_mass, 0.95), "tail_max": float(s.tail_mass.max())}
+        for c, needed in s.k_needed.items():
+            name = f"k{round(c * 100)}"
+            row[f"{name}_median"] = _q(needed, 0.5)
+            row[f"{name}_p95"] = _q(needed, 0.95)
+            row[f"{name}_covered"] = float(np.mean(needed <= m.top_k))  # share of positions the stored head covers
+        per_t.append(row)
+    return {
+        "store": str(reader.root),
+        "format_version": m.format_version, "backend": m.backend, "codec": m.codec, "selection": m.selection,
+        "samples": m.num_samples, "positions": m.num_positions, "shards": len(m.shards), "top_k": m.top_k,
+        "vocab_size": m.vocab_size, "temperatures": m.temperatures,
+        "bytes": m.num_bytes, "bytes_per_entry": m.num_bytes / entries if entries else None,
+        "teacher": {k: m.teacher.get(k) for k in ("spec", "name", "params", "weights_sha256") if k in m.teacher},
+        "dataset": {k: m.dataset.get(k) for k in ("spec", "num_samples", "ids_sha256", "inputs_sha256") if k in m.dataset},
+        "tokenizer": m.tokenizer,
+        "sampled_positions": stats.positions, "shards_read": stats.shards_read,
+        "reference_temperature": stats.reference_temperature,
+        "entropy": {"mean": float(stats.entropy.mean()), "median": _q(stats.entropy, 0.5), "p5": _q(stats.entropy, 0.05), "p95": _q(stats.entropy, 0.95)},
+        "top1_confidence": {"mean": float(stats.top1_confidence.mean()), "median": _q(stats.top1_confidence, 0.5),
+                            "p5": _q(stats.top1_confidence, 0.05), "p95": _q(stats.top1_confidence, 0.95)},
+        "per_temperature": per_t,
+        "recommendation": recommendation(stats),
+    }
+
+
+def plot(stats: StoreStats, out: Path, title: str) -> list[Path]:
+    """tail_mass.png, k_coverage.png and confidence.png in `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    floor = 1e-9
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    bins = np.logspace(np.log10(floor), 0, 46)
+    for s in stats.per_temperature:
+        ax.hist(np.clip(s.tail_mass, floor, 1.0), bins=bins, histtype="step", linewidth=1.6, label=f"T={s.temperature:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"tail mass outside the stored top-{stats.top_k} (clipped at {floor:g})")
+    ax.set_ylabel("positions")
+    ax.set_title(f"{title}: tail mass per position")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out / "tail_mass.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    ks = np.arange(1, stats.top_k + 1)
+    for n, s in enumerate(stats.per_temperature):  # one colour per T; dashed 90%, solid 99%
+        for c, style in zip(COVER, ("--", "-")):
+            needed = np.sort(s.k_needed[c])
+            share = np.searchsorted(needed, ks, side="right") / len(needed)
+            ax.plot(ks, share, style, color=f"C{n}", label=f"T={s.temperature:g}, {c:.0%} of mass")
+    ax.set_xlabel("k (classes kept per position)")
+    ax.set_ylabel("share of positions covered")
+    ax.set_ylim(0, 1.02)
+    if stats.top_k > 16:
+        ax.set_xscale("log")
+    else:
+        ax.set_xticks(ks)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{title}: the k needed to cover 90% / 99% of the mass")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "k_coverage.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    a1.hist(stats.entropy, bins=40)
+    a1.set_xlabel(f"entropy at T={stats.reference_temperature:g} (nats, head + tail bucket)")
+    a1.set_ylabel("positions")
+    a2.hist(stats.top1_confidence, bins=40, range=(0, 1))
+    a2.set_xlabel(f"top-1 probability at T={stats.reference_temperature:g}")
+    fig.suptitle(f"{title}: teacher entropy and confidence")
+    fig.tight_layout()
+    paths.append(out / "confidence.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def write_report(reader: StoreReader, out: Path, max_positions: int = 200_000) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    stats = collect(reader, max_positions)
+    report = summary(reader, stats)
+    report["plots"] = [str(p) for p in plot(stats, out, Path(report["store"]).name or "store")]
+    (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
