@@ -130,6 +130,8 @@ class Codec:
             out["topk_code"] = values
         if data.has_samples:
             out.update(sample_index=data.sample_index, sample_count=data.sample_count)
+        if data.view_seed is not None:
+            out["view_seed"] = data.view_seed
         return {"sample_id": data.sample_id, "position_offsets": data.position_offsets, **out}
 
     def decode(self, arrays: dict[str, np.ndarray]) -> ShardData:
@@ -175,6 +177,7 @@ class Codec:
             sample_id=arrays["sample_id"], position_offsets=arrays["position_offsets"],
             topk_index=index, topk_logit=np.ascontiguousarray(logit, dtype=np.float32), logsumexp=lse,
             sample_index=arrays.get("sample_index"), sample_count=arrays.get("sample_count"), rest_mass=rest,
+            view_seed=arrays.get("view_seed"),
             ordered=self.index == "plain",
         )
 

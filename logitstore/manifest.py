@@ -13,7 +13,7 @@ from typing import Any
 from logitstore.errors import ManifestError, StoreNotFoundError
 
 FORMAT_NAME = "logitstore"
-FORMAT_VERSION = 3  # the newest this code reads and writes; stores are written with the lowest version that holds them
+FORMAT_VERSION = 4  # the newest this code reads and writes; stores are written with the lowest version that holds them
 SELECTIONS = ("topk", "sample", "hybrid")
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"  # the only extra file a store may hold at its root
@@ -66,6 +66,8 @@ class Manifest:
     content_sha256: str = ""
     # how the top-k arrays are encoded (logitstore/codec.py); the default is version 1's layout
     codec: dict[str, Any] = field(default_factory=lambda: {"index": "plain", "values": "float32"})
+    # None, or {"count": V, "augment": spec, "seed": s}: V augmented views per sample (version 4)
+    views: dict[str, Any] | None = None
     format: str = FORMAT_NAME
     format_version: int = 1
 
@@ -74,8 +76,15 @@ class Manifest:
         """Sampled entries per position (0 for a top-k store)."""
         return int(self.selection.get("draws", 0))
 
+    @property
+    def num_views(self) -> int:
+        """Augmented views per sample (0: the inputs as they are, one position per input)."""
+        return int(self.views["count"]) if self.views else 0
+
     @staticmethod
-    def version_for(selection: dict[str, Any], codec: dict[str, Any] | None = None) -> int:
+    def version_for(selection: dict[str, Any], codec: dict[str, Any] | None = None, views: dict[str, Any] | None = None) -> int:
+        if views:
+            return 4
         if codec and (codec.get("index", "plain"), codec.get("values", "float32")) != ("plain", "float32"):
             return 3
         return 1 if selection.get("kind", "topk") == "topk" else 2
@@ -99,7 +108,10 @@ class Manifest:
         raise ValueError(temperature)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+        fields = asdict(self)
+        if fields["views"] is None:
+            del fields["views"]  # absent, as in versions 1 to 3
+        return json.dumps(fields, indent=2, sort_keys=False) + "\n"
 
 
 def _require(obj: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -205,6 +217,12 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
         raise ManifestError(f"manifest codec {codec!r} is unknown or invalid: upgrade logitstore, or the store is damaged")
     if Manifest.version_for(selection, codec) == 3 and version < 3:
         raise ManifestError(f"manifest of format version {version} declares codec {codec!r}: the store is damaged")
+    views = raw.get("views")
+    if views is not None:
+        count, seed = (views.get("count"), views.get("seed")) if isinstance(views, dict) else (None, None)
+        if not (isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= 65535 and isinstance(views.get("augment"), str)
+                and views["augment"] and isinstance(seed, int) and not isinstance(seed, bool)) or version < 4:
+            raise ManifestError(f"manifest views {views!r} must be {{count: 1..65535, augment: name, seed: int}} in format version 4: the store is damaged")
     manifest = Manifest(
         backend=backend,
         top_k=top_k,
@@ -224,6 +242,7 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
         tokenizer=tokenizer,
         content_sha256=raw.get("content_sha256") if isinstance(raw.get("content_sha256"), str) else "",
         codec=codec,
+        views=views,
         format_version=version,
     )
     if sum(s.num_samples for s in shards) != manifest.num_samples or sum(s.num_positions for s in shards) != manifest.num_positions:

@@ -76,7 +76,7 @@ class StoreReader:
         m = self.manifest
         try:
             data.validate(top_k=m.top_k, num_temperatures=len(m.temperatures), index_dtype=m.index_dtype,
-                          vocab_size=m.vocab_size, draws=m.draws)
+                          vocab_size=m.vocab_size, draws=m.draws, views=m.num_views)
         except StoreError as exc:
             raise ShardCorruptError(f"shard {info.name} of store {self.root} breaks the format: {exc}") from None
         if (data.num_samples, data.num_positions) != (info.num_samples, info.num_positions) or (
@@ -156,6 +156,7 @@ def _concat_in_order(parts: list[ShardData], order: list[np.ndarray], n: int) ->
         sample_index=np.concatenate([i for i, _ in padded]) if parts[0].has_samples else None,
         sample_count=np.concatenate([c for _, c in padded]) if parts[0].has_samples else None,
         rest_mass=np.concatenate([p.rest_mass for p in parts]) if parts[0].rest_mass is not None else None,
+        view_seed=np.concatenate([p.view_seed for p in parts]) if parts[0].view_seed is not None else None,
         ordered=parts[0].ordered,
     )
     inv = np.argsort(np.concatenate(order), kind="stable")

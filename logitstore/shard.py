@@ -39,6 +39,8 @@ class ShardData:
     and, for the `sample` and `hybrid` selections only (m = draws per position):
       sample_index     uint16|uint32 [P, w]  distinct drawn class ids, by descending count
       sample_count     uint16 [P, w]         how often each was drawn (0 = padding)
+    and, for stores of augmented views (V views per sample, position v of a sample is view v):
+      view_seed        int64 [P]             the seed the teacher's input of that view was augmented with
     where w <= min(m, vocabulary) is the most distinct ids drawn at any position of the shard.
     """
 
@@ -50,6 +52,7 @@ class ShardData:
     sample_index: np.ndarray | None = None
     sample_count: np.ndarray | None = None
     rest_mass: np.ndarray | None = None
+    view_seed: np.ndarray | None = None
     ordered: bool = True
 
     @property
@@ -71,8 +74,10 @@ class ShardData:
     def positions_of(self, row: int) -> slice:
         return slice(int(self.position_offsets[row]), int(self.position_offsets[row + 1]))
 
-    def validate(self, *, top_k: int, num_temperatures: int, index_dtype: str, vocab_size: int, draws: int = 0) -> None:
-        """Raise ShardDataError if this shard breaks the format's rules (draws = 0: no sample arrays)."""
+    def validate(self, *, top_k: int, num_temperatures: int, index_dtype: str, vocab_size: int, draws: int = 0,
+                 views: int = 0) -> None:
+        """Raise ShardDataError if this shard breaks the format's rules (draws = 0: no sample arrays;
+        views = 0: no view seeds)."""
         problems = []
         s = self.sample_id
         if s.dtype != np.int64 or s.ndim != 1 or s.shape[0] == 0:
@@ -122,12 +127,21 @@ class ShardData:
                 problems.append(f"sample_index must be {index_dtype} and sample_count uint16, both [{p}, w] with 1 <= w <= {min(draws, vocab_size)}")
             elif p and (int(si.max()) >= vocab_size or np.any(sc.astype(np.int64).sum(axis=1) != draws)):
                 problems.append(f"sample arrays must hold class ids < {vocab_size} whose counts sum to {draws} per position")
+        if views == 0 and self.view_seed is not None:
+            problems.append("view_seed is present but the store holds no views")
+        elif views:
+            v = self.view_seed
+            if v is None or v.dtype != np.int64 or v.shape != (p,):
+                problems.append(f"view_seed must be int64 [{p}] ({views} views per sample)")
+            if o.shape == (s.shape[0] + 1,) and np.any(np.diff(o) != views):
+                problems.append(f"every sample must hold exactly {views} positions (one per view)")
         if problems:
             raise ShardDataError("; ".join(problems))
 
     def equals(self, other: "ShardData") -> bool:
         """Exact equality of content (dtypes included)."""
-        return self.has_samples == other.has_samples and (self.rest_mass is None) == (other.rest_mass is None) and all(
+        return self.has_samples == other.has_samples and (self.rest_mass is None) == (other.rest_mass is None) and \
+            (self.view_seed is None) == (other.view_seed is None) and all(
             a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
             for a, b in zip(self.arrays(), other.arrays())
         )
@@ -135,7 +149,7 @@ class ShardData:
     def arrays(self) -> tuple[np.ndarray, ...]:
         base = (self.sample_id, self.position_offsets, self.topk_index, self.topk_logit, self.logsumexp)
         return base + ((self.sample_index, self.sample_count) if self.has_samples else ()) + (
-            (self.rest_mass,) if self.rest_mass is not None else ())
+            (self.rest_mass,) if self.rest_mass is not None else ()) + ((self.view_seed,) if self.view_seed is not None else ())
 
     def select(self, rows: np.ndarray) -> "ShardData":
         """The samples at `rows` (indices into this shard), in that order, positions kept together."""
@@ -157,6 +171,7 @@ class ShardData:
             sample_index=self.sample_index[pos] if self.has_samples else None,
             sample_count=self.sample_count[pos] if self.has_samples else None,
             rest_mass=self.rest_mass[pos] if self.rest_mass is not None else None,
+            view_seed=self.view_seed[pos] if self.view_seed is not None else None,
             ordered=self.ordered,
         )
 

@@ -113,7 +113,7 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def completed_shards(root: str | os.PathLike, backend_name: str, plan: ShardPlan, *, top_k: int, num_temperatures: int,
-                     index_dtype: str, vocab_size: int, draws: int = 0, codec: Codec = Codec()) -> dict[int, ShardInfo]:
+                     index_dtype: str, vocab_size: int, draws: int = 0, codec: Codec = Codec(), views: int = 0) -> dict[int, ShardInfo]:
     """Shards of an unfinished dump that are in place and sound (decode, validate, ids as planned).
     A shard that fails is deleted, so it is written again."""
     root = Path(root)
@@ -126,7 +126,7 @@ def completed_shards(root: str | os.PathLike, backend_name: str, plan: ShardPlan
             continue
         try:
             data = codec.decode(backend.read(str(path)))
-            data.validate(top_k=top_k, num_temperatures=num_temperatures, index_dtype=index_dtype, vocab_size=vocab_size, draws=draws)
+            data.validate(top_k=top_k, num_temperatures=num_temperatures, index_dtype=index_dtype, vocab_size=vocab_size, draws=draws, views=views)
             if (data.num_samples, int(data.sample_id[0]), int(data.sample_id[-1])) != (int(plan.counts[j]), int(plan.first_ids[j]), int(plan.last_ids[j])):
                 raise ShardDataError("ids differ from the plan")
             sha, nbytes = shard_checksum(path)
@@ -140,13 +140,13 @@ def completed_shards(root: str | os.PathLike, backend_name: str, plan: ShardPlan
 
 def write_shard(root: str | os.PathLike, backend_name: str, index: int, data: ShardData, *,
                 top_k: int, num_temperatures: int, index_dtype: str, vocab_size: int, draws: int = 0,
-                codec: Codec = Codec()) -> ShardInfo:
+                codec: Codec = Codec(), views: int = 0) -> ShardInfo:
     """Validate `data` (top-k by descending logit), encode it with `codec`, write it under a
     temporary name, then rename it into place.
 
     The caller owns shard `index` exclusively (one task per shard).
     """
-    data.validate(top_k=top_k, num_temperatures=num_temperatures, index_dtype=index_dtype, vocab_size=vocab_size, draws=draws)
+    data.validate(top_k=top_k, num_temperatures=num_temperatures, index_dtype=index_dtype, vocab_size=vocab_size, draws=draws, views=views)
     root = Path(root)
     name = shard_name(index, backend_name)
     final = root / name

@@ -12,6 +12,7 @@ from logitstore.errors import StoreError
 from logitstore.lock import LOCK_NAME
 from logitstore.manifest import MANIFEST_NAME, read_manifest
 from logitstore.writer import is_store_dir
+from trainer.augment import check_augment_spec
 from trainer.data import BUILTIN_TEXT, LM_SEQ_LEN, check_dataset_spec
 from trainer.lm.tokenization import check_tokenizer_spec
 from trainer.losses import LOSS_KINDS
@@ -35,7 +36,7 @@ def _check_out_dir(path: str, flag: str) -> list[str]:
 # The dump arguments that decide a store's bytes (not workers, batch size or precision on CPU):
 # a rerun with the same ones resumes an unfinished dump, or finds a finished one complete.
 CONTENT_FIELDS = ("teacher", "dataset", "top_k", "temperatures", "format", "selection", "draws", "sample_temperature",
-                  "seed", "shard_size", "tokenizer", "seq_len", "index_codec", "value_codec", "value_bits")
+                  "seed", "shard_size", "tokenizer", "seq_len", "index_codec", "value_codec", "value_bits", "views", "augment")
 
 
 @dataclass
@@ -54,7 +55,9 @@ class DumpConfig:
     selection: str = _help("what is stored per position: topk (the exact top-k), sample (also --draws tokens drawn from the teacher at --sample-temperature, as ids with counts: unbiased KD), hybrid (exact top-k head plus --draws tokens drawn from the renormalised tail)", default="topk")
     draws: int = _help("tokens drawn per position for --selection sample or hybrid", default=12)
     sample_temperature: float = _help("temperature the draws are made at (must be among --temperatures; students train at it)", default=1.0)
-    seed: int = _help("seed of the draws (each sample's draws depend only on it and the sample id)", default=0)
+    seed: int = _help("seed of the draws and of the augmented views (each sample's depend only on it and the sample id)", default=0)
+    views: int = _help("augmented views per sample (0 = the inputs as they are): the teacher scores each view, and the store keeps each view's seed so train_student replays the same augmentation for the student, a different view each epoch", default=0)
+    augment: str = _help("the augmentation of --views: built-in digits-shift-rotate (up to 15 degrees, 0.9-1.1 scale, 1 pixel shift), or package.module:function(features, seeds) -> features, deterministic per (row, seed)", default="")
     tokenizer: str = _help("for built-in text datasets: bytes (vocabulary 256), bpe:N (byte-level BPE of vocabulary N trained on the stdlib train split, cached), or a tokenizer.json path such as another store's; saved in the store", default="bytes")
     seq_len: int = _help("tokens per block: built-in text is packed into blocks of this length; token rows of a user dataset may not be longer", default=LM_SEQ_LEN)
     batch_size: int = _help("samples per teacher batch", default=256)
@@ -99,6 +102,14 @@ class DumpConfig:
             problems.append(f"--value-codec must be float32 or logq, got {self.value_codec!r}")
         elif self.value_codec == "logq" and not 1 <= self.value_bits <= 16:
             problems.append(f"--value-bits must be in 1..16, got {self.value_bits}")
+        if not 0 <= self.views <= 65535:
+            problems.append(f"--views must be in 0..65535, got {self.views}")
+        elif self.views and not self.augment:
+            problems.append("--views needs --augment (what makes the views differ): e.g. --augment digits-shift-rotate")
+        elif self.augment and not self.views:
+            problems.append("--augment applies to the stored views: pass --views V as well")
+        if self.augment:
+            problems += check_augment_spec(self.augment, "--augment")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             problems.append(f"--precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         for flag, value in (("--batch-size", self.batch_size), ("--workers", self.workers), ("--shard-size", self.shard_size)):
@@ -213,6 +224,7 @@ class TrainConfig:
     weight_decay: float = _help("AdamW weight decay", default=1e-4)
     temperature: float = _help("KD temperature; must be one the store recorded", default=4.0)
     alpha: float = _help("loss = alpha * KD + (1 - alpha) * CE; 0 = labels only, 1 = KD only", default=0.9)
+    augment: str = _help("augment the student's training inputs: with a store of views (dump_logits --views) its own augmentation is replayed from the stored seeds (a different view each epoch; leave this empty or name the same one); with a plain store, a fresh augmentation each epoch against the un-augmented teacher's targets (inconsistent)", default="")
     loss: str = _help("KD divergence over the stored top-k + rest bucket: kl (forward, Hinton), reverse-kl, or jsd (generalised Jensen-Shannon, see --jsd-beta); sample/hybrid stores support kl only", default="kl")
     jsd_beta: float = _help("beta of --loss jsd: beta * KL(p||m) + (1 - beta) * KL(q||m), m = beta * p + (1 - beta) * q; in (0, 1)", default=0.5)
     variants: str = _help("train several students in this one run from one read of the store (each batch feeds all): a JSON list of objects, each overriding some of " + ", ".join(VARIANT_FIELDS) + "; the students share the data, epochs, batch size and --seed (the same init and data order as a run of each alone)", default="")
@@ -243,11 +255,18 @@ class TrainConfig:
             mine = [f"--variants[{i}]: {p}" for p in replace(self, variants="", **variant)._student_problems(manifest)
                     if p not in problems and not p.endswith(" is required")]
             problems += mine
+        if self.augment:
+            problems += check_augment_spec(self.augment, "--augment")
+            if self.dataset in BUILTIN_TEXT:
+                problems.append(f"--augment applies to inputs of features; {self.dataset} is text: leave --augment out")
+        if manifest is not None and manifest.views and self.augment and self.augment != manifest.views["augment"]:
+            problems.append(f"--augment {self.augment} differs from the augmentation of the store's views ({manifest.views['augment']}): leave --augment out to replay the store's")
         if self.eval_store:
             if not self.eval_dataset:
                 problems.append("--eval-store needs --eval-dataset (the data it was dumped from)")
             try:
-                read_manifest(self.eval_store)
+                if read_manifest(self.eval_store).views:
+                    problems.append(f"--eval-store {self.eval_store} holds augmented views; evaluation is on the inputs as they are: dump the eval data without --views")
             except StoreError as exc:
                 problems.append(f"--eval-store: {exc}")
         if self.dataset:

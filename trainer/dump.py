@@ -23,6 +23,7 @@ from logitstore.manifest import MANIFEST_NAME, read_manifest
 from logitstore.shard import trim_samples
 from logitstore.codec import Codec
 from logitstore.writer import check_destination, completed_shards, start_or_resume, write_tokenizer
+from trainer.augment import derive_seeds, resolve_augment
 from trainer.config import CONTENT_FIELDS, DumpConfig
 from trainer.data import TextOptions, fingerprint_dataset, is_text_dataset, load_dataset, text_corpus_identity
 from trainer.errors import ConfigError, DataError
@@ -68,18 +69,20 @@ class TeacherScorer:
     """One teacher replica (a Ray Data actor). Weights come from the driver, so every replica is identical."""
 
     def __init__(self, spec: str, state_ref: list, top_k: int, temperatures: list[float], precision: str,
-                 index_dtype: str, threads: int, selection: dict):
+                 index_dtype: str, threads: int, selection: dict, views: dict | None = None):
         # An error raised here would reach the driver as a bare ActorDiedError; keep it and raise it
         # from __call__, where Ray keeps the original exception.
         self.init_error: Exception | None = None
         try:
-            self._setup(spec, state_ref, top_k, temperatures, precision, index_dtype, threads, selection)
+            self._setup(spec, state_ref, top_k, temperatures, precision, index_dtype, threads, selection, views)
         except Exception as exc:
             self.init_error = exc
 
-    def _setup(self, spec, state_ref, top_k, temperatures, precision, index_dtype, threads, selection) -> None:
+    def _setup(self, spec, state_ref, top_k, temperatures, precision, index_dtype, threads, selection, views) -> None:
         torch.set_num_threads(threads)
         self.selection = selection
+        self.views = views
+        self.augment = resolve_augment(views["augment"]) if views else None
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = _precision(precision, self.device)
         model = build_model(spec, "--teacher", pretrained=False)
@@ -94,7 +97,14 @@ class TeacherScorer:
         """One batch through the teacher -> the top-k, log-normalisers (and draws) of its positions,
         flat in sample order, with `positions` per sample (1 for a classifier, `length` for text)."""
         sequence = "input_ids" in batch
-        x = model_input(batch).to(self.device, non_blocking=True)
+        x = model_input(batch)
+        view_seed = None
+        if self.views:
+            # V augmented copies of each input, in sample order: position v of a sample is view v.
+            count = int(self.views["count"])
+            view_seed = derive_seeds(int(self.views["seed"]), np.repeat(batch["id"], count), np.tile(np.arange(count), len(batch["id"])))
+            x = self.augment(x.repeat_interleave(count, dim=0), torch.from_numpy(view_seed))
+        x = x.to(self.device, non_blocking=True)
         if not sequence:
             x = x.to(self.dtype)
         with torch.inference_mode():
@@ -121,7 +131,7 @@ class TeacherScorer:
                     per_position[valid] = ~finite
                     bad = batch["id"][per_position.any(dim=1).cpu().numpy()]
                 else:
-                    bad = batch["id"][(~finite).cpu().numpy()]
+                    bad = np.repeat(batch["id"], len(finite) // len(batch["id"]))[(~finite).cpu().numpy()]
                 raise DataError(f"the teacher produced NaN or inf logits for sample ids {bad[:5].tolist()}: check the teacher and those inputs")
             if draws:
                 lengths = np.asarray(batch["length"]) if sequence else np.ones(len(batch["id"]), dtype=np.int64)
@@ -131,7 +141,11 @@ class TeacherScorer:
         if self.selection["kind"] != "topk":
             out["sample_index"] = draw_index.cpu().numpy().astype(self.index_dtype)
             out["sample_count"] = draw_count.cpu().numpy().astype(np.uint16)
+        if view_seed is not None:
+            out["view_seed"] = view_seed
         positions = np.asarray(batch["length"], dtype=np.int64) if sequence else np.ones(len(batch["id"]), dtype=np.int64)
+        if self.views:
+            positions *= int(self.views["count"])
         return {"id": batch["id"], "shard": batch["shard"], "positions": positions, **out}
 
     def _draw(self, z: torch.Tensor, head: torch.Tensor, ids: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +187,7 @@ class ShardDumper(TeacherScorer):
 
 
 def _write_group(rows: dict[str, np.ndarray], *, root: str, backend: str, top_k: int, num_temperatures: int,
-                 index_dtype: str, vocab_size: int, expected_counts: np.ndarray, draws: int, codec) -> dict[str, np.ndarray]:
+                 index_dtype: str, vocab_size: int, expected_counts: np.ndarray, draws: int, codec, views: int) -> dict[str, np.ndarray]:
     """Write one whole shard (every sample of it, in id order, its positions flat) -> its ShardInfo."""
     shard = int(rows["shard"][0])
     if shard < 0 or len(rows["id"]) != int(expected_counts[shard]):
@@ -191,9 +205,10 @@ def _write_group(rows: dict[str, np.ndarray], *, root: str, backend: str, top_k:
         logsumexp=rows["logsumexp"].astype(np.float32, copy=False),
         sample_index=sample_index if sampled else None,
         sample_count=sample_count if sampled else None,
+        view_seed=rows.get("view_seed"),
     )
     info = write_shard(root, backend, shard, data, top_k=top_k, num_temperatures=num_temperatures,
-                       index_dtype=index_dtype, vocab_size=vocab_size, draws=draws, codec=codec)
+                       index_dtype=index_dtype, vocab_size=vocab_size, draws=draws, codec=codec, views=views)
     return {key: np.array([value]) for key, value in info.__dict__.items()}
 
 
@@ -254,8 +269,11 @@ def _dump(cfg: DumpConfig) -> DumpSummary:
     teacher_info = {"spec": cfg.teacher, "weights_sha256": weights_sha256(teacher),
                     "num_parameters": sum(p.numel() for p in teacher.parameters()), "dtype": dtype}
     codec = Codec.make(cfg.index_codec, cfg.value_codec, cfg.value_bits, cfg.temperatures)
+    views = {"count": cfg.views, "augment": cfg.augment, "seed": cfg.seed} if cfg.views else None
+    if views and text:
+        raise ConfigError([f"--views applies to datasets of one input per sample; {cfg.dataset} is text: dump it without --views"])
     identity = {
-        "format_version": Manifest.version_for(selection, codec.to_json()), "config": {k: getattr(cfg, k) for k in CONTENT_FIELDS},
+        "format_version": Manifest.version_for(selection, codec.to_json(), views), "config": {k: getattr(cfg, k) for k in CONTENT_FIELDS},
         "teacher": teacher_info, "dataset": fingerprint.to_manifest(), "vocab_size": vocab,
         "tokenizer_sha256": sha256_text(tokenizer.to_json()) if tokenizer and tokenizer.to_json() else None,
     }
@@ -274,7 +292,7 @@ def _dump(cfg: DumpConfig) -> DumpSummary:
         if tokenizer.to_json() is not None:
             tokenizer_entry.update(write_tokenizer(root, tokenizer.to_json()))
     layout = dict(top_k=cfg.top_k, num_temperatures=len(cfg.temperatures), index_dtype=index_dtype, vocab_size=vocab,
-                  draws=selection.get("draws", 0), codec=codec)
+                  draws=selection.get("draws", 0), codec=codec, views=cfg.views)
     done = completed_shards(root, cfg.format, plan, **layout) if resumed else {}
     if resumed:
         print(f"resuming the unfinished dump in {root}: {len(done)} of {plan.num_shards} shards are complete", file=sys.stderr)
@@ -303,7 +321,8 @@ def _dump(cfg: DumpConfig) -> DumpSummary:
         tokenizer=tokenizer_entry,
         content_sha256=content_sha256,
         codec=codec.to_json(),
-        format_version=Manifest.version_for(selection, codec.to_json()),
+        views=views,
+        format_version=Manifest.version_for(selection, codec.to_json(), views),
     )
     commit_store(root, manifest)
     return DumpSummary(manifest=manifest, seconds=time.perf_counter() - start, resumed_shards=len(done))
@@ -335,6 +354,7 @@ def _score_and_write(cfg: DumpConfig, teacher: torch.nn.Module, ds: ray.data.Dat
         fn_constructor_kwargs=dict(
             spec=cfg.teacher, state_ref=state_ref, top_k=cfg.top_k, temperatures=list(cfg.temperatures),
             precision=cfg.precision, index_dtype=layout["index_dtype"], threads=threads, selection=selection,
+            views={"count": cfg.views, "augment": cfg.augment, "seed": cfg.seed} if cfg.views else None,
             batch_size=cfg.batch_size,
             write=dict(root=str(cfg.out), backend=cfg.format, expected_counts=plan.counts, **layout)),
         runtime_env=worker_runtime_env(),  # user modules from the working directory, even in a long-lived session

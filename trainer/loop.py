@@ -14,12 +14,15 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from trainer.augment import derive_seeds, resolve_augment
 from trainer.losses import distillation_loss, topk_kd_loss
 from trainer.models import build_model
 
 CHECKPOINT_FILE = "model.pt"  # the student's weights (state_dict)
 STATE_FILE = "train_state.pt"  # optimiser and schedule state, epoch and step: what a restart needs
 HISTORY_FILE = "history.json"
+# What a store of views carries per view: [B, V, ...] in the batch, one view picked per sample.
+VIEW_KEYS = ("topk_index", "topk_logit", "logsumexp_t", "rest_t", "teacher_top1", "view_seed")
 
 
 def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -132,6 +135,23 @@ def _report(models, optimizers, schedules, history: list[dict], metrics: dict, *
         ray.train.report(metrics, checkpoint=attached)
 
 
+def stored_view(batch: dict[str, torch.Tensor], epoch: int, augment, views: int) -> dict[str, torch.Tensor]:
+    """A store of augmented views: each sample trains on view (epoch + id) mod V this epoch (each
+    view once per V epochs), with that view's targets and its input augmented by that view's
+    stored seed, exactly as the teacher saw it."""
+    rows = torch.arange(batch["id"].shape[0])
+    view = (batch["id"] + epoch) % views
+    picked = {k: v[rows, view] for k, v in batch.items() if k in VIEW_KEYS}
+    return {**batch, **picked, "features": augment(batch["features"], picked["view_seed"])}
+
+
+def fresh_augmentation(batch: dict[str, torch.Tensor], epoch: int, augment, seed: int) -> dict[str, torch.Tensor]:
+    """Train-time augmentation without stored views: a new one per sample and epoch; the targets
+    stay those of the un-augmented input (the inconsistent teaching that views avoid)."""
+    seeds = torch.from_numpy(derive_seeds(seed, batch["id"].numpy(), epoch + 1))
+    return {**batch, "features": augment(batch["features"], seeds)}
+
+
 def _targets(p: dict[str, torch.Tensor], column: int) -> dict[str, torch.Tensor]:
     """The stored arrays of these positions at one student's temperature (the join carries one
     logsumexp_t / rest_t column per temperature the run's students train at)."""
@@ -164,6 +184,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     train_data = ray.train.get_dataset_shard("train")
     eval_data = ray.train.get_dataset_shard("eval") if cfg["has_eval"] else None
     every_steps = cfg["checkpoint_every_steps"]
+    augment = resolve_augment(cfg["augment"]) if cfg["augment"] else None
 
     for epoch in range(start_epoch, cfg["epochs"]):
         for model in models:
@@ -182,6 +203,10 @@ def train_loop_per_worker(cfg: dict) -> None:
         for step, batch in enumerate(batches, start=1):
             if step <= skip:
                 continue
+            if cfg["views"]:
+                batch = stored_view(batch, epoch, augment, cfg["views"])
+            elif augment is not None:
+                batch = fresh_augmentation(batch, epoch, augment, cfg["seed"])
             for i, (s, model, optimizer) in enumerate(zip(students, models, optimizers)):  # each batch feeds every student
                 p = positions(batch, model(model_inputs(batch)))
                 loss, kd, ce = distillation_loss(

@@ -60,17 +60,22 @@ def _join_group(batch: dict[str, np.ndarray], store: str, temperature_index: int
     if "input_ids" in batch:
         out.update(_sequence_targets(data, rows, out["length"], out["input_ids"].shape[1], temperature_index, width))
         return out
-    if not np.all(np.diff(data.position_offsets) == 1):
+    views = reader.manifest.num_views
+    if not views and not np.all(np.diff(data.position_offsets) == 1):
         raise DataError("this store holds several positions per sample, but the dataset has one input per sample: pass the sequence dataset it was dumped from")
-    topk_index = data.topk_index[rows].astype(np.int64)
+    # Positions of each row: [n] for one per sample, [n, V] for a store of V views per sample.
+    at = data.position_offsets[rows][:, None] + np.arange(views) if views else data.position_offsets[rows]
+    topk_index = data.topk_index[at].astype(np.int64)
     out.update({
         "topk_index": topk_index,
-        "topk_logit": data.topk_logit[rows],
-        "logsumexp_t": data.logsumexp[rows][:, temperature_index],
-        "teacher_top1": topk_index[:, 0],
+        "topk_logit": data.topk_logit[at],
+        "logsumexp_t": data.logsumexp[at][..., temperature_index],
+        "teacher_top1": topk_index[..., 0],
     })
     if data.rest_mass is not None:
-        out["rest_t"] = data.rest_mass[rows][:, temperature_index]
+        out["rest_t"] = data.rest_mass[at][..., temperature_index]
+    if views:
+        out["view_seed"] = data.view_seed[at]
     if data.has_samples:
         index, count = pad_samples(data.sample_index[rows], data.sample_count[rows], width)
         out.update({"sample_index": index.astype(np.int64), "sample_count": count.astype(np.int64)})
@@ -118,7 +123,8 @@ def join_with_store(ds: ray.data.Dataset, store: str, temperature: float | Seque
     logsumexp_t float32 (the column for `temperature`, or [m] columns for a list of m
     temperatures), teacher_top1 int64, and rest_t float32 (the stored tail mass, shaped as
     logsumexp_t, for stores with quantized logits) — each with a leading [seq_len] axis for
-    sequence datasets (zero-padded after `length`; teacher_top1 -1 there).
+    sequence datasets (zero-padded after `length`; teacher_top1 -1 there), or a leading [V] axis
+    for a store of V augmented views per sample, with view_seed int64 [V].
     """
     manifest = read_manifest(store)
     plan = plan_from_manifest(manifest)

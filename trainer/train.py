@@ -142,8 +142,13 @@ def run_training(cfg: TrainConfig, *, inputs_checked: bool = False) -> dict:
     train_ds = load_dataset(cfg.dataset, "--dataset", text)
     temperatures = sorted({s.temperature for s in students})
     shuffle_seed = RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True)
+    reads_store = any(s.alpha > 0 for s in students)
     datasets = {"train": join_with_store(train_ds, cfg.store, temperatures, shuffle=True, seed=cfg.seed)
-                if any(s.alpha > 0 for s in students) else train_ds.random_shuffle(seed=shuffle_seed)}
+                if reads_store else train_ds.random_shuffle(seed=shuffle_seed)}
+    # A store of views replays its own augmentation from the stored seeds; --augment alone (or a
+    # store of views read for labels only) augments afresh every epoch.
+    views = manifest.num_views if reads_store else 0
+    augment = cfg.augment or (manifest.views["augment"] if manifest.views else "")
     eval_temperature = 1.0
     if cfg.eval_dataset:
         eval_ds, eval_manifest = _eval_data(cfg, manifest, text)
@@ -169,7 +174,7 @@ def run_training(cfg: TrainConfig, *, inputs_checked: bool = False) -> dict:
         train_loop_config={
             "students": [{**{k: getattr(s, k) for k in VARIANT_FIELDS}, "temperature_column": temperatures.index(s.temperature)}
                          for s in students],
-            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed, "selection": manifest.selection["kind"], "eval_temperature": eval_temperature, "eval_batch_size": 256, "eval_every": cfg.eval_every, "checkpoint_every": cfg.checkpoint_every, "checkpoint_every_steps": cfg.checkpoint_every_steps, "has_eval": "eval" in datasets, "threads": max(1, int(cpus)),
+            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed, "views": views, "augment": augment, "selection": manifest.selection["kind"], "eval_temperature": eval_temperature, "eval_batch_size": 256, "eval_every": cfg.eval_every, "checkpoint_every": cfg.checkpoint_every, "checkpoint_every_steps": cfg.checkpoint_every_steps, "has_eval": "eval" in datasets, "threads": max(1, int(cpus)),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
