@@ -18,7 +18,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench.common import markdown_table, write_json
+from bench.common import digits_stores, markdown_table, write_json
 from trainer.config import DumpConfig, TrainConfig
 from trainer.dump import run_dump
 from trainer.train import run_training
@@ -41,10 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="augment-consistency-"))
-    stores = {name: str(work / f"store-{name}") for name in ("plain", "views", "eval")}
-    run_dump(DumpConfig(teacher="digits-cnn", dataset="digits", out=stores["plain"], overwrite=True))
+    stores = digits_stores(work)
+    stores["plain"] = stores.pop("train")
+    stores["views"] = str(work / "store-views")
     run_dump(DumpConfig(teacher="digits-cnn", dataset="digits", out=stores["views"], views=args.views, augment=AUGMENT, overwrite=True))
-    run_dump(DumpConfig(teacher="digits-cnn", dataset="digits-eval", out=stores["eval"], overwrite=True))
 
     methods = [("no augmentation", stores["plain"], ""), ("inconsistent (augmented student, un-augmented targets)", stores["plain"], AUGMENT),
                (f"consistent views (V={args.views}, seeds replayed)", stores["views"], "")]

@@ -46,6 +46,18 @@ def quick_teacher(name: str, cache: Path, enabled: bool = True):
             os.environ["LOGITSTORE_CACHE"] = saved
 
 
+def digits_stores(work: Path, **dump_args) -> dict[str, str]:
+    """The teacher's one pass over digits: {"train": store, "eval": store} in `work`."""
+    from trainer.config import DumpConfig
+    from trainer.dump import run_dump
+
+    stores = {}
+    for name, dataset in (("train", "digits"), ("eval", "digits-eval")):
+        stores[name] = str(work / f"store-{name}")
+        run_dump(DumpConfig(teacher="digits-cnn", dataset=dataset, out=stores[name], overwrite=True, **dump_args))
+    return stores
+
+
 def write_json(path: str, figures: dict) -> None:
     """Figures (with the machine) to `path`; an existing file's other keys are kept, so the three
     benches can write one file."""

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import digits_stores
 from logitstore import StoreReader
 from trainer import digits
-from trainer.config import DumpConfig, TrainConfig
-from trainer.dump import run_dump
+from trainer.config import TrainConfig
 from trainer.train import run_training
 
 
@@ -47,11 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="digits-accuracy-"))
-    stores = {}
-    for name, dataset in (("train", "digits"), ("eval", "digits-eval")):
-        stores[name] = str(work / f"store-{name}")
-        run_dump(DumpConfig(teacher="digits-cnn", dataset=dataset, out=stores[name], top_k=args.top_k,
-                            format=args.format, overwrite=True))
+    stores = digits_stores(work, top_k=args.top_k, format=args.format)
     results: dict[str, dict[str, list[float]]] = {}
     for setting, dataset in (("full labels", "digits"), ("few labels (~10%)", "digits-fewlabels")):
         for method, alpha in ((f"distilled (k={args.top_k}, T={args.temperature:g}, alpha={args.alpha:g})", args.alpha), ("labels only (alpha=0)", 0.0)):

@@ -16,9 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import markdown_table, write_json
-from trainer.config import DumpConfig, TrainConfig
-from trainer.dump import run_dump
+from bench.common import digits_stores, markdown_table, write_json
+from trainer.config import TrainConfig
 from trainer.train import run_training
 
 # (temperature, alpha, loss) of up to 8 students: the settings a small sweep would try.
@@ -37,10 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="multi-student-"))
-    stores = {}
-    for name, dataset in (("train", "digits"), ("eval", "digits-eval")):
-        stores[name] = str(work / f"store-{name}")
-        run_dump(DumpConfig(teacher="digits-cnn", dataset=dataset, out=stores[name], overwrite=True))
+    stores = digits_stores(work)
     base = dict(store=stores["train"], dataset="digits-fewlabels", eval_dataset="digits-eval", eval_store=stores["eval"],
                 student="digits-mlp", epochs=args.epochs, overwrite=True)
     settings = [dict(temperature=t, alpha=a, loss=loss) for t, a, loss in SETTINGS[:args.students]]

@@ -54,6 +54,11 @@ def _coerce(kind: type, key: str, value: Any, source: str) -> tuple[Any, str | N
     if kind is int:
         return (value, None) if isinstance(value, int) and not isinstance(value, bool) else (None, wrong.format("an integer"))
     if kind is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+            try:
+                return float(value), None
+            except ValueError:
+                return None, wrong.format("a number")
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return (float(value), None) if ok else (None, wrong.format("a number"))
     if kind == tuple[float, ...]:

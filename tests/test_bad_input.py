@@ -261,9 +261,30 @@ def test_cli_process_exits_non_zero_with_one_line(tmp_path):
 def test_help_lists_every_flag():
     out = subprocess.run([sys.executable, "-m", "jobs.dump_logits", "--help"], capture_output=True, text=True, timeout=120).stdout
     for flag in ("--teacher", "--dataset", "--out", "--top-k", "--temperatures", "--format", "--batch-size", "--workers",
-                 "--shard-size", "--overwrite", "--precision", "--selection", "--draws", "--tokenizer", "--seq-len"):
+                 "--shard-size", "--overwrite", "--precision", "--selection", "--draws", "--tokenizer", "--seq-len",
+                 "--views", "--augment", "--config"):
         assert flag in out
     out = subprocess.run([sys.executable, "-m", "jobs.train_student", "--help"], capture_output=True, text=True, timeout=120).stdout
     for flag in ("--store", "--dataset", "--eval-dataset", "--eval-store", "--student", "--epochs", "--batch-size", "--lr",
-                 "--temperature", "--alpha", "--workers", "--seed", "--output", "--checkpoint-every-steps", "--max-failures"):
+                 "--temperature", "--alpha", "--workers", "--seed", "--output", "--checkpoint-every-steps", "--max-failures",
+                 "--loss", "--jsd-beta", "--variants", "--augment", "--config"):
         assert flag in out
+    out = subprocess.run([sys.executable, "-m", "jobs.sweep", "--help"], capture_output=True, text=True, timeout=120).stdout
+    for flag in ("--space", "--num-samples", "--metric", "--mode", "--max-concurrent", "--students-per-run", "--max-retries",
+                 "--search-seed", "--store", "--epochs", "--config"):
+        assert flag in out
+
+
+def test_views_and_augmentation_problems_are_reported_up_front(stores, tmp_path, capsys):
+    from jobs import dump_logits, train_student
+
+    code = dump_logits.main(["--teacher", "digits-cnn", "--dataset", "digits", "--out", str(tmp_path / "a"), "--views", "2"])
+    assert code == 2 and "--views needs --augment" in capsys.readouterr().err
+    code = dump_logits.main(["--teacher", "digits-cnn", "--dataset", "digits", "--out", str(tmp_path / "b"), "--augment", "rot13"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--augment applies to the stored views" in err and "'rot13' is neither a built-in augmentation" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    code = train_student.main(["--store", stores["train"], "--dataset", "stdlib-small", "--student", "digits-mlp",
+                               "--output", str(tmp_path / "r"), "--augment", "digits-shift-rotate", "--loss", "js"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--augment applies to inputs of features" in err and "--loss must be one of kl, reverse-kl, jsd" in err

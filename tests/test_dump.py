@@ -141,3 +141,39 @@ def test_user_module_teacher_and_parquet_dataset_from_the_working_directory(tmp_
     got = reader.lookup(ids)
     np.testing.assert_allclose(got.topk_logit, -np.sort(-z, axis=1)[:, :3], rtol=1e-5, atol=1e-5)
     assert json.loads((tmp_path / "store" / "manifest.json").read_text())["teacher"]["spec"] == "my_models:teacher"
+
+
+def test_a_store_of_views_holds_the_teacher_on_each_augmented_view_and_training_replays_it(dump):
+    """dump --views 3: each sample's view v is the teacher's output on augment(x, seed_v), with
+    seed_v stored; the training join hands the student view (epoch + id) mod 3 of each sample,
+    augmented with that same seed, so the student's input is exactly the one the teacher scored."""
+    from trainer.augment import derive_seeds, digits_shift_rotate
+    from trainer.data import load_dataset
+    from trainer.loop import stored_view
+
+    store = dump(teacher="digits-cnn", dataset="digits-eval", top_k=4, shard_size=100, views=3, augment="digits-shift-rotate", seed=5)
+    m = read_manifest(store)
+    assert m.format_version == 4 and m.views == {"count": 3, "augment": "digits-shift-rotate", "seed": 5}
+    assert m.num_positions == 3 * m.num_samples and StoreReader(store).verify() == []
+    ids, _ = teacher_logits("eval")
+    got = StoreReader(store).lookup(ids)
+    seeds = derive_seeds(5, np.repeat(ids, 3), np.tile(np.arange(3), len(ids)))
+    np.testing.assert_array_equal(got.view_seed, seeds)
+    features = torch.from_numpy(np.repeat(digits.load_split("eval")["features"], 3, axis=0))
+    augmented = digits_shift_rotate(features, torch.from_numpy(seeds))
+    assert (augmented - features).abs().mean() > 0.05  # the views do differ from the image
+    with torch.no_grad():
+        z = build_model("digits-cnn").eval()(augmented).numpy()
+    np.testing.assert_allclose(got.topk_logit, -np.sort(-z, axis=1)[:, :4], rtol=1e-5, atol=1e-5)
+    assert len({tuple(got.topk_logit[i]) for i in range(3)}) == 3  # three different teacher outputs for sample 0
+
+    batch = next(iter(join_with_store(load_dataset("digits-eval"), store, [1.0, 4.0], shuffle=False)
+                      .iter_torch_batches(batch_size=64)))
+    assert batch["topk_logit"].shape == (64, 3, 4) and batch["logsumexp_t"].shape == (64, 3, 2)
+    for epoch in (0, 1, 7):
+        picked = stored_view(batch, epoch, digits_shift_rotate, 3)
+        with torch.no_grad():
+            z = build_model("digits-cnn").eval()(picked["features"])
+        torch.testing.assert_close(picked["topk_logit"], z.topk(4, dim=1).values, rtol=1e-5, atol=1e-5)
+        view = (batch["id"] + epoch) % 3
+        assert torch.equal(picked["view_seed"], batch["view_seed"][torch.arange(64), view])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,11 +11,9 @@ from pathlib import Path
 import pytest
 
 from jobs import dump_logits
-from logitstore import StoreReader, read_manifest
+from logitstore import StoreReader
 from logitstore.lock import StoreLock
 from logitstore.writer import PENDING_NAME
-from trainer.config import DumpConfig
-from trainer.dump import run_dump
 
 from test_bad_input import run, tree_digest
 

@@ -138,68 +138,6 @@ class DumpConfig:
             return [f"a complete store made with other arguments (they differ in: {', '.join(differ)}) already exists at {self.out}: pass --overwrite to replace it, or choose another --out"]
         return []
 
-    def _student_problems(self, manifest) -> list[str]:
-        """The checks of what each student of a run may set for itself (VARIANT_FIELDS)."""
-        problems = []
-        if manifest is not None and math.isfinite(self.temperature):
-            try:
-                manifest.temperature_index(self.temperature)
-            except ValueError:
-                recorded = ", ".join(f"{t:g}" for t in manifest.temperatures)
-                problems.append(f"--temperature {self.temperature:g} was not recorded in the store (recorded: {recorded}): pick one of those, or dump again with it in --temperatures")
-            else:
-                drawn_at = manifest.selection.get("temperature")
-                if manifest.draws and drawn_at != self.temperature:
-                    problems.append(f"--temperature {self.temperature:g} differs from the temperature the store's {manifest.selection['kind']} draws were made at ({drawn_at:g}): train at --temperature {drawn_at:g}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            problems.append(f"--temperature must be positive, got {self.temperature}")
-        if self.student:
-            problems += check_model_spec(self.student, "--student")
-        if not 0.0 <= self.alpha <= 1.0:
-            problems.append(f"--alpha must be in [0, 1], got {self.alpha}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            problems.append(f"--lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            problems.append(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if self.loss not in LOSS_KINDS:
-            problems.append(f"--loss must be one of {', '.join(LOSS_KINDS)}, got {self.loss!r}")
-        elif self.loss != "kl" and manifest is not None and manifest.draws and self.alpha > 0:
-            problems.append(f"--loss {self.loss} needs the teacher's exact top-k, but this store holds {manifest.selection['kind']} draws (an estimate of forward KL): use --loss kl")
-        if self.loss == "jsd" and not 0.0 < self.jsd_beta < 1.0:
-            problems.append(f"--jsd-beta must be in (0, 1), got {self.jsd_beta}")
-        return problems
-
-    def _parse_variants(self) -> tuple[list[dict], list[str]]:
-        if not self.variants:
-            return [], []
-        try:
-            variants = json.loads(self.variants)
-        except json.JSONDecodeError as exc:
-            return [], [f"--variants is not valid JSON ({exc.msg} at character {exc.pos}): pass a list of objects such as '[{{\"lr\": 0.01}}, {{\"lr\": 0.003}}]'"]
-        if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
-            return [], ["--variants must be a non-empty JSON list of objects, one per student"]
-        problems = []
-        hints = {f.name: f.type for f in fields(self)}
-        for i, variant in enumerate(variants):
-            for key in list(variant):
-                name = key.replace("-", "_")
-                if name not in VARIANT_FIELDS:
-                    problems.append(f"--variants[{i}]: {key!r} cannot differ between the students of one run: use one of {', '.join(VARIANT_FIELDS)}")
-                    variant.pop(key)
-                    continue
-                value = variant.pop(key)
-                ok = isinstance(value, str) if hints[name] == "str" else isinstance(value, (int, float)) and not isinstance(value, bool)
-                if not ok:
-                    problems.append(f"--variants[{i}]: {key} must be {'a string' if hints[name] == 'str' else 'a number'}, got {value!r}")
-                    continue
-                variant[name] = float(value) if hints[name] == "float" else value
-        return variants, problems
-
-    def students(self) -> list["TrainConfig"]:
-        """One config per student of this run: this one, or one per --variants entry (validated first)."""
-        variants, _ = self._parse_variants()
-        return [replace(self, variants="", **v) for v in variants] or [self]
-
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -342,6 +280,11 @@ class TrainConfig:
                     variant.pop(key)
                     continue
                 value = variant.pop(key)
+                if hints[name] == "float" and isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+                    try:
+                        value = float(value)
+                    except ValueError:
+                        pass
                 ok = isinstance(value, str) if hints[name] == "str" else isinstance(value, (int, float)) and not isinstance(value, bool)
                 if not ok:
                     problems.append(f"--variants[{i}]: {key} must be {'a string' if hints[name] == 'str' else 'a number'}, got {value!r}")

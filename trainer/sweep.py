@@ -36,6 +36,8 @@ RESULT_KEYS = ("eval_accuracy", "teacher_agreement", "eval_kl_to_teacher", "eval
 class SweepConfig(TrainConfig):
     """Sweep student hyper-parameters over one logit store with Ray Tune; each trial is a Ray Train run, the teacher never runs."""
 
+    output: str = _help("directory of the sweep: results.csv/.md/.json, plot.png, best/, config.json and runs/<run>/ (each run's metrics.json, config.json, checkpoint)", default="")
+    overwrite: bool = _help("replace a finished sweep already in --output", default=False)
     space: str = _help("the search space, a JSON/YAML mapping of " + ", ".join(VARIANT_FIELDS) + " to {grid: [..]}, {choice: [..]}, {uniform: [lo, hi]}, {loguniform: [lo, hi]} or a constant; the other flags are every trial's defaults", default="")
     num_samples: int = _help("draws of the random parameters; each is crossed with every grid value (trials = grid size * num_samples)", default=1)
     metric: str = _help("what picks the best student: " + ", ".join(RESULT_KEYS), default="eval_accuracy")
