@@ -154,7 +154,7 @@ class TrainConfig:
     dataset: str = _help("training data (same forms as dump_logits --dataset); must be the data the store was dumped from", default="")
     eval_dataset: str = _help("held-out data for eval_accuracy (optional)", default="")
     eval_store: str = _help("store dumped over --eval-dataset, for teacher_agreement (optional)", default="")
-    student: str = _help("built-in model (digits-mlp, digits-mlp-tiny) or package.module:function returning a torch.nn.Module", default="")
+    student: str = _help("built-in model (digits-mlp, digits-mlp-tiny, digits-mlp-wide: 16, 8 and 64 hidden units) or package.module:function returning a torch.nn.Module", default="")
     output: str = _help("directory for metrics.json, config.json and the checkpoint", default="")
     epochs: int = _help("passes over the training data", default=30)
     batch_size: int = _help("samples per optimiser step on each worker", default=64)

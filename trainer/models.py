@@ -32,6 +32,7 @@ BUILTIN_MODELS: dict[str, Callable[[], nn.Module]] = {
     "digits-cnn": digits.load_teacher,  # the trained, cached teacher
     "digits-mlp": lambda: digits.DigitsMLP(hidden=16),
     "digits-mlp-tiny": lambda: digits.DigitsMLP(hidden=8),
+    "digits-mlp-wide": lambda: digits.DigitsMLP(hidden=64),
 }
 
 
