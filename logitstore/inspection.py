@@ -87,8 +87,12 @@ def recommendation(stats: StoreStats, cover: float = 0.99, share: float = 0.95) 
         return (f"k={k} keeps {cover:.0%} of the mass at {t} for {share:.0%} of positions "
                 f"(this store holds k={stats.top_k}; a dump with --top-k {k} would be {k / stats.top_k:.0%} of the entries)")
     covered = float(np.mean(needed <= stats.top_k))
-    return (f"k={stats.top_k} (all stored) keeps {cover:.0%} of the mass at {t} for only {covered:.0%} of positions: "
+    text = (f"k={stats.top_k} (all stored) keeps {cover:.0%} of the mass at {t} for only {covered:.0%} of positions: "
             f"the tail bucket carries the rest; dump with a larger --top-k to resolve it")
+    k90 = int(np.quantile(ref.k_needed[COVER[0]], share, method="higher"))
+    if cover != COVER[0] and k90 <= stats.top_k:
+        text += f" (k={k90} already keeps {COVER[0]:.0%} of the mass for {share:.0%} of positions)"
+    return text
 
 
 def _q(values: np.ndarray, q: float) -> float:
