@@ -156,6 +156,11 @@ def _run_group(tune_config: dict) -> None:
     tune.report({run["metric"]: best, "wall_seconds": metrics["wall_seconds"]})
 
 
+def _trial_dirname(trial) -> str:
+    """Tune's directory of a trial, named after its run (Tune's default spells out the whole config)."""
+    return f"run-{trial.config['run']['index']:03d}"
+
+
 def run_sweep(cfg: SweepConfig) -> dict:
     import ray
     from ray import tune
@@ -190,7 +195,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
             train.update(group[0])
         else:
             train["variants"] = json.dumps(group)
-        runs.append({"train": train, "metric": cfg.metric, "mode": cfg.mode, "cwd": os.getcwd(),
+        runs.append({"index": r, "train": train, "metric": cfg.metric, "mode": cfg.mode, "cwd": os.getcwd(),
                      "pythonpath": worker_runtime_env()["env_vars"]["PYTHONPATH"]})
 
     tuner = tune.Tuner(
@@ -198,7 +203,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
         # resource in a trial's bundle: one byte of memory).
         tune.with_resources(_run_group, {"cpu": 0, "memory": 1}),
         param_space={"run": tune.grid_search(runs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent),
+        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name="sweep", storage_path=str(output / "tune"), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=cfg.max_retries)),
     )

@@ -174,7 +174,10 @@ def run_training(cfg: TrainConfig, *, inputs_checked: bool = False) -> dict:
         train_loop_config={
             "students": [{**{k: getattr(s, k) for k in VARIANT_FIELDS}, "temperature_column": temperatures.index(s.temperature)}
                          for s in students],
-            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed, "views": views, "augment": augment, "selection": manifest.selection["kind"], "eval_temperature": eval_temperature, "eval_batch_size": 256, "eval_every": cfg.eval_every, "checkpoint_every": cfg.checkpoint_every, "checkpoint_every_steps": cfg.checkpoint_every_steps, "has_eval": "eval" in datasets, "threads": max(1, int(cpus)),
+            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed, "threads": max(1, int(cpus)),
+            "selection": manifest.selection["kind"], "views": views, "augment": augment,
+            "has_eval": "eval" in datasets, "eval_temperature": eval_temperature, "eval_batch_size": 256, "eval_every": cfg.eval_every,
+            "checkpoint_every": cfg.checkpoint_every, "checkpoint_every_steps": cfg.checkpoint_every_steps,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
