@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
-from pathlib import Path
 
-from bench.common import digits_stores, markdown_table, write_json
+from bench.common import add_work_flags, digits_stores, markdown_table, work_dir, write_json
 from trainer.config import DumpConfig, TrainConfig
 from trainer.dump import run_dump
 from trainer.train import run_training
@@ -36,11 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student", default="digits-mlp")
     parser.add_argument("--alpha", type=float, default=0.9)
     parser.add_argument("--temperature", type=float, default=4.0)
-    parser.add_argument("--work-dir", default=None, help="where stores and runs go (default: a temporary directory)")
-    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    add_work_flags(parser)
     args = parser.parse_args(argv)
 
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="augment-consistency-"))
+    work = work_dir(args, "augment-consistency")
     stores = digits_stores(work)
     stores["plain"] = stores.pop("train")
     stores["views"] = str(work / "store-views")

@@ -46,6 +46,19 @@ def quick_teacher(name: str, cache: Path, enabled: bool = True):
             os.environ["LOGITSTORE_CACHE"] = saved
 
 
+def add_work_flags(parser) -> None:
+    """--work-dir and --json, the flags of the benches that keep their stores and runs."""
+    parser.add_argument("--work-dir", default=None, help="where stores and runs go (default: a temporary directory)")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+
+
+def work_dir(args, name: str) -> Path:
+    """--work-dir, or a fresh temporary directory named after the bench."""
+    import tempfile
+
+    return Path(args.work_dir or tempfile.mkdtemp(prefix=f"{name}-"))
+
+
 def digits_stores(work: Path, **dump_args) -> dict[str, str]:
     """The teacher's one pass over digits: {"train": store, "eval": store} in `work`."""
     from trainer.config import DumpConfig

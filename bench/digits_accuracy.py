@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import digits_stores
+from bench.common import add_work_flags, digits_stores, work_dir
 from logitstore import StoreReader
 from trainer import digits
 from trainer.config import TrainConfig
@@ -42,11 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.9)
     parser.add_argument("--format", default="zarr")
-    parser.add_argument("--work-dir", default=None, help="where stores and runs go (default: a temporary directory)")
-    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    add_work_flags(parser)
     args = parser.parse_args(argv)
 
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="digits-accuracy-"))
+    work = work_dir(args, "digits-accuracy")
     stores = digits_stores(work, top_k=args.top_k, format=args.format)
     results: dict[str, dict[str, list[float]]] = {}
     for setting, dataset in (("full labels", "digits"), ("few labels (~10%)", "digits-fewlabels")):

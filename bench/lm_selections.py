@@ -18,10 +18,10 @@ import argparse
 import json
 import math
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
+from bench.common import add_work_flags, work_dir
 from logitstore import read_manifest
 from trainer.config import DumpConfig, TrainConfig
 from trainer.dump import run_dump
@@ -75,10 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--alpha", type=float, default=0.5)
-    parser.add_argument("--work-dir", default=None)
-    parser.add_argument("--json", default=None)
+    add_work_flags(parser)
     args = parser.parse_args(argv)
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="lm-selections-"))
+    work = work_dir(args, "lm-selections")
     start = time.perf_counter()
 
     eval_store = str(work / "eval")

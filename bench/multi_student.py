@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
-from pathlib import Path
 
-from bench.common import digits_stores, markdown_table, write_json
+from bench.common import add_work_flags, digits_stores, markdown_table, work_dir, write_json
 from trainer.config import TrainConfig
 from trainer.train import run_training
 
@@ -31,11 +29,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--students", type=int, default=4, choices=range(1, len(SETTINGS) + 1))
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--work-dir", default=None, help="where stores and runs go (default: a temporary directory)")
-    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    add_work_flags(parser)
     args = parser.parse_args(argv)
 
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="multi-student-"))
+    work = work_dir(args, "multi-student")
     stores = digits_stores(work)
     base = dict(store=stores["train"], dataset="digits-fewlabels", eval_dataset="digits-eval", eval_store=stores["eval"],
                 student="digits-mlp", epochs=args.epochs, overwrite=True)

@@ -35,21 +35,27 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return batch["input_ids"] if "input_ids" in batch else batch["features"]
 
 
-def positions(batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
+def positions(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
     """One row per stored position: a classifier's rows as they are; a sequence batch flattened
-    over its valid tokens, with the next token as label (-1 at a block's last token).
+    over its valid tokens, with the next token as label (-1 at a block's last token). Made once
+    per batch, whatever the number of students (pair it with each one's `position_logits`).
 
-    -> logits [N, V], labels [N], and when the batch has them: topk_index [N, k],
-    topk_logit [N, k], logsumexp_t [N], teacher_top1 [N].
+    -> labels [N], valid [B, T] (None for a classifier), and when the batch has them:
+    topk_index [N, k], topk_logit [N, k], logsumexp_t [N], teacher_top1 [N].
     """
     keys = [k for k in ("topk_index", "topk_logit", "logsumexp_t", "rest_t", "teacher_top1", "sample_index", "sample_count") if k in batch]
     if "input_ids" not in batch:
-        return {"logits": logits, "labels": batch["label"], **{k: batch[k] for k in keys}}
+        return {"valid": None, "labels": batch["label"], **{k: batch[k] for k in keys}}
     ids, length = batch["input_ids"], batch["length"]
     valid = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0) < length.unsqueeze(1)
     labels = torch.full_like(ids, -1)
     labels[:, :-1] = torch.where(valid[:, 1:], ids[:, 1:], -1)
-    return {"logits": logits[valid], "labels": labels[valid], **{k: batch[k][valid] for k in keys}}
+    return {"valid": valid, "labels": labels[valid], **{k: batch[k][valid] for k in keys}}
+
+
+def position_logits(p: dict[str, torch.Tensor | None], logits: torch.Tensor) -> torch.Tensor:
+    """A model's logits in the rows of `positions`: [B, V] as they are, [B, T, V] -> [N, V]."""
+    return logits if p["valid"] is None else logits[p["valid"]]
 
 
 @torch.no_grad()
@@ -64,19 +70,20 @@ def evaluate(models: list[torch.nn.Module], data, batch_size: int, kl_temperatur
     sequence = False
     for batch in data.iter_torch_batches(batch_size=batch_size):
         sequence = "input_ids" in batch
+        p = positions(batch)
+        has_label = p["labels"] >= 0
         for model, acc in zip(models, sums):
-            p = positions(batch, model(model_inputs(batch)))
-            pred = p["logits"].argmax(dim=-1)
-            has_label = p["labels"] >= 0
+            logits = position_logits(p, model(model_inputs(batch)))
+            pred = logits.argmax(dim=-1)
             acc["correct"] += int((pred[has_label] == p["labels"][has_label]).sum())
             if bool(has_label.any()):
-                acc["ce"] += float(F.cross_entropy(p["logits"][has_label].float(), p["labels"][has_label], reduction="sum"))
+                acc["ce"] += float(F.cross_entropy(logits[has_label].float(), p["labels"][has_label], reduction="sum"))
             if "teacher_top1" in p:
                 acc["agree"] += int((pred == p["teacher_top1"]).sum())
-                kd = topk_kd_loss(p["logits"], p["topk_index"], p["topk_logit"], p["logsumexp_t"], kl_temperature, p.get("rest_t"))
+                kd = topk_kd_loss(logits, p["topk_index"], p["topk_logit"], p["logsumexp_t"], kl_temperature, p.get("rest_t"))
                 acc["kl"] += float(kd.sum()) / kl_temperature**2
         labelled += int(has_label.sum())
-        with_teacher += int(pred.shape[0]) if "teacher_top1" in p else 0
+        with_teacher += int(p["labels"].shape[0]) if "teacher_top1" in p else 0
     results = []
     for acc in sums:
         ce = acc["ce"] / labelled if labelled else None
@@ -207,16 +214,17 @@ def train_loop_per_worker(cfg: dict) -> None:
                 batch = stored_view(batch, epoch, augment, cfg["views"])
             elif augment is not None:
                 batch = fresh_augmentation(batch, epoch, augment, cfg["seed"])
+            p = positions(batch)
             for i, (s, model, optimizer) in enumerate(zip(students, models, optimizers)):  # each batch feeds every student
-                p = positions(batch, model(model_inputs(batch)))
+                logits = position_logits(p, model(model_inputs(batch)))
                 loss, kd, ce = distillation_loss(
-                    p["logits"], p["labels"], **_targets(p, s["temperature_column"]),
+                    logits, p["labels"], **_targets(p, s["temperature_column"]),
                     temperature=s["temperature"], alpha=s["alpha"], selection=cfg["selection"], kind=s["loss"], beta=s["jsd_beta"],
                 )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                n = p["logits"].shape[0]
+                n = logits.shape[0]
                 totals[i] += torch.tensor([loss.item() * n, kd.item() * n, ce.item() * n, n], dtype=torch.float64)
             if every_steps and step % every_steps == 0:
                 _report(models, optimizers, schedules, history, {"epoch": epoch, "step": step}, epoch=epoch, step=step, checkpoint=True)
