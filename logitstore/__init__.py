@@ -1,25 +1,31 @@
-"""logitstore: an offline, sharded store of a teacher's top-k logits (see FORMAT.md)."""
+"""logitstore: an offline, sharded store of a teacher's top-k logits (see FORMAT.md).
+
+numpy, zarr and pyarrow only: importing it loads no torch, Ray or plotting library.
+"""
 
 from logitstore.codec import Codec
 from logitstore.errors import (
     ManifestError,
     ShardCorruptError,
     ShardDataError,
+    StoreConflictError,
     StoreError,
     StoreExistsError,
+    StoreLockedError,
     StoreNotFoundError,
 )
+from logitstore.layout import Selection, StoreLayout, TokenizerRef, Views, index_dtype_for
 from logitstore.manifest import FORMAT_VERSION, Manifest, ShardInfo, read_manifest
 from logitstore.planning import ShardPlan, plan_shards
 from logitstore.reader import StoreReader, topk_probabilities
-from logitstore.shard import ShardData, index_dtype_for
-from logitstore.writer import commit_store, prepare_store_dir, write_shard
+from logitstore.shard import EXTRAS, ShardData
+from logitstore.writer import ShardWriter, StoreWriter
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Codec", "FORMAT_VERSION", "Manifest", "ManifestError", "ShardCorruptError", "ShardData", "ShardDataError",
-    "ShardInfo", "ShardPlan", "StoreError", "StoreExistsError", "StoreNotFoundError", "StoreReader",
-    "commit_store", "index_dtype_for", "plan_shards", "prepare_store_dir", "read_manifest",
-    "topk_probabilities", "write_shard",
+    "EXTRAS", "FORMAT_VERSION", "Codec", "Manifest", "ManifestError", "Selection", "ShardCorruptError", "ShardData",
+    "ShardDataError", "ShardInfo", "ShardPlan", "ShardWriter", "StoreConflictError", "StoreError", "StoreExistsError",
+    "StoreLayout", "StoreLockedError", "StoreNotFoundError", "StoreReader", "StoreWriter", "TokenizerRef", "Views",
+    "index_dtype_for", "plan_shards", "read_manifest", "topk_probabilities",
 ]

@@ -27,7 +27,7 @@ from functools import cached_property
 import numpy as np
 
 from logitstore.errors import ShardCorruptError
-from logitstore.shard import ShardData
+from logitstore.shard import EXTRAS, ShardData
 
 INDEX_CODECS = ("plain", "delta")
 VALUE_CODECS = ("float32", "logq")
@@ -48,7 +48,8 @@ class Codec:
     def make(index: str = "plain", values: str = "float32", bits: int = 0, temperatures=()) -> "Codec":
         if values != "logq":
             return Codec(index=index, values=values)
-        return Codec(index=index, values=values, bits=bits, temperatures=tuple(float(t) for t in temperatures))
+        temps = tuple(float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else t for t in temperatures)
+        return Codec(index=index, values=values, bits=bits, temperatures=temps)
 
     @property
     def t_min(self) -> float:
@@ -73,9 +74,10 @@ class Codec:
         if self.values not in VALUE_CODECS:
             out.append(f"value codec {self.values!r} is unknown (use {' or '.join(VALUE_CODECS)})")
         if self.values == "logq":
-            if not 1 <= self.bits <= 16:
-                out.append(f"logq bits must be 1..16, got {self.bits}")
-            if not self.temperatures or not all(0 < t < math.inf for t in self.temperatures):
+            if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not 1 <= self.bits <= 16:
+                out.append(f"logq bits must be 1..16, got {self.bits!r}")
+            numbers = all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in self.temperatures)
+            if not self.temperatures or not numbers or not all(0 < t < math.inf for t in self.temperatures):
                 out.append(f"logq needs positive recorded temperatures, got {list(self.temperatures)}")
         return out
 
@@ -87,8 +89,9 @@ class Codec:
 
     @staticmethod
     def from_json(obj: dict, temperatures) -> "Codec":
-        """The manifest's `codec` object (absent: plain/float32) with the manifest's temperatures."""
-        return Codec.make(str(obj.get("index", "plain")), str(obj.get("values", "float32")), int(obj.get("bits", 0)), temperatures)
+        """The manifest's `codec` object (absent: plain/float32) with the manifest's temperatures;
+        values are kept as found (`problems()` says what is wrong with them)."""
+        return Codec.make(str(obj.get("index", "plain")), str(obj.get("values", "float32")), obj.get("bits", 0), temperatures)
 
     # ---- the logq quantizer -------------------------------------------------------------
     @cached_property
@@ -128,10 +131,8 @@ class Codec:
             out.update(topk_logit=values, logsumexp=data.logsumexp)
         else:
             out["topk_code"] = values
-        if data.has_samples:
-            out.update(sample_index=data.sample_index, sample_count=data.sample_count)
-        if data.view_seed is not None:
-            out["view_seed"] = data.view_seed
+        # The extras (sample arrays, view seeds) are stored as they are; derived ones are not stored.
+        out.update({name: a for name, a in data.extras.items() if EXTRAS[name].stored})
         return {"sample_id": data.sample_id, "position_offsets": data.position_offsets, **out}
 
     def decode(self, arrays: dict[str, np.ndarray]) -> ShardData:
@@ -173,12 +174,13 @@ class Codec:
             index = index.astype(dtype)
         else:
             index = arrays["topk_index"]
+        extras = {name: arrays[name] for name, rule in EXTRAS.items() if rule.stored and name in arrays}
+        if rest is not None:
+            extras["rest_mass"] = rest
         return ShardData(
             sample_id=arrays["sample_id"], position_offsets=arrays["position_offsets"],
             topk_index=index, topk_logit=np.ascontiguousarray(logit, dtype=np.float32), logsumexp=lse,
-            sample_index=arrays.get("sample_index"), sample_count=arrays.get("sample_count"), rest_mass=rest,
-            view_seed=arrays.get("view_seed"),
-            ordered=self.index == "plain",
+            extras=extras, ordered=self.index == "plain",
         )
 
 

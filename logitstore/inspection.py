@@ -1,5 +1,6 @@
 """What a store holds, per position: tail mass at each recorded T, teacher entropy and top-1
-confidence, and the k that covers 90% / 99% of the mass; plots and a recommended k.
+confidence, and the k that covers 90% / 99% of the mass; a recommended k. (jobs/inspect_store.py
+prints and plots them.)
 
 Everything is computed from the stored head and its exact normalisers, so it is exact for the
 head; the full distribution's entropy is not stored, and `entropy` is that of the k classes plus
@@ -8,9 +9,7 @@ one tail bucket (a lower bound of the full entropy: merging classes never adds e
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -54,8 +53,7 @@ def collect(reader: StoreReader, max_positions: int = 200_000) -> StoreStats:
     seen = 0
     for index in order:
         data = reader.read_shard(int(index))
-        parts.append({"logit": data.topk_logit, "lse": data.logsumexp,
-                      "rest": data.rest_mass if data.rest_mass is not None else None})
+        parts.append({"logit": data.topk_logit, "lse": data.logsumexp, "rest": data.extras.get("rest_mass")})
         seen += data.topk_logit.shape[0]
         if seen >= max_positions:
             break
@@ -114,13 +112,13 @@ def summary(reader: StoreReader, stats: StoreStats) -> dict:
         per_t.append(row)
     return {
         "store": str(reader.root),
-        "format_version": m.format_version, "backend": m.backend, "codec": m.codec, "selection": m.selection,
+        "format_version": m.format_version, "backend": m.backend, "codec": m.codec.to_json(), "selection": m.selection.to_json(),
         "samples": m.num_samples, "positions": m.num_positions, "shards": len(m.shards), "top_k": m.top_k,
-        "vocab_size": m.vocab_size, "temperatures": m.temperatures,
+        "vocab_size": m.vocab_size, "temperatures": list(m.temperatures),
         "bytes": m.num_bytes, "bytes_per_entry": m.num_bytes / entries if entries else None,
-        "teacher": {k: m.teacher.get(k) for k in ("spec", "name", "params", "weights_sha256") if k in m.teacher},
+        "teacher": {k: m.teacher.get(k) for k in ("spec", "weights_sha256", "num_parameters", "dtype") if k in m.teacher},
         "dataset": {k: m.dataset.get(k) for k in ("spec", "num_samples", "ids_sha256", "inputs_sha256") if k in m.dataset},
-        "tokenizer": m.tokenizer,
+        "tokenizer": None if m.tokenizer is None else m.tokenizer.to_json(),
         "sampled_positions": stats.positions, "shards_read": stats.shards_read,
         "reference_temperature": stats.reference_temperature,
         "entropy": {"mean": float(stats.entropy.mean()), "median": _q(stats.entropy, 0.5), "p5": _q(stats.entropy, 0.05), "p95": _q(stats.entropy, 0.95)},
@@ -129,71 +127,3 @@ def summary(reader: StoreReader, stats: StoreStats) -> dict:
         "per_temperature": per_t,
         "recommendation": recommendation(stats),
     }
-
-
-def plot(stats: StoreStats, out: Path, title: str) -> list[Path]:
-    """tail_mass.png, k_coverage.png and confidence.png in `out`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    floor = 1e-9
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    bins = np.logspace(np.log10(floor), 0, 46)
-    for s in stats.per_temperature:
-        ax.hist(np.clip(s.tail_mass, floor, 1.0), bins=bins, histtype="step", linewidth=1.6, label=f"T={s.temperature:g}")
-    ax.set_xscale("log")
-    ax.set_xlabel(f"tail mass outside the stored top-{stats.top_k} (clipped at {floor:g})")
-    ax.set_ylabel("positions")
-    ax.set_title(f"{title}: tail mass per position")
-    ax.legend()
-    fig.tight_layout()
-    paths.append(out / "tail_mass.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    ks = np.arange(1, stats.top_k + 1)
-    for n, s in enumerate(stats.per_temperature):  # one colour per T; dashed 90%, solid 99%
-        for c, style in zip(COVER, ("--", "-")):
-            needed = np.sort(s.k_needed[c])
-            share = np.searchsorted(needed, ks, side="right") / len(needed)
-            ax.plot(ks, share, style, color=f"C{n}", label=f"T={s.temperature:g}, {c:.0%} of mass")
-    ax.set_xlabel("k (classes kept per position)")
-    ax.set_ylabel("share of positions covered")
-    ax.set_ylim(0, 1.02)
-    if stats.top_k > 16:
-        ax.set_xscale("log")
-    else:
-        ax.set_xticks(ks)
-    ax.grid(alpha=0.3)
-    ax.set_title(f"{title}: the k needed to cover 90% / 99% of the mass")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out / "k_coverage.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
-    a1.hist(stats.entropy, bins=40)
-    a1.set_xlabel(f"entropy at T={stats.reference_temperature:g} (nats, head + tail bucket)")
-    a1.set_ylabel("positions")
-    a2.hist(stats.top1_confidence, bins=40, range=(0, 1))
-    a2.set_xlabel(f"top-1 probability at T={stats.reference_temperature:g}")
-    fig.suptitle(f"{title}: teacher entropy and confidence")
-    fig.tight_layout()
-    paths.append(out / "confidence.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    return paths
-
-
-def write_report(reader: StoreReader, out: Path, max_positions: int = 200_000) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    stats = collect(reader, max_positions)
-    report = summary(reader, stats)
-    report["plots"] = [str(p) for p in plot(stats, out, Path(report["store"]).name or "store")]
-    (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report

@@ -41,11 +41,3 @@ def plan_shards(sorted_ids: np.ndarray, shard_size: int) -> ShardPlan:
     starts = np.arange(0, ids.size, shard_size)
     ends = np.minimum(starts + shard_size, ids.size)
     return ShardPlan(first_ids=ids[starts], last_ids=ids[ends - 1], counts=(ends - starts).astype(np.int64))
-
-
-def plan_from_manifest(manifest) -> ShardPlan:
-    return ShardPlan(
-        first_ids=np.array([s.first_id for s in manifest.shards], dtype=np.int64),
-        last_ids=np.array([s.last_id for s in manifest.shards], dtype=np.int64),
-        counts=np.array([s.num_samples for s in manifest.shards], dtype=np.int64),
-    )

@@ -12,9 +12,10 @@ import numpy as np
 from logitstore.backends import get_backend
 from logitstore.checksum import shard_checksum
 from logitstore.errors import ShardCorruptError, StoreError
-from logitstore.manifest import TOKENIZER_NAME, Manifest, ShardInfo, read_manifest
-from logitstore.planning import ShardPlan, plan_from_manifest
-from logitstore.shard import ShardData, pad_samples
+from logitstore.layout import TOKENIZER_NAME
+from logitstore.manifest import Manifest, ShardInfo, read_manifest
+from logitstore.planning import ShardPlan
+from logitstore.shard import ShardData
 
 
 class StoreReader:
@@ -23,13 +24,15 @@ class StoreReader:
     Memory: at most `cache_shards` decoded shards are held at once.
     """
 
-    def __init__(self, path: str | os.PathLike, *, verify: bool = True, cache_shards: int = 2):
+    def __init__(self, path: str | os.PathLike, *, verify: bool = True, cache_shards: int = 2,
+                 manifest: Manifest | None = None):
         self.root = Path(path)
-        self.manifest: Manifest = read_manifest(self.root)
-        self.plan: ShardPlan = plan_from_manifest(self.manifest)
+        # A caller that has parsed the manifest already passes it (a training run parses it once).
+        self.manifest: Manifest = manifest if manifest is not None else read_manifest(self.root)
+        self.plan: ShardPlan = self.manifest.plan()
         self.verify_checksums = verify
         self._backend = get_backend(self.manifest.backend)
-        self.codec = self.manifest.store_codec
+        self.codec = self.manifest.codec
         self._cache: OrderedDict[int, ShardData] = OrderedDict()
         self._cache_shards = max(1, cache_shards)
 
@@ -73,10 +76,8 @@ class StoreReader:
         return data
 
     def _check_layout(self, info: ShardInfo, data: ShardData) -> None:
-        m = self.manifest
         try:
-            data.validate(top_k=m.top_k, num_temperatures=len(m.temperatures), index_dtype=m.index_dtype,
-                          vocab_size=m.vocab_size, draws=m.draws, views=m.num_views)
+            data.validate(self.manifest.layout)
         except StoreError as exc:
             raise ShardCorruptError(f"shard {info.name} of store {self.root} breaks the format: {exc}") from None
         if (data.num_samples, data.num_positions) != (info.num_samples, info.num_positions) or (
@@ -98,19 +99,19 @@ class StoreReader:
             if j < 0:
                 raise KeyError(f"sample ids not in store {self.root}: {ids[where][:5].tolist()}")
             data = self.read_shard(int(j))
-            rows = np.searchsorted(data.sample_id, ids[where])
-            rows_clipped = np.clip(rows, 0, data.num_samples - 1)
-            if not np.array_equal(data.sample_id[rows_clipped], ids[where]):
-                missing = ids[where][data.sample_id[rows_clipped] != ids[where]]
+            rows = np.clip(np.searchsorted(data.sample_id, ids[where]), 0, data.num_samples - 1)
+            if not np.array_equal(data.sample_id[rows], ids[where]):
+                missing = ids[where][data.sample_id[rows] != ids[where]]
                 raise KeyError(f"sample ids not in store {self.root}: {missing[:5].tolist()}")
-            parts.append(data.select(rows_clipped))
+            parts.append(data.select(rows))
             order.append(where)
-        return _concat_in_order(parts, order, ids.shape[0])
+        merged = ShardData.concat(parts)
+        return merged.select(np.argsort(np.concatenate(order), kind="stable"))
 
     def tokenizer_json(self) -> str | None:
         """The saved tokenizer's JSON (checked against the manifest), or None when the store has none."""
-        entry = self.manifest.tokenizer or {}
-        if "file" not in entry:
+        entry = self.manifest.tokenizer
+        if entry is None or entry.file is None:
             return None
         import hashlib
 
@@ -118,7 +119,7 @@ class StoreReader:
         if not path.is_file():
             raise ShardCorruptError(f"{TOKENIZER_NAME} of store {self.root} is missing: the store is damaged; dump it again")
         data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
             raise ShardCorruptError(f"{TOKENIZER_NAME} of store {self.root} fails its checksum: the store is damaged; dump it again")
         return data.decode("utf-8")
 
@@ -136,31 +137,6 @@ class StoreReader:
             except StoreError as exc:
                 problems.append(str(exc))
         return problems
-
-
-def _concat_in_order(parts: list[ShardData], order: list[np.ndarray], n: int) -> ShardData:
-    if len(parts) == 1:
-        inv = np.argsort(order[0], kind="stable")
-        return parts[0].select(inv)
-    if parts[0].has_samples:
-        width = max(p.sample_index.shape[1] for p in parts)
-        padded = [pad_samples(p.sample_index, p.sample_count, width) for p in parts]
-    merged = ShardData(
-        sample_id=np.concatenate([p.sample_id for p in parts]),
-        position_offsets=np.concatenate(
-            [[0]] + [p.position_offsets[1:] + off for p, off in zip(parts, np.cumsum([0] + [p.num_positions for p in parts[:-1]]))]
-        ).astype(np.int64),
-        topk_index=np.concatenate([p.topk_index for p in parts]),
-        topk_logit=np.concatenate([p.topk_logit for p in parts]),
-        logsumexp=np.concatenate([p.logsumexp for p in parts]),
-        sample_index=np.concatenate([i for i, _ in padded]) if parts[0].has_samples else None,
-        sample_count=np.concatenate([c for _, c in padded]) if parts[0].has_samples else None,
-        rest_mass=np.concatenate([p.rest_mass for p in parts]) if parts[0].rest_mass is not None else None,
-        view_seed=np.concatenate([p.view_seed for p in parts]) if parts[0].view_seed is not None else None,
-        ordered=parts[0].ordered,
-    )
-    inv = np.argsort(np.concatenate(order), kind="stable")
-    return merged.select(inv)
 
 
 def topk_probabilities(topk_logit: np.ndarray, logsumexp_t: np.ndarray, temperature: float,

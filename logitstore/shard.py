@@ -1,26 +1,77 @@
 """The in-memory form of one shard: what every backend writes and reads back.
 
-Positions are stored flat with CSR-style offsets so that a sample may have any number of
-positions (one for a classifier, one per token for a sequence model).
+Positions are stored flat with CSR-style offsets, so a sample may have any number of positions
+(one for a classifier, one per token for a sequence model). Beyond the five arrays every shard
+has, a shard holds the optional arrays (`extras`) its layout calls for; each is described once,
+by an `Extra` rule in EXTRAS: when a shard holds it and what it must look like. Adding an array
+to the format means adding its rule here (and its section in FORMAT.md), nothing else.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
 from logitstore.errors import ShardDataError
 
-INDEX_DTYPES = ("uint16", "uint32")
-VALUE_DTYPE = "float32"
+if TYPE_CHECKING:
+    from logitstore.layout import StoreLayout
 
 
-def index_dtype_for(vocab_size: int) -> str:
-    """Narrowest index dtype that holds every class index of a vocabulary."""
-    if vocab_size <= 0:
-        raise ShardDataError(f"vocabulary size must be positive, got {vocab_size}")
-    return "uint16" if vocab_size <= 2**16 else "uint32"
+@dataclass(frozen=True)
+class Extra:
+    """An optional per-position array (leading axis: the P positions of the shard)."""
+
+    name: str
+    expected: Callable[["StoreLayout"], bool]  # a shard of this layout holds it, as a reader returns it
+    check: Callable[[np.ndarray, "ShardData", "StoreLayout"], list[str]]  # its rules, given that it is present
+    stored: bool = True  # False: derived by the codec on reading (never handed to a writer)
+    padded: bool = False  # [P, w] with w chosen per shard: zero-padded to one width where shards are joined
+
+
+def _check_rest_mass(r: np.ndarray, data: "ShardData", layout: "StoreLayout") -> list[str]:
+    p, t = data.num_positions, len(layout.temperatures)
+    if r.dtype != np.float32 or r.shape != (p, t):
+        return [f"rest_mass must be float32 [{p}, {t}], got {r.dtype} {r.shape}"]
+    return [] if np.all((r >= 0) & (r <= 1)) else ["rest_mass must lie in [0, 1]"]
+
+
+def _check_sample_index(si: np.ndarray, data: "ShardData", layout: "StoreLayout") -> list[str]:
+    p, widest = data.num_positions, min(layout.draws, layout.vocab_size)
+    if si.dtype != np.dtype(layout.index_dtype) or si.ndim != 2 or si.shape[0] != p or not 1 <= si.shape[1] <= widest:
+        return [f"sample_index must be {layout.index_dtype} [{p}, w] with 1 <= w <= {widest}, got {si.dtype} {si.shape}"]
+    return [f"sample_index must hold class ids < {layout.vocab_size}"] if p and int(si.max()) >= layout.vocab_size else []
+
+
+def _check_sample_count(sc: np.ndarray, data: "ShardData", layout: "StoreLayout") -> list[str]:
+    si = data.extras.get("sample_index")
+    if sc.dtype != np.uint16 or si is None or sc.shape != si.shape:
+        return [f"sample_count must be uint16 and shaped as sample_index, got {sc.dtype} {sc.shape}"]
+    if sc.size and np.any(sc.astype(np.int64).sum(axis=1) != layout.draws):
+        return [f"sample_count must sum to {layout.draws} draws per position"]
+    return []
+
+
+def _check_view_seed(v: np.ndarray, data: "ShardData", layout: "StoreLayout") -> list[str]:
+    p, views = data.num_positions, layout.num_views
+    out = [] if v.dtype == np.int64 and v.shape == (p,) else [f"view_seed must be int64 [{p}] ({views} views per sample)"]
+    o = data.position_offsets
+    if o.shape == (data.num_samples + 1,) and np.any(np.diff(o) != views):
+        out.append(f"every sample must hold exactly {views} positions (one per view)")
+    return out
+
+
+EXTRAS: dict[str, Extra] = {e.name: e for e in (
+    # the tail mass 1 - sum_i p_i(T_r) of the stored classes, per recorded T, from a lossy value codec
+    Extra("rest_mass", lambda layout: not layout.codec.lossless, _check_rest_mass, stored=False),
+    # `sample` / `hybrid` selections: distinct drawn class ids by descending count, and their counts
+    Extra("sample_index", lambda layout: layout.draws > 0, _check_sample_index, padded=True),
+    Extra("sample_count", lambda layout: layout.draws > 0, _check_sample_count, padded=True),
+    # stores of augmented views: the seed each view's input was augmented with
+    Extra("view_seed", lambda layout: layout.num_views > 0, _check_view_seed),
+)}
 
 
 @dataclass(frozen=True)
@@ -34,14 +85,7 @@ class ShardData:
                                        by descending logit when `ordered`, else in the codec's order
       topk_logit       float32 [P, k]  raw teacher logits z of those classes (before temperature)
       logsumexp        float32 [P, R]  logsumexp(z / T_r) over the full vocabulary
-    and, when the logits were stored quantized (their head sum is then too coarse for the tail):
-      rest_mass        float32 [P, R]  the tail mass 1 - sum_i p_i(T_r) of the stored classes (from the exact logits)
-    and, for the `sample` and `hybrid` selections only (m = draws per position):
-      sample_index     uint16|uint32 [P, w]  distinct drawn class ids, by descending count
-      sample_count     uint16 [P, w]         how often each was drawn (0 = padding)
-    and, for stores of augmented views (V views per sample, position v of a sample is view v):
-      view_seed        int64 [P]             the seed the teacher's input of that view was augmented with
-    where w <= min(m, vocabulary) is the most distinct ids drawn at any position of the shard.
+      extras           {name: [P, ...]}  the optional arrays of EXTRAS the layout calls for
     """
 
     sample_id: np.ndarray
@@ -49,15 +93,8 @@ class ShardData:
     topk_index: np.ndarray
     topk_logit: np.ndarray
     logsumexp: np.ndarray
-    sample_index: np.ndarray | None = None
-    sample_count: np.ndarray | None = None
-    rest_mass: np.ndarray | None = None
-    view_seed: np.ndarray | None = None
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
     ordered: bool = True
-
-    @property
-    def has_samples(self) -> bool:
-        return self.sample_index is not None
 
     @property
     def num_samples(self) -> int:
@@ -74,115 +111,118 @@ class ShardData:
     def positions_of(self, row: int) -> slice:
         return slice(int(self.position_offsets[row]), int(self.position_offsets[row + 1]))
 
-    def validate(self, *, top_k: int, num_temperatures: int, index_dtype: str, vocab_size: int, draws: int = 0,
-                 views: int = 0) -> None:
-        """Raise ShardDataError if this shard breaks the format's rules (draws = 0: no sample arrays;
-        views = 0: no view seeds)."""
+    def per_position(self) -> dict[str, np.ndarray]:
+        """Every array with one row per position, by name (the top-k arrays and the extras)."""
+        return {"topk_index": self.topk_index, "topk_logit": self.topk_logit, "logsumexp": self.logsumexp, **self.extras}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every array of the shard, by name."""
+        return {"sample_id": self.sample_id, "position_offsets": self.position_offsets, **self.per_position()}
+
+    def validate(self, layout: "StoreLayout", *, reading: bool = True) -> None:
+        """Raise ShardDataError if this shard breaks the format's rules for `layout`. A writer's
+        input (`reading=False`) never holds the arrays a codec derives when reading."""
+        problems = self._base_problems(layout)
+        for name in self.extras:
+            if name not in EXTRAS:
+                problems.append(f"{name} is not an array of the format")
+        for name, rule in EXTRAS.items():
+            wanted = rule.expected(layout) and (reading or rule.stored)
+            present = name in self.extras
+            if present and not wanted:
+                problems.append(f"{name} is present but the store's layout has no place for it")
+            elif wanted and not present:
+                problems.append(f"{name} is required by the store's layout but missing")
+            elif present:
+                problems += rule.check(self.extras[name], self, layout)
+        if problems:
+            raise ShardDataError("; ".join(problems))
+
+    def _base_problems(self, layout: "StoreLayout") -> list[str]:
         problems = []
-        s = self.sample_id
+        s, o, k, t = self.sample_id, self.position_offsets, layout.top_k, len(layout.temperatures)
         if s.dtype != np.int64 or s.ndim != 1 or s.shape[0] == 0:
             problems.append(f"sample_id must be a non-empty int64 vector, got {s.dtype} {s.shape}")
         elif s.shape[0] > 1 and not np.all(np.diff(s) > 0):
             problems.append("sample_id must be strictly increasing (sorted, no duplicates)")
-        o = self.position_offsets
         if o.dtype != np.int64 or o.shape != (s.shape[0] + 1,):
             problems.append(f"position_offsets must be int64 [{s.shape[0] + 1}], got {o.dtype} {o.shape}")
         elif o[0] != 0 or np.any(np.diff(o) < 0) or o[-1] != self.topk_index.shape[0]:
             problems.append("position_offsets must start at 0, never decrease and end at the position count")
         p = self.topk_index.shape[0]
-        if self.topk_index.dtype != np.dtype(index_dtype) or self.topk_index.shape != (p, top_k):
-            problems.append(
-                f"topk_index must be {index_dtype} [P, {top_k}], got {self.topk_index.dtype} {self.topk_index.shape}"
-            )
-        elif p and int(self.topk_index.max()) >= vocab_size:
-            problems.append(f"topk_index holds a class id >= vocabulary size {vocab_size}")
-        if self.topk_logit.dtype != np.float32 or self.topk_logit.shape != (p, top_k):
-            problems.append(f"topk_logit must be float32 [{p}, {top_k}], got {self.topk_logit.dtype} {self.topk_logit.shape}")
-        elif not np.all(np.isfinite(self.topk_logit)):
+        if self.topk_index.dtype != np.dtype(layout.index_dtype) or self.topk_index.shape != (p, k):
+            problems.append(f"topk_index must be {layout.index_dtype} [P, {k}], got {self.topk_index.dtype} {self.topk_index.shape}")
+        elif p and int(self.topk_index.max()) >= layout.vocab_size:
+            problems.append(f"topk_index holds a class id >= vocabulary size {layout.vocab_size}")
+        logit = self.topk_logit
+        if logit.dtype != np.float32 or logit.shape != (p, k):
+            problems.append(f"topk_logit must be float32 [{p}, {k}], got {logit.dtype} {logit.shape}")
+        elif not np.all(np.isfinite(logit)):
             problems.append("topk_logit holds NaN or inf")
-        elif top_k > 1 and self.ordered and np.any(np.diff(self.topk_logit, axis=1) > 0):
+        elif k > 1 and self.ordered and np.any(np.diff(logit, axis=1) > 0):
             problems.append("topk_logit must be sorted by descending logit within each position")
-        elif top_k > 1 and not self.ordered and p and np.any(self.topk_logit[:, :1] < self.topk_logit):
+        elif k > 1 and not self.ordered and p and np.any(logit[:, :1] < logit):
             problems.append("column 0 of topk_logit must hold each position's largest logit")
-        if self.rest_mass is not None:
-            r = self.rest_mass
-            if r.dtype != np.float32 or r.shape != (p, num_temperatures):
-                problems.append(f"rest_mass must be float32 [{p}, {num_temperatures}], got {r.dtype} {r.shape}")
-            elif not np.all((r >= 0) & (r <= 1)):
-                problems.append("rest_mass must lie in [0, 1]")
-        if self.logsumexp.dtype != np.float32 or self.logsumexp.shape != (p, num_temperatures):
-            problems.append(
-                f"logsumexp must be float32 [{p}, {num_temperatures}], got {self.logsumexp.dtype} {self.logsumexp.shape}"
-            )
+        if self.logsumexp.dtype != np.float32 or self.logsumexp.shape != (p, t):
+            problems.append(f"logsumexp must be float32 [{p}, {t}], got {self.logsumexp.dtype} {self.logsumexp.shape}")
         elif not np.all(np.isfinite(self.logsumexp)):
             problems.append("logsumexp holds NaN or inf")
-        if draws == 0 and self.has_samples:
-            problems.append("sample arrays are present but the store's selection draws none")
-        elif draws:
-            si, sc = self.sample_index, self.sample_count
-            if si is None or sc is None:
-                problems.append(f"sample_index and sample_count are required ({draws} draws per position)")
-            elif si.dtype != np.dtype(index_dtype) or sc.dtype != np.uint16 or si.ndim != 2 or si.shape != sc.shape \
-                    or si.shape[0] != p or not 1 <= si.shape[1] <= min(draws, vocab_size):
-                problems.append(f"sample_index must be {index_dtype} and sample_count uint16, both [{p}, w] with 1 <= w <= {min(draws, vocab_size)}")
-            elif p and (int(si.max()) >= vocab_size or np.any(sc.astype(np.int64).sum(axis=1) != draws)):
-                problems.append(f"sample arrays must hold class ids < {vocab_size} whose counts sum to {draws} per position")
-        if views == 0 and self.view_seed is not None:
-            problems.append("view_seed is present but the store holds no views")
-        elif views:
-            v = self.view_seed
-            if v is None or v.dtype != np.int64 or v.shape != (p,):
-                problems.append(f"view_seed must be int64 [{p}] ({views} views per sample)")
-            if o.shape == (s.shape[0] + 1,) and np.any(np.diff(o) != views):
-                problems.append(f"every sample must hold exactly {views} positions (one per view)")
-        if problems:
-            raise ShardDataError("; ".join(problems))
+        return problems
 
     def equals(self, other: "ShardData") -> bool:
-        """Exact equality of content (dtypes included)."""
-        return self.has_samples == other.has_samples and (self.rest_mass is None) == (other.rest_mass is None) and \
-            (self.view_seed is None) == (other.view_seed is None) and all(
-            a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
-            for a, b in zip(self.arrays(), other.arrays())
-        )
-
-    def arrays(self) -> tuple[np.ndarray, ...]:
-        base = (self.sample_id, self.position_offsets, self.topk_index, self.topk_logit, self.logsumexp)
-        return base + ((self.sample_index, self.sample_count) if self.has_samples else ()) + (
-            (self.rest_mass,) if self.rest_mass is not None else ()) + ((self.view_seed,) if self.view_seed is not None else ())
+        """Exact equality of content (names, dtypes and shapes included)."""
+        a, b = self.arrays(), other.arrays()
+        return a.keys() == b.keys() and all(
+            a[n].dtype == b[n].dtype and a[n].shape == b[n].shape and np.array_equal(a[n], b[n]) for n in a)
 
     def select(self, rows: np.ndarray) -> "ShardData":
         """The samples at `rows` (indices into this shard), in that order, positions kept together."""
         rows = np.asarray(rows, dtype=np.int64)
         starts, ends = self.position_offsets[rows], self.position_offsets[rows + 1]
-        lengths = ends - starts
         offsets = np.zeros(rows.shape[0] + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        if lengths.size and np.all(lengths == 1):
-            pos = starts
-        else:
-            pos = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)]) if rows.size else np.zeros(0, np.int64)
-        return ShardData(
-            sample_id=self.sample_id[rows],
-            position_offsets=offsets,
-            topk_index=self.topk_index[pos],
-            topk_logit=self.topk_logit[pos],
-            logsumexp=self.logsumexp[pos],
-            sample_index=self.sample_index[pos] if self.has_samples else None,
-            sample_count=self.sample_count[pos] if self.has_samples else None,
-            rest_mass=self.rest_mass[pos] if self.rest_mass is not None else None,
-            view_seed=self.view_seed[pos] if self.view_seed is not None else None,
-            ordered=self.ordered,
-        )
+        np.cumsum(ends - starts, out=offsets[1:])
+        pos = positions_between(starts, ends)
+        taken = {name: a[pos] for name, a in self.per_position().items()}
+        return ShardData(self.sample_id[rows], offsets, taken.pop("topk_index"), taken.pop("topk_logit"),
+                         taken.pop("logsumexp"), extras=taken, ordered=self.ordered)
+
+    @staticmethod
+    def concat(parts: list["ShardData"]) -> "ShardData":
+        """The samples of `parts` one after another (padded extras widened to the widest part)."""
+        if len(parts) == 1:
+            return parts[0]
+        sizes = np.cumsum([0] + [p.num_positions for p in parts[:-1]])
+        offsets = np.concatenate([[0]] + [p.position_offsets[1:] + n for p, n in zip(parts, sizes)]).astype(np.int64)
+        arrays = {}
+        for name in parts[0].per_position():
+            columns = [p.per_position()[name] for p in parts]
+            if name in EXTRAS and EXTRAS[name].padded:
+                width = max(c.shape[1] for c in columns)
+                columns = [pad_width(c, width) for c in columns]
+            arrays[name] = np.concatenate(columns)
+        return ShardData(np.concatenate([p.sample_id for p in parts]), offsets, arrays.pop("topk_index"),
+                         arrays.pop("topk_logit"), arrays.pop("logsumexp"), extras=arrays, ordered=parts[0].ordered)
 
 
-def pad_samples(index: np.ndarray, count: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sample arrays widened to `width` columns with count-0 padding (widths differ between shards)."""
-    extra = width - index.shape[-1]
+def positions_between(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The rows starts[i]:ends[i] of every i, concatenated (vectorised: no Python loop over samples)."""
+    lengths = ends - starts
+    if lengths.size and np.all(lengths == 1):
+        return np.asarray(starts, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    # Each row's position within its run, plus its run's start.
+    first = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + (np.arange(total, dtype=np.int64) - first)
+
+
+def pad_width(array: np.ndarray, width: int) -> np.ndarray:
+    """A [P, w] array widened to `width` columns with zeros (count 0 marks padding in sample arrays)."""
+    extra = width - array.shape[-1]
     if extra <= 0:
-        return index, count
-    pad = [(0, 0)] * (index.ndim - 1) + [(0, extra)]
-    return np.pad(index, pad), np.pad(count, pad)
+        return array
+    return np.pad(array, [(0, 0)] * (array.ndim - 1) + [(0, extra)])
 
 
 def trim_samples(index: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

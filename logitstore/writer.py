@@ -1,4 +1,16 @@
-"""Writing a store: prepare the directory, write whole shards atomically, commit with the manifest."""
+"""Writing a store: one StoreWriter owns the store from its lock to its commit.
+
+    with StoreWriter(root) as writer:          # the store's lock: a second writer is refused at once
+        writer.start(layout, plan, identity, overwrite=False)
+        if writer.finished: ...                # the same dump is already complete: nothing to do
+        shards = writer.shard_writer()         # picklable; each task writes the whole shards it owns
+        infos = [shards.write(j, data) for j, data in ...]   # plus writer.resumed, kept from a crashed run
+        manifest = writer.commit(infos, teacher=..., dataset=..., config=...)   # the manifest, last
+
+A shard is written under a temporary name and renamed into place; the manifest, written last, is
+the commit. An unfinished dump keeps `.pending.json` (its identity, see logitstore.identity): a
+rerun with the same identity resumes it, keeping every shard that is sound and planned.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +19,24 @@ import json
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import logitstore
+from logitstore.atomic import atomic_write_bytes, atomic_write_text
 from logitstore.backends import get_backend
 from logitstore.checksum import shard_checksum
-from logitstore.codec import Codec
 from logitstore.errors import ShardDataError, StoreConflictError, StoreError, StoreExistsError
-from logitstore.lock import LOCK_NAME
+from logitstore.identity import canonical, content_sha256, differences
+from logitstore.layout import TOKENIZER_NAME, StoreLayout, TokenizerRef
+from logitstore.lock import LOCK_NAME, StoreLock
+from logitstore.manifest import MANIFEST_NAME, Manifest, ShardInfo, read_manifest, shard_name, write_manifest
 from logitstore.planning import ShardPlan
-from logitstore.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ShardInfo, shard_name, write_manifest
 from logitstore.shard import ShardData
 
 TMP_DIR = ".tmp"
-
-
-PENDING_NAME = ".pending.json"  # what an unfinished dump is making; a rerun with the same content resumes
-OWN_NAMES = ("shards", TMP_DIR, PENDING_NAME, LOCK_NAME, TOKENIZER_NAME, MANIFEST_NAME)
+PENDING_NAME = ".pending.json"  # the identity of an unfinished dump; a rerun with the same one resumes
 
 
 def is_store_dir(root: Path) -> bool:
@@ -39,154 +53,192 @@ def check_destination(root: str | os.PathLike) -> None:
         raise StoreExistsError(f"{root} is a non-empty directory that is not a store: choose an empty or new --out")
 
 
-def _wipe(root: Path) -> None:
-    (root / MANIFEST_NAME).unlink(missing_ok=True)  # un-commit first: never a manifest over missing shards
-    for sub in ("shards", TMP_DIR):
-        if (root / sub).exists():
-            shutil.rmtree(root / sub)
-    (root / TOKENIZER_NAME).unlink(missing_ok=True)
-    (root / PENDING_NAME).unlink(missing_ok=True)
+@dataclass(frozen=True)
+class ShardWriter:
+    """Writes and checks whole shards of one store. Picklable: each writing task holds a copy, and
+    owns the shards it writes (exactly one task per shard; Zarr loses data when two share one)."""
 
+    root: str
+    layout: StoreLayout
 
-def prepare_store_dir(root: str | os.PathLike, *, overwrite: bool) -> Path:
-    """Make `root` ready for a new dump from scratch. A complete store there is kept unless `overwrite`."""
-    root = Path(root)
-    check_destination(root)
-    if (root / MANIFEST_NAME).exists() and not overwrite:
-        raise StoreExistsError(f"a complete store already exists at {root}: pass --overwrite to replace it, or choose another --out")
-    if root.exists():
-        _wipe(root)
-    try:
-        (root / "shards").mkdir(parents=True, exist_ok=True)
-        (root / TMP_DIR).mkdir(exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"cannot create the store directory {root}: {exc.strerror}; choose a writable --out") from None
-    return root
-
-
-def start_or_resume(root: str | os.PathLike, identity: dict, *, overwrite: bool) -> bool:
-    """Prepare `root` for the dump `identity` describes (everything that decides the store's content).
-
-    An unfinished dump of the same identity is resumed (-> True: keep its complete shards); one of
-    another identity is an error unless `overwrite`; anything else starts from scratch (-> False).
-    The caller holds the store's lock.
-    """
-    root = Path(root)
-    check_destination(root)
-    pending = root / PENDING_NAME
-    resume = False
-    if not (root / MANIFEST_NAME).exists() and pending.is_file() and not overwrite:
+    def write(self, index: int, data: ShardData) -> ShardInfo:
+        """Validate `data` (top-k by descending logit), encode it with the layout's codec, write it
+        under a temporary name, then rename it into place."""
+        data.validate(self.layout, reading=False)
+        name = shard_name(index, self.layout.backend)
+        final = Path(self.root) / name
+        tmp = Path(self.root) / TMP_DIR / f"{Path(name).name}.{uuid.uuid4().hex}"
         try:
-            previous = json.loads(pending.read_text(encoding="utf-8"))
-        except (ValueError, OSError):
-            previous = None
-        mine = json.loads(json.dumps(identity))
-        if previous == mine:
-            resume = True
-        elif isinstance(previous, dict):
-            differ = _differences(previous, mine)
-            raise StoreConflictError(
-                f"{root} holds an unfinished dump made with other arguments (they differ in: {', '.join(differ)}): "
-                f"rerun that dump's command to resume it, or pass --overwrite to start over"
-            )
-    if resume:
-        shutil.rmtree(root / TMP_DIR, ignore_errors=True)  # partial writes of the crashed run
-        (root / TMP_DIR).mkdir()
-        return True
-    prepare_store_dir(root, overwrite=overwrite)
-    tmp = root / TMP_DIR / PENDING_NAME
-    tmp.write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, pending)
-    return False
+            get_backend(self.layout.backend).write(str(tmp), self.layout.codec.encode(data))
+            sha, nbytes = shard_checksum(tmp)
+            _remove(final)  # a retried task: the plan is deterministic, so the new copy replaces the old
+            os.rename(tmp, final)
+        except BaseException as exc:
+            _remove(tmp)
+            if _is_out_of_space(exc):
+                raise StoreError(f"no space left to write shard {name} of {self.root}: free space, then rerun the same "
+                                 f"command to resume (finished shards are kept)") from None
+            if isinstance(exc, PermissionError):
+                raise StoreError(f"no permission to write shard {name} of {self.root}: make the store directory "
+                                 f"writable, then rerun the same command") from None
+            raise
+        return _info(index, name, data, nbytes, sha)
 
-
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ (one level into nested objects is enough to name the cause)."""
-    out = []
-    for key in sorted(set(a) | set(b)):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict) and not prefix:
-            out += _differences(x, y, f"{key}.")
-        elif x != y:
-            out.append(prefix + key)
-    return out
-
-
-def completed_shards(root: str | os.PathLike, backend_name: str, plan: ShardPlan, *, top_k: int, num_temperatures: int,
-                     index_dtype: str, vocab_size: int, draws: int = 0, codec: Codec = Codec(), views: int = 0) -> dict[int, ShardInfo]:
-    """Shards of an unfinished dump that are in place and sound (decode, validate, ids as planned).
-    A shard that fails is deleted, so it is written again."""
-    root = Path(root)
-    backend = get_backend(backend_name)
-    done = {}
-    for j in range(plan.num_shards):
-        name = shard_name(j, backend_name)
-        path = root / name
+    def sound(self, index: int, plan: ShardPlan) -> ShardInfo | None:
+        """Shard `index` if it is in place, decodes, passes the shard rules and holds exactly the ids
+        the plan gives it; else None, and whatever was there is deleted (it must be written again)."""
+        name = shard_name(index, self.layout.backend)
+        path = Path(self.root) / name
         if not path.exists():
-            continue
+            return None
         try:
-            data = codec.decode(backend.read(str(path)))
-            data.validate(top_k=top_k, num_temperatures=num_temperatures, index_dtype=index_dtype, vocab_size=vocab_size, draws=draws, views=views)
-            if (data.num_samples, int(data.sample_id[0]), int(data.sample_id[-1])) != (int(plan.counts[j]), int(plan.first_ids[j]), int(plan.last_ids[j])):
+            data = self.layout.codec.decode(get_backend(self.layout.backend).read(str(path)))
+            data.validate(self.layout)
+            planned = (int(plan.counts[index]), int(plan.first_ids[index]), int(plan.last_ids[index]))
+            if (data.num_samples, int(data.sample_id[0]), int(data.sample_id[-1])) != planned:
                 raise ShardDataError("ids differ from the plan")
             sha, nbytes = shard_checksum(path)
         except Exception:  # any damage at all: write it again
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-            continue
-        done[j] = ShardInfo(index=j, name=name, first_id=int(data.sample_id[0]), last_id=int(data.sample_id[-1]),
-                            num_samples=data.num_samples, num_positions=data.num_positions, num_bytes=nbytes, sha256=sha)
-    return done
+            _remove(path)
+            return None
+        return _info(index, name, data, nbytes, sha)
 
 
-def write_shard(root: str | os.PathLike, backend_name: str, index: int, data: ShardData, *,
-                top_k: int, num_temperatures: int, index_dtype: str, vocab_size: int, draws: int = 0,
-                codec: Codec = Codec(), views: int = 0) -> ShardInfo:
-    """Validate `data` (top-k by descending logit), encode it with `codec`, write it under a
-    temporary name, then rename it into place.
-
-    The caller owns shard `index` exclusively (one task per shard).
-    """
-    data.validate(top_k=top_k, num_temperatures=num_temperatures, index_dtype=index_dtype, vocab_size=vocab_size, draws=draws, views=views)
-    root = Path(root)
-    name = shard_name(index, backend_name)
-    final = root / name
-    tmp = root / TMP_DIR / f"{Path(name).name}.{uuid.uuid4().hex}"
-    backend = get_backend(backend_name)
-    try:
-        backend.write(str(tmp), codec.encode(data))
-        sha, nbytes = shard_checksum(tmp)
-        if final.exists():  # a retried task: the plan is deterministic, so the new copy replaces the old
-            shutil.rmtree(final) if final.is_dir() else final.unlink()
-        os.rename(tmp, final)
-    except BaseException as exc:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        if _is_out_of_space(exc):
-            raise StoreError(f"no space left to write shard {name} of {root}: free space, then rerun the same command to resume (finished shards are kept)") from None
-        if isinstance(exc, PermissionError):
-            raise StoreError(f"no permission to write shard {name} of {root}: make the store directory writable, then rerun the same command") from None
-        raise
-    return ShardInfo(
-        index=index,
-        name=name,
-        first_id=int(data.sample_id[0]),
-        last_id=int(data.sample_id[-1]),
-        num_samples=data.num_samples,
-        num_positions=data.num_positions,
-        num_bytes=nbytes,
-        sha256=sha,
-    )
+def _info(index: int, name: str, data: ShardData, nbytes: int, sha: str) -> ShardInfo:
+    return ShardInfo(index=index, name=name, first_id=int(data.sample_id[0]), last_id=int(data.sample_id[-1]),
+                     num_samples=data.num_samples, num_positions=data.num_positions, num_bytes=nbytes, sha256=sha)
 
 
-def write_tokenizer(root: str | os.PathLike, json_text: str) -> dict:
-    """Save the tokenizer the store's token ids come from (before the commit); -> its manifest entry."""
-    import hashlib
+class StoreWriter:
+    """The single writer of a store, from its lock to its commit (see the module docstring)."""
 
-    data = json_text.encode("utf-8")
-    tmp = Path(root) / TMP_DIR / TOKENIZER_NAME
-    tmp.write_bytes(data)
-    os.replace(tmp, Path(root) / TOKENIZER_NAME)
-    return {"file": TOKENIZER_NAME, "sha256": hashlib.sha256(data).hexdigest()}
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self._lock = StoreLock(self.root)
+        self._created = False
+        self.layout: StoreLayout | None = None
+        self.plan: ShardPlan | None = None
+        self.identity: dict[str, Any] = {}
+        self.finished: Manifest | None = None  # set by start(): the same dump, already complete
+        self.resumed: dict[int, ShardInfo] = {}  # set by start(): sound shards kept from an unfinished run
+
+    def __enter__(self) -> "StoreWriter":
+        check_destination(self.root)  # before the lock file is created in someone's directory
+        self._created = not self.root.exists()
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+        # A dump refused before it wrote anything leaves no directory behind.
+        if self._created and self.root.is_dir() and [p.name for p in self.root.iterdir()] == [LOCK_NAME]:
+            (self.root / LOCK_NAME).unlink(missing_ok=True)
+            self.root.rmdir()
+
+    def start(self, layout: StoreLayout, plan: ShardPlan, identity: dict[str, Any], *, overwrite: bool) -> None:
+        """Prepare the store for the dump `identity` describes (teacher, dataset, arguments; the
+        layout is added here). The same dump already complete sets `finished`; an unfinished one
+        with the same identity is resumed (`resumed`); one with another identity is refused unless
+        `overwrite`; anything else starts from scratch."""
+        problems = layout.problems()
+        if problems:
+            raise StoreError(f"invalid store layout: {'; '.join(problems)}")
+        self.layout, self.plan = layout, plan
+        self.identity = canonical({"layout": layout.to_json(), **identity})
+        if (self.root / MANIFEST_NAME).exists() and not overwrite:
+            self.finished = self._same_complete_store()
+            return
+        if self._resumable(overwrite):
+            shutil.rmtree(self.root / TMP_DIR, ignore_errors=True)  # partial writes of the crashed run
+            (self.root / TMP_DIR).mkdir()
+            writer = self.shard_writer()
+            self.resumed = {j: info for j in range(plan.num_shards) if (info := writer.sound(j, plan)) is not None}
+            return
+        self._prepare_empty()
+        atomic_write_text(self.root / PENDING_NAME, json.dumps(self.identity, indent=2, sort_keys=True) + "\n")
+
+    def _same_complete_store(self) -> Manifest:
+        existing = read_manifest(self.root)
+        if existing.content_sha256 == content_sha256(self.identity):
+            return existing
+        recorded = {"teacher": existing.teacher, "dataset": existing.dataset, "layout": existing.layout.to_json()}
+        differ = differences(recorded, {k: self.identity.get(k) for k in recorded})
+        raise StoreExistsError(f"a complete store made from other teacher weights, data or arguments "
+                               f"({', '.join(differ) or 'arguments'} differ) already exists at {self.root}: "
+                               f"pass --overwrite to replace it, or choose another --out")
+
+    def _resumable(self, overwrite: bool) -> bool:
+        pending = self.root / PENDING_NAME
+        if overwrite or (self.root / MANIFEST_NAME).exists() or not pending.is_file():
+            return False
+        try:
+            previous = json.loads(pending.read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            return False  # a damaged record: start over
+        if previous == self.identity:
+            return True
+        differ = differences(previous, self.identity) if isinstance(previous, dict) else ["everything"]
+        raise StoreConflictError(f"{self.root} holds an unfinished dump made with other arguments (they differ in: "
+                                 f"{', '.join(differ)}): rerun that dump's command to resume it, or pass --overwrite "
+                                 f"to start over")
+
+    def _prepare_empty(self) -> None:
+        """An empty store directory; a complete store there is un-committed before anything else."""
+        check_destination(self.root)
+        (self.root / MANIFEST_NAME).unlink(missing_ok=True)  # never a manifest over missing shards
+        for sub in ("shards", TMP_DIR):
+            shutil.rmtree(self.root / sub, ignore_errors=True)
+        for name in (TOKENIZER_NAME, PENDING_NAME):
+            (self.root / name).unlink(missing_ok=True)
+        try:
+            (self.root / "shards").mkdir(parents=True)
+            (self.root / TMP_DIR).mkdir()
+        except OSError as exc:
+            raise StoreError(f"cannot create the store directory {self.root}: {exc.strerror}; choose a writable --out") from None
+
+    def shard_writer(self) -> ShardWriter:
+        return ShardWriter(str(self.root), self._started())
+
+    def save_tokenizer(self, json_text: str, kind: str, vocab_size: int) -> TokenizerRef:
+        """Save the tokenizer the store's token ids come from (before the commit)."""
+        import hashlib
+
+        data = json_text.encode("utf-8")
+        atomic_write_bytes(self.root / TOKENIZER_NAME, data)
+        return TokenizerRef(kind=kind, vocab_size=vocab_size, file=TOKENIZER_NAME, sha256=hashlib.sha256(data).hexdigest())
+
+    def commit(self, shards: list[ShardInfo], *, teacher: dict, dataset: dict, config: dict,
+               tokenizer: TokenizerRef | None = None) -> Manifest:
+        """Build the manifest from the layout and every planned shard, and write it last: the store
+        is complete from this moment."""
+        layout, plan = self._started(), self.plan
+        infos = sorted(shards, key=lambda s: s.index)
+        if [s.index for s in infos] != list(range(plan.num_shards)):
+            raise StoreError(f"the dump wrote shards {[s.index for s in infos]} of {plan.num_shards} planned: run it again")
+        manifest = Manifest(layout=layout, num_samples=sum(s.num_samples for s in infos),
+                            num_positions=sum(s.num_positions for s in infos), teacher=teacher, dataset=dataset,
+                            shards=tuple(infos), tokenizer=tokenizer, config=config,
+                            content_sha256=content_sha256(self.identity), created_by=f"logitstore {logitstore.__version__}")
+        shutil.rmtree(self.root / TMP_DIR, ignore_errors=True)
+        try:
+            write_manifest(self.root, manifest)
+        except OSError as exc:
+            raise StoreError(f"cannot write the manifest of {self.root} ({exc.strerror}): fix that, then rerun the same "
+                             f"command; every shard is kept and the store stays incomplete until then") from None
+        (self.root / PENDING_NAME).unlink(missing_ok=True)
+        return manifest
+
+    def _started(self) -> StoreLayout:
+        if self.layout is None:
+            raise RuntimeError("StoreWriter.start() must come first")
+        return self.layout
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _is_out_of_space(exc: BaseException) -> bool:
@@ -200,16 +252,3 @@ def _is_out_of_space(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
-
-
-def commit_store(root: str | os.PathLike, manifest: Manifest) -> Path:
-    """Write the manifest last; the store is complete from this moment."""
-    root = Path(root)
-    shutil.rmtree(root / TMP_DIR, ignore_errors=True)
-    try:
-        path = write_manifest(root, manifest)
-    except OSError as exc:
-        raise StoreError(f"cannot write the manifest of {root} ({exc.strerror}): fix that, then rerun the same command; "
-                         f"every shard is kept and the store stays incomplete until then") from None
-    (root / PENDING_NAME).unlink(missing_ok=True)
-    return path

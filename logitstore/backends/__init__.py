@@ -1,6 +1,6 @@
 """Backends: each stores one shard's named arrays on disk and reads them back, nothing more.
 
-The contract (checked by tests/test_store_conformance.py for every backend):
+The contract (checked for every backend by the conformance classes of logitstore/testing.py):
   write(path, arrays) -> None   creates `path` (must not exist) holding `arrays`
   read(path) -> arrays          returns exactly what was written, dtypes included
 `arrays` maps names to numpy arrays: `sample_id` [S], `position_offsets` [S+1], and any number of
@@ -28,11 +28,13 @@ class Backend(Protocol):
 
 def get_backend(name: str) -> Backend:
     if name == "zarr":
-        from logitstore.backends.zarr_backend import ZarrBackend
+        from logitstore.backends.zarr import ZarrBackend
 
         return ZarrBackend()
     if name == "arrow":
-        from logitstore.backends.arrow_backend import ArrowBackend
+        from logitstore.backends.arrow import ArrowBackend
 
         return ArrowBackend()
-    raise ValueError(f"unknown store format {name!r}: use zarr or arrow")
+    from logitstore.errors import StoreError
+
+    raise StoreError(f"unknown store backend {name!r}: use zarr or arrow")

@@ -1,0 +1,248 @@
+"""What decides the shape of a store's shards: the StoreLayout and its parts.
+
+Each part is a frozen dataclass with `to_json()` (its manifest object), `from_json()` (tolerant:
+it keeps what it finds) and `problems()` (every rule it breaks, as short phrases the caller puts
+in context: a manifest parser says the store is damaged, a job names the flag). The layout is
+what writers, readers, codecs and shard validation agree on; it replaces loose keyword bags.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from logitstore.codec import Codec
+
+BACKENDS = ("zarr", "arrow")
+SELECTIONS = ("topk", "sample", "hybrid")
+INDEX_DTYPES = ("uint16", "uint32")
+VALUE_DTYPE = "float32"  # what a reader returns for logits and normalisers, whatever the codec stores
+TOKENIZER_NAME = "tokenizer.json"  # the only extra file a store may hold at its root
+MAX_DRAWS = MAX_VIEWS = 65535
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def index_dtype_for(vocab_size: int) -> str:
+    """Narrowest index dtype that holds every class id of a vocabulary."""
+    return "uint16" if vocab_size <= 2**16 else "uint32"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What is stored per position: the exact top-k (`topk`), or also `draws` ids drawn from the
+    teacher at `temperature` (`sample`: from the whole distribution; `hybrid`: from the tail
+    beyond the top-k), seeded by `seed` and the sample id."""
+
+    kind: str = "topk"
+    draws: int = 0
+    temperature: float | None = None
+    seed: int | None = None
+
+    @property
+    def sampled(self) -> bool:
+        return self.kind != "topk"
+
+    def problems(self, temperatures: tuple[float, ...] = ()) -> list[str]:
+        if self.kind not in SELECTIONS:
+            return [f"selection kind {self.kind!r} is unknown (expected {', '.join(SELECTIONS)})"]
+        if not self.sampled:
+            return []
+        out = []
+        if not _is_int(self.draws) or not 1 <= self.draws <= MAX_DRAWS:
+            out.append(f"selection draws {self.draws!r} is out of range (1..{MAX_DRAWS})")
+        t = self.temperature
+        if not _is_number(t) or not (t > 0 and math.isfinite(t)):
+            out.append(f"selection temperature {t!r} must be a positive number")
+        elif temperatures and not any(math.isclose(t, r, rel_tol=1e-9) for r in temperatures):
+            out.append(f"selection temperature {t:g} is not one of the recorded temperatures")
+        if self.seed is not None and not _is_int(self.seed):
+            out.append(f"selection seed {self.seed!r} must be an integer")
+        return out
+
+    def to_json(self) -> dict:
+        if not self.sampled:
+            return {"kind": self.kind}
+        out = {"kind": self.kind, "draws": self.draws, "temperature": self.temperature}
+        return out if self.seed is None else {**out, "seed": self.seed}
+
+    @staticmethod
+    def from_json(obj: Any) -> "Selection":
+        if not isinstance(obj, dict):
+            return Selection(kind=repr(obj))
+        return Selection(kind=obj.get("kind"), draws=obj.get("draws", 0), temperature=obj.get("temperature"),
+                         seed=obj.get("seed"))
+
+
+@dataclass(frozen=True)
+class Views:
+    """`count` augmented views per sample, made by the augmentation named `augment` from `seed`."""
+
+    count: int
+    augment: str
+    seed: int
+
+    def problems(self) -> list[str]:
+        out = []
+        if not _is_int(self.count) or not 1 <= self.count <= MAX_VIEWS:
+            out.append(f"views count {self.count!r} is out of range (1..{MAX_VIEWS})")
+        if not isinstance(self.augment, str) or not self.augment:
+            out.append("views augment must name the augmentation")
+        if not _is_int(self.seed):
+            out.append(f"views seed {self.seed!r} must be an integer")
+        return out
+
+    def to_json(self) -> dict:
+        return {"count": self.count, "augment": self.augment, "seed": self.seed}
+
+    @staticmethod
+    def from_json(obj: Any) -> "Views":
+        obj = obj if isinstance(obj, dict) else {}
+        return Views(count=obj.get("count"), augment=obj.get("augment"), seed=obj.get("seed"))
+
+
+@dataclass(frozen=True)
+class TokenizerRef:
+    """The tokenizer the store's token ids come from: its kind and vocabulary, and for a tokenizer
+    that is a file, the file saved beside the manifest (always `tokenizer.json`) and its sha256."""
+
+    kind: str
+    vocab_size: int
+    file: str | None = None
+    sha256: str | None = None
+
+    def problems(self) -> list[str]:
+        out = []
+        if not isinstance(self.kind, str) or not self.kind:
+            out.append("tokenizer kind must be a non-empty string")
+        if not _is_int(self.vocab_size) or self.vocab_size < 1:
+            out.append(f"tokenizer vocab_size {self.vocab_size!r} must be a positive integer")
+        if self.file is not None and (self.file != TOKENIZER_NAME or not _is_hex64(self.sha256)):
+            out.append(f"tokenizer file must be {TOKENIZER_NAME!r} with its sha256")
+        return out
+
+    def to_json(self) -> dict:
+        out = {"kind": self.kind, "vocab_size": self.vocab_size}
+        return out if self.file is None else {**out, "file": self.file, "sha256": self.sha256}
+
+    @staticmethod
+    def from_json(obj: Any) -> "TokenizerRef":
+        obj = obj if isinstance(obj, dict) else {}
+        return TokenizerRef(kind=obj.get("kind"), vocab_size=obj.get("vocab_size"), file=obj.get("file"),
+                            sha256=obj.get("sha256"))
+
+
+def _is_hex64(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Everything that decides how a store's shards look: backend, k, vocabulary (and its index
+    dtype), recorded temperatures, shard size, selection, codec and views. Writers validate every
+    shard against it; readers decode and check with it; the manifest records it."""
+
+    backend: str
+    top_k: int
+    vocab_size: int
+    temperatures: tuple[float, ...]
+    shard_size: int
+    selection: Selection = field(default_factory=Selection)
+    codec: Codec = field(default_factory=Codec)
+    views: Views | None = None
+    index_dtype: str = ""  # "" = the narrowest that holds the vocabulary
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "temperatures", tuple(self.temperatures))
+        if not self.index_dtype and _is_int(self.vocab_size) and self.vocab_size > 0:
+            object.__setattr__(self, "index_dtype", index_dtype_for(self.vocab_size))
+
+    @staticmethod
+    def make(*, backend: str, top_k: int, vocab_size: int, temperatures, shard_size: int, selection: Selection = Selection(),
+             index_codec: str = "plain", value_codec: str = "float32", value_bits: int = 0,
+             views: Views | None = None) -> "StoreLayout":
+        temperatures = tuple(float(t) for t in temperatures)
+        codec = Codec.make(index_codec, value_codec, value_bits, temperatures)
+        return StoreLayout(backend=backend, top_k=top_k, vocab_size=vocab_size, temperatures=temperatures,
+                           shard_size=shard_size, selection=selection, codec=codec, views=views)
+
+    @property
+    def draws(self) -> int:
+        """Sampled entries per position (0 for a top-k store)."""
+        return int(self.selection.draws) if self.selection.sampled else 0
+
+    @property
+    def num_views(self) -> int:
+        """Augmented views per sample (0: the inputs as they are)."""
+        return int(self.views.count) if self.views else 0
+
+    @property
+    def format_version(self) -> int:
+        """The lowest format version that holds this layout (FORMAT.md, versions)."""
+        if self.views:
+            return 4
+        if not self.codec.is_default:
+            return 3
+        return 2 if self.selection.sampled else 1
+
+    def temperature_index(self, temperature: float) -> int:
+        """Column of `logsumexp` that holds temperature T; ValueError when T was not recorded."""
+        for i, t in enumerate(self.temperatures):
+            if math.isclose(t, temperature, rel_tol=1e-9, abs_tol=1e-12):
+                return i
+        raise ValueError(temperature)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.backend not in BACKENDS:
+            out.append(f"backend {self.backend!r} is unknown (expected {' or '.join(BACKENDS)})")
+        if not _is_int(self.vocab_size) or self.vocab_size < 1:
+            out.append(f"vocab_size {self.vocab_size!r} must be a positive integer")
+        if not _is_int(self.top_k) or self.top_k < 1:
+            out.append(f"top_k {self.top_k!r} must be a positive integer")
+        elif _is_int(self.vocab_size) and self.top_k > self.vocab_size:
+            out.append(f"top_k {self.top_k} exceeds vocab_size {self.vocab_size}")
+        if self.index_dtype not in INDEX_DTYPES:
+            out.append(f"index_dtype {self.index_dtype!r} is unknown (expected uint16 or uint32)")
+        elif _is_int(self.vocab_size) and self.vocab_size > 0 and self.index_dtype != index_dtype_for(self.vocab_size):
+            out.append(f"index_dtype must be {index_dtype_for(self.vocab_size)} for a vocabulary of {self.vocab_size}")
+        temps = self.temperatures
+        if not temps or not all(_is_number(t) and t > 0 and math.isfinite(t) for t in temps):
+            out.append("temperatures must be a non-empty list of positive numbers")
+        elif len(set(temps)) != len(temps):
+            out.append("temperatures lists a temperature twice")
+        if not _is_int(self.shard_size) or self.shard_size < 1:
+            out.append(f"shard_size {self.shard_size!r} must be a positive integer")
+        out += self.selection.problems(temps)
+        out += self.codec.problems()
+        if self.views is not None:
+            out += self.views.problems()
+        return out
+
+    def to_json(self) -> dict:
+        """The manifest keys of the layout."""
+        out = {"backend": self.backend, "top_k": self.top_k, "vocab_size": self.vocab_size, "index_dtype": self.index_dtype,
+               "value_dtype": VALUE_DTYPE, "temperatures": list(self.temperatures), "shard_size": self.shard_size,
+               "selection": self.selection.to_json(), "codec": self.codec.to_json()}
+        return out if self.views is None else {**out, "views": self.views.to_json()}
+
+    @staticmethod
+    def from_json(raw: dict) -> "StoreLayout":
+        """The layout recorded in a manifest (absent selection/codec: their version-1 defaults)."""
+        temps = raw.get("temperatures")
+        temps = tuple(float(t) if _is_number(t) else t for t in temps) if isinstance(temps, list) else ()
+        codec = raw.get("codec", {"index": "plain", "values": "float32"})
+        return StoreLayout(
+            backend=raw.get("backend"), top_k=raw.get("top_k"), vocab_size=raw.get("vocab_size"), temperatures=temps,
+            shard_size=raw.get("shard_size"), selection=Selection.from_json(raw.get("selection", {"kind": "topk"})),
+            codec=Codec.from_json(codec, temps) if isinstance(codec, dict) else Codec(index=repr(codec)),
+            views=None if raw.get("views") is None else Views.from_json(raw["views"]),
+            index_dtype=raw.get("index_dtype") if isinstance(raw.get("index_dtype"), str) else repr(raw.get("index_dtype")),
+        )
