@@ -17,16 +17,20 @@ import argparse
 import statistics
 
 from bench.common import add_work_flags, digits_stores, markdown_table, work_dir, write_json
-from trainer.config import DumpConfig, TrainConfig
-from trainer.dump import run_dump
-from trainer.train import run_training
+from trainer.student.config import TrainConfig
+from trainer.student.run import run_training
+from trainer.teacher.config import DumpConfig
+from trainer.teacher.pipeline import run_dump
 
 AUGMENT = "digits-shift-rotate"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.augment_consistency", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.augment_consistency",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--views", type=int, default=16)
@@ -41,25 +45,61 @@ def main(argv: list[str] | None = None) -> int:
     stores = digits_stores(work)
     stores["plain"] = stores.pop("train")
     stores["views"] = str(work / "store-views")
-    run_dump(DumpConfig(teacher="digits-cnn", dataset="digits", out=stores["views"], views=args.views, augment=AUGMENT, overwrite=True))
+    run_dump(
+        DumpConfig(
+            teacher="digits-cnn",
+            dataset="digits",
+            out=stores["views"],
+            views=args.views,
+            augment=AUGMENT,
+            overwrite=True,
+        )
+    )
 
-    methods = [("no augmentation", stores["plain"], ""), ("inconsistent (augmented student, un-augmented targets)", stores["plain"], AUGMENT),
-               (f"consistent views (V={args.views}, seeds replayed)", stores["views"], "")]
+    methods = [
+        ("no augmentation", stores["plain"], ""),
+        ("inconsistent (augmented student, un-augmented targets)", stores["plain"], AUGMENT),
+        (f"consistent views (V={args.views}, seeds replayed)", stores["views"], ""),
+    ]
     rows = []
     for name, store, augment in methods:
         accs, agreement = [], []
         for seed in range(args.seeds):
-            cfg = TrainConfig(store=store, dataset=args.dataset, eval_dataset="digits-eval", eval_store=stores["eval"],
-                              student=args.student, output=str(work / f"run-{len(rows)}-{seed}"), epochs=args.epochs,
-                              temperature=args.temperature, alpha=args.alpha, augment=augment, seed=seed, overwrite=True)
+            cfg = TrainConfig(
+                store=store,
+                dataset=args.dataset,
+                eval_dataset="digits-eval",
+                eval_store=stores["eval"],
+                student=args.student,
+                output=str(work / f"run-{len(rows)}-{seed}"),
+                epochs=args.epochs,
+                temperature=args.temperature,
+                alpha=args.alpha,
+                augment=augment,
+                seed=seed,
+                overwrite=True,
+            )
             metrics = run_training(cfg)
             accs.append(metrics["eval_accuracy"])
             agreement.append(metrics["teacher_agreement"])
             print(f"{name}, seed {seed}: eval_accuracy {accs[-1]:.4f}", flush=True)
-        rows.append({"method": name, "mean": statistics.mean(accs), "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                     "agreement": statistics.mean(agreement), "seeds": ", ".join(f"{a:.4f}" for a in accs)})
-    print(f"\n{args.student} on {args.dataset}, k=5, T={args.temperature:g}, alpha={args.alpha:g}, {args.epochs} epochs, {args.seeds} seeds:\n")
-    print(markdown_table(rows, [("method", "{}"), ("mean", "{:.4f}"), ("sd", "{:.4f}"), ("agreement", "{:.4f}"), ("seeds", "{}")]))
+        rows.append(
+            {
+                "method": name,
+                "mean": statistics.mean(accs),
+                "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "agreement": statistics.mean(agreement),
+                "seeds": ", ".join(f"{a:.4f}" for a in accs),
+            }
+        )
+    print(
+        f"\n{args.student} on {args.dataset}, k=5, T={args.temperature:g}, alpha={args.alpha:g}, {args.epochs} epochs, {args.seeds} seeds:\n"
+    )
+    print(
+        markdown_table(
+            rows, [("method", "{}"), ("mean", "{:.4f}"), ("sd", "{:.4f}"), ("agreement", "{:.4f}"), ("seeds", "{}")]
+        )
+    )
     if args.json:
         write_json(args.json, {"augment_consistency": {"args": vars(args), "rows": rows}})
     return 0

@@ -13,15 +13,22 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """rows -> a Markdown table of `columns` (key, format)."""
     lines = ["| " + " | ".join(key for key, _ in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(fmt.format(row[key]) if row.get(key) is not None else "-" for key, fmt in columns) + " |")
+        lines.append(
+            "| " + " | ".join(fmt.format(row[key]) if row.get(key) is not None else "-" for key, fmt in columns) + " |"
+        )
     return "\n".join(lines)
 
 
 def machine() -> dict:
     import torch
 
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 @contextlib.contextmanager
@@ -31,13 +38,13 @@ def quick_teacher(name: str, cache: Path, enabled: bool = True):
     if not enabled:
         yield
         return
-    from trainer.digits import save_teacher
-    from trainer.lm import example
+    from trainer.builtin.cache import save_weights
+    from trainer.builtin.stdlib import example
 
     saved = os.environ.get("LOGITSTORE_CACHE")
     os.environ["LOGITSTORE_CACHE"] = str(cache)
     try:
-        save_teacher(example.train_teacher(30, name=name), example.teacher_cache_path(name))
+        save_weights(example.train_teacher(30, name=name), example.teacher_cache_path(name))
         yield
     finally:
         if saved is None:
@@ -61,8 +68,8 @@ def work_dir(args, name: str) -> Path:
 
 def digits_stores(work: Path, **dump_args) -> dict[str, str]:
     """The teacher's one pass over digits: {"train": store, "eval": store} in `work`."""
-    from trainer.config import DumpConfig
-    from trainer.dump import run_dump
+    from trainer.teacher.config import DumpConfig
+    from trainer.teacher.pipeline import run_dump
 
     stores = {}
     for name, dataset in (("train", "digits"), ("eval", "digits-eval")):

@@ -19,9 +19,9 @@ import numpy as np
 
 from bench.common import add_work_flags, digits_stores, work_dir
 from logitstore import StoreReader
-from trainer import digits
-from trainer.config import TrainConfig
-from trainer.train import run_training
+from trainer.builtin import digits
+from trainer.student.config import TrainConfig
+from trainer.student.run import run_training
 
 
 def teacher_accuracy(store: str) -> float:
@@ -32,8 +32,11 @@ def teacher_accuracy(store: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.digits_accuracy", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.digits_accuracy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--workers", type=int, default=1)
@@ -48,24 +51,42 @@ def main(argv: list[str] | None = None) -> int:
     stores = digits_stores(work, top_k=args.top_k, format=args.format)
     results: dict[str, dict[str, list[float]]] = {}
     for setting, dataset in (("full labels", "digits"), ("few labels (~10%)", "digits-fewlabels")):
-        for method, alpha in ((f"distilled (k={args.top_k}, T={args.temperature:g}, alpha={args.alpha:g})", args.alpha), ("labels only (alpha=0)", 0.0)):
+        for method, alpha in (
+            (f"distilled (k={args.top_k}, T={args.temperature:g}, alpha={args.alpha:g})", args.alpha),
+            ("labels only (alpha=0)", 0.0),
+        ):
             accs = []
             for seed in range(args.seeds):
-                cfg = TrainConfig(store=stores["train"], dataset=dataset, eval_dataset="digits-eval",
-                                  eval_store=stores["eval"], student="digits-mlp", output=str(work / f"run-{setting[:4]}-{alpha}-{seed}"),
-                                  epochs=args.epochs, temperature=args.temperature, alpha=alpha, workers=args.workers,
-                                  seed=seed, overwrite=True)
+                cfg = TrainConfig(
+                    store=stores["train"],
+                    dataset=dataset,
+                    eval_dataset="digits-eval",
+                    eval_store=stores["eval"],
+                    student="digits-mlp",
+                    output=str(work / f"run-{setting[:4]}-{alpha}-{seed}"),
+                    epochs=args.epochs,
+                    temperature=args.temperature,
+                    alpha=alpha,
+                    workers=args.workers,
+                    seed=seed,
+                    overwrite=True,
+                )
                 accs.append(run_training(cfg)["eval_accuracy"])
                 print(f"{setting} | {method} | seed {seed}: {accs[-1]:.4f}", flush=True)
             results.setdefault(setting, {})[method] = accs
 
     teacher = teacher_accuracy(stores["eval"])
-    lines = ["| setting | model | held-out accuracy (mean ± sd over seeds) | per seed |", "|---|---|---|---|",
-             f"| - | teacher (digits-cnn, 151k params) | {teacher:.4f} | - |"]
+    lines = [
+        "| setting | model | held-out accuracy (mean ± sd over seeds) | per seed |",
+        "|---|---|---|---|",
+        f"| - | teacher (digits-cnn, 151k params) | {teacher:.4f} | - |",
+    ]
     for setting, methods in results.items():
         for method, accs in methods.items():
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            lines.append(f"| {setting} | student digits-mlp (1.2k params), {method} | {statistics.mean(accs):.4f} ± {sd:.4f} | {', '.join(f'{a:.4f}' for a in accs)} |")
+            lines.append(
+                f"| {setting} | student digits-mlp (1.2k params), {method} | {statistics.mean(accs):.4f} ± {sd:.4f} | {', '.join(f'{a:.4f}' for a in accs)} |"
+            )
     print("\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps({"teacher": teacher, "results": results, "args": vars(args)}, indent=2))

@@ -29,12 +29,12 @@ import numpy as np
 import torch
 
 from bench.common import markdown_table, quick_teacher, write_json
-from trainer.config import DumpConfig
-from trainer.data import TEXT_PARTS, TextOptions, text_part
-from trainer.dump import run_dump
-from trainer.lm import example
-from trainer.lm.tokenization import resolve_tokenizer
+from trainer.builtin.stdlib import example
+from trainer.inputs.datasets import TEXT_PARTS, TextOptions, text_part
+from trainer.inputs.tokenizers import resolve_tokenizer
 from trainer.ray_env import ensure_ray
+from trainer.teacher.config import DumpConfig
+from trainer.teacher.pipeline import run_dump
 
 BATCH = 32
 
@@ -54,7 +54,7 @@ def bare_loop(name: str, dataset: str, threads: int) -> tuple[float, int, None]:
             model(ids[:BATCH])  # warm-up
             start = time.perf_counter()
             for s in range(0, ids.shape[0], BATCH):
-                model(ids[s:s + BATCH])
+                model(ids[s : s + BATCH])
             seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(before)
@@ -67,16 +67,30 @@ def steady_rate(store: Path) -> float:
     from logitstore import read_manifest
 
     m = read_manifest(store)
-    done = sorted((max(f.stat().st_mtime for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()), s.num_positions)
-                  for s in m.shards for p in [store / s.name])
+    done = sorted(
+        (max(f.stat().st_mtime for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()), s.num_positions)
+        for s in m.shards
+        for p in [store / s.name]
+    )
     span = done[-1][0] - done[0][0]
     return sum(n for _, n in done[1:]) / span if span > 0 else float("nan")
 
 
 def dump(name: str, dataset: str, work: Path, workers: int, threads: int, tag: str) -> tuple[float, int, float]:
-    cfg = DumpConfig(teacher=name, dataset=dataset, out=str(work / tag), tokenizer=example.TEACHERS[name].tokenizer,
-                     top_k=64, index_codec="delta", value_codec="logq", value_bits=8, batch_size=BATCH,
-                     workers=workers, threads_per_worker=threads, shard_size=64)
+    cfg = DumpConfig(
+        teacher=name,
+        dataset=dataset,
+        out=str(work / tag),
+        tokenizer=example.TEACHERS[name].tokenizer,
+        top_k=64,
+        index_codec="delta",
+        value_codec="logq",
+        value_bits=8,
+        batch_size=BATCH,
+        workers=workers,
+        threads_per_worker=threads,
+        shard_size=64,
+    )
     problems = cfg.validate()
     if problems:
         raise SystemExit("; ".join(problems))
@@ -87,9 +101,12 @@ def dump(name: str, dataset: str, work: Path, workers: int, threads: int, tag: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.dump", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="CI: a briefly trained byte-level teacher over the small eval text")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.dump", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="CI: a briefly trained byte-level teacher over the small eval text"
+    )
     parser.add_argument("--json", default=None, help="write the figures here")
     args = parser.parse_args(argv)
     name, dataset = ("stdlib-gpt", "stdlib-small-eval") if args.quick else ("stdlib-gpt-bpe8192", "stdlib-small")
@@ -110,14 +127,25 @@ def main(argv: list[str] | None = None) -> int:
             ensure_ray()
             for label, fn in runs:
                 seconds, positions, steady = fn()
-                rows.append({"run": label, "seconds": seconds, "positions": positions, "positions_s": positions / seconds,
-                             "steady_positions_s": steady if steady is not None else positions / seconds})
+                rows.append(
+                    {
+                        "run": label,
+                        "seconds": seconds,
+                        "positions": positions,
+                        "positions_s": positions / seconds,
+                        "steady_positions_s": steady if steady is not None else positions / seconds,
+                    }
+                )
                 print(rows[-1], flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rate = {r["run"]: r["steady_positions_s"] for r in rows}
     whole = {r["run"]: r["positions_s"] for r in rows}
-    full = f"dump, 1 worker x {cpus} threads" if f"dump, 1 worker x {cpus} threads" in rate else "dump, 1 worker x 1 thread"
+    full = (
+        f"dump, 1 worker x {cpus} threads"
+        if f"dump, 1 worker x {cpus} threads" in rate
+        else "dump, 1 worker x 1 thread"
+    )
     bare = f"bare loop, {cpus} threads" if f"bare loop, {cpus} threads" in rate else "bare loop, 1 thread"
     figures = {
         "dump_vs_bare": rate[full] / rate[bare],
@@ -127,11 +155,23 @@ def main(argv: list[str] | None = None) -> int:
         "scaling_dump_2v1_end_to_end": whole["dump, 2 workers x 1 thread"] / whole["dump, 1 worker x 1 thread"],
     }
     print(f"\nDump vs bare teacher loop: {name} over {dataset}, batch {BATCH}, k=64, delta/logq8, zarr\n")
-    print(markdown_table(rows, [("run", "{}"), ("positions", "{}"), ("seconds", "{:.1f}"), ("positions_s", "{:.0f}"),
-                                ("steady_positions_s", "{:.0f}")]))
+    print(
+        markdown_table(
+            rows,
+            [
+                ("run", "{}"),
+                ("positions", "{}"),
+                ("seconds", "{:.1f}"),
+                ("positions_s", "{:.0f}"),
+                ("steady_positions_s", "{:.0f}"),
+            ],
+        )
+    )
     print("\n" + "  ".join(f"{k} = {v:.3f}" for k, v in figures.items()))
     if args.json:
-        write_json(args.json, {**figures, "dump": {"teacher": name, "dataset": dataset, "quick": args.quick, "rows": rows}})
+        write_json(
+            args.json, {**figures, "dump": {"teacher": name, "dataset": dataset, "quick": args.quick, "rows": rows}}
+        )
     return 0
 
 

@@ -23,11 +23,12 @@ from pathlib import Path
 
 from bench.common import add_work_flags, work_dir
 from logitstore import read_manifest
-from trainer.config import DumpConfig, TrainConfig
-from trainer.dump import run_dump
-from trainer.lm import example
-from trainer.models import build_model
-from trainer.train import run_training
+from trainer.builtin.stdlib import example
+from trainer.inputs.models import build_model
+from trainer.student.config import TrainConfig
+from trainer.student.run import run_training
+from trainer.teacher.config import DumpConfig
+from trainer.teacher.pipeline import run_dump
 
 TRAIN, EVAL = "stdlib-small", "stdlib-small-eval"
 TOPK = dict(selection="topk", top_k=32)
@@ -44,14 +45,19 @@ def dump(out: Path, dataset: str, **extra) -> float:
     return bytes_per_token(str(out))
 
 
-def calibrate_draws(work: Path, extra: dict, target: float, tolerance: float = 0.03, steps: int = 8) -> tuple[int, list]:
+def calibrate_draws(
+    work: Path, extra: dict, target: float, tolerance: float = 0.03, steps: int = 8
+) -> tuple[int, list]:
     """Draws whose store on the eval text has `target` bytes per token (within `tolerance`)."""
     tried: dict[int, float] = {}
 
     def measure(draws: int) -> float:
         if draws not in tried:
             tried[draws] = dump(work / "calibration", EVAL, draws=draws, **extra)
-            print(f"  calibrate {extra['selection']}: draws={draws} -> {tried[draws]:.1f} B/token (target {target:.1f})", flush=True)
+            print(
+                f"  calibrate {extra['selection']}: draws={draws} -> {tried[draws]:.1f} B/token (target {target:.1f})",
+                flush=True,
+            )
         return tried[draws]
 
     a, b = 16, 256
@@ -70,8 +76,9 @@ def calibrate_draws(work: Path, extra: dict, target: float, tolerance: float = 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.lm_selections", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.lm_selections", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--alpha", type=float, default=0.5)
@@ -98,20 +105,48 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: {bytes_per_token(stores[label]):.1f} B/token on the training text", flush=True)
 
     def student(store: str, alpha: float, tag: str, seed: int) -> float:
-        cfg = TrainConfig(store=store, dataset=TRAIN, eval_dataset=EVAL, eval_store=eval_store,
-                          student="stdlib-gpt-student", output=str(work / f"run-{tag}-{seed}"), epochs=args.epochs,
-                          batch_size=32, lr=0.003, temperature=1.0, alpha=alpha, seed=seed, overwrite=True)
+        cfg = TrainConfig(
+            store=store,
+            dataset=TRAIN,
+            eval_dataset=EVAL,
+            eval_store=eval_store,
+            student="stdlib-gpt-student",
+            output=str(work / f"run-{tag}-{seed}"),
+            epochs=args.epochs,
+            batch_size=32,
+            lr=0.003,
+            temperature=1.0,
+            alpha=alpha,
+            seed=seed,
+            overwrite=True,
+        )
         ppl = run_training(cfg)["eval_perplexity"]
         print(f"  {tag} seed {seed}: eval perplexity {ppl:.3f}", flush=True)
         return ppl
 
     seeds = range(args.seeds)
-    rows = [{"model": "teacher stdlib-gpt", "bytes_per_token": None, "perplexities": [example.perplexity(build_model("stdlib-gpt"))]}]
-    rows.append({"model": "student, labels only (alpha=0)", "bytes_per_token": None,
-                 "perplexities": [student(stores["top-k (k=32)"], 0.0, "labels", s) for s in seeds]})
+    rows = [
+        {
+            "model": "teacher stdlib-gpt",
+            "bytes_per_token": None,
+            "perplexities": [example.perplexity(build_model("stdlib-gpt"))],
+        }
+    ]
+    rows.append(
+        {
+            "model": "student, labels only (alpha=0)",
+            "bytes_per_token": None,
+            "perplexities": [student(stores["top-k (k=32)"], 0.0, "labels", s) for s in seeds],
+        }
+    )
     for label, store in stores.items():
-        rows.append({"model": f"student, {label}, alpha={args.alpha:g}", "bytes_per_token": bytes_per_token(store),
-                     "perplexities": [student(store, args.alpha, label.split()[0], s) for s in seeds]})
+        rows.append(
+            {
+                "model": f"student, {label}, alpha={args.alpha:g}",
+                "bytes_per_token": bytes_per_token(store),
+                "perplexities": [student(store, args.alpha, label.split()[0], s) for s in seeds],
+            }
+        )
 
     lines = [f"| model | store bytes per token | eval perplexity (mean ± sd, {args.seeds} seeds) |", "|---|---|---|"]
     for row in rows:

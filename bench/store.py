@@ -20,6 +20,7 @@ For each store:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import tempfile
@@ -32,14 +33,13 @@ import pyarrow as pa
 import torch
 
 from bench.common import markdown_table, write_json
-from logitstore import Manifest, StoreReader, commit_store, plan_shards, prepare_store_dir, write_shard
+from logitstore import ShardData, StoreLayout, StoreReader, StoreWriter, index_dtype_for, plan_shards
 from logitstore.backends import ZSTD_LEVEL
 from logitstore.codec import Codec
-from logitstore.shard import ShardData, index_dtype_for
-from trainer.data import TEXT_PARTS, TextOptions, text_part
-from trainer.lm import example
-from trainer.lm.tokenization import resolve_tokenizer
-from trainer.losses import teacher_buckets
+from trainer.builtin.stdlib import example
+from trainer.inputs.datasets import TEXT_PARTS, TextOptions, text_part
+from trainer.inputs.tokenizers import resolve_tokenizer
+from trainer.student.losses import teacher_buckets
 
 TEMPERATURES = (1.0, 2.0, 4.0)
 SHARD_SIZE = 128  # blocks of 128 tokens: 16k positions per shard
@@ -64,16 +64,21 @@ def teacher_outputs(name: str, k: int, parts: int, quick: bool) -> dict[str, np.
     values, index, lse = [], [], []
     with torch.inference_mode():
         for start in range(0, len(ids), 32):
-            z = model(torch.from_numpy(ids[start:start + 32]))
-            valid = torch.arange(z.shape[1]) < torch.from_numpy(lengths[start:start + 32]).unsqueeze(1)
+            z = model(torch.from_numpy(ids[start : start + 32]))
+            valid = torch.arange(z.shape[1]) < torch.from_numpy(lengths[start : start + 32]).unsqueeze(1)
             z = z[valid].float()
             v, i = z.topk(k, dim=-1)
             values.append(v.numpy())
             index.append(i.numpy())
             lse.append(torch.stack([torch.logsumexp(z.double() / t, dim=-1) for t in TEMPERATURES], dim=1).numpy())
     vocab = spec.teacher.vocab_size
-    return {"lengths": lengths, "values": np.concatenate(values), "vocab": vocab,
-            "index": np.concatenate(index).astype(index_dtype_for(vocab)), "lse": np.concatenate(lse)}
+    return {
+        "lengths": lengths,
+        "values": np.concatenate(values),
+        "vocab": vocab,
+        "index": np.concatenate(index).astype(index_dtype_for(vocab)),
+        "lse": np.concatenate(lse),
+    }
 
 
 def shards_of(out: dict) -> list[ShardData]:
@@ -86,24 +91,43 @@ def shards_of(out: dict) -> list[ShardData]:
     for j in range(plan.num_shards):
         n = int(plan.counts[j])
         a, b = int(offsets[row]), int(offsets[row + n])
-        shards.append(ShardData(ids[row:row + n], offsets[row:row + n + 1] - a, out["index"][a:b], out["values"][a:b], lse32[a:b]))
+        shards.append(
+            ShardData(
+                ids[row : row + n], offsets[row : row + n + 1] - a, out["index"][a:b], out["values"][a:b], lse32[a:b]
+            )
+        )
         row += n
     return shards
 
 
 def write_store(root: Path, backend: str, codec: Codec, shards: list[ShardData], vocab: int) -> float:
-    prepare_store_dir(root, overwrite=True)
-    k = shards[0].top_k
-    start = time.perf_counter()
-    infos = [write_shard(root, backend, j, d, top_k=k, num_temperatures=len(TEMPERATURES), index_dtype=index_dtype_for(vocab),
-                         vocab_size=vocab, codec=codec) for j, d in enumerate(shards)]
-    seconds = time.perf_counter() - start
-    commit_store(root, Manifest(
-        backend=backend, top_k=k, vocab_size=vocab, index_dtype=index_dtype_for(vocab), value_dtype="float32",
-        temperatures=list(TEMPERATURES), num_samples=sum(d.num_samples for d in shards),
-        num_positions=sum(d.num_positions for d in shards), shard_size=SHARD_SIZE, teacher={"spec": "bench"},
-        dataset={"spec": "stdlib-small-eval"}, shards=infos, codec=codec.to_json(),
-        format_version=Manifest.version_for({"kind": "topk"}, codec.to_json())))
+    """Write the shards through the StoreWriter (timed: encode and write) and commit."""
+    ids = np.concatenate([d.sample_id for d in shards])
+    layout = StoreLayout(
+        backend=backend,
+        top_k=shards[0].top_k,
+        vocab_size=vocab,
+        temperatures=TEMPERATURES,
+        shard_size=SHARD_SIZE,
+        codec=codec,
+    )
+    with StoreWriter(root) as writer:
+        writer.start(layout, plan_shards(ids, SHARD_SIZE), {"bench": "store"}, overwrite=True)
+        start = time.perf_counter()
+        infos = [writer.shard_writer().write(j, d) for j, d in enumerate(shards)]
+        seconds = time.perf_counter() - start
+        digest = hashlib.sha256(ids.astype("<i8").tobytes()).hexdigest()
+        writer.commit(
+            infos,
+            teacher={"spec": "bench.store teacher", "weights_sha256": digest},
+            dataset={
+                "spec": "stdlib-small-eval",
+                "num_samples": len(ids),
+                "ids_sha256": digest,
+                "inputs_sha256": digest,
+            },
+            config={},
+        )
     return seconds
 
 
@@ -111,10 +135,13 @@ def to_torch(data: ShardData) -> dict[str, torch.Tensor]:
     """What a training batch needs from a shard, as torch tensors (zero-copy where the arrays allow;
     Arrow's read-only buffers are only read)."""
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-    out = {"topk_index": torch.from_numpy(data.topk_index.astype(np.int64)), "topk_logit": torch.from_numpy(data.topk_logit),
-           "logsumexp": torch.from_numpy(data.logsumexp)}
-    if data.rest_mass is not None:
-        out["rest_mass"] = torch.from_numpy(data.rest_mass)
+    out = {
+        "topk_index": torch.from_numpy(data.topk_index.astype(np.int64)),
+        "topk_logit": torch.from_numpy(data.topk_logit),
+        "logsumexp": torch.from_numpy(data.logsumexp),
+    }
+    if "rest_mass" in data.extras:
+        out["rest_mass"] = torch.from_numpy(data.extras["rest_mass"])
     return out
 
 
@@ -128,8 +155,11 @@ def read_store(root: Path) -> tuple[float, list[dict[str, torch.Tensor]]]:
 def plain_zstd_seconds(codec: Codec, shards: list[ShardData], repeats: int = 3) -> float:
     """Decompressing the same encoded arrays with plain zstd (level 3, as the stores), best of `repeats`."""
     zstd = pa.Codec("zstd", compression_level=ZSTD_LEVEL)
-    blobs = [(zstd.compress(np.ascontiguousarray(a).tobytes(), asbytes=True), a.nbytes)
-             for d in shards for a in codec.encode(d).values()]
+    blobs = [
+        (zstd.compress(np.ascontiguousarray(a).tobytes(), asbytes=True), a.nbytes)
+        for d in shards
+        for a in codec.encode(d).values()
+    ]
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -172,36 +202,62 @@ def bench_teacher(name: str, k: int, parts: int, quick: bool, work: Path) -> lis
             write_s = write_store(root, backend, codec, shards, out["vocab"])
             read_s, batches = min((read_store(root) for _ in range(2)), key=lambda x: x[0])
             zstd_s = plain_zstd_seconds(codec, shards)
-            rows.append({
-                "teacher": name, "vocab": out["vocab"], "backend": backend, "codec": codec_name,
-                "bytes_per_entry": StoreReader(root).manifest.num_bytes / entries,
-                "kl_distortion": max(bucket_kl(out, batches, r, t) for r, t in enumerate(TEMPERATURES)),
-                "write_mb_s": payload / write_s / 1e6,
-                "read_mentries_s": entries / read_s / 1e6,
-                "read_vs_zstd": zstd_s / read_s,
-            })
+            rows.append(
+                {
+                    "teacher": name,
+                    "vocab": out["vocab"],
+                    "backend": backend,
+                    "codec": codec_name,
+                    "bytes_per_entry": StoreReader(root).manifest.num_bytes / entries,
+                    "kl_distortion": max(bucket_kl(out, batches, r, t) for r, t in enumerate(TEMPERATURES)),
+                    "write_mb_s": payload / write_s / 1e6,
+                    "read_mentries_s": entries / read_s / 1e6,
+                    "read_vs_zstd": zstd_s / read_s,
+                }
+            )
             print(rows[-1], flush=True)
             shutil.rmtree(root, ignore_errors=True)
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.store", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.store", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--k", type=int, default=64)
-    parser.add_argument("--quick", action="store_true", help="CI: a briefly trained byte-level teacher, a quarter of the text")
+    parser.add_argument(
+        "--quick", action="store_true", help="CI: a briefly trained byte-level teacher, a quarter of the text"
+    )
     parser.add_argument("--json", default=None, help="write the figures here")
     args = parser.parse_args(argv)
     teachers = ["stdlib-gpt"] if args.quick else ["stdlib-gpt-bpe8192", "stdlib-gpt-bpe32k"]
     work = Path(tempfile.mkdtemp(prefix="bench-store-"))
     try:
-        rows = [r for name in teachers for r in bench_teacher(name, args.k, TEXT_PARTS // 4 if args.quick else TEXT_PARTS, args.quick, work)]
+        rows = [
+            r
+            for name in teachers
+            for r in bench_teacher(name, args.k, TEXT_PARTS // 4 if args.quick else TEXT_PARTS, args.quick, work)
+        ]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\nStore codecs, k={args.k}, T={','.join(f'{t:g}' for t in TEMPERATURES)} (DistillKit: 2.3-2.6 B/entry; raw fp16 + uint16: 4 B/entry)\n")
-    print(markdown_table(rows, [("teacher", "{}"), ("backend", "{}"), ("codec", "{}"), ("bytes_per_entry", "{:.3f}"),
-                                ("kl_distortion", "{:.2e}"), ("write_mb_s", "{:.1f}"), ("read_mentries_s", "{:.1f}"),
-                                ("read_vs_zstd", "{:.2f}")]))
+    print(
+        f"\nStore codecs, k={args.k}, T={','.join(f'{t:g}' for t in TEMPERATURES)} (DistillKit: 2.3-2.6 B/entry; raw fp16 + uint16: 4 B/entry)\n"
+    )
+    print(
+        markdown_table(
+            rows,
+            [
+                ("teacher", "{}"),
+                ("backend", "{}"),
+                ("codec", "{}"),
+                ("bytes_per_entry", "{:.3f}"),
+                ("kl_distortion", "{:.2e}"),
+                ("write_mb_s", "{:.1f}"),
+                ("read_mentries_s", "{:.1f}"),
+                ("read_vs_zstd", "{:.2f}"),
+            ],
+        )
+    )
     head = [r for r in rows if r["codec"] == HEADLINE]
     figures = {
         "bytes_per_entry": {f"vocab_{r['vocab']}": r["bytes_per_entry"] for r in head if r["backend"] == "zarr"},
@@ -210,7 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"\nheadline ({HEADLINE}): {json.dumps(figures)}")
     if args.json:
-        write_json(args.json, {**figures, "store": {"headline_codec": HEADLINE, "k": args.k, "quick": args.quick, "rows": rows}})
+        write_json(
+            args.json,
+            {**figures, "store": {"headline_codec": HEADLINE, "k": args.k, "quick": args.quick, "rows": rows}},
+        )
     return 0
 
 

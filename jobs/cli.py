@@ -8,8 +8,9 @@ import json
 import sys
 import tomllib
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -27,22 +28,38 @@ def _parse_float_list(text: str) -> tuple[float, ...]:
 
 
 def build_parser(cls: type, prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", metavar="FILE.yaml|FILE.toml", default=None,
-                        help="read these flags from a YAML or TOML file (keys as the flags, - or _); flags given on the command line override it")
+    """The CLI of a config dataclass: one flag per field, its help, default and choices; the
+    required ones listed in a group of their own (validate() reports them missing, with every other
+    problem, so that a --config file may give them)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=cls.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    required = parser.add_argument_group("required (on the command line or in --config)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="read these flags from a YAML, TOML or JSON file (keys as the flags, - or _; a run's "
+        "config.json is one); flags given on the command line override it",
+    )
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        help_text = f.metadata.get("help", "")
+        kind, meta = hints[f.name], f.metadata
+        group = required if meta.get("required") else parser
+        options = {"default": f.default, "help": meta.get("help", "")}
+        # Choices are shown, not enforced here: validate() reports a bad one with every other problem.
+        metavar = (
+            "{" + ",".join(map(str, meta["choices"])) + "}"
+            if meta.get("choices")
+            else meta.get("metavar") or f.name.upper()
+        )
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
         elif kind == tuple[float, ...]:
-            parser.add_argument(flag, type=_parse_float_list, default=f.default, metavar="T1,T2,...",
-                                help=help_text)
+            group.add_argument(flag, type=_parse_float_list, metavar="T1,T2,...", **options)
         else:
-            parser.add_argument(flag, type=kind, default=f.default, help=help_text)
+            group.add_argument(flag, type=kind, metavar=metavar, **options)
     return parser
 
 
@@ -52,7 +69,11 @@ def _coerce(kind: type, key: str, value: Any, source: str) -> tuple[Any, str | N
     if kind is bool:
         return (value, None) if isinstance(value, bool) else (None, wrong.format("true or false"))
     if kind is int:
-        return (value, None) if isinstance(value, int) and not isinstance(value, bool) else (None, wrong.format("an integer"))
+        return (
+            (value, None)
+            if isinstance(value, int) and not isinstance(value, bool)
+            else (None, wrong.format("an integer"))
+        )
     if kind is float:
         if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
             try:
@@ -76,17 +97,29 @@ def _coerce(kind: type, key: str, value: Any, source: str) -> tuple[Any, str | N
     return (json.dumps(value) if isinstance(value, (dict, list)) else str(value)), None
 
 
+def _read_config_file(file: Path) -> Any:
+    text = file.read_text()
+    if file.suffix == ".toml":
+        return tomllib.loads(text)
+    if file.suffix == ".json":
+        return json.loads(text)
+    return yaml.safe_load(text) or {}
+
+
 def load_config_file(cls: type, path: str) -> dict[str, Any]:
-    """The flags a YAML or TOML file sets, checked against `cls`: every problem at once (ConfigError)."""
+    """The flags a YAML, TOML or JSON file sets, checked against `cls`: every problem at once (ConfigError)."""
     file = Path(path)
     if not file.is_file():
-        raise ConfigError([f"--config {path}: no such file: pass a YAML (.yaml/.yml) or TOML (.toml) file"])
-    if file.suffix not in (".toml", ".yaml", ".yml"):
-        raise ConfigError([f"--config {path}: unknown file type {file.suffix!r}: use .yaml, .yml or .toml"])
+        raise ConfigError(
+            [f"--config {path}: no such file: pass a YAML (.yaml/.yml), TOML (.toml) or JSON (.json) file"]
+        )
+    if file.suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ConfigError([f"--config {path}: unknown file type {file.suffix!r}: use .yaml, .yml, .toml or .json"])
     try:
-        data = tomllib.loads(file.read_text()) if file.suffix == ".toml" else (yaml.safe_load(file.read_text()) or {})
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError([f"--config {path} is not valid {'TOML' if file.suffix == '.toml' else 'YAML'}: {str(exc).splitlines()[0]}"]) from None
+        data = _read_config_file(file)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
+        kind = {".toml": "TOML", ".json": "JSON"}.get(file.suffix, "YAML")
+        raise ConfigError([f"--config {path} is not valid {kind}: {str(exc).splitlines()[0]}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"--config {path} must hold a mapping of flags to values, got {type(data).__name__}"])
     hints = typing.get_type_hints(cls)

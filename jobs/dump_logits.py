@@ -5,13 +5,38 @@ from __future__ import annotations
 import sys
 
 from jobs.cli import run_job
-from trainer.config import DumpConfig
+from trainer.teacher.config import DumpConfig
+
+
+def summary_lines(result) -> list[str]:
+    """What a finished dump prints: the store, its contents, bytes and speed."""
+    m = result.manifest
+    entries = m.num_positions * (m.top_k + m.draws)
+    s = m.selection
+    sampled = f", {s.kind} +{m.draws} draws at T={s.temperature:g}" if m.draws else ""
+    resumed = (
+        f"; resumed: {result.resumed_shards} of {len(m.shards)} shards were already complete"
+        if result.resumed_shards
+        else ""
+    )
+    return [
+        f"store     {m.backend} store, k={m.top_k} of {m.vocab_size} classes{sampled}, T={','.join(f'{t:g}' for t in m.temperatures)}",
+        f"samples   {m.num_samples} ({m.num_positions} positions) in {len(m.shards)} shards",
+        f"bytes     {m.num_bytes} on disk, {m.num_bytes / entries:.2f} bytes per stored (index, value) entry",
+        f"speed     {m.num_samples / result.seconds:.1f} samples/s ({result.seconds:.1f} s){resumed}",
+    ]
+
+
+def dump(cfg: DumpConfig) -> None:
+    from trainer.teacher.pipeline import run_dump  # torch and Ray only once the arguments are sound
+
+    result = run_dump(cfg)
+    print(f"dump complete: {cfg.out}", file=sys.stderr)
+    print("\n".join(summary_lines(result)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.dump import main_body  # heavy imports (ray, torch) only after --help and validation parse
-
-    return run_job(DumpConfig, main_body, argv, prog="python -m jobs.dump_logits")
+    return run_job(DumpConfig, dump, argv, prog="python -m jobs.dump_logits")
 
 
 if __name__ == "__main__":

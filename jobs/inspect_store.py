@@ -9,7 +9,25 @@ PNG plots (tail_mass.png, k_coverage.png, confidence.png) to --out. Exit status 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+
+from logitstore import StoreError, StoreReader
+from logitstore.inspection import collect, summary
+
+
+def write_report(store: Path, out: Path, max_positions: int) -> dict:
+    """summary.json and the plots of `store` in `out`; -> the summary."""
+    from jobs.plots import store_plots
+
+    reader = StoreReader(store)
+    out.mkdir(parents=True, exist_ok=True)
+    stats = collect(reader, max_positions)
+    report = summary(reader, stats)
+    report["plots"] = [str(p) for p in store_plots(stats, out, store.name or "store")]
+    (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 def _lines(report: dict) -> list[str]:
@@ -31,31 +49,36 @@ def _lines(report: dict) -> list[str]:
     k = report["top_k"]
     show = lambda v: f">{k}" if v > k else f"{v:g}"  # noqa: E731
     for row in report["per_temperature"]:
-        lines.append(f"| {row['temperature']:g} | {row['tail_median']:.2e} | {row['tail_p95']:.2e} | {row['tail_max']:.2e} | "
-                     f"{show(row['k90_median'])} / {show(row['k90_p95'])} | {show(row['k99_median'])} / {show(row['k99_p95'])} | {row['k99_covered']:.1%} |")
+        lines.append(
+            f"| {row['temperature']:g} | {row['tail_median']:.2e} | {row['tail_p95']:.2e} | {row['tail_max']:.2e} | "
+            f"{show(row['k90_median'])} / {show(row['k90_p95'])} | {show(row['k99_median'])} / {show(row['k99_p95'])} | {row['k99_covered']:.1%} |"
+        )
     lines += ["", f"recommendation: {report['recommendation']}", f"plots: {', '.join(report['plots'])}"]
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.inspect_store", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.inspect_store", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("store", help="the store directory")
-    parser.add_argument("--out", default=None, help="directory for summary.json and the plots (default: STORE.inspect, beside the store)")
-    parser.add_argument("--max-positions", type=int, default=200_000, help="positions read, from shards spread over the store")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="directory for summary.json and the plots (default: STORE.inspect, beside the store)",
+    )
+    parser.add_argument(
+        "--max-positions", type=int, default=200_000, help="positions read, from shards spread over the store"
+    )
     args = parser.parse_args(argv)
-
-    from pathlib import Path
-
-    from logitstore import StoreError, StoreReader
-    from logitstore.inspection import write_report
 
     if args.max_positions < 1:
         print(f"error: --max-positions must be >= 1, got {args.max_positions}", file=sys.stderr)
         return 2
     try:
-        reader = StoreReader(Path(args.store).resolve())
-        report = write_report(reader, Path(args.out or f"{Path(args.store).resolve()}.inspect"), args.max_positions)
+        report = write_report(
+            Path(args.store).resolve(), Path(args.out or f"{Path(args.store).resolve()}.inspect"), args.max_positions
+        )
     except StoreError as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from jobs.cli import run_job
-from trainer.sweep import SweepConfig
+from trainer.student.config import VARIANT_FIELDS
+from trainer.student.sweep import SweepConfig
+
+
+def sweep(cfg: SweepConfig) -> None:
+    from jobs.plots import sweep_plot
+    from trainer.student.sweep import run_sweep  # torch and Ray only once the arguments are sound
+
+    summary = run_sweep(cfg)
+    best, output = summary["best"], Path(cfg.output)
+    sweep_plot(summary["rows"], summary["swept"], cfg.metric, best, output / "plot.png")
+    print(f"sweep complete: {cfg.output}", file=sys.stderr)
+    print((output / "results.md").read_text(), end="")
+    settings = ", ".join(f"{k}={best[k]}" for k in VARIANT_FIELDS if k in best)
+    print(
+        f"best: trial {best['trial']} ({settings}): {cfg.metric} {best[cfg.metric]:.4f}; weights in {output / 'best' / 'model.pt'}"
+    )
+    print(
+        f"{summary['trials']} students in {summary['runs']} Ray Train runs, {summary['wall_seconds']:.1f} s; the teacher never ran"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.sweep import main_body
-
-    return run_job(SweepConfig, main_body, argv, prog="python -m jobs.sweep")
+    return run_job(SweepConfig, sweep, argv, prog="python -m jobs.sweep")
 
 
 if __name__ == "__main__":

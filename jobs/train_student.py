@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 from jobs.cli import run_job
-from trainer.config import TrainConfig
+from trainer.student.config import TrainConfig
+
+# What a finished run prints of each student (eval_cross_entropy is in metrics.json, as perplexity here).
+PRINTED = (
+    "eval_accuracy",
+    "teacher_agreement",
+    "eval_perplexity",
+    "eval_kl_to_teacher",
+    "train_loss",
+    "train_kd_loss",
+    "train_ce_loss",
+)
+
+
+def train(cfg: TrainConfig) -> None:
+    from trainer.student.run import run_training  # torch and Ray only once the arguments are sound
+
+    metrics = run_training(cfg)
+    print(f"training complete: {cfg.output}", file=sys.stderr)
+    for i, result in enumerate(metrics.get("students", [metrics])):
+        if "variant" in result:
+            print(f"student {i}: {json.dumps(result['variant'])}")
+        for key in PRINTED:
+            if result[key] is not None:  # e.g. no perplexity for a classifier, no agreement without --eval-store
+                print(f"{key:18s} {result[key]:.4f}")
+    print(f"{'wall_seconds':18s} {metrics['wall_seconds']:.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.train import main_body
-
-    return run_job(TrainConfig, main_body, argv, prog="python -m jobs.train_student")
+    return run_job(TrainConfig, train, argv, prog="python -m jobs.train_student")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ import time
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.verify_store", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.verify_store", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("store", help="the store directory")
     args = parser.parse_args(argv)
 
@@ -32,8 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"damaged: {problem}")
     m = reader.manifest
     verdict = f"{len(problems)} damaged" if problems else "all sound"
-    print(f"{args.store}: {len(m.shards)} shards, {m.num_samples} samples, {m.num_bytes} bytes checked in "
-          f"{time.perf_counter() - start:.1f} s: {verdict}")
+    print(
+        f"{args.store}: {len(m.shards)} shards, {m.num_samples} samples, {m.num_bytes} bytes checked in "
+        f"{time.perf_counter() - start:.1f} s: {verdict}"
+    )
     return 1 if problems else 0
 
 

@@ -45,7 +45,7 @@ class Codec:
     temperatures: tuple[float, ...] = ()
 
     @staticmethod
-    def make(index: str = "plain", values: str = "float32", bits: int = 0, temperatures=()) -> "Codec":
+    def make(index: str = "plain", values: str = "float32", bits: int = 0, temperatures=()) -> Codec:
         if values != "logq":
             return Codec(index=index, values=values)
         temps = tuple(float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else t for t in temperatures)
@@ -88,14 +88,16 @@ class Codec:
         return out
 
     @staticmethod
-    def from_json(obj: dict, temperatures) -> "Codec":
+    def from_json(obj: dict, temperatures) -> Codec:
         """The manifest's `codec` object (absent: plain/float32) with the manifest's temperatures;
         values are kept as found (`problems()` says what is wrong with them)."""
-        return Codec.make(str(obj.get("index", "plain")), str(obj.get("values", "float32")), obj.get("bits", 0), temperatures)
+        return Codec.make(
+            str(obj.get("index", "plain")), str(obj.get("values", "float32")), obj.get("bits", 0), temperatures
+        )
 
     # ---- the logq quantizer -------------------------------------------------------------
     @cached_property
-    def _compander(self) -> "Compander":
+    def _compander(self) -> Compander:
         return Compander(self.t_min, self.t_max, self.bits)
 
     # ---- encode / decode ----------------------------------------------------------------
@@ -115,16 +117,20 @@ class Codec:
             temps = np.asarray(self.temperatures, dtype=np.float64)
             with np.errstate(divide="ignore"):
                 log_rest = np.log(_rest_mass(logit, data.logsumexp, self.temperatures))  # -inf: nothing left (k = V)
-            out.update(top1_logit=top1,
-                       top1_logprob=(top1[:, None].astype(np.float64) / temps - data.logsumexp).astype(np.float16),
-                       log_rest=log_rest.astype(np.float16))
+            out.update(
+                top1_logit=top1,
+                top1_logprob=(top1[:, None].astype(np.float64) / temps - data.logsumexp).astype(np.float16),
+                log_rest=log_rest.astype(np.float16),
+            )
         if self.index == "delta":
             index, values = _sort_by_id(index, values)
             gaps = np.diff(index.astype(np.int64), axis=1, prepend=-1) - 1
             # Low byte and the rest apart: most gaps are < 256, so the high plane is nearly all
             # zeros and each plane compresses far better than the interleaved bytes.
-            out.update(topk_index_gap_lo=(gaps & 0xFF).astype(np.uint8),
-                       topk_index_gap_hi=(gaps >> 8).astype(_HI_DTYPE[str(index.dtype)]))
+            out.update(
+                topk_index_gap_lo=(gaps & 0xFF).astype(np.uint8),
+                topk_index_gap_hi=(gaps >> 8).astype(_HI_DTYPE[str(index.dtype)]),
+            )
         else:
             out["topk_index"] = index
         if self.values == "float32":
@@ -178,9 +184,13 @@ class Codec:
         if rest is not None:
             extras["rest_mass"] = rest
         return ShardData(
-            sample_id=arrays["sample_id"], position_offsets=arrays["position_offsets"],
-            topk_index=index, topk_logit=np.ascontiguousarray(logit, dtype=np.float32), logsumexp=lse,
-            extras=extras, ordered=self.index == "plain",
+            sample_id=arrays["sample_id"],
+            position_offsets=arrays["position_offsets"],
+            topk_index=index,
+            topk_logit=np.ascontiguousarray(logit, dtype=np.float32),
+            logsumexp=lse,
+            extras=extras,
+            ordered=self.index == "plain",
         )
 
 

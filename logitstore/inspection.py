@@ -22,7 +22,9 @@ COVER = (0.90, 0.99)
 class TemperatureStats:
     temperature: float
     tail_mass: np.ndarray  # [P] float32
-    k_needed: dict[float, np.ndarray] = field(default_factory=dict)  # cover -> [P] int, k + 1 where the head falls short
+    k_needed: dict[float, np.ndarray] = field(
+        default_factory=dict
+    )  # cover -> [P] int, k + 1 where the head falls short
 
 
 @dataclass
@@ -71,8 +73,16 @@ def collect(reader: StoreReader, max_positions: int = 200_000) -> StoreStats:
             buckets = np.concatenate([probs, tail[:, None]], axis=1).astype(np.float64)
             entropy = -np.sum(np.where(buckets > 0, buckets * np.log(np.where(buckets > 0, buckets, 1.0)), 0.0), axis=1)
             confidence = probs.max(axis=1)
-    return StoreStats(positions=len(logits), total_positions=m.num_positions, shards_read=len(parts), top_k=m.top_k,
-                      entropy=entropy, top1_confidence=confidence, reference_temperature=reference, per_temperature=per_t)
+    return StoreStats(
+        positions=len(logits),
+        total_positions=m.num_positions,
+        shards_read=len(parts),
+        top_k=m.top_k,
+        entropy=entropy,
+        top1_confidence=confidence,
+        reference_temperature=reference,
+        per_temperature=per_t,
+    )
 
 
 def recommendation(stats: StoreStats, cover: float = 0.99, share: float = 0.95) -> str:
@@ -82,11 +92,15 @@ def recommendation(stats: StoreStats, cover: float = 0.99, share: float = 0.95) 
     k = int(np.quantile(needed, share, method="higher"))
     t = f"T={stats.reference_temperature:g}"
     if k <= stats.top_k:
-        return (f"k={k} keeps {cover:.0%} of the mass at {t} for {share:.0%} of positions "
-                f"(this store holds k={stats.top_k}; a dump with --top-k {k} would be {k / stats.top_k:.0%} of the entries)")
+        return (
+            f"k={k} keeps {cover:.0%} of the mass at {t} for {share:.0%} of positions "
+            f"(this store holds k={stats.top_k}; a dump with --top-k {k} would be {k / stats.top_k:.0%} of the entries)"
+        )
     covered = float(np.mean(needed <= stats.top_k))
-    text = (f"k={stats.top_k} (all stored) keeps {cover:.0%} of the mass at {t} for only {covered:.0%} of positions: "
-            f"the tail bucket carries the rest; dump with a larger --top-k to resolve it")
+    text = (
+        f"k={stats.top_k} (all stored) keeps {cover:.0%} of the mass at {t} for only {covered:.0%} of positions: "
+        f"the tail bucket carries the rest; dump with a larger --top-k to resolve it"
+    )
     k90 = int(np.quantile(ref.k_needed[COVER[0]], share, method="higher"))
     if cover != COVER[0] and k90 <= stats.top_k:
         text += f" (k={k90} already keeps {COVER[0]:.0%} of the mass for {share:.0%} of positions)"
@@ -102,8 +116,13 @@ def summary(reader: StoreReader, stats: StoreStats) -> dict:
     entries = m.num_positions * m.top_k
     per_t = []
     for s in stats.per_temperature:
-        row = {"temperature": s.temperature, "tail_mean": float(s.tail_mass.mean()), "tail_median": _q(s.tail_mass, 0.5),
-               "tail_p95": _q(s.tail_mass, 0.95), "tail_max": float(s.tail_mass.max())}
+        row = {
+            "temperature": s.temperature,
+            "tail_mean": float(s.tail_mass.mean()),
+            "tail_median": _q(s.tail_mass, 0.5),
+            "tail_p95": _q(s.tail_mass, 0.95),
+            "tail_max": float(s.tail_mass.max()),
+        }
         for c, needed in s.k_needed.items():
             name = f"k{round(c * 100)}"
             row[f"{name}_median"] = _q(needed, 0.5)
@@ -112,18 +131,40 @@ def summary(reader: StoreReader, stats: StoreStats) -> dict:
         per_t.append(row)
     return {
         "store": str(reader.root),
-        "format_version": m.format_version, "backend": m.backend, "codec": m.codec.to_json(), "selection": m.selection.to_json(),
-        "samples": m.num_samples, "positions": m.num_positions, "shards": len(m.shards), "top_k": m.top_k,
-        "vocab_size": m.vocab_size, "temperatures": list(m.temperatures),
-        "bytes": m.num_bytes, "bytes_per_entry": m.num_bytes / entries if entries else None,
-        "teacher": {k: m.teacher.get(k) for k in ("spec", "weights_sha256", "num_parameters", "dtype") if k in m.teacher},
-        "dataset": {k: m.dataset.get(k) for k in ("spec", "num_samples", "ids_sha256", "inputs_sha256") if k in m.dataset},
+        "format_version": m.format_version,
+        "backend": m.backend,
+        "codec": m.codec.to_json(),
+        "selection": m.selection.to_json(),
+        "samples": m.num_samples,
+        "positions": m.num_positions,
+        "shards": len(m.shards),
+        "top_k": m.top_k,
+        "vocab_size": m.vocab_size,
+        "temperatures": list(m.temperatures),
+        "bytes": m.num_bytes,
+        "bytes_per_entry": m.num_bytes / entries if entries else None,
+        "teacher": {
+            k: m.teacher.get(k) for k in ("spec", "weights_sha256", "num_parameters", "dtype") if k in m.teacher
+        },
+        "dataset": {
+            k: m.dataset.get(k) for k in ("spec", "num_samples", "ids_sha256", "inputs_sha256") if k in m.dataset
+        },
         "tokenizer": None if m.tokenizer is None else m.tokenizer.to_json(),
-        "sampled_positions": stats.positions, "shards_read": stats.shards_read,
+        "sampled_positions": stats.positions,
+        "shards_read": stats.shards_read,
         "reference_temperature": stats.reference_temperature,
-        "entropy": {"mean": float(stats.entropy.mean()), "median": _q(stats.entropy, 0.5), "p5": _q(stats.entropy, 0.05), "p95": _q(stats.entropy, 0.95)},
-        "top1_confidence": {"mean": float(stats.top1_confidence.mean()), "median": _q(stats.top1_confidence, 0.5),
-                            "p5": _q(stats.top1_confidence, 0.05), "p95": _q(stats.top1_confidence, 0.95)},
+        "entropy": {
+            "mean": float(stats.entropy.mean()),
+            "median": _q(stats.entropy, 0.5),
+            "p5": _q(stats.entropy, 0.05),
+            "p95": _q(stats.entropy, 0.95),
+        },
+        "top1_confidence": {
+            "mean": float(stats.top1_confidence.mean()),
+            "median": _q(stats.top1_confidence, 0.5),
+            "p5": _q(stats.top1_confidence, 0.05),
+            "p95": _q(stats.top1_confidence, 0.95),
+        },
         "per_temperature": per_t,
         "recommendation": recommendation(stats),
     }

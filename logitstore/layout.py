@@ -74,11 +74,12 @@ class Selection:
         return out if self.seed is None else {**out, "seed": self.seed}
 
     @staticmethod
-    def from_json(obj: Any) -> "Selection":
+    def from_json(obj: Any) -> Selection:
         if not isinstance(obj, dict):
             return Selection(kind=repr(obj))
-        return Selection(kind=obj.get("kind"), draws=obj.get("draws", 0), temperature=obj.get("temperature"),
-                         seed=obj.get("seed"))
+        return Selection(
+            kind=obj.get("kind"), draws=obj.get("draws", 0), temperature=obj.get("temperature"), seed=obj.get("seed")
+        )
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class Views:
         return {"count": self.count, "augment": self.augment, "seed": self.seed}
 
     @staticmethod
-    def from_json(obj: Any) -> "Views":
+    def from_json(obj: Any) -> Views:
         obj = obj if isinstance(obj, dict) else {}
         return Views(count=obj.get("count"), augment=obj.get("augment"), seed=obj.get("seed"))
 
@@ -133,10 +134,11 @@ class TokenizerRef:
         return out if self.file is None else {**out, "file": self.file, "sha256": self.sha256}
 
     @staticmethod
-    def from_json(obj: Any) -> "TokenizerRef":
+    def from_json(obj: Any) -> TokenizerRef:
         obj = obj if isinstance(obj, dict) else {}
-        return TokenizerRef(kind=obj.get("kind"), vocab_size=obj.get("vocab_size"), file=obj.get("file"),
-                            sha256=obj.get("sha256"))
+        return TokenizerRef(
+            kind=obj.get("kind"), vocab_size=obj.get("vocab_size"), file=obj.get("file"), sha256=obj.get("sha256")
+        )
 
 
 def _is_hex64(value: Any) -> bool:
@@ -165,13 +167,31 @@ class StoreLayout:
             object.__setattr__(self, "index_dtype", index_dtype_for(self.vocab_size))
 
     @staticmethod
-    def make(*, backend: str, top_k: int, vocab_size: int, temperatures, shard_size: int, selection: Selection = Selection(),
-             index_codec: str = "plain", value_codec: str = "float32", value_bits: int = 0,
-             views: Views | None = None) -> "StoreLayout":
+    def make(
+        *,
+        backend: str,
+        top_k: int,
+        vocab_size: int,
+        temperatures,
+        shard_size: int,
+        selection: Selection = Selection(),
+        index_codec: str = "plain",
+        value_codec: str = "float32",
+        value_bits: int = 0,
+        views: Views | None = None,
+    ) -> StoreLayout:
         temperatures = tuple(float(t) for t in temperatures)
         codec = Codec.make(index_codec, value_codec, value_bits, temperatures)
-        return StoreLayout(backend=backend, top_k=top_k, vocab_size=vocab_size, temperatures=temperatures,
-                           shard_size=shard_size, selection=selection, codec=codec, views=views)
+        return StoreLayout(
+            backend=backend,
+            top_k=top_k,
+            vocab_size=vocab_size,
+            temperatures=temperatures,
+            shard_size=shard_size,
+            selection=selection,
+            codec=codec,
+            views=views,
+        )
 
     @property
     def draws(self) -> int:
@@ -228,21 +248,35 @@ class StoreLayout:
 
     def to_json(self) -> dict:
         """The manifest keys of the layout."""
-        out = {"backend": self.backend, "top_k": self.top_k, "vocab_size": self.vocab_size, "index_dtype": self.index_dtype,
-               "value_dtype": VALUE_DTYPE, "temperatures": list(self.temperatures), "shard_size": self.shard_size,
-               "selection": self.selection.to_json(), "codec": self.codec.to_json()}
+        out = {
+            "backend": self.backend,
+            "top_k": self.top_k,
+            "vocab_size": self.vocab_size,
+            "index_dtype": self.index_dtype,
+            "value_dtype": VALUE_DTYPE,
+            "temperatures": list(self.temperatures),
+            "shard_size": self.shard_size,
+            "selection": self.selection.to_json(),
+            "codec": self.codec.to_json(),
+        }
         return out if self.views is None else {**out, "views": self.views.to_json()}
 
     @staticmethod
-    def from_json(raw: dict) -> "StoreLayout":
+    def from_json(raw: dict) -> StoreLayout:
         """The layout recorded in a manifest (absent selection/codec: their version-1 defaults)."""
         temps = raw.get("temperatures")
         temps = tuple(float(t) if _is_number(t) else t for t in temps) if isinstance(temps, list) else ()
         codec = raw.get("codec", {"index": "plain", "values": "float32"})
         return StoreLayout(
-            backend=raw.get("backend"), top_k=raw.get("top_k"), vocab_size=raw.get("vocab_size"), temperatures=temps,
-            shard_size=raw.get("shard_size"), selection=Selection.from_json(raw.get("selection", {"kind": "topk"})),
+            backend=raw.get("backend"),
+            top_k=raw.get("top_k"),
+            vocab_size=raw.get("vocab_size"),
+            temperatures=temps,
+            shard_size=raw.get("shard_size"),
+            selection=Selection.from_json(raw.get("selection", {"kind": "topk"})),
             codec=Codec.from_json(codec, temps) if isinstance(codec, dict) else Codec(index=repr(codec)),
             views=None if raw.get("views") is None else Views.from_json(raw["views"]),
-            index_dtype=raw.get("index_dtype") if isinstance(raw.get("index_dtype"), str) else repr(raw.get("index_dtype")),
+            index_dtype=raw.get("index_dtype")
+            if isinstance(raw.get("index_dtype"), str)
+            else repr(raw.get("index_dtype")),
         )

@@ -43,9 +43,16 @@ class ShardInfo:
     sha256: str
 
     def to_json(self) -> dict:
-        return {"index": self.index, "name": self.name, "first_id": self.first_id, "last_id": self.last_id,
-                "num_samples": self.num_samples, "num_positions": self.num_positions, "num_bytes": self.num_bytes,
-                "sha256": self.sha256}
+        return {
+            "index": self.index,
+            "name": self.name,
+            "first_id": self.first_id,
+            "last_id": self.last_id,
+            "num_samples": self.num_samples,
+            "num_positions": self.num_positions,
+            "num_bytes": self.num_bytes,
+            "sha256": self.sha256,
+        }
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ class Manifest:
     backend = property(lambda self: self.layout.backend)
     top_k = property(lambda self: self.layout.top_k)
     vocab_size = property(lambda self: self.layout.vocab_size)
+    index_dtype = property(lambda self: self.layout.index_dtype)
     temperatures = property(lambda self: self.layout.temperatures)
     selection = property(lambda self: self.layout.selection)
     codec = property(lambda self: self.layout.codec)
@@ -91,18 +99,26 @@ class Manifest:
 
     def plan(self) -> ShardPlan:
         """Which shard owns which ids (the plan the writer used)."""
-        return ShardPlan(first_ids=np.array([s.first_id for s in self.shards], dtype=np.int64),
-                         last_ids=np.array([s.last_id for s in self.shards], dtype=np.int64),
-                         counts=np.array([s.num_samples for s in self.shards], dtype=np.int64))
+        return ShardPlan(
+            first_ids=np.array([s.first_id for s in self.shards], dtype=np.int64),
+            last_ids=np.array([s.last_id for s in self.shards], dtype=np.int64),
+            counts=np.array([s.num_samples for s in self.shards], dtype=np.int64),
+        )
 
     def to_json(self) -> str:
         fields = {
-            "format": FORMAT_NAME, "format_version": self.format_version, **self.layout.to_json(),
-            "num_samples": self.num_samples, "num_positions": self.num_positions,
-            "teacher": self.teacher, "dataset": self.dataset,
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            **self.layout.to_json(),
+            "num_samples": self.num_samples,
+            "num_positions": self.num_positions,
+            "teacher": self.teacher,
+            "dataset": self.dataset,
             **({} if self.tokenizer is None else {"tokenizer": self.tokenizer.to_json()}),
-            "shards": [s.to_json() for s in self.shards], "config": self.config,
-            "content_sha256": self.content_sha256, "created_by": self.created_by,
+            "shards": [s.to_json() for s in self.shards],
+            "config": self.config,
+            "content_sha256": self.content_sha256,
+            "created_by": self.created_by,
         }
         return json.dumps(fields, indent=2) + "\n"
 
@@ -135,10 +151,16 @@ def _parse_shards(raw: list, backend: str) -> list[ShardInfo]:
         name = _require(s, "name", str, where)
         if not _SHARD_NAME.match(name) or not name.endswith(SHARD_SUFFIX[backend]):
             raise ManifestError(f"manifest {where}name {name!r} is not a valid shard name for backend {backend}")
-        info = ShardInfo(index=_count(s, "index", where), name=name, first_id=_require(s, "first_id", int, where),
-                         last_id=_require(s, "last_id", int, where), num_samples=_count(s, "num_samples", where, minimum=1),
-                         num_positions=_count(s, "num_positions", where), num_bytes=_count(s, "num_bytes", where),
-                         sha256=_require(s, "sha256", str, where))
+        info = ShardInfo(
+            index=_count(s, "index", where),
+            name=name,
+            first_id=_require(s, "first_id", int, where),
+            last_id=_require(s, "last_id", int, where),
+            num_samples=_count(s, "num_samples", where, minimum=1),
+            num_positions=_count(s, "num_positions", where),
+            num_bytes=_count(s, "num_bytes", where),
+            sha256=_require(s, "sha256", str, where),
+        )
         if info.index != i or not _HEX64.match(info.sha256) or info.last_id < info.first_id:
             raise ManifestError(f"manifest {where}has an inconsistent index, id range or checksum: {_DAMAGED}")
         if shards and info.first_id <= shards[-1].last_id:
@@ -160,9 +182,11 @@ def _parse_layout(raw: dict, version: int) -> StoreLayout:
     if problems:
         raise ManifestError(f"manifest layout is invalid ({'; '.join(problems)}): upgrade logitstore, or {_DAMAGED}")
     if layout.format_version > version:
-        raise ManifestError(f"manifest of format version {version} declares what version {layout.format_version} "
-                            f"introduced (selection {layout.selection.kind}, codec {layout.codec.to_json()}, "
-                            f"views {layout.views is not None}): {_DAMAGED}")
+        raise ManifestError(
+            f"manifest of format version {version} declares what version {layout.format_version} "
+            f"introduced (selection {layout.selection.kind}, codec {layout.codec.to_json()}, "
+            f"views {layout.views is not None}): {_DAMAGED}"
+        )
     return layout
 
 
@@ -178,7 +202,9 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
         raise ManifestError(f"{source} is not a logitstore manifest (format={raw.get('format')!r})")
     version = _require(raw, "format_version", int, "")
     if version > FORMAT_VERSION:
-        raise ManifestError(f"store format version {version} is newer than this logitstore reads ({FORMAT_VERSION}): upgrade logitstore")
+        raise ManifestError(
+            f"store format version {version} is newer than this logitstore reads ({FORMAT_VERSION}): upgrade logitstore"
+        )
     if version < 1:
         raise ManifestError(f"store format version {version} is invalid: {_DAMAGED}")
     layout = _parse_layout(raw, version)
@@ -189,13 +215,22 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
         if not isinstance(raw["tokenizer"], dict) or tokenizer.problems():
             raise ManifestError(f"manifest tokenizer is invalid ({'; '.join(tokenizer.problems())}): {_DAMAGED}")
     manifest = Manifest(
-        layout=layout, num_samples=_count(raw, "num_samples", minimum=1), num_positions=_count(raw, "num_positions"),
-        teacher=_require(raw, "teacher", dict, ""), dataset=_require(raw, "dataset", dict, ""), shards=shards,
-        tokenizer=tokenizer, config=_require(raw, "config", dict, "") if "config" in raw else {},
+        layout=layout,
+        num_samples=_count(raw, "num_samples", minimum=1),
+        num_positions=_count(raw, "num_positions"),
+        teacher=_require(raw, "teacher", dict, ""),
+        dataset=_require(raw, "dataset", dict, ""),
+        shards=shards,
+        tokenizer=tokenizer,
+        config=_require(raw, "config", dict, "") if "config" in raw else {},
         content_sha256=raw.get("content_sha256") if isinstance(raw.get("content_sha256"), str) else "",
-        created_by=str(raw.get("created_by", "")), format_version=version,
+        created_by=str(raw.get("created_by", "")),
+        format_version=version,
     )
-    if sum(s.num_samples for s in shards) != manifest.num_samples or sum(s.num_positions for s in shards) != manifest.num_positions:
+    if (
+        sum(s.num_samples for s in shards) != manifest.num_samples
+        or sum(s.num_positions for s in shards) != manifest.num_positions
+    ):
         raise ManifestError(f"manifest sample or position counts disagree with its shards: {_DAMAGED}")
     return manifest
 
@@ -209,7 +244,9 @@ def read_manifest(store: str | os.PathLike) -> Manifest:
     if not root.is_dir():
         raise StoreNotFoundError(f"{root} is a file, not a store directory: pass the store's directory")
     if not path.is_file():
-        raise StoreNotFoundError(f"{root} holds no complete store (no {MANIFEST_NAME}; the dump did not finish): run the dump again")
+        raise StoreNotFoundError(
+            f"{root} holds no complete store (no {MANIFEST_NAME}; the dump did not finish): run the dump again"
+        )
     size = path.stat().st_size
     if size > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{path} is {size} bytes, far beyond any real manifest: the store is damaged")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -24,8 +24,9 @@ class StoreReader:
     Memory: at most `cache_shards` decoded shards are held at once.
     """
 
-    def __init__(self, path: str | os.PathLike, *, verify: bool = True, cache_shards: int = 2,
-                 manifest: Manifest | None = None):
+    def __init__(
+        self, path: str | os.PathLike, *, verify: bool = True, cache_shards: int = 2, manifest: Manifest | None = None
+    ):
         self.root = Path(path)
         # A caller that has parsed the manifest already passes it (a training run parses it once).
         self.manifest: Manifest = manifest if manifest is not None else read_manifest(self.root)
@@ -45,7 +46,9 @@ class StoreReader:
         info = self.manifest.shards[index]
         path = self.root / info.name
         if not path.exists():
-            raise ShardCorruptError(f"shard {info.name} of store {self.root} is missing: the store is damaged; dump it again")
+            raise ShardCorruptError(
+                f"shard {info.name} of store {self.root} is missing: the store is damaged; dump it again"
+            )
         sha, nbytes = shard_checksum(path)
         if nbytes != info.num_bytes or sha != info.sha256:
             raise ShardCorruptError(
@@ -71,7 +74,9 @@ class StoreReader:
         except StoreError:
             raise
         except Exception as exc:  # a backend's own decode error on damaged bytes
-            raise ShardCorruptError(f"shard {info.name} of store {self.root} cannot be decoded ({type(exc).__name__}): the store is damaged") from None
+            raise ShardCorruptError(
+                f"shard {info.name} of store {self.root} cannot be decoded ({type(exc).__name__}): the store is damaged"
+            ) from None
         self._check_layout(info, data)
         return data
 
@@ -81,8 +86,12 @@ class StoreReader:
         except StoreError as exc:
             raise ShardCorruptError(f"shard {info.name} of store {self.root} breaks the format: {exc}") from None
         if (data.num_samples, data.num_positions) != (info.num_samples, info.num_positions) or (
-            int(data.sample_id[0]), int(data.sample_id[-1])) != (info.first_id, info.last_id):
-            raise ShardCorruptError(f"shard {info.name} of store {self.root} disagrees with the manifest's counts or id range")
+            int(data.sample_id[0]),
+            int(data.sample_id[-1]),
+        ) != (info.first_id, info.last_id):
+            raise ShardCorruptError(
+                f"shard {info.name} of store {self.root} disagrees with the manifest's counts or id range"
+            )
 
     def iter_shards(self, order: Iterable[int] | None = None) -> Iterator[tuple[int, ShardData]]:
         for index in range(self.num_shards) if order is None else order:
@@ -117,10 +126,14 @@ class StoreReader:
 
         path = self.root / TOKENIZER_NAME
         if not path.is_file():
-            raise ShardCorruptError(f"{TOKENIZER_NAME} of store {self.root} is missing: the store is damaged; dump it again")
+            raise ShardCorruptError(
+                f"{TOKENIZER_NAME} of store {self.root} is missing: the store is damaged; dump it again"
+            )
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != entry.sha256:
-            raise ShardCorruptError(f"{TOKENIZER_NAME} of store {self.root} fails its checksum: the store is damaged; dump it again")
+            raise ShardCorruptError(
+                f"{TOKENIZER_NAME} of store {self.root} fails its checksum: the store is damaged; dump it again"
+            )
         return data.decode("utf-8")
 
     def verify(self) -> list[str]:
@@ -139,8 +152,9 @@ class StoreReader:
         return problems
 
 
-def topk_probabilities(topk_logit: np.ndarray, logsumexp_t: np.ndarray, temperature: float,
-                       rest_t: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def topk_probabilities(
+    topk_logit: np.ndarray, logsumexp_t: np.ndarray, temperature: float, rest_t: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Teacher probabilities at T of the stored classes, and the tail mass (1 - their sum).
 
     topk_logit [P, k], logsumexp_t [P] (the column for T), rest_t [P] or None (a quantized store's

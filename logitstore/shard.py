@@ -9,8 +9,9 @@ to the format means adding its rule here (and its section in FORMAT.md), nothing
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,27 +26,31 @@ class Extra:
     """An optional per-position array (leading axis: the P positions of the shard)."""
 
     name: str
-    expected: Callable[["StoreLayout"], bool]  # a shard of this layout holds it, as a reader returns it
-    check: Callable[[np.ndarray, "ShardData", "StoreLayout"], list[str]]  # its rules, given that it is present
+    expected: Callable[[StoreLayout], bool]  # a shard of this layout holds it, as a reader returns it
+    check: Callable[[np.ndarray, ShardData, StoreLayout], list[str]]  # its rules, given that it is present
     stored: bool = True  # False: derived by the codec on reading (never handed to a writer)
     padded: bool = False  # [P, w] with w chosen per shard: zero-padded to one width where shards are joined
 
 
-def _check_rest_mass(r: np.ndarray, data: "ShardData", layout: "StoreLayout") -> list[str]:
+def _check_rest_mass(r: np.ndarray, data: ShardData, layout: StoreLayout) -> list[str]:
     p, t = data.num_positions, len(layout.temperatures)
     if r.dtype != np.float32 or r.shape != (p, t):
         return [f"rest_mass must be float32 [{p}, {t}], got {r.dtype} {r.shape}"]
     return [] if np.all((r >= 0) & (r <= 1)) else ["rest_mass must lie in [0, 1]"]
 
 
-def _check_sample_index(si: np.ndarray, data: "ShardData", layout: "StoreLayout") -> list[str]:
+def _check_sample_index(si: np.ndarray, data: ShardData, layout: StoreLayout) -> list[str]:
     p, widest = data.num_positions, min(layout.draws, layout.vocab_size)
     if si.dtype != np.dtype(layout.index_dtype) or si.ndim != 2 or si.shape[0] != p or not 1 <= si.shape[1] <= widest:
-        return [f"sample_index must be {layout.index_dtype} [{p}, w] with 1 <= w <= {widest}, got {si.dtype} {si.shape}"]
-    return [f"sample_index must hold class ids < {layout.vocab_size}"] if p and int(si.max()) >= layout.vocab_size else []
+        return [
+            f"sample_index must be {layout.index_dtype} [{p}, w] with 1 <= w <= {widest}, got {si.dtype} {si.shape}"
+        ]
+    return (
+        [f"sample_index must hold class ids < {layout.vocab_size}"] if p and int(si.max()) >= layout.vocab_size else []
+    )
 
 
-def _check_sample_count(sc: np.ndarray, data: "ShardData", layout: "StoreLayout") -> list[str]:
+def _check_sample_count(sc: np.ndarray, data: ShardData, layout: StoreLayout) -> list[str]:
     si = data.extras.get("sample_index")
     if sc.dtype != np.uint16 or si is None or sc.shape != si.shape:
         return [f"sample_count must be uint16 and shaped as sample_index, got {sc.dtype} {sc.shape}"]
@@ -54,24 +59,29 @@ def _check_sample_count(sc: np.ndarray, data: "ShardData", layout: "StoreLayout"
     return []
 
 
-def _check_view_seed(v: np.ndarray, data: "ShardData", layout: "StoreLayout") -> list[str]:
+def _check_view_seed(v: np.ndarray, data: ShardData, layout: StoreLayout) -> list[str]:
     p, views = data.num_positions, layout.num_views
-    out = [] if v.dtype == np.int64 and v.shape == (p,) else [f"view_seed must be int64 [{p}] ({views} views per sample)"]
+    out = (
+        [] if v.dtype == np.int64 and v.shape == (p,) else [f"view_seed must be int64 [{p}] ({views} views per sample)"]
+    )
     o = data.position_offsets
     if o.shape == (data.num_samples + 1,) and np.any(np.diff(o) != views):
         out.append(f"every sample must hold exactly {views} positions (one per view)")
     return out
 
 
-EXTRAS: dict[str, Extra] = {e.name: e for e in (
-    # the tail mass 1 - sum_i p_i(T_r) of the stored classes, per recorded T, from a lossy value codec
-    Extra("rest_mass", lambda layout: not layout.codec.lossless, _check_rest_mass, stored=False),
-    # `sample` / `hybrid` selections: distinct drawn class ids by descending count, and their counts
-    Extra("sample_index", lambda layout: layout.draws > 0, _check_sample_index, padded=True),
-    Extra("sample_count", lambda layout: layout.draws > 0, _check_sample_count, padded=True),
-    # stores of augmented views: the seed each view's input was augmented with
-    Extra("view_seed", lambda layout: layout.num_views > 0, _check_view_seed),
-)}
+EXTRAS: dict[str, Extra] = {
+    e.name: e
+    for e in (
+        # the tail mass 1 - sum_i p_i(T_r) of the stored classes, per recorded T, from a lossy value codec
+        Extra("rest_mass", lambda layout: not layout.codec.lossless, _check_rest_mass, stored=False),
+        # `sample` / `hybrid` selections: distinct drawn class ids by descending count, and their counts
+        Extra("sample_index", lambda layout: layout.draws > 0, _check_sample_index, padded=True),
+        Extra("sample_count", lambda layout: layout.draws > 0, _check_sample_count, padded=True),
+        # stores of augmented views: the seed each view's input was augmented with
+        Extra("view_seed", lambda layout: layout.num_views > 0, _check_view_seed),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -113,13 +123,18 @@ class ShardData:
 
     def per_position(self) -> dict[str, np.ndarray]:
         """Every array with one row per position, by name (the top-k arrays and the extras)."""
-        return {"topk_index": self.topk_index, "topk_logit": self.topk_logit, "logsumexp": self.logsumexp, **self.extras}
+        return {
+            "topk_index": self.topk_index,
+            "topk_logit": self.topk_logit,
+            "logsumexp": self.logsumexp,
+            **self.extras,
+        }
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every array of the shard, by name."""
         return {"sample_id": self.sample_id, "position_offsets": self.position_offsets, **self.per_position()}
 
-    def validate(self, layout: "StoreLayout", *, reading: bool = True) -> None:
+    def validate(self, layout: StoreLayout, *, reading: bool = True) -> None:
         """Raise ShardDataError if this shard breaks the format's rules for `layout`. A writer's
         input (`reading=False`) never holds the arrays a codec derives when reading."""
         problems = self._base_problems(layout)
@@ -138,7 +153,7 @@ class ShardData:
         if problems:
             raise ShardDataError("; ".join(problems))
 
-    def _base_problems(self, layout: "StoreLayout") -> list[str]:
+    def _base_problems(self, layout: StoreLayout) -> list[str]:
         problems = []
         s, o, k, t = self.sample_id, self.position_offsets, layout.top_k, len(layout.temperatures)
         if s.dtype != np.int64 or s.ndim != 1 or s.shape[0] == 0:
@@ -151,7 +166,9 @@ class ShardData:
             problems.append("position_offsets must start at 0, never decrease and end at the position count")
         p = self.topk_index.shape[0]
         if self.topk_index.dtype != np.dtype(layout.index_dtype) or self.topk_index.shape != (p, k):
-            problems.append(f"topk_index must be {layout.index_dtype} [P, {k}], got {self.topk_index.dtype} {self.topk_index.shape}")
+            problems.append(
+                f"topk_index must be {layout.index_dtype} [P, {k}], got {self.topk_index.dtype} {self.topk_index.shape}"
+            )
         elif p and int(self.topk_index.max()) >= layout.vocab_size:
             problems.append(f"topk_index holds a class id >= vocabulary size {layout.vocab_size}")
         logit = self.topk_logit
@@ -169,13 +186,14 @@ class ShardData:
             problems.append("logsumexp holds NaN or inf")
         return problems
 
-    def equals(self, other: "ShardData") -> bool:
+    def equals(self, other: ShardData) -> bool:
         """Exact equality of content (names, dtypes and shapes included)."""
         a, b = self.arrays(), other.arrays()
         return a.keys() == b.keys() and all(
-            a[n].dtype == b[n].dtype and a[n].shape == b[n].shape and np.array_equal(a[n], b[n]) for n in a)
+            a[n].dtype == b[n].dtype and a[n].shape == b[n].shape and np.array_equal(a[n], b[n]) for n in a
+        )
 
-    def select(self, rows: np.ndarray) -> "ShardData":
+    def select(self, rows: np.ndarray) -> ShardData:
         """The samples at `rows` (indices into this shard), in that order, positions kept together."""
         rows = np.asarray(rows, dtype=np.int64)
         starts, ends = self.position_offsets[rows], self.position_offsets[rows + 1]
@@ -183,11 +201,18 @@ class ShardData:
         np.cumsum(ends - starts, out=offsets[1:])
         pos = positions_between(starts, ends)
         taken = {name: a[pos] for name, a in self.per_position().items()}
-        return ShardData(self.sample_id[rows], offsets, taken.pop("topk_index"), taken.pop("topk_logit"),
-                         taken.pop("logsumexp"), extras=taken, ordered=self.ordered)
+        return ShardData(
+            self.sample_id[rows],
+            offsets,
+            taken.pop("topk_index"),
+            taken.pop("topk_logit"),
+            taken.pop("logsumexp"),
+            extras=taken,
+            ordered=self.ordered,
+        )
 
     @staticmethod
-    def concat(parts: list["ShardData"]) -> "ShardData":
+    def concat(parts: list[ShardData]) -> ShardData:
         """The samples of `parts` one after another (padded extras widened to the widest part)."""
         if len(parts) == 1:
             return parts[0]
@@ -200,8 +225,15 @@ class ShardData:
                 width = max(c.shape[1] for c in columns)
                 columns = [pad_width(c, width) for c in columns]
             arrays[name] = np.concatenate(columns)
-        return ShardData(np.concatenate([p.sample_id for p in parts]), offsets, arrays.pop("topk_index"),
-                         arrays.pop("topk_logit"), arrays.pop("logsumexp"), extras=arrays, ordered=parts[0].ordered)
+        return ShardData(
+            np.concatenate([p.sample_id for p in parts]),
+            offsets,
+            arrays.pop("topk_index"),
+            arrays.pop("topk_logit"),
+            arrays.pop("logsumexp"),
+            extras=arrays,
+            ordered=parts[0].ordered,
+        )
 
 
 def positions_between(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

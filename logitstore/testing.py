@@ -57,22 +57,36 @@ def random_shard(rng, ids, k: int, vocab: int, positions_per_sample=None) -> Sha
     z = rng.normal(size=(int(offsets[-1]), vocab)).astype(np.float32) * 3
     order = np.argsort(-z, axis=1, kind="stable")[:, :k]
     lse = np.stack([np.log(np.exp(z.astype(np.float64) / t).sum(axis=1)) for t in TEMPS], axis=1)
-    return ShardData(sample_id=np.asarray(ids, dtype=np.int64), position_offsets=offsets,
-                     topk_index=order.astype(index_dtype_for(vocab)), topk_logit=np.take_along_axis(z, order, axis=1),
-                     logsumexp=lse.astype(np.float32))
+    return ShardData(
+        sample_id=np.asarray(ids, dtype=np.int64),
+        position_offsets=offsets,
+        topk_index=order.astype(index_dtype_for(vocab)),
+        topk_logit=np.take_along_axis(z, order, axis=1),
+        logsumexp=lse.astype(np.float32),
+    )
 
 
 def with_extras(data: ShardData, **extras: np.ndarray) -> ShardData:
-    return ShardData(data.sample_id, data.position_offsets, data.topk_index, data.topk_logit, data.logsumexp,
-                     extras={**data.extras, **extras}, ordered=data.ordered)
+    return ShardData(
+        data.sample_id,
+        data.position_offsets,
+        data.topk_index,
+        data.topk_logit,
+        data.logsumexp,
+        extras={**data.extras, **extras},
+        ordered=data.ordered,
+    )
 
 
 def with_samples(rng, data: ShardData, vocab: int, draws: int, trim: bool = False) -> ShardData:
     """`draws` multinomial draws per position as distinct ids with uint16 counts (only the columns
     the shard needs when `trim`, as the dump writes them)."""
     p = data.num_positions
-    counts = (np.stack([np.bincount(rng.integers(0, vocab, size=draws), minlength=vocab) for _ in range(p)])
-              if p else np.zeros((0, vocab), np.int64))
+    counts = (
+        np.stack([np.bincount(rng.integers(0, vocab, size=draws), minlength=vocab) for _ in range(p)])
+        if p
+        else np.zeros((0, vocab), np.int64)
+    )
     order = np.argsort(-counts, axis=1, kind="stable")[:, :draws]
     index, count = order.astype(index_dtype_for(vocab)), np.take_along_axis(counts, order, axis=1).astype(np.uint16)
     if trim:
@@ -80,15 +94,41 @@ def with_samples(rng, data: ShardData, vocab: int, draws: int, trim: bool = Fals
     return with_extras(data, sample_index=index, sample_count=count)
 
 
-def layout_for(backend: str, *, k: int = 4, vocab: int = 10, shard_size: int = 7, draws: int = 0, codec: Codec = Codec(),
-               views: int = 0) -> StoreLayout:
+def layout_for(
+    backend: str,
+    *,
+    k: int = 4,
+    vocab: int = 10,
+    shard_size: int = 7,
+    draws: int = 0,
+    codec: Codec = CODECS["plain"],
+    views: int = 0,
+) -> StoreLayout:
     selection = Selection("hybrid", draws, 1.0, 0) if draws else Selection()
-    return StoreLayout(backend=backend, top_k=k, vocab_size=vocab, temperatures=TEMPS, shard_size=shard_size,
-                       selection=selection, codec=codec, views=Views(views, "test-augment", 0) if views else None)
+    return StoreLayout(
+        backend=backend,
+        top_k=k,
+        vocab_size=vocab,
+        temperatures=TEMPS,
+        shard_size=shard_size,
+        selection=selection,
+        codec=codec,
+        views=Views(views, "test-augment", 0) if views else None,
+    )
 
 
-def build_store(root, backend: str, ids, k: int = 4, vocab: int = 10, shard_size: int = 7, lengths=None, seed: int = 0,
-                draws: int = 0, codec: Codec = Codec()) -> list[ShardData]:
+def build_store(
+    root,
+    backend: str,
+    ids,
+    k: int = 4,
+    vocab: int = 10,
+    shard_size: int = 7,
+    lengths=None,
+    seed: int = 0,
+    draws: int = 0,
+    codec: Codec = CODECS["plain"],
+) -> list[ShardData]:
     """A complete store of random shards through the StoreWriter; -> the shards as written."""
     rng = np.random.default_rng(seed)
     ids = np.asarray(ids, dtype=np.int64)
@@ -99,7 +139,9 @@ def build_store(root, backend: str, ids, k: int = 4, vocab: int = 10, shard_size
         writer.start(layout, plan, {"test": seed}, overwrite=False)
         for j in range(plan.num_shards):
             n = int(plan.counts[j])
-            data = random_shard(rng, ids[start:start + n], k, vocab, None if lengths is None else lengths[start:start + n])
+            data = random_shard(
+                rng, ids[start : start + n], k, vocab, None if lengths is None else lengths[start : start + n]
+            )
             if draws:
                 data = with_samples(rng, data, vocab, draws, trim=True)
             start += n
@@ -114,8 +156,12 @@ TEST_TEACHER = {"spec": "random logits", "weights_sha256": hashlib.sha256(b"rand
 
 def dataset_record(ids: np.ndarray, seed: int) -> dict:
     """A dataset record as the dump writes one (the inputs' hash stands for the seed of the random logits)."""
-    return {"spec": "random", "num_samples": int(len(ids)), "ids_sha256": hashlib.sha256(ids.astype("<i8").tobytes()).hexdigest(),
-            "inputs_sha256": hashlib.sha256(str(seed).encode()).hexdigest()}
+    return {
+        "spec": "random",
+        "num_samples": int(len(ids)),
+        "ids_sha256": hashlib.sha256(ids.astype("<i8").tobytes()).hexdigest(),
+        "inputs_sha256": hashlib.sha256(str(seed).encode()).hexdigest(),
+    }
 
 
 # ---- comparing content -------------------------------------------------------------------------------
@@ -158,7 +204,7 @@ def assert_same_content(got: ShardData, want: ShardData, codec: Codec) -> None:
     assert np.all(f_err <= bound * (1 + 1e-4) + 1e-6)
     z = want.topk_logit.astype(np.float64)
     for r, t in enumerate(TEMPS):
-        exact = 1 - np.exp(z / t - want.logsumexp[:, r:r + 1]).sum(axis=1)
+        exact = 1 - np.exp(z / t - want.logsumexp[:, r : r + 1]).sum(axis=1)
         # log(rest) in float16: a relative error of at most 2^-11 |log rest|
         np.testing.assert_allclose(got.extras["rest_mass"][:, r], np.clip(exact, 0, 1), rtol=2e-2, atol=1e-7)
 
@@ -212,16 +258,21 @@ class BackendTests:
 
     def test_sampled_shards_round_trip(self, tmp_path, codec):
         rng = np.random.default_rng(5)
-        data = with_samples(rng, random_shard(rng, [4, 8, 9], k=2, vocab=300, positions_per_sample=np.array([2, 0, 3])), 300, 6)
+        data = with_samples(
+            rng, random_shard(rng, [4, 8, 9], k=2, vocab=300, positions_per_sample=np.array([2, 0, 3])), 300, 6
+        )
         data.validate(layout_for(self.backend, k=2, vocab=300, draws=6), reading=False)
         back = round_trip(self.backend, codec, tmp_path / "s", data)
         assert_same_content(back, data, codec)
-        assert back.extras["sample_count"].dtype == np.uint16 and (back.extras["sample_count"].astype(int).sum(axis=1) == 6).all()
+        assert (
+            back.extras["sample_count"].dtype == np.uint16
+            and (back.extras["sample_count"].astype(int).sum(axis=1) == 6).all()
+        )
 
     def test_view_seeds_round_trip(self, tmp_path, codec):
         rng = np.random.default_rng(6)
         data = random_shard(rng, [1, 2], k=3, vocab=20, positions_per_sample=np.array([4, 4]))
-        data = with_extras(data, view_seed=rng.integers(-2**63, 2**63 - 1, size=8, dtype=np.int64))
+        data = with_extras(data, view_seed=rng.integers(-(2**63), 2**63 - 1, size=8, dtype=np.int64))
         data.validate(layout_for(self.backend, k=3, vocab=20, views=4), reading=False)
         assert_same_content(round_trip(self.backend, codec, tmp_path / "s", data), data, codec)
 
@@ -247,10 +298,20 @@ class StoreTests:
         query = np.array([ids[29], ids[0], ids[8], ids[7]])
         got = reader.lookup(query)
         assert got.sample_id.tolist() == query.tolist()
-        expected = ShardData.concat([streamed[4].select([1]), streamed[0].select([0]), streamed[1].select([1]),
-                                     streamed[1].select([0])])
-        assert got.equals(ShardData(query, expected.position_offsets, expected.topk_index, expected.topk_logit,
-                                    expected.logsumexp, expected.extras, expected.ordered))
+        expected = ShardData.concat(
+            [streamed[4].select([1]), streamed[0].select([0]), streamed[1].select([1]), streamed[1].select([0])]
+        )
+        assert got.equals(
+            ShardData(
+                query,
+                expected.position_offsets,
+                expected.topk_index,
+                expected.topk_logit,
+                expected.logsumexp,
+                expected.extras,
+                expected.ordered,
+            )
+        )
         with pytest.raises(KeyError):
             reader.lookup(np.array([ids[0] + 1]))
 
@@ -313,17 +374,21 @@ class StoreTests:
         nan[1, 0] = np.nan
         bad_cases = {
             "NaN": ShardData(good.sample_id, good.position_offsets, good.topk_index, nan, good.logsumexp),
-            "increasing": ShardData(good.sample_id[::-1].copy(), good.position_offsets, good.topk_index, good.topk_logit,
-                                    good.logsumexp),
-            "descending": ShardData(good.sample_id, good.position_offsets, good.topk_index,
-                                    good.topk_logit[:, ::-1].copy(), good.logsumexp),
+            "increasing": ShardData(
+                good.sample_id[::-1].copy(), good.position_offsets, good.topk_index, good.topk_logit, good.logsumexp
+            ),
+            "descending": ShardData(
+                good.sample_id, good.position_offsets, good.topk_index, good.topk_logit[:, ::-1].copy(), good.logsumexp
+            ),
             "no place for it": with_extras(good, view_seed=np.zeros(3, np.int64)),
             "sample_index is required": good,
         }
         for needle, data in bad_cases.items():
             draws = 4 if needle == "sample_index is required" else 0
             with StoreWriter(tmp_path / needle) as writer:
-                writer.start(layout_for(self.backend, k=3, draws=draws), plan_shards(np.array([1, 2, 3]), 7), {}, overwrite=False)
+                writer.start(
+                    layout_for(self.backend, k=3, draws=draws), plan_shards(np.array([1, 2, 3]), 7), {}, overwrite=False
+                )
                 with pytest.raises(ShardDataError, match=needle):
                     writer.shard_writer().write(0, data)
             assert list((tmp_path / needle / "shards").iterdir()) == []
@@ -347,7 +412,7 @@ class StoreTests:
         with StoreWriter(tmp_path / "st") as writer:  # a dump that dies after two of three shards
             writer.start(layout, plan, {"dump": 1}, overwrite=False)
             for j in range(2):
-                writer.shard_writer().write(j, random_shard(rng, ids[7 * j:7 * j + 7], 4, 10))
+                writer.shard_writer().write(j, random_shard(rng, ids[7 * j : 7 * j + 7], 4, 10))
         damaged = next(p for p in sorted((tmp_path / "st" / "shards").rglob("*")) if p.is_file() and "00001" in str(p))
         damaged.write_bytes(damaged.read_bytes()[:-3])
         with StoreWriter(tmp_path / "st") as writer, pytest.raises(StoreConflictError, match="differ in: dump"):
@@ -356,7 +421,7 @@ class StoreTests:
             writer.start(layout, plan, {"dump": 1}, overwrite=False)
             assert sorted(writer.resumed) == [0]  # shard 1 was damaged: written again
             infos = [*writer.resumed.values()]
-            infos += [writer.shard_writer().write(j, random_shard(rng, ids[7 * j:7 * j + 7], 4, 10)) for j in (1, 2)]
+            infos += [writer.shard_writer().write(j, random_shard(rng, ids[7 * j : 7 * j + 7], 4, 10)) for j in (1, 2)]
             manifest = writer.commit(infos, teacher=TEST_TEACHER, dataset=dataset_record(ids, 8), config={})
         assert manifest.num_samples == 21 and StoreReader(tmp_path / "st").verify() == []
         assert not (tmp_path / "st" / ".pending.json").exists() and not (tmp_path / "st" / ".tmp").exists()
@@ -375,7 +440,10 @@ class StoreTests:
         cases = [
             ({"format_version": 99}, "newer"),
             ({"top_k": "5"}, "type"),
-            ({"shards": [{**raw["shards"][0], "name": "../../etc/passwd"}] + raw["shards"][1:]}, "not a valid shard name"),
+            (
+                {"shards": [{**raw["shards"][0], "name": "../../etc/passwd"}] + raw["shards"][1:]},
+                "not a valid shard name",
+            ),
             ({"num_samples": 10**30}, "out of range"),
             ({"temperatures": []}, "temperatures"),
             ({"selection": {"kind": "magic"}}, "unknown"),

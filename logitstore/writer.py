@@ -76,11 +76,15 @@ class ShardWriter:
         except BaseException as exc:
             _remove(tmp)
             if _is_out_of_space(exc):
-                raise StoreError(f"no space left to write shard {name} of {self.root}: free space, then rerun the same "
-                                 f"command to resume (finished shards are kept)") from None
+                raise StoreError(
+                    f"no space left to write shard {name} of {self.root}: free space, then rerun the same "
+                    f"command to resume (finished shards are kept)"
+                ) from None
             if isinstance(exc, PermissionError):
-                raise StoreError(f"no permission to write shard {name} of {self.root}: make the store directory "
-                                 f"writable, then rerun the same command") from None
+                raise StoreError(
+                    f"no permission to write shard {name} of {self.root}: make the store directory "
+                    f"writable, then rerun the same command"
+                ) from None
             raise
         return _info(index, name, data, nbytes, sha)
 
@@ -105,8 +109,16 @@ class ShardWriter:
 
 
 def _info(index: int, name: str, data: ShardData, nbytes: int, sha: str) -> ShardInfo:
-    return ShardInfo(index=index, name=name, first_id=int(data.sample_id[0]), last_id=int(data.sample_id[-1]),
-                     num_samples=data.num_samples, num_positions=data.num_positions, num_bytes=nbytes, sha256=sha)
+    return ShardInfo(
+        index=index,
+        name=name,
+        first_id=int(data.sample_id[0]),
+        last_id=int(data.sample_id[-1]),
+        num_samples=data.num_samples,
+        num_positions=data.num_positions,
+        num_bytes=nbytes,
+        sha256=sha,
+    )
 
 
 class StoreWriter:
@@ -122,7 +134,7 @@ class StoreWriter:
         self.finished: Manifest | None = None  # set by start(): the same dump, already complete
         self.resumed: dict[int, ShardInfo] = {}  # set by start(): sound shards kept from an unfinished run
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> StoreWriter:
         check_destination(self.root)  # before the lock file is created in someone's directory
         self._created = not self.root.exists()
         self._lock.acquire()
@@ -163,9 +175,11 @@ class StoreWriter:
             return existing
         recorded = {"teacher": existing.teacher, "dataset": existing.dataset, "layout": existing.layout.to_json()}
         differ = differences(recorded, {k: self.identity.get(k) for k in recorded})
-        raise StoreExistsError(f"a complete store made from other teacher weights, data or arguments "
-                               f"({', '.join(differ) or 'arguments'} differ) already exists at {self.root}: "
-                               f"pass --overwrite to replace it, or choose another --out")
+        raise StoreExistsError(
+            f"a complete store made from other teacher weights, data or arguments "
+            f"({', '.join(differ) or 'arguments'} differ) already exists at {self.root}: "
+            f"pass --overwrite to replace it, or choose another --out"
+        )
 
     def _resumable(self, overwrite: bool) -> bool:
         pending = self.root / PENDING_NAME
@@ -178,9 +192,11 @@ class StoreWriter:
         if previous == self.identity:
             return True
         differ = differences(previous, self.identity) if isinstance(previous, dict) else ["everything"]
-        raise StoreConflictError(f"{self.root} holds an unfinished dump made with other arguments (they differ in: "
-                                 f"{', '.join(differ)}): rerun that dump's command to resume it, or pass --overwrite "
-                                 f"to start over")
+        raise StoreConflictError(
+            f"{self.root} holds an unfinished dump made with other arguments (they differ in: "
+            f"{', '.join(differ)}): rerun that dump's command to resume it, or pass --overwrite "
+            f"to start over"
+        )
 
     def _prepare_empty(self) -> None:
         """An empty store directory; a complete store there is un-committed before anything else."""
@@ -194,7 +210,9 @@ class StoreWriter:
             (self.root / "shards").mkdir(parents=True)
             (self.root / TMP_DIR).mkdir()
         except OSError as exc:
-            raise StoreError(f"cannot create the store directory {self.root}: {exc.strerror}; choose a writable --out") from None
+            raise StoreError(
+                f"cannot create the store directory {self.root}: {exc.strerror}; choose a writable --out"
+            ) from None
 
     def shard_writer(self) -> ShardWriter:
         return ShardWriter(str(self.root), self._started())
@@ -205,26 +223,47 @@ class StoreWriter:
 
         data = json_text.encode("utf-8")
         atomic_write_bytes(self.root / TOKENIZER_NAME, data)
-        return TokenizerRef(kind=kind, vocab_size=vocab_size, file=TOKENIZER_NAME, sha256=hashlib.sha256(data).hexdigest())
+        return TokenizerRef(
+            kind=kind, vocab_size=vocab_size, file=TOKENIZER_NAME, sha256=hashlib.sha256(data).hexdigest()
+        )
 
-    def commit(self, shards: list[ShardInfo], *, teacher: dict, dataset: dict, config: dict,
-               tokenizer: TokenizerRef | None = None) -> Manifest:
+    def commit(
+        self,
+        shards: list[ShardInfo],
+        *,
+        teacher: dict,
+        dataset: dict,
+        config: dict,
+        tokenizer: TokenizerRef | None = None,
+    ) -> Manifest:
         """Build the manifest from the layout and every planned shard, and write it last: the store
         is complete from this moment."""
         layout, plan = self._started(), self.plan
         infos = sorted(shards, key=lambda s: s.index)
         if [s.index for s in infos] != list(range(plan.num_shards)):
-            raise StoreError(f"the dump wrote shards {[s.index for s in infos]} of {plan.num_shards} planned: run it again")
-        manifest = Manifest(layout=layout, num_samples=sum(s.num_samples for s in infos),
-                            num_positions=sum(s.num_positions for s in infos), teacher=teacher, dataset=dataset,
-                            shards=tuple(infos), tokenizer=tokenizer, config=config,
-                            content_sha256=content_sha256(self.identity), created_by=f"logitstore {logitstore.__version__}")
+            raise StoreError(
+                f"the dump wrote shards {[s.index for s in infos]} of {plan.num_shards} planned: run it again"
+            )
+        manifest = Manifest(
+            layout=layout,
+            num_samples=sum(s.num_samples for s in infos),
+            num_positions=sum(s.num_positions for s in infos),
+            teacher=teacher,
+            dataset=dataset,
+            shards=tuple(infos),
+            tokenizer=tokenizer,
+            config=config,
+            content_sha256=content_sha256(self.identity),
+            created_by=f"logitstore {logitstore.__version__}",
+        )
         shutil.rmtree(self.root / TMP_DIR, ignore_errors=True)
         try:
             write_manifest(self.root, manifest)
         except OSError as exc:
-            raise StoreError(f"cannot write the manifest of {self.root} ({exc.strerror}): fix that, then rerun the same "
-                             f"command; every shard is kept and the store stays incomplete until then") from None
+            raise StoreError(
+                f"cannot write the manifest of {self.root} ({exc.strerror}): fix that, then rerun the same "
+                f"command; every shard is kept and the store stays incomplete until then"
+            ) from None
         (self.root / PENDING_NAME).unlink(missing_ok=True)
         return manifest
 

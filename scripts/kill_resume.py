@@ -33,9 +33,25 @@ from logitstore import StoreReader
 
 
 def dump_command(args: argparse.Namespace, out: Path) -> list[str]:
-    return [sys.executable, "-m", "jobs.dump_logits", "--teacher", args.teacher, "--dataset", args.dataset,
-            "--out", str(out), "--shard-size", str(args.shard_size), "--format", args.format, "--batch-size", "8",
-            "--top-k", "5"]
+    return [
+        sys.executable,
+        "-m",
+        "jobs.dump_logits",
+        "--teacher",
+        args.teacher,
+        "--dataset",
+        args.dataset,
+        "--out",
+        str(out),
+        "--shard-size",
+        str(args.shard_size),
+        "--format",
+        args.format,
+        "--batch-size",
+        "8",
+        "--top-k",
+        "5",
+    ]
 
 
 def kill_session(sid: int) -> None:
@@ -77,14 +93,18 @@ def compare(reference: Path, store: Path) -> tuple[bool, int, int]:
     ref_ids = np.concatenate([data.sample_id for _, data in ref.iter_shards()])
     duplicates = int(ids.size - np.unique(ids).size)
     missing = int(np.setdiff1d(ref_ids, ids).size)
-    equal = ref.num_shards == got.num_shards and all(
-        a.equals(b) for (_, a), (_, b) in zip(ref.iter_shards(), got.iter_shards())) and got.verify() == []
+    equal = (
+        ref.num_shards == got.num_shards
+        and all(a.equals(b) for (_, a), (_, b) in zip(ref.iter_shards(), got.iter_shards()))
+        and got.verify() == []
+    )
     return equal, duplicates, missing
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.kill_resume", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.kill_resume", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--teacher", default="stdlib-gpt")
@@ -104,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     first_shard = first_shard or 0.5
     committed_at = committed_at or wall
     total = StoreReader(reference).num_shards
-    print(f"reference dump: {wall:.1f} s, {total} shards written from {first_shard:.1f} s to {committed_at:.1f} s", flush=True)
+    print(
+        f"reference dump: {wall:.1f} s, {total} shards written from {first_shard:.1f} s to {committed_at:.1f} s",
+        flush=True,
+    )
 
     failures, phases = 0, {}
     for trial in range(args.kills):
@@ -134,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             state = "before any shard"
         phases[state.split(":")[0]] = phases.get(state.split(":")[0], 0) + 1
-        print(f"trial {trial + 1}/{args.kills}: kill -9 at {delay:.1f} s ({state}); resume {resume_wall:.1f} s; "
-              f"equal={equal} duplicates={duplicates} missing={missing}", flush=True)
+        print(
+            f"trial {trial + 1}/{args.kills}: kill -9 at {delay:.1f} s ({state}); resume {resume_wall:.1f} s; "
+            f"equal={equal} duplicates={duplicates} missing={missing}",
+            flush=True,
+        )
     print(f"kills by phase: {phases}")
     print(f"{args.kills} kills, {args.kills - failures} final stores equal to the uninterrupted one, {failures} not")
     return 1 if failures else 0

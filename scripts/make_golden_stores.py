@@ -27,8 +27,17 @@ from pathlib import Path
 import numpy as np
 
 # Arrays a reader returns, by name (each shard returns a subset).
-ARRAY_NAMES = ("sample_id", "position_offsets", "topk_index", "topk_logit", "logsumexp", "sample_index", "sample_count",
-               "rest_mass", "view_seed")
+ARRAY_NAMES = (
+    "sample_id",
+    "position_offsets",
+    "topk_index",
+    "topk_logit",
+    "logsumexp",
+    "sample_index",
+    "sample_count",
+    "rest_mass",
+    "view_seed",
+)
 
 TEACHERS = """
     import torch
@@ -50,15 +59,83 @@ STORES = {
     "v1-digits-zarr": [*DIGITS, "--format", "zarr"],
     "v1-digits-arrow": [*DIGITS, "--format", "arrow"],
     "v1-tokens-zarr": [*TOKENS, "--top-k", "4", "--format", "zarr"],
-    "v1-tokens-uint32-arrow": ["--teacher", "golden_models:wide_gpt", "--dataset", "tokens", "--seq-len", "24",
-                               "--shard-size", "7", "--top-k", "3", "--format", "arrow"],
-    "v2-sample-zarr": [*TOKENS, "--top-k", "1", "--selection", "sample", "--draws", "8", "--seed", "3", "--format", "zarr"],
-    "v2-hybrid-arrow": [*TOKENS, "--top-k", "2", "--selection", "hybrid", "--draws", "6", "--sample-temperature", "2",
-                        "--format", "arrow"],
-    "v3-delta-logq8-zarr": [*TOKENS, "--top-k", "8", "--index-codec", "delta", "--value-codec", "logq", "--format", "zarr"],
-    "v3-delta-logq8-arrow": [*TOKENS, "--top-k", "8", "--index-codec", "delta", "--value-codec", "logq", "--format", "arrow"],
-    "v3-hybrid-plain-logq12-zarr": [*TOKENS, "--top-k", "3", "--selection", "hybrid", "--draws", "5", "--value-codec", "logq",
-                                    "--value-bits", "12", "--format", "zarr"],
+    "v1-tokens-uint32-arrow": [
+        "--teacher",
+        "golden_models:wide_gpt",
+        "--dataset",
+        "tokens",
+        "--seq-len",
+        "24",
+        "--shard-size",
+        "7",
+        "--top-k",
+        "3",
+        "--format",
+        "arrow",
+    ],
+    "v2-sample-zarr": [
+        *TOKENS,
+        "--top-k",
+        "1",
+        "--selection",
+        "sample",
+        "--draws",
+        "8",
+        "--seed",
+        "3",
+        "--format",
+        "zarr",
+    ],
+    "v2-hybrid-arrow": [
+        *TOKENS,
+        "--top-k",
+        "2",
+        "--selection",
+        "hybrid",
+        "--draws",
+        "6",
+        "--sample-temperature",
+        "2",
+        "--format",
+        "arrow",
+    ],
+    "v3-delta-logq8-zarr": [
+        *TOKENS,
+        "--top-k",
+        "8",
+        "--index-codec",
+        "delta",
+        "--value-codec",
+        "logq",
+        "--format",
+        "zarr",
+    ],
+    "v3-delta-logq8-arrow": [
+        *TOKENS,
+        "--top-k",
+        "8",
+        "--index-codec",
+        "delta",
+        "--value-codec",
+        "logq",
+        "--format",
+        "arrow",
+    ],
+    "v3-hybrid-plain-logq12-zarr": [
+        *TOKENS,
+        "--top-k",
+        "3",
+        "--selection",
+        "hybrid",
+        "--draws",
+        "5",
+        "--value-codec",
+        "logq",
+        "--value-bits",
+        "12",
+        "--format",
+        "zarr",
+    ],
     "v3-delta-float32-arrow": [*TOKENS, "--top-k", "5", "--index-codec", "delta", "--format", "arrow"],
     "v4-views-zarr": [*DIGITS, "--views", "2", "--augment", "digits-shift-rotate", "--seed", "5", "--format", "zarr"],
     "v4-views-arrow": [*DIGITS, "--views", "2", "--augment", "digits-shift-rotate", "--seed", "5", "--format", "arrow"],
@@ -90,9 +167,18 @@ def expected(store: Path) -> dict:
     shards = []
     for index in range(reader.num_shards):
         data = reader.read_shard(index)
-        shards.append({name: array_digest(getattr(data, name)) for name in ARRAY_NAMES if getattr(data, name, None) is not None})
-    return {"format_version": m.format_version, "backend": m.backend, "top_k": m.top_k, "vocab_size": m.vocab_size,
-            "num_samples": m.num_samples, "num_positions": m.num_positions, "shards": shards}
+        shards.append(
+            {name: array_digest(getattr(data, name)) for name in ARRAY_NAMES if getattr(data, name, None) is not None}
+        )
+    return {
+        "format_version": m.format_version,
+        "backend": m.backend,
+        "top_k": m.top_k,
+        "vocab_size": m.vocab_size,
+        "num_samples": m.num_samples,
+        "num_positions": m.num_positions,
+        "shards": shards,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

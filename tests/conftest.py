@@ -1,4 +1,4 @@
-"""Shared fixtures: one Ray session for the whole suite, and stores dumped once and reused."""
+"""Shared fixtures: one Ray session for the whole suite, stores dumped once and reused, user modules."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-# The digits teacher is trained once per test session into a private cache, never the user's.
+# Built-in teachers are trained once per test session into a private cache, never the user's.
 _CACHE = Path(tempfile.mkdtemp(prefix="logitstore-test-cache-"))
 os.environ["LOGITSTORE_CACHE"] = str(_CACHE)
 
@@ -17,8 +17,8 @@ os.environ["LOGITSTORE_CACHE"] = str(_CACHE)
 def ray_session():
     import ray
 
+    from trainer.inputs.specs import worker_runtime_env
     from trainer.ray_env import configure_data_context
-    from trainer.specs import worker_runtime_env
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env=worker_runtime_env())
     configure_data_context()
@@ -34,9 +34,9 @@ def teacher_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def dump(ray_session, tmp_path_factory):
-    """dump(name, **config) -> store path; the same arguments are dumped once per session."""
-    from trainer.config import DumpConfig
-    from trainer.dump import run_dump
+    """dump(**config) -> store path; the same arguments are dumped once per session."""
+    from trainer.teacher.config import DumpConfig
+    from trainer.teacher.pipeline import run_dump
 
     root = tmp_path_factory.mktemp("stores")
     done: dict[tuple, str] = {}
@@ -52,6 +52,15 @@ def dump(ray_session, tmp_path_factory):
         return done[key]
 
     return _dump
+
+
+@pytest.fixture(scope="session")
+def digits_stores(dump):
+    """The digits teacher's stores the student tests share: train (k=5, 3 shards) and eval (k=10)."""
+    return {
+        "train": dump(teacher="digits-cnn", dataset="digits", top_k=5, shard_size=500),
+        "eval": dump(teacher="digits-cnn", dataset="digits-eval", top_k=10, format="zarr", shard_size=100),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +85,22 @@ def user_modules(tmp_path_factory):
         os.environ.pop("PYTHONPATH")
     else:
         os.environ["PYTHONPATH"] = saved
+
+
+@pytest.fixture(scope="session")
+def lm_teacher(user_modules):
+    """`lm_models:tiny_gpt`, a small byte-level GPT of random weights: the tests check the pipeline
+    against the teacher's own outputs, not its quality, so it needs no training."""
+    user_modules(
+        "lm_models",
+        """
+        import torch
+        from trainer.builtin.stdlib.gpt import GPT, GPTConfig
+        def tiny_gpt():
+            torch.manual_seed(3)
+            return GPT(GPTConfig(vocab_size=256, seq_len=128, width=32, depth=1, heads=2))
+    """,
+    )
+    import lm_models
+
+    return lm_models.tiny_gpt()

@@ -7,7 +7,7 @@ import os
 import ray
 import ray.data
 
-from trainer.specs import worker_runtime_env
+from trainer.inputs.specs import worker_runtime_env
 
 
 def configure_data_context() -> None:

@@ -35,9 +35,15 @@ async def _write_all(path: str, arrays: dict[str, np.ndarray]) -> None:
         rows = max(1, min(CHUNK_ROWS, array.shape[0]))
         # One Zarr shard per array: a shard file is written by one task only, as Zarr requires.
         n_chunks = -(-max(array.shape[0], 1) // rows)
-        arr = await group.create_array(name, shape=array.shape, dtype=array.dtype, chunks=(rows,) + array.shape[1:],
-                                       shards=(n_chunks * rows,) + array.shape[1:], compressors=ZstdCodec(level=ZSTD_LEVEL),
-                                       fill_value=0)
+        arr = await group.create_array(
+            name,
+            shape=array.shape,
+            dtype=array.dtype,
+            chunks=(rows,) + array.shape[1:],
+            shards=(n_chunks * rows,) + array.shape[1:],
+            compressors=ZstdCodec(level=ZSTD_LEVEL),
+            fill_value=0,
+        )
         if array.size:
             await arr.setitem(..., array)
 
@@ -56,4 +62,3 @@ async def _read_all(path: str) -> dict[str, np.ndarray]:
     arrays = [a async for _, a in group.arrays()]
     values = await asyncio.gather(*(a.getitem(...) for a in arrays))
     return {a.basename: np.asarray(v) for a, v in zip(arrays, values)}
-

@@ -19,11 +19,18 @@ def test_logq_distortion_is_small_and_the_compander_inverts():
     assert np.all(np.diff(comp.table) > 0) and np.isfinite(comp.table).all()
     rng = np.random.default_rng(7)
     v, k, p = 2000, 64, 3000
-    z = (rng.standard_t(3, size=(p, v)) * 2.0 + np.linspace(8, 0, v) * rng.uniform(0.2, 1.5, size=(p, 1))).astype(np.float32)
+    z = (rng.standard_t(3, size=(p, v)) * 2.0 + np.linspace(8, 0, v) * rng.uniform(0.2, 1.5, size=(p, 1))).astype(
+        np.float32
+    )
     order = np.argsort(-z, axis=1)[:, :k]
     lse = np.stack([np.log(np.exp(z.astype(np.float64) / t).sum(axis=1)) for t in TEMPS], axis=1).astype(np.float32)
-    data = ShardData(np.arange(p, dtype=np.int64), np.arange(p + 1, dtype=np.int64), order.astype(np.uint16),
-                     np.take_along_axis(z, order, axis=1), lse)
+    data = ShardData(
+        np.arange(p, dtype=np.int64),
+        np.arange(p + 1, dtype=np.int64),
+        order.astype(np.uint16),
+        np.take_along_axis(z, order, axis=1),
+        lse,
+    )
     kls = {}
     for bits in (8, 10):
         codec = Codec.make("delta", "logq", bits, TEMPS)

@@ -36,8 +36,13 @@ def test_a_golden_store_reads_exactly_as_its_writer_read_it(name):
     reader = StoreReader(GOLDEN / name)
     m = reader.manifest
     assert (m.format_version, m.backend, m.top_k, m.vocab_size, m.num_samples, m.num_positions) == (
-        expected["format_version"], expected["backend"], expected["top_k"], expected["vocab_size"],
-        expected["num_samples"], expected["num_positions"])
+        expected["format_version"],
+        expected["backend"],
+        expected["top_k"],
+        expected["vocab_size"],
+        expected["num_samples"],
+        expected["num_positions"],
+    )
     assert reader.verify() == []
     assert reader.num_shards == len(expected["shards"])
     for index, want in enumerate(expected["shards"]):

@@ -1,0 +1,68 @@
+"""Helpers the tests share (tests never import each other; the fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from logitstore import StoreReader
+
+
+def tree_digest(path: str | Path) -> str:
+    """Hash of every file's path and bytes under `path`: equal before and after means nothing changed."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    for f in sorted(
+        p for p in root.rglob("*") if p.is_file() and p.name != ".lock"
+    ):  # the lock records its last holder
+        digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()
+
+
+def run(main, argv, capsys) -> tuple[int, list[str]]:
+    """A job's exit code and its `error:` lines."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    return code, [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def same_content(a: str | Path, b: str | Path) -> bool:
+    """Two stores decode to the same arrays, shard by shard."""
+    x, y = StoreReader(a), StoreReader(b)
+    return x.num_shards == y.num_shards and all(p.equals(q) for (_, p), (_, q) in zip(x.iter_shards(), y.iter_shards()))
+
+
+def all_shards(store: str) -> list:
+    return [data for _, data in StoreReader(store).iter_shards()]
+
+
+def token_parquet(path, rows, ids=None) -> str:
+    """A Parquet file of token rows (`input_ids`, optional `id`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = {"input_ids": pa.array([list(map(int, r)) for r in rows], type=pa.list_(pa.int64()))}
+    if ids is not None:
+        table["id"] = pa.array(ids, type=pa.int64())
+    pq.write_table(pa.table(table), path)
+    return str(path)
+
+
+def most_common_shard_share(shards: np.ndarray) -> float:
+    """The share of a batch's rows that come from its most common store shard."""
+    return float(np.bincount(shards).max() / len(shards))
+
+
+def random_order_share(shard_of_sample: np.ndarray, batch_size: int, epochs: int, seed: int = 0) -> float:
+    """The mean most-common-shard share of batches cut from uniformly random permutations: the baseline."""
+    rng = np.random.default_rng(seed)
+    shares = []
+    for _ in range(epochs):
+        order = rng.permutation(len(shard_of_sample))
+        shares += [
+            most_common_shard_share(shard_of_sample[order[s : s + batch_size]])
+            for s in range(0, len(order), batch_size)
+        ]
+    return float(np.mean(shares))

@@ -1,0 +1,421 @@
+"""Bad input as a new user would give it: one line naming the problem, exit code 2, nothing damaged."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import run, token_parquet, tree_digest
+
+from jobs import dump_logits, train_student
+
+
+@pytest.fixture(scope="module")
+def stores(digits_stores):
+    return digits_stores
+
+
+@pytest.fixture(scope="module")
+def user_models(user_modules):
+    user_modules(
+        "bad_models",
+        """
+        import torch
+        def seven_classes():
+            return torch.nn.Linear(64, 7)
+        def not_a_model():
+            return "hello"
+        def tiny_lm():
+            from trainer.builtin.stdlib.gpt import GPT, GPTConfig
+            return GPT(GPTConfig(vocab_size=256, seq_len=16, width=16, depth=1, heads=2))
+        def nan_teacher():
+            class Nan(torch.nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.lin = torch.nn.Linear(64, 10)
+                def forward(self, x):
+                    return self.lin(x) * float("nan")
+            return Nan()
+    """,
+    )
+
+
+def train_args(stores, tmp_path, **override):
+    args = {
+        "--store": stores["train"],
+        "--dataset": "digits",
+        "--student": "digits-mlp",
+        "--output": str(tmp_path / "run"),
+        "--epochs": "1",
+    }
+    args.update(override)
+    return [x for k, v in args.items() for x in (k, v)]
+
+
+def test_missing_dataset_path(tmp_path, capsys):
+    code, errors = run(
+        dump_logits.main,
+        ["--teacher", "digits-cnn", "--dataset", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "st")],
+        capsys,
+    )
+    assert code == 2 and len(errors) == 1 and "does not exist" in errors[0]
+    assert not (tmp_path / "st").exists()
+
+
+def test_all_problems_are_reported_at_once(tmp_path, capsys):
+    code, errors = run(
+        dump_logits.main,
+        [
+            "--teacher",
+            "nosuch",
+            "--dataset",
+            "digits",
+            "--out",
+            str(tmp_path / "st"),
+            "--top-k",
+            "0",
+            "--temperatures",
+            "1,-2",
+            "--format",
+            "hdf5",
+        ],
+        capsys,
+    )
+    assert code == 2 and len(errors) == 4
+    joined = "\n".join(errors)
+    for needle in ("--teacher 'nosuch'", "--top-k must be >= 1", "--temperatures", "--format must be zarr or arrow"):
+        assert needle in joined
+
+
+def test_bad_codec_flags(tmp_path, capsys):
+    code, errors = run(
+        dump_logits.main,
+        [
+            "--teacher",
+            "digits-cnn",
+            "--dataset",
+            "digits",
+            "--out",
+            str(tmp_path / "st"),
+            "--index-codec",
+            "huffman",
+            "--value-codec",
+            "logq",
+            "--value-bits",
+            "20",
+            "--threads-per-worker",
+            "-1",
+        ],
+        capsys,
+    )
+    assert code == 2 and len(errors) == 3
+    joined = "\n".join(errors)
+    for needle in (
+        "--index-codec must be plain or delta",
+        "--value-bits must be in 1..16",
+        "--threads-per-worker must be >= 1",
+    ):
+        assert needle in joined
+    assert not (tmp_path / "st").exists()
+
+
+def test_existing_store_is_not_overwritten(stores, capsys):
+    before = tree_digest(stores["eval"])
+    code, errors = run(
+        dump_logits.main, ["--teacher", "digits-cnn", "--dataset", "digits-eval", "--out", stores["eval"]], capsys
+    )
+    assert code == 2 and len(errors) == 1 and "--overwrite" in errors[0]
+    assert tree_digest(stores["eval"]) == before
+
+
+def test_out_is_a_non_empty_directory_that_is_not_a_store(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    code, errors = run(
+        dump_logits.main,
+        ["--teacher", "digits-cnn", "--dataset", "digits-eval", "--out", str(tmp_path / "mine")],
+        capsys,
+    )
+    assert code == 2 and len(errors) == 1 and "not a store" in errors[0]
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+def test_k_larger_than_vocabulary(tmp_path, capsys):
+    code, errors = run(
+        dump_logits.main,
+        ["--teacher", "digits-cnn", "--dataset", "digits-eval", "--out", str(tmp_path / "st"), "--top-k", "11"],
+        capsys,
+    )
+    assert code == 2 and len(errors) == 1 and "exceeds the teacher's 10 classes" in errors[0]
+    assert not (tmp_path / "st" / "manifest.json").exists()
+
+
+def test_nan_teacher_logits(tmp_path, capsys, user_models):
+    code, errors = run(
+        dump_logits.main,
+        ["--teacher", "bad_models:nan_teacher", "--dataset", "digits-eval", "--out", str(tmp_path / "st")],
+        capsys,
+    )
+    assert code == 2 and len(errors) == 1 and "NaN or inf" in errors[0]
+    assert not (tmp_path / "st" / "manifest.json").exists()
+
+
+def test_teacher_that_is_not_a_module(tmp_path, capsys, user_models):
+    code, errors = run(
+        dump_logits.main,
+        ["--teacher", "bad_models:not_a_model", "--dataset", "digits-eval", "--out", str(tmp_path / "st")],
+        capsys,
+    )
+    assert code == 2 and len(errors) == 1 and "not a torch.nn.Module" in errors[0]
+
+
+def test_store_does_not_match_dataset(stores, tmp_path, capsys):
+    before = tree_digest(stores["eval"])
+    code, errors = run(train_student.main, train_args(stores, tmp_path, **{"--store": stores["eval"]}), capsys)
+    assert code == 2 and len(errors) == 1 and "does not match store" in errors[0]
+    assert tree_digest(stores["eval"]) == before
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_temperature_not_recorded(stores, tmp_path, capsys):
+    code, errors = run(train_student.main, train_args(stores, tmp_path, **{"--temperature": "3"}), capsys)
+    assert code == 2 and len(errors) == 1 and "--temperature 3 was not recorded" in errors[0] and "1, 2, 4" in errors[0]
+
+
+def test_student_width_differs_from_vocabulary(stores, tmp_path, capsys, user_models):
+    code, errors = run(
+        train_student.main, train_args(stores, tmp_path, **{"--student": "bad_models:seven_classes"}), capsys
+    )
+    assert code == 2 and len(errors) == 1 and "outputs 7 classes but the store's teacher has 10" in errors[0]
+
+
+def test_missing_and_incomplete_store(stores, tmp_path, capsys):
+    code, errors = run(train_student.main, train_args(stores, tmp_path, **{"--store": str(tmp_path / "nope")}), capsys)
+    assert code == 2 and len(errors) == 1 and "no store at" in errors[0]
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "shards").mkdir()
+    code, errors = run(train_student.main, train_args(stores, tmp_path, **{"--store": str(tmp_path / "half")}), capsys)
+    assert code == 2 and len(errors) == 1 and "no complete store" in errors[0]
+
+
+def test_bad_training_numbers(stores, tmp_path, capsys):
+    code, errors = run(
+        train_student.main, train_args(stores, tmp_path, **{"--alpha": "1.5", "--epochs": "0", "--lr": "-1"}), capsys
+    )
+    assert code == 2 and len(errors) == 3
+
+
+def test_token_row_longer_than_seq_len(tmp_path, capsys, user_models):
+    data = token_parquet(tmp_path / "t.parquet", [list(range(10)), list(range(20))])
+    code, errors = run(
+        dump_logits.main,
+        ["--teacher", "bad_models:tiny_lm", "--dataset", data, "--out", str(tmp_path / "st"), "--seq-len", "16"],
+        capsys,
+    )
+    assert code == 2 and len(errors) == 1 and "id 1 has 20 tokens, more than --seq-len 16" in errors[0]
+    assert not (tmp_path / "st").exists()
+
+
+def test_token_ids_beyond_the_teachers_vocabulary(tmp_path, capsys, user_models):
+    data = token_parquet(tmp_path / "t.parquet", [[1, 2, 3], [4, 300, 5]])
+    code, errors = run(
+        dump_logits.main,
+        ["--teacher", "bad_models:tiny_lm", "--dataset", data, "--out", str(tmp_path / "st"), "--seq-len", "16"],
+        capsys,
+    )
+    assert code == 2 and len(errors) == 1 and "token id 300 but the teacher's vocabulary has 256" in errors[0]
+    assert not (tmp_path / "st").exists()
+
+
+def test_tokenizer_problems_and_hf_dir_without_config(tmp_path, capsys):
+    (tmp_path / "model").mkdir()
+    code, errors = run(
+        dump_logits.main,
+        [
+            "--teacher",
+            f"hf:{tmp_path / 'model'}",
+            "--dataset",
+            "digits",
+            "--out",
+            str(tmp_path / "st"),
+            "--tokenizer",
+            "bpe:lots",
+        ],
+        capsys,
+    )
+    joined = "\n".join(errors)
+    assert (
+        code == 2
+        and len(errors) == 3
+        and "no config.json" in joined
+        and "write bpe:N" in joined
+        and "--tokenizer applies to the built-in text" in joined
+    )
+    code, errors = run(
+        dump_logits.main,
+        [
+            "--teacher",
+            "digits-cnn",
+            "--dataset",
+            "stdlib-small",
+            "--out",
+            str(tmp_path / "st"),
+            "--tokenizer",
+            str(tmp_path / "tokenizer.json"),
+            "--seq-len",
+            "1",
+        ],
+        capsys,
+    )
+    assert (
+        code == 2
+        and len(errors) == 2
+        and "neither bytes, bpe:N nor an existing tokenizer.json" in errors[0]
+        and "--seq-len must be >= 2" in errors[1]
+    )
+
+
+def test_a_dataset_file_that_is_not_parquet_is_refused_before_anything_runs(tmp_path, capsys):
+    (tmp_path / "chat.jsonl").write_text('{"text": "hello"}\n')
+    code, errors = run(
+        dump_logits.main,
+        ["--teacher", "digits-cnn", "--dataset", str(tmp_path / "chat.jsonl"), "--out", str(tmp_path / "st")],
+        capsys,
+    )
+    assert code == 2 and len(errors) == 1 and "is a .jsonl file; datasets are Parquet" in errors[0]
+    assert not (tmp_path / "st").exists()
+
+
+def test_parquet_without_features_or_tokens(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a", "b"]}), tmp_path / "t.parquet")
+    code, errors = run(
+        dump_logits.main,
+        ["--teacher", "digits-cnn", "--dataset", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "st")],
+        capsys,
+    )
+    assert code == 2 and len(errors) == 1 and "neither a 'features' column" in errors[0] and "'input_ids'" in errors[0]
+    assert not (tmp_path / "st").exists()
+
+
+def test_empty_dataset(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"features": pa.array([], type=pa.list_(pa.float32()))}), tmp_path / "empty.parquet")
+    code, errors = run(
+        dump_logits.main,
+        ["--teacher", "digits-cnn", "--dataset", str(tmp_path / "empty.parquet"), "--out", str(tmp_path / "st")],
+        capsys,
+    )
+    assert code == 2 and len(errors) == 1 and "is empty" in errors[0]
+    assert not (tmp_path / "st").exists()
+
+
+def test_duplicate_ids(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": [1, 2, 2], "features": [[0.0] * 64] * 3}), tmp_path / "dup.parquet")
+    code, errors = run(
+        dump_logits.main,
+        ["--teacher", "digits-cnn", "--dataset", str(tmp_path / "dup.parquet"), "--out", str(tmp_path / "st")],
+        capsys,
+    )
+    assert code == 2 and len(errors) == 1 and "duplicate ids (e.g. 2)" in errors[0]
+
+
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        (lambda text: text[: len(text) // 2], "not valid JSON"),
+        (lambda text: text.replace('"format_version": 1', '"format_version": 99'), "newer than this logitstore reads"),
+        (lambda text: text.replace('"shards/00000.zarr"', '"../../etc/passwd"'), "not a valid shard name"),
+        (lambda text: text.replace('"num_samples": 360', '"num_samples": "many"', 1), "has type str"),
+    ],
+    ids=["truncated-json", "newer-version", "path-traversal", "wrong-type"],
+)
+def test_damaged_or_hostile_manifest(stores, tmp_path, capsys, damage, needle):
+    import shutil
+
+    store = tmp_path / "copy"
+    shutil.copytree(stores["eval"], store)
+    manifest = store / "manifest.json"
+    manifest.write_text(damage(manifest.read_text()))
+    before = tree_digest(store)
+    args = {"--store": str(store), "--dataset": "digits-eval"}
+    code, errors = run(train_student.main, train_args(stores, tmp_path, **args), capsys)
+    assert code == 2 and len(errors) == 1 and needle in errors[0], errors
+    assert tree_digest(store) == before and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_eval_store_without_eval_dataset(stores, tmp_path, capsys):
+    code, errors = run(train_student.main, train_args(stores, tmp_path, **{"--eval-store": stores["eval"]}), capsys)
+    assert code == 2 and len(errors) == 1 and "--eval-store needs --eval-dataset" in errors[0]
+
+
+def test_cli_process_exits_non_zero_with_one_line(tmp_path):
+    """The real process: exit status and stderr, not just the function's return value."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.train_student",
+            "--store",
+            str(tmp_path / "nope"),
+            "--dataset",
+            "digits",
+            "--student",
+            "digits-mlp",
+            "--output",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "no store at" in proc.stderr
+
+
+def test_views_and_augmentation_problems_are_reported_up_front(stores, tmp_path, capsys):
+    from jobs import dump_logits, train_student
+
+    code = dump_logits.main(
+        ["--teacher", "digits-cnn", "--dataset", "digits", "--out", str(tmp_path / "a"), "--views", "2"]
+    )
+    assert code == 2 and "--views needs --augment" in capsys.readouterr().err
+    code = dump_logits.main(
+        ["--teacher", "digits-cnn", "--dataset", "digits", "--out", str(tmp_path / "b"), "--augment", "rot13"]
+    )
+    err = capsys.readouterr().err
+    assert (
+        code == 2 and "--augment applies to the stored views" in err and "'rot13' is not a built-in augmentation" in err
+    )
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    code = train_student.main(
+        [
+            "--store",
+            stores["train"],
+            "--dataset",
+            "stdlib-small",
+            "--student",
+            "digits-mlp",
+            "--output",
+            str(tmp_path / "r"),
+            "--augment",
+            "digits-shift-rotate",
+            "--loss",
+            "js",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert (
+        code == 2 and "--augment applies to inputs of features" in err and "--loss must be kl, reverse-kl or jsd" in err
+    )

@@ -1,0 +1,39 @@
+"""The bench scripts' --quick modes run end to end and write every figure the goals name."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+KEYS = (
+    "bytes_per_entry",
+    "kl_distortion",
+    "read_vs_zstd",
+    "dump_vs_bare",
+    "store_vs_labels_epoch",
+    "online_vs_offline_8",
+    "scaling_dump_2v1",
+    "scaling_train_2v1",
+)
+
+
+@pytest.mark.slow
+def test_quick_benches_write_every_figure(ray_session, tmp_path, capsys):
+    from bench import dump, store, train
+
+    out = tmp_path / "bench.json"
+    for bench in (store, dump, train):
+        assert bench.main(["--quick", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("|---|") >= 3  # each printed its Markdown table
+    figures = json.loads(out.read_text())
+    assert set(KEYS) <= set(figures)
+    flat = [figures[k] for k in KEYS if k != "bytes_per_entry"] + list(figures["bytes_per_entry"].values())
+    assert all(isinstance(x, float) and math.isfinite(x) and x > 0 for x in flat), figures
+    rows = {(r["backend"], r["codec"]): r for r in figures["store"]["rows"]}
+    # The headline codec is far smaller than raw float32 and its distortion is small.
+    assert rows[("zarr", "delta/logq10")]["bytes_per_entry"] < 0.6 * rows[("zarr", "plain/float32")]["bytes_per_entry"]
+    assert figures["kl_distortion"] < 1e-4
+    assert figures["machine"]["cpus"] >= 1

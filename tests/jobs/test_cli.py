@@ -1,0 +1,38 @@
+"""--config files: YAML or TOML, checked against the job's flags, overridden by the command line."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.cli import parse_config, run_job
+from trainer.errors import ConfigError
+from trainer.student.config import TrainConfig
+from trainer.teacher.config import DumpConfig
+
+
+def test_a_toml_or_yaml_file_sets_flags_and_the_command_line_overrides_it(tmp_path):
+    (tmp_path / "d.toml").write_text('teacher = "digits-cnn"\ntop-k = 7\ntemperatures = [1, 3]\noverwrite = true\n')
+    cfg = parse_config(DumpConfig, ["--config", str(tmp_path / "d.toml"), "--top-k", "9", "--dataset", "digits"], "x")
+    assert (cfg.teacher, cfg.top_k, cfg.temperatures, cfg.overwrite, cfg.dataset) == (
+        "digits-cnn",
+        9,
+        (1.0, 3.0),
+        True,
+        "digits",
+    )
+    (tmp_path / "t.yaml").write_text("lr: 3e-3\nalpha: 1\nvariants:\n  - {lr: 1e-2}\n  - {temperature: 2}\n")
+    cfg = parse_config(TrainConfig, ["--config", str(tmp_path / "t.yaml")], "x")
+    assert cfg.lr == 0.003 and cfg.alpha == 1.0 and isinstance(cfg.alpha, float)
+    assert [s.lr for s in cfg.students()] == [0.01, 0.003] and [s.temperature for s in cfg.students()] == [4.0, 2.0]
+
+
+def test_every_problem_of_a_config_file_is_reported_at_once(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("top_k: seven\nbogus: 1\noverwrite: 1\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config(DumpConfig, ["--config", str(tmp_path / "bad.yaml")], "x")
+    assert len(info.value.problems) == 3
+    (tmp_path / "broken.toml").write_text("top_k = [\n")
+    assert run_job(DumpConfig, lambda c: None, ["--config", str(tmp_path / "broken.toml")], "x") == 2
+    assert "is not valid TOML" in capsys.readouterr().err
+    assert run_job(DumpConfig, lambda c: None, ["--config", str(tmp_path / "c.json")], "x") == 2
+    assert "no such file" in capsys.readouterr().err

@@ -1,0 +1,215 @@
+"""Students distilled with Ray Train from one store, the teacher's weights gone; and training that
+survives a killed worker and a killed driver. Each fit costs ~30 s of fixed overhead: keep them few."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from jobs import train_student
+from trainer.builtin import digits
+from trainer.student.checkpoint import CHECKPOINT_FILE
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stores_without_teacher(digits_stores, teacher_cache):
+    stores = dict(digits_stores)
+    weights = digits.teacher_cache_path()
+    assert weights.exists() and weights.parent == teacher_cache
+    hidden = weights.with_suffix(".hidden")
+    weights.rename(hidden)  # the training jobs must never need the teacher
+    yield stores
+    hidden.rename(weights)
+
+
+def run_student(stores, output: Path, *extra: str) -> dict:
+    argv = [
+        "--store",
+        stores["train"],
+        "--dataset",
+        "digits-fewlabels",
+        "--eval-dataset",
+        "digits-eval",
+        "--eval-store",
+        stores["eval"],
+        "--student",
+        "digits-mlp",
+        "--output",
+        str(output),
+        "--epochs",
+        "4",
+        "--checkpoint-every",
+        "2",
+        *extra,
+    ]
+    assert train_student.main(argv) == 0
+    assert not digits.teacher_cache_path().exists()
+    return json.loads((output / "metrics.json").read_text())
+
+
+B_ARGS = ("--temperature", "4", "--alpha", "1.0", "--workers", "1")
+
+
+@pytest.fixture(scope="module")
+def undisturbed(stores_without_teacher, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "b"
+    return out, run_student(stores_without_teacher, out, *B_ARGS)
+
+
+def test_two_students_with_different_t_and_alpha_from_one_store(stores_without_teacher, undisturbed, tmp_path):
+    a = run_student(
+        stores_without_teacher, tmp_path / "a", "--temperature", "2", "--alpha", "0.5", "--workers", "2", "--seed", "1"
+    )
+    b_dir, b = undisturbed
+
+    for m, T, alpha, workers in ((a, 2.0, 0.5, 2), (b, 4.0, 1.0, 1)):
+        assert m["config"]["temperature"] == T and m["config"]["alpha"] == alpha and m["config"]["workers"] == workers
+        assert len(m["epochs"]) == 4
+        # 4 short epochs of a 1.2k-parameter MLP: far above chance (0.1), not yet converged.
+        assert m["eval_accuracy"] > 0.5
+        assert m["teacher_agreement"] > 0.5
+        assert m["epochs"][-1]["train_kd_loss"] < m["epochs"][0]["train_kd_loss"]
+        # Every training row was seen once per epoch (2 workers get equal numbers of batches: the
+        # remainder, fewer than `workers` batches of 64, waits for another epoch).
+        assert 1437 - (workers - 1) * 64 <= m["epochs"][-1]["train_positions"] <= 1437
+    # alpha = 1: the CE term is logged but has no weight; alpha = 0.5 mixes both.
+    assert b["train_loss"] == pytest.approx(b["train_kd_loss"])
+    assert a["train_loss"] == pytest.approx(0.5 * a["train_kd_loss"] + 0.5 * a["train_ce_loss"], rel=0.05)
+
+    for run in (tmp_path / "a", b_dir):
+        state = torch.load(run / "checkpoint" / CHECKPOINT_FILE, weights_only=True)
+        student = digits.DigitsMLP(hidden=16)
+        student.load_state_dict(state)
+        rows = digits.load_split("eval")
+        with torch.no_grad():
+            pred = student(torch.from_numpy(rows["features"])).argmax(1).numpy()
+        metrics = json.loads((run / "metrics.json").read_text())
+        # The saved checkpoint is the model whose accuracy metrics.json reports.
+        assert (pred == rows["label"]).mean() == pytest.approx(metrics["eval_accuracy"])
+        assert json.loads((run / "config.json").read_text())["store"] == stores_without_teacher["train"]
+
+
+def test_a_killed_training_worker_restarts_from_its_checkpoint(
+    stores_without_teacher, undisturbed, user_modules, tmp_path
+):
+    """The student's process SIGKILLs itself once, mid-epoch 2 (train step 40 of 4 x 23); Ray Train
+    restarts the worker group and the loop resumes from the step-10 checkpoint of that epoch."""
+    flag = tmp_path / "killed"
+    user_modules(
+        "suicidal_students",
+        f"""
+        import os, signal
+        from pathlib import Path
+        import torch
+        from trainer.builtin.digits import DigitsMLP
+
+        class Suicidal(DigitsMLP):
+            calls = 0
+            def forward(self, x):
+                if self.training:
+                    Suicidal.calls += 1
+                    if Suicidal.calls == 40 and not Path({str(flag)!r}).exists():
+                        Path({str(flag)!r}).write_text("killed")
+                        os.kill(os.getpid(), signal.SIGKILL)
+                return super().forward(x)
+
+        def student():
+            return Suicidal(hidden=16)
+    """,
+    )
+    killed = run_student(
+        stores_without_teacher,
+        tmp_path / "k",
+        *B_ARGS,
+        "--student",
+        "suicidal_students:student",
+        "--checkpoint-every-steps",
+        "10",
+    )
+    _, calm = undisturbed
+    assert flag.exists()
+    assert [e["epoch"] for e in killed["epochs"]] == [1, 2, 3, 4]
+    # Ray Train collects reports asynchronously: the restart is from the last checkpoint it had
+    # registered before the kill (step 10 or 20 of epoch 1, or 10 of epoch 2), never from scratch.
+    resumed = [e["resumed_from"] for e in killed["epochs"] if "resumed_from" in e]
+    assert len(resumed) == 1 and (resumed[0]["epoch"], resumed[0]["step"]) in {(0, 10), (0, 20), (1, 10)}
+    print(f"eval_accuracy: killed and resumed {killed['eval_accuracy']:.4f}, undisturbed {calm['eval_accuracy']:.4f}")
+    assert killed["eval_accuracy"] > 0.5 and abs(killed["eval_accuracy"] - calm["eval_accuracy"]) < 0.1
+
+
+def test_rerunning_after_the_driver_died_resumes(stores_without_teacher, tmp_path, capsys):
+    out = tmp_path / "d"
+    argv = [
+        "--store",
+        stores_without_teacher["train"],
+        "--dataset",
+        "digits-fewlabels",
+        "--student",
+        "digits-mlp",
+        "--output",
+        str(out),
+        "--epochs",
+        "20",
+        "--temperature",
+        "4",
+    ]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "jobs.train_student", *argv],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    deadline = time.time() + 300
+    snapshot = out / "ray" / "train" / "checkpoint_manager_snapshot.json"
+    while (
+        time.time() < deadline
+        and driver.poll() is None
+        and not (snapshot.exists() and '"checkpoint_results":[{' in snapshot.read_text().replace(" ", ""))
+    ):
+        time.sleep(0.2)  # until Ray Train has registered a checkpoint
+    assert driver.poll() is None, "the run finished before it could be killed"
+    listing = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
+    for pid, sid in (map(int, line.split()) for line in listing.splitlines()):
+        if sid == driver.pid:
+            os.kill(pid, signal.SIGKILL)  # the driver and its whole local Ray cluster
+    driver.wait()
+    assert not (out / "metrics.json").exists()
+
+    assert train_student.main(argv + ["--epochs", "19"]) == 2  # other arguments: refused
+    assert "unfinished run with other arguments (they differ in: epochs)" in capsys.readouterr().err
+    assert train_student.main(argv) == 0
+    assert "resuming the unfinished run" in capsys.readouterr().err
+    m = json.loads((out / "metrics.json").read_text())
+    assert [e["epoch"] for e in m["epochs"]] == list(range(1, 21))
+    resumed = [e["resumed_from"] for e in m["epochs"] if "resumed_from" in e]
+    assert len(resumed) == 1 and resumed[0]["epoch"] >= 1  # not from scratch
+
+
+def test_finished_run_is_not_overwritten(stores_without_teacher, tmp_path, capsys):
+    out = tmp_path / "done"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    argv = [
+        "--store",
+        stores_without_teacher["train"],
+        "--dataset",
+        "digits",
+        "--student",
+        "digits-mlp",
+        "--output",
+        str(out),
+    ]
+    assert train_student.main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "metrics.json").read_text() == "{}"

@@ -1,0 +1,154 @@
+"""The teacher pass on real data, through the real Ray Data pipeline, into real Zarr and Arrow stores."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from helpers import all_shards
+
+from logitstore import StoreReader, plan_shards, read_manifest, topk_probabilities
+from trainer.builtin import digits
+from trainer.inputs.models import build_model, weights_sha256
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def teacher_logits(split: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = digits.load_split(split)
+    with torch.no_grad():
+        z = build_model("digits-cnn").eval()(torch.from_numpy(rows["features"])).numpy()
+    return rows["id"], z
+
+
+def test_both_backends_store_identical_content(dump):
+    zarr_store = dump(teacher="digits-cnn", dataset="digits-eval", top_k=10, format="zarr", shard_size=100)
+    arrow_store = dump(teacher="digits-cnn", dataset="digits-eval", top_k=10, format="arrow", shard_size=100)
+    a, b = all_shards(zarr_store), all_shards(arrow_store)
+    assert len(a) == len(b) == 4
+    assert all(x.equals(y) for x, y in zip(a, b))
+    ma, mb = read_manifest(zarr_store), read_manifest(arrow_store)
+    assert (ma.backend, mb.backend) == ("zarr", "arrow")
+    assert ma.teacher == mb.teacher and ma.dataset == mb.dataset
+    assert [(s.first_id, s.last_id, s.num_samples) for s in ma.shards] == [
+        (s.first_id, s.last_id, s.num_samples) for s in mb.shards
+    ]
+
+
+def test_k_equal_vocab_gives_the_teachers_softmax_at_every_temperature(dump):
+    store = dump(teacher="digits-cnn", dataset="digits-eval", top_k=10, format="zarr", shard_size=100)
+    ids, z = teacher_logits("eval")
+    reader = StoreReader(store)
+    got = reader.lookup(ids)
+    for col, T in enumerate(reader.manifest.temperatures):
+        probs, tail = topk_probabilities(got.topk_logit, got.logsumexp[:, col], T)
+        dense = np.zeros_like(z)
+        np.put_along_axis(dense, got.topk_index.astype(np.int64), probs, axis=1)
+        expected = torch.softmax(torch.from_numpy(z).double() / T, dim=1).numpy()
+        np.testing.assert_allclose(dense, expected, rtol=0, atol=2e-6)
+        assert np.all(tail < 2e-6)
+    # Sorted by descending logit, and the logits are the teacher's.
+    np.testing.assert_allclose(got.topk_logit, -np.sort(-z, axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_two_worker_dump_equals_one_worker_dump(dump):
+    """Each teacher actor runs the same number of threads whatever --workers (a CPU's sums depend on it)."""
+    one = dump(teacher="digits-cnn", dataset="digits", top_k=5, shard_size=500)
+    two = dump(teacher="digits-cnn", dataset="digits", top_k=5, shard_size=500, workers=2)
+    a, b = all_shards(one), all_shards(two)
+    assert len(a) == len(b) == 3
+    assert all(x.equals(y) for x, y in zip(a, b))
+
+
+def test_manifest_records_identity_and_a_deterministic_plan(dump):
+    store = dump(teacher="digits-cnn", dataset="digits-eval", top_k=10, format="zarr", shard_size=100)
+    m = read_manifest(store)
+    ids = digits.load_split("eval")["id"]
+    assert m.teacher["weights_sha256"] == weights_sha256(build_model("digits-cnn"))
+    assert m.dataset["ids_sha256"] == hashlib.sha256(np.sort(ids).astype("<i8").tobytes()).hexdigest()
+    plan = plan_shards(np.sort(ids), 100)
+    assert [s.first_id for s in m.shards] == plan.first_ids.tolist()
+    assert [s.last_id for s in m.shards] == plan.last_ids.tolist()
+    assert m.num_samples == 360 and m.num_positions == 360 and m.vocab_size == 10 and m.index_dtype == "uint16"
+    assert m.config["top_k"] == 10 and m.temperatures == (1.0, 2.0, 4.0)
+    assert m.teacher["device"] == "cpu" and m.teacher["cpu_threads"] == 1  # a CPU's sums depend on its thread count
+    assert not (Path(store) / ".tmp").exists()
+    assert StoreReader(store).verify() == []
+
+
+def test_user_module_teacher_and_parquet_dataset_from_the_working_directory(tmp_path, teacher_cache):
+    """A user's own module (importable only from their cwd) runs inside Ray workers; ids come from the file."""
+    (tmp_path / "my_models.py").write_text(
+        textwrap.dedent("""
+        import torch
+        def teacher():
+            torch.manual_seed(7)
+            return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 12))
+    """)
+    )
+    rows = digits.load_split("eval")
+    order = np.random.default_rng(0).permutation(len(rows["id"]))
+    ids = rows["id"][order] * 10 + 3  # arbitrary, unsorted ids
+    labels = [None if i % 3 else int(v) for i, v in enumerate(rows["label"][order])]
+    table = pa.table(
+        {
+            "id": ids,
+            "features": [list(map(float, f)) for f in rows["features"][order]],
+            "label": pa.array(labels, type=pa.int64()),
+        }
+    )
+    (tmp_path / "data").mkdir()
+    pq.write_table(table.slice(0, 200), tmp_path / "data" / "part-0.parquet")
+    pq.write_table(table.slice(200), tmp_path / "data" / "part-1.parquet")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["LOGITSTORE_CACHE"] = str(teacher_cache)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.dump_logits",
+            "--teacher",
+            "my_models:teacher",
+            "--dataset",
+            "data",
+            "--out",
+            "store",
+            "--top-k",
+            "3",
+            "--format",
+            "arrow",
+            "--shard-size",
+            "128",
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "bytes per stored (index, value) entry" in proc.stdout
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import my_models
+
+        with torch.no_grad():
+            z = my_models.teacher()(torch.from_numpy(rows["features"][order])).numpy()
+    finally:
+        sys.path.remove(str(tmp_path))
+    reader = StoreReader(tmp_path / "store")
+    assert reader.manifest.vocab_size == 12 and reader.num_shards == 3
+    got = reader.lookup(ids)
+    np.testing.assert_allclose(got.topk_logit, -np.sort(-z, axis=1)[:, :3], rtol=1e-5, atol=1e-5)
+    assert json.loads((tmp_path / "store" / "manifest.json").read_text())["teacher"]["spec"] == "my_models:teacher"

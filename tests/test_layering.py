@@ -1,0 +1,89 @@
+"""The packages' boundaries, read from their imports (every import statement, at any depth):
+
+- logitstore (the format) imports no torch, Ray, matplotlib, trainer or jobs;
+- the student pass never imports the teacher pass, nor the teacher the student;
+- the built-in examples are reached only through trainer.inputs.registry (by name), never imported;
+- trainer never imports jobs; only jobs/plots.py imports matplotlib.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("logitstore", "trainer", "jobs")
+
+
+def modules() -> dict[str, set[str]]:
+    """Every module of the packages -> the absolute names it imports."""
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+            imported = set()
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+            found[name] = imported
+    return found
+
+
+def within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def breaches(source: str, forbidden: tuple[str, ...], exempt: tuple[str, ...] = ()) -> list[str]:
+    return [
+        f"{module} imports {name}"
+        for module, imported in modules().items()
+        if within(module, source) and module not in exempt
+        for name in sorted(imported)
+        if any(within(name, f) for f in forbidden)
+    ]
+
+
+def test_the_store_imports_no_torch_ray_plotting_trainer_or_jobs():
+    assert breaches("logitstore", ("torch", "ray", "matplotlib", "trainer", "jobs")) == []
+
+
+def test_the_passes_never_import_each_other():
+    assert breaches("trainer.student", ("trainer.teacher",)) == []
+    assert breaches("trainer.teacher", ("trainer.student",)) == []
+
+
+def test_built_ins_are_reached_only_through_the_registry():
+    outside = [m for m in modules() if not within(m, "trainer.builtin")]
+    assert [b for m in outside for b in breaches(m, ("trainer.builtin",)) if b.startswith(m + " ")] == []
+    from trainer.inputs import registry
+
+    makers = [b.maker for r in (registry.MODELS, registry.DATASETS, registry.AUGMENTS) for b in r.values()]
+    assert makers and all(m.startswith("trainer.builtin.") for m in makers)
+
+
+def test_trainer_never_imports_jobs_and_only_the_jobs_plot():
+    assert breaches("trainer", ("jobs",)) == []
+    assert (
+        breaches("trainer", ("matplotlib",)) == [] and breaches("jobs", ("matplotlib",), exempt=("jobs.plots",)) == []
+    )
+
+
+@pytest.mark.parametrize(
+    "package", ["logitstore", "trainer.inputs.specs", "trainer.teacher.config", "trainer.student.config"]
+)
+def test_importing_the_light_modules_loads_no_torch_nor_ray(package):
+    code = (
+        f"import sys, importlib, pkgutil\nimport {package} as p\n"
+        "for m in getattr(p, '__path__', None) and pkgutil.iter_modules(p.__path__, p.__name__ + '.') or ():\n"
+        "    if not m.name.endswith('.testing'):\n        importlib.import_module(m.name)\n"
+        "print([m for m in ('torch', 'ray', 'matplotlib') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,316 @@
+"""Datasets by name, as Ray Datasets with the canonical columns, and their fingerprints.
+
+Canonical columns: `id` int64 (unique), `label` int64 (-1 where the label is missing), and either
+`features` float32 tensor (same shape every row) or, for token data, `input_ids` int64
+[seq_len] (zero-padded) with `length` int64 (the valid tokens, 1..seq_len).
+
+A dataset spec is one of:
+  - a built-in name: digits, digits-fewlabels, digits-eval; or the text of the Python standard
+    library (stdlib, stdlib-eval, stdlib-small, stdlib-small-eval), tokenised by the
+    TextOptions' tokenizer and packed into blocks of seq_len tokens;
+  - a Parquet file or directory with `features` (list of floats) and optional `label` (int,
+    nullable), or with `input_ids` (list of ints per row, at most seq_len); optional `id`
+    (int64; else the row's position, files in sorted path order);
+  - `package.module:function` returning a ray.data.Dataset with those columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray.data
+
+from trainer.errors import DataError
+from trainer.inputs import registry
+from trainer.inputs.specs import check_dataset_spec, import_callable, is_callable_spec, parquet_files
+
+LM_SEQ_LEN = 128
+TEXT_PARTS = 8  # read tasks per built-in text dataset; blocks never span two parts
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """How text and token data become blocks: the tokenizer (its JSON; None = bytes) and the block length."""
+
+    tokenizer_json: str | None = None
+    seq_len: int = LM_SEQ_LEN
+
+
+def load_dataset(spec: str, what: str = "--dataset", text: TextOptions = TextOptions()) -> ray.data.Dataset:
+    problems = check_dataset_spec(spec, what)
+    if problems:
+        raise DataError(problems[0])
+    if registry.is_text(spec):
+        return ray.data.range(TEXT_PARTS, override_num_blocks=TEXT_PARTS).map_batches(
+            _text_block, batch_size=1, fn_kwargs={"spec": spec, "text": text}
+        )
+    if spec in registry.DATASETS:
+        # Several blocks, so that several teacher actors or training workers get work.
+        blocks = 8
+        return ray.data.range(blocks, override_num_blocks=blocks).map_batches(
+            _features_block, batch_size=1, fn_kwargs={"spec": spec, "blocks": blocks}
+        )
+    if is_callable_spec(spec) and not Path(spec).exists():
+        ds = import_callable(spec, DataError, what)()
+        if not isinstance(ds, ray.data.Dataset):
+            raise DataError(f"{what} {spec!r} returned {type(ds).__name__}, not a ray.data.Dataset")
+        return ds.map_batches(
+            _normalize_batch, batch_format="numpy", fn_kwargs={"source": spec, "seq_len": text.seq_len}
+        )
+    files = parquet_files(Path(spec))
+    offsets = np.concatenate([[0], np.cumsum([pq.ParquetFile(f).metadata.num_rows for f in files])])
+    # One read task per file; ids of id-less files follow the files' sorted order.
+    items = [{"path": str(f), "offset": int(o)} for f, o in zip(files, offsets[:-1])]
+    return ray.data.from_items(items).map_batches(
+        _read_parquet_batch, batch_size=1, batch_format="pyarrow", fn_kwargs={"seq_len": text.seq_len}
+    )
+
+
+def text_part(spec: str, part: int, text: TextOptions) -> dict[str, np.ndarray]:
+    """Blocks of one part of a built-in text dataset. Part p holds a contiguous run of files; its
+    blocks have ids p * 2**32 + i, so no part needs another's token count."""
+    from trainer.inputs.tokenizers import corpus_blocks, tokenizer_from_json
+
+    files = np.array_split(np.array(registry.DATASETS[spec].make(), dtype=object), TEXT_PARTS)[part].tolist()
+    input_ids, lengths = corpus_blocks(files, tokenizer_from_json(text.tokenizer_json), text.seq_len)
+    ids = (np.int64(part) << np.int64(32)) + np.arange(input_ids.shape[0], dtype=np.int64)
+    return {"id": ids, "input_ids": input_ids, "length": lengths, "label": np.full(ids.shape[0], -1, dtype=np.int64)}
+
+
+def _features_block(batch: dict[str, np.ndarray], spec: str, blocks: int) -> dict[str, np.ndarray]:
+    rows = registry.DATASETS[spec].make()
+    part = np.array_split(np.arange(rows["id"].shape[0]), blocks)[int(batch["id"][0])]
+    return {key: value[part] for key, value in rows.items()}
+
+
+def _text_block(batch: dict[str, np.ndarray], spec: str, text: TextOptions) -> dict[str, np.ndarray]:
+    return text_part(spec, int(batch["id"][0]), text)
+
+
+def _read_parquet_batch(batch: pa.Table, seq_len: int) -> dict[str, np.ndarray]:
+    path, offset = batch.column("path")[0].as_py(), batch.column("offset")[0].as_py()
+    table = pq.read_table(path)
+    names = set(table.column_names)
+    if "input_ids" in names:
+        return _read_parquet_tokens(table, path, offset, seq_len)
+    if "features" not in names:
+        raise DataError(
+            f"parquet file {path} has neither a 'features' column (a list of floats per row) nor 'input_ids' (a list of token ids per row): add one"
+        )
+    feats = table.column("features").combine_chunks()
+    if not (
+        pa.types.is_list(feats.type) or pa.types.is_large_list(feats.type) or pa.types.is_fixed_size_list(feats.type)
+    ):
+        raise DataError(f"parquet file {path}: 'features' has type {feats.type}; it must be a list of floats per row")
+    if feats.null_count:
+        raise DataError(f"parquet file {path}: 'features' has null rows; every row needs its features")
+    lengths = pc.list_value_length(feats).to_numpy(zero_copy_only=False)
+    if len(lengths) and (lengths.min() != lengths.max() or lengths.min() == 0):
+        raise DataError(
+            f"parquet file {path}: 'features' rows have different or zero lengths; every row needs the same number of floats"
+        )
+    n = table.num_rows
+    width = int(lengths[0]) if n else 0
+    features = pc.list_flatten(feats).to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, width)
+    out = {"features": features}
+    out["id"] = table.column("id").to_numpy(zero_copy_only=False) if "id" in names else np.arange(offset, offset + n)
+    if "label" in names:
+        out["label"] = table.column("label").combine_chunks()
+    return _normalize_batch(out, source=path)
+
+
+def _read_parquet_tokens(table: pa.Table, path: str, offset: int, seq_len: int) -> dict[str, np.ndarray]:
+    tokens = table.column("input_ids").combine_chunks()
+    if not (
+        pa.types.is_list(tokens.type) or pa.types.is_large_list(tokens.type) or pa.types.is_fixed_size_list(tokens.type)
+    ) or not pa.types.is_integer(tokens.type.value_type):
+        raise DataError(f"parquet file {path}: 'input_ids' has type {tokens.type}; it must be a list of ints per row")
+    if tokens.null_count:
+        raise DataError(f"parquet file {path}: 'input_ids' has null rows; every row needs its tokens")
+    lengths = pc.list_value_length(tokens).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(tokens).to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    rows = [flat[s : s + n] for s, n in zip(starts, lengths)]
+    ids = (
+        table.column("id").to_numpy(zero_copy_only=False)
+        if "id" in table.column_names
+        else np.arange(offset, offset + table.num_rows)
+    )
+    return _normalize_tokens({"id": ids, "input_ids": rows, "length": lengths}, path, seq_len)
+
+
+def _normalize_tokens(batch: dict, source: str, seq_len: int) -> dict[str, np.ndarray]:
+    """Token rows (ragged lists, or [n, w] with optional `length`) -> input_ids [n, seq_len] zero-padded + length."""
+    raw = batch["input_ids"]
+    if isinstance(raw, np.ndarray) and raw.dtype != object and raw.ndim == 2:
+        rows = list(raw)
+        lengths = (
+            np.asarray(batch["length"], dtype=np.int64)
+            if "length" in batch
+            else np.full(len(rows), raw.shape[1], dtype=np.int64)
+        )
+    else:
+        rows = [np.asarray(r) for r in raw]
+        lengths = np.array([r.shape[0] for r in rows], dtype=np.int64)
+    n = len(rows)
+    ids = _ids(batch, source)
+    input_ids = np.zeros((n, seq_len), dtype=np.int64)
+    for i, (row, length) in enumerate(zip(rows, lengths)):
+        if row.ndim != 1 or (row.size and row.dtype.kind not in "iu"):
+            raise DataError(f"dataset {source}: 'input_ids' of id {ids[i]} is not a flat list of ints")
+        if not 1 <= length <= row.shape[0] or length > seq_len:
+            if length > seq_len:
+                raise DataError(
+                    f"dataset {source}: id {ids[i]} has {length} tokens, more than --seq-len {seq_len}: raise --seq-len or split the row"
+                )
+            raise DataError(
+                f"dataset {source}: id {ids[i]} has no tokens (or a 'length' beyond its row): every row needs 1..{seq_len} tokens"
+            )
+        if np.any(row[:length] < 0):
+            raise DataError(f"dataset {source}: id {ids[i]} has negative token ids: token ids must be >= 0")
+        input_ids[i, :length] = row[:length]
+    return {"id": ids, "input_ids": input_ids, "length": lengths, "label": np.full(n, -1, dtype=np.int64)}
+
+
+def _ids(batch: dict, source: str) -> np.ndarray:
+    ids = np.asarray(batch["id"]) if "id" in batch else None
+    if ids is None:
+        raise DataError(f"dataset {source} has no 'id' column: function datasets must give each row a unique int id")
+    if ids.dtype.kind not in "iu":
+        raise DataError(f"dataset {source}: 'id' has dtype {ids.dtype}; ids must be integers")
+    return ids.astype(np.int64)
+
+
+def _normalize_batch(batch: dict, source: str, seq_len: int = LM_SEQ_LEN) -> dict[str, np.ndarray]:
+    """Check one batch and convert it to the canonical columns and dtypes."""
+    if "input_ids" in batch:
+        return _normalize_tokens(batch, source, seq_len)
+    if "features" not in batch:
+        raise DataError(
+            f"dataset {source} has neither a 'features' column (a float array per row) nor 'input_ids' (a list of token ids per row): add one"
+        )
+    features = batch["features"]
+    if isinstance(features, np.ndarray) and features.dtype == object:
+        try:
+            features = np.stack([np.asarray(f, dtype=np.float32) for f in features])
+        except ValueError:
+            raise DataError(
+                f"dataset {source}: 'features' rows have different shapes; every row needs the same shape"
+            ) from None
+    features = np.asarray(features, dtype=np.float32)
+    n = features.shape[0]
+    if features.ndim < 2:
+        features = features.reshape(n, 1)
+    ids = _ids(batch, source)
+    labels = _labels(batch.get("label"), n, source)
+    return {"id": ids, "features": features, "label": labels}
+
+
+def _labels(raw, n: int, source: str) -> np.ndarray:
+    if raw is None:
+        return np.full(n, -1, dtype=np.int64)
+    if isinstance(raw, (pa.Array, pa.ChunkedArray)):
+        if not pa.types.is_integer(raw.type) and not pa.types.is_null(raw.type):
+            raise DataError(
+                f"dataset {source}: 'label' has type {raw.type}; labels must be integers (null where missing)"
+            )
+        values = (
+            pc.fill_null(raw, -1).to_numpy(zero_copy_only=False)
+            if raw.null_count
+            else raw.to_numpy(zero_copy_only=False)
+        )
+        if raw.null_count == 0 and np.any(values < 0):
+            raise DataError(f"dataset {source}: 'label' holds negative values; use null for a missing label")
+        return np.asarray(values, dtype=np.int64)
+    arr = np.asarray(raw)
+    if arr.dtype == object:
+        arr = np.array([-1 if v is None else v for v in arr])
+    if arr.dtype.kind == "f":
+        if np.any(np.isfinite(arr) & (arr != np.round(arr))):
+            raise DataError(f"dataset {source}: 'label' holds non-integer values; labels must be integers")
+        arr = np.where(np.isnan(arr), -1, arr)
+    elif arr.dtype.kind not in "iu":
+        raise DataError(
+            f"dataset {source}: 'label' has dtype {arr.dtype}; labels must be integers (null where missing)"
+        )
+    return arr.astype(np.int64)
+
+
+def sample_digest(features: np.ndarray) -> bytes:
+    """16-byte BLAKE2b of one sample's input, as FORMAT.md defines it."""
+    return hashlib.blake2b(np.ascontiguousarray(features, dtype="<f4").tobytes(), digest_size=16).digest()
+
+
+def sequence_digest(input_ids: np.ndarray, length: int) -> bytes:
+    """16-byte BLAKE2b of one sequence sample: its valid token ids as int64 little-endian."""
+    return hashlib.blake2b(np.ascontiguousarray(input_ids[:length], dtype="<i8").tobytes(), digest_size=16).digest()
+
+
+def is_sequence_batch(batch: dict) -> bool:
+    return "input_ids" in batch
+
+
+def _digest_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if is_sequence_batch(batch):
+        parts = [sequence_digest(ids, int(n)) for ids, n in zip(batch["input_ids"], batch["length"])]
+    else:
+        parts = [sample_digest(f) for f in batch["features"]]
+    digests = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(len(parts), 16)
+    # Largest token id per row (-1 for features), so a too-small vocabulary is caught before the teacher runs.
+    top = batch["input_ids"].max(axis=1) if is_sequence_batch(batch) else np.full(len(parts), -1, dtype=np.int64)
+    return {"id": batch["id"], "digest": digests, "max_token": top}
+
+
+@dataclass(frozen=True)
+class DatasetFingerprint:
+    spec: str
+    ids: np.ndarray  # sorted
+    ids_sha256: str
+    inputs_sha256: str
+    max_token: int  # largest token id; -1 for feature data
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.ids.shape[0])
+
+    def to_manifest(self) -> dict:
+        return {
+            "spec": self.spec,
+            "num_samples": self.num_samples,
+            "ids_sha256": self.ids_sha256,
+            "inputs_sha256": self.inputs_sha256,
+        }
+
+
+def fingerprint_dataset(ds: ray.data.Dataset, spec: str) -> DatasetFingerprint:
+    """One pass over the dataset: sorted ids, their hash, the hash of the inputs. Checks ids are unique."""
+    ids, digests, max_token = [], [], -1
+    for batch in ds.map_batches(_digest_batch, batch_format="numpy").iter_batches(
+        batch_size=None, batch_format="numpy"
+    ):
+        ids.append(batch["id"])
+        digests.append(batch["digest"])
+        if len(batch["max_token"]):
+            max_token = max(max_token, int(batch["max_token"].max()))
+    if not ids or sum(len(i) for i in ids) == 0:
+        raise DataError(f"dataset {spec!r} is empty: it needs at least one row")
+    all_ids = np.concatenate(ids).astype(np.int64)
+    all_digests = np.concatenate(digests)
+    order = np.argsort(all_ids, kind="stable")
+    all_ids, all_digests = all_ids[order], all_digests[order]
+    dup = np.nonzero(np.diff(all_ids) == 0)[0]
+    if dup.size:
+        raise DataError(f"dataset {spec!r} has duplicate ids (e.g. {all_ids[dup[0]]}): every row needs a unique id")
+    return DatasetFingerprint(
+        spec=spec,
+        ids=all_ids,
+        ids_sha256=hashlib.sha256(all_ids.astype("<i8").tobytes()).hexdigest(),
+        inputs_sha256=hashlib.sha256(np.ascontiguousarray(all_digests).tobytes()).hexdigest(),
+        max_token=max_token,
+    )

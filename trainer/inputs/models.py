@@ -1,0 +1,104 @@
+"""Models by spec (trainer.inputs.specs): built-in ones, `hf:<dir>` (a Hugging Face causal LM saved in a
+local directory, loaded with `transformers`, which knows every architecture users bring), or
+`package.module:function` returning a torch.nn.Module; their weight fingerprint and output width."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from trainer.errors import ModelError
+from trainer.inputs import registry
+from trainer.inputs.specs import HF_PREFIX, check_hf_dir, check_model_spec, import_callable, is_callable_spec
+
+
+class HFCausalLM(nn.Module):
+    """A `transformers` causal LM from a local directory, as input_ids [B, T] -> logits [B, T, V].
+
+    Never touches the hub (local_files_only) and never runs code from the directory. Blocks are
+    right-padded, so with causal attention no attention mask is needed for the valid positions.
+    """
+
+    def __init__(self, path: str, *, pretrained: bool = True) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        if pretrained:
+            self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        else:  # the architecture only; the weights come from the driver
+            config = AutoConfig.from_pretrained(path, local_files_only=True)
+            self.model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+
+def build_model(spec: str, what: str = "--model", *, pretrained: bool = True) -> nn.Module:
+    """Build the model a spec names. pretrained=False skips loading a built-in's trained weights."""
+    if spec.startswith(HF_PREFIX):
+        problems = check_hf_dir(spec, what)
+        if problems:
+            raise ModelError(problems[0])
+        try:
+            model = HFCausalLM(spec[len(HF_PREFIX) :], pretrained=pretrained)
+        except (OSError, ValueError) as exc:
+            raise ModelError(
+                f"{what} {spec!r} cannot be loaded ({str(exc).splitlines()[0]}): check the directory's files"
+            ) from None
+    elif spec in registry.MODELS:
+        entry = registry.MODELS[spec]
+        model = entry.make() if pretrained else entry.make_untrained()
+    elif is_callable_spec(spec):
+        model = import_callable(spec, ModelError, what)()
+    else:
+        raise ModelError(check_model_spec(spec, what)[0])
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{what} {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """Fingerprint of a model's weights, as FORMAT.md defines it."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}\0{t.dtype}\0{list(t.shape)}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def model_input(batch: dict) -> torch.Tensor:
+    """What a model gets from a canonical batch: float features, or int64 token ids [B, T]."""
+    if "input_ids" in batch:
+        return torch.tensor(np.asarray(batch["input_ids"]), dtype=torch.int64)
+    return torch.tensor(np.asarray(batch["features"]), dtype=torch.float32)
+
+
+def output_width(model: nn.Module, batch: dict) -> int:
+    """Number of classes the model outputs for a canonical batch (vocabulary size for a sequence model)."""
+    with torch.no_grad():
+        out = model.eval()(model_input(batch))
+    expected = 3 if "input_ids" in batch else 2
+    if out.ndim != expected:
+        shape = "[batch, tokens, vocabulary]" if expected == 3 else "[batch, classes]"
+        raise ModelError(f"the model returned logits of shape {tuple(out.shape)}; expected {shape}")
+    return int(out.shape[-1])
+
+
+def probe_width(model: nn.Module, batch: dict, flag: str, spec: str) -> int:
+    """output_width on a few real rows, token ids zeroed (their range is checked against the vocabulary
+    separately); any failure becomes one ModelError naming the model."""
+    if "input_ids" in batch:
+        batch = {**batch, "input_ids": np.zeros_like(batch["input_ids"])}
+    try:
+        return output_width(model, batch)
+    except ModelError:
+        raise
+    except Exception as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelError(f"{flag} {spec} fails on the dataset's inputs ({type(exc).__name__}: {detail})") from None

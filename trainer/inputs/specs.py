@@ -1,0 +1,165 @@
+"""What a user may name with --teacher/--student, --dataset, --augment and --tokenizer, checked
+without loading anything heavy (no torch, no Ray): `--help` and config validation use only this.
+
+A model is a built-in name, `hf:<dir>` (a Hugging Face causal LM saved in a local directory) or
+`package.module:function` returning a torch.nn.Module; a dataset a built-in name, a Parquet file
+or directory, or `package.module:function` returning a ray.data.Dataset; an augmentation a
+built-in name or `package.module:function`; a tokenizer `bytes`, `bpe:N` or a tokenizer.json.
+User modules are imported from the working directory too, as `python -m` does, here and in Ray
+workers (worker_runtime_env).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import TrainerError
+from trainer.inputs import registry
+
+HF_PREFIX = "hf:"
+MIN_BPE_VOCAB = 257  # 256 byte symbols plus at least one merge
+_CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+MODEL_FORMS = (
+    "a built-in model ({names}); hf:<dir>, a Hugging Face causal LM saved in a local directory "
+    "(save_pretrained; never the hub); or package.module:function returning a torch.nn.Module"
+)
+DATASET_FORMS = (
+    f"a built-in dataset ({registry.names(registry.DATASETS)}); a Parquet file or a directory of .parquet "
+    "files with 'features' (a list of floats per row) or 'input_ids' (a list of token ids per row), "
+    "optional 'label' (int, null where missing) and 'id' (int); or package.module:function returning a "
+    "ray.data.Dataset with those columns"
+)
+AUGMENT_FORMS = (
+    f"a built-in augmentation ({registry.names(registry.AUGMENTS)}), or package.module:function"
+    "(features, seeds) -> features, deterministic per (row, seed)"
+)
+TOKENIZER_FORMS = "bytes (vocabulary 256), bpe:N (a byte-level BPE of vocabulary N trained on the stdlib train split, cached), or a tokenizer.json file"
+
+
+def model_forms(kind: str) -> str:
+    return MODEL_FORMS.format(names=registry.names(registry.MODELS, kind))
+
+
+def is_callable_spec(spec: str) -> bool:
+    return bool(_CALLABLE_SPEC.match(spec))
+
+
+def import_callable(spec: str, error: type[TrainerError], what: str) -> Callable[..., Any]:
+    """Import `package.module:function`, looking in the working directory too (as `python -m` does)."""
+    module_name, func_name = spec.split(":")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise error(
+            f"{what} {spec!r}: cannot import module {module_name!r} ({exc}); check the name and that it is importable from {cwd}"
+        ) from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise error(f"{what} {spec!r}: module {module_name!r} has no function {func_name!r}")
+    return func
+
+
+def worker_runtime_env() -> dict:
+    """Runtime env that lets Ray workers import user modules from the driver's working directory."""
+    paths = [os.getcwd()] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}
+
+
+def _check_callable(spec: str, what: str) -> list[str]:
+    try:
+        import_callable(spec, TrainerError, what)
+    except TrainerError as exc:
+        return [str(exc)]
+    return []
+
+
+def check_hf_dir(spec: str, what: str) -> list[str]:
+    path = Path(spec[len(HF_PREFIX) :])
+    if not (path / "config.json").is_file():
+        return [
+            f"{what} {spec!r}: {path} is not a saved Hugging Face model (no config.json): pass the directory save_pretrained wrote"
+        ]
+    try:
+        importlib.import_module("transformers")
+    except ImportError:
+        return [f"{what} {spec!r} needs the transformers package: pip install 'logitstore[hf]'"]
+    return []
+
+
+def check_model_spec(spec: str, what: str) -> list[str]:
+    if spec in registry.MODELS:
+        return []
+    if spec.startswith(HF_PREFIX):
+        return check_hf_dir(spec, what)
+    if not is_callable_spec(spec):
+        return [f"{what} {spec!r} is not {model_forms('')}"]
+    return _check_callable(spec, what)
+
+
+def parquet_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*.parquet") if p.is_file())
+
+
+def check_dataset_spec(spec: str, what: str) -> list[str]:
+    if spec in registry.DATASETS:
+        return []
+    path = Path(spec)
+    if is_callable_spec(spec) and not path.exists():
+        return _check_callable(spec, what)
+    if not path.exists():
+        return [f"{what} {spec!r} does not exist: pass {DATASET_FORMS}"]
+    if path.is_file() and path.suffix != ".parquet":
+        return [
+            f"{what} {spec!r} is a {path.suffix or 'suffix-less'} file; datasets are Parquet: convert it to .parquet "
+            f"(e.g. pandas.read_json(path, lines=True).to_parquet(...))"
+        ]
+    if not parquet_files(path):
+        return [f"{what} {spec!r} holds no .parquet files: pass a Parquet file or a directory of them"]
+    return []
+
+
+def check_augment_spec(spec: str, what: str) -> list[str]:
+    if spec in registry.AUGMENTS:
+        return []
+    if not is_callable_spec(spec):
+        return [f"{what} {spec!r} is not {AUGMENT_FORMS}"]
+    return _check_callable(spec, what)
+
+
+def check_tokenizer_spec(spec: str, what: str = "--tokenizer") -> list[str]:
+    if spec == "bytes":
+        return []
+    match = registry.BPE_SPEC.match(spec)
+    if match:
+        n = int(match.group(1))
+        return (
+            []
+            if MIN_BPE_VOCAB <= n <= 1_000_000
+            else [f"{what} {spec}: the BPE vocabulary must be in {MIN_BPE_VOCAB}..1000000"]
+        )
+    if spec.startswith("bpe"):
+        return [f"{what} {spec!r} is not a BPE spec: write bpe:N with N the vocabulary size, e.g. bpe:8192"]
+    path = Path(spec)
+    if not path.is_file():
+        return [f"{what} {spec!r} is neither bytes, bpe:N nor an existing tokenizer.json file"]
+    try:
+        from tokenizers import Tokenizer
+
+        Tokenizer.from_str(path.read_text(encoding="utf-8"))
+    except Exception as exc:  # the tokenizers package raises its own Exception subclass
+        return [
+            f"{what} {spec}: not a valid tokenizer.json ({str(exc).splitlines()[0][:120]}): pass a file saved by the tokenizers package"
+        ]
+    return []

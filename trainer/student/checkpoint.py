@@ -1,0 +1,74 @@
+"""A run's checkpoints (Ray Train): each student's weights (loadable with weights_only=True), the
+optimisers' and schedules' states, where in training it was taken, and the metrics so far."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import ray.train
+import torch
+
+from trainer.student.students import Student
+
+CHECKPOINT_FILE = "model.pt"  # the student's weights (state_dict)
+STATE_FILE = "train_state.pt"  # optimiser and schedule states, epoch and step: what a restart needs
+HISTORY_FILE = "history.json"
+
+
+def checkpoint_file(student: int, students: int) -> str:
+    """A student's weights in a checkpoint: model.pt alone, or model-<i>.pt for one of several."""
+    return CHECKPOINT_FILE if students == 1 else f"model-{student}.pt"
+
+
+def restore(students: list[Student]) -> tuple[dict | None, list[dict]]:
+    """Weights (into the plain models), the training state and the history from the latest
+    checkpoint when this run is a restart (a worker died, or the same command was rerun after the
+    driver died); (None, []) otherwise."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None, []
+    with checkpoint.as_directory() as path:
+        for i, student in enumerate(students):
+            weights = os.path.join(path, checkpoint_file(i, len(students)))
+            student.module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        state = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=True)
+        with open(os.path.join(path, HISTORY_FILE)) as fh:
+            history = json.load(fh)
+    return state, history
+
+
+def report(
+    students: list[Student], history: list[dict], metrics: dict, *, epoch: int, step: int, checkpoint: bool
+) -> None:
+    """ray.train.report from every worker; with `checkpoint`, rank 0 attaches one taken after
+    `epoch` epochs and `step` more optimiser steps."""
+    if not checkpoint:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        attached = None
+        if ray.train.get_context().get_world_rank() == 0:
+            for i, student in enumerate(students):
+                torch.save(student.module.state_dict(), os.path.join(tmp, checkpoint_file(i, len(students))))
+            torch.save(
+                {
+                    "optimizers": [s.state()["optimizer"] for s in students],
+                    "schedules": [s.state()["schedule"] for s in students],
+                    "epoch": epoch,
+                    "step": step,
+                },
+                os.path.join(tmp, STATE_FILE),
+            )
+            with open(os.path.join(tmp, HISTORY_FILE), "w") as fh:
+                json.dump(history, fh)
+            attached = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=attached)
+
+
+def student_state(state: dict | None, index: int) -> dict | None:
+    """Student `index`'s optimiser and schedule states in a restored training state."""
+    if state is None:
+        return None
+    return {"optimizer": state["optimizers"][index], "schedule": state["schedules"][index]}

@@ -1,0 +1,249 @@
+"""The training run's configuration (jobs.train_student; jobs.sweep extends it): one dataclass, its
+flags (jobs/cli.py builds the CLI from it) and its checks, and the settings each student of a run
+has for itself.
+
+Light on purpose (no torch, no Ray), so `python -m jobs.train_student --help` loads neither.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from logitstore.errors import StoreError
+from logitstore.manifest import Manifest, read_manifest
+from trainer.inputs import registry, specs
+from trainer.options import check_out_dir, choice_problem, choice_problems, option, required_problems
+
+LOSS_KINDS = ("kl", "reverse-kl", "jsd")
+SHUFFLE_WINDOW = 8192
+
+# What one student of a multi-student run (--variants) may set for itself; the rest is shared.
+VARIANT_FIELDS = ("student", "lr", "weight_decay", "temperature", "alpha", "loss", "jsd_beta")
+
+
+@dataclass(frozen=True)
+class StudentSettings:
+    """What one student of a run sets for itself (VARIANT_FIELDS)."""
+
+    student: str
+    lr: float
+    weight_decay: float
+    temperature: float
+    alpha: float
+    loss: str
+    jsd_beta: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainConfig:
+    """Distil a student from a logit store (Ray Train), never running the teacher."""
+
+    store: str = option("store written by jobs.dump_logits over --dataset", "", required=True)
+    dataset: str = option(
+        f"the training data, which must be the data the store was dumped from: {specs.DATASET_FORMS}", "", required=True
+    )
+    eval_dataset: str = option(
+        "held-out data for eval_accuracy / eval_perplexity (optional; same forms as --dataset)", ""
+    )
+    eval_store: str = option(
+        "store dumped over --eval-dataset, for teacher_agreement and eval_kl_to_teacher (optional)", ""
+    )
+    student: str = option(f"the student: {specs.model_forms('student')}", "", required=True)
+    output: str = option("directory for metrics.json, config.json and the checkpoint", "", required=True)
+    epochs: int = option("passes over the training data", 30)
+    batch_size: int = option("samples per optimiser step on each worker", 64)
+    lr: float = option("AdamW learning rate (cosine-annealed over the epochs)", 0.01)
+    weight_decay: float = option("AdamW weight decay", 1e-4)
+    temperature: float = option("KD temperature; must be one the store recorded", 4.0)
+    alpha: float = option("loss = alpha * KD + (1 - alpha) * CE; 0 = labels only, 1 = KD only", 0.9)
+    augment: str = option(
+        "augment the student's training inputs: with a store of views (dump_logits --views) its own augmentation is replayed from the stored seeds (a different view each epoch; leave this empty or name the same one); with a plain store, a fresh augmentation each epoch against the un-augmented teacher's targets (inconsistent)",
+        "",
+    )
+    loss: str = option(
+        "KD divergence over the stored top-k + rest bucket: kl (forward, Hinton), reverse-kl, or jsd (generalised Jensen-Shannon, see --jsd-beta); sample/hybrid stores support kl only",
+        "kl",
+        choices=LOSS_KINDS,
+    )
+    jsd_beta: float = option(
+        "beta of --loss jsd: beta * KL(p||m) + (1 - beta) * KL(q||m), m = beta * p + (1 - beta) * q; in (0, 1)", 0.5
+    )
+    variants: str = option(
+        "train several students in this one run from one read of the store (each batch feeds all): a JSON list of objects, each overriding some of "
+        + ", ".join(VARIANT_FIELDS)
+        + "; the students share the data, epochs, batch size and --seed (the same init and data order as a run of each alone)",
+        "",
+    )
+    eval_every: int = option("evaluate every N epochs (0 = after the last epoch only)", 0)
+    checkpoint_every: int = option("checkpoint every N epochs (the last epoch is always checkpointed)", 1)
+    checkpoint_every_steps: int = option("also checkpoint every N optimiser steps within an epoch (0 = off)", 0)
+    max_failures: int = option(
+        "restarts from the latest checkpoint after a worker dies (Ray Train FailureConfig; -1 = unlimited)", 3
+    )
+    workers: int = option("Ray Train workers", 1)
+    cpus_per_worker: float = option("CPUs per training worker; 0 = auto (leave room for the data pipeline)", 0.0)
+    seed: int = option("seed for the student's initialisation and the data order", 0)
+    shuffle_window: int = option(
+        "samples whose order is shuffled together each epoch: an epoch takes the store's shards in a fresh random order, groups them into windows of at least this many samples and shuffles each window, so a batch mixes samples of many shards; memory of a join task is about one window's targets",
+        SHUFFLE_WINDOW,
+    )
+    overwrite: bool = option("replace a finished run already in --output", False)
+
+    def validate(self) -> list[str]:
+        problems = required_problems(self) + choice_problems(self)
+        manifest = None
+        if self.store:
+            try:
+                manifest = read_manifest(self.store)
+            except StoreError as exc:
+                problems.append(f"--store: {exc}")
+        problems += self._student_problems(manifest)
+        variants, variant_problems = self._parse_variants()
+        problems += variant_problems
+        for i, variant in enumerate(variants):
+            mine = [
+                f"--variants[{i}]: {p}"
+                for p in replace(self, variants="", **variant)._student_problems(manifest)
+                if p not in problems and not p.endswith(" is required")
+            ]
+            problems += mine
+        if self.augment:
+            problems += specs.check_augment_spec(self.augment, "--augment")
+            if registry.is_text(self.dataset):
+                problems.append(f"--augment applies to inputs of features; {self.dataset} is text: leave --augment out")
+        if manifest is not None and manifest.views and self.augment and self.augment != manifest.views.augment:
+            problems.append(
+                f"--augment {self.augment} differs from the augmentation of the store's views ({manifest.views.augment}): leave --augment out to replay the store's"
+            )
+        if self.eval_store:
+            if not self.eval_dataset:
+                problems.append("--eval-store needs --eval-dataset (the data it was dumped from)")
+            try:
+                if read_manifest(self.eval_store).views:
+                    problems.append(
+                        f"--eval-store {self.eval_store} holds augmented views; evaluation is on the inputs as they are: dump the eval data without --views"
+                    )
+            except StoreError as exc:
+                problems.append(f"--eval-store: {exc}")
+        if self.dataset:
+            problems += specs.check_dataset_spec(self.dataset, "--dataset")
+        if self.eval_dataset:
+            problems += specs.check_dataset_spec(self.eval_dataset, "--eval-dataset")
+        for flag, value in (
+            ("--epochs", self.epochs),
+            ("--batch-size", self.batch_size),
+            ("--workers", self.workers),
+            ("--shuffle-window", self.shuffle_window),
+        ):
+            if value < 1:
+                problems.append(f"{flag} must be >= 1, got {value}")
+        if self.checkpoint_every < 1:
+            problems.append(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+        if self.checkpoint_every_steps < 0:
+            problems.append(f"--checkpoint-every-steps must be >= 0 (0 = off), got {self.checkpoint_every_steps}")
+        if self.max_failures < -1:
+            problems.append(f"--max-failures must be >= -1 (-1 = unlimited), got {self.max_failures}")
+        if self.eval_every < 0:
+            problems.append(f"--eval-every must be >= 0, got {self.eval_every}")
+        if self.cpus_per_worker < 0:
+            problems.append(f"--cpus-per-worker must be >= 0 (0 = auto), got {self.cpus_per_worker}")
+        if self.output:
+            problems += check_out_dir(self.output, "--output")
+            if (Path(self.output) / "metrics.json").exists() and not self.overwrite:
+                problems.append(
+                    f"{self.output} already holds a finished run (metrics.json): pass --overwrite to replace it, or choose another --output"
+                )
+        return list(dict.fromkeys(problems))  # a student's problem and a flag's can be the same
+
+    def _student_problems(self, manifest: Manifest | None) -> list[str]:
+        """The checks of what each student of a run may set for itself (VARIANT_FIELDS)."""
+        problems = []
+        if manifest is not None and math.isfinite(self.temperature):
+            try:
+                manifest.temperature_index(self.temperature)
+            except ValueError:
+                recorded = ", ".join(f"{t:g}" for t in manifest.temperatures)
+                problems.append(
+                    f"--temperature {self.temperature:g} was not recorded in the store (recorded: {recorded}): pick one of those, or dump again with it in --temperatures"
+                )
+            else:
+                drawn_at = manifest.selection.temperature
+                if manifest.draws and drawn_at != self.temperature:
+                    problems.append(
+                        f"--temperature {self.temperature:g} differs from the temperature the store's {manifest.selection.kind} draws were made at ({drawn_at:g}): train at --temperature {drawn_at:g}"
+                    )
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            problems.append(f"--temperature must be positive, got {self.temperature}")
+        if self.student:
+            problems += specs.check_model_spec(self.student, "--student")
+        if not 0.0 <= self.alpha <= 1.0:
+            problems.append(f"--alpha must be in [0, 1], got {self.alpha}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"--lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            problems.append(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.loss not in LOSS_KINDS:
+            problems += choice_problem("--loss", self.loss, LOSS_KINDS)
+        elif self.loss != "kl" and manifest is not None and manifest.draws and self.alpha > 0:
+            problems.append(
+                f"--loss {self.loss} needs the teacher's exact top-k, but this store holds {manifest.selection.kind} draws (an estimate of forward KL): use --loss kl"
+            )
+        if self.loss == "jsd" and not 0.0 < self.jsd_beta < 1.0:
+            problems.append(f"--jsd-beta must be in (0, 1), got {self.jsd_beta}")
+        return problems
+
+    def _parse_variants(self) -> tuple[list[dict], list[str]]:
+        if not self.variants:
+            return [], []
+        try:
+            variants = json.loads(self.variants)
+        except json.JSONDecodeError as exc:
+            return [], [
+                f'--variants is not valid JSON ({exc.msg} at character {exc.pos}): pass a list of objects such as \'[{{"lr": 0.01}}, {{"lr": 0.003}}]\''
+            ]
+        if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
+            return [], ["--variants must be a non-empty JSON list of objects, one per student"]
+        problems = []
+        hints = {f.name: f.type for f in fields(self)}
+        for i, variant in enumerate(variants):
+            for key in list(variant):
+                name = key.replace("-", "_")
+                if name not in VARIANT_FIELDS:
+                    problems.append(
+                        f"--variants[{i}]: {key!r} cannot differ between the students of one run: use one of {', '.join(VARIANT_FIELDS)}"
+                    )
+                    variant.pop(key)
+                    continue
+                value = variant.pop(key)
+                if hints[name] == "float" and isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+                    try:
+                        value = float(value)
+                    except ValueError:
+                        pass
+                ok = (
+                    isinstance(value, str)
+                    if hints[name] == "str"
+                    else isinstance(value, (int, float)) and not isinstance(value, bool)
+                )
+                if not ok:
+                    problems.append(
+                        f"--variants[{i}]: {key} must be {'a string' if hints[name] == 'str' else 'a number'}, got {value!r}"
+                    )
+                    continue
+                variant[name] = float(value) if hints[name] == "float" else value
+        return variants, problems
+
+    def students(self) -> list[StudentSettings]:
+        """The settings of each student of this run: this config's, or one per --variants entry (validated first)."""
+        variants, _ = self._parse_variants()
+        configs = [replace(self, variants="", **v) for v in variants] or [self]
+        return [StudentSettings(**{k: getattr(c, k) for k in VARIANT_FIELDS}) for c in configs]
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,188 @@
+"""An epoch's data: the dataset's rows joined with their stored targets by sample id, mixed across
+store shards, and cut into ready batches.
+
+The order of an epoch (a fresh one every epoch, the same in every run with the same --seed):
+ 1. the store's shards are taken in a random order drawn from (seed, epoch) and grouped into
+    windows of consecutive shards holding at least `window` samples;
+ 2. the data rows (the inputs only: logits never travel through a shuffle) are grouped by window
+    (a sort shuffle); one task per window reads its shards, joins them to the rows by id and
+    permutes all the window's samples with (seed, epoch, window);
+ 3. the permuted samples are cut into batches, one output row per batch, whose targets stay flat
+    (one row per stored position, the store's own dtypes, per-sample offsets); the worker expands
+    them (trainer/student/batches.py).
+So a batch mixes the samples of every shard of its window, whatever the bytes per row, and a join
+task holds one window's targets. The epoch is the dataset's execution index: Ray Data executes
+the dataset once per epoch and counts executions (the counter its own seeded shuffles use).
+Without shuffling (evaluation), each window is one shard, in id order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import ray.data
+
+from logitstore import Manifest, ShardData, StoreReader
+from trainer.errors import DataError
+
+# Per-sample columns of a batch row; every other column is per position (or the offsets).
+SAMPLE_COLUMNS = ("id", "label", "features", "input_ids", "length", "shard")
+
+
+@dataclass(frozen=True)
+class JoinSpec:
+    """How a dataset meets its store: which store, which targets to carry, batching and order."""
+
+    store: str
+    manifest: Manifest
+    temperatures: tuple[float, ...]  # the logsumexp / rest columns to carry; () = no targets (labels only)
+    batch_size: int
+    seed: int
+    window: int  # samples shuffled together; 0 = no shuffle: one shard per window, samples in id order
+
+    @cached_property
+    def plan(self):
+        return self.manifest.plan()
+
+    @property
+    def shards_per_window(self) -> int:
+        return max(1, -(-self.window // self.manifest.layout.shard_size)) if self.window else 1
+
+    def windows(self, epoch: int) -> list[np.ndarray]:
+        """The shard indices of each window of `epoch`, in the order the epoch visits them."""
+        n = len(self.manifest.shards)
+        order = np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(n) if self.window else np.arange(n)
+        w = self.shards_per_window
+        return [order[i : i + w] for i in range(0, n, w)]
+
+
+def join_with_store(ds: ray.data.Dataset, spec: JoinSpec) -> ray.data.Dataset:
+    """The rows of `ds` as batches (one row per batch) in the epoch's order, with their stored
+    targets when `spec.temperatures` is not empty. Columns of a batch row:
+
+      id int64 [B], label int64 [B], features [B, ...] or input_ids [B, T] + length [B],
+      shard int64 [B] (the store shard of each sample), offsets int64 [B+1] (positions of sample i:
+      rows offsets[i]:offsets[i+1] of the per-position arrays), and per position, in the store's
+      dtypes: topk_index [P, k], topk_logit [P, k], logsumexp [P, R] and rest [P, R] (one column
+      per temperature of the spec), sample_index / sample_count [P, w], view_seed [P].
+    """
+    num_windows = len(spec.windows(0))
+    return (
+        ds.map_batches(_assign_window, batch_format="numpy", fn_kwargs={"spec": spec})
+        .groupby("window", num_partitions=max(1, min(num_windows, 64)))
+        .map_groups(_join_window, batch_format="numpy", fn_kwargs={"spec": spec})
+    )
+
+
+def batch_rows(ds: ray.data.Dataset, batch_size: int) -> ray.data.Dataset:
+    """The rows of `ds` without a store, as batch rows in the dataset's order (evaluation on labels only)."""
+    return ds.map_batches(_as_batch_row, batch_size=batch_size, batch_format="numpy")
+
+
+def _as_batch_row(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    rows = {**rows, "shard": np.full(len(rows["id"]), -1, dtype=np.int64)}
+    return {key: _column([value]) for key, value in rows.items()}
+
+
+def _execution_epoch() -> int:
+    """Which execution of the dataset this task belongs to: the epoch (see the module docstring)."""
+    return int(ray.data.DataContext.get_current()._execution_idx)
+
+
+def _assign_window(batch: dict[str, np.ndarray], spec: JoinSpec) -> dict[str, np.ndarray]:
+    epoch = _execution_epoch()
+    shard = spec.plan.shard_of(batch["id"])
+    if np.any(shard < 0):
+        missing = batch["id"][shard < 0][:5].tolist()
+        raise DataError(f"sample ids {missing} are not in the store: pass the dataset the store was dumped from")
+    window_of = np.empty(len(spec.manifest.shards), dtype=np.int64)
+    for w, shards in enumerate(spec.windows(epoch)):
+        window_of[shards] = w
+    return {**batch, "shard": shard, "window": window_of[shard], "epoch": np.full(len(shard), epoch, dtype=np.int64)}
+
+
+_READERS: dict[str, StoreReader] = {}
+
+
+def _reader(spec: JoinSpec) -> StoreReader:
+    # One reader per store per worker process, from the manifest the driver parsed.
+    if spec.store not in _READERS:
+        _READERS[spec.store] = StoreReader(spec.store, manifest=spec.manifest, cache_shards=1)
+    return _READERS[spec.store]
+
+
+def _join_window(rows: dict[str, np.ndarray], spec: JoinSpec) -> dict[str, np.ndarray]:
+    """One window: its rows joined with their targets, permuted, cut into batch rows."""
+    window, epoch = int(rows["window"][0]), int(rows["epoch"][0])
+    # Rows in id order first, whatever order the shuffle delivered them in, so that a seed gives
+    # the same order in every run.
+    order = np.argsort(rows["id"], kind="stable")
+    rows = {key: value[order] for key, value in rows.items() if key not in ("window", "epoch")}
+    targets = _targets(rows, spec) if spec.temperatures else None
+    n = len(rows["id"])
+    order = np.random.default_rng([spec.seed, epoch, window]).permutation(n) if spec.window else np.arange(n)
+    batches = [order[s : s + spec.batch_size] for s in range(0, n, spec.batch_size)]
+    out = {key: [value[b] for b in batches] for key, value in rows.items()}
+    if targets is not None:
+        for b in batches:
+            picked = targets.select(b)
+            for key, value in _flat_targets(picked, spec).items():
+                out.setdefault(key, []).append(value)
+    return {key: _column(values) for key, values in out.items()}
+
+
+def _column(values: list[np.ndarray]) -> np.ndarray:
+    """One entry per batch (their shapes may differ: Ray Data stores them as variable-shaped tensors)."""
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+def _targets(rows: dict[str, np.ndarray], spec: JoinSpec) -> ShardData:
+    """The stored targets of `rows` (sorted by id), one sample per row, checked against the rows."""
+    reader = _reader(spec)
+    parts = []
+    for shard in np.unique(rows["shard"]):
+        ids = rows["id"][rows["shard"] == shard]
+        data = reader.read_shard(int(shard))
+        at = np.clip(np.searchsorted(data.sample_id, ids), 0, data.num_samples - 1)
+        if not np.array_equal(data.sample_id[at], ids):
+            missing = ids[data.sample_id[at] != ids][:5].tolist()
+            raise DataError(f"sample ids {missing} are not in the store: pass the dataset the store was dumped from")
+        parts.append(data.select(at))
+    targets = ShardData.concat(parts)
+    _check_positions(rows, targets, spec.manifest.num_views)
+    return targets
+
+
+def _check_positions(rows: dict[str, np.ndarray], targets: ShardData, views: int) -> None:
+    counts = np.diff(targets.position_offsets)
+    if "input_ids" in rows:
+        bad = np.nonzero(counts != rows["length"])[0]
+        if bad.size:
+            i = int(bad[0])
+            raise DataError(
+                f"sample {int(rows['id'][i])} has {int(rows['length'][i])} tokens but the store holds {int(counts[i])} positions: pass the dataset the store was dumped from"
+            )
+    elif np.any(counts != max(views, 1)):
+        raise DataError(
+            "this store holds several positions per sample, but the dataset has one input per sample: pass the sequence dataset it was dumped from"
+        )
+
+
+def _flat_targets(data: ShardData, spec: JoinSpec) -> dict[str, np.ndarray]:
+    """A batch's targets, flat, with only the temperature columns the run trains at."""
+    columns = [spec.manifest.temperature_index(t) for t in spec.temperatures]
+    out = {
+        "offsets": data.position_offsets,
+        "topk_index": data.topk_index,
+        "topk_logit": data.topk_logit,
+        "logsumexp": np.ascontiguousarray(data.logsumexp[:, columns]),
+    }
+    for name, array in data.extras.items():
+        out["rest" if name == "rest_mass" else name] = (
+            np.ascontiguousarray(array[:, columns]) if name == "rest_mass" else array
+        )
+    return out

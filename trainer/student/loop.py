@@ -1,0 +1,122 @@
+"""The training loop each Ray Train worker runs. Reads top to bottom: build, then epochs of steps."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from trainer.student import checkpoint
+from trainer.student.batches import BatchOptions, make_batch
+from trainer.student.config import StudentSettings
+from trainer.student.evaluate import evaluate
+from trainer.student.students import Student
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What every worker of a run needs (run.py makes it once, on the driver)."""
+
+    students: tuple[StudentSettings, ...]
+    epochs: int
+    seed: int
+    threads: int  # torch threads per worker
+    train: BatchOptions  # selection, temperature columns, views, augmentation (by spec) of the training data
+    eval: BatchOptions | None  # None: no eval data
+    eval_every: int  # 0: after the last epoch only
+    checkpoint_every: int  # epochs
+    checkpoint_every_steps: int  # 0: off
+
+
+def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def _per_student(totals: torch.Tensor) -> list[dict]:
+    """Mean loss, KD and CE per position, from each student's [loss, kd, ce] * positions and positions."""
+    return [
+        {
+            "train_loss": t[0].item() / max(t[3].item(), 1.0),
+            "train_kd_loss": t[1].item() / max(t[3].item(), 1.0),
+            "train_ce_loss": t[2].item() / max(t[3].item(), 1.0),
+            "train_positions": int(t[3].item()),
+        }
+        for t in totals
+    ]
+
+
+def train_loop_per_worker(config: dict) -> None:
+    loop: LoopConfig = config["loop"]
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(loop.threads)
+
+    # Build: every student from the same seed, restored from the latest checkpoint on a restart.
+    students = [Student(s, seed=loop.seed, epochs=loop.epochs) for s in loop.students]
+    state, history = checkpoint.restore(students)
+    for i, student in enumerate(students):
+        student.prepare(checkpoint.student_state(state, i))
+    start_epoch, skip_steps = (int(state["epoch"]), int(state["step"])) if state is not None else (0, 0)
+    if state is not None and rank == 0:
+        print(json.dumps({"resumed_from": {"epoch": start_epoch, "step": skip_steps}}))
+    train_data = ray.train.get_dataset_shard("train")
+    eval_data = ray.train.get_dataset_shard("eval") if loop.eval is not None else None
+
+    for epoch in range(start_epoch, loop.epochs):
+        # Train: every batch feeds every student. A restart inside an epoch skips as many batches
+        # as were already trained on in it.
+        for student in students:
+            student.model.train()
+        epoch_start, step = time.perf_counter(), 0
+        totals = torch.zeros(len(students), 4, dtype=torch.float64)
+        skip = skip_steps if epoch == start_epoch else 0
+        for step, row in enumerate(train_data.iter_batches(batch_size=1, batch_format="numpy"), start=1):
+            if step <= skip:
+                continue
+            batch = make_batch(row, loop.train, epoch, device)
+            for i, student in enumerate(students):
+                totals[i] += student.step(batch)
+            if loop.checkpoint_every_steps and step % loop.checkpoint_every_steps == 0:
+                checkpoint.report(
+                    students, history, {"epoch": epoch, "step": step}, epoch=epoch, step=step, checkpoint=True
+                )
+        for student in students:
+            student.schedule.step()
+        epoch_seconds = time.perf_counter() - epoch_start
+
+        # Metrics: summed over the workers; rank 0 evaluates every student when due.
+        per_student = _per_student(_all_reduce_sum(totals))
+        last = epoch + 1 == loop.epochs
+        if rank == 0 and eval_data is not None and (last or (loop.eval_every and (epoch + 1) % loop.eval_every == 0)):
+            for mine, result in zip(per_student, evaluate([s.module for s in students], eval_data, loop.eval, device)):
+                mine.update(result)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_steps": step,  # optimiser steps of this worker in this epoch (skipped ones included)
+            "epoch_seconds": epoch_seconds,  # this worker's training pass (data, forward, backward, step), not eval
+            # One student: its figures at the top level; several: a list in the order of --variants.
+            **(per_student[0] if len(students) == 1 else {"students": per_student}),
+        }
+        if state is not None and epoch == start_epoch:
+            # This epoch began from a restart; with skip > 0 the train_* figures cover only the steps after it.
+            metrics["resumed_from"] = {"epoch": start_epoch, "step": skip_steps}
+
+        # Report, with a checkpoint every `checkpoint_every` epochs and after the last.
+        history.append(metrics)
+        if rank == 0:
+            print(json.dumps(metrics))
+        checkpoint.report(
+            students,
+            history,
+            metrics,
+            epoch=epoch + 1,
+            step=0,
+            checkpoint=last or (epoch + 1) % loop.checkpoint_every == 0,
+        )

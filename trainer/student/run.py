@@ -1,0 +1,317 @@
+"""A training run (jobs.train_student): open the stores, check the data against them, prepare the
+epoch's data, fit with Ray Train, write the outputs. The teacher never runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import ray.data
+import ray.train
+import torch
+from ray.data import ExecutionOptions
+from ray.train.torch import TorchTrainer
+
+import logitstore
+from logitstore import Manifest, StoreReader, read_manifest
+from logitstore.atomic import atomic_write_text
+from trainer.errors import DataError, ModelError
+from trainer.inputs.datasets import LM_SEQ_LEN, TextOptions, fingerprint_dataset, load_dataset
+from trainer.inputs.models import build_model, probe_width
+from trainer.inputs.specs import worker_runtime_env
+from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray
+from trainer.student.batches import BatchOptions
+from trainer.student.checkpoint import HISTORY_FILE, checkpoint_file
+from trainer.student.config import StudentSettings, TrainConfig
+from trainer.student.evaluate import EVAL_BATCH_SIZE
+from trainer.student.join import JoinSpec, batch_rows, join_with_store
+from trainer.student.loop import LoopConfig, train_loop_per_worker
+
+# What metrics.json reports of each student (the last epoch's figures).
+SUMMARY_KEYS = (
+    "eval_accuracy",
+    "teacher_agreement",
+    "eval_perplexity",
+    "eval_kl_to_teacher",
+    "eval_cross_entropy",
+    "train_loss",
+    "train_kd_loss",
+    "train_ce_loss",
+)
+RUN_NAME = "train"  # Ray Train's run directory under <output>/ray; the same name is what lets a rerun resume
+
+
+@dataclass(frozen=True)
+class RunStores:
+    """The stores of a run, each manifest parsed once, and how their text was tokenised."""
+
+    manifest: Manifest
+    text: TextOptions
+    eval_manifest: Manifest | None = None
+    eval_text: TextOptions | None = None
+
+    @staticmethod
+    def open(cfg: TrainConfig) -> RunStores:
+        manifest = read_manifest(cfg.store)
+        text = _text_options(cfg.store, manifest)
+        if not cfg.eval_store:
+            return RunStores(manifest, text, None, text if cfg.eval_dataset else None)
+        eval_manifest = read_manifest(cfg.eval_store)
+        if eval_manifest.teacher.get("weights_sha256") != manifest.teacher.get("weights_sha256"):
+            raise DataError(
+                f"--eval-store {cfg.eval_store} was dumped by another teacher than --store {cfg.store}: dump both with the same teacher"
+            )
+        eval_text = _text_options(cfg.eval_store, eval_manifest)
+        if eval_text.tokenizer_json != text.tokenizer_json:
+            raise DataError(
+                f"--eval-store {cfg.eval_store} was tokenised with another tokenizer than --store {cfg.store}: dump it with --tokenizer {Path(cfg.store) / 'tokenizer.json'}"
+            )
+        return RunStores(manifest, text, eval_manifest, eval_text)
+
+
+def _text_options(store: str, manifest: Manifest) -> TextOptions:
+    """Tokenise and pack text exactly as the dump did: the store's own tokenizer and block length."""
+    return TextOptions(
+        StoreReader(store, manifest=manifest).tokenizer_json(), int(manifest.config.get("seq_len", LM_SEQ_LEN))
+    )
+
+
+# ---- 1. check the inputs ------------------------------------------------------------------------
+def check_store_matches(manifest: Manifest, ds, spec: str, store: str, flag: str) -> None:
+    """The dataset must be exactly the data the store was dumped from (ids and inputs; labels may differ)."""
+    fp = fingerprint_dataset(ds, spec)
+    recorded = manifest.dataset
+    if fp.ids_sha256 != recorded.get("ids_sha256"):
+        raise DataError(
+            f"{flag} {spec} does not match store {store}: the store covers {recorded.get('num_samples')} samples of "
+            f"{recorded.get('spec')!r}, the dataset has {fp.num_samples} with other ids; pass the dataset the store was dumped from, or dump a store for this one"
+        )
+    if fp.inputs_sha256 != recorded.get("inputs_sha256"):
+        raise DataError(
+            f"{flag} {spec} does not match store {store}: same ids, but the inputs differ from those the teacher saw; "
+            f"pass the dataset the store was dumped from, or dump the store again"
+        )
+
+
+def check_student_width(student: torch.nn.Module, ds, manifest: Manifest, spec: str) -> None:
+    width = probe_width(student, ds.take_batch(2, batch_format="numpy"), "--student", spec)
+    if width != manifest.vocab_size:
+        raise ModelError(
+            f"--student {spec} outputs {width} classes but the store's teacher has {manifest.vocab_size}: use a student with {manifest.vocab_size} outputs"
+        )
+
+
+def check_inputs(cfg: TrainConfig, stores: RunStores) -> None:
+    """The passes over the data that check it against the stores, and every student's width."""
+    train_ds = load_dataset(cfg.dataset, "--dataset", stores.text)
+    for spec in dict.fromkeys(s.student for s in cfg.students()):
+        check_student_width(build_model(spec, "--student"), train_ds, stores.manifest, spec)
+    check_store_matches(stores.manifest, train_ds, cfg.dataset, cfg.store, "--dataset")
+    if stores.eval_manifest is not None:
+        eval_ds = load_dataset(cfg.eval_dataset, "--eval-dataset", stores.eval_text)
+        check_store_matches(stores.eval_manifest, eval_ds, cfg.eval_dataset, cfg.eval_store, "--eval-dataset")
+
+
+# ---- 2. prepare the data ------------------------------------------------------------------------
+def prepare_data(
+    cfg: TrainConfig, stores: RunStores, students: list[StudentSettings], cpus: float
+) -> tuple[dict[str, ray.data.Dataset], LoopConfig]:
+    """The training data in this run's order (joined with the store unless every student trains on
+    labels only: then the store is never read), the eval data in id order, and the loop's config."""
+    manifest = stores.manifest
+    reads_store = any(s.alpha > 0 for s in students)
+    # The join carries one logsumexp column per temperature the students train at.
+    temperatures = tuple(sorted({s.temperature for s in students})) if reads_store else ()
+    # A fresh dataset: the epoch's order counts the executions of the dataset it is made from.
+    train_ds = load_dataset(cfg.dataset, "--dataset", stores.text)
+    datasets = {
+        "train": join_with_store(
+            train_ds, JoinSpec(cfg.store, manifest, temperatures, cfg.batch_size, cfg.seed, cfg.shuffle_window)
+        )
+    }
+    # A store of views replays its own augmentation from the stored seeds; --augment alone (or a
+    # store of views read for labels only) augments afresh every epoch.
+    train = BatchOptions(
+        manifest.selection.kind,
+        temperatures,
+        views=manifest.num_views if reads_store else 0,
+        augment_spec=cfg.augment or (manifest.views.augment if manifest.views else ""),
+        seed=cfg.seed,
+    )
+    eval_options = None
+    if cfg.eval_dataset:
+        eval_ds = load_dataset(cfg.eval_dataset, "--eval-dataset", stores.eval_text)
+        if stores.eval_manifest is None:
+            datasets["eval"] = batch_rows(eval_ds, EVAL_BATCH_SIZE)
+            eval_options = BatchOptions(manifest.selection.kind, ())
+        else:
+            m = stores.eval_manifest
+            t = 1.0 if 1.0 in m.temperatures else m.temperatures[0]
+            datasets["eval"] = join_with_store(eval_ds, JoinSpec(cfg.eval_store, m, (t,), EVAL_BATCH_SIZE, cfg.seed, 0))
+            eval_options = BatchOptions(m.selection.kind, (t,))
+    loop = LoopConfig(
+        students=tuple(students),
+        epochs=cfg.epochs,
+        seed=cfg.seed,
+        threads=max(1, int(cpus)),
+        train=train,
+        eval=eval_options,
+        eval_every=cfg.eval_every,
+        checkpoint_every=cfg.checkpoint_every,
+        checkpoint_every_steps=cfg.checkpoint_every_steps,
+    )
+    return datasets, loop
+
+
+# ---- 3. fit ---------------------------------------------------------------------------------------
+def _ordered() -> ExecutionOptions:
+    """Batches in the order the (seeded) join made, not in the order tasks happen to finish."""
+    options = copy.copy(ray.data.DataContext.get_current().execution_options)
+    options.preserve_order = True
+    return options
+
+
+def fit(
+    cfg: TrainConfig, datasets: dict[str, ray.data.Dataset], loop: LoopConfig, output: Path, cpus: float, use_gpu: bool
+):
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"loop": loop},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
+        ),
+        datasets=datasets,
+        # Only "train" is split across workers; rank 0 evaluates the whole eval set.
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=_ordered()),
+        run_config=ray.train.RunConfig(
+            name=RUN_NAME,
+            storage_path=str(output / "ray"),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            worker_runtime_env=worker_runtime_env(),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise ModelError(f"training finished without a checkpoint; see the Ray logs under {output / 'ray'}")
+    return result
+
+
+# ---- 4. write the outputs -------------------------------------------------------------------------
+def write_outputs(
+    cfg: TrainConfig,
+    stores: RunStores,
+    students: list[StudentSettings],
+    result,
+    output: Path,
+    runtime: dict,
+    seconds: float,
+) -> dict:
+    """The final checkpoint beside the metrics (each student's weights re-loaded as a check that they
+    are sound), then metrics.json, written last."""
+    final = output / "checkpoint"
+    shutil.rmtree(final, ignore_errors=True)
+    with result.checkpoint.as_directory() as src:
+        shutil.copytree(src, final)
+    history = json.loads((final / HISTORY_FILE).read_text())
+    results = []
+    for i, s in enumerate(students):
+        weights = final / checkpoint_file(i, len(students))
+        build_model(s.student, "--student").load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        last = history[-1] if len(students) == 1 else history[-1]["students"][i]
+        results.append(
+            {
+                **({"variant": s.to_dict()} if len(students) > 1 else {}),
+                **{key: last.get(key) for key in SUMMARY_KEYS},
+                "checkpoint": str(weights),
+            }
+        )
+    m = stores.manifest
+    metrics = {
+        **(results[0] if len(students) == 1 else {"students": results}),
+        "epochs": history,
+        "store": {
+            "path": str(Path(cfg.store).resolve()),
+            "teacher": m.teacher,
+            "top_k": m.top_k,
+            "temperatures": list(m.temperatures),
+        },
+        "wall_seconds": seconds,
+        "config": cfg.to_dict(),
+        "runtime": runtime,
+        "logitstore_version": logitstore.__version__,
+    }
+    atomic_write_text(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+# ---- the run --------------------------------------------------------------------------------------
+def _cpus_per_worker(cfg: TrainConfig) -> float:
+    if cfg.cpus_per_worker > 0:
+        return cfg.cpus_per_worker
+    # Leave one CPU for the data pipeline (read, join); workers that claim every CPU starve it.
+    return max(0.25, min(4.0, (cluster_cpus() - 1.0) / cfg.workers))
+
+
+def _prepare_output(cfg: TrainConfig, resolved: TrainConfig) -> Path:
+    """--output made ready: a finished run replaced with --overwrite; an unfinished one (its driver
+    died) resumed by Ray Train from its latest checkpoint, but only by the same command."""
+    output = Path(cfg.output).resolve()
+    if output.exists() and cfg.overwrite:
+        for name in ("metrics.json", "config.json", "checkpoint", "ray"):
+            target = output / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    output.mkdir(parents=True, exist_ok=True)
+    saved = output / "config.json"
+    if saved.is_file() and (output / "ray").exists():
+        previous, mine = json.loads(saved.read_text()), resolved.to_dict()
+        ignore = {"overwrite", "max_failures"}
+        differ = sorted(k for k in set(previous) | set(mine) if k not in ignore and previous.get(k) != mine.get(k))
+        if differ:
+            raise DataError(
+                f"--output {output} holds an unfinished run with other arguments (they differ in: {', '.join(differ)}): "
+                f"rerun that command to resume it, pass --overwrite to start over, or choose another --output"
+            )
+        if (
+            output / "ray" / RUN_NAME / "checkpoint_manager_snapshot.json"
+        ).is_file():  # Ray Train's record of checkpoints
+            print(f"resuming the unfinished run in {output} from its latest registered checkpoint", file=sys.stderr)
+        else:
+            print(
+                f"the unfinished run in {output} registered no checkpoint before it stopped: starting it over",
+                file=sys.stderr,
+            )
+    # The resolved configuration, loadable again with --config.
+    atomic_write_text(saved, json.dumps(resolved.to_dict(), indent=2) + "\n")
+    return output
+
+
+def run_training(cfg: TrainConfig, *, inputs_checked: bool = False) -> dict:
+    """Train the run's students; `inputs_checked` skips check_inputs (a sweep makes those passes
+    over the data once for all its runs)."""
+    start = time.perf_counter()
+    ensure_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one epoch = one execution: too noisy
+    stores = RunStores.open(cfg)
+    if not inputs_checked:
+        check_inputs(cfg, stores)
+    students = cfg.students()
+    cpus, use_gpu = _cpus_per_worker(cfg), cluster_gpus() >= cfg.workers
+    resolved = replace(cfg, cpus_per_worker=cpus)
+    output = _prepare_output(cfg, resolved)
+    datasets, loop = prepare_data(cfg, stores, students, cpus)
+    result = fit(cfg, datasets, loop, output, cpus, use_gpu)
+    return write_outputs(
+        resolved,
+        stores,
+        students,
+        result,
+        output,
+        {"cpus_per_worker": cpus, "use_gpu": use_gpu},
+        time.perf_counter() - start,
+    )

@@ -1,0 +1,358 @@
+"""Sweeps: many students from one store, as Ray Tune trials over Ray Train runs. The teacher never runs.
+
+The search space covers what each student may set for itself (VARIANT_FIELDS). Tune's variant
+generator resolves it (grid values crossed, random ones drawn `num_samples` times); the students
+are then packed `students_per_run` to a Ray Train run, which reads the store once for all of
+them, and Tune runs those runs `max_concurrent` at a time, retrying failed ones (a retry resumes
+from the run's latest checkpoint).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from logitstore.atomic import atomic_write_text
+from logitstore.errors import StoreError
+from trainer.errors import ConfigError, ModelError, TrainerError, find_cause
+from trainer.options import choice_problems, option
+from trainer.student.config import VARIANT_FIELDS, TrainConfig
+
+# Space entries: {"grid": [..]} | {"choice": [..]} | {"uniform": [lo, hi]} | {"loguniform": [lo, hi]} | a constant.
+DOMAINS = ("grid", "choice", "uniform", "loguniform")
+RESULT_KEYS = ("eval_accuracy", "teacher_agreement", "eval_kl_to_teacher", "eval_perplexity", "train_loss")
+
+
+@dataclass
+class SweepConfig(TrainConfig):
+    """Sweep student hyper-parameters over one logit store with Ray Tune; each trial is a Ray Train run, the teacher never runs."""
+
+    output: str = option(
+        "directory of the sweep: results.csv/.md/.json, plot.png, best/, config.json, trials.json and runs/<run>/ (each run's metrics.json, config.json, checkpoint)",
+        "",
+        required=True,
+    )
+    overwrite: bool = option("replace a finished sweep already in --output", False)
+    space: str = option(
+        "the search space, a JSON/YAML mapping of "
+        + ", ".join(VARIANT_FIELDS)
+        + " to {grid: [..]}, {choice: [..]}, {uniform: [lo, hi]}, {loguniform: [lo, hi]} or a constant; the other flags are every trial's defaults",
+        "",
+        required=True,
+    )
+    num_samples: int = option(
+        "draws of the random parameters; each is crossed with every grid value (trials = grid size * num_samples)", 1
+    )
+    metric: str = option("what picks the best student", "eval_accuracy", choices=RESULT_KEYS)
+    mode: str = option(
+        "whether a larger --metric is better (max) or a smaller one (min)", "max", choices=("max", "min")
+    )
+    max_concurrent: int = option("Ray Train runs at once (each leaves the data pipeline its share of CPUs)", 1)
+    students_per_run: int = option(
+        "students trained together in one Ray Train run from one read of the store (1 = one run per trial)", 1
+    )
+    max_retries: int = option("times a failed run is retried (it resumes from its latest checkpoint)", 1)
+    search_seed: int = option("seed of the random draws of the search space", 0)
+
+    def validate(self) -> list[str]:
+        trials, problems = self.trials()
+        if self.variants:
+            problems.append(
+                "--variants does not apply to a sweep: put the settings in --space, and --students-per-run packs them into runs"
+            )
+        base = replace(self, output="", variants="")
+        # The train flags, checked as one run with every trial as a student (no output yet: the sweep's own).
+        as_run = TrainConfig(**{k: v for k, v in vars(base).items() if k in TrainConfig.__dataclass_fields__})
+        if trials:
+            as_run.variants = json.dumps(trials)
+        problems += [p.replace("--variants[", "trial [") for p in as_run.validate() if p != "--output is required"]
+        if not self.output:
+            problems.append("--output is required")
+        elif (Path(self.output) / "results.csv").exists() and not self.overwrite:
+            problems.append(
+                f"{self.output} already holds a finished sweep (results.csv): pass --overwrite to replace it, or choose another --output"
+            )
+        problems += choice_problems(self)
+        for flag, value in (
+            ("--num-samples", self.num_samples),
+            ("--max-concurrent", self.max_concurrent),
+            ("--students-per-run", self.students_per_run),
+        ):
+            if value < 1:
+                problems.append(f"{flag} must be >= 1, got {value}")
+        if self.max_retries < 0:
+            problems.append(f"--max-retries must be >= 0, got {self.max_retries}")
+        return problems
+
+    def trials(self) -> tuple[list[dict], list[str]]:
+        """Every trial's student settings (the swept ones only), in Tune's order; or the problems of --space."""
+        if not self.space:
+            return [], [
+                '--space is required: a mapping such as {"temperature": {"grid": [1, 2, 4]}, "lr": {"loguniform": [0.001, 0.03]}}'
+            ]
+        try:
+            import yaml
+
+            space = yaml.safe_load(self.space)  # JSON is YAML too
+        except yaml.YAMLError as exc:
+            return [], [f"--space is not valid JSON/YAML: {str(exc).splitlines()[0]}"]
+        if not isinstance(space, dict) or not space:
+            return [], ["--space must be a non-empty mapping of parameters to domains"]
+        problems, spec = [], {}
+        for key, domain in space.items():
+            name = str(key).replace("-", "_")
+            if name not in VARIANT_FIELDS:
+                problems.append(
+                    f"--space: {key!r} cannot be swept: sweep one of {', '.join(VARIANT_FIELDS)} (set the others as flags)"
+                )
+                continue
+            spec[name], problem = _tune_domain(name, domain)
+            if problem:
+                problems.append(problem)
+        if problems or self.num_samples < 1:
+            return [], problems
+        from ray.tune.search.variant_generator import generate_variants
+
+        rng = np.random.RandomState(self.search_seed)
+        trials = [
+            resolved for _ in range(self.num_samples) for _, resolved in generate_variants(spec, random_state=rng)
+        ]
+        return [{k: _plain(v) for k, v in t.items()} for t in trials], []
+
+
+def _tune_domain(name: str, domain: Any) -> tuple[Any, str | None]:
+    from ray import tune
+
+    if not isinstance(domain, dict):
+        return domain, None  # a constant
+    if len(domain) != 1 or next(iter(domain)) not in DOMAINS:
+        return (
+            None,
+            f"--space: {name} must be a constant or one of {{grid: [..]}}, {{choice: [..]}}, {{uniform: [lo, hi]}}, {{loguniform: [lo, hi]}}, got {domain!r}",
+        )
+    kind, values = next(iter(domain.items()))
+    if not isinstance(values, list) or not values:
+        return None, f"--space: {name}: {kind} needs a non-empty list, got {values!r}"
+    if kind == "grid":
+        return tune.grid_search(values), None
+    if kind == "choice":
+        return tune.choice(values), None
+    numbers = len(values) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if not numbers or not values[0] < values[1] or (kind == "loguniform" and values[0] <= 0):
+        return (
+            None,
+            f"--space: {name}: {kind} needs [lo, hi] with lo < hi{' and lo > 0' if kind == 'loguniform' else ''}, got {values!r}",
+        )
+    return (tune.uniform if kind == "uniform" else tune.loguniform)(*values), None
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars from Tune's draws as JSON-able Python values."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _cpus_per_worker(cfg: SweepConfig) -> float:
+    from trainer.ray_env import cluster_cpus
+
+    if cfg.cpus_per_worker > 0:
+        return cfg.cpus_per_worker
+    # One CPU stays with the data pipelines of all concurrent runs; the runs share the rest.
+    return max(0.25, min(4.0, (cluster_cpus() - 1.0) / (cfg.workers * cfg.max_concurrent)))
+
+
+def _run_group(tune_config: dict) -> None:
+    """One Tune trial: one Ray Train run of a group of students, reporting the group's best."""
+    from ray import tune
+
+    from trainer.student.run import run_training
+
+    run = tune_config["run"]
+    # Tune starts a trial in a directory of its own: paths and user modules are the user's, as in
+    # their shell (and Ray Train's workers get the same import path from worker_runtime_env).
+    os.chdir(run["cwd"])
+    os.environ["PYTHONPATH"] = run["pythonpath"]
+    sys.path[:0] = [p for p in run["pythonpath"].split(os.pathsep) if p not in sys.path]
+    metrics = run_training(TrainConfig(**run["train"]), inputs_checked=True)
+    results = metrics.get("students", [metrics])
+    values = [r[run["metric"]] for r in results if r.get(run["metric"]) is not None]
+    best = (max if run["mode"] == "max" else min)(values) if values else float("nan")
+    tune.report({run["metric"]: best, "wall_seconds": metrics["wall_seconds"]})
+
+
+def _trial_dirname(trial) -> str:
+    """Tune's directory of a trial, named after its run (Tune's default spells out the whole config)."""
+    return f"run-{trial.config['run']['index']:03d}"
+
+
+def run_sweep(cfg: SweepConfig) -> dict:
+    import ray
+    from ray import tune
+
+    from trainer.inputs.specs import worker_runtime_env
+    from trainer.ray_env import ensure_ray
+    from trainer.student.run import RunStores, check_inputs
+
+    start = time.perf_counter()
+    trials, _ = cfg.trials()
+    output = Path(cfg.output).resolve()
+    if output.exists() and cfg.overwrite:
+        for name in (
+            "results.csv",
+            "results.md",
+            "results.json",
+            "plot.png",
+            "best",
+            "runs",
+            "tune",
+            "config.json",
+            "trials.json",
+        ):
+            target = output / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    output.mkdir(parents=True, exist_ok=True)
+    ensure_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    cpus = _cpus_per_worker(cfg)
+    # The resolved configuration (loadable again with --config), and the trials it resolves to.
+    atomic_write_text(output / "config.json", json.dumps(replace(cfg, cpus_per_worker=cpus).to_dict(), indent=2) + "\n")
+    atomic_write_text(output / "trials.json", json.dumps(trials, indent=2) + "\n")
+
+    train_fields = {k: v for k, v in cfg.to_dict().items() if k in TrainConfig.__dataclass_fields__}
+    # Every run trains on the same data and stores: check them once here, not once per run.
+    as_run = TrainConfig(**{**train_fields, "variants": json.dumps(trials)})
+    check_inputs(as_run, RunStores.open(as_run))
+    groups = [trials[i : i + cfg.students_per_run] for i in range(0, len(trials), cfg.students_per_run)]
+    runs = []
+    for r, group in enumerate(groups):
+        train = {
+            **train_fields,
+            "output": str(output / "runs" / f"run-{r:03d}"),
+            "cpus_per_worker": cpus,
+            "overwrite": False,
+            "max_failures": 0,
+        }
+        if len(group) == 1:
+            train.update(group[0])
+        else:
+            train["variants"] = json.dumps(group)
+        runs.append(
+            {
+                "index": r,
+                "train": train,
+                "metric": cfg.metric,
+                "mode": cfg.mode,
+                "cwd": os.getcwd(),
+                "pythonpath": worker_runtime_env()["env_vars"]["PYTHONPATH"],
+            }
+        )
+
+    tuner = tune.Tuner(
+        # The trial itself only waits on its Ray Train run, which holds the CPUs (Tune needs some
+        # resource in a trial's bundle: one byte of memory).
+        tune.with_resources(_run_group, {"cpu": 0, "memory": 1}),
+        param_space={"run": tune.grid_search(runs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent, trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name="sweep",
+            storage_path=str(output / "tune"),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=cfg.max_retries),
+        ),
+    )
+    grid = tuner.fit()
+    failed = [r for r in grid if r.error is not None]
+    rows = _collect_rows(trials, groups, runs)
+    known = next((e for e in (find_cause(r.error, (StoreError, TrainerError)) for r in failed) if e is not None), None)
+    if known is not None:
+        raise known  # a user error (bad data, a student that does not fit): its own one-line message
+    if failed or len(rows) != len(trials):
+        raise ModelError(
+            f"{len(failed)} of {len(runs)} runs failed after {cfg.max_retries} retries "
+            f"({str(failed[0].error).splitlines()[0] if failed else 'missing results'}); see their logs under {output / 'runs'}"
+        )
+    return _write_results(cfg, output, rows, start)
+
+
+def _collect_rows(trials: list[dict], groups: list[list[dict]], runs: list[dict]) -> list[dict]:
+    """One row per trial (student): its swept settings and its results, from its run's metrics.json."""
+    rows = []
+    for r, (group, run) in enumerate(zip(groups, runs)):
+        path = Path(run["train"]["output"]) / "metrics.json"
+        if not path.is_file():
+            continue
+        metrics = json.loads(path.read_text())
+        for _i, (settings, result) in enumerate(zip(group, metrics.get("students", [metrics]))):
+            rows.append(
+                {
+                    "trial": len(rows),
+                    "run": r,
+                    **settings,
+                    **{k: result.get(k) for k in RESULT_KEYS},
+                    "run_seconds": metrics["wall_seconds"],
+                    "checkpoint": result["checkpoint"],
+                }
+            )
+    return rows
+
+
+def _markdown(rows: list[dict], columns: list[str]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _write_results(cfg: SweepConfig, output: Path, rows: list[dict], start: float) -> dict:
+    swept = [k for k in VARIANT_FIELDS if k in rows[0]]  # the --space parameters
+    scored = [row for row in rows if row[cfg.metric] is not None and math.isfinite(row[cfg.metric])]
+    if not scored:
+        raise ConfigError(
+            [
+                f"no trial reported --metric {cfg.metric} (it needs --eval-dataset{', and --eval-store' if cfg.metric in ('teacher_agreement', 'eval_kl_to_teacher') else ''}): pass them, or choose another --metric"
+            ]
+        )
+    best = (max if cfg.mode == "max" else min)(scored, key=lambda row: row[cfg.metric])
+    columns = [
+        "trial",
+        "run",
+        *swept,
+        *[k for k in RESULT_KEYS if any(row[k] is not None for row in rows)],
+        "run_seconds",
+    ]
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[*columns, "checkpoint"], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(output / "results.md", _markdown(rows, columns))
+    best_dir = output / "best"
+    shutil.rmtree(best_dir, ignore_errors=True)
+    best_dir.mkdir()
+    shutil.copy2(best["checkpoint"], best_dir / "model.pt")
+    (best_dir / "trial.json").write_text(json.dumps(best, indent=2) + "\n")
+    summary = {
+        "trials": len(rows),
+        "runs": len({row["run"] for row in rows}),
+        "best": best,
+        "metric": cfg.metric,
+        "mode": cfg.mode,
+        "swept": swept,
+        "wall_seconds": time.perf_counter() - start,
+    }
+    atomic_write_text(output / "results.json", json.dumps({**summary, "rows": rows}, indent=2) + "\n")
+    # Written last: a results.csv marks a finished sweep.
+    atomic_write_text(output / "results.csv", buffer.getvalue())
+    return {**summary, "rows": rows}

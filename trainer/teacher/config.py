@@ -1,0 +1,194 @@
+"""The dump's configuration: one dataclass, its flags (jobs/cli.py builds the CLI from it) and its checks.
+
+Light on purpose (no torch, no Ray), so `python -m jobs.dump_logits --help` loads neither.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from logitstore.errors import StoreError
+from logitstore.identity import differences
+from logitstore.lock import LOCK_NAME
+from logitstore.manifest import MANIFEST_NAME, read_manifest
+from logitstore.writer import is_store_dir
+from trainer.inputs import registry, specs
+from trainer.options import check_out_dir, choice_problems, option, required_problems
+
+LM_SEQ_LEN = 128
+
+# The dump arguments that decide a store's bytes (not workers, batch size or precision on CPU):
+# a rerun with the same ones resumes an unfinished dump, or finds a finished one complete.
+CONTENT_FIELDS = (
+    "teacher",
+    "dataset",
+    "top_k",
+    "temperatures",
+    "format",
+    "selection",
+    "draws",
+    "sample_temperature",
+    "seed",
+    "shard_size",
+    "tokenizer",
+    "seq_len",
+    "index_codec",
+    "value_codec",
+    "value_bits",
+    "views",
+    "augment",
+)
+
+
+@dataclass
+class DumpConfig:
+    """Run a teacher once over a dataset and write its top-k logits into a sharded store."""
+
+    teacher: str = option(f"the teacher: {specs.model_forms('teacher')}", "", required=True)
+    dataset: str = option(f"the data: {specs.DATASET_FORMS}", "", required=True)
+    out: str = option("directory of the store to write", "", required=True)
+    top_k: int = option("classes stored per position, by descending teacher logit", 5)
+    temperatures: tuple[float, ...] = option(
+        "temperatures whose log-normalisers are recorded (comma-separated); students may train at any of them",
+        (1.0, 2.0, 4.0),
+    )
+    format: str = option("store backend", "zarr", choices=("zarr", "arrow"))
+    index_codec: str = option(
+        "how class ids are stored: plain (by descending logit) or delta (sorted by id, as gaps: ~1/3 smaller at large vocabularies, lossless; readers get the top-1 in column 0 and the rest by id)",
+        "plain",
+        choices=("plain", "delta"),
+    )
+    value_codec: str = option(
+        "how logits are stored: float32 (exact) or logq (gaps to the top-1 quantized to --value-bits through a temperature-aware compander, plus the tail mass per temperature from the exact logits; ~2 bytes per entry at k=64 and a KL distortion of ~3e-5 nats at 8 bits on the LM example)",
+        "float32",
+        choices=("float32", "logq"),
+    )
+    value_bits: int = option("bits per quantized logit for --value-codec logq (1..16)", 8)
+    selection: str = option(
+        "what is stored per position: topk (the exact top-k), sample (also --draws tokens drawn from the teacher at --sample-temperature, as ids with counts: unbiased KD), hybrid (exact top-k head plus --draws tokens drawn from the renormalised tail)",
+        "topk",
+        choices=("topk", "sample", "hybrid"),
+    )
+    draws: int = option("tokens drawn per position for --selection sample or hybrid (1..65535)", 12)
+    sample_temperature: float = option(
+        "temperature the draws are made at (must be among --temperatures; students train at it)", 1.0
+    )
+    seed: int = option(
+        "seed of the draws and of the augmented views (each sample's depend only on it and the sample id)", 0
+    )
+    views: int = option(
+        "augmented views per sample (0 = the inputs as they are): the teacher scores each view, and the store keeps each view's seed so train_student replays the same augmentation for the student, a different view each epoch",
+        0,
+    )
+    augment: str = option(f"the augmentation of --views: {specs.AUGMENT_FORMS}", "")
+    tokenizer: str = option(f"for built-in text datasets: {specs.TOKENIZER_FORMS}; saved in the store", "bytes")
+    seq_len: int = option(
+        "tokens per block: built-in text is packed into blocks of this length; token rows of a user dataset may not be longer",
+        LM_SEQ_LEN,
+    )
+    batch_size: int = option("samples per teacher batch", 256)
+    workers: int = option("teacher actors (one GPU each when the cluster has GPUs)", 1)
+    threads_per_worker: int = option(
+        "CPU threads of each teacher actor on a CPU cluster: a CPU's sums depend on the thread count, so the store does (recorded in the manifest); scale a CPU dump with --workers instead",
+        1,
+    )
+    shard_size: int = option("samples per shard (memory of a writer or reader is bounded by one shard)", 1024)
+    precision: str = option(
+        "teacher precision: auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16",
+        "auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    )
+    overwrite: bool = option("replace a complete store already at --out", False)
+
+    def validate(self) -> list[str]:
+        problems = required_problems(self) + choice_problems(self)
+        if self.teacher:
+            problems += specs.check_model_spec(self.teacher, "--teacher")
+        if self.dataset:
+            problems += specs.check_dataset_spec(self.dataset, "--dataset")
+        if self.top_k < 1:
+            problems.append(f"--top-k must be >= 1, got {self.top_k}")
+        problems += specs.check_tokenizer_spec(self.tokenizer)
+        if self.tokenizer != "bytes" and self.dataset and not registry.is_text(self.dataset):
+            text = registry.names({k: v for k, v in registry.DATASETS.items() if v.kind == "text"})
+            problems.append(
+                f"--tokenizer applies to the built-in text datasets ({text}) only; tokenise your own data before the dump (Parquet 'input_ids')"
+            )
+        if self.seq_len < 2:
+            problems.append(f"--seq-len must be >= 2, got {self.seq_len}")
+        problems += self._temperature_problems()
+        if self.value_codec == "logq" and not 1 <= self.value_bits <= 16:
+            problems.append(f"--value-bits must be in 1..16, got {self.value_bits}")
+        problems += self._views_problems()
+        for flag, value in (
+            ("--batch-size", self.batch_size),
+            ("--workers", self.workers),
+            ("--shard-size", self.shard_size),
+            ("--threads-per-worker", self.threads_per_worker),
+        ):
+            if value < 1:
+                problems.append(f"{flag} must be >= 1, got {value}")
+        if self.out:
+            problems += self._out_problems()
+        return problems
+
+    def _temperature_problems(self) -> list[str]:
+        if not self.temperatures or any(not (math.isfinite(t) and t > 0) for t in self.temperatures):
+            return [f"--temperatures must be positive numbers, got {','.join(map(str, self.temperatures))}"]
+        if len(set(self.temperatures)) != len(self.temperatures):
+            return ["--temperatures lists a temperature twice"]
+        problems = []
+        if self.selection != "topk":
+            if not 1 <= self.draws <= 65535:
+                problems.append(f"--draws must be in 1..65535, got {self.draws}")
+            if self.sample_temperature not in self.temperatures:
+                problems.append(
+                    f"--sample-temperature {self.sample_temperature:g} must be one of --temperatures ({','.join(f'{t:g}' for t in self.temperatures)})"
+                )
+        return problems
+
+    def _views_problems(self) -> list[str]:
+        if not 0 <= self.views <= 65535:
+            return [f"--views must be in 0..65535, got {self.views}"]
+        problems = []
+        if self.views and not self.augment:
+            problems.append("--views needs --augment (what makes the views differ): e.g. --augment digits-shift-rotate")
+        elif self.augment and not self.views:
+            problems.append("--augment applies to the stored views: pass --views V as well")
+        if self.augment:
+            problems += specs.check_augment_spec(self.augment, "--augment")
+        if self.views and registry.is_text(self.dataset):
+            problems.append(
+                f"--views applies to datasets of one input per sample; {self.dataset} is text: dump it without --views"
+            )
+        return problems
+
+    def _out_problems(self) -> list[str]:
+        problems = check_out_dir(self.out, "--out")
+        out = Path(self.out)
+        if (out / MANIFEST_NAME).exists() and not self.overwrite:
+            # The identity rule (logitstore.identity) on the part known before any compute: the
+            # arguments. Teacher weights and data are compared once fingerprinted.
+            try:
+                recorded = read_manifest(out).config
+            except StoreError as exc:
+                return problems + [f"--out {self.out}: {exc}"]
+            differ = differences({k: recorded.get(k) for k in CONTENT_FIELDS}, self.content())
+            if differ:
+                problems.append(
+                    f"a complete store made with other arguments (they differ in: {', '.join(differ)}) already exists at {self.out}: pass --overwrite to replace it, or choose another --out"
+                )
+        elif out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not is_store_dir(out):
+            problems.append(
+                f"--out {self.out} is a non-empty directory that is not a store: choose an empty or new directory"
+            )
+        return problems
+
+    def content(self) -> dict:
+        """The arguments that decide the store's bytes (part of the dump's identity)."""
+        return {k: getattr(self, k) for k in CONTENT_FIELDS}
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,262 @@
+"""The teacher pass: dataset -> fingerprint -> plan -> teacher actor pool (one actor scores and writes
+each whole shard) -> manifest, under the store's lock (logitstore.StoreWriter)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import ray.data
+import torch
+
+from logitstore import (
+    Manifest,
+    Selection,
+    ShardData,
+    ShardInfo,
+    ShardPlan,
+    ShardWriter,
+    StoreLayout,
+    StoreWriter,
+    TokenizerRef,
+    Views,
+    plan_shards,
+)
+from logitstore.shard import EXTRAS, trim_samples
+from trainer.errors import ConfigError, DataError
+from trainer.inputs import registry
+from trainer.inputs.datasets import DatasetFingerprint, TextOptions, fingerprint_dataset, load_dataset
+from trainer.inputs.models import build_model, probe_width, weights_sha256
+from trainer.inputs.specs import worker_runtime_env
+from trainer.inputs.tokenizers import Tokenizer, resolve_tokenizer, sha256_text
+from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray
+from trainer.teacher.config import DumpConfig
+from trainer.teacher.scorer import TeacherScorer, precision
+
+
+@dataclass(frozen=True)
+class DumpResult:
+    manifest: Manifest
+    seconds: float
+    resumed_shards: int = 0
+
+
+@dataclass(frozen=True)
+class DumpInputs:
+    """What the teacher pass reads, resolved and fingerprinted once."""
+
+    dataset: ray.data.Dataset
+    fingerprint: DatasetFingerprint
+    tokenizer: Tokenizer | None  # for built-in text: what the dump tokenises with
+    vocab_size: int  # the teacher's output width
+
+
+def run_dump(cfg: DumpConfig) -> DumpResult:
+    """Dump under the store's lock; an interrupted dump rerun with the same arguments resumes."""
+    start = time.perf_counter()
+    with StoreWriter(cfg.out) as writer:
+        teacher = build_model(cfg.teacher, "--teacher")
+        ensure_ray()
+        inputs = _resolve_inputs(cfg, teacher)
+        layout = _layout(cfg, inputs.vocab_size)
+        plan = plan_shards(inputs.fingerprint.ids, cfg.shard_size)
+        teacher_info = _teacher_record(cfg, teacher)
+        dataset_info = _dataset_record(cfg, inputs.fingerprint)
+        tokenizer_json = inputs.tokenizer.to_json() if inputs.tokenizer is not None else None
+        writer.start(
+            layout,
+            plan,
+            {
+                "config": cfg.content(),
+                "teacher": teacher_info,
+                "dataset": dataset_info,
+                "tokenizer_sha256": sha256_text(tokenizer_json) if tokenizer_json else None,
+            },
+            overwrite=cfg.overwrite,
+        )
+        if writer.finished is not None:
+            print(
+                f"{cfg.out} already holds this exact dump (same arguments, teacher weights and data): nothing to do",
+                file=sys.stderr,
+            )
+            return DumpResult(writer.finished, time.perf_counter() - start, len(writer.finished.shards))
+        if writer.resumed:
+            print(
+                f"resuming the unfinished dump in {cfg.out}: {len(writer.resumed)} of {plan.num_shards} shards are complete",
+                file=sys.stderr,
+            )
+        tokenizer = None  # the manifest's record of the tokenizer; a tokenizer that is a file is saved in the store
+        if inputs.tokenizer is not None:
+            kind, vocab = inputs.tokenizer.kind, inputs.tokenizer.vocab_size
+            tokenizer = (
+                writer.save_tokenizer(tokenizer_json, kind, vocab) if tokenizer_json else TokenizerRef(kind, vocab)
+            )
+        todo = np.array([j not in writer.resumed for j in range(plan.num_shards)])
+        written = (
+            _score_and_write(cfg, teacher, inputs.dataset, plan, todo, writer.shard_writer()) if todo.any() else []
+        )
+        manifest = writer.commit(
+            [*writer.resumed.values(), *written],
+            teacher=teacher_info,
+            dataset=dataset_info,
+            config=cfg.to_dict(),
+            tokenizer=tokenizer,
+        )
+    return DumpResult(manifest, time.perf_counter() - start, len(writer.resumed))
+
+
+def _resolve_inputs(cfg: DumpConfig, teacher: torch.nn.Module) -> DumpInputs:
+    """Tokenizer, dataset, fingerprint (refuses empty data and duplicate ids), the teacher's width."""
+    tokenizer = resolve_tokenizer(cfg.tokenizer) if registry.is_text(cfg.dataset) else None
+    ds = load_dataset(cfg.dataset, "--dataset", TextOptions(tokenizer.to_json() if tokenizer else None, cfg.seq_len))
+    fingerprint = fingerprint_dataset(ds, cfg.dataset)
+    vocab = probe_width(teacher, ds.take_batch(2, batch_format="numpy"), "--teacher", cfg.teacher)
+    if fingerprint.max_token >= vocab:
+        raise DataError(
+            f"--dataset {cfg.dataset} holds token id {fingerprint.max_token} but the teacher's vocabulary has {vocab} entries: tokenise the data with the teacher's tokenizer"
+        )
+    if cfg.top_k > vocab:
+        raise ConfigError([f"--top-k {cfg.top_k} exceeds the teacher's {vocab} classes: use --top-k {vocab} or less"])
+    return DumpInputs(ds, fingerprint, tokenizer, vocab)
+
+
+def _layout(cfg: DumpConfig, vocab_size: int) -> StoreLayout:
+    selection = (
+        Selection()
+        if cfg.selection == "topk"
+        else Selection(cfg.selection, cfg.draws, float(cfg.sample_temperature), cfg.seed)
+    )
+    views = Views(cfg.views, cfg.augment, cfg.seed) if cfg.views else None
+    return StoreLayout.make(
+        backend=cfg.format,
+        top_k=cfg.top_k,
+        vocab_size=vocab_size,
+        temperatures=cfg.temperatures,
+        shard_size=cfg.shard_size,
+        selection=selection,
+        index_codec=cfg.index_codec,
+        value_codec=cfg.value_codec,
+        value_bits=cfg.value_bits,
+        views=views,
+    )
+
+
+def _on_gpu() -> bool:
+    return cluster_gpus() >= 1
+
+
+def _teacher_record(cfg: DumpConfig, teacher: torch.nn.Module) -> dict:
+    """The manifest's `teacher`: what it is, its weights' fingerprint, and how it ran (a CPU's sums
+    depend on its thread count, so a CPU dump records it)."""
+    device = torch.device("cuda" if _on_gpu() else "cpu")
+    record = {
+        "spec": cfg.teacher,
+        "weights_sha256": weights_sha256(teacher),
+        "num_parameters": sum(p.numel() for p in teacher.parameters()),
+        "dtype": str(precision(cfg.precision, device)).replace("torch.", ""),
+        "device": device.type,
+    }
+    return {**record, "cpu_threads": cfg.threads_per_worker} if device.type == "cpu" else record
+
+
+def _dataset_record(cfg: DumpConfig, fingerprint: DatasetFingerprint) -> dict:
+    corpus = {"corpus": registry.text_identity(cfg.dataset)} if registry.is_text(cfg.dataset) else {}
+    return {**fingerprint.to_manifest(), **corpus}
+
+
+def _shard_rows(batch: dict[str, np.ndarray], plan: ShardPlan, todo: np.ndarray) -> dict[str, np.ndarray]:
+    """Each row with its shard, keeping only shards still to write (a resume never re-runs the teacher on the rest)."""
+    shard = plan.shard_of(batch["id"])
+    if np.any(shard < 0):
+        raise DataError(
+            "the dataset changed while it was being dumped (ids differ from the first pass): make the dataset deterministic"
+        )
+    keep = todo[shard]
+    return {**{key: value[keep] for key, value in batch.items()}, "shard": shard[keep]}
+
+
+def _score_and_write(
+    cfg: DumpConfig,
+    teacher: torch.nn.Module,
+    ds: ray.data.Dataset,
+    plan: ShardPlan,
+    todo: np.ndarray,
+    shards: ShardWriter,
+) -> list[ShardInfo]:
+    keyed = ds.map_batches(_shard_rows, batch_format="numpy", fn_kwargs={"plan": plan, "todo": todo})
+    # Leave one whole CPU free for the read and sort tasks, or the pipeline stalls "backpressured".
+    per_actor = (
+        {"num_gpus": 1} if _on_gpu() else {"num_cpus": max(0.25, min(1.0, (cluster_cpus() - 1.0) / cfg.workers))}
+    )
+    state_ref = [ray.put({k: v.detach().cpu() for k, v in teacher.state_dict().items()})]
+    # Group the inputs (small) by shard, not the outputs (k values per position): then one actor
+    # scores and writes each shard.
+    written = keyed.groupby("shard").map_groups(
+        ShardDumper,
+        compute=ray.data.ActorPoolStrategy(size=cfg.workers),
+        batch_format="numpy",
+        fn_constructor_kwargs=dict(
+            spec=cfg.teacher,
+            state_ref=state_ref,
+            layout=shards.layout,
+            precision=cfg.precision,
+            threads=cfg.threads_per_worker,
+            batch_size=cfg.batch_size,
+            shards=shards,
+            expected_counts=plan.counts,
+        ),
+        runtime_env=worker_runtime_env(),  # user modules from the working directory, even in a long-lived session
+        **per_actor,
+    )
+    return [
+        ShardInfo(**{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}) for row in written.take_all()
+    ]
+
+
+class ShardDumper(TeacherScorer):
+    """Teacher and writer of whole shards (a Ray Data actor): map_groups hands it every row of one
+    shard; it scores them in batches of `batch_size` in id order and writes the shard. So the
+    teacher sees the same batches whatever the number of workers or a resume, and each finished
+    shard is on disk at once (a crash loses only the shards in flight)."""
+
+    def __init__(self, *, batch_size: int, shards: ShardWriter, expected_counts: np.ndarray, **scorer) -> None:
+        super().__init__(**scorer)
+        self.batch_size, self.shards, self.expected_counts = batch_size, shards, expected_counts
+
+    def __call__(self, group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.init_error is not None:
+            raise self.init_error
+        order = np.argsort(group["id"], kind="stable")
+        group = {key: value[order] for key, value in group.items()}
+        parts = [
+            self.score({key: value[s : s + self.batch_size] for key, value in group.items()})
+            for s in range(0, len(group["id"]), self.batch_size)
+        ]
+        info = self.shards.write(*self._shard({key: np.concatenate([p[key] for p in parts]) for key in parts[0]}))
+        return {key: np.array([value]) for key, value in info.__dict__.items()}
+
+    def _shard(self, rows: dict[str, np.ndarray]) -> tuple[int, ShardData]:
+        """One whole shard (every sample of it, in id order, its positions flat)."""
+        shard = int(rows["shard"][0])
+        if shard < 0 or len(rows["id"]) != int(self.expected_counts[shard]):
+            raise DataError(
+                "the dataset changed while it was being dumped (ids differ from the first pass): make the dataset deterministic"
+            )
+        extras = {name: rows[name] for name in EXTRAS if name in rows}
+        if "sample_index" in extras:  # only as wide as the most distinct ids any position of this shard drew
+            extras["sample_index"], extras["sample_count"] = trim_samples(
+                extras["sample_index"], extras["sample_count"]
+            )
+        offsets = np.zeros(len(rows["id"]) + 1, dtype=np.int64)
+        np.cumsum(rows["positions"], out=offsets[1:])
+        return shard, ShardData(
+            sample_id=rows["id"].astype(np.int64),
+            position_offsets=offsets,
+            topk_index=rows["topk_index"],
+            topk_logit=rows["topk_logit"].astype(np.float32, copy=False),
+            logsumexp=rows["logsumexp"].astype(np.float32, copy=False),
+            extras=extras,
+        )
