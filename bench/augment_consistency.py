@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     print(
-        f"\n{args.student} on {args.dataset}, k=5, T={args.temperature:g}, alpha={args.alpha:g}, {args.epochs} epochs, {args.seeds} seeds:\n"
+        f"\n{args.student} on {args.dataset}, k=5, T={args.temperature:g}, alpha={args.alpha:g}, "
+        f"{args.epochs} epochs, {args.seeds} seeds:\n"
     )
     print(
         markdown_table(

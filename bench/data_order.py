@@ -22,8 +22,8 @@ from bench.common import add_work_flags, markdown_table, quick_teacher, work_dir
 from logitstore import read_manifest
 from trainer.inputs.datasets import load_dataset
 from trainer.ray_env import ensure_ray
-from trainer.student.join import JoinSpec, join_with_store
 from trainer.student.config import TrainConfig
+from trainer.student.join import JoinSpec, join_with_store
 from trainer.student.run import RunStores
 
 
@@ -36,21 +36,32 @@ def shares(shards: list[np.ndarray]) -> tuple[float, float, float]:
 def measure(store: str, dataset: str, batch_size: int, epochs: int, seed: int, window: int) -> dict:
     manifest = read_manifest(store)
     stores = RunStores.open(TrainConfig(store=store))
-    joined = join_with_store(load_dataset(dataset, "--dataset", stores.text),
-                             JoinSpec(store, manifest, (), batch_size, seed, window))
-    batches = [row["shard"][0] for _ in range(epochs) for row in joined.iter_batches(batch_size=1, batch_format="numpy")]
+    joined = join_with_store(
+        load_dataset(dataset, "--dataset", stores.text), JoinSpec(store, manifest, (), batch_size, seed, window)
+    )
+    batches = [
+        row["shard"][0] for _ in range(epochs) for row in joined.iter_batches(batch_size=1, batch_format="numpy")
+    ]
     # The baseline: the same samples (by shard) in uniformly random orders, cut into batches alike.
     sample_shard = np.concatenate([np.full(info.num_samples, j) for j, info in enumerate(manifest.shards)])
     rng = np.random.default_rng(seed)
     random_batches = []
     for _ in range(epochs):
         order = sample_shard[rng.permutation(len(sample_shard))]
-        random_batches += [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        random_batches += [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     mean, median, distinct = shares(batches)
     r_mean, r_median, r_distinct = shares(random_batches)
-    return {"store": Path(store).name, "shards": len(manifest.shards), "batches": len(batches), "share_mean": mean,
-            "share_median": median, "distinct_shards": distinct, "random_share_mean": r_mean,
-            "random_share_median": r_median, "random_distinct_shards": r_distinct}
+    return {
+        "store": Path(store).name,
+        "shards": len(manifest.shards),
+        "batches": len(batches),
+        "share_mean": mean,
+        "share_median": median,
+        "distinct_shards": distinct,
+        "random_share_mean": r_mean,
+        "random_share_median": r_median,
+        "random_distinct_shards": r_distinct,
+    }
 
 
 def quick_stores(work: Path) -> list[str]:
@@ -60,18 +71,26 @@ def quick_stores(work: Path) -> list[str]:
     stores = []
     for name, extra in (("topk", {"top_k": 8}), ("sample", {"top_k": 1, "selection": "sample", "draws": 64})):
         out = work / name
-        run_dump(DumpConfig(teacher="stdlib-gpt", dataset="stdlib-small-eval", out=str(out), shard_size=32, overwrite=True,
-                            **extra))
+        run_dump(
+            DumpConfig(
+                teacher="stdlib-gpt", dataset="stdlib-small-eval", out=str(out), shard_size=32, overwrite=True, **extra
+            )
+        )
         stores.append(str(out))
     return stores
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.data_order", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stores", default="", help="comma-separated stores to measure (default with --quick: two made here)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.data_order", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--stores", default="", help="comma-separated stores to measure (default with --quick: two made here)"
+    )
     parser.add_argument("--dataset", default="stdlib-small-eval", help="the data the stores were dumped from")
-    parser.add_argument("--quick", action="store_true", help="CI: stores of a briefly trained teacher over stdlib-small-eval")
+    parser.add_argument(
+        "--quick", action="store_true", help="CI: stores of a briefly trained teacher over stdlib-small-eval"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
@@ -85,11 +104,25 @@ def main(argv: list[str] | None = None) -> int:
     with quick_teacher("stdlib-gpt", work / "cache", enabled=args.quick):
         stores = args.stores.split(",") if args.stores else quick_stores(work)
         rows = [measure(s, args.dataset, args.batch_size, args.epochs, args.seed, args.shuffle_window) for s in stores]
-    print(f"\nBatch mixing over {args.dataset}: batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}, "
-          f"shuffle window {args.shuffle_window} samples\n")
-    print(markdown_table(rows, [("store", "{}"), ("shards", "{}"), ("batches", "{}"), ("share_mean", "{:.3f}"),
-                                ("share_median", "{:.3f}"), ("random_share_mean", "{:.3f}"), ("distinct_shards", "{:.2f}"),
-                                ("random_distinct_shards", "{:.2f}")]))
+    print(
+        f"\nBatch mixing over {args.dataset}: batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}, "
+        f"shuffle window {args.shuffle_window} samples\n"
+    )
+    print(
+        markdown_table(
+            rows,
+            [
+                ("store", "{}"),
+                ("shards", "{}"),
+                ("batches", "{}"),
+                ("share_mean", "{:.3f}"),
+                ("share_median", "{:.3f}"),
+                ("random_share_mean", "{:.3f}"),
+                ("distinct_shards", "{:.2f}"),
+                ("random_distinct_shards", "{:.2f}"),
+            ],
+        )
+    )
     if args.json:
         write_json(args.json, {"data_order": {"args": vars(args), "rows": rows}})
     return 0

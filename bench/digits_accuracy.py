@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         for method, accs in methods.items():
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
             lines.append(
-                f"| {setting} | student digits-mlp (1.2k params), {method} | {statistics.mean(accs):.4f} ± {sd:.4f} | {', '.join(f'{a:.4f}' for a in accs)} |"
+                f"| {setting} | student digits-mlp (1.2k params), {method} | {statistics.mean(accs):.4f} ± "
+                f"{sd:.4f} | {', '.join(f'{a:.4f}' for a in accs)} |"
             )
     print("\n".join(lines))
     if args.json:

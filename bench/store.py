@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(
-        f"\nStore codecs, k={args.k}, T={','.join(f'{t:g}' for t in TEMPERATURES)} (DistillKit: 2.3-2.6 B/entry; raw fp16 + uint16: 4 B/entry)\n"
+        f"\nStore codecs, k={args.k}, T={','.join(f'{t:g}' for t in TEMPERATURES)} (DistillKit: 2.3-2.6 "
+        "B/entry; raw fp16 + uint16: 4 B/entry)\n"
     )
     print(
         markdown_table(

@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nTraining {STUDENT} from a {TEACHER} store over {dataset}, batch {BATCH} blocks, T={TEMPERATURE:g}\n")
     print(markdown_table(rows, [("run", "{}"), ("epoch_seconds", "{:.2f}"), ("epochs", "{}")]))
     print(
-        f"\n{STUDENTS} students x {epochs} epochs: online {online_8:.0f} s, offline {offline_8:.0f} s (dump {dump_s:.0f} s)"
+        f"\n{STUDENTS} students x {epochs} epochs: online {online_8:.0f} s, offline {offline_8:.0f} s (dump "
+        f"{dump_s:.0f} s)"
     )
     print("  ".join(f"{k} = {v:.3f}" for k, v in figures.items()))
     if args.json:

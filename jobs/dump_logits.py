@@ -20,7 +20,8 @@ def summary_lines(result) -> list[str]:
         else ""
     )
     return [
-        f"store     {m.backend} store, k={m.top_k} of {m.vocab_size} classes{sampled}, T={','.join(f'{t:g}' for t in m.temperatures)}",
+        f"store     {m.backend} store, k={m.top_k} of {m.vocab_size} classes{sampled}, "
+        f"T={','.join(f'{t:g}' for t in m.temperatures)}",
         f"samples   {m.num_samples} ({m.num_positions} positions) in {len(m.shards)} shards",
         f"bytes     {m.num_bytes} on disk, {m.num_bytes / entries:.2f} bytes per stored (index, value) entry",
         f"speed     {m.num_samples / result.seconds:.1f} samples/s ({result.seconds:.1f} s){resumed}",

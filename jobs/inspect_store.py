@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from logitstore import StoreError, StoreReader
+from logitstore.atomic import atomic_write_text
 from logitstore.inspection import collect, summary
 
 
@@ -26,7 +27,7 @@ def write_report(store: Path, out: Path, max_positions: int) -> dict:
     stats = collect(reader, max_positions)
     report = summary(reader, stats)
     report["plots"] = [str(p) for p in store_plots(stats, out, store.name or "store")]
-    (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -34,16 +35,24 @@ def _lines(report: dict) -> list[str]:
     teacher, data = report["teacher"], report["dataset"]
     codec = f"{report['codec'].get('index', 'plain')}/{report['codec'].get('values', 'float32')}"
     lines = [
-        f"store      {report['store']} (format v{report['format_version']}, {report['backend']}, codec {codec}, selection {report['selection'].get('kind')})",
-        f"contents   {report['samples']} samples, {report['positions']} positions, {report['shards']} shards; top-{report['top_k']} of {report['vocab_size']} classes; T = {', '.join(f'{t:g}' for t in report['temperatures'])}",
+        f"store      {report['store']} (format v{report['format_version']}, {report['backend']}, codec "
+        f"{codec}, selection {report['selection'].get('kind')})",
+        f"contents   {report['samples']} samples, {report['positions']} positions, {report['shards']} shards; "
+        f"top-{report['top_k']} of {report['vocab_size']} classes; T = "
+        f"{', '.join(f'{t:g}' for t in report['temperatures'])}",
         f"bytes      {report['bytes']} on disk, {report['bytes_per_entry']:.3f} per stored entry",
         f"teacher    {teacher.get('spec', '?')}, weights sha256 {str(teacher.get('weights_sha256', '?'))[:16]}",
-        f"data       {data.get('spec', '?')}, {data.get('num_samples', '?')} samples, ids sha256 {str(data.get('ids_sha256', '?'))[:16]}",
+        f"data       {data.get('spec', '?')}, {data.get('num_samples', '?')} samples, ids sha256 "
+        f"{str(data.get('ids_sha256', '?'))[:16]}",
         f"sampled    {report['sampled_positions']} positions from {report['shards_read']} shards",
-        f"entropy    at T={report['reference_temperature']:g}: median {report['entropy']['median']:.3f} nats (5%-95%: {report['entropy']['p5']:.3f}-{report['entropy']['p95']:.3f}; head + tail bucket)",
-        f"top-1      at T={report['reference_temperature']:g}: median probability {report['top1_confidence']['median']:.3f} (5%-95%: {report['top1_confidence']['p5']:.3f}-{report['top1_confidence']['p95']:.3f})",
+        f"entropy    at T={report['reference_temperature']:g}: median {report['entropy']['median']:.3f} nats "
+        f"(5%-95%: {report['entropy']['p5']:.3f}-{report['entropy']['p95']:.3f}; head + tail bucket)",
+        f"top-1      at T={report['reference_temperature']:g}: median probability "
+        f"{report['top1_confidence']['median']:.3f} (5%-95%: "
+        f"{report['top1_confidence']['p5']:.3f}-{report['top1_confidence']['p95']:.3f})",
         "",
-        "| T | tail mass median | tail p95 | tail max | k for 90% (median / p95) | k for 99% (median / p95) | positions 99% covered |",
+        "| T | tail mass median | tail p95 | tail max | k for 90% (median / p95) | k for 99% (median / p95) "
+        "| positions 99% covered |",
         "|---|---|---|---|---|---|---|",
     ]
     k = report["top_k"]
@@ -51,7 +60,8 @@ def _lines(report: dict) -> list[str]:
     for row in report["per_temperature"]:
         lines.append(
             f"| {row['temperature']:g} | {row['tail_median']:.2e} | {row['tail_p95']:.2e} | {row['tail_max']:.2e} | "
-            f"{show(row['k90_median'])} / {show(row['k90_p95'])} | {show(row['k99_median'])} / {show(row['k99_p95'])} | {row['k99_covered']:.1%} |"
+            f"{show(row['k90_median'])} / {show(row['k90_p95'])} | {show(row['k99_median'])} / "
+            f"{show(row['k99_p95'])} | {row['k99_covered']:.1%} |"
         )
     lines += ["", f"recommendation: {report['recommendation']}", f"plots: {', '.join(report['plots'])}"]
     return lines

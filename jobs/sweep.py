@@ -21,10 +21,12 @@ def sweep(cfg: SweepConfig) -> None:
     print((output / "results.md").read_text(), end="")
     settings = ", ".join(f"{k}={best[k]}" for k in VARIANT_FIELDS if k in best)
     print(
-        f"best: trial {best['trial']} ({settings}): {cfg.metric} {best[cfg.metric]:.4f}; weights in {output / 'best' / 'model.pt'}"
+        f"best: trial {best['trial']} ({settings}): {cfg.metric} {best[cfg.metric]:.4f}; weights in "
+        f"{output / 'best' / 'model.pt'}"
     )
     print(
-        f"{summary['trials']} students in {summary['runs']} Ray Train runs, {summary['wall_seconds']:.1f} s; the teacher never ran"
+        f"{summary['trials']} students in {summary['runs']} Ray Train runs, {summary['wall_seconds']:.1f} s; "
+        "the teacher never ran"
     )
 
 

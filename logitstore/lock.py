@@ -39,7 +39,8 @@ class StoreLock:
             holder = _read_holder(fd)
             os.close(fd)
             raise StoreLockedError(
-                f"another dump ({holder}) is writing {self.root} right now: wait for it to finish, or choose another --out"
+                f"another dump ({holder}) is writing {self.root} right now: wait for it to finish, or choose "
+                "another --out"
             ) from None
         os.ftruncate(fd, 0)
         os.write(

@@ -52,7 +52,8 @@ class StoreReader:
         sha, nbytes = shard_checksum(path)
         if nbytes != info.num_bytes or sha != info.sha256:
             raise ShardCorruptError(
-                f"shard {info.name} of store {self.root} fails its checksum (bytes or content changed): the store is damaged; dump it again"
+                f"shard {info.name} of store {self.root} fails its checksum (bytes or content changed): the "
+                "store is damaged; dump it again"
             )
 
     def read_shard(self, index: int) -> ShardData:
@@ -137,7 +138,7 @@ class StoreReader:
         return data.decode("utf-8")
 
     def verify(self) -> list[str]:
-        """Check every shard's checksum and layout (and the tokenizer's); one message per bad file (empty when sound)."""
+        """Check every shard's checksum and layout, and the tokenizer's: one message per bad file (none: sound)."""
         problems = []
         try:
             self.tokenizer_json()

@@ -10,8 +10,9 @@ seconds writing shards, so that kills land mid-write; digits writes its shards i
 For each trial: dump into a fresh directory, SIGKILL every process of the dump's session at a
 random moment, then rerun the same command. Half the moments are drawn from the whole run
 (0.5 s .. the uninterrupted run's wall time), half from the window in which the uninterrupted run
-was writing shards (its first shard .. its manifest), where a kill can hit a shard mid-write. The final store must decode to exactly the reference store (every shard), hold
-every sample id once (0 duplicates, 0 missing) and pass `verify`. Exit status 1 on any mismatch.
+was writing shards (its first shard .. its manifest), where a kill can hit a shard mid-write. The
+final store must decode to exactly the reference store (every shard), hold every sample id once
+(0 duplicates, 0 missing) and pass `verify`. Exit status 1 on any mismatch.
 """
 
 from __future__ import annotations

@@ -380,7 +380,9 @@ def test_cli_process_exits_non_zero_with_one_line(tmp_path):
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
+    assert proc.stderr.strip().splitlines() == [
+        line for line in proc.stderr.strip().splitlines() if line.startswith("error:")
+    ]
     assert len(proc.stderr.strip().splitlines()) == 1 and "no store at" in proc.stderr
 
 

@@ -26,7 +26,12 @@ def test_an_example_config_is_valid(example, digits_stores, dump, lm_teacher, tm
     (tmp_path / "stores").mkdir()
     if job != "dump":  # the stores a student example reads (a dump example makes its own)
         lm = dump(teacher="lm_models:tiny_gpt", dataset="stdlib-small-eval", top_k=8, shard_size=128)
-        targets = {"digits-train": digits_stores["train"], "digits-eval": digits_stores["eval"], "lm": lm, "lm-eval": lm}
+        targets = {
+            "digits-train": digits_stores["train"],
+            "digits-eval": digits_stores["eval"],
+            "lm": lm,
+            "lm-eval": lm,
+        }
         for name, target in targets.items():
             (tmp_path / "stores" / name).symlink_to(target)
     monkeypatch.chdir(tmp_path)  # the examples name paths relative to the repository root

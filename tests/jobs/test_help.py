@@ -137,7 +137,8 @@ def test_help_lists_every_form_of_each_spec_the_choices_and_the_required_flags()
 def test_validating_a_config_loads_no_torch_nor_ray(digits_stores, tmp_path):
     code = (
         "import sys\nfrom trainer.student.config import TrainConfig\nfrom trainer.teacher.config import DumpConfig\n"
-        f"assert TrainConfig(store={digits_stores['train']!r}, dataset='digits', student='digits-mlp', output={str(tmp_path / 'r')!r}).validate() == []\n"
+        f"assert TrainConfig(store={digits_stores['train']!r}, dataset='digits', student='digits-mlp', "
+        f"output={str(tmp_path / 'r')!r}).validate() == []\n"
         f"assert DumpConfig(teacher='digits-cnn', dataset='digits', out={str(tmp_path / 's')!r}).validate() == []\n"
         "print([m for m in ('torch', 'ray') if m in sys.modules])"
     )

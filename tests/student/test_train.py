@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from jobs import train_student
+from jobs.cli import parse_config
 from trainer.builtin import digits
 from trainer.student.checkpoint import CHECKPOINT_FILE
+from trainer.student.config import TrainConfig
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +98,11 @@ def test_two_students_with_different_t_and_alpha_from_one_store(stores_without_t
         metrics = json.loads((run / "metrics.json").read_text())
         # The saved checkpoint is the model whose accuracy metrics.json reports.
         assert (pred == rows["label"]).mean() == pytest.approx(metrics["eval_accuracy"])
-        assert json.loads((run / "config.json").read_text())["store"] == stores_without_teacher["train"]
+        saved = json.loads((run / "config.json").read_text())
+        assert saved["store"] == stores_without_teacher["train"]
+        # The saved config is a config file: it runs the same job again (given --overwrite).
+        again = parse_config(TrainConfig, ["--config", str(run / "config.json"), "--overwrite"], "x")
+        assert again.validate() == [] and again.to_dict() == {**saved, "overwrite": True}
 
 
 def test_a_killed_training_worker_restarts_from_its_checkpoint(

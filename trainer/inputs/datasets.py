@@ -101,7 +101,8 @@ def _read_parquet_batch(batch: pa.Table, seq_len: int) -> dict[str, np.ndarray]:
         return _read_parquet_tokens(table, path, offset, seq_len)
     if "features" not in names:
         raise DataError(
-            f"parquet file {path} has neither a 'features' column (a list of floats per row) nor 'input_ids' (a list of token ids per row): add one"
+            f"parquet file {path} has neither a 'features' column (a list of floats per row) nor 'input_ids' "
+            "(a list of token ids per row): add one"
         )
     feats = table.column("features").combine_chunks()
     if not (
@@ -113,7 +114,8 @@ def _read_parquet_batch(batch: pa.Table, seq_len: int) -> dict[str, np.ndarray]:
     lengths = pc.list_value_length(feats).to_numpy(zero_copy_only=False)
     if len(lengths) and (lengths.min() != lengths.max() or lengths.min() == 0):
         raise DataError(
-            f"parquet file {path}: 'features' rows have different or zero lengths; every row needs the same number of floats"
+            f"parquet file {path}: 'features' rows have different or zero lengths; every row needs the same "
+            "number of floats"
         )
     n = table.num_rows
     width = int(lengths[0]) if n else 0
@@ -167,10 +169,12 @@ def _normalize_tokens(batch: dict, source: str, seq_len: int) -> dict[str, np.nd
         if not 1 <= length <= row.shape[0] or length > seq_len:
             if length > seq_len:
                 raise DataError(
-                    f"dataset {source}: id {ids[i]} has {length} tokens, more than --seq-len {seq_len}: raise --seq-len or split the row"
+                    f"dataset {source}: id {ids[i]} has {length} tokens, more than --seq-len {seq_len}: raise "
+                    "--seq-len or split the row"
                 )
             raise DataError(
-                f"dataset {source}: id {ids[i]} has no tokens (or a 'length' beyond its row): every row needs 1..{seq_len} tokens"
+                f"dataset {source}: id {ids[i]} has no tokens (or a 'length' beyond its row): every row needs "
+                f"1..{seq_len} tokens"
             )
         if np.any(row[:length] < 0):
             raise DataError(f"dataset {source}: id {ids[i]} has negative token ids: token ids must be >= 0")
@@ -193,7 +197,8 @@ def _normalize_batch(batch: dict, source: str, seq_len: int = LM_SEQ_LEN) -> dic
         return _normalize_tokens(batch, source, seq_len)
     if "features" not in batch:
         raise DataError(
-            f"dataset {source} has neither a 'features' column (a float array per row) nor 'input_ids' (a list of token ids per row): add one"
+            f"dataset {source} has neither a 'features' column (a float array per row) nor 'input_ids' (a "
+            "list of token ids per row): add one"
         )
     features = batch["features"]
     if isinstance(features, np.ndarray) and features.dtype == object:

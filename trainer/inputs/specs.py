@@ -40,7 +40,10 @@ AUGMENT_FORMS = (
     f"a built-in augmentation ({registry.names(registry.AUGMENTS)}), or package.module:function"
     "(features, seeds) -> features, deterministic per (row, seed)"
 )
-TOKENIZER_FORMS = "bytes (vocabulary 256), bpe:N (a byte-level BPE of vocabulary N trained on the stdlib train split, cached), or a tokenizer.json file"
+TOKENIZER_FORMS = (
+    "bytes (vocabulary 256), bpe:N (a byte-level BPE of vocabulary N trained on the stdlib train split, cached), "
+    "or a tokenizer.json file"
+)
 
 
 def model_forms(kind: str) -> str:
@@ -61,7 +64,8 @@ def import_callable(spec: str, error: type[TrainerError], what: str) -> Callable
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise error(
-            f"{what} {spec!r}: cannot import module {module_name!r} ({exc}); check the name and that it is importable from {cwd}"
+            f"{what} {spec!r}: cannot import module {module_name!r} ({exc}); check the name and that it is "
+            f"importable from {cwd}"
         ) from None
     func = getattr(module, func_name, None)
     if not callable(func):
@@ -87,7 +91,8 @@ def check_hf_dir(spec: str, what: str) -> list[str]:
     path = Path(spec[len(HF_PREFIX) :])
     if not (path / "config.json").is_file():
         return [
-            f"{what} {spec!r}: {path} is not a saved Hugging Face model (no config.json): pass the directory save_pretrained wrote"
+            f"{what} {spec!r}: {path} is not a saved Hugging Face model (no config.json): pass the directory "
+            "save_pretrained wrote"
         ]
     try:
         importlib.import_module("transformers")
@@ -160,6 +165,7 @@ def check_tokenizer_spec(spec: str, what: str = "--tokenizer") -> list[str]:
         Tokenizer.from_str(path.read_text(encoding="utf-8"))
     except Exception as exc:  # the tokenizers package raises its own Exception subclass
         return [
-            f"{what} {spec}: not a valid tokenizer.json ({str(exc).splitlines()[0][:120]}): pass a file saved by the tokenizers package"
+            f"{what} {spec}: not a valid tokenizer.json ({str(exc).splitlines()[0][:120]}): pass a file saved "
+            "by the tokenizers package"
         ]
     return []

@@ -75,7 +75,7 @@ def sha256_text(text: str) -> str:
 
 
 def resolve_tokenizer(spec: str) -> Tokenizer:
-    """The tokenizer a spec names: bytes, bpe:N (the built-in stdlib BPE, trained once and cached) or a tokenizer.json."""
+    """The tokenizer a spec names: bytes, bpe:N (the built-in stdlib BPE, trained once, cached) or a file."""
     if spec == "bytes":
         return ByteTokenizer()
     match = registry.BPE_SPEC.match(spec)

@@ -63,11 +63,15 @@ class TrainConfig:
     temperature: float = option("KD temperature; must be one the store recorded", 4.0)
     alpha: float = option("loss = alpha * KD + (1 - alpha) * CE; 0 = labels only, 1 = KD only", 0.9)
     augment: str = option(
-        "augment the student's training inputs: with a store of views (dump_logits --views) its own augmentation is replayed from the stored seeds (a different view each epoch; leave this empty or name the same one); with a plain store, a fresh augmentation each epoch against the un-augmented teacher's targets (inconsistent)",
+        "augment the student's training inputs: with a store of views (dump_logits --views) its own "
+        "augmentation is replayed from the stored seeds (a different view each epoch; leave this empty or "
+        "name the same one); with a plain store, a fresh augmentation each epoch against the un-augmented "
+        "teacher's targets (inconsistent)",
         "",
     )
     loss: str = option(
-        "KD divergence over the stored top-k + rest bucket: kl (forward, Hinton), reverse-kl, or jsd (generalised Jensen-Shannon, see --jsd-beta); sample/hybrid stores support kl only",
+        "KD divergence over the stored top-k + rest bucket: kl (forward, Hinton), reverse-kl, or jsd "
+        "(generalised Jensen-Shannon, see --jsd-beta); sample/hybrid stores support kl only",
         "kl",
         choices=LOSS_KINDS,
     )
@@ -75,9 +79,11 @@ class TrainConfig:
         "beta of --loss jsd: beta * KL(p||m) + (1 - beta) * KL(q||m), m = beta * p + (1 - beta) * q; in (0, 1)", 0.5
     )
     variants: str = option(
-        "train several students in this one run from one read of the store (each batch feeds all): a JSON list of objects, each overriding some of "
+        "train several students in this one run from one read of the store (each batch feeds all): a JSON "
+        "list of objects, each overriding some of "
         + ", ".join(VARIANT_FIELDS)
-        + "; the students share the data, epochs, batch size and --seed (the same init and data order as a run of each alone)",
+        + "; the students share the data, epochs, batch size and --seed (the same init and data order as a run "
+        "of each alone)",
         "",
     )
     eval_every: int = option("evaluate every N epochs (0 = after the last epoch only)", 0)
@@ -90,7 +96,9 @@ class TrainConfig:
     cpus_per_worker: float = option("CPUs per training worker; 0 = auto (leave room for the data pipeline)", 0.0)
     seed: int = option("seed for the student's initialisation and the data order", 0)
     shuffle_window: int = option(
-        "samples whose order is shuffled together each epoch: an epoch takes the store's shards in a fresh random order, groups them into windows of at least this many samples and shuffles each window, so a batch mixes samples of many shards; memory of a join task is about one window's targets",
+        "samples whose order is shuffled together each epoch: an epoch takes the store's shards in a fresh "
+        "random order, groups them into windows of at least this many samples and shuffles each window, so a "
+        "batch mixes samples of many shards; memory of a join task is about one window's targets",
         SHUFFLE_WINDOW,
     )
     overwrite: bool = option("replace a finished run already in --output", False)
@@ -119,7 +127,8 @@ class TrainConfig:
                 problems.append(f"--augment applies to inputs of features; {self.dataset} is text: leave --augment out")
         if manifest is not None and manifest.views and self.augment and self.augment != manifest.views.augment:
             problems.append(
-                f"--augment {self.augment} differs from the augmentation of the store's views ({manifest.views.augment}): leave --augment out to replay the store's"
+                f"--augment {self.augment} differs from the augmentation of the store's views "
+                f"({manifest.views.augment}): leave --augment out to replay the store's"
             )
         if self.eval_store:
             if not self.eval_dataset:
@@ -127,7 +136,8 @@ class TrainConfig:
             try:
                 if read_manifest(self.eval_store).views:
                     problems.append(
-                        f"--eval-store {self.eval_store} holds augmented views; evaluation is on the inputs as they are: dump the eval data without --views"
+                        f"--eval-store {self.eval_store} holds augmented views; evaluation is on the inputs "
+                        "as they are: dump the eval data without --views"
                     )
             except StoreError as exc:
                 problems.append(f"--eval-store: {exc}")
@@ -157,7 +167,8 @@ class TrainConfig:
             problems += check_out_dir(self.output, "--output")
             if (Path(self.output) / "metrics.json").exists() and not self.overwrite:
                 problems.append(
-                    f"{self.output} already holds a finished run (metrics.json): pass --overwrite to replace it, or choose another --output"
+                    f"{self.output} already holds a finished run (metrics.json): pass --overwrite to replace "
+                    "it, or choose another --output"
                 )
         return list(dict.fromkeys(problems))  # a student's problem and a flag's can be the same
 
@@ -170,13 +181,16 @@ class TrainConfig:
             except ValueError:
                 recorded = ", ".join(f"{t:g}" for t in manifest.temperatures)
                 problems.append(
-                    f"--temperature {self.temperature:g} was not recorded in the store (recorded: {recorded}): pick one of those, or dump again with it in --temperatures"
+                    f"--temperature {self.temperature:g} was not recorded in the store (recorded: "
+                    f"{recorded}): pick one of those, or dump again with it in --temperatures"
                 )
             else:
                 drawn_at = manifest.selection.temperature
                 if manifest.draws and drawn_at != self.temperature:
                     problems.append(
-                        f"--temperature {self.temperature:g} differs from the temperature the store's {manifest.selection.kind} draws were made at ({drawn_at:g}): train at --temperature {drawn_at:g}"
+                        f"--temperature {self.temperature:g} differs from the temperature the store's "
+                        f"{manifest.selection.kind} draws were made at ({drawn_at:g}): train at --temperature "
+                        f"{drawn_at:g}"
                     )
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             problems.append(f"--temperature must be positive, got {self.temperature}")
@@ -192,7 +206,8 @@ class TrainConfig:
             problems += choice_problem("--loss", self.loss, LOSS_KINDS)
         elif self.loss != "kl" and manifest is not None and manifest.draws and self.alpha > 0:
             problems.append(
-                f"--loss {self.loss} needs the teacher's exact top-k, but this store holds {manifest.selection.kind} draws (an estimate of forward KL): use --loss kl"
+                f"--loss {self.loss} needs the teacher's exact top-k, but this store holds "
+                f"{manifest.selection.kind} draws (an estimate of forward KL): use --loss kl"
             )
         if self.loss == "jsd" and not 0.0 < self.jsd_beta < 1.0:
             problems.append(f"--jsd-beta must be in (0, 1), got {self.jsd_beta}")
@@ -205,7 +220,8 @@ class TrainConfig:
             variants = json.loads(self.variants)
         except json.JSONDecodeError as exc:
             return [], [
-                f'--variants is not valid JSON ({exc.msg} at character {exc.pos}): pass a list of objects such as \'[{{"lr": 0.01}}, {{"lr": 0.003}}]\''
+                f"--variants is not valid JSON ({exc.msg} at character {exc.pos}): pass a list of objects "
+                'such as \'[{"lr": 0.01}, {"lr": 0.003}]\''
             ]
         if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
             return [], ["--variants must be a non-empty JSON list of objects, one per student"]
@@ -216,7 +232,8 @@ class TrainConfig:
                 name = key.replace("-", "_")
                 if name not in VARIANT_FIELDS:
                     problems.append(
-                        f"--variants[{i}]: {key!r} cannot differ between the students of one run: use one of {', '.join(VARIANT_FIELDS)}"
+                        f"--variants[{i}]: {key!r} cannot differ between the students of one run: use one of "
+                        f"{', '.join(VARIANT_FIELDS)}"
                     )
                     variant.pop(key)
                     continue
@@ -233,7 +250,8 @@ class TrainConfig:
                 )
                 if not ok:
                     problems.append(
-                        f"--variants[{i}]: {key} must be {'a string' if hints[name] == 'str' else 'a number'}, got {value!r}"
+                        f"--variants[{i}]: {key} must be "
+                        f"{'a string' if hints[name] == 'str' else 'a number'}, got {value!r}"
                     )
                     continue
                 variant[name] = float(value) if hints[name] == "float" else value

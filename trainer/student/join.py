@@ -164,11 +164,13 @@ def _check_positions(rows: dict[str, np.ndarray], targets: ShardData, views: int
         if bad.size:
             i = int(bad[0])
             raise DataError(
-                f"sample {int(rows['id'][i])} has {int(rows['length'][i])} tokens but the store holds {int(counts[i])} positions: pass the dataset the store was dumped from"
+                f"sample {int(rows['id'][i])} has {int(rows['length'][i])} tokens but the store holds "
+                f"{int(counts[i])} positions: pass the dataset the store was dumped from"
             )
     elif np.any(counts != max(views, 1)):
         raise DataError(
-            "this store holds several positions per sample, but the dataset has one input per sample: pass the sequence dataset it was dumped from"
+            "this store holds several positions per sample, but the dataset has one input per sample: pass "
+            "the sequence dataset it was dumped from"
         )
 
 

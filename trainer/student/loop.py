@@ -52,6 +52,16 @@ def _per_student(totals: torch.Tensor) -> list[dict]:
     ]
 
 
+def _epoch_metrics(epoch: int, steps: int, seconds: float, per_student: list[dict]) -> dict:
+    return {
+        "epoch": epoch + 1,
+        "train_steps": steps,  # optimiser steps of this worker in this epoch (skipped ones included)
+        "epoch_seconds": seconds,  # this worker's training pass (data, forward, backward, step), not eval
+        # One student: its figures at the top level; several: a list in the order of --variants.
+        **(per_student[0] if len(per_student) == 1 else {"students": per_student}),
+    }
+
+
 def train_loop_per_worker(config: dict) -> None:
     loop: LoopConfig = config["loop"]
     rank = ray.train.get_context().get_world_rank()
@@ -70,26 +80,23 @@ def train_loop_per_worker(config: dict) -> None:
     eval_data = ray.train.get_dataset_shard("eval") if loop.eval is not None else None
 
     for epoch in range(start_epoch, loop.epochs):
-        # Train: every batch feeds every student. A restart inside an epoch skips as many batches
-        # as were already trained on in it.
+        # Train: every batch feeds every student (a restart inside an epoch skips the batches it trained on).
+        skip, epoch_start, step = skip_steps if epoch == start_epoch else 0, time.perf_counter(), 0
+        totals = torch.zeros(len(students), 4, dtype=torch.float64)
         for student in students:
             student.model.train()
-        epoch_start, step = time.perf_counter(), 0
-        totals = torch.zeros(len(students), 4, dtype=torch.float64)
-        skip = skip_steps if epoch == start_epoch else 0
         for step, row in enumerate(train_data.iter_batches(batch_size=1, batch_format="numpy"), start=1):
             if step <= skip:
                 continue
             batch = make_batch(row, loop.train, epoch, device)
-            for i, student in enumerate(students):
-                totals[i] += student.step(batch)
+            totals += torch.stack([student.step(batch) for student in students])
             if loop.checkpoint_every_steps and step % loop.checkpoint_every_steps == 0:
                 checkpoint.report(
                     students, history, {"epoch": epoch, "step": step}, epoch=epoch, step=step, checkpoint=True
                 )
         for student in students:
             student.schedule.step()
-        epoch_seconds = time.perf_counter() - epoch_start
+        seconds = time.perf_counter() - epoch_start
 
         # Metrics: summed over the workers; rank 0 evaluates every student when due.
         per_student = _per_student(_all_reduce_sum(totals))
@@ -97,13 +104,7 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0 and eval_data is not None and (last or (loop.eval_every and (epoch + 1) % loop.eval_every == 0)):
             for mine, result in zip(per_student, evaluate([s.module for s in students], eval_data, loop.eval, device)):
                 mine.update(result)
-        metrics = {
-            "epoch": epoch + 1,
-            "train_steps": step,  # optimiser steps of this worker in this epoch (skipped ones included)
-            "epoch_seconds": epoch_seconds,  # this worker's training pass (data, forward, backward, step), not eval
-            # One student: its figures at the top level; several: a list in the order of --variants.
-            **(per_student[0] if len(students) == 1 else {"students": per_student}),
-        }
+        metrics = _epoch_metrics(epoch, step, seconds, per_student)
         if state is not None and epoch == start_epoch:
             # This epoch began from a restart; with skip > 0 the train_* figures cover only the steps after it.
             metrics["resumed_from"] = {"epoch": start_epoch, "step": skip_steps}
@@ -112,11 +113,5 @@ def train_loop_per_worker(config: dict) -> None:
         history.append(metrics)
         if rank == 0:
             print(json.dumps(metrics))
-        checkpoint.report(
-            students,
-            history,
-            metrics,
-            epoch=epoch + 1,
-            step=0,
-            checkpoint=last or (epoch + 1) % loop.checkpoint_every == 0,
-        )
+        due = last or (epoch + 1) % loop.checkpoint_every == 0
+        checkpoint.report(students, history, metrics, epoch=epoch + 1, step=0, checkpoint=due)

@@ -64,12 +64,14 @@ class RunStores:
         eval_manifest = read_manifest(cfg.eval_store)
         if eval_manifest.teacher.get("weights_sha256") != manifest.teacher.get("weights_sha256"):
             raise DataError(
-                f"--eval-store {cfg.eval_store} was dumped by another teacher than --store {cfg.store}: dump both with the same teacher"
+                f"--eval-store {cfg.eval_store} was dumped by another teacher than --store {cfg.store}: dump "
+                "both with the same teacher"
             )
         eval_text = _text_options(cfg.eval_store, eval_manifest)
         if eval_text.tokenizer_json != text.tokenizer_json:
             raise DataError(
-                f"--eval-store {cfg.eval_store} was tokenised with another tokenizer than --store {cfg.store}: dump it with --tokenizer {Path(cfg.store) / 'tokenizer.json'}"
+                f"--eval-store {cfg.eval_store} was tokenised with another tokenizer than --store "
+                f"{cfg.store}: dump it with --tokenizer {Path(cfg.store) / 'tokenizer.json'}"
             )
         return RunStores(manifest, text, eval_manifest, eval_text)
 
@@ -89,7 +91,8 @@ def check_store_matches(manifest: Manifest, ds, spec: str, store: str, flag: str
     if fp.ids_sha256 != recorded.get("ids_sha256"):
         raise DataError(
             f"{flag} {spec} does not match store {store}: the store covers {recorded.get('num_samples')} samples of "
-            f"{recorded.get('spec')!r}, the dataset has {fp.num_samples} with other ids; pass the dataset the store was dumped from, or dump a store for this one"
+            f"{recorded.get('spec')!r}, the dataset has {fp.num_samples} with other ids; pass the dataset the "
+            "store was dumped from, or dump a store for this one"
         )
     if fp.inputs_sha256 != recorded.get("inputs_sha256"):
         raise DataError(
@@ -102,7 +105,8 @@ def check_student_width(student: torch.nn.Module, ds, manifest: Manifest, spec: 
     width = probe_width(student, ds.take_batch(2, batch_format="numpy"), "--student", spec)
     if width != manifest.vocab_size:
         raise ModelError(
-            f"--student {spec} outputs {width} classes but the store's teacher has {manifest.vocab_size}: use a student with {manifest.vocab_size} outputs"
+            f"--student {spec} outputs {width} classes but the store's teacher has {manifest.vocab_size}: use "
+            f"a student with {manifest.vocab_size} outputs"
         )
 
 
@@ -274,7 +278,8 @@ def _prepare_output(cfg: TrainConfig, resolved: TrainConfig) -> Path:
         differ = sorted(k for k in set(previous) | set(mine) if k not in ignore and previous.get(k) != mine.get(k))
         if differ:
             raise DataError(
-                f"--output {output} holds an unfinished run with other arguments (they differ in: {', '.join(differ)}): "
+                f"--output {output} holds an unfinished run with other arguments (they differ in: "
+                f"{', '.join(differ)}): "
                 f"rerun that command to resume it, pass --overwrite to start over, or choose another --output"
             )
         if (

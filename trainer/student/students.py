@@ -42,7 +42,7 @@ class Student:
         return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
 
     def step(self, batch: Batch) -> torch.Tensor:
-        """One optimiser step on `batch` -> float64 [4]: loss, KD and CE, each times the positions, and the positions."""
+        """One optimiser step on `batch` -> float64 [4]: loss, KD and CE (each times the positions), positions."""
         s = self.settings
         logits = batch.positions(self.model(batch.inputs))
         parts = distillation_loss(

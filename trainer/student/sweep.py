@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from logitstore.atomic import atomic_write_text
+from logitstore.atomic import atomic_write_bytes, atomic_write_text
 from logitstore.errors import StoreError
 from trainer.errors import ConfigError, ModelError, TrainerError, find_cause
 from trainer.options import choice_problems, option
@@ -36,10 +36,11 @@ RESULT_KEYS = ("eval_accuracy", "teacher_agreement", "eval_kl_to_teacher", "eval
 
 @dataclass
 class SweepConfig(TrainConfig):
-    """Sweep student hyper-parameters over one logit store with Ray Tune; each trial is a Ray Train run, the teacher never runs."""
+    """Sweep student hyper-parameters over one logit store with Ray Tune (a Ray Train run per trial; no teacher)."""
 
     output: str = option(
-        "directory of the sweep: results.csv/.md/.json, plot.png, best/, config.json, trials.json and runs/<run>/ (each run's metrics.json, config.json, checkpoint)",
+        "directory of the sweep: results.csv/.md/.json, plot.png, best/, config.json, trials.json and "
+        "runs/<run>/ (each run's metrics.json, config.json, checkpoint)",
         "",
         required=True,
     )
@@ -47,7 +48,8 @@ class SweepConfig(TrainConfig):
     space: str = option(
         "the search space, a JSON/YAML mapping of "
         + ", ".join(VARIANT_FIELDS)
-        + " to {grid: [..]}, {choice: [..]}, {uniform: [lo, hi]}, {loguniform: [lo, hi]} or a constant; the other flags are every trial's defaults",
+        + " to {grid: [..]}, {choice: [..]}, {uniform: [lo, hi]}, {loguniform: [lo, hi]} or a constant; the "
+        "other flags are every trial's defaults",
         "",
         required=True,
     )
@@ -69,7 +71,8 @@ class SweepConfig(TrainConfig):
         trials, problems = self.trials()
         if self.variants:
             problems.append(
-                "--variants does not apply to a sweep: put the settings in --space, and --students-per-run packs them into runs"
+                "--variants does not apply to a sweep: put the settings in --space, and --students-per-run "
+                "packs them into runs"
             )
         base = replace(self, output="", variants="")
         # The train flags, checked as one run with every trial as a student (no output yet: the sweep's own).
@@ -81,7 +84,8 @@ class SweepConfig(TrainConfig):
             problems.append("--output is required")
         elif (Path(self.output) / "results.csv").exists() and not self.overwrite:
             problems.append(
-                f"{self.output} already holds a finished sweep (results.csv): pass --overwrite to replace it, or choose another --output"
+                f"{self.output} already holds a finished sweep (results.csv): pass --overwrite to replace it, "
+                "or choose another --output"
             )
         problems += choice_problems(self)
         for flag, value in (
@@ -99,7 +103,8 @@ class SweepConfig(TrainConfig):
         """Every trial's student settings (the swept ones only), in Tune's order; or the problems of --space."""
         if not self.space:
             return [], [
-                '--space is required: a mapping such as {"temperature": {"grid": [1, 2, 4]}, "lr": {"loguniform": [0.001, 0.03]}}'
+                '--space is required: a mapping such as {"temperature": {"grid": [1, 2, 4]}, "lr": '
+                '{"loguniform": [0.001, 0.03]}}'
             ]
         try:
             import yaml
@@ -114,7 +119,8 @@ class SweepConfig(TrainConfig):
             name = str(key).replace("-", "_")
             if name not in VARIANT_FIELDS:
                 problems.append(
-                    f"--space: {key!r} cannot be swept: sweep one of {', '.join(VARIANT_FIELDS)} (set the others as flags)"
+                    f"--space: {key!r} cannot be swept: sweep one of {', '.join(VARIANT_FIELDS)} (set the "
+                    "others as flags)"
                 )
                 continue
             spec[name], problem = _tune_domain(name, domain)
@@ -139,7 +145,8 @@ def _tune_domain(name: str, domain: Any) -> tuple[Any, str | None]:
     if len(domain) != 1 or next(iter(domain)) not in DOMAINS:
         return (
             None,
-            f"--space: {name} must be a constant or one of {{grid: [..]}}, {{choice: [..]}}, {{uniform: [lo, hi]}}, {{loguniform: [lo, hi]}}, got {domain!r}",
+            f"--space: {name} must be a constant or one of {{grid: [..]}}, {{choice: [..]}}, {{uniform: [lo, "
+            f"hi]}}, {{loguniform: [lo, hi]}}, got {domain!r}",
         )
     kind, values = next(iter(domain.items()))
     if not isinstance(values, list) or not values:
@@ -152,7 +159,8 @@ def _tune_domain(name: str, domain: Any) -> tuple[Any, str | None]:
     if not numbers or not values[0] < values[1] or (kind == "loguniform" and values[0] <= 0):
         return (
             None,
-            f"--space: {name}: {kind} needs [lo, hi] with lo < hi{' and lo > 0' if kind == 'loguniform' else ''}, got {values!r}",
+            f"--space: {name}: {kind} needs [lo, hi] with lo < "
+            f"hi{' and lo > 0' if kind == 'loguniform' else ''}, got {values!r}",
         )
     return (tune.uniform if kind == "uniform" else tune.loguniform)(*values), None
 
@@ -279,7 +287,8 @@ def run_sweep(cfg: SweepConfig) -> dict:
     if failed or len(rows) != len(trials):
         raise ModelError(
             f"{len(failed)} of {len(runs)} runs failed after {cfg.max_retries} retries "
-            f"({str(failed[0].error).splitlines()[0] if failed else 'missing results'}); see their logs under {output / 'runs'}"
+            f"({str(failed[0].error).splitlines()[0] if failed else 'missing results'}); see their logs under "
+            f"{output / 'runs'}"
         )
     return _write_results(cfg, output, rows, start)
 
@@ -319,9 +328,11 @@ def _write_results(cfg: SweepConfig, output: Path, rows: list[dict], start: floa
     swept = [k for k in VARIANT_FIELDS if k in rows[0]]  # the --space parameters
     scored = [row for row in rows if row[cfg.metric] is not None and math.isfinite(row[cfg.metric])]
     if not scored:
+        needs_store = ", and --eval-store" if cfg.metric in ("teacher_agreement", "eval_kl_to_teacher") else ""
         raise ConfigError(
             [
-                f"no trial reported --metric {cfg.metric} (it needs --eval-dataset{', and --eval-store' if cfg.metric in ('teacher_agreement', 'eval_kl_to_teacher') else ''}): pass them, or choose another --metric"
+                f"no trial reported --metric {cfg.metric} (it needs --eval-dataset{needs_store}): "
+                "pass them, or choose another --metric"
             ]
         )
     best = (max if cfg.mode == "max" else min)(scored, key=lambda row: row[cfg.metric])
@@ -341,8 +352,8 @@ def _write_results(cfg: SweepConfig, output: Path, rows: list[dict], start: floa
     best_dir = output / "best"
     shutil.rmtree(best_dir, ignore_errors=True)
     best_dir.mkdir()
-    shutil.copy2(best["checkpoint"], best_dir / "model.pt")
-    (best_dir / "trial.json").write_text(json.dumps(best, indent=2) + "\n")
+    atomic_write_bytes(best_dir / "model.pt", Path(best["checkpoint"]).read_bytes())
+    atomic_write_text(best_dir / "trial.json", json.dumps(best, indent=2) + "\n")
     summary = {
         "trials": len(rows),
         "runs": len({row["run"] for row in rows}),

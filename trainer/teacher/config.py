@@ -56,18 +56,23 @@ class DumpConfig:
     )
     format: str = option("store backend", "zarr", choices=("zarr", "arrow"))
     index_codec: str = option(
-        "how class ids are stored: plain (by descending logit) or delta (sorted by id, as gaps: ~1/3 smaller at large vocabularies, lossless; readers get the top-1 in column 0 and the rest by id)",
+        "how class ids are stored: plain (by descending logit) or delta (sorted by id, as gaps: ~1/3 smaller "
+        "at large vocabularies, lossless; readers get the top-1 in column 0 and the rest by id)",
         "plain",
         choices=("plain", "delta"),
     )
     value_codec: str = option(
-        "how logits are stored: float32 (exact) or logq (gaps to the top-1 quantized to --value-bits through a temperature-aware compander, plus the tail mass per temperature from the exact logits; ~2 bytes per entry at k=64 and a KL distortion of ~3e-5 nats at 8 bits on the LM example)",
+        "how logits are stored: float32 (exact) or logq (gaps to the top-1 quantized to --value-bits through "
+        "a temperature-aware compander, plus the tail mass per temperature from the exact logits; ~2 bytes "
+        "per entry at k=64 and a KL distortion of ~3e-5 nats at 8 bits on the LM example)",
         "float32",
         choices=("float32", "logq"),
     )
     value_bits: int = option("bits per quantized logit for --value-codec logq (1..16)", 8)
     selection: str = option(
-        "what is stored per position: topk (the exact top-k), sample (also --draws tokens drawn from the teacher at --sample-temperature, as ids with counts: unbiased KD), hybrid (exact top-k head plus --draws tokens drawn from the renormalised tail)",
+        "what is stored per position: topk (the exact top-k), sample (also --draws tokens drawn from the "
+        "teacher at --sample-temperature, as ids with counts: unbiased KD), hybrid (exact top-k head plus "
+        "--draws tokens drawn from the renormalised tail)",
         "topk",
         choices=("topk", "sample", "hybrid"),
     )
@@ -79,19 +84,23 @@ class DumpConfig:
         "seed of the draws and of the augmented views (each sample's depend only on it and the sample id)", 0
     )
     views: int = option(
-        "augmented views per sample (0 = the inputs as they are): the teacher scores each view, and the store keeps each view's seed so train_student replays the same augmentation for the student, a different view each epoch",
+        "augmented views per sample (0 = the inputs as they are): the teacher scores each view, and the "
+        "store keeps each view's seed so train_student replays the same augmentation for the student, a "
+        "different view each epoch",
         0,
     )
     augment: str = option(f"the augmentation of --views: {specs.AUGMENT_FORMS}", "")
     tokenizer: str = option(f"for built-in text datasets: {specs.TOKENIZER_FORMS}; saved in the store", "bytes")
     seq_len: int = option(
-        "tokens per block: built-in text is packed into blocks of this length; token rows of a user dataset may not be longer",
+        "tokens per block: built-in text is packed into blocks of this length; token rows of a user dataset "
+        "may not be longer",
         LM_SEQ_LEN,
     )
     batch_size: int = option("samples per teacher batch", 256)
     workers: int = option("teacher actors (one GPU each when the cluster has GPUs)", 1)
     threads_per_worker: int = option(
-        "CPU threads of each teacher actor on a CPU cluster: a CPU's sums depend on the thread count, so the store does (recorded in the manifest); scale a CPU dump with --workers instead",
+        "CPU threads of each teacher actor on a CPU cluster: a CPU's sums depend on the thread count, so the "
+        "store does (recorded in the manifest); scale a CPU dump with --workers instead",
         1,
     )
     shard_size: int = option("samples per shard (memory of a writer or reader is bounded by one shard)", 1024)
@@ -114,7 +123,8 @@ class DumpConfig:
         if self.tokenizer != "bytes" and self.dataset and not registry.is_text(self.dataset):
             text = registry.names({k: v for k, v in registry.DATASETS.items() if v.kind == "text"})
             problems.append(
-                f"--tokenizer applies to the built-in text datasets ({text}) only; tokenise your own data before the dump (Parquet 'input_ids')"
+                f"--tokenizer applies to the built-in text datasets ({text}) only; tokenise your own data "
+                "before the dump (Parquet 'input_ids')"
             )
         if self.seq_len < 2:
             problems.append(f"--seq-len must be >= 2, got {self.seq_len}")
@@ -145,7 +155,8 @@ class DumpConfig:
                 problems.append(f"--draws must be in 1..65535, got {self.draws}")
             if self.sample_temperature not in self.temperatures:
                 problems.append(
-                    f"--sample-temperature {self.sample_temperature:g} must be one of --temperatures ({','.join(f'{t:g}' for t in self.temperatures)})"
+                    f"--sample-temperature {self.sample_temperature:g} must be one of --temperatures "
+                    f"({','.join(f'{t:g}' for t in self.temperatures)})"
                 )
         return problems
 
@@ -178,7 +189,8 @@ class DumpConfig:
             differ = differences({k: recorded.get(k) for k in CONTENT_FIELDS}, self.content())
             if differ:
                 problems.append(
-                    f"a complete store made with other arguments (they differ in: {', '.join(differ)}) already exists at {self.out}: pass --overwrite to replace it, or choose another --out"
+                    f"a complete store made with other arguments (they differ in: {', '.join(differ)}) "
+                    f"already exists at {self.out}: pass --overwrite to replace it, or choose another --out"
                 )
         elif out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not is_store_dir(out):
             problems.append(

@@ -85,7 +85,8 @@ def run_dump(cfg: DumpConfig) -> DumpResult:
             return DumpResult(writer.finished, time.perf_counter() - start, len(writer.finished.shards))
         if writer.resumed:
             print(
-                f"resuming the unfinished dump in {cfg.out}: {len(writer.resumed)} of {plan.num_shards} shards are complete",
+                f"resuming the unfinished dump in {cfg.out}: {len(writer.resumed)} of {plan.num_shards} "
+                "shards are complete",
                 file=sys.stderr,
             )
         tokenizer = None  # the manifest's record of the tokenizer; a tokenizer that is a file is saved in the store
@@ -116,7 +117,8 @@ def _resolve_inputs(cfg: DumpConfig, teacher: torch.nn.Module) -> DumpInputs:
     vocab = probe_width(teacher, ds.take_batch(2, batch_format="numpy"), "--teacher", cfg.teacher)
     if fingerprint.max_token >= vocab:
         raise DataError(
-            f"--dataset {cfg.dataset} holds token id {fingerprint.max_token} but the teacher's vocabulary has {vocab} entries: tokenise the data with the teacher's tokenizer"
+            f"--dataset {cfg.dataset} holds token id {fingerprint.max_token} but the teacher's vocabulary has "
+            f"{vocab} entries: tokenise the data with the teacher's tokenizer"
         )
     if cfg.top_k > vocab:
         raise ConfigError([f"--top-k {cfg.top_k} exceeds the teacher's {vocab} classes: use --top-k {vocab} or less"])
@@ -172,7 +174,8 @@ def _shard_rows(batch: dict[str, np.ndarray], plan: ShardPlan, todo: np.ndarray)
     shard = plan.shard_of(batch["id"])
     if np.any(shard < 0):
         raise DataError(
-            "the dataset changed while it was being dumped (ids differ from the first pass): make the dataset deterministic"
+            "the dataset changed while it was being dumped (ids differ from the first pass): make the "
+            "dataset deterministic"
         )
     keep = todo[shard]
     return {**{key: value[keep] for key, value in batch.items()}, "shard": shard[keep]}
@@ -243,7 +246,8 @@ class ShardDumper(TeacherScorer):
         shard = int(rows["shard"][0])
         if shard < 0 or len(rows["id"]) != int(self.expected_counts[shard]):
             raise DataError(
-                "the dataset changed while it was being dumped (ids differ from the first pass): make the dataset deterministic"
+                "the dataset changed while it was being dumped (ids differ from the first pass): make the "
+                "dataset deterministic"
             )
         extras = {name: rows[name] for name in EXTRAS if name in rows}
         if "sample_index" in extras:  # only as wide as the most distinct ids any position of this shard drew

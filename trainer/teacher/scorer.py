@@ -173,7 +173,8 @@ class TeacherScorer:
         else:
             bad = np.repeat(batch["id"], len(finite) // len(batch["id"]))[(~finite).cpu().numpy()]
         raise DataError(
-            f"the teacher produced NaN or inf logits for sample ids {bad[:5].tolist()}: check the teacher and those inputs"
+            f"the teacher produced NaN or inf logits for sample ids {bad[:5].tolist()}: check the teacher and "
+            "those inputs"
         )
 
     def _draw(
