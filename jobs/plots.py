@@ -7,7 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from logitstore.atomic import atomic_output
 from logitstore.inspection import COVER, StoreStats
+
+
+def _save(fig, path: Path) -> None:
+    """A figure to a PNG file, atomically."""
+    with atomic_output(path) as fh:
+        fig.savefig(fh, format="png", dpi=110)
 
 
 def _pyplot():
@@ -37,7 +44,7 @@ def store_plots(stats: StoreStats, out: Path, title: str) -> list[Path]:
     ax.legend()
     fig.tight_layout()
     paths.append(out / "tail_mass.png")
-    fig.savefig(paths[-1], dpi=110)
+    _save(fig, paths[-1])
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
@@ -59,7 +66,7 @@ def store_plots(stats: StoreStats, out: Path, title: str) -> list[Path]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     paths.append(out / "k_coverage.png")
-    fig.savefig(paths[-1], dpi=110)
+    _save(fig, paths[-1])
     plt.close(fig)
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -71,7 +78,7 @@ def store_plots(stats: StoreStats, out: Path, title: str) -> list[Path]:
     fig.suptitle(f"{title}: teacher entropy and confidence")
     fig.tight_layout()
     paths.append(out / "confidence.png")
-    fig.savefig(paths[-1], dpi=110)
+    _save(fig, paths[-1])
     plt.close(fig)
     return paths
 
@@ -107,5 +114,5 @@ def sweep_plot(rows: list[dict], swept: list[str], metric: str, best: dict, path
     axes[0][0].legend(loc="best", fontsize=8)
     fig.suptitle(f"{metric} of {len(rows)} students from one store")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)

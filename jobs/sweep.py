@@ -14,9 +14,11 @@ def sweep(cfg: SweepConfig) -> None:
     from jobs.plots import sweep_plot
     from trainer.student.sweep import run_sweep  # torch and Ray only once the arguments are sound
 
-    summary = run_sweep(cfg)
+    def draw(summary: dict, path: Path) -> None:
+        sweep_plot(summary["rows"], summary["swept"], cfg.metric, summary["best"], path)
+
+    summary = run_sweep(cfg, draw)
     best, output = summary["best"], Path(cfg.output)
-    sweep_plot(summary["rows"], summary["swept"], cfg.metric, best, output / "plot.png")
     print(f"sweep complete: {cfg.output}", file=sys.stderr)
     print((output / "results.md").read_text(), end="")
     settings = ", ".join(f"{k}={best[k]}" for k in VARIANT_FIELDS if k in best)

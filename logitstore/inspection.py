@@ -22,9 +22,8 @@ COVER = (0.90, 0.99)
 class TemperatureStats:
     temperature: float
     tail_mass: np.ndarray  # [P] float32
-    k_needed: dict[float, np.ndarray] = field(
-        default_factory=dict
-    )  # cover -> [P] int, k + 1 where the head falls short
+    # cover -> [P] int: the k' covering that share of the mass, k + 1 where the stored head falls short
+    k_needed: dict[float, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass

@@ -154,7 +154,9 @@ class StoreWriter:
         `overwrite`; anything else starts from scratch."""
         problems = layout.problems()
         if problems:
-            raise StoreError(f"invalid store layout: {'; '.join(problems)}")
+            raise StoreError(
+                f"invalid store layout ({'; '.join(problems)}): fix the arguments the layout was made from"
+            )
         self.layout, self.plan = layout, plan
         self.identity = canonical({"layout": layout.to_json(), **identity})
         if (self.root / MANIFEST_NAME).exists() and not overwrite:

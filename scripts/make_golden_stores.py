@@ -7,6 +7,9 @@ were written at commit 3d11b59, before the layout of issue 12, by running this s
 checkout of that commit). Never regenerate them to make a failing test pass: their point is that
 today's reader reads what an older writer wrote, bit for bit.
 
+This script imports that commit's modules (trainer.lm.gpt for the test teachers), so it runs only
+from a checkout of it; it is kept as the record of how the stores were made.
+
 Every store is dumped through the command line (`python -m jobs.dump_logits`), the one interface
 that stays the same across versions. For each, `expected.json` records the manifest's summary and,
 per shard, the dtype, shape and sha256 of every array the reader returned then.

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("logitstore", "trainer", "jobs")
 
 
+@functools.cache
 def modules() -> dict[str, set[str]]:
     """Every module of the packages -> the absolute names it imports."""
     found = {}

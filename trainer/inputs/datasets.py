@@ -28,9 +28,8 @@ import ray.data
 
 from trainer.errors import DataError
 from trainer.inputs import registry
-from trainer.inputs.specs import check_dataset_spec, import_callable, is_callable_spec, parquet_files
+from trainer.inputs.specs import LM_SEQ_LEN, check_dataset_spec, import_callable, is_callable_spec, parquet_files
 
-LM_SEQ_LEN = 128
 TEXT_PARTS = 8  # read tasks per built-in text dataset; blocks never span two parts
 
 

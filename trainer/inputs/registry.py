@@ -152,10 +152,6 @@ AUGMENTS: dict[str, Builtin] = {
 }
 
 BPE_SPEC = re.compile(r"^bpe:(\d+)$")
-TOKENIZERS = {
-    "bytes": "UTF-8 bytes (vocabulary 256)",
-    "bpe:N": "a byte-level BPE of vocabulary N trained on the stdlib train split (cached)",
-}
 
 
 def is_text(dataset: str) -> bool:

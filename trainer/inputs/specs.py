@@ -23,6 +23,7 @@ from trainer.errors import TrainerError
 from trainer.inputs import registry
 
 HF_PREFIX = "hf:"
+LM_SEQ_LEN = 128  # tokens per block of text, unless --seq-len says otherwise
 MIN_BPE_VOCAB = 257  # 256 byte symbols plus at least one merge
 _CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -38,7 +39,7 @@ DATASET_FORMS = (
 )
 AUGMENT_FORMS = (
     f"a built-in augmentation ({registry.names(registry.AUGMENTS)}), or package.module:function"
-    "(features, seeds) -> features, deterministic per (row, seed)"
+    "(features, seeds) -> features (seeds: an int64 tensor on the features' device), deterministic per (row, seed)"
 )
 TOKENIZER_FORMS = (
     "bytes (vocabulary 256), bpe:N (a byte-level BPE of vocabulary N trained on the stdlib train split, cached), "

@@ -52,10 +52,11 @@ def report(
         if ray.train.get_context().get_world_rank() == 0:
             for i, student in enumerate(students):
                 torch.save(student.module.state_dict(), os.path.join(tmp, checkpoint_file(i, len(students))))
+            states = [student.state() for student in students]
             torch.save(
                 {
-                    "optimizers": [s.state()["optimizer"] for s in students],
-                    "schedules": [s.state()["schedule"] for s in students],
+                    "optimizers": [state["optimizer"] for state in states],
+                    "schedules": [state["schedule"] for state in states],
                     "epoch": epoch,
                     "step": step,
                 },

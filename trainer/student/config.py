@@ -145,6 +145,8 @@ class TrainConfig:
             problems += specs.check_dataset_spec(self.dataset, "--dataset")
         if self.eval_dataset:
             problems += specs.check_dataset_spec(self.eval_dataset, "--eval-dataset")
+        if self.seed < 0:
+            problems.append(f"--seed must be >= 0, got {self.seed}")
         for flag, value in (
             ("--epochs", self.epochs),
             ("--batch-size", self.batch_size),

@@ -27,9 +27,6 @@ import ray.data
 from logitstore import Manifest, ShardData, StoreReader
 from trainer.errors import DataError
 
-# Per-sample columns of a batch row; every other column is per position (or the offsets).
-SAMPLE_COLUMNS = ("id", "label", "features", "input_ids", "length", "shard")
-
 
 @dataclass(frozen=True)
 class JoinSpec:
@@ -103,14 +100,16 @@ def _assign_window(batch: dict[str, np.ndarray], spec: JoinSpec) -> dict[str, np
     return {**batch, "shard": shard, "window": window_of[shard], "epoch": np.full(len(shard), epoch, dtype=np.int64)}
 
 
-_READERS: dict[str, StoreReader] = {}
+_READERS: dict[tuple[str, str], StoreReader] = {}
 
 
 def _reader(spec: JoinSpec) -> StoreReader:
-    # One reader per store per worker process, from the manifest the driver parsed.
-    if spec.store not in _READERS:
-        _READERS[spec.store] = StoreReader(spec.store, manifest=spec.manifest, cache_shards=1)
-    return _READERS[spec.store]
+    # One reader per store per worker process, from the manifest the driver parsed (keyed by its
+    # content too: a store dumped again at the same path in a long-lived session is another store).
+    key = (spec.store, spec.manifest.content_sha256)
+    if key not in _READERS:
+        _READERS[key] = StoreReader(spec.store, manifest=spec.manifest, cache_shards=1)
+    return _READERS[key]
 
 
 def _join_window(rows: dict[str, np.ndarray], spec: JoinSpec) -> dict[str, np.ndarray]:
@@ -142,17 +141,10 @@ def _column(values: list[np.ndarray]) -> np.ndarray:
 
 def _targets(rows: dict[str, np.ndarray], spec: JoinSpec) -> ShardData:
     """The stored targets of `rows` (sorted by id), one sample per row, checked against the rows."""
-    reader = _reader(spec)
-    parts = []
-    for shard in np.unique(rows["shard"]):
-        ids = rows["id"][rows["shard"] == shard]
-        data = reader.read_shard(int(shard))
-        at = np.clip(np.searchsorted(data.sample_id, ids), 0, data.num_samples - 1)
-        if not np.array_equal(data.sample_id[at], ids):
-            missing = ids[data.sample_id[at] != ids][:5].tolist()
-            raise DataError(f"sample ids {missing} are not in the store: pass the dataset the store was dumped from")
-        parts.append(data.select(at))
-    targets = ShardData.concat(parts)
+    try:
+        targets = _reader(spec).lookup(rows["id"])
+    except KeyError as exc:
+        raise DataError(f"{exc.args[0]}: pass the dataset the store was dumped from") from None
     _check_positions(rows, targets, spec.manifest.num_views)
     return targets
 
@@ -167,7 +159,9 @@ def _check_positions(rows: dict[str, np.ndarray], targets: ShardData, views: int
                 f"sample {int(rows['id'][i])} has {int(rows['length'][i])} tokens but the store holds "
                 f"{int(counts[i])} positions: pass the dataset the store was dumped from"
             )
-    elif np.any(counts != max(views, 1)):
+    elif views and np.any(counts != views):  # the shard rules forbid it: a reader checks them
+        raise DataError(f"a store of {views} views per sample holds another number of positions: dump it again")
+    elif not views and np.any(counts != 1):
         raise DataError(
             "this store holds several positions per sample, but the dataset has one input per sample: pass "
             "the sequence dataset it was dumped from"

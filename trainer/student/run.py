@@ -21,9 +21,9 @@ import logitstore
 from logitstore import Manifest, StoreReader, read_manifest
 from logitstore.atomic import atomic_write_text
 from trainer.errors import DataError, ModelError
-from trainer.inputs.datasets import LM_SEQ_LEN, TextOptions, fingerprint_dataset, load_dataset
+from trainer.inputs.datasets import TextOptions, fingerprint_dataset, load_dataset
 from trainer.inputs.models import build_model, probe_width
-from trainer.inputs.specs import worker_runtime_env
+from trainer.inputs.specs import LM_SEQ_LEN, worker_runtime_env
 from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray
 from trainer.student.batches import BatchOptions
 from trainer.student.checkpoint import HISTORY_FILE, checkpoint_file

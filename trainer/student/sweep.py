@@ -17,13 +17,14 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from logitstore.atomic import atomic_write_bytes, atomic_write_text
+from logitstore.atomic import atomic_output, atomic_write_text
 from logitstore.errors import StoreError
 from trainer.errors import ConfigError, ModelError, TrainerError, find_cause
 from trainer.options import choice_problems, option
@@ -97,7 +98,7 @@ class SweepConfig(TrainConfig):
                 problems.append(f"{flag} must be >= 1, got {value}")
         if self.max_retries < 0:
             problems.append(f"--max-retries must be >= 0, got {self.max_retries}")
-        return problems
+        return list(dict.fromkeys(problems))  # a flag the sweep and its runs share is reported once
 
     def trials(self) -> tuple[list[dict], list[str]]:
         """Every trial's student settings (the swept ones only), in Tune's order; or the problems of --space."""
@@ -203,7 +204,9 @@ def _trial_dirname(trial) -> str:
     return f"run-{trial.config['run']['index']:03d}"
 
 
-def run_sweep(cfg: SweepConfig) -> dict:
+def run_sweep(cfg: SweepConfig, draw: Callable[[dict, Path], None] | None = None) -> dict:
+    """Every trial's student trained, the results written; `draw(summary, path)` (the job's plot)
+    makes plot.png before results.csv, which marks a finished sweep, is written last."""
     import ray
     from ray import tune
 
@@ -290,7 +293,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
             f"({str(failed[0].error).splitlines()[0] if failed else 'missing results'}); see their logs under "
             f"{output / 'runs'}"
         )
-    return _write_results(cfg, output, rows, start)
+    return _write_results(cfg, output, rows, start, draw)
 
 
 def _collect_rows(trials: list[dict], groups: list[list[dict]], runs: list[dict]) -> list[dict]:
@@ -301,7 +304,7 @@ def _collect_rows(trials: list[dict], groups: list[list[dict]], runs: list[dict]
         if not path.is_file():
             continue
         metrics = json.loads(path.read_text())
-        for _i, (settings, result) in enumerate(zip(group, metrics.get("students", [metrics]))):
+        for settings, result in zip(group, metrics.get("students", [metrics])):
             rows.append(
                 {
                     "trial": len(rows),
@@ -324,7 +327,7 @@ def _markdown(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_results(cfg: SweepConfig, output: Path, rows: list[dict], start: float) -> dict:
+def _write_results(cfg: SweepConfig, output: Path, rows: list[dict], start: float, draw) -> dict:
     swept = [k for k in VARIANT_FIELDS if k in rows[0]]  # the --space parameters
     scored = [row for row in rows if row[cfg.metric] is not None and math.isfinite(row[cfg.metric])]
     if not scored:
@@ -352,7 +355,8 @@ def _write_results(cfg: SweepConfig, output: Path, rows: list[dict], start: floa
     best_dir = output / "best"
     shutil.rmtree(best_dir, ignore_errors=True)
     best_dir.mkdir()
-    atomic_write_bytes(best_dir / "model.pt", Path(best["checkpoint"]).read_bytes())
+    with open(best["checkpoint"], "rb") as src, atomic_output(best_dir / "model.pt") as dst:
+        shutil.copyfileobj(src, dst)
     atomic_write_text(best_dir / "trial.json", json.dumps(best, indent=2) + "\n")
     summary = {
         "trials": len(rows),
@@ -364,6 +368,8 @@ def _write_results(cfg: SweepConfig, output: Path, rows: list[dict], start: floa
         "wall_seconds": time.perf_counter() - start,
     }
     atomic_write_text(output / "results.json", json.dumps({**summary, "rows": rows}, indent=2) + "\n")
+    if draw is not None:
+        draw({**summary, "rows": rows}, output / "plot.png")
     # Written last: a results.csv marks a finished sweep.
     atomic_write_text(output / "results.csv", buffer.getvalue())
     return {**summary, "rows": rows}

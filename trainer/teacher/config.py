@@ -15,9 +15,8 @@ from logitstore.lock import LOCK_NAME
 from logitstore.manifest import MANIFEST_NAME, read_manifest
 from logitstore.writer import is_store_dir
 from trainer.inputs import registry, specs
+from trainer.inputs.specs import LM_SEQ_LEN
 from trainer.options import check_out_dir, choice_problems, option, required_problems
-
-LM_SEQ_LEN = 128
 
 # The dump arguments that decide a store's bytes (not workers, batch size or precision on CPU):
 # a rerun with the same ones resumes an unfinished dump, or finds a finished one complete.
