@@ -25,7 +25,7 @@ def test_an_example_config_is_valid(example, digits_stores, dump, lm_teacher, tm
     job = example.stem.rsplit("-", 1)[1]
     (tmp_path / "stores").mkdir()
     if job != "dump":  # the stores a student example reads (a dump example makes its own)
-        lm = dump(teacher="lm_models:tiny_gpt", dataset="stdlib-small-eval", top_k=8, shard_size=128)
+        lm = dump(teacher="lm_models:tiny_gpt", dataset="stdlib-small-eval", top_k=8, format="zarr", shard_size=128)
         targets = {
             "digits-train": digits_stores["train"],
             "digits-eval": digits_stores["eval"],
