@@ -97,6 +97,11 @@ class Manifest:
     def num_bytes(self) -> int:
         return sum(s.num_bytes for s in self.shards)
 
+    @property
+    def teacher_weights(self) -> tuple[str, str | None]:
+        """(fingerprint kind, digest) of the teacher's weights: equal pairs name the same weights (FORMAT.md)."""
+        return self.teacher.get("weights_fingerprint", "state_dict"), self.teacher.get("weights_sha256")
+
     def plan(self) -> ShardPlan:
         """Which shard owns which ids (the plan the writer used)."""
         return ShardPlan(

@@ -66,3 +66,22 @@ def random_order_share(shard_of_sample: np.ndarray, batch_size: int, epochs: int
             for s in range(0, len(order), batch_size)
         ]
     return float(np.mean(shares))
+
+
+def tiny_llama(path, vocab_size: int, max_positions: int = 64, seed: int = 0) -> str:
+    """A randomly initialised Llama saved with save_pretrained; returns its `hf:` spec."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    return f"hf:{path}"

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import run, token_parquet, tree_digest
+from helpers import run, tiny_llama, token_parquet, tree_digest
 
 from jobs import dump_logits, train_student
 
@@ -226,6 +226,18 @@ def test_token_ids_beyond_the_teachers_vocabulary(tmp_path, capsys, user_models)
         capsys,
     )
     assert code == 2 and len(errors) == 1 and "token id 300 but the teacher's vocabulary has 256" in errors[0]
+    assert not (tmp_path / "st").exists()
+
+
+def test_samples_longer_than_the_hf_teachers_positions(tmp_path, capsys):
+    """Today's HF models fail deep in their forward pass (an IndexError, or silently wrong rotary
+    positions): the dump refuses before the teacher runs."""
+    teacher = tiny_llama(tmp_path / "llama", 300, max_positions=16)
+    data = token_parquet(tmp_path / "t.parquet", [list(range(10)), list(range(20))])
+    argv = ["--teacher", teacher, "--dataset", data, "--out", str(tmp_path / "st"), "--seq-len", "32"]
+    code, errors = run(dump_logits.main, argv, capsys)
+    assert code == 2 and len(errors) == 1
+    assert "samples of 20 tokens but the teacher embeds at most 16 positions: use --seq-len 16" in errors[0]
     assert not (tmp_path / "st").exists()
 
 

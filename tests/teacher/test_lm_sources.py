@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import tiny_llama
 
 from logitstore import StoreReader, read_manifest
 from trainer.builtin.stdlib.corpus import corpus_files
@@ -108,26 +109,14 @@ def test_a_changed_tokenizer_file_is_caught(dump, lm_models, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["zarr", "arrow"])
 def test_hf_teacher_with_a_wide_vocabulary_stores_uint32_indices_exactly(ray_session, tmp_path, fmt):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from trainer.teacher.config import DumpConfig
     from trainer.teacher.pipeline import run_dump
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=HF_VOCAB,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny-llama")
+    teacher = tiny_llama(tmp_path / "tiny-llama", HF_VOCAB)
     rows = stdlib_rows(24, 40)
     data = write_token_parquet(tmp_path / "tokens.parquet", rows, ids=np.arange(24) * 7 + 3)
     cfg = DumpConfig(
-        teacher=f"hf:{tmp_path / 'tiny-llama'}",
+        teacher=teacher,
         dataset=data,
         out=str(tmp_path / "store"),
         top_k=8,
@@ -141,9 +130,13 @@ def test_hf_teacher_with_a_wide_vocabulary_stores_uint32_indices_exactly(ray_ses
     assert m.vocab_size == HF_VOCAB and m.index_dtype == "uint32" and m.tokenizer is None
     assert m.num_positions == sum(len(r) for r in rows) and len(m.shards) == 3
 
-    from trainer.inputs.models import build_model
+    from trainer.inputs.models import build_model, hf_files_sha256
 
-    model = build_model(f"hf:{tmp_path / 'tiny-llama'}").eval()
+    model = build_model(teacher).eval()
+    # The driver fingerprints the files and reads the shapes from the config; it never builds the model.
+    assert m.teacher["weights_fingerprint"] == "files"
+    assert m.teacher["weights_sha256"] == hf_files_sha256(tmp_path / "tiny-llama")
+    assert m.teacher["num_parameters"] == sum(p.numel() for p in model.parameters())
     got = StoreReader(tmp_path / "store").lookup(np.arange(24) * 7 + 3)
     assert got.topk_index.dtype == np.uint32 and int(got.topk_index.max()) > 65_535
     with torch.no_grad():

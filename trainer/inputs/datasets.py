@@ -268,7 +268,8 @@ def _digest_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     digests = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(len(parts), 16)
     # Largest token id per row (-1 for features), so a too-small vocabulary is caught before the teacher runs.
     top = batch["input_ids"].max(axis=1) if is_sequence_batch(batch) else np.full(len(parts), -1, dtype=np.int64)
-    return {"id": batch["id"], "digest": digests, "max_token": top}
+    length = np.asarray(batch["length"], dtype=np.int64) if is_sequence_batch(batch) else np.zeros(len(parts), np.int64)
+    return {"id": batch["id"], "digest": digests, "max_token": top, "length": length}
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,7 @@ class DatasetFingerprint:
     ids_sha256: str
     inputs_sha256: str
     max_token: int  # largest token id; -1 for feature data
+    max_length: int = 0  # tokens in the longest sample; 0 for feature data
 
     @property
     def num_samples(self) -> int:
@@ -294,7 +296,7 @@ class DatasetFingerprint:
 
 def fingerprint_dataset(ds: ray.data.Dataset, spec: str) -> DatasetFingerprint:
     """One pass over the dataset: sorted ids, their hash, the hash of the inputs. Checks ids are unique."""
-    ids, digests, max_token = [], [], -1
+    ids, digests, max_token, max_length = [], [], -1, 0
     for batch in ds.map_batches(_digest_batch, batch_format="numpy").iter_batches(
         batch_size=None, batch_format="numpy"
     ):
@@ -302,6 +304,7 @@ def fingerprint_dataset(ds: ray.data.Dataset, spec: str) -> DatasetFingerprint:
         digests.append(batch["digest"])
         if len(batch["max_token"]):
             max_token = max(max_token, int(batch["max_token"].max()))
+            max_length = max(max_length, int(batch["length"].max()))
     if not ids or sum(len(i) for i in ids) == 0:
         raise DataError(f"dataset {spec!r} is empty: it needs at least one row")
     all_ids = np.concatenate(ids).astype(np.int64)
@@ -317,4 +320,5 @@ def fingerprint_dataset(ds: ray.data.Dataset, spec: str) -> DatasetFingerprint:
         ids_sha256=hashlib.sha256(all_ids.astype("<i8").tobytes()).hexdigest(),
         inputs_sha256=hashlib.sha256(np.ascontiguousarray(all_digests).tobytes()).hexdigest(),
         max_token=max_token,
+        max_length=max_length,
     )

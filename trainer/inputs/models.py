@@ -5,6 +5,9 @@ local directory, loaded with `transformers`, which knows every architecture user
 from __future__ import annotations
 
 import hashlib
+import struct
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,30 +25,33 @@ class HFCausalLM(nn.Module):
     right-padded, so with causal attention no attention mask is needed for the valid positions.
     """
 
-    def __init__(self, path: str, *, pretrained: bool = True) -> None:
+    def __init__(self, path: str, *, pretrained: bool = True, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         from transformers import AutoConfig, AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        if pretrained:
-            self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-        else:  # the architecture only; the weights come from the driver
+        if pretrained:  # straight from the files in `dtype`: never an fp32 copy of a bf16 checkpoint
+            self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+        else:  # the architecture only
             config = AutoConfig.from_pretrained(path, local_files_only=True)
-            self.model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, use_cache=False).logits
 
 
-def build_model(spec: str, what: str = "--model", *, pretrained: bool = True) -> nn.Module:
-    """Build the model a spec names. pretrained=False skips loading a built-in's trained weights."""
+def build_model(
+    spec: str, what: str = "--model", *, pretrained: bool = True, dtype: torch.dtype = torch.float32
+) -> nn.Module:
+    """Build the model a spec names. pretrained=False skips loading a built-in's trained weights;
+    `dtype` is what an hf: model is loaded in (the others are built in fp32)."""
     if spec.startswith(HF_PREFIX):
         problems = check_hf_dir(spec, what)
         if problems:
             raise ModelError(problems[0])
         try:
-            model = HFCausalLM(spec[len(HF_PREFIX) :], pretrained=pretrained)
+            model = HFCausalLM(spec[len(HF_PREFIX) :], pretrained=pretrained, dtype=dtype)
         except (OSError, ValueError) as exc:
             raise ModelError(
                 f"{what} {spec!r} cannot be loaded ({str(exc).splitlines()[0]}): check the directory's files"
@@ -70,6 +76,54 @@ def weights_sha256(model: nn.Module) -> str:
         digest.update(f"{key}\0{t.dtype}\0{list(t.shape)}\0".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
+
+
+# What from_pretrained reads: the config and the weights, in every layout transformers saves them.
+HF_WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json")
+
+
+def hf_files_sha256(path: str | Path) -> str:
+    """Fingerprint of a Hugging Face model directory's config and weight files, as FORMAT.md defines
+    it: read once, in 16 MiB pieces (a 7B checkpoint is never held in memory, nor built to be hashed)."""
+    root = Path(path)
+    wanted = [f for f in root.iterdir() if f.name == "config.json" or f.name.endswith(HF_WEIGHT_SUFFIXES)]
+    names = sorted(f.name for f in wanted if f.is_file())
+    digest = hashlib.sha256()
+    for name in names:
+        file_digest = hashlib.sha256()
+        with open(root / name, "rb") as f:
+            while piece := f.read(1 << 24):
+                file_digest.update(piece)
+        digest.update(name.encode() + b"\0" + struct.pack("<Q", (root / name).stat().st_size) + file_digest.digest())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class HFModelFacts:
+    """What the driver needs of an hf: model, read from its config without loading a weight."""
+
+    vocab_size: int  # rows of the output embedding (the logits' width; may exceed the tokenizer's)
+    num_parameters: int
+    max_positions: int | None  # the longest input it embeds (None: the config does not say)
+
+
+def hf_model_facts(spec: str, what: str) -> HFModelFacts:
+    """The architecture built on torch's meta device: shapes without memory, whatever the model's size."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = spec[len(HF_PREFIX) :]
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"{what} {spec!r} cannot be loaded ({str(exc).splitlines()[0]}): check the directory's files"
+        ) from None
+    head = model.get_output_embeddings()
+    width = int(head.weight.shape[0]) if head is not None else int(config.vocab_size)
+    max_positions = getattr(config, "max_position_embeddings", None)
+    return HFModelFacts(width, sum(p.numel() for p in model.parameters()), max_positions)
 
 
 def model_input(batch: dict) -> torch.Tensor:

@@ -62,7 +62,7 @@ class RunStores:
         if not cfg.eval_store:
             return RunStores(manifest, text, None, text if cfg.eval_dataset else None)
         eval_manifest = read_manifest(cfg.eval_store)
-        if eval_manifest.teacher.get("weights_sha256") != manifest.teacher.get("weights_sha256"):
+        if eval_manifest.teacher_weights != manifest.teacher_weights:
             raise DataError(
                 f"--eval-store {cfg.eval_store} was dumped by another teacher than --store {cfg.store}: dump "
                 "both with the same teacher"

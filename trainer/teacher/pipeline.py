@@ -29,12 +29,12 @@ from logitstore.shard import EXTRAS, trim_samples
 from trainer.errors import ConfigError, DataError
 from trainer.inputs import registry
 from trainer.inputs.datasets import DatasetFingerprint, TextOptions, fingerprint_dataset, load_dataset
-from trainer.inputs.models import build_model, probe_width, weights_sha256
 from trainer.inputs.specs import worker_runtime_env
 from trainer.inputs.tokenizers import Tokenizer, resolve_tokenizer, sha256_text
 from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray
 from trainer.teacher.config import DumpConfig
 from trainer.teacher.scorer import TeacherScorer, precision
+from trainer.teacher.source import TeacherSource, resolve_teacher
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def run_dump(cfg: DumpConfig) -> DumpResult:
     """Dump under the store's lock; an interrupted dump rerun with the same arguments resumes."""
     start = time.perf_counter()
     with StoreWriter(cfg.out) as writer:
-        teacher = build_model(cfg.teacher, "--teacher")
+        teacher = resolve_teacher(cfg.teacher)
         ensure_ray()
         inputs = _resolve_inputs(cfg, teacher)
         layout = _layout(cfg, inputs.vocab_size)
@@ -109,12 +109,13 @@ def run_dump(cfg: DumpConfig) -> DumpResult:
     return DumpResult(manifest, time.perf_counter() - start, len(writer.resumed))
 
 
-def _resolve_inputs(cfg: DumpConfig, teacher: torch.nn.Module) -> DumpInputs:
+def _resolve_inputs(cfg: DumpConfig, teacher: TeacherSource) -> DumpInputs:
     """Tokenizer, dataset, fingerprint (refuses empty data and duplicate ids), the teacher's width."""
     tokenizer = resolve_tokenizer(cfg.tokenizer) if registry.is_text(cfg.dataset) else None
     ds = load_dataset(cfg.dataset, "--dataset", TextOptions(tokenizer.to_json() if tokenizer else None, cfg.seq_len))
     fingerprint = fingerprint_dataset(ds, cfg.dataset)
-    vocab = probe_width(teacher, ds.take_batch(2, batch_format="numpy"), "--teacher", cfg.teacher)
+    vocab = teacher.width(ds.take_batch(2, batch_format="numpy"))
+    teacher.check_length(fingerprint.max_length, cfg.dataset)
     if fingerprint.max_token >= vocab:
         raise DataError(
             f"--dataset {cfg.dataset} holds token id {fingerprint.max_token} but the teacher's vocabulary has "
@@ -150,14 +151,12 @@ def _on_gpu() -> bool:
     return cluster_gpus() >= 1
 
 
-def _teacher_record(cfg: DumpConfig, teacher: torch.nn.Module) -> dict:
+def _teacher_record(cfg: DumpConfig, teacher: TeacherSource) -> dict:
     """The manifest's `teacher`: what it is, its weights' fingerprint, and how it ran (a CPU's sums
     depend on its thread count, so a CPU dump records it)."""
     device = torch.device("cuda" if _on_gpu() else "cpu")
     record = {
-        "spec": cfg.teacher,
-        "weights_sha256": weights_sha256(teacher),
-        "num_parameters": sum(p.numel() for p in teacher.parameters()),
+        **teacher.record(),
         "dtype": str(precision(cfg.precision, device)).replace("torch.", ""),
         "device": device.type,
     }
@@ -183,7 +182,7 @@ def _shard_rows(batch: dict[str, np.ndarray], plan: ShardPlan, todo: np.ndarray)
 
 def _score_and_write(
     cfg: DumpConfig,
-    teacher: torch.nn.Module,
+    teacher: TeacherSource,
     ds: ray.data.Dataset,
     plan: ShardPlan,
     todo: np.ndarray,
@@ -194,7 +193,8 @@ def _score_and_write(
     per_actor = (
         {"num_gpus": 1} if _on_gpu() else {"num_cpus": max(0.25, min(1.0, (cluster_cpus() - 1.0) / cfg.workers))}
     )
-    state_ref = [ray.put({k: v.detach().cpu() for k, v in teacher.state_dict().items()})]
+    # A teacher built here travels as its weights; an hf: one is loaded by each replica from its files.
+    state_ref = None if teacher.from_files else [ray.put(teacher.state_dict())]
     # Group the inputs (small) by shard, not the outputs (k values per position): then one actor
     # scores and writes each shard.
     written = keyed.groupby("shard").map_groups(

@@ -65,41 +65,67 @@ def draw_teacher_samples(
     exclude: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`draws` tokens per row from softmax(z/T) (restricted to classes not in `exclude`), as
-    unique ids with counts, padded with count 0.
+    unique ids with counts, padded with count 0 (and id 0).
 
     teacher_logits [N, V], exclude [N, k] or None -> (index int64 [N, w], count int64 [N, w]) with
-    w = min(draws, V) (no row can hold more distinct ids), each row sorted by descending count.
+    w = min(draws, V) (no row can hold more distinct ids), each row by descending count, ties by
+    ascending id. The counts come from the sorted draws (runs of equal ids), never from a dense
+    [N, V] count matrix.
     """
     logits = teacher_logits.float() / temperature
     if exclude is not None:
         logits = logits.scatter(1, exclude, float("-inf"))
     probs = torch.softmax(logits, dim=1)
-    picks = torch.multinomial(probs, draws, replacement=True, generator=generator)
-    counts = torch.zeros_like(probs, dtype=torch.int64).scatter_add_(1, picks, torch.ones_like(picks))
-    count, index = counts.topk(min(draws, counts.shape[1]), dim=1)
-    return index, count
+    picks = torch.multinomial(probs, draws, replacement=True, generator=generator).sort(dim=1).values
+    starts = torch.ones_like(picks, dtype=torch.bool)
+    starts[:, 1:] = picks[:, 1:] != picks[:, :-1]
+    run = starts.cumsum(dim=1) - 1  # [N, draws]: which distinct id of its row each draw is
+    count = torch.zeros_like(picks).scatter_add_(1, run, torch.ones_like(picks))
+    index = torch.zeros_like(picks).scatter_(1, run, picks)  # every draw of a run writes the same id
+    order = count.sort(dim=1, descending=True, stable=True).indices  # runs are in ascending id order already
+    width = min(draws, teacher_logits.shape[1])
+    return index.gather(1, order)[:, :width], count.gather(1, order)[:, :width]
+
+
+# Logits are reduced (top-k, normalisers, draws) in fp32 chunks of whole samples of about this size,
+# so no fp32 copy of a batch's [B, T, V] logits exists (8 x 2048 tokens at V = 152k would be 10 GB).
+CHUNK_BYTES = 1 << 28
 
 
 class TeacherScorer:
-    """One teacher replica (a Ray Data actor). Weights come from the driver, so every replica is identical."""
+    """One teacher replica (a Ray Data actor). A teacher built on the driver comes as its weights
+    (`state_ref`), so every replica is identical; an hf: teacher (`state_ref` None) is loaded by each
+    replica from its directory, in the dump's precision."""
 
-    def __init__(self, spec: str, state_ref: list, layout: StoreLayout, precision: str, threads: int):
+    def __init__(
+        self,
+        spec: str,
+        state_ref: list | None,
+        layout: StoreLayout,
+        precision: str,
+        threads: int,
+        chunk_bytes: int = CHUNK_BYTES,
+    ):
         # An error raised here would reach the driver as a bare ActorDiedError; keep it and raise it
         # from __call__, where Ray keeps the original exception.
         self.init_error: Exception | None = None
+        self.chunk_bytes = chunk_bytes
         try:
             self._setup(spec, state_ref, layout, precision, threads)
         except Exception as exc:
             self.init_error = exc
 
-    def _setup(self, spec: str, state_ref: list, layout: StoreLayout, requested: str, threads: int) -> None:
+    def _setup(self, spec: str, state_ref: list | None, layout: StoreLayout, requested: str, threads: int) -> None:
         torch.set_num_threads(threads)
         self.layout = layout
         self.augment = resolve_augment(layout.views.augment) if layout.views else None
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = precision(requested, self.device)
-        model = build_model(spec, "--teacher", pretrained=False)
-        model.load_state_dict(ray.get(state_ref[0]))
+        if state_ref is None:
+            model = build_model(spec, "--teacher", dtype=self.dtype)
+        else:
+            model = build_model(spec, "--teacher", pretrained=False)
+            model.load_state_dict(ray.get(state_ref[0]))
         self.model = model.to(self.device, self.dtype).eval()
         self.temperatures = torch.tensor(layout.temperatures, dtype=torch.float32, device=self.device)
         self._scratch: torch.Tensor | None = None  # reused by the normalisers, batch after batch
@@ -119,46 +145,60 @@ class TeacherScorer:
         x = x.to(self.device, non_blocking=True)
         if not sequence:
             x = x.to(self.dtype)
+        positions = (
+            np.asarray(batch["length"], dtype=np.int64) if sequence else np.ones(len(batch["id"]), dtype=np.int64)
+        )
+        if self.layout.views:
+            positions *= self.layout.views.count
         with torch.inference_mode():
-            z = self.model(x).float()  # top-k and normalisers in fp32, on the device
+            z = self.model(x)  # in the teacher's dtype; each chunk is reduced in fp32
+            valid = None
             if sequence:
                 # Only the valid positions of each block; padding is never stored. Full blocks
                 # (nearly all) need no copy.
                 valid = torch.arange(z.shape[1], device=self.device) < torch.as_tensor(
                     batch["length"], device=self.device
                 ).unsqueeze(1)
-                z_valid = z.reshape(-1, z.shape[-1]) if bool(valid.all()) else z[valid]
-            else:
-                z_valid = z
-            values, indices = z_valid.topk(self.layout.top_k, dim=-1, sorted=True)
-            sampled = self.layout.selection.sampled
-            if (
-                self._scratch is None
-                or self._scratch.numel() < z_valid.numel()
-                or self._scratch.device != z_valid.device
-            ):
-                self._scratch = torch.empty(z_valid.numel(), dtype=z_valid.dtype, device=z_valid.device)
-            lse = logsumexp_from_max(
-                z_valid, values[:, 0], self.temperatures, inplace=not sampled, scratch=self._scratch
-            )
-            self._check_finite(lse, values, batch, valid if sequence else None)
-            positions = (
-                np.asarray(batch["length"], dtype=np.int64) if sequence else np.ones(len(batch["id"]), dtype=np.int64)
-            )
-            if self.layout.views:
-                positions *= self.layout.views.count
-            out = {
-                "topk_index": indices.cpu().numpy().astype(self.layout.index_dtype),
-                "topk_logit": values.cpu().numpy(),
-                "logsumexp": lse.cpu().numpy(),
-            }
-            if sampled:
-                draw_index, draw_count = self._draw(z_valid, indices, batch["id"], positions)
-                out["sample_index"] = draw_index.cpu().numpy().astype(self.layout.index_dtype)
-                out["sample_count"] = draw_count.cpu().numpy().astype(np.uint16)
+                z = z.reshape(-1, z.shape[-1]) if bool(valid.all()) else z[valid]
+            chunks = self._chunks(positions, z)
+            parts = [self._reduce(z[a:b], batch["id"][i:j], positions[i:j]) for a, b, i, j in chunks]
+            out = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+            self._check_finite(out["logsumexp"], out["topk_logit"], batch, valid)
+            out = {key: value.cpu().numpy() for key, value in out.items()}
+        out["topk_index"] = out["topk_index"].astype(self.layout.index_dtype)
+        if self.layout.selection.sampled:
+            out["sample_index"] = out["sample_index"].astype(self.layout.index_dtype)
+            out["sample_count"] = out["sample_count"].astype(np.uint16)
         if view_seed is not None:
             out["view_seed"] = view_seed
         return {"id": batch["id"], "shard": batch["shard"], "positions": positions, **out}
+
+    def _chunks(self, positions: np.ndarray, z: torch.Tensor) -> list[tuple[int, int, int, int]]:
+        """(first position, end position, first sample, end sample) of each chunk: whole samples (a
+        sample's draws come from one seeded generator) of at most chunk_bytes of fp32 logits, or one
+        sample when a single one is larger."""
+        per_chunk = max(1, self.chunk_bytes // (4 * int(z.shape[-1])))
+        chunks, first, start, end = [], 0, 0, 0
+        for sample, n in enumerate(positions.tolist()):
+            if end > start and end + n - start > per_chunk:
+                chunks.append((start, end, first, sample))
+                first, start = sample, end
+            end += n
+        chunks.append((start, end, first, len(positions)))
+        return chunks
+
+    def _reduce(self, z: torch.Tensor, ids: np.ndarray, positions: np.ndarray) -> dict[str, torch.Tensor]:
+        """The stored arrays of one chunk of positions: z [N, V] in the teacher's dtype -> top-k,
+        logsumexp per temperature (and draws); z is overwritten when it is already fp32."""
+        z = z.float()
+        values, indices = z.topk(self.layout.top_k, dim=-1, sorted=True)
+        out = {"topk_index": indices, "topk_logit": values}
+        if self.layout.selection.sampled:  # before the normalisers, which overwrite z
+            out["sample_index"], out["sample_count"] = self._draw(z, indices, ids, positions)
+        if self._scratch is None or self._scratch.numel() < z.numel() or self._scratch.device != z.device:
+            self._scratch = torch.empty(z.numel(), dtype=z.dtype, device=z.device)
+        out["logsumexp"] = logsumexp_from_max(z, values[:, 0], self.temperatures, inplace=True, scratch=self._scratch)
+        return out
 
     def _check_finite(self, lse: torch.Tensor, values: torch.Tensor, batch: dict, valid: torch.Tensor | None) -> None:
         """A NaN or +inf logit anywhere makes its row's normaliser non-finite, so checking the
