@@ -14,6 +14,14 @@ Rates are positions/s end to end, and steady (between the first and the last sha
 without the job's fixed start-up of several seconds); the goal figures use the steady rates.
 Teacher: stdlib-gpt-bpe8192 over stdlib-small (tokenised with bpe:8192). --quick (CI): the
 byte-level teacher briefly trained, over stdlib-small-eval, 1-thread runs only.
+
+--hf: a Hugging Face teacher instead, GPT-2 architecture from a config (6 layers, width 384,
+V = 32,768, random init, saved with save_pretrained), batch 16 x 128 random tokens, all threads,
+k=64, delta/logq8, shards of 64 blocks: the whole `python -m jobs.dump_logits` process (Ray's
+start included) at 49k and 197k tokens against the bare `model(input_ids).logits` loop over the
+same tokens, measured just before it. Steady: the job's rate between its first and last shard
+written; fixed: the job's seconds beyond its tokens at that rate. --code DIR also runs the job
+from another checkout (before/after, side by side).
 """
 
 from __future__ import annotations
@@ -100,6 +108,111 @@ def dump(name: str, dataset: str, work: Path, workers: int, threads: int, tag: s
     return summary.seconds, summary.manifest.num_positions, rate
 
 
+HF_BATCH, HF_LEN = 16, 128
+
+
+def hf_teacher(work: Path) -> str:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=32_768, n_positions=HF_LEN, n_embd=384, n_layer=6, n_head=6)
+    GPT2LMHeadModel(config).save_pretrained(work / "gpt2-6x384")
+    return f"hf:{work / 'gpt2-6x384'}"
+
+
+def hf_tokens(work: Path, rows: int) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = np.random.default_rng(rows).integers(0, 32_768, (rows, HF_LEN))
+    path = work / f"tokens-{rows}.parquet"
+    pq.write_table(pa.table({"input_ids": pa.array(ids.tolist(), type=pa.list_(pa.int64()))}), path)
+    return str(path)
+
+
+def hf_bare(teacher: str, data: str, threads: int) -> float:
+    """Seconds of the bare `model(input_ids).logits` loop over the file's tokens, batch 16."""
+    import pyarrow.parquet as pq
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor(pq.read_table(data).column("input_ids").to_pylist())
+    model = AutoModelForCausalLM.from_pretrained(teacher[3:], local_files_only=True).eval()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            _ = model(input_ids=ids[:HF_BATCH]).logits  # warm-up
+            start = time.perf_counter()
+            for s in range(0, ids.shape[0], HF_BATCH):
+                _ = model(input_ids=ids[s : s + HF_BATCH], use_cache=False).logits
+            return time.perf_counter() - start
+    finally:
+        torch.set_num_threads(before)
+
+
+def hf_dump(teacher: str, data: str, out: Path, threads: int, code: Path | None = None) -> tuple[float, float]:
+    """Seconds of the whole `python -m jobs.dump_logits` process (a fresh interpreter, Ray started
+    by it), run from the checkout `code` (default: this one), and its steady rate (positions/s
+    between the first and the last shard written)."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "jobs.dump_logits", "--teacher", teacher, "--dataset", data, "--out", str(out)]
+    args += ["--top-k", "64", "--index-codec", "delta", "--value-codec", "logq", "--value-bits", "8"]
+    args += ["--batch-size", str(HF_BATCH), "--seq-len", str(HF_LEN), "--threads-per-worker", str(threads)]
+    args += ["--shard-size", "64"]
+    start = time.perf_counter()
+    code = code or Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    done = subprocess.run(args, capture_output=True, text=True, cwd=code, env=env)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"dump_logits failed:\n{done.stderr[-2000:]}")
+    steady = steady_rate(out)
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds, steady
+
+
+def hf_main(quick: bool, json_path: str | None, code: Path | None) -> int:
+    threads = os.cpu_count() or 1
+    work = Path(tempfile.mkdtemp(prefix="bench-dump-hf-"))
+    sizes = (48, 96) if quick else (384, 1536)  # blocks of 128 tokens: 49k and 197k tokens
+    rows = []
+    try:
+        teacher = hf_teacher(work)
+        for blocks in sizes:
+            data, tokens = hf_tokens(work, blocks), blocks * HF_LEN
+            runs = {"this": None} if code is None else {"this": None, "other": code}
+            bare = hf_bare(teacher, data, threads)
+            for tag, checkout in runs.items():  # each job right after the bare loop's measurement
+                seconds, steady = hf_dump(teacher, data, work / "store", threads, checkout)
+                rows.append(
+                    {
+                        "code": tag,
+                        "tokens": tokens,
+                        "bare_s": bare,
+                        "dump_s": seconds,
+                        "dump_vs_bare": bare / seconds,
+                        "steady_vs_bare": steady / (tokens / bare),
+                        "fixed_s": seconds - tokens / steady,
+                    }
+                )
+                print(rows[-1], flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    largest = {r["code"]: r for r in rows if r["tokens"] == sizes[-1] * HF_LEN}
+    figures = {
+        f"hf_{tag}_{key}": r[key] for tag, r in largest.items() for key in ("dump_vs_bare", "steady_vs_bare", "fixed_s")
+    }
+    print(f"\nDump of an HF GPT-2 teacher (6 x 384, V = 32,768) vs its bare loop, {threads} threads, batch 16 x 128\n")
+    columns = [("code", "{}"), ("tokens", "{}"), ("bare_s", "{:.1f}"), ("dump_s", "{:.1f}"), ("dump_vs_bare", "{:.3f}")]
+    print(markdown_table(rows, [*columns, ("steady_vs_bare", "{:.3f}"), ("fixed_s", "{:.1f}")]))
+    print("\n" + "  ".join(f"{k} = {v:.3f}" for k, v in figures.items()))
+    if json_path:
+        write_json(json_path, {**figures, "dump_hf": {"quick": quick, "rows": rows}})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.dump", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -107,8 +220,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="CI: a briefly trained byte-level teacher over the small eval text"
     )
+    parser.add_argument(
+        "--hf", action="store_true", help="a Hugging Face GPT-2 teacher, the whole job vs its bare loop"
+    )
+    parser.add_argument(
+        "--code", default=None, help="with --hf: also run the job from this other checkout (before/after)"
+    )
     parser.add_argument("--json", default=None, help="write the figures here")
     args = parser.parse_args(argv)
+    if args.hf:
+        return hf_main(args.quick, args.json, Path(args.code) if args.code else None)
     name, dataset = ("stdlib-gpt", "stdlib-small-eval") if args.quick else ("stdlib-gpt-bpe8192", "stdlib-small")
     cpus = os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="bench-dump-"))
