@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,8 +59,12 @@ def run_dump(cfg: DumpConfig) -> DumpResult:
     """Dump under the store's lock; an interrupted dump rerun with the same arguments resumes."""
     start = time.perf_counter()
     with StoreWriter(cfg.out) as writer:
-        teacher = resolve_teacher(cfg.teacher)
-        ensure_ray()
+        # Reading the teacher (importing transformers, hashing its files: a 7B teacher's 15 GB take
+        # tens of seconds) overlaps Ray's start, which runs here: ray.init wants the main thread.
+        with ThreadPoolExecutor(1) as pool:
+            resolving = pool.submit(resolve_teacher, cfg.teacher)
+            ensure_ray()
+            teacher = resolving.result()
         inputs = _resolve_inputs(cfg, teacher)
         layout = _layout(cfg, inputs.vocab_size)
         plan = plan_shards(inputs.fingerprint.ids, cfg.shard_size)
