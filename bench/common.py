@@ -84,3 +84,15 @@ def write_json(path: str, figures: dict) -> None:
     target = Path(path)
     old = json.loads(target.read_text()) if target.is_file() else {}
     target.write_text(json.dumps({**old, **figures, "machine": machine()}, indent=2, default=float) + "\n")
+
+
+def random_token_parquet(path: Path, rows: int, length: int, vocab: int, seed: int = 0) -> str:
+    """A Parquet file of `rows` blocks of `length` uniformly random token ids (the benches that
+    time or size a teacher, whose cost does not depend on which tokens it reads)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = np.random.default_rng(seed).integers(0, vocab, (rows, length))
+    pq.write_table(pa.table({"input_ids": pa.array(ids.tolist(), type=pa.list_(pa.int64()))}), path)
+    return str(path)

@@ -36,9 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import markdown_table, quick_teacher, write_json
+from bench.common import markdown_table, quick_teacher, random_token_parquet, write_json
 from trainer.builtin.stdlib import example
 from trainer.inputs.datasets import TEXT_PARTS, TextOptions, text_part
+from trainer.inputs.models import build_model
 from trainer.inputs.tokenizers import resolve_tokenizer
 from trainer.ray_env import ensure_ray
 from trainer.teacher.config import DumpConfig
@@ -120,31 +121,20 @@ def hf_teacher(work: Path) -> str:
     return f"hf:{work / 'gpt2-6x384'}"
 
 
-def hf_tokens(work: Path, rows: int) -> str:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    ids = np.random.default_rng(rows).integers(0, 32_768, (rows, HF_LEN))
-    path = work / f"tokens-{rows}.parquet"
-    pq.write_table(pa.table({"input_ids": pa.array(ids.tolist(), type=pa.list_(pa.int64()))}), path)
-    return str(path)
-
-
 def hf_bare(teacher: str, data: str, threads: int) -> float:
     """Seconds of the bare `model(input_ids).logits` loop over the file's tokens, batch 16."""
     import pyarrow.parquet as pq
-    from transformers import AutoModelForCausalLM
 
     ids = torch.tensor(pq.read_table(data).column("input_ids").to_pylist())
-    model = AutoModelForCausalLM.from_pretrained(teacher[3:], local_files_only=True).eval()
+    model = build_model(teacher, "--teacher").eval()  # forward: model(input_ids, use_cache=False).logits
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            _ = model(input_ids=ids[:HF_BATCH]).logits  # warm-up
+            model(ids[:HF_BATCH])  # warm-up
             start = time.perf_counter()
             for s in range(0, ids.shape[0], HF_BATCH):
-                _ = model(input_ids=ids[s : s + HF_BATCH], use_cache=False).logits
+                model(ids[s : s + HF_BATCH])
             return time.perf_counter() - start
     finally:
         torch.set_num_threads(before)
@@ -181,7 +171,8 @@ def hf_main(quick: bool, json_path: str | None, code: Path | None) -> int:
     try:
         teacher = hf_teacher(work)
         for blocks in sizes:
-            data, tokens = hf_tokens(work, blocks), blocks * HF_LEN
+            data = random_token_parquet(work / f"tokens-{blocks}.parquet", blocks, HF_LEN, 32_768, seed=blocks)
+            tokens = blocks * HF_LEN
             runs = {"this": None} if code is None else {"this": None, "other": code}
             bare = hf_bare(teacher, data, threads)
             for tag, checkout in runs.items():  # each job right after the bare loop's measurement

@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import add_work_flags, markdown_table, write_json
+from bench.common import add_work_flags, markdown_table, random_token_parquet, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 DRIVER_SIZES = {
@@ -108,16 +108,6 @@ def save_qwen(path: Path, vocab: int) -> str:
     return f"hf:{path}"
 
 
-def token_data(path: Path, vocab: int) -> str:
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows = np.random.default_rng(0).integers(0, vocab, (64, 128))
-    pq.write_table(pa.table({"input_ids": pa.array(rows.tolist(), type=pa.list_(pa.int64()))}), path)
-    return str(path)
-
-
 def run_python(code: str, args: list[str], cwd: Path) -> str:
     env = {**os.environ, "PYTHONPATH": str(cwd)}
     done = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True)
@@ -174,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-teacher-memory-"))
     work.mkdir(parents=True, exist_ok=True)
     vocab = 32_768 if args.quick else 151_936
-    data = token_data(work / "tokens.parquet", 32_000)
+    data = random_token_parquet(work / "tokens.parquet", 64, 128, 32_000)
     drivers = []
     for size, shape in (QUICK_SIZES if args.quick else DRIVER_SIZES).items():
         teacher = save_llama(work / f"llama-{size}", 32_000, shape)

@@ -4,6 +4,7 @@ local directory, loaded with `transformers`, which knows every architecture user
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -41,6 +42,17 @@ class HFCausalLM(nn.Module):
         return self.model(input_ids=input_ids, use_cache=False).logits
 
 
+@contextlib.contextmanager
+def _hf_load_errors(spec: str, what: str):
+    """transformers' failures to read a directory, as one ModelError naming the spec."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"{what} {spec!r} cannot be loaded ({str(exc).splitlines()[0]}): check the directory's files"
+        ) from None
+
+
 def build_model(
     spec: str, what: str = "--model", *, pretrained: bool = True, dtype: torch.dtype = torch.float32
 ) -> nn.Module:
@@ -50,12 +62,8 @@ def build_model(
         problems = check_hf_dir(spec, what)
         if problems:
             raise ModelError(problems[0])
-        try:
+        with _hf_load_errors(spec, what):
             model = HFCausalLM(spec[len(HF_PREFIX) :], pretrained=pretrained, dtype=dtype)
-        except (OSError, ValueError) as exc:
-            raise ModelError(
-                f"{what} {spec!r} cannot be loaded ({str(exc).splitlines()[0]}): check the directory's files"
-            ) from None
     elif spec in registry.MODELS:
         entry = registry.MODELS[spec]
         model = entry.make() if pretrained else entry.make_untrained()
@@ -111,15 +119,10 @@ def hf_model_facts(spec: str, what: str) -> HFModelFacts:
     """The architecture built on torch's meta device: shapes without memory, whatever the model's size."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    path = spec[len(HF_PREFIX) :]
-    try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    with _hf_load_errors(spec, what):
+        config = AutoConfig.from_pretrained(spec[len(HF_PREFIX) :], local_files_only=True)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
-    except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"{what} {spec!r} cannot be loaded ({str(exc).splitlines()[0]}): check the directory's files"
-        ) from None
     head = model.get_output_embeddings()
     width = int(head.weight.shape[0]) if head is not None else int(config.vocab_size)
     max_positions = getattr(config, "max_position_embeddings", None)

@@ -23,8 +23,7 @@ from trainer.inputs.specs import HF_PREFIX
 @dataclass(frozen=True)
 class TeacherSource:
     spec: str
-    weights_sha256: str
-    fingerprint: str  # "state_dict" or "files" (FORMAT.md, Fingerprints)
+    weights_sha256: str  # of the state_dict, or of the files when module is None (FORMAT.md, Fingerprints)
     num_parameters: int
     module: torch.nn.Module | None  # built on the driver; None: each replica loads the hf: directory
     vocab_size: int | None = None  # known from an hf: config; else probed on the data
@@ -69,11 +68,10 @@ def resolve_teacher(spec: str) -> TeacherSource:
         return TeacherSource(
             spec,
             hf_files_sha256(spec[len(HF_PREFIX) :]),
-            "files",
             facts.num_parameters,
             None,
             facts.vocab_size,
             facts.max_positions,
         )
     model = build_model(spec, "--teacher")
-    return TeacherSource(spec, weights_sha256(model), "state_dict", sum(p.numel() for p in model.parameters()), model)
+    return TeacherSource(spec, weights_sha256(model), sum(p.numel() for p in model.parameters()), model)
