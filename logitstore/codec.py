@@ -27,7 +27,7 @@ from functools import cached_property
 import numpy as np
 
 from logitstore.errors import ShardCorruptError
-from logitstore.shard import EXTRAS, ShardData
+from logitstore.shard import EXTRAS, TOKEN_ARRAYS, ShardData, TokenInputs
 
 INDEX_CODECS = ("plain", "delta")
 VALUE_CODECS = ("float32", "logq")
@@ -139,7 +139,9 @@ class Codec:
             out["topk_code"] = values
         # The extras (sample arrays, view seeds) are stored as they are; derived ones are not stored.
         out.update({name: a for name, a in data.extras.items() if EXTRAS[name].stored})
-        return {"sample_id": data.sample_id, "position_offsets": data.position_offsets, **out}
+        # So are the tokens of a store that carries its inputs.
+        tokens = data.tokens.arrays() if data.tokens is not None else {}
+        return {"sample_id": data.sample_id, "position_offsets": data.position_offsets, **out, **tokens}
 
     def decode(self, arrays: dict[str, np.ndarray]) -> ShardData:
         """The arrays a backend read -> ShardData (column 0 is the top-1; the other columns are in
@@ -191,6 +193,7 @@ class Codec:
             logsumexp=lse,
             extras=extras,
             ordered=self.index == "plain",
+            tokens=TokenInputs(*(arrays[name] for name in TOKEN_ARRAYS)) if "input_ids" in arrays else None,
         )
 
 

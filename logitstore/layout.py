@@ -18,7 +18,9 @@ BACKENDS = ("zarr", "arrow")
 SELECTIONS = ("topk", "sample", "hybrid")
 INDEX_DTYPES = ("uint16", "uint32")
 VALUE_DTYPE = "float32"  # what a reader returns for logits and normalisers, whatever the codec stores
-TOKENIZER_NAME = "tokenizer.json"  # the only extra file a store may hold at its root
+TOKENIZER_NAME = "tokenizer.json"  # a `tokenizers` tokenizer saved at the store's root
+TOKENIZER_DIR = "tokenizer"  # or a Hugging Face tokenizer's files, in this directory
+INPUT_KINDS = ("tokens",)
 MAX_DRAWS = MAX_VIEWS = 65535
 
 
@@ -111,13 +113,17 @@ class Views:
 
 @dataclass(frozen=True)
 class TokenizerRef:
-    """The tokenizer the store's token ids come from: its kind and vocabulary, and for a tokenizer
-    that is a file, the file saved beside the manifest (always `tokenizer.json`) and its sha256."""
+    """The tokenizer the store's token ids come from: its kind and vocabulary; for a tokenizer that
+    is a file, the file saved beside the manifest (always `tokenizer.json`) and its sha256; for a
+    Hugging Face tokenizer (kind `hf`), its files under `tokenizer/` by name with their sha256, and
+    the sha256 of its chat template."""
 
     kind: str
     vocab_size: int
     file: str | None = None
     sha256: str | None = None
+    files: dict[str, str] | None = None
+    chat_template_sha256: str | None = None
 
     def problems(self) -> list[str]:
         out = []
@@ -127,18 +133,66 @@ class TokenizerRef:
             out.append(f"tokenizer vocab_size {self.vocab_size!r} must be a positive integer")
         if self.file is not None and (self.file != TOKENIZER_NAME or not _is_hex64(self.sha256)):
             out.append(f"tokenizer file must be {TOKENIZER_NAME!r} with its sha256")
+        if self.files is not None and (
+            not isinstance(self.files, dict)
+            or not self.files
+            or not all(_is_plain_name(n) and _is_hex64(h) for n, h in self.files.items())
+        ):
+            out.append(f"tokenizer files must map plain file names under {TOKENIZER_DIR}/ to their sha256")
+        if self.chat_template_sha256 is not None and not _is_hex64(self.chat_template_sha256):
+            out.append("tokenizer chat_template_sha256 must be a sha256")
         return out
 
     def to_json(self) -> dict:
-        out = {"kind": self.kind, "vocab_size": self.vocab_size}
-        return out if self.file is None else {**out, "file": self.file, "sha256": self.sha256}
+        out: dict[str, Any] = {"kind": self.kind, "vocab_size": self.vocab_size}
+        if self.file is not None:
+            out.update(file=self.file, sha256=self.sha256)
+        if self.files is not None:
+            out["files"] = dict(sorted(self.files.items()))
+        if self.chat_template_sha256 is not None:
+            out["chat_template_sha256"] = self.chat_template_sha256
+        return out
 
     @staticmethod
     def from_json(obj: Any) -> TokenizerRef:
         obj = obj if isinstance(obj, dict) else {}
         return TokenizerRef(
-            kind=obj.get("kind"), vocab_size=obj.get("vocab_size"), file=obj.get("file"), sha256=obj.get("sha256")
+            kind=obj.get("kind"),
+            vocab_size=obj.get("vocab_size"),
+            file=obj.get("file"),
+            sha256=obj.get("sha256"),
+            files=obj.get("files"),
+            chat_template_sha256=obj.get("chat_template_sha256"),
         )
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a store carries of its inputs: `tokens` = every sample's token ids and loss mask
+    (blocks of at most `seq_len` tokens), so a student needs no dataset."""
+
+    kind: str = "tokens"
+    seq_len: int = 0
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.kind not in INPUT_KINDS:
+            out.append(f"inputs kind {self.kind!r} is unknown (expected {', '.join(INPUT_KINDS)})")
+        if not _is_int(self.seq_len) or self.seq_len < 2:
+            out.append(f"inputs seq_len {self.seq_len!r} must be an integer >= 2")
+        return out
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "seq_len": self.seq_len}
+
+    @staticmethod
+    def from_json(obj: Any) -> Inputs:
+        obj = obj if isinstance(obj, dict) else {}
+        return Inputs(kind=obj.get("kind"), seq_len=obj.get("seq_len"))
+
+
+def _is_plain_name(value: Any) -> bool:
+    return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
 
 
 def _is_hex64(value: Any) -> bool:
@@ -160,6 +214,7 @@ class StoreLayout:
     codec: Codec = field(default_factory=Codec)
     views: Views | None = None
     index_dtype: str = ""  # "" = the narrowest that holds the vocabulary
+    inputs: Inputs | None = None  # the shards carry their samples' tokens and loss masks
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "temperatures", tuple(self.temperatures))
@@ -179,6 +234,7 @@ class StoreLayout:
         value_codec: str = "float32",
         value_bits: int = 0,
         views: Views | None = None,
+        inputs: Inputs | None = None,
     ) -> StoreLayout:
         temperatures = tuple(float(t) for t in temperatures)
         codec = Codec.make(index_codec, value_codec, value_bits, temperatures)
@@ -191,6 +247,7 @@ class StoreLayout:
             selection=selection,
             codec=codec,
             views=views,
+            inputs=inputs,
         )
 
     @property
@@ -206,6 +263,8 @@ class StoreLayout:
     @property
     def format_version(self) -> int:
         """The lowest format version that holds this layout (FORMAT.md, versions)."""
+        if self.inputs:
+            return 5
         if self.views:
             return 4
         if not self.codec.is_default:
@@ -244,6 +303,10 @@ class StoreLayout:
         out += self.codec.problems()
         if self.views is not None:
             out += self.views.problems()
+        if self.inputs is not None:
+            out += self.inputs.problems()
+            if self.views is not None:
+                out.append("a store of views cannot carry token inputs (views apply to one input per sample)")
         return out
 
     def to_json(self) -> dict:
@@ -259,7 +322,11 @@ class StoreLayout:
             "selection": self.selection.to_json(),
             "codec": self.codec.to_json(),
         }
-        return out if self.views is None else {**out, "views": self.views.to_json()}
+        if self.views is not None:
+            out["views"] = self.views.to_json()
+        if self.inputs is not None:
+            out["inputs"] = self.inputs.to_json()
+        return out
 
     @staticmethod
     def from_json(raw: dict) -> StoreLayout:
@@ -276,6 +343,7 @@ class StoreLayout:
             selection=Selection.from_json(raw.get("selection", {"kind": "topk"})),
             codec=Codec.from_json(codec, temps) if isinstance(codec, dict) else Codec(index=repr(codec)),
             views=None if raw.get("views") is None else Views.from_json(raw["views"]),
+            inputs=None if raw.get("inputs") is None else Inputs.from_json(raw["inputs"]),
             index_dtype=raw.get("index_dtype")
             if isinstance(raw.get("index_dtype"), str)
             else repr(raw.get("index_dtype")),

@@ -17,7 +17,7 @@ from logitstore.layout import StoreLayout, TokenizerRef
 from logitstore.planning import ShardPlan
 
 FORMAT_NAME = "logitstore"
-FORMAT_VERSION = 4  # the newest this code reads and writes; stores are written with the lowest version that holds them
+FORMAT_VERSION = 5  # the newest this code reads and writes; stores are written with the lowest version that holds them
 MANIFEST_NAME = "manifest.json"
 SHARD_SUFFIX = {"zarr": ".zarr", "arrow": ".arrow"}
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
@@ -190,7 +190,7 @@ def _parse_layout(raw: dict, version: int) -> StoreLayout:
         raise ManifestError(
             f"manifest of format version {version} declares what version {layout.format_version} "
             f"introduced (selection {layout.selection.kind}, codec {layout.codec.to_json()}, "
-            f"views {layout.views is not None}): {_DAMAGED}"
+            f"views {layout.views is not None}, inputs {layout.inputs is not None}): {_DAMAGED}"
         )
     return layout
 

@@ -12,7 +12,7 @@ import numpy as np
 from logitstore.backends import get_backend
 from logitstore.checksum import shard_checksum
 from logitstore.errors import ShardCorruptError, StoreError
-from logitstore.layout import TOKENIZER_NAME
+from logitstore.layout import TOKENIZER_DIR, TOKENIZER_NAME
 from logitstore.manifest import Manifest, ShardInfo, read_manifest
 from logitstore.planning import ShardPlan
 from logitstore.shard import ShardData
@@ -137,11 +137,30 @@ class StoreReader:
             )
         return data.decode("utf-8")
 
+    def tokenizer_dir(self) -> Path | None:
+        """The directory of a saved Hugging Face tokenizer (every file checked against the manifest),
+        or None when the store has none."""
+        entry = self.manifest.tokenizer
+        if entry is None or entry.files is None:
+            return None
+        import hashlib
+
+        directory = self.root / TOKENIZER_DIR
+        for name, sha in entry.files.items():
+            path = directory / name
+            if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != sha:
+                raise ShardCorruptError(
+                    f"{TOKENIZER_DIR}/{name} of store {self.root} is missing or fails its checksum: the store is "
+                    "damaged; dump it again"
+                )
+        return directory
+
     def verify(self) -> list[str]:
         """Check every shard's checksum and layout, and the tokenizer's: one message per bad file (none: sound)."""
         problems = []
         try:
             self.tokenizer_json()
+            self.tokenizer_dir()
         except StoreError as exc:
             problems.append(str(exc))
         for index in range(self.num_shards):

@@ -70,6 +70,73 @@ def _check_view_seed(v: np.ndarray, data: ShardData, layout: StoreLayout) -> lis
     return out
 
 
+TOKEN_ARRAYS = ("token_offsets", "input_ids", "loss_mask")
+
+
+@dataclass(frozen=True)
+class TokenInputs:
+    """The tokens a store that carries its inputs keeps per sample (FORMAT.md, version 5).
+
+    Shapes (S samples, N tokens in total):
+      offsets   int64 [S+1]  tokens of sample i are entries offsets[i]:offsets[i+1]
+      input_ids uint16|uint32 [N]  the token ids the teacher read
+      loss_mask uint8 [N]    1 where the position after reading that token is stored
+    """
+
+    offsets: np.ndarray
+    input_ids: np.ndarray
+    loss_mask: np.ndarray
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"token_offsets": self.offsets, "input_ids": self.input_ids, "loss_mask": self.loss_mask}
+
+    def problems(self, data: ShardData, layout: StoreLayout) -> list[str]:
+        o, ids, mask, s = self.offsets, self.input_ids, self.loss_mask, data.num_samples
+        if o.dtype != np.int64 or o.shape != (s + 1,):
+            return [f"token_offsets must be int64 [{s + 1}], got {o.dtype} {o.shape}"]
+        n = ids.shape[0] if ids.ndim == 1 else -1
+        if ids.dtype != np.dtype(layout.index_dtype) or ids.ndim != 1 or mask.dtype != np.uint8 or mask.shape != (n,):
+            return [
+                f"input_ids must be {layout.index_dtype} [N] and loss_mask uint8 [N], got {ids.dtype} {ids.shape} "
+                f"and {mask.dtype} {mask.shape}"
+            ]
+        out = []
+        lengths = np.diff(o)
+        seq_len = layout.inputs.seq_len if layout.inputs else 0
+        if o[0] != 0 or o[-1] != n or np.any(lengths < 1) or np.any(lengths > seq_len):
+            out.append(f"token_offsets must start at 0 and end at {n}, every sample holding 1..{seq_len} tokens")
+        elif n and int(ids.max()) >= layout.vocab_size:
+            out.append(f"input_ids holds a token id >= vocabulary size {layout.vocab_size}")
+        elif np.any(mask > 1):
+            out.append("loss_mask must hold 0 or 1")
+        elif not np.array_equal(
+            np.add.reduceat(mask.astype(np.int64), o[:-1]) if n else np.zeros(s, np.int64),
+            np.diff(data.position_offsets),
+        ):
+            out.append("every sample must hold exactly as many positions as its loss_mask holds ones")
+        return out
+
+    def select(self, rows: np.ndarray) -> TokenInputs:
+        starts, ends = self.offsets[rows], self.offsets[rows + 1]
+        offsets = np.zeros(rows.shape[0] + 1, dtype=np.int64)
+        np.cumsum(ends - starts, out=offsets[1:])
+        at = positions_between(starts, ends)
+        return TokenInputs(offsets, self.input_ids[at], self.loss_mask[at])
+
+    @staticmethod
+    def concat(parts: list[TokenInputs]) -> TokenInputs:
+        sizes = np.cumsum([0] + [p.input_ids.shape[0] for p in parts[:-1]])
+        offsets = np.concatenate([[0]] + [p.offsets[1:] + n for p, n in zip(parts, sizes)]).astype(np.int64)
+        return TokenInputs(
+            offsets, np.concatenate([p.input_ids for p in parts]), np.concatenate([p.loss_mask for p in parts])
+        )
+
+    def sample(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, loss_mask) of the sample at `row`."""
+        a, b = int(self.offsets[row]), int(self.offsets[row + 1])
+        return self.input_ids[a:b], self.loss_mask[a:b]
+
+
 EXTRAS: dict[str, Extra] = {
     e.name: e
     for e in (
@@ -96,6 +163,7 @@ class ShardData:
       topk_logit       float32 [P, k]  raw teacher logits z of those classes (before temperature)
       logsumexp        float32 [P, R]  logsumexp(z / T_r) over the full vocabulary
       extras           {name: [P, ...]}  the optional arrays of EXTRAS the layout calls for
+      tokens           the samples' tokens and loss masks (stores that carry their inputs), or None
     """
 
     sample_id: np.ndarray
@@ -105,6 +173,7 @@ class ShardData:
     logsumexp: np.ndarray
     extras: Mapping[str, np.ndarray] = field(default_factory=dict)
     ordered: bool = True
+    tokens: TokenInputs | None = None
 
     @property
     def num_samples(self) -> int:
@@ -132,7 +201,8 @@ class ShardData:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every array of the shard, by name."""
-        return {"sample_id": self.sample_id, "position_offsets": self.position_offsets, **self.per_position()}
+        tokens = self.tokens.arrays() if self.tokens is not None else {}
+        return {"sample_id": self.sample_id, "position_offsets": self.position_offsets, **self.per_position(), **tokens}
 
     def validate(self, layout: StoreLayout, *, reading: bool = True) -> None:
         """Raise ShardDataError if this shard breaks the format's rules for `layout`. A writer's
@@ -150,6 +220,12 @@ class ShardData:
                 problems.append(f"{name} is required by the store's layout but missing")
             elif present:
                 problems += rule.check(self.extras[name], self, layout)
+        if layout.inputs is not None and self.tokens is None:
+            problems.append("the store carries its inputs but the shard has no input_ids / loss_mask")
+        elif layout.inputs is None and self.tokens is not None:
+            problems.append("input_ids are present but the store's layout has no place for them")
+        elif self.tokens is not None and not problems:
+            problems += self.tokens.problems(self, layout)
         if problems:
             raise ShardDataError("; ".join(problems))
 
@@ -209,6 +285,7 @@ class ShardData:
             taken.pop("logsumexp"),
             extras=taken,
             ordered=self.ordered,
+            tokens=None if self.tokens is None else self.tokens.select(rows),
         )
 
     @staticmethod
@@ -233,6 +310,7 @@ class ShardData:
             arrays.pop("logsumexp"),
             extras=arrays,
             ordered=parts[0].ordered,
+            tokens=None if parts[0].tokens is None else TokenInputs.concat([p.tokens for p in parts]),
         )
 
 

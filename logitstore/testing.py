@@ -31,11 +31,11 @@ from logitstore.errors import (
     StoreLockedError,
     StoreNotFoundError,
 )
-from logitstore.layout import Selection, StoreLayout, Views, index_dtype_for
+from logitstore.layout import Inputs, Selection, StoreLayout, Views, index_dtype_for
 from logitstore.manifest import parse_manifest
 from logitstore.planning import plan_shards
 from logitstore.reader import StoreReader, topk_probabilities
-from logitstore.shard import ShardData, pad_width, trim_samples
+from logitstore.shard import ShardData, TokenInputs, pad_width, trim_samples
 from logitstore.writer import StoreWriter
 
 TEMPS = (1.0, 2.0, 4.0)
@@ -78,6 +78,32 @@ def with_extras(data: ShardData, **extras: np.ndarray) -> ShardData:
     )
 
 
+def with_tokens(rng, data: ShardData, vocab: int, seq_len: int) -> ShardData:
+    """Random token ids and a loss mask per sample, with as many ones as the sample has positions
+    (the other tokens are context the teacher read but no position of which is stored)."""
+    counts = np.diff(data.position_offsets)
+    lengths = [int(rng.integers(max(int(c), 1), seq_len + 1)) for c in counts]
+    masks = []
+    for c, n in zip(counts, lengths):
+        mask = np.zeros(n, dtype=np.uint8)
+        mask[rng.choice(n, size=int(c), replace=False)] = 1
+        masks.append(mask)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    input_ids = rng.integers(0, vocab, size=int(offsets[-1])).astype(index_dtype_for(vocab))
+    tokens = TokenInputs(offsets, input_ids, np.concatenate(masks) if masks else np.zeros(0, np.uint8))
+    return ShardData(
+        data.sample_id,
+        data.position_offsets,
+        data.topk_index,
+        data.topk_logit,
+        data.logsumexp,
+        extras=data.extras,
+        ordered=data.ordered,
+        tokens=tokens,
+    )
+
+
 def with_samples(rng, data: ShardData, vocab: int, draws: int, trim: bool = False) -> ShardData:
     """`draws` multinomial draws per position as distinct ids with uint16 counts (only the columns
     the shard needs when `trim`, as the dump writes them)."""
@@ -103,6 +129,7 @@ def layout_for(
     draws: int = 0,
     codec: Codec = CODECS["plain"],
     views: int = 0,
+    seq_len: int = 0,
 ) -> StoreLayout:
     selection = Selection("hybrid", draws, 1.0, 0) if draws else Selection()
     return StoreLayout(
@@ -114,6 +141,7 @@ def layout_for(
         selection=selection,
         codec=codec,
         views=Views(views, "test-augment", 0) if views else None,
+        inputs=Inputs("tokens", seq_len) if seq_len else None,
     )
 
 
@@ -128,11 +156,13 @@ def build_store(
     seed: int = 0,
     draws: int = 0,
     codec: Codec = CODECS["plain"],
+    seq_len: int = 0,
 ) -> list[ShardData]:
-    """A complete store of random shards through the StoreWriter; -> the shards as written."""
+    """A complete store of random shards through the StoreWriter (carrying random tokens of at
+    most `seq_len` when it is not 0); -> the shards as written."""
     rng = np.random.default_rng(seed)
     ids = np.asarray(ids, dtype=np.int64)
-    layout = layout_for(backend, k=k, vocab=vocab, shard_size=shard_size, draws=draws, codec=codec)
+    layout = layout_for(backend, k=k, vocab=vocab, shard_size=shard_size, draws=draws, codec=codec, seq_len=seq_len)
     plan = plan_shards(ids, shard_size)
     shards, infos, start = [], [], 0
     with StoreWriter(root) as writer:
@@ -144,6 +174,8 @@ def build_store(
             )
             if draws:
                 data = with_samples(rng, data, vocab, draws, trim=True)
+            if seq_len:
+                data = with_tokens(rng, data, vocab, seq_len)
             start += n
             shards.append(data)
             infos.append(writer.shard_writer().write(j, data))
@@ -185,6 +217,11 @@ def assert_same_content(got: ShardData, want: ShardData, codec: Codec) -> None:
     assert got.topk_index.dtype == want.topk_index.dtype
     for name, array in want.extras.items():  # sample arrays and view seeds are stored as they are
         assert np.array_equal(got.extras[name], array), name
+    assert (got.tokens is None) == (want.tokens is None)
+    if want.tokens is not None:  # so are the tokens
+        for name, array in want.tokens.arrays().items():
+            b = got.tokens.arrays()[name]
+            assert b.dtype == array.dtype and np.array_equal(b, array), name
     got_index, got_logit = by_class(got)
     want_index, want_logit = by_class(want)
     assert np.array_equal(got_index, want_index)
@@ -276,6 +313,14 @@ class BackendTests:
         data.validate(layout_for(self.backend, k=3, vocab=20, views=4), reading=False)
         assert_same_content(round_trip(self.backend, codec, tmp_path / "s", data), data, codec)
 
+    def test_token_inputs_round_trip(self, tmp_path, codec):
+        rng = np.random.default_rng(7)
+        for vocab in (300, 70_000):
+            data = random_shard(rng, [2, 6, 7], k=3, vocab=vocab, positions_per_sample=np.array([3, 0, 5]))
+            data = with_tokens(rng, data, vocab, seq_len=9)
+            data.validate(layout_for(self.backend, k=3, vocab=vocab, seq_len=9), reading=False)
+            assert_same_content(round_trip(self.backend, codec, tmp_path / f"s{vocab}", data), data, codec)
+
 
 class StoreTests:
     """Whole stores: the reader, checksums, and the writer's commit, resume and lock rules."""
@@ -330,6 +375,30 @@ class StoreTests:
                 np.testing.assert_array_equal(got.extras["sample_count"][row], count)
                 np.testing.assert_array_equal(got.extras["sample_index"][row][count > 0], index[count > 0])
         assert reader.verify() == []
+
+    def test_a_store_that_carries_its_inputs_is_version_5_and_lookup_keeps_each_samples_tokens(self, tmp_path):
+        lengths = np.array([3, 0, 1, 6, 2, 2, 5, 1, 4, 3])
+        shards = build_store(tmp_path / "st", self.backend, np.arange(10), lengths=lengths, shard_size=4, seq_len=8)
+        reader = StoreReader(tmp_path / "st")
+        assert reader.manifest.format_version == 5 and reader.manifest.layout.inputs.seq_len == 8
+        got = reader.lookup(np.array([9, 0, 5]))
+        for row, i in enumerate((9, 0, 5)):
+            want_ids, want_mask = shards[i // 4].tokens.sample(i % 4)
+            ids, mask = got.tokens.sample(row)
+            assert np.array_equal(ids, want_ids) and np.array_equal(mask, want_mask)
+            assert int(mask.sum()) == lengths[i] == got.position_offsets[row + 1] - got.position_offsets[row]
+        assert reader.verify() == []
+        # A mask that disagrees with the positions breaks the format.
+        bad = shards[0].tokens
+        flipped = TokenInputs(bad.offsets, bad.input_ids, 1 - bad.loss_mask)
+        broken = ShardData(
+            *(getattr(shards[0], f) for f in ("sample_id", "position_offsets", "topk_index")),
+            shards[0].topk_logit,
+            shards[0].logsumexp,
+            tokens=flipped,
+        )
+        with pytest.raises(ShardDataError, match="loss_mask"):
+            broken.validate(reader.manifest.layout)
 
     def test_reader_memory_is_bounded_by_its_cache(self, tmp_path):
         build_store(tmp_path / "st", self.backend, np.arange(50), shard_size=5)

@@ -29,7 +29,7 @@ from logitstore.backends import get_backend
 from logitstore.checksum import shard_checksum
 from logitstore.errors import ShardDataError, StoreConflictError, StoreError, StoreExistsError
 from logitstore.identity import canonical, content_sha256, differences
-from logitstore.layout import TOKENIZER_NAME, StoreLayout, TokenizerRef
+from logitstore.layout import TOKENIZER_DIR, TOKENIZER_NAME, StoreLayout, TokenizerRef
 from logitstore.lock import LOCK_NAME, StoreLock
 from logitstore.manifest import MANIFEST_NAME, Manifest, ShardInfo, read_manifest, shard_name, write_manifest
 from logitstore.planning import ShardPlan
@@ -204,7 +204,7 @@ class StoreWriter:
         """An empty store directory; a complete store there is un-committed before anything else."""
         check_destination(self.root)
         (self.root / MANIFEST_NAME).unlink(missing_ok=True)  # never a manifest over missing shards
-        for sub in ("shards", TMP_DIR):
+        for sub in ("shards", TMP_DIR, TOKENIZER_DIR):
             shutil.rmtree(self.root / sub, ignore_errors=True)
         for name in (TOKENIZER_NAME, PENDING_NAME):
             (self.root / name).unlink(missing_ok=True)
@@ -227,6 +227,24 @@ class StoreWriter:
         atomic_write_bytes(self.root / TOKENIZER_NAME, data)
         return TokenizerRef(
             kind=kind, vocab_size=vocab_size, file=TOKENIZER_NAME, sha256=hashlib.sha256(data).hexdigest()
+        )
+
+    def save_tokenizer_files(
+        self, files: dict[str, bytes], vocab_size: int, chat_template_sha256: str | None
+    ) -> TokenizerRef:
+        """Save a Hugging Face tokenizer's files under tokenizer/ (before the commit)."""
+        import hashlib
+
+        directory = self.root / TOKENIZER_DIR
+        shutil.rmtree(directory, ignore_errors=True)  # what an interrupted dump left; rewritten whole
+        directory.mkdir()
+        for name, data in files.items():
+            atomic_write_bytes(directory / name, data)
+        return TokenizerRef(
+            kind="hf",
+            vocab_size=vocab_size,
+            files={name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+            chat_template_sha256=chat_template_sha256,
         )
 
     def commit(

@@ -85,3 +85,44 @@ def tiny_llama(path, vocab_size: int, max_positions: int = 64, seed: int = 0) ->
     )
     LlamaForCausalLM(config).save_pretrained(path)
     return f"hf:{path}"
+
+
+CHATML = (
+    "{% for m in messages %}{% if m['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unknown role ' + m['role']) }}{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_chat_tokenizer(path, template: str | None = CHATML, vocab_size: int = 300):
+    """A byte-level BPE with ChatML special tokens trained on a stdlib module's source, saved with
+    save_pretrained at `path` (with `template` as its chat template, or none)."""
+    import inspect
+    import json as json_module
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        show_progress=False,
+    )
+    tok.train_from_iterator([inspect.getsource(json_module.decoder)], trainer)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    if template is not None:
+        hf.chat_template = template
+    hf.save_pretrained(path)
+    return hf
+
+
+def write_jsonl(path, rows) -> str:
+    import json as json_module
+
+    Path(path).write_text("".join(json_module.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)

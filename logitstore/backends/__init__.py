@@ -4,8 +4,9 @@ The contract (checked for every backend by the conformance classes of logitstore
   write(path, arrays) -> None   creates `path` (must not exist) holding `arrays`
   read(path) -> arrays          returns exactly what was written, dtypes included
 `arrays` maps names to numpy arrays: `sample_id` [S], `position_offsets` [S+1], and any number of
-per-position arrays whose leading axis is the position (P rows, 1-D or 2-D). What the arrays
-mean is the codec's business (logitstore/codec.py).
+per-position arrays whose leading axis is the position (P rows, 1-D or 2-D); in a store that
+carries its inputs also `token_offsets` [S+1] and the per-token arrays of PER_TOKEN (N rows, 1-D).
+What the arrays mean is the codec's business (logitstore/codec.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-PER_SAMPLE = ("sample_id", "position_offsets")
+PER_SAMPLE = ("sample_id", "position_offsets", "token_offsets")
+PER_TOKEN = ("input_ids", "loss_mask")
 ZSTD_LEVEL = 6  # on LM teacher outputs: 2% smaller than level 3, still > 100 MB/s (bench/store.py)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from logitstore.backends import PER_SAMPLE, ZSTD_LEVEL
+from logitstore.backends import PER_SAMPLE, PER_TOKEN, ZSTD_LEVEL
 from logitstore.errors import ShardCorruptError
 
 
@@ -35,7 +35,11 @@ class ArrowBackend:
     def write(self, path: str, arrays: dict[str, np.ndarray]) -> None:
         offsets = arrays["position_offsets"]
         columns = {"sample_id": pa.array(arrays["sample_id"], type=pa.int64())}
-        columns.update({name: _nested(a, offsets) for name, a in arrays.items() if name not in PER_SAMPLE})
+        for name, a in arrays.items():
+            if name in PER_TOKEN:  # a sample's tokens: their own offsets
+                columns[name] = _nested(a, arrays["token_offsets"])
+            elif name not in PER_SAMPLE:
+                columns[name] = _nested(a, offsets)
         table = pa.table(columns)
         options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", compression_level=ZSTD_LEVEL))
         with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as writer:
@@ -45,14 +49,17 @@ class ArrowBackend:
         with pa.memory_map(path, "r") as source:
             table = pa.ipc.open_file(source).read_all()
         out = {"sample_id": table.column("sample_id").to_numpy().astype(np.int64, copy=False)}
-        offsets = None
+        offsets: dict[str, np.ndarray] = {}  # per kind of list column: positions or tokens
         for name in table.column_names:
             if name == "sample_id":
                 continue
             values, col_offsets = _flat(table.column(name), table.schema.field(name).type)
-            if offsets is not None and not np.array_equal(offsets, col_offsets):
-                raise ShardCorruptError(f"{path}: list columns disagree on positions per sample")
-            offsets = col_offsets
+            kind = "token_offsets" if name in PER_TOKEN else "position_offsets"
+            if kind in offsets and not np.array_equal(offsets[kind], col_offsets):
+                raise ShardCorruptError(f"{path}: list columns disagree on {kind.split('_')[0]}s per sample")
+            offsets[kind] = col_offsets
             out[name] = values
-        out["position_offsets"] = offsets if offsets is not None else np.zeros(out["sample_id"].shape[0] + 1, np.int64)
+        out["position_offsets"] = offsets.get("position_offsets", np.zeros(out["sample_id"].shape[0] + 1, np.int64))
+        if "token_offsets" in offsets:
+            out["token_offsets"] = offsets["token_offsets"]
         return out

@@ -263,7 +263,7 @@ def test_tokenizer_problems_and_hf_dir_without_config(tmp_path, capsys):
         and len(errors) == 3
         and "no config.json" in joined
         and "write bpe:N" in joined
-        and "--tokenizer applies to the built-in text" in joined
+        and "--tokenizer applies to text datasets only" in joined
     )
     code, errors = run(
         dump_logits.main,
@@ -284,19 +284,30 @@ def test_tokenizer_problems_and_hf_dir_without_config(tmp_path, capsys):
     assert (
         code == 2
         and len(errors) == 2
-        and "neither bytes, bpe:N nor an existing tokenizer.json" in errors[0]
+        and "neither bytes, bpe:N, an existing tokenizer.json file nor a tokenizer directory" in errors[0]
         and "--seq-len must be >= 2" in errors[1]
     )
 
 
-def test_a_dataset_file_that_is_not_parquet_is_refused_before_anything_runs(tmp_path, capsys):
-    (tmp_path / "chat.jsonl").write_text('{"text": "hello"}\n')
+def test_a_dataset_file_of_no_known_format_is_refused_before_anything_runs(tmp_path, capsys):
+    (tmp_path / "chat.txt").write_text("hello\n")
     code, errors = run(
         dump_logits.main,
-        ["--teacher", "digits-cnn", "--dataset", str(tmp_path / "chat.jsonl"), "--out", str(tmp_path / "st")],
+        ["--teacher", "digits-cnn", "--dataset", str(tmp_path / "chat.txt"), "--out", str(tmp_path / "st")],
         capsys,
     )
-    assert code == 2 and len(errors) == 1 and "is a .jsonl file; datasets are Parquet" in errors[0]
+    assert code == 2 and len(errors) == 1 and "is a .txt file; datasets are Parquet, JSONL or JSON" in errors[0]
+    assert not (tmp_path / "st").exists()
+
+
+def test_text_without_a_tokenizer_is_refused_before_anything_runs(tmp_path, capsys):
+    (tmp_path / "docs.jsonl").write_text('{"text": "hello"}\n')
+    code, errors = run(
+        dump_logits.main,
+        ["--teacher", "digits-cnn", "--dataset", str(tmp_path / "docs.jsonl"), "--out", str(tmp_path / "st")],
+        capsys,
+    )
+    assert code == 2 and len(errors) == 1 and "is text: pass --tokenizer" in errors[0]
     assert not (tmp_path / "st").exists()
 
 
@@ -304,7 +315,7 @@ def test_parquet_without_features_or_tokens(tmp_path, capsys):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"text": ["a", "b"]}), tmp_path / "t.parquet")
+    pq.write_table(pa.table({"words": ["a", "b"]}), tmp_path / "t.parquet")
     code, errors = run(
         dump_logits.main,
         ["--teacher", "digits-cnn", "--dataset", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "st")],

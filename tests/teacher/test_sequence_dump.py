@@ -94,7 +94,7 @@ def test_a_compact_codec_dump_holds_the_same_top_k(dump, lm_teacher):
         value_bits=8,
     )
     m = read_manifest(compact)
-    assert m.format_version == 3 and m.codec.to_json() == {"index": "delta", "values": "logq", "bits": 8}
+    assert m.format_version == 5 and m.codec.to_json() == {"index": "delta", "values": "logq", "bits": 8}
     assert m.num_bytes < read_manifest(exact).num_bytes
     for (_, x), (_, y) in zip(StoreReader(exact).iter_shards(), StoreReader(compact).iter_shards()):
         assert np.array_equal(x.sample_id, y.sample_id) and np.array_equal(x.position_offsets, y.position_offsets)
@@ -159,7 +159,7 @@ def test_sampled_draws_are_valid_and_independent_of_workers(dump, lm_teacher):
         teacher="lm_models:tiny_gpt", dataset=DATASET, top_k=1, selection="sample", draws=12, shard_size=128, workers=2
     )
     m = read_manifest(one)
-    assert m.format_version == 2 and m.selection.kind == "sample" and m.draws == 12
+    assert m.format_version == 5 and m.selection.kind == "sample" and m.draws == 12
     for (_, a), (_, b) in zip(StoreReader(one).iter_shards(), StoreReader(two).iter_shards()):
         assert a.equals(b)
         assert (a.extras["sample_count"].astype(int).sum(axis=1) == 12).all()

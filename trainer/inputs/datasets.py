@@ -2,7 +2,9 @@
 
 Canonical columns: `id` int64 (unique), `label` int64 (-1 where the label is missing), and either
 `features` float32 tensor (same shape every row) or, for token data, `input_ids` int64
-[seq_len] (zero-padded) with `length` int64 (the valid tokens, 1..seq_len).
+[seq_len] (zero-padded) with `length` int64 (the valid tokens, 1..seq_len); text the dump
+tokenises itself also has `loss_mask` uint8 [seq_len] (1 = the position is stored and trained;
+without it every valid position is) and `cut` int64 (tokens cut off a row longer than seq_len).
 
 A dataset spec is one of:
   - a built-in name: digits, digits-fewlabels, digits-eval; or the text of the Python standard
@@ -11,13 +13,16 @@ A dataset spec is one of:
   - a Parquet file or directory with `features` (list of floats) and optional `label` (int,
     nullable), or with `input_ids` (list of ints per row, at most seq_len); optional `id`
     (int64; else the row's position, files in sorted path order);
+  - the user's text: JSONL / JSON / Parquet files (or directories) or a `datasets` directory
+    (save_to_disk) with `text`, `messages` or `prompt` + `completion` (trainer/inputs/textfiles.py),
+    tokenised with a Hugging Face tokenizer into blocks with a `loss_mask` (trainer/inputs/chat.py);
   - `package.module:function` returning a ray.data.Dataset with those columns.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +34,21 @@ import ray.data
 from trainer.errors import DataError
 from trainer.inputs import registry
 from trainer.inputs.specs import LM_SEQ_LEN, check_dataset_spec, import_callable, is_callable_spec, parquet_files
+from trainer.inputs.textfiles import TextFile, read_rows, row_kind, text_files
 
 TEXT_PARTS = 8  # read tasks per built-in text dataset; blocks never span two parts
 
 
 @dataclass(frozen=True)
 class TextOptions:
-    """How text and token data become blocks: the tokenizer (its JSON; None = bytes) and the block length."""
+    """How text and token data become blocks: the tokenizer of built-in text (its JSON; None =
+    bytes), the Hugging Face tokenizer of the user's text files (a directory or tokenizer.json),
+    the block length, and what is trained (`completion`, `all`; "" = by the kind of row)."""
 
     tokenizer_json: str | None = None
     seq_len: int = LM_SEQ_LEN
+    hf_tokenizer: str | None = None
+    train_on: str = ""
 
 
 def load_dataset(spec: str, what: str = "--dataset", text: TextOptions = TextOptions()) -> ray.data.Dataset:
@@ -61,6 +71,17 @@ def load_dataset(spec: str, what: str = "--dataset", text: TextOptions = TextOpt
             raise DataError(f"{what} {spec!r} returned {type(ds).__name__}, not a ray.data.Dataset")
         return ds.map_batches(
             _normalize_batch, batch_format="numpy", fn_kwargs={"source": spec, "seq_len": text.seq_len}
+        )
+    texts = text_files(Path(spec))
+    if texts is not None:
+        if text.hf_tokenizer is None:
+            raise DataError(
+                f"{what} {spec} is text and needs a tokenizer: pass --tokenizer (a directory saved by save_pretrained) "
+                "or an hf:<dir> teacher whose directory holds its tokenizer files"
+            )
+        # One read task per file: rows are read, tokenised and cut into blocks there.
+        return ray.data.from_items([asdict(f) for f in texts]).map_batches(
+            _read_text_batch, batch_size=1, batch_format="pyarrow", fn_kwargs={"text": text}
         )
     files = parquet_files(Path(spec))
     offsets = np.concatenate([[0], np.cumsum([pq.ParquetFile(f).metadata.num_rows for f in files])])
@@ -90,6 +111,43 @@ def _features_block(batch: dict[str, np.ndarray], spec: str, blocks: int) -> dic
 
 def _text_block(batch: dict[str, np.ndarray], spec: str, text: TextOptions) -> dict[str, np.ndarray]:
     return text_part(spec, int(batch["id"][0]), text)
+
+
+def _read_text_batch(batch: pa.Table, text: TextOptions) -> dict[str, np.ndarray]:
+    """One text file -> its blocks, in the canonical columns (trainer/inputs/chat.py says how)."""
+    from trainer.inputs.chat import MAX_ROW_ID, blocks_of, encode_row, load_tokenizer
+
+    file = TextFile(**{key: batch.column(key)[0].as_py() for key in ("path", "format", "offset")})
+    tok = load_tokenizer(text.hf_tokenizer)
+    ids, blocks, cuts = [], [], []
+    for i, row in enumerate(read_rows(file)):
+        where = f"{file.path} row {i}"
+        row_id = row.get("id", file.offset + i)
+        if not isinstance(row_id, int) or isinstance(row_id, bool) or not 0 <= row_id <= MAX_ROW_ID:
+            raise DataError(f"{where}: 'id' must be an integer in 0..{MAX_ROW_ID} (got {row_id!r})")
+        kind = row_kind(row, where)
+        train_on = text.train_on or ("all" if kind == "text" else "completion")
+        if kind == "text" and train_on == "completion":
+            raise DataError(f"{where} is plain text, which has no completion: pass --train-on all")
+        tokens, target = encode_row(row, kind, tok, train_on, where)
+        row_blocks, cut = blocks_of(tokens, target, text.seq_len, split=kind == "text")
+        ids += [(row_id << 16) + b for b in range(len(row_blocks))]
+        blocks += row_blocks
+        cuts += [cut] + [0] * (len(row_blocks) - 1)
+    n = len(blocks)
+    input_ids = np.zeros((n, text.seq_len), dtype=np.int64)
+    loss_mask = np.zeros((n, text.seq_len), dtype=np.uint8)
+    for i, b in enumerate(blocks):
+        input_ids[i, : b.input_ids.shape[0]] = b.input_ids
+        loss_mask[i, : b.loss_mask.shape[0]] = b.loss_mask
+    return {
+        "id": np.asarray(ids, dtype=np.int64),
+        "input_ids": input_ids,
+        "length": np.array([b.input_ids.shape[0] for b in blocks], dtype=np.int64),
+        "loss_mask": loss_mask,
+        "cut": np.asarray(cuts, dtype=np.int64),
+        "label": np.full(n, -1, dtype=np.int64),
+    }
 
 
 def _read_parquet_batch(batch: pa.Table, seq_len: int) -> dict[str, np.ndarray]:
@@ -251,9 +309,20 @@ def sample_digest(features: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(features, dtype="<f4").tobytes(), digest_size=16).digest()
 
 
-def sequence_digest(input_ids: np.ndarray, length: int) -> bytes:
-    """16-byte BLAKE2b of one sequence sample: its valid token ids as int64 little-endian."""
-    return hashlib.blake2b(np.ascontiguousarray(input_ids[:length], dtype="<i8").tobytes(), digest_size=16).digest()
+def sequence_digest(input_ids: np.ndarray, length: int, loss_mask: np.ndarray | None = None) -> bytes:
+    """16-byte BLAKE2b of one sequence sample: its valid token ids as int64 little-endian, then its
+    loss mask as uint8 when the data has one."""
+    data = np.ascontiguousarray(input_ids[:length], dtype="<i8").tobytes()
+    if loss_mask is not None:
+        data += np.ascontiguousarray(loss_mask[:length], dtype=np.uint8).tobytes()
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def positions_per_sample(batch: dict) -> np.ndarray:
+    """Stored positions of each sample of a token batch: its loss mask's ones, else its length."""
+    if "loss_mask" in batch:
+        return np.asarray(batch["loss_mask"], dtype=np.int64).sum(axis=1)
+    return np.asarray(batch["length"], dtype=np.int64)
 
 
 def is_sequence_batch(batch: dict) -> bool:
@@ -262,14 +331,17 @@ def is_sequence_batch(batch: dict) -> bool:
 
 def _digest_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if is_sequence_batch(batch):
-        parts = [sequence_digest(ids, int(n)) for ids, n in zip(batch["input_ids"], batch["length"])]
+        masks = batch["loss_mask"] if "loss_mask" in batch else [None] * len(batch["id"])
+        parts = [sequence_digest(ids, int(n), m) for ids, n, m in zip(batch["input_ids"], batch["length"], masks)]
     else:
         parts = [sample_digest(f) for f in batch["features"]]
     digests = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(len(parts), 16)
     # Largest token id per row (-1 for features), so a too-small vocabulary is caught before the teacher runs.
     top = batch["input_ids"].max(axis=1) if is_sequence_batch(batch) else np.full(len(parts), -1, dtype=np.int64)
     length = np.asarray(batch["length"], dtype=np.int64) if is_sequence_batch(batch) else np.zeros(len(parts), np.int64)
-    return {"id": batch["id"], "digest": digests, "max_token": top, "length": length}
+    cut = np.asarray(batch["cut"], dtype=np.int64) if "cut" in batch else np.zeros(len(parts), np.int64)
+    stored = positions_per_sample(batch) if is_sequence_batch(batch) else np.ones(len(parts), np.int64)
+    return {"id": batch["id"], "digest": digests, "max_token": top, "length": length, "cut": cut, "stored": stored}
 
 
 @dataclass(frozen=True)
@@ -280,6 +352,10 @@ class DatasetFingerprint:
     inputs_sha256: str
     max_token: int  # largest token id; -1 for feature data
     max_length: int = 0  # tokens in the longest sample; 0 for feature data
+    cut_rows: int = 0  # rows longer than seq_len that were cut (text the dump tokenised)
+    cut_tokens: int = 0
+    num_tokens: int = 0  # tokens of every sample (0 for feature data)
+    num_positions: int = 0  # positions to store
 
     @property
     def num_samples(self) -> int:
@@ -297,11 +373,15 @@ class DatasetFingerprint:
 def fingerprint_dataset(ds: ray.data.Dataset, spec: str) -> DatasetFingerprint:
     """One pass over the dataset: sorted ids, their hash, the hash of the inputs. Checks ids are unique."""
     ids, digests, max_token, max_length = [], [], -1, 0
+    cut, tokens, positions = np.zeros(0, np.int64), 0, 0
     for batch in ds.map_batches(_digest_batch, batch_format="numpy").iter_batches(
         batch_size=None, batch_format="numpy"
     ):
         ids.append(batch["id"])
         digests.append(batch["digest"])
+        cut = np.concatenate([cut, batch["cut"][batch["cut"] > 0]])
+        tokens += int(batch["length"].sum())
+        positions += int(batch["stored"].sum())
         if len(batch["max_token"]):
             max_token = max(max_token, int(batch["max_token"].max()))
             max_length = max(max_length, int(batch["length"].max()))
@@ -321,4 +401,8 @@ def fingerprint_dataset(ds: ray.data.Dataset, spec: str) -> DatasetFingerprint:
         inputs_sha256=hashlib.sha256(np.ascontiguousarray(all_digests).tobytes()).hexdigest(),
         max_token=max_token,
         max_length=max_length,
+        cut_rows=int(cut.shape[0]),
+        cut_tokens=int(cut.sum()),
+        num_tokens=tokens,
+        num_positions=positions,
     )

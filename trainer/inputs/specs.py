@@ -34,8 +34,11 @@ MODEL_FORMS = (
 DATASET_FORMS = (
     f"a built-in dataset ({registry.names(registry.DATASETS)}); a Parquet file or a directory of .parquet "
     "files with 'features' (a list of floats per row) or 'input_ids' (a list of token ids per row), "
-    "optional 'label' (int, null where missing) and 'id' (int); or package.module:function returning a "
-    "ray.data.Dataset with those columns"
+    "optional 'label' (int, null where missing) and 'id' (int); text: a JSONL, JSON or Parquet file (or a "
+    "directory of them) or a Hugging Face datasets directory (save_to_disk) with 'text', 'messages' (a list "
+    "of {role, content}) or 'prompt' and 'completion', optional 'id' (int), tokenised with --tokenizer or "
+    "the hf: teacher's own tokenizer; or package.module:function returning a ray.data.Dataset with the "
+    "Parquet columns"
 )
 AUGMENT_FORMS = (
     f"a built-in augmentation ({registry.names(registry.AUGMENTS)}), or package.module:function"
@@ -43,7 +46,8 @@ AUGMENT_FORMS = (
 )
 TOKENIZER_FORMS = (
     "bytes (vocabulary 256), bpe:N (a byte-level BPE of vocabulary N trained on the stdlib train split, cached), "
-    "or a tokenizer.json file"
+    "a tokenizer.json file, or a directory holding a Hugging Face tokenizer (save_pretrained; its chat "
+    "template tokenises chat rows)"
 )
 
 
@@ -112,6 +116,23 @@ def check_model_spec(spec: str, what: str) -> list[str]:
     return _check_callable(spec, what)
 
 
+DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
+
+
+def is_text_files(spec: str) -> bool:
+    """The spec names the user's text files (cheap: file names and a Parquet schema, no rows read)."""
+    from trainer.inputs.textfiles import is_text_path
+
+    path = Path(spec)
+    return spec not in registry.DATASETS and path.exists() and is_text_path(path)
+
+
+def has_tokenizer_files(directory: str) -> bool:
+    from trainer.inputs.chat import has_tokenizer_files as found
+
+    return Path(directory).is_dir() and found(Path(directory))
+
+
 def parquet_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
@@ -126,13 +147,20 @@ def check_dataset_spec(spec: str, what: str) -> list[str]:
         return _check_callable(spec, what)
     if not path.exists():
         return [f"{what} {spec!r} does not exist: pass {DATASET_FORMS}"]
-    if path.is_file() and path.suffix != ".parquet":
+    if path.is_file() and path.suffix not in DATA_SUFFIXES:
         return [
-            f"{what} {spec!r} is a {path.suffix or 'suffix-less'} file; datasets are Parquet: convert it to .parquet "
-            f"(e.g. pandas.read_json(path, lines=True).to_parquet(...))"
+            f"{what} {spec!r} is a {path.suffix or 'suffix-less'} file; datasets are Parquet, JSONL or JSON files: "
+            "convert it to one of them"
         ]
-    if not parquet_files(path):
-        return [f"{what} {spec!r} holds no .parquet files: pass a Parquet file or a directory of them"]
+    if (
+        path.is_dir()
+        and not (path / "state.json").is_file()
+        and not any(p.suffix in DATA_SUFFIXES for p in path.rglob("*") if p.is_file())
+    ):
+        return [
+            f"{what} {spec!r} holds no .parquet, .jsonl or .json files: pass a data file, a directory of them or "
+            "a datasets directory (save_to_disk)"
+        ]
     return []
 
 
@@ -158,8 +186,17 @@ def check_tokenizer_spec(spec: str, what: str = "--tokenizer") -> list[str]:
     if spec.startswith("bpe"):
         return [f"{what} {spec!r} is not a BPE spec: write bpe:N with N the vocabulary size, e.g. bpe:8192"]
     path = Path(spec)
+    if path.is_dir():
+        from trainer.inputs.chat import has_tokenizer_files
+
+        if not has_tokenizer_files(path):
+            return [
+                f"{what} {spec} holds no tokenizer files (tokenizer.json, tokenizer_config.json): pass the "
+                "directory the tokenizer was saved to with save_pretrained"
+            ]
+        return []
     if not path.is_file():
-        return [f"{what} {spec!r} is neither bytes, bpe:N nor an existing tokenizer.json file"]
+        return [f"{what} {spec!r} is neither bytes, bpe:N, an existing tokenizer.json file nor a tokenizer directory"]
     try:
         from tokenizers import Tokenizer
 

@@ -38,7 +38,7 @@ class Batch:
     ids: torch.Tensor  # int64 [B]
     inputs: torch.Tensor  # features float32 [B, ...] or input_ids int64 [B, T]
     labels: torch.Tensor  # int64 [N], one per position (< 0: none): a classifier's label, or the next token
-    valid: torch.Tensor | None  # bool [B, T], the stored tokens of a sequence batch (None: one position per sample)
+    valid: torch.Tensor | None  # bool [B, T], the stored positions of a sequence batch (None: one per sample)
     targets: TeacherTargets | None  # N positions (None: the run trains on labels only)
     shard: torch.Tensor  # int64 [B], the store shard of each sample (for measuring the data order)
 
@@ -65,9 +65,11 @@ def make_batch(row: dict[str, np.ndarray], options: BatchOptions, epoch: int, de
     valid = None
     if "input_ids" in r:
         length = _tensor(r["length"], device, torch.int64)
-        valid = torch.arange(inputs.shape[1], device=device).unsqueeze(0) < length.unsqueeze(1)
+        tokens = torch.arange(inputs.shape[1], device=device).unsqueeze(0) < length.unsqueeze(1)
         next_token = torch.full_like(inputs, -1)
-        next_token[:, :-1] = torch.where(valid[:, 1:], inputs[:, 1:], -1)  # -1 after a block's last token
+        next_token[:, :-1] = torch.where(tokens[:, 1:], inputs[:, 1:], -1)  # -1 after a block's last token
+        # The positions trained: the loss mask's where the data has one (text the dump tokenised).
+        valid = tokens & _tensor(r["loss_mask"], device, torch.bool) if "loss_mask" in r else tokens
         labels = next_token[valid]
     else:
         labels = _tensor(r["label"], device, torch.int64)

@@ -46,13 +46,17 @@ class TrainConfig:
 
     store: str = option("store written by jobs.dump_logits over --dataset", "", required=True)
     dataset: str = option(
-        f"the training data, which must be the data the store was dumped from: {specs.DATASET_FORMS}", "", required=True
+        "the training data, which must be the data the store was dumped from; optional for a store that "
+        f"carries its inputs (token data dumped by this version: the store alone is the data): {specs.DATASET_FORMS}",
+        "",
     )
     eval_dataset: str = option(
         "held-out data for eval_accuracy / eval_perplexity (optional; same forms as --dataset)", ""
     )
     eval_store: str = option(
-        "store dumped over --eval-dataset, for teacher_agreement and eval_kl_to_teacher (optional)", ""
+        "store dumped over --eval-dataset, for teacher_agreement and eval_kl_to_teacher (optional; without "
+        "--eval-dataset when it carries its inputs)",
+        "",
     )
     student: str = option(f"the student: {specs.model_forms('student')}", "", required=True)
     output: str = option("directory for metrics.json, config.json and the checkpoint", "", required=True)
@@ -111,6 +115,11 @@ class TrainConfig:
                 manifest = read_manifest(self.store)
             except StoreError as exc:
                 problems.append(f"--store: {exc}")
+        if manifest is not None and not self.dataset and manifest.layout.inputs is None:
+            problems.append(
+                f"--dataset is required: store {self.store} does not carry its inputs (format version "
+                f"{manifest.format_version}); pass the dataset it was dumped from"
+            )
         problems += self._student_problems(manifest)
         variants, variant_problems = self._parse_variants()
         problems += variant_problems
@@ -131,10 +140,13 @@ class TrainConfig:
                 f"({manifest.views.augment}): leave --augment out to replay the store's"
             )
         if self.eval_store:
-            if not self.eval_dataset:
-                problems.append("--eval-store needs --eval-dataset (the data it was dumped from)")
             try:
-                if read_manifest(self.eval_store).views:
+                eval_manifest = read_manifest(self.eval_store)
+                if not self.eval_dataset and eval_manifest.layout.inputs is None:
+                    problems.append(
+                        "--eval-store needs --eval-dataset (the data it was dumped from): it does not carry its inputs"
+                    )
+                if eval_manifest.views:
                     problems.append(
                         f"--eval-store {self.eval_store} holds augmented views; evaluation is on the inputs "
                         "as they are: dump the eval data without --views"

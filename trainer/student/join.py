@@ -11,7 +11,9 @@ The order of an epoch (a fresh one every epoch, the same in every run with the s
     (one row per stored position, the store's own dtypes, per-sample offsets); the worker expands
     them (trainer/student/batches.py).
 So a batch mixes the samples of every shard of its window, whatever the bytes per row, and a join
-task holds one window's targets. The epoch is the dataset's execution index: Ray Data executes
+task holds one window's targets. A store that carries its inputs (format version 5) needs no
+dataset: `store_batches` makes the same batches from the store alone (its tokens and loss masks
+stand in for the rows), with no shuffle at all. The epoch is the dataset's execution index: Ray Data executes
 the dataset once per epoch and counts executions (the counter its own seeded shuffles use).
 Without shuffling (evaluation), each window is one shard, in id order.
 """
@@ -26,6 +28,7 @@ import ray.data
 
 from logitstore import Manifest, ShardData, StoreReader
 from trainer.errors import DataError
+from trainer.inputs.datasets import positions_per_sample
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,45 @@ def join_with_store(ds: ray.data.Dataset, spec: JoinSpec) -> ray.data.Dataset:
         .groupby("window", num_partitions=max(1, min(num_windows, 64)))
         .map_groups(_join_window, batch_format="numpy", fn_kwargs={"spec": spec})
     )
+
+
+def store_batches(spec: JoinSpec) -> ray.data.Dataset:
+    """The batches join_with_store makes, from a store that carries its inputs alone: one task per
+    window reads its shards, takes the rows from their tokens, and cuts them as a join task does."""
+    n = len(spec.windows(0))
+    return ray.data.range(n, override_num_blocks=n).map_batches(
+        _store_window, batch_size=1, batch_format="numpy", fn_kwargs={"spec": spec}
+    )
+
+
+def store_rows(data: ShardData, seq_len: int, shard: int | np.ndarray = -1) -> dict[str, np.ndarray]:
+    """A store's samples as dataset rows (canonical token columns), from their stored tokens."""
+    n, tokens = data.num_samples, data.tokens
+    lengths = np.diff(tokens.offsets)
+    valid = np.arange(seq_len) < lengths[:, None]
+    input_ids = np.zeros((n, seq_len), dtype=np.int64)
+    loss_mask = np.zeros((n, seq_len), dtype=np.uint8)
+    input_ids[valid] = tokens.input_ids
+    loss_mask[valid] = tokens.loss_mask
+    return {
+        "id": data.sample_id,
+        "input_ids": input_ids,
+        "length": lengths,
+        "loss_mask": loss_mask,
+        "label": np.full(n, -1, dtype=np.int64),
+        "shard": np.broadcast_to(np.asarray(shard, dtype=np.int64), (n,)).copy(),
+    }
+
+
+def _store_window(batch: dict[str, np.ndarray], spec: JoinSpec) -> dict[str, np.ndarray]:
+    window, epoch = int(batch["id"][0]), _execution_epoch()
+    reader = _reader(spec)
+    shards = sorted(int(j) for j in spec.windows(epoch)[window])  # id order, as a join task sorts its rows
+    parts = [reader.read_shard(j) for j in shards]
+    data = ShardData.concat(parts)
+    shard_of = np.repeat(shards, [p.num_samples for p in parts])
+    rows = store_rows(data, spec.manifest.layout.inputs.seq_len, shard_of)
+    return _cut_window(rows, data if spec.temperatures else None, spec, window, epoch)
 
 
 def batch_rows(ds: ray.data.Dataset, batch_size: int) -> ray.data.Dataset:
@@ -119,7 +161,14 @@ def _join_window(rows: dict[str, np.ndarray], spec: JoinSpec) -> dict[str, np.nd
     # the same order in every run.
     order = np.argsort(rows["id"], kind="stable")
     rows = {key: value[order] for key, value in rows.items() if key not in ("window", "epoch")}
-    targets = _targets(rows, spec) if spec.temperatures else None
+    return _cut_window(rows, _targets(rows, spec) if spec.temperatures else None, spec, window, epoch)
+
+
+def _cut_window(
+    rows: dict[str, np.ndarray], targets: ShardData | None, spec: JoinSpec, window: int, epoch: int
+) -> dict[str, np.ndarray]:
+    """A window's rows (in id order) and their targets, permuted with (seed, epoch, window) and cut
+    into batch rows."""
     n = len(rows["id"])
     order = np.random.default_rng([spec.seed, epoch, window]).permutation(n) if spec.window else np.arange(n)
     batches = [order[s : s + spec.batch_size] for s in range(0, n, spec.batch_size)]
@@ -152,12 +201,13 @@ def _targets(rows: dict[str, np.ndarray], spec: JoinSpec) -> ShardData:
 def _check_positions(rows: dict[str, np.ndarray], targets: ShardData, views: int) -> None:
     counts = np.diff(targets.position_offsets)
     if "input_ids" in rows:
-        bad = np.nonzero(counts != rows["length"])[0]
+        wanted = positions_per_sample(rows)
+        bad = np.nonzero(counts != wanted)[0]
         if bad.size:
             i = int(bad[0])
             raise DataError(
-                f"sample {int(rows['id'][i])} has {int(rows['length'][i])} tokens but the store holds "
-                f"{int(counts[i])} positions: pass the dataset the store was dumped from"
+                f"sample {int(rows['id'][i])} has {int(wanted[i])} positions to train but the store holds "
+                f"{int(counts[i])}: pass the dataset the store was dumped from"
             )
     elif views and np.any(counts != views):  # the shard rules forbid it: a reader checks them
         raise DataError(f"a store of {views} views per sample holds another number of positions: dump it again")

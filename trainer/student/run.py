@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import ray.data
 import ray.train
 import torch
@@ -29,7 +30,7 @@ from trainer.student.batches import BatchOptions
 from trainer.student.checkpoint import HISTORY_FILE, checkpoint_file
 from trainer.student.config import StudentSettings, TrainConfig
 from trainer.student.evaluate import EVAL_BATCH_SIZE
-from trainer.student.join import JoinSpec, batch_rows, join_with_store
+from trainer.student.join import JoinSpec, batch_rows, join_with_store, store_batches, store_rows
 from trainer.student.loop import LoopConfig, train_loop_per_worker
 
 # What metrics.json reports of each student (the last epoch's figures).
@@ -68,7 +69,7 @@ class RunStores:
                 "both with the same teacher"
             )
         eval_text = _text_options(cfg.eval_store, eval_manifest)
-        if eval_text.tokenizer_json != text.tokenizer_json:
+        if eval_text.tokenizer_json != text.tokenizer_json or _hf_files(eval_manifest) != _hf_files(manifest):
             raise DataError(
                 f"--eval-store {cfg.eval_store} was tokenised with another tokenizer than --store "
                 f"{cfg.store}: dump it with --tokenizer {Path(cfg.store) / 'tokenizer.json'}"
@@ -77,10 +78,20 @@ class RunStores:
 
 
 def _text_options(store: str, manifest: Manifest) -> TextOptions:
-    """Tokenise and pack text exactly as the dump did: the store's own tokenizer and block length."""
+    """Tokenise and pack text exactly as the dump did: the store's own tokenizer, block length and mask."""
+    reader = StoreReader(store, manifest=manifest)
+    hf = reader.tokenizer_dir()
+    train_on = manifest.config.get("train_on", "auto")
     return TextOptions(
-        StoreReader(store, manifest=manifest).tokenizer_json(), int(manifest.config.get("seq_len", LM_SEQ_LEN))
+        reader.tokenizer_json(),
+        int(manifest.config.get("seq_len", LM_SEQ_LEN)),
+        hf_tokenizer=None if hf is None else str(hf),
+        train_on="" if train_on == "auto" else str(train_on),
     )
+
+
+def _hf_files(manifest: Manifest) -> dict | None:
+    return None if manifest.tokenizer is None else manifest.tokenizer.files
 
 
 # ---- 1. check the inputs ------------------------------------------------------------------------
@@ -101,8 +112,8 @@ def check_store_matches(manifest: Manifest, ds, spec: str, store: str, flag: str
         )
 
 
-def check_student_width(student: torch.nn.Module, ds, manifest: Manifest, spec: str) -> None:
-    width = probe_width(student, ds.take_batch(2, batch_format="numpy"), "--student", spec)
+def check_student_width(student: torch.nn.Module, rows: dict, manifest: Manifest, spec: str) -> None:
+    width = probe_width(student, rows, "--student", spec)
     if width != manifest.vocab_size:
         raise ModelError(
             f"--student {spec} outputs {width} classes but the store's teacher has {manifest.vocab_size}: use "
@@ -111,14 +122,26 @@ def check_student_width(student: torch.nn.Module, ds, manifest: Manifest, spec: 
 
 
 def check_inputs(cfg: TrainConfig, stores: RunStores) -> None:
-    """The passes over the data that check it against the stores, and every student's width."""
-    train_ds = load_dataset(cfg.dataset, "--dataset", stores.text)
+    """The passes over the data that check it against the stores, and every student's width. A
+    store that carries its inputs is its own data: a --dataset given beside it must match it."""
+    if cfg.dataset:
+        train_ds = load_dataset(cfg.dataset, "--dataset", stores.text)
+        rows = train_ds.take_batch(2, batch_format="numpy")
+    else:
+        rows = _first_stored_rows(cfg.store, stores.manifest)
     for spec in dict.fromkeys(s.student for s in cfg.students()):
-        check_student_width(build_model(spec, "--student"), train_ds, stores.manifest, spec)
-    check_store_matches(stores.manifest, train_ds, cfg.dataset, cfg.store, "--dataset")
-    if stores.eval_manifest is not None:
+        check_student_width(build_model(spec, "--student"), rows, stores.manifest, spec)
+    if cfg.dataset:
+        check_store_matches(stores.manifest, train_ds, cfg.dataset, cfg.store, "--dataset")
+    if stores.eval_manifest is not None and cfg.eval_dataset:
         eval_ds = load_dataset(cfg.eval_dataset, "--eval-dataset", stores.eval_text)
         check_store_matches(stores.eval_manifest, eval_ds, cfg.eval_dataset, cfg.eval_store, "--eval-dataset")
+
+
+def _first_stored_rows(store: str, manifest: Manifest) -> dict:
+    """A few rows of a store that carries its inputs, as a dataset would give them."""
+    data = StoreReader(store, manifest=manifest).read_shard(0)
+    return store_rows(data.select(np.arange(min(2, data.num_samples))), manifest.layout.inputs.seq_len)
 
 
 # ---- 2. prepare the data ------------------------------------------------------------------------
@@ -132,12 +155,11 @@ def prepare_data(
     # The join carries one logsumexp column per temperature the students train at.
     temperatures = tuple(sorted({s.temperature for s in students})) if reads_store else ()
     # A fresh dataset: the epoch's order counts the executions of the dataset it is made from.
-    train_ds = load_dataset(cfg.dataset, "--dataset", stores.text)
-    datasets = {
-        "train": join_with_store(
-            train_ds, JoinSpec(cfg.store, manifest, temperatures, cfg.batch_size, cfg.seed, cfg.shuffle_window)
-        )
-    }
+    spec = JoinSpec(cfg.store, manifest, temperatures, cfg.batch_size, cfg.seed, cfg.shuffle_window)
+    if cfg.dataset:
+        datasets = {"train": join_with_store(load_dataset(cfg.dataset, "--dataset", stores.text), spec)}
+    else:
+        datasets = {"train": store_batches(spec)}
     # A store of views replays its own augmentation from the stored seeds; --augment alone (or a
     # store of views read for labels only) augments afresh every epoch.
     train = BatchOptions(
@@ -148,15 +170,16 @@ def prepare_data(
         seed=cfg.seed,
     )
     eval_options = None
-    if cfg.eval_dataset:
-        eval_ds = load_dataset(cfg.eval_dataset, "--eval-dataset", stores.eval_text)
+    if cfg.eval_dataset or cfg.eval_store:
+        eval_ds = load_dataset(cfg.eval_dataset, "--eval-dataset", stores.eval_text) if cfg.eval_dataset else None
         if stores.eval_manifest is None:
             datasets["eval"] = batch_rows(eval_ds, EVAL_BATCH_SIZE)
             eval_options = BatchOptions(manifest.selection.kind, ())
         else:
             m = stores.eval_manifest
             t = 1.0 if 1.0 in m.temperatures else m.temperatures[0]
-            datasets["eval"] = join_with_store(eval_ds, JoinSpec(cfg.eval_store, m, (t,), EVAL_BATCH_SIZE, cfg.seed, 0))
+            eval_spec = JoinSpec(cfg.eval_store, m, (t,), EVAL_BATCH_SIZE, cfg.seed, 0)
+            datasets["eval"] = store_batches(eval_spec) if eval_ds is None else join_with_store(eval_ds, eval_spec)
             eval_options = BatchOptions(m.selection.kind, (t,))
     loop = LoopConfig(
         students=tuple(students),

@@ -33,6 +33,7 @@ CONTENT_FIELDS = (
     "shard_size",
     "tokenizer",
     "seq_len",
+    "train_on",
     "index_codec",
     "value_codec",
     "value_bits",
@@ -89,11 +90,23 @@ class DumpConfig:
         0,
     )
     augment: str = option(f"the augmentation of --views: {specs.AUGMENT_FORMS}", "")
-    tokenizer: str = option(f"for built-in text datasets: {specs.TOKENIZER_FORMS}; saved in the store", "bytes")
+    tokenizer: str = option(
+        f"for text datasets: {specs.TOKENIZER_FORMS}; saved in the store. Default: bytes for built-in text, "
+        "the hf: teacher's own tokenizer for text files",
+        "",
+    )
     seq_len: int = option(
-        "tokens per block: built-in text is packed into blocks of this length; token rows of a user dataset "
-        "may not be longer",
+        "tokens per block: built-in text is packed into blocks of this length, documents of text files are "
+        "split into blocks of it, longer chat and prompt/completion rows keep their first seq-len tokens; "
+        "token rows of a user dataset may not be longer",
         LM_SEQ_LEN,
+    )
+    train_on: str = option(
+        "for text files, which tokens are stored and trained: completion (the assistant turns of chat rows, the "
+        "completion of prompt/completion rows) or all; auto = completion for chat and prompt/completion rows, "
+        "all for plain text. Positions outside are not stored",
+        "auto",
+        choices=("auto", "completion", "all"),
     )
     batch_size: int = option("samples per teacher batch", 256)
     workers: int = option("teacher actors (one GPU each when the cluster has GPUs)", 1)
@@ -118,13 +131,7 @@ class DumpConfig:
             problems += specs.check_dataset_spec(self.dataset, "--dataset")
         if self.top_k < 1:
             problems.append(f"--top-k must be >= 1, got {self.top_k}")
-        problems += specs.check_tokenizer_spec(self.tokenizer)
-        if self.tokenizer != "bytes" and self.dataset and not registry.is_text(self.dataset):
-            text = registry.names({k: v for k, v in registry.DATASETS.items() if v.kind == "text"})
-            problems.append(
-                f"--tokenizer applies to the built-in text datasets ({text}) only; tokenise your own data "
-                "before the dump (Parquet 'input_ids')"
-            )
+        problems += self._tokenizer_problems()
         if self.seq_len < 2:
             problems.append(f"--seq-len must be >= 2, got {self.seq_len}")
         problems += self._temperature_problems()
@@ -141,6 +148,50 @@ class DumpConfig:
                 problems.append(f"{flag} must be >= 1, got {value}")
         if self.out:
             problems += self._out_problems()
+        return problems
+
+    @property
+    def text_files(self) -> bool:
+        """The dataset is the user's own text (JSONL, JSON, Parquet of text, a datasets directory)."""
+        return bool(self.dataset) and specs.is_text_files(self.dataset)
+
+    def hf_tokenizer(self) -> str:
+        """The tokenizer of text files: --tokenizer, else the hf: teacher's directory."""
+        if self.tokenizer:
+            return self.tokenizer
+        return self.teacher[len(specs.HF_PREFIX) :] if self.teacher.startswith(specs.HF_PREFIX) else ""
+
+    def _tokenizer_problems(self) -> list[str]:
+        problems = specs.check_tokenizer_spec(self.tokenizer) if self.tokenizer else []
+        if self.text_files:
+            if self.tokenizer in ("bytes",) or self.tokenizer.startswith("bpe"):
+                problems.append(
+                    f"--tokenizer {self.tokenizer} is for the built-in text; text files need a Hugging Face "
+                    "tokenizer: a directory saved by save_pretrained, or a tokenizer.json"
+                )
+            elif not self.hf_tokenizer():
+                problems.append(
+                    f"--dataset {self.dataset} is text: pass --tokenizer (the teacher's tokenizer directory), or "
+                    "use an hf:<dir> teacher whose directory holds its tokenizer"
+                )
+            elif not self.tokenizer and not specs.has_tokenizer_files(self.hf_tokenizer()):
+                problems.append(
+                    f"the teacher directory {self.hf_tokenizer()} holds no tokenizer files (tokenizer.json, "
+                    "tokenizer_config.json): pass --tokenizer DIR, or save the tokenizer beside the model"
+                )
+        elif self.tokenizer and self.dataset and not registry.is_text(self.dataset):
+            problems.append(
+                f"--tokenizer applies to text datasets only (built-in text, JSONL/JSON/Parquet text files); "
+                f"{self.dataset} is not text"
+            )
+        elif self.tokenizer and registry.is_text(self.dataset) and Path(self.tokenizer).is_dir():
+            problems.append(
+                "the built-in text takes --tokenizer bytes, bpe:N or a tokenizer.json file, not a directory"
+            )
+        if self.train_on != "auto" and self.dataset and not self.text_files:
+            problems.append(
+                "--train-on applies to text files (chat, prompt/completion, documents) only: drop it for this dataset"
+            )
         return problems
 
     def _temperature_problems(self) -> list[str]:
@@ -169,7 +220,7 @@ class DumpConfig:
             problems.append("--augment applies to the stored views: pass --views V as well")
         if self.augment:
             problems += specs.check_augment_spec(self.augment, "--augment")
-        if self.views and registry.is_text(self.dataset):
+        if self.views and (registry.is_text(self.dataset) or self.text_files):
             problems.append(
                 f"--views applies to datasets of one input per sample; {self.dataset} is text: dump it without --views"
             )
@@ -185,7 +236,8 @@ class DumpConfig:
                 recorded = read_manifest(out).config
             except StoreError as exc:
                 return problems + [f"--out {self.out}: {exc}"]
-            differ = differences({k: recorded.get(k) for k in CONTENT_FIELDS}, self.content())
+            mine = self.content()
+            differ = differences({k: recorded.get(k) for k in mine}, mine)
             if differ:
                 problems.append(
                     f"a complete store made with other arguments (they differ in: {', '.join(differ)}) "
@@ -198,8 +250,15 @@ class DumpConfig:
         return problems
 
     def content(self) -> dict:
-        """The arguments that decide the store's bytes (part of the dump's identity)."""
-        return {k: getattr(self, k) for k in CONTENT_FIELDS}
+        """The arguments that decide the store's bytes (part of the dump's identity). Written as older
+        versions wrote them where they mean the same: the built-in text's default tokenizer is
+        bytes, and --train-on exists for text files only."""
+        out = {k: getattr(self, k) for k in CONTENT_FIELDS}
+        if not self.tokenizer and self.dataset and registry.is_text(self.dataset):
+            out["tokenizer"] = "bytes"
+        if not self.text_files:
+            del out["train_on"]
+        return out
 
     def to_dict(self) -> dict:
         return asdict(self)

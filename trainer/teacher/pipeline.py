@@ -14,6 +14,7 @@ import ray.data
 import torch
 
 from logitstore import (
+    Inputs,
     Manifest,
     Selection,
     ShardData,
@@ -26,9 +27,10 @@ from logitstore import (
     Views,
     plan_shards,
 )
-from logitstore.shard import EXTRAS, trim_samples
+from logitstore.shard import EXTRAS, TokenInputs, trim_samples
 from trainer.errors import ConfigError, DataError
 from trainer.inputs import registry
+from trainer.inputs.chat import files_sha256
 from trainer.inputs.datasets import DatasetFingerprint, TextOptions, fingerprint_dataset, load_dataset
 from trainer.inputs.specs import worker_runtime_env
 from trainer.inputs.tokenizers import Tokenizer, resolve_tokenizer, sha256_text
@@ -53,6 +55,21 @@ class DumpInputs:
     fingerprint: DatasetFingerprint
     tokenizer: Tokenizer | None  # for built-in text: what the dump tokenises with
     vocab_size: int  # the teacher's output width
+    hf_tokenizer: HFTokenizerFiles | None = None  # for text files: the tokenizer the store keeps
+
+
+@dataclass(frozen=True)
+class HFTokenizerFiles:
+    files: dict[str, bytes]
+    vocab_size: int
+    chat_template_sha256: str | None
+
+    @staticmethod
+    def load(spec: str) -> HFTokenizerFiles:
+        from trainer.inputs.chat import chat_template_sha256, load_tokenizer, tokenizer_files
+
+        tok = load_tokenizer(spec)
+        return HFTokenizerFiles(tokenizer_files(spec), len(tok), chat_template_sha256(tok))
 
 
 def run_dump(cfg: DumpConfig) -> DumpResult:
@@ -66,11 +83,14 @@ def run_dump(cfg: DumpConfig) -> DumpResult:
             ensure_ray()
             teacher = resolving.result()
         inputs = _resolve_inputs(cfg, teacher)
-        layout = _layout(cfg, inputs.vocab_size)
+        layout = _layout(cfg, inputs.vocab_size, sequence=inputs.fingerprint.max_length > 0)
         plan = plan_shards(inputs.fingerprint.ids, cfg.shard_size)
         teacher_info = _teacher_record(cfg, teacher)
         dataset_info = _dataset_record(cfg, inputs.fingerprint)
         tokenizer_json = inputs.tokenizer.to_json() if inputs.tokenizer is not None else None
+        tokenizer_sha256 = sha256_text(tokenizer_json) if tokenizer_json else None
+        if inputs.hf_tokenizer is not None:
+            tokenizer_sha256 = files_sha256(inputs.hf_tokenizer.files)
         writer.start(
             layout,
             plan,
@@ -78,7 +98,7 @@ def run_dump(cfg: DumpConfig) -> DumpResult:
                 "config": cfg.content(),
                 "teacher": teacher_info,
                 "dataset": dataset_info,
-                "tokenizer_sha256": sha256_text(tokenizer_json) if tokenizer_json else None,
+                "tokenizer_sha256": tokenizer_sha256,
             },
             overwrite=cfg.overwrite,
         )
@@ -95,7 +115,10 @@ def run_dump(cfg: DumpConfig) -> DumpResult:
                 file=sys.stderr,
             )
         tokenizer = None  # the manifest's record of the tokenizer; a tokenizer that is a file is saved in the store
-        if inputs.tokenizer is not None:
+        if inputs.hf_tokenizer is not None:
+            hf = inputs.hf_tokenizer
+            tokenizer = writer.save_tokenizer_files(hf.files, hf.vocab_size, hf.chat_template_sha256)
+        elif inputs.tokenizer is not None:
             kind, vocab = inputs.tokenizer.kind, inputs.tokenizer.vocab_size
             tokenizer = (
                 writer.save_tokenizer(tokenizer_json, kind, vocab) if tokenizer_json else TokenizerRef(kind, vocab)
@@ -116,9 +139,22 @@ def run_dump(cfg: DumpConfig) -> DumpResult:
 
 def _resolve_inputs(cfg: DumpConfig, teacher: TeacherSource) -> DumpInputs:
     """Tokenizer, dataset, fingerprint (refuses empty data and duplicate ids), the teacher's width."""
-    tokenizer = resolve_tokenizer(cfg.tokenizer) if registry.is_text(cfg.dataset) else None
-    ds = load_dataset(cfg.dataset, "--dataset", TextOptions(tokenizer.to_json() if tokenizer else None, cfg.seq_len))
+    tokenizer = resolve_tokenizer(cfg.tokenizer or "bytes") if registry.is_text(cfg.dataset) else None
+    hf_tokenizer = HFTokenizerFiles.load(cfg.hf_tokenizer()) if cfg.text_files else None
+    text = TextOptions(
+        tokenizer.to_json() if tokenizer else None,
+        cfg.seq_len,
+        hf_tokenizer=cfg.hf_tokenizer() if cfg.text_files else None,
+        train_on="" if cfg.train_on == "auto" else cfg.train_on,
+    )
+    ds = load_dataset(cfg.dataset, "--dataset", text)
     fingerprint = fingerprint_dataset(ds, cfg.dataset)
+    if fingerprint.cut_rows:
+        print(
+            f"{fingerprint.cut_rows} rows longer than --seq-len {cfg.seq_len} keep their first {cfg.seq_len} "
+            f"tokens ({fingerprint.cut_tokens} tokens cut): raise --seq-len to keep them",
+            file=sys.stderr,
+        )
     vocab = teacher.width(ds.take_batch(2, batch_format="numpy"))
     teacher.check_length(fingerprint.max_length, cfg.dataset)
     if fingerprint.max_token >= vocab:
@@ -128,10 +164,11 @@ def _resolve_inputs(cfg: DumpConfig, teacher: TeacherSource) -> DumpInputs:
         )
     if cfg.top_k > vocab:
         raise ConfigError([f"--top-k {cfg.top_k} exceeds the teacher's {vocab} classes: use --top-k {vocab} or less"])
-    return DumpInputs(ds, fingerprint, tokenizer, vocab)
+    return DumpInputs(ds, fingerprint, tokenizer, vocab, hf_tokenizer)
 
 
-def _layout(cfg: DumpConfig, vocab_size: int) -> StoreLayout:
+def _layout(cfg: DumpConfig, vocab_size: int, sequence: bool) -> StoreLayout:
+    """The store's layout; a store of token data carries its tokens and loss masks (format version 5)."""
     selection = (
         Selection()
         if cfg.selection == "topk"
@@ -149,6 +186,7 @@ def _layout(cfg: DumpConfig, vocab_size: int) -> StoreLayout:
         value_codec=cfg.value_codec,
         value_bits=cfg.value_bits,
         views=views,
+        inputs=Inputs("tokens", cfg.seq_len) if sequence else None,
     )
 
 
@@ -243,11 +281,13 @@ class ShardDumper(TeacherScorer):
             self.score({key: value[s : s + self.batch_size] for key, value in group.items()})
             for s in range(0, len(group["id"]), self.batch_size)
         ]
-        info = self.shards.write(*self._shard({key: np.concatenate([p[key] for p in parts]) for key in parts[0]}))
+        scored = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        info = self.shards.write(*self._shard(scored, group))
         return {key: np.array([value]) for key, value in info.__dict__.items()}
 
-    def _shard(self, rows: dict[str, np.ndarray]) -> tuple[int, ShardData]:
-        """One whole shard (every sample of it, in id order, its positions flat)."""
+    def _shard(self, rows: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> tuple[int, ShardData]:
+        """One whole shard (every sample of it, in id order, its positions flat) from its scored
+        `rows` and its `inputs` (the dataset's rows, same order)."""
         shard = int(rows["shard"][0])
         if shard < 0 or len(rows["id"]) != int(self.expected_counts[shard]):
             raise DataError(
@@ -261,6 +301,7 @@ class ShardDumper(TeacherScorer):
             )
         offsets = np.zeros(len(rows["id"]) + 1, dtype=np.int64)
         np.cumsum(rows["positions"], out=offsets[1:])
+        tokens = _token_inputs(inputs, self.layout.index_dtype) if self.layout.inputs else None
         return shard, ShardData(
             sample_id=rows["id"].astype(np.int64),
             position_offsets=offsets,
@@ -268,4 +309,15 @@ class ShardDumper(TeacherScorer):
             topk_logit=rows["topk_logit"].astype(np.float32, copy=False),
             logsumexp=rows["logsumexp"].astype(np.float32, copy=False),
             extras=extras,
+            tokens=tokens,
         )
+
+
+def _token_inputs(rows: dict[str, np.ndarray], index_dtype: str) -> TokenInputs:
+    """The shard's samples' valid tokens and loss masks, flat (a mask of ones where the data has none)."""
+    lengths = rows["length"].astype(np.int64)
+    valid = np.arange(rows["input_ids"].shape[1]) < lengths[:, None]
+    mask = rows["loss_mask"] if "loss_mask" in rows else valid
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return TokenInputs(offsets, rows["input_ids"][valid].astype(index_dtype), mask[valid].astype(np.uint8))

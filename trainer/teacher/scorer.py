@@ -16,6 +16,7 @@ import torch
 from logitstore import StoreLayout
 from trainer.errors import DataError
 from trainer.inputs.augment import derive_seeds, resolve_augment
+from trainer.inputs.datasets import positions_per_sample
 from trainer.inputs.models import build_model, model_input
 
 
@@ -148,20 +149,20 @@ class TeacherScorer:
         x = x.to(self.device, non_blocking=True)
         if not sequence:
             x = x.to(self.dtype)
-        positions = (
-            np.asarray(batch["length"], dtype=np.int64) if sequence else np.ones(len(batch["id"]), dtype=np.int64)
-        )
+        positions = positions_per_sample(batch) if sequence else np.ones(len(batch["id"]), dtype=np.int64)
         if self.layout.views:
             positions *= self.layout.views.count
         with torch.inference_mode():
             z = self.model(x)  # in the teacher's dtype; each chunk is reduced in fp32
             valid = None
             if sequence:
-                # Only the valid positions of each block; padding is never stored. Full blocks
-                # (nearly all) need no copy.
+                # Only the stored positions of each block: never padding, nor what the loss mask
+                # leaves out. Full blocks of plain text (nearly all) need no copy.
                 valid = torch.arange(z.shape[1], device=self.device) < torch.as_tensor(
                     batch["length"], device=self.device
                 ).unsqueeze(1)
+                if "loss_mask" in batch:
+                    valid &= torch.as_tensor(batch["loss_mask"], device=self.device).bool()
                 z = z.reshape(-1, z.shape[-1]) if bool(valid.all()) else z[valid]
             chunks = self._chunks(positions, z)
             parts = [self._reduce(z[a:b], batch["id"][i:j], positions[i:j]) for a, b, i, j in chunks]
@@ -225,6 +226,8 @@ class TeacherScorer:
         selection = self.layout.selection
         index, count, start = [], [], 0
         for sample_id, n in zip(ids, lengths):
+            if not n:
+                continue
             rows = slice(start, start + int(n))
             generator = torch.Generator(device=self.device)
             generator.manual_seed((int(selection.seed) * 1_000_003 + int(sample_id)) % 2**64)
@@ -238,4 +241,7 @@ class TeacherScorer:
             index.append(i)
             count.append(c)
             start += int(n)
+        if not index:  # no stored position in this chunk
+            empty = torch.zeros((0, min(selection.draws, z.shape[1])), dtype=torch.int64, device=self.device)
+            return empty, empty
         return torch.cat(index), torch.cat(count)

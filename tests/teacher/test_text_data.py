@@ -1,0 +1,162 @@
+"""The user's own text: chat, prompt/completion and plain documents, tokenised with a Hugging Face
+tokenizer, dumped into stores that carry their tokens and loss masks (format version 5)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import dump_logits
+from logitstore import StoreReader
+from tests.helpers import CHATML, run, tiny_chat_tokenizer, tiny_llama, write_jsonl
+
+# ChatML whose assistant content and <|im_end|> are the template's own {% generation %} span.
+CHATML_GENERATION = CHATML.replace(
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n",
+    "<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}<|im_end|>"
+    "{% endgeneration %}{% else %}{{ m['content'] }}<|im_end|>{% endif %}\n",
+)
+
+CHAT = [
+    {"messages": [{"role": "user", "content": "What does json.dumps do?"}, {"role": "assistant", "content": a}]}
+    for a in ("Serialize obj to a JSON formatted str.", "It returns a string.", "Encodes Python objects as JSON.")
+] + [
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "And json.loads?"},
+            {"role": "assistant", "content": "Deserialize s to a Python object."},
+            {"role": "user", "content": "Thanks"},
+            {"role": "assistant", "content": "You are welcome."},
+        ]
+    }
+]
+
+
+@pytest.fixture(scope="module")
+def chat_teacher(tmp_path_factory):
+    """Two teacher directories (a tiny random Llama with its tokenizer): one whose template marks
+    the assistant's tokens with {% generation %}, one whose template does not."""
+    root = tmp_path_factory.mktemp("chat-teacher")
+    out = {}
+    for name, template in (("generation", CHATML_GENERATION), ("plain", CHATML)):
+        tok = tiny_chat_tokenizer(root / name, template)
+        tiny_llama(root / name, len(tok), max_positions=256)
+        out[name] = root / name
+    return out
+
+
+def assistant_token_count(tok, rows, trailing: str) -> int:
+    """The assistant's tokens of `rows`, counted from the tokenizer alone: each answer with its end
+    marker (and what the template puts after it, `trailing`), tokenised on its own."""
+    return sum(
+        len(tok(m["content"] + "<|im_end|>" + trailing, add_special_tokens=False)["input_ids"])
+        for row in rows
+        for m in row["messages"]
+        if m["role"] == "assistant"
+    )
+
+
+@pytest.mark.parametrize("template, trailing", [("generation", ""), ("plain", "\n")])
+def test_a_chat_store_holds_exactly_the_assistant_tokens(dump, chat_teacher, tmp_path, template, trailing):
+    from transformers import AutoTokenizer
+
+    data = write_jsonl(tmp_path / "chat.jsonl", CHAT)
+    store = dump(teacher=f"hf:{chat_teacher[template]}", dataset=data, top_k=4, seq_len=256, shard_size=2)
+    reader = StoreReader(store)
+    m = reader.manifest
+    assert m.format_version == 5 and m.layout.inputs.seq_len == 256 and m.tokenizer.kind == "hf"
+    tok = AutoTokenizer.from_pretrained(reader.tokenizer_dir())
+    assert m.num_positions == assistant_token_count(tok, CHAT, trailing)
+    for _, shard in reader.iter_shards():
+        for row in range(shard.num_samples):
+            ids, mask = shard.tokens.sample(row)
+            conversation = CHAT[int(shard.sample_id[row]) >> 16]["messages"]
+            assert ids.tolist() == tok.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"]
+            trained = tok.decode(ids[1:][mask[:-1] == 1])  # position t is trained on token t + 1
+            answers = [c["content"] + "<|im_end|>" + trailing for c in conversation if c["role"] == "assistant"]
+            assert trained == "".join(answers) and mask[-1] == 0
+
+
+def test_documents_are_split_into_blocks_and_prompts_train_on_their_completion(dump, chat_teacher, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(chat_teacher["plain"])
+    docs = [{"id": 7, "text": "def f(x):\n    return x * 2\n" * 4}, {"id": 3, "text": "short"}]
+    store = dump(teacher=f"hf:{chat_teacher['plain']}", dataset=write_jsonl(tmp_path / "d.jsonl", docs), seq_len=16)
+    reader = StoreReader(store)
+    data = reader.lookup(np.array([d for _, s in reader.iter_shards() for d in s.sample_id]))
+    for doc in docs:
+        expected = tok(doc["text"])["input_ids"] + [tok.eos_token_id]
+        rows = [i for i, s in enumerate(data.sample_id) if s >> 16 == doc["id"]]
+        assert [int(data.sample_id[i]) & 0xFFFF for i in rows] == list(range(-(-len(expected) // 16)))
+        tokens = np.concatenate([data.tokens.sample(i)[0] for i in rows])
+        assert tokens.tolist() == expected
+        for i in rows:  # every position whose next token is in the block
+            _, mask = data.tokens.sample(i)
+            assert mask.tolist() == [1] * (len(mask) - 1) + [0]
+
+    table = pa.table({"prompt": ["Q: 2+2?", "Q: name?"], "completion": [" 4", " json"]})
+    pq.write_table(table, tmp_path / "pc.parquet")
+    store = dump(teacher=f"hf:{chat_teacher['plain']}", dataset=str(tmp_path / "pc.parquet"), seq_len=32)
+    reader = StoreReader(store)
+    shard = reader.read_shard(0)
+    for row in range(2):
+        ids, mask = shard.tokens.sample(row)
+        prompt = tok(table["prompt"][row].as_py())["input_ids"]
+        assert tok.decode(ids[1:][mask[:-1] == 1]) == table["completion"][row].as_py() + "<|endoftext|>"
+        assert ids[: len(prompt)].tolist() == prompt
+    assert json.loads((reader.root / "manifest.json").read_text())["config"]["train_on"] == "auto"
+
+
+def test_chat_rows_longer_than_seq_len_keep_their_beginning(dump, chat_teacher, tmp_path, capfd):
+    long = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "word " * 60}]}]
+    store = dump(teacher=f"hf:{chat_teacher['plain']}", dataset=write_jsonl(tmp_path / "l.jsonl", long), seq_len=24)
+    ids, mask = StoreReader(store).read_shard(0).tokens.sample(0)
+    assert len(ids) == 24 and mask[:-1].sum() > 0 and mask[-1] == 0
+    assert "1 rows longer than --seq-len 24 keep their first 24 tokens" in capfd.readouterr().err
+
+
+BAD_ROWS = {
+    "no known column": ([{"body": "hello"}], "has no column this dataset reader knows (found: body)"),
+    "no assistant turn": ([{"messages": [{"role": "user", "content": "hi"}]}], "has no assistant turn"),
+    "a role the template rejects": (
+        [{"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}],
+        "the tokenizer's chat template refuses this conversation (unknown role robot)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROWS))
+def test_bad_text_rows_are_refused_with_nothing_written(ray_session, chat_teacher, tmp_path, capsys, case):
+    rows, message = BAD_ROWS[case]
+    data = write_jsonl(tmp_path / "bad.jsonl", rows)
+    argv = ["--teacher", f"hf:{chat_teacher['plain']}", "--dataset", data, "--out", str(tmp_path / "st")]
+    code, errors = run(dump_logits.main, argv, capsys)
+    assert code == 2 and len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "st" / "manifest.json").exists()
+
+
+def test_tokenizer_problems_of_text_data(ray_session, chat_teacher, tmp_path, capsys):
+    import shutil
+
+    data = write_jsonl(tmp_path / "chat.jsonl", CHAT)
+    # A teacher directory without its tokenizer, and no --tokenizer: refused before anything runs.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(chat_teacher["plain"] / name, bare / name)
+    code, errors = run(
+        dump_logits.main, ["--teacher", f"hf:{bare}", "--dataset", data, "--out", str(tmp_path / "a")], capsys
+    )
+    assert code == 2 and len(errors) == 1 and "holds no tokenizer files" in errors[0] and "--tokenizer" in errors[0]
+    # A tokenizer without a chat template given chat rows.
+    tiny_chat_tokenizer(tmp_path / "notemplate", template=None)
+    argv = ["--teacher", f"hf:{bare}", "--tokenizer", str(tmp_path / "notemplate"), "--dataset", data]
+    code, errors = run(dump_logits.main, [*argv, "--out", str(tmp_path / "b")], capsys)
+    assert code == 2 and len(errors) == 1 and "the tokenizer has no chat template" in errors[0]
+    assert not (tmp_path / "b" / "manifest.json").exists()

@@ -1,0 +1,169 @@
+"""The user's own text: JSONL, JSON and Parquet files (or directories of them) and Hugging Face
+`datasets` directories (`save_to_disk`), read as rows of one of three kinds:
+
+  text        a `text` column: plain documents
+  chat        a `messages` column: a list of {role, content} per row (the chat format of TRL,
+              torchtune and Axolotl)
+  completion  `prompt` and `completion` columns (strings; or lists of messages, read as chat)
+
+A row's id is its `id` column when the data has one, else its position in the data (files in
+sorted path order). Nothing here tokenises: trainer/inputs/chat.py does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from trainer.errors import DataError
+
+TEXT_SUFFIXES = (".jsonl", ".json")
+KINDS = {"messages": "chat", "prompt": "completion", "text": "text"}  # the column that decides, in priority order
+HF_STATE = "state.json"  # what save_to_disk writes beside its Arrow files
+
+
+@dataclass(frozen=True)
+class TextFile:
+    path: str
+    format: str  # jsonl, json, parquet or hf-arrow
+    offset: int  # the position of its first row in the data (ids of id-less rows)
+
+
+def is_hf_dataset_dir(path: Path) -> bool:
+    return path.is_dir() and (path / HF_STATE).is_file()
+
+
+def is_text_path(path: Path) -> bool:
+    """`path` holds text rows (JSONL/JSON, a datasets directory, Parquet with a text column)."""
+    try:
+        return _text_paths(path) is not None
+    except (DataError, OSError, pa.ArrowException):
+        return True  # a broken text dataset is still text: reading it says what is wrong
+
+
+def _text_paths(path: Path) -> list[tuple[Path, str]] | None:
+    if is_hf_dataset_dir(path):
+        return [(p, "hf-arrow") for p in _hf_arrow_files(path)]
+    if path.is_file():
+        files = [(path, _format(path))] if _format(path) else []
+    else:
+        found = sorted(p for p in path.rglob("*") if p.is_file() and _format(p))
+        formats = {_format(p) for p in found}
+        if len(formats) > 1:
+            raise DataError(
+                f"dataset {path} mixes {' and '.join(sorted(formats))} files: keep one format per directory"
+            )
+        files = [(p, _format(p)) for p in found]
+    if not files or (files[0][1] == "parquet" and _kind_of_columns(pq.read_schema(files[0][0]).names) is None):
+        return None  # nothing, or Parquet of features or token ids
+    return files
+
+
+def text_files(path: Path) -> list[TextFile] | None:
+    """The files of a text dataset at `path` with their row offsets, or None when `path` is not one
+    (Parquet of features or token ids stays with trainer/inputs/datasets.py). DataError on a
+    directory that mixes formats or an unreadable file."""
+    files = _text_paths(path)
+    if files is None:
+        return None
+    out, offset = [], 0
+    for p, fmt in files:
+        out.append(TextFile(str(p), fmt, offset))
+        offset += _row_count(p, fmt)
+    return out
+
+
+def _format(path: Path) -> str | None:
+    if path.suffix == ".jsonl":
+        return "jsonl"
+    if path.suffix == ".json" and path.name not in (HF_STATE, "dataset_info.json", "dataset_dict.json"):
+        return "json"
+    return "parquet" if path.suffix == ".parquet" else None
+
+
+def _hf_arrow_files(path: Path) -> list[Path]:
+    try:
+        state = json.loads((path / HF_STATE).read_text(encoding="utf-8"))
+        names = [entry["filename"] for entry in state["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(
+            f"dataset {path} has an unreadable {HF_STATE}: pass a directory written by datasets' save_to_disk"
+        ) from None
+    bad = [n for n in names if not isinstance(n, str) or "/" in n or n in ("", ".", "..") or not (path / n).is_file()]
+    if bad or not names:
+        raise DataError(f"dataset {path}: {HF_STATE} names no or missing files ({bad[:1]}): save the dataset again")
+    return [path / n for n in names]
+
+
+def _row_count(path: Path, fmt: str) -> int:
+    if fmt == "parquet":
+        return pq.ParquetFile(path).metadata.num_rows
+    if fmt == "jsonl":
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    return len(read_rows(TextFile(str(path), fmt, 0)))
+
+
+def read_rows(file: TextFile) -> list[dict]:
+    """Every row of one file, as dicts."""
+    path = Path(file.path)
+    try:
+        if file.format == "jsonl":
+            rows = []
+            with open(path, encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    if line.strip():
+                        rows.append(_json_object(line, f"{path}:{number}"))
+            return rows
+        if file.format == "json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, list):
+                raise DataError(f"{path} holds a JSON {type(data).__name__}; a .json dataset is a list of row objects")
+            return [_object(row, f"{path} row {i}") for i, row in enumerate(data)]
+        if file.format == "parquet":
+            return pq.read_table(path).to_pylist()
+        with pa.memory_map(str(path), "r") as source:  # save_to_disk writes the Arrow stream format
+            return pa.ipc.open_stream(source).read_all().to_pylist()
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text: save it as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}): fix the file") from None
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise DataError(f"cannot read {path} ({exc}): pass a readable {file.format} file") from None
+
+
+def _json_object(line: str, where: str) -> dict:
+    try:
+        return _object(json.loads(line), where)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where} is not valid JSON ({exc.msg}): one JSON object per line") from None
+
+
+def _object(row, where: str) -> dict:
+    if not isinstance(row, dict):
+        raise DataError(f"{where} is a JSON {type(row).__name__}, not an object: each row is an object of columns")
+    return row
+
+
+def _kind_of_columns(columns) -> str | None:
+    names = set(columns)
+    for column, kind in KINDS.items():
+        if column in names and (column != "prompt" or "completion" in names):
+            return kind
+    return None
+
+
+def row_kind(row: dict, where: str) -> str:
+    """text, chat or completion; DataError naming the columns when the row has none of them."""
+    kind = _kind_of_columns(row)
+    if kind is None:
+        found = ", ".join(sorted(map(str, row))[:8]) or "none"
+        raise DataError(
+            f"{where} has no column this dataset reader knows (found: {found}): give each row 'text', "
+            "'messages' (a list of {role, content}) or 'prompt' and 'completion'"
+        )
+    return kind
