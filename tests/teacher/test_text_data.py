@@ -12,7 +12,7 @@ import pytest
 
 from jobs import dump_logits
 from logitstore import StoreReader
-from tests.helpers import CHATML, run, tiny_chat_tokenizer, tiny_llama, write_jsonl
+from tests.helpers import CHATML, run, same_content, tiny_chat_tokenizer, tiny_llama, write_jsonl
 
 # ChatML whose assistant content and <|im_end|> are the template's own {% generation %} span.
 CHATML_GENERATION = CHATML.replace(
@@ -111,6 +111,16 @@ def test_documents_are_split_into_blocks_and_prompts_train_on_their_completion(d
         assert tok.decode(ids[1:][mask[:-1] == 1]) == table["completion"][row].as_py() + "<|endoftext|>"
         assert ids[: len(prompt)].tolist() == prompt
     assert json.loads((reader.root / "manifest.json").read_text())["config"]["train_on"] == "auto"
+
+
+def test_a_datasets_directory_gives_the_same_store_as_its_jsonl(dump, chat_teacher, tmp_path):
+    import datasets
+
+    teacher = f"hf:{chat_teacher['generation']}"
+    jsonl = dump(teacher=teacher, dataset=write_jsonl(tmp_path / "chat.jsonl", CHAT), top_k=4, seq_len=256, shard_size=2)
+    datasets.Dataset.from_list(CHAT).save_to_disk(str(tmp_path / "hf"))
+    saved = dump(teacher=teacher, dataset=str(tmp_path / "hf"), top_k=4, seq_len=256, shard_size=2)
+    assert same_content(jsonl, saved) and StoreReader(saved).manifest.num_positions > 0
 
 
 def test_chat_rows_longer_than_seq_len_keep_their_beginning(dump, chat_teacher, tmp_path, capfd):
