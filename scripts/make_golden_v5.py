@@ -30,7 +30,7 @@ CHAT = [
     }
     for i, name in enumerate(["dumps", "loads", "dump", "load", "JSONDecoder"])
 ]
-TEXT = [{"id": 40 + i, "text": "def f(x):\n    return x * %d\n" % i * (i + 1)} for i in range(6)]
+TEXT = [{"id": 40 + i, "text": f"def f(x):\n    return x * {i}\n" * (i + 1)} for i in range(6)]
 STORES = {
     "v5-chat-delta-logq8-zarr": ["--dataset", "chat.jsonl", "--index-codec", "delta", "--value-codec", "logq"],
     "v5-text-arrow": ["--dataset", "text.jsonl", "--format", "arrow", "--seq-len", "16"],

@@ -117,7 +117,8 @@ def test_a_datasets_directory_gives_the_same_store_as_its_jsonl(dump, chat_teach
     import datasets
 
     teacher = f"hf:{chat_teacher['generation']}"
-    jsonl = dump(teacher=teacher, dataset=write_jsonl(tmp_path / "chat.jsonl", CHAT), top_k=4, seq_len=256, shard_size=2)
+    data = write_jsonl(tmp_path / "chat.jsonl", CHAT)
+    jsonl = dump(teacher=teacher, dataset=data, top_k=4, seq_len=256, shard_size=2)
     datasets.Dataset.from_list(CHAT).save_to_disk(str(tmp_path / "hf"))
     saved = dump(teacher=teacher, dataset=str(tmp_path / "hf"), top_k=4, seq_len=256, shard_size=2)
     assert same_content(jsonl, saved) and StoreReader(saved).manifest.num_positions > 0
