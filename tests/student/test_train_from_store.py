@@ -44,6 +44,7 @@ def test_a_student_trained_from_the_store_alone_equals_one_trained_with_its_data
     joined = json.loads((tmp_path / "joined" / "metrics.json").read_text())
     losses = [k for k in alone if k.startswith("train_")]
     assert losses and all(alone[k] == joined[k] for k in losses), {k: (alone[k], joined[k]) for k in losses}
+
     def figures(epochs):  # every epoch's figures but its time
         return [{k: v for k, v in e.items() if k != "epoch_seconds"} for e in epochs]
 
