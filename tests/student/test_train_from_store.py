@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from jobs import train_student
 from tests.helpers import run, tiny_chat_tokenizer, tiny_llama, write_jsonl
-
-pytestmark = pytest.mark.slow
 
 ROWS = [
     {
@@ -35,6 +34,40 @@ def chat_store(dump, tmp_path_factory):
     return {"store": store, "data": data, "student": f"hf:{root / 'student'}", "root": root}
 
 
+def batches(ds) -> list[dict]:
+    import copy
+
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    saved = copy.copy(context.execution_options)
+    context.execution_options.preserve_order = True  # as the trainer reads them
+    try:
+        return list(ds.iter_batches(batch_size=1, batch_format="numpy"))
+    finally:
+        context.execution_options = saved
+
+
+def test_the_store_alone_gives_the_batches_its_dataset_gives(chat_store):
+    from logitstore import read_manifest
+    from trainer.inputs.datasets import TextOptions, load_dataset
+    from trainer.student.join import JoinSpec, join_with_store, store_batches
+
+    manifest = read_manifest(chat_store["store"])
+    spec = JoinSpec(chat_store["store"], manifest, (1.0, 2.0), batch_size=4, seed=3, window=10)
+    text = TextOptions(hf_tokenizer=str(chat_store["root"] / "teacher"), seq_len=128)
+    joined = batches(join_with_store(load_dataset(chat_store["data"], "--dataset", text), spec))
+    alone = batches(store_batches(spec))
+    assert len(joined) == len(alone) == 8
+    for a, b in zip(alone, joined):
+        assert set(a) <= set(b) and {"input_ids", "loss_mask", "offsets", "topk_index", "logsumexp"} <= set(a)
+        for key in a:
+            x, y = a[key][0], b[key][0]
+            assert x.shape == y.shape and np.array_equal(x, y), key
+
+
+@pytest.mark.slow
+@pytest.mark.battery
 def test_a_student_trained_from_the_store_alone_equals_one_trained_with_its_dataset(chat_store, tmp_path):
     common = ["--store", chat_store["store"], "--student", chat_store["student"], "--epochs", "2"]
     common += ["--batch-size", "4", "--shuffle-window", "10", "--seed", "3"]

@@ -41,9 +41,11 @@ CHAT = [
 def chat_teacher(tmp_path_factory):
     """Two teacher directories (a tiny random Llama with its tokenizer): one whose template marks
     the assistant's tokens with {% generation %}, one whose template does not."""
+    from trainer.builtin.stdlib.chat import CHAT_TEMPLATE
+
     root = tmp_path_factory.mktemp("chat-teacher")
     out = {}
-    for name, template in (("generation", CHATML_GENERATION), ("plain", CHATML)):
+    for name, template in (("generation", CHATML_GENERATION), ("plain", CHATML), ("showcase", CHAT_TEMPLATE)):
         tok = tiny_chat_tokenizer(root / name, template)
         tiny_llama(root / name, len(tok), max_positions=256)
         out[name] = root / name
@@ -61,21 +63,29 @@ def assistant_token_count(tok, rows, trailing: str) -> int:
     )
 
 
-@pytest.mark.parametrize("template, trailing", [("generation", ""), ("plain", "\n")])
+def showcase_rows() -> list[dict]:
+    from trainer.builtin.stdlib.chat import chat_rows
+
+    return chat_rows("train")[::40]  # the showcase's own rows (docstrings of the stdlib), some with a system turn
+
+
+@pytest.mark.parametrize("template, trailing", [("generation", ""), ("plain", "\n"), ("showcase", "")])
 def test_a_chat_store_holds_exactly_the_assistant_tokens(dump, chat_teacher, tmp_path, template, trailing):
     from transformers import AutoTokenizer
 
-    data = write_jsonl(tmp_path / "chat.jsonl", CHAT)
+    rows = showcase_rows() if template == "showcase" else CHAT
+    data = write_jsonl(tmp_path / "chat.jsonl", rows)
     store = dump(teacher=f"hf:{chat_teacher[template]}", dataset=data, top_k=4, seq_len=256, shard_size=2)
     reader = StoreReader(store)
     m = reader.manifest
     assert m.format_version == 5 and m.layout.inputs.seq_len == 256 and m.tokenizer.kind == "hf"
     tok = AutoTokenizer.from_pretrained(reader.tokenizer_dir())
-    assert m.num_positions == assistant_token_count(tok, CHAT, trailing)
+    assert m.num_positions == assistant_token_count(tok, rows, trailing)
+    by_id = {row.get("id", i): row for i, row in enumerate(rows)}
     for _, shard in reader.iter_shards():
         for row in range(shard.num_samples):
             ids, mask = shard.tokens.sample(row)
-            conversation = CHAT[int(shard.sample_id[row]) >> 16]["messages"]
+            conversation = by_id[int(shard.sample_id[row]) >> 16]["messages"]
             assert ids.tolist() == tok.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"]
             trained = tok.decode(ids[1:][mask[:-1] == 1])  # position t is trained on token t + 1
             answers = [c["content"] + "<|im_end|>" + trailing for c in conversation if c["role"] == "assistant"]
