@@ -7,10 +7,9 @@ import math
 
 import pytest
 
+STORE_KEYS = ("bytes_per_entry", "kl_distortion", "read_vs_zstd")
 KEYS = (
-    "bytes_per_entry",
-    "kl_distortion",
-    "read_vs_zstd",
+    *STORE_KEYS,
     "dump_vs_bare",
     "store_vs_labels_epoch",
     "online_vs_offline_8",
@@ -19,7 +18,20 @@ KEYS = (
 )
 
 
+def test_the_quick_store_bench_writes_its_figures(tmp_path, capsys):
+    """CI's representative of the benches (the dump and train ones run in the battery)."""
+    from bench import store
+
+    out = tmp_path / "bench.json"
+    assert store.main(["--quick", "--json", str(out)]) == 0
+    assert capsys.readouterr().out.count("|---|") >= 1
+    figures = json.loads(out.read_text())
+    assert set(STORE_KEYS) <= set(figures) and 0 < figures["kl_distortion"] < 1e-4
+    assert all(math.isfinite(x) and x > 0 for x in figures["bytes_per_entry"].values())
+
+
 @pytest.mark.slow
+@pytest.mark.battery
 def test_quick_benches_write_every_figure(ray_session, tmp_path, capsys):
     from bench import dump, store, train
 
