@@ -130,6 +130,8 @@ def _read_text_batch(batch: pa.Table, text: TextOptions) -> dict[str, np.ndarray
         if kind == "text" and train_on == "completion":
             raise DataError(f"{where} is plain text, which has no completion: pass --train-on all")
         tokens, target = encode_row(row, kind, tok, train_on, where)
+        if not tokens.size:
+            raise DataError(f"{where} has no tokens (empty text and no EOS): drop the row or give it text")
         row_blocks, cut = blocks_of(tokens, target, text.seq_len, split=kind == "text")
         ids += [(row_id << 16) + b for b in range(len(row_blocks))]
         blocks += row_blocks
