@@ -13,6 +13,7 @@ top-k distributions (random logits, exact normalisers). Needs pytest (a test dep
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -67,15 +68,7 @@ def random_shard(rng, ids, k: int, vocab: int, positions_per_sample=None) -> Sha
 
 
 def with_extras(data: ShardData, **extras: np.ndarray) -> ShardData:
-    return ShardData(
-        data.sample_id,
-        data.position_offsets,
-        data.topk_index,
-        data.topk_logit,
-        data.logsumexp,
-        extras={**data.extras, **extras},
-        ordered=data.ordered,
-    )
+    return dataclasses.replace(data, extras={**data.extras, **extras})
 
 
 def with_tokens(rng, data: ShardData, vocab: int, seq_len: int) -> ShardData:
@@ -92,16 +85,7 @@ def with_tokens(rng, data: ShardData, vocab: int, seq_len: int) -> ShardData:
     np.cumsum(lengths, out=offsets[1:])
     input_ids = rng.integers(0, vocab, size=int(offsets[-1])).astype(index_dtype_for(vocab))
     tokens = TokenInputs(offsets, input_ids, np.concatenate(masks) if masks else np.zeros(0, np.uint8))
-    return ShardData(
-        data.sample_id,
-        data.position_offsets,
-        data.topk_index,
-        data.topk_logit,
-        data.logsumexp,
-        extras=data.extras,
-        ordered=data.ordered,
-        tokens=tokens,
-    )
+    return dataclasses.replace(data, tokens=tokens)
 
 
 def with_samples(rng, data: ShardData, vocab: int, draws: int, trim: bool = False) -> ShardData:

@@ -184,6 +184,15 @@ def expected(store: Path) -> dict:
     }
 
 
+def pin(store: Path, record: dict) -> None:
+    """Drop the writer's leftovers (lock, temporary files) and write the store's expected.json beside it."""
+    for leftover in (".lock", ".tmp"):
+        path = store / leftover
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    (store.parent / f"{store.name}.expected.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(f"{store.name}: format v{json.loads((store / 'manifest.json').read_text())['format_version']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     out = Path((argv or sys.argv[1:])[0]).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -199,11 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(store, ignore_errors=True)
         cmd = [sys.executable, "-m", "jobs.dump_logits", *args, "--out", str(store), "--threads-per-worker", "1"]
         subprocess.run(cmd, cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
-        for leftover in (".lock", ".tmp"):
-            path = store / leftover
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        (store.parent / f"{name}.expected.json").write_text(json.dumps(expected(store), indent=1) + "\n")
-        print(f"{name}: format v{json.loads((store / 'manifest.json').read_text())['format_version']}")
+        pin(store, expected(store))
     shutil.rmtree(work)
     return 0
 

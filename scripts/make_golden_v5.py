@@ -12,14 +12,13 @@ tests/helpers.py) over chat rows (completion mask; zarr, delta/logq codec) and o
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from scripts.make_golden_stores import array_digest
+from scripts.make_golden_stores import array_digest, pin
 
 CHAT = [
     {
@@ -72,11 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(store, ignore_errors=True)
         cmd = [sys.executable, "-m", "jobs.dump_logits", *common, *args, "--out", str(store)]
         subprocess.run(cmd, cwd=work, check=True, stdout=subprocess.DEVNULL)
-        for leftover in (".lock", ".tmp"):
-            path = store / leftover
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        (store.parent / f"{name}.expected.json").write_text(json.dumps(expected(store), indent=1) + "\n")
-        print(f"{name}: format v{json.loads((store / 'manifest.json').read_text())['format_version']}")
+        pin(store, expected(store))
     shutil.rmtree(work)
     return 0
 

@@ -101,19 +101,13 @@ def tiny_chat_tokenizer(path, template: str | None = CHATML, vocab_size: int = 3
     import inspect
     import json as json_module
 
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        show_progress=False,
-    )
-    tok.train_from_iterator([inspect.getsource(json_module.decoder)], trainer)
+    from trainer.builtin.stdlib.bpe import train_bpe
+
+    source = inspect.getsource(json_module.decoder).encode()
+    tok = Tokenizer.from_str(train_bpe([source], vocab_size, ("<|endoftext|>", "<|im_start|>", "<|im_end|>")))
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     if template is not None:
         hf.chat_template = template

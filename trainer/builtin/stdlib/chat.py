@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from logitstore.atomic import atomic_write_text
-from trainer.builtin.cache import cache_dir
-from trainer.builtin.stdlib.corpus import corpus_files, corpus_fingerprint
+from trainer.builtin.stdlib.bpe import stdlib_bpe_json, train_bpe
+from trainer.builtin.stdlib.corpus import corpus_files
 
 if TYPE_CHECKING:
     import torch
@@ -85,33 +85,13 @@ MAX_ANSWER_CHARS = 400
 
 
 def train_chat_bpe(texts: list[bytes], vocab_size: int) -> str:
-    """Byte-level BPE like `bpe.train_bpe`, but with the ChatML special tokens (ids 0-2) inside vocab_size."""
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    tok = HFTokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=list(SPECIAL_TOKENS),
-        show_progress=False,
-    )
-    tok.train_from_iterator([t.decode("utf-8", errors="replace") for t in texts], trainer=trainer)
-    return tok.to_str()
+    """Byte-level BPE like `bpe.train_bpe`, with the ChatML special tokens (ids 0-2) inside vocab_size."""
+    return train_bpe(texts, vocab_size, SPECIAL_TOKENS)
 
 
 def chat_tokenizer_json(vocab_size: int = VOCAB_SIZE) -> str:
     """The cached tokenizer.json of the chat BPE, trained first if absent."""
-    files = corpus_files("train")
-    path = cache_dir() / "tokenizers" / f"chatml-bpe-{vocab_size}-{corpus_fingerprint(files)[:16]}.json"
-    if path.is_file():
-        return path.read_text(encoding="utf-8")
-    text = train_chat_bpe([f.read_bytes() for f in files], vocab_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)  # a temporary name of its own: concurrent jobs never read or clobber half a file
-    return text
+    return stdlib_bpe_json(vocab_size, SPECIAL_TOKENS, name="chatml-bpe")
 
 
 def build_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
