@@ -36,6 +36,7 @@ from bench.common import markdown_table, write_json
 from logitstore import ShardData, StoreLayout, StoreReader, StoreWriter, index_dtype_for, plan_shards
 from logitstore.backends import ZSTD_LEVEL
 from logitstore.codec import Codec
+from logitstore.layout import Selection
 from trainer.builtin.stdlib import example
 from trainer.inputs.datasets import TEXT_PARTS, TextOptions, text_part
 from trainer.inputs.tokenizers import resolve_tokenizer
@@ -100,7 +101,9 @@ def shards_of(out: dict) -> list[ShardData]:
     return shards
 
 
-def write_store(root: Path, backend: str, codec: Codec, shards: list[ShardData], vocab: int) -> float:
+def write_store(
+    root: Path, backend: str, codec: Codec, shards: list[ShardData], vocab: int, selection: Selection | None = None
+) -> float:
     """Write the shards through the StoreWriter (timed: encode and write) and commit."""
     ids = np.concatenate([d.sample_id for d in shards])
     layout = StoreLayout(
@@ -110,6 +113,7 @@ def write_store(root: Path, backend: str, codec: Codec, shards: list[ShardData],
         temperatures=TEMPERATURES,
         shard_size=SHARD_SIZE,
         codec=codec,
+        selection=selection or Selection(),
     )
     with StoreWriter(root) as writer:
         writer.start(layout, plan_shards(ids, SHARD_SIZE), {"bench": "store"}, overwrite=True)

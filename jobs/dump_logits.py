@@ -14,6 +14,13 @@ def summary_lines(result) -> list[str]:
     entries = m.num_positions * (m.top_k + m.draws)
     s = m.selection
     sampled = f", {s.kind} +{m.draws} draws at T={s.temperature:g}" if m.draws else ""
+    if s.adaptive:
+        sampled = f" (adaptive: the fewest holding p={s.top_p:g} at T=1, at least {s.min_k})"
+    per = (
+        f"{m.num_bytes / max(m.num_positions, 1):.2f} bytes per position (inspect_store gives the mean k)"
+        if s.adaptive
+        else f"{m.num_bytes / entries:.2f} bytes per stored (index, value) entry"
+    )
     resumed = (
         f"; resumed: {result.resumed_shards} of {len(m.shards)} shards were already complete"
         if result.resumed_shards
@@ -23,7 +30,7 @@ def summary_lines(result) -> list[str]:
         f"store     {m.backend} store, k={m.top_k} of {m.vocab_size} classes{sampled}, "
         f"T={','.join(f'{t:g}' for t in m.temperatures)}",
         f"samples   {m.num_samples} ({m.num_positions} positions) in {len(m.shards)} shards",
-        f"bytes     {m.num_bytes} on disk, {m.num_bytes / entries:.2f} bytes per stored (index, value) entry",
+        f"bytes     {m.num_bytes} on disk, {per}",
         f"speed     {m.num_samples / result.seconds:.1f} samples/s ({result.seconds:.1f} s){resumed}",
     ]
 

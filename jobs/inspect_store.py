@@ -31,6 +31,16 @@ def write_report(store: Path, out: Path, max_positions: int) -> dict:
     return report
 
 
+def _adaptive(report: dict) -> str:
+    s = report["selection"]
+    if "top_p" not in s:
+        return ""
+    return (
+        f" (adaptive: the fewest holding p={s['top_p']:g} at T=1, at least {s['min_k']}; "
+        f"{report['entries_per_position']:.2f} per position on average)"
+    )
+
+
 def _lines(report: dict) -> list[str]:
     teacher, data = report["teacher"], report["dataset"]
     codec = f"{report['codec'].get('index', 'plain')}/{report['codec'].get('values', 'float32')}"
@@ -38,7 +48,7 @@ def _lines(report: dict) -> list[str]:
         f"store      {report['store']} (format v{report['format_version']}, {report['backend']}, codec "
         f"{codec}, selection {report['selection'].get('kind')})",
         f"contents   {report['samples']} samples, {report['positions']} positions, {report['shards']} shards; "
-        f"top-{report['top_k']} of {report['vocab_size']} classes; T = "
+        f"top-{report['top_k']} of {report['vocab_size']} classes{_adaptive(report)}; T = "
         f"{', '.join(f'{t:g}' for t in report['temperatures'])}",
         f"bytes      {report['bytes']} on disk, {report['bytes_per_entry']:.3f} per stored entry",
         f"teacher    {teacher.get('spec', '?')}, weights sha256 {str(teacher.get('weights_sha256', '?'))[:16]}",

@@ -15,7 +15,8 @@ choices, recorded in the manifest's `codec` object:
                   because 1 - sum(head) of a quantized head is noise when the tail is small.
 
 Every array stored has one row per position (its leading axis) except `sample_id` [S] and
-`position_offsets` [S+1].
+`position_offsets` [S+1], and, in an adaptive top-k store (a `topk_count` per position), the
+arrays of PER_ENTRY: packed to the entries each position holds, with `entry_offsets` [S+1].
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from functools import cached_property
 
 import numpy as np
 
+from logitstore.backends import ENTRY_OFFSETS, PER_ENTRY
 from logitstore.errors import ShardCorruptError
-from logitstore.shard import EXTRAS, TOKEN_ARRAYS, ShardData, TokenInputs
+from logitstore.shard import EXTRAS, TOKEN_ARRAYS, ShardData, TokenInputs, head_mask, with_canonical_padding
 
 INDEX_CODECS = ("plain", "delta")
 VALUE_CODECS = ("float32", "logq")
@@ -103,6 +105,21 @@ class Codec:
     # ---- encode / decode ----------------------------------------------------------------
     def encode(self, data: ShardData) -> dict[str, np.ndarray]:
         """ShardData (top-k sorted by descending logit) -> the arrays a backend stores."""
+        count = data.extras.get("topk_count")
+        mask = None if count is None else head_mask(count, data.top_k)
+        out = self._encode_entries(data, mask)
+        if mask is not None:  # adaptive top-k: keep each position's own entries only
+            out.update({name: out[name][mask] for name in PER_ENTRY if name in out})
+            entries_before = np.concatenate([[0], np.cumsum(count, dtype=np.int64)])  # [P+1]
+            out[ENTRY_OFFSETS] = entries_before[data.position_offsets]  # [S+1]: a sample's entries
+        # The extras (sample arrays, view seeds, counts) are stored as they are; derived ones are not stored.
+        out.update({name: a for name, a in data.extras.items() if EXTRAS[name].stored})
+        # So are the tokens of a store that carries its inputs.
+        tokens = data.tokens.arrays() if data.tokens is not None else {}
+        return {"sample_id": data.sample_id, "position_offsets": data.position_offsets, **out, **tokens}
+
+    def _encode_entries(self, data: ShardData, mask: np.ndarray | None) -> dict[str, np.ndarray]:
+        """The codec's arrays of the top-k head, [P, k] (`mask`: the stored columns of an adaptive head)."""
         index, logit = data.topk_index, data.topk_logit
         out: dict[str, np.ndarray] = {}
         values: np.ndarray | None = None  # what rides along with the ids: codes or logits
@@ -116,14 +133,14 @@ class Codec:
             np.maximum(values[:, 1:], 1, out=values[:, 1:])
             temps = np.asarray(self.temperatures, dtype=np.float64)
             with np.errstate(divide="ignore"):
-                log_rest = np.log(_rest_mass(logit, data.logsumexp, self.temperatures))  # -inf: nothing left (k = V)
+                log_rest = np.log(_rest_mass(logit, data.logsumexp, self.temperatures, mask))  # -inf: k = V
             out.update(
                 top1_logit=top1,
                 top1_logprob=(top1[:, None].astype(np.float64) / temps - data.logsumexp).astype(np.float16),
                 log_rest=log_rest.astype(np.float16),
             )
         if self.index == "delta":
-            index, values = _sort_by_id(index, values)
+            index, values = _sort_by_id(index, values, mask)
             gaps = np.diff(index.astype(np.int64), axis=1, prepend=-1) - 1
             # Low byte and the rest apart: most gaps are < 256, so the high plane is nearly all
             # zeros and each plane compresses far better than the interleaved bytes.
@@ -137,19 +154,43 @@ class Codec:
             out.update(topk_logit=values, logsumexp=data.logsumexp)
         else:
             out["topk_code"] = values
-        # The extras (sample arrays, view seeds) are stored as they are; derived ones are not stored.
-        out.update({name: a for name, a in data.extras.items() if EXTRAS[name].stored})
-        # So are the tokens of a store that carries its inputs.
-        tokens = data.tokens.arrays() if data.tokens is not None else {}
-        return {"sample_id": data.sample_id, "position_offsets": data.position_offsets, **out, **tokens}
+        return out
 
-    def decode(self, arrays: dict[str, np.ndarray]) -> ShardData:
+    def decode(self, arrays: dict[str, np.ndarray], width: int | None = None) -> ShardData:
         """The arrays a backend read -> ShardData (column 0 is the top-1; the other columns are in
-        descending logit order for the plain index codec, ascending class id for delta)."""
+        descending logit order for the plain index codec, ascending class id for delta). An
+        adaptive shard's entries are unpacked to `width` columns (the store's top_k; None: the
+        most any position holds), padding as FORMAT.md says."""
         try:
-            return self._decode(arrays)
+            if "topk_count" not in arrays:
+                return self._decode(arrays)
+            return with_canonical_padding(self._decode(self._unpacked(arrays, width)))
         except KeyError as exc:
             raise ShardCorruptError(f"shard lacks array {exc.args[0]!r} that codec {self.to_json()} stores") from None
+
+    def _unpacked(self, arrays: dict[str, np.ndarray], width: int | None) -> dict[str, np.ndarray]:
+        """Packed per-entry arrays -> [P, width], padded so that no padding entry can pass for the
+        top-1 (the largest logit, the smallest code) and delta gaps stay in range."""
+        count = arrays["topk_count"]
+        if width is None:
+            width = max(1, int(count.max())) if count.size else 1
+        if count.size and int(count.max()) > width:
+            raise ShardCorruptError(f"topk_count holds {int(count.max())} entries, more than top_k {width}")
+        mask = head_mask(count, width)
+        out = {name: a for name, a in arrays.items() if name not in PER_ENTRY and name != ENTRY_OFFSETS}
+        for name in PER_ENTRY:
+            if name not in arrays:
+                continue
+            packed = arrays[name]
+            if packed.ndim != 1 or packed.shape[0] != int(mask.sum()):
+                raise ShardCorruptError(
+                    f"packed {name} holds {packed.shape} entries, topk_count says {int(mask.sum())}"
+                )
+            fill = -np.inf if name == "topk_logit" else self._compander.levels - 1 if name == "topk_code" else 0
+            full = np.full(mask.shape, fill, dtype=packed.dtype)
+            full[mask] = packed
+            out[name] = full
+        return out
 
     def _decode(self, arrays: dict[str, np.ndarray]) -> ShardData:
         # Every step below is one vectorised pass; the profile of bench/store.py is in BENCHMARKS.md.
@@ -205,8 +246,12 @@ def _swap_into_column_0(a: np.ndarray, column: np.ndarray) -> None:
     a[rows, column] = first
 
 
-def _sort_by_id(index: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ids ascending, with their values alongside."""
+def _sort_by_id(index: np.ndarray, values: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ids ascending, with their values alongside (`mask`: the columns that are entries;
+    the others sort after them)."""
+    if mask is not None:
+        order = np.argsort(np.where(mask, index.astype(np.int64), np.int64(1) << 40), axis=1, kind="stable")
+        return np.take_along_axis(index, order, axis=1), np.take_along_axis(values, order, axis=1)
     if values.dtype.kind == "u" and values.itemsize <= 2 and index.dtype == np.uint16:
         # Small integer codes: sort one packed key (id << 16 | code) instead of an argsort and two gathers.
         key = (index.astype(np.uint32) << 16) | values
@@ -216,12 +261,17 @@ def _sort_by_id(index: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.n
     return np.take_along_axis(index, order, axis=1), np.take_along_axis(values, order, axis=1)
 
 
-def _rest_mass(topk_logit: np.ndarray, logsumexp: np.ndarray, temperatures: list[float]) -> np.ndarray:
-    """Tail mass 1 - sum_i p_i(T_r) of the stored classes, float64 [P, R]: float32 terms (relative
-    error 1e-7 each), summed in float64, so the tail is right to ~1e-7 absolute."""
+def _rest_mass(
+    topk_logit: np.ndarray, logsumexp: np.ndarray, temperatures: list[float], mask: np.ndarray | None = None
+) -> np.ndarray:
+    """Tail mass 1 - sum_i p_i(T_r) of the stored classes (`mask`: the columns that are stored),
+    float64 [P, R]: float32 terms (relative error 1e-7 each), summed in float64, so the tail is
+    right to ~1e-7 absolute."""
     out = np.empty(logsumexp.shape, dtype=np.float64)
     for r, t in enumerate(temperatures):
         terms = np.exp(topk_logit * np.float32(1.0 / t) - logsumexp[:, r : r + 1])
+        if mask is not None:
+            terms = np.where(mask, terms, np.float32(0))
         out[:, r] = np.clip(1.0 - terms.sum(axis=1, dtype=np.float64), 0.0, 1.0)
     return out
 

@@ -36,6 +36,7 @@ class StoreStats:
     top1_confidence: np.ndarray  # [P] teacher probability of its top-1 at that T
     reference_temperature: float
     per_temperature: list[TemperatureStats]
+    head_sizes: np.ndarray | None = None  # [P] classes each position holds (adaptive stores), else None
 
 
 def _k_needed(probs: np.ndarray, cover: float) -> np.ndarray:
@@ -54,18 +55,26 @@ def collect(reader: StoreReader, max_positions: int = 200_000) -> StoreStats:
     seen = 0
     for index in order:
         data = reader.read_shard(int(index))
-        parts.append({"logit": data.topk_logit, "lse": data.logsumexp, "rest": data.extras.get("rest_mass")})
+        parts.append(
+            {
+                "logit": data.topk_logit,
+                "lse": data.logsumexp,
+                "rest": data.extras.get("rest_mass"),
+                "count": data.extras.get("topk_count"),
+            }
+        )
         seen += data.topk_logit.shape[0]
         if seen >= max_positions:
             break
     logits = np.concatenate([p["logit"] for p in parts])[:max_positions]
     lse = np.concatenate([p["lse"] for p in parts])[:max_positions]
     rest = None if parts[0]["rest"] is None else np.concatenate([p["rest"] for p in parts])[:max_positions]
+    count = None if parts[0]["count"] is None else np.concatenate([p["count"] for p in parts])[:max_positions]
 
     reference = 1.0 if 1.0 in m.temperatures else m.temperatures[0]
     per_t = []
     for j, t in enumerate(m.temperatures):
-        probs, tail = topk_probabilities(logits, lse[:, j], t, None if rest is None else rest[:, j])
+        probs, tail = topk_probabilities(logits, lse[:, j], t, None if rest is None else rest[:, j], count)
         stats = TemperatureStats(t, tail, {c: _k_needed(probs, c) for c in COVER})
         per_t.append(stats)
         if t == reference:
@@ -81,12 +90,20 @@ def collect(reader: StoreReader, max_positions: int = 200_000) -> StoreStats:
         top1_confidence=confidence,
         reference_temperature=reference,
         per_temperature=per_t,
+        head_sizes=count,
     )
 
 
 def recommendation(stats: StoreStats, cover: float = 0.99, share: float = 0.95) -> str:
     """The smallest k that keeps `cover` of the mass at the reference T for `share` of positions."""
     ref = next(s for s in stats.per_temperature if s.temperature == stats.reference_temperature)
+    if stats.head_sizes is not None:  # adaptive: the heads are as large as the store's top_p asked
+        full = float(np.mean(stats.head_sizes == stats.top_k))
+        return (
+            f"adaptive heads hold {float(stats.head_sizes.mean()):.2f} classes per position on average; "
+            f"{full:.0%} of positions reached the cap of {stats.top_k} (raise --max-k if that share is large, "
+            "or --top-p to keep more of the tail)"
+        )
     needed = ref.k_needed[cover]
     k = int(np.quantile(needed, share, method="higher"))
     t = f"T={stats.reference_temperature:g}"
@@ -112,7 +129,9 @@ def _q(values: np.ndarray, q: float) -> float:
 
 def summary(reader: StoreReader, stats: StoreStats) -> dict:
     m = reader.manifest
-    entries = m.num_positions * m.top_k
+    # An adaptive store holds fewer entries than k per position: estimated from the positions read.
+    k_mean = float(stats.head_sizes.mean()) if stats.head_sizes is not None and stats.head_sizes.size else m.top_k
+    entries = m.num_positions * k_mean
     per_t = []
     for s in stats.per_temperature:
         row = {
@@ -142,6 +161,7 @@ def summary(reader: StoreReader, stats: StoreStats) -> dict:
         "temperatures": list(m.temperatures),
         "bytes": m.num_bytes,
         "bytes_per_entry": m.num_bytes / entries if entries else None,
+        "entries_per_position": k_mean,
         "teacher": {
             k: m.teacher.get(k) for k in ("spec", "weights_sha256", "num_parameters", "dtype") if k in m.teacher
         },

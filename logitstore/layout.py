@@ -41,20 +41,30 @@ def index_dtype_for(vocab_size: int) -> str:
 class Selection:
     """What is stored per position: the exact top-k (`topk`), or also `draws` ids drawn from the
     teacher at `temperature` (`sample`: from the whole distribution; `hybrid`: from the tail
-    beyond the top-k), seeded by `seed` and the sample id."""
+    beyond the top-k), seeded by `seed` and the sample id. An adaptive `topk` (`top_p` set) holds
+    per position the fewest classes whose mass at T = 1 reaches `top_p`, at least `min_k` and at
+    most the layout's top_k."""
 
     kind: str = "topk"
     draws: int = 0
     temperature: float | None = None
     seed: int | None = None
+    top_p: float | None = None
+    min_k: int | None = None
 
     @property
     def sampled(self) -> bool:
         return self.kind != "topk"
 
-    def problems(self, temperatures: tuple[float, ...] = ()) -> list[str]:
+    @property
+    def adaptive(self) -> bool:
+        return self.top_p is not None
+
+    def problems(self, temperatures: tuple[float, ...] = (), top_k: int | None = None) -> list[str]:
         if self.kind not in SELECTIONS:
             return [f"selection kind {self.kind!r} is unknown (expected {', '.join(SELECTIONS)})"]
+        if self.adaptive or self.min_k is not None:
+            return self._adaptive_problems(top_k)
         if not self.sampled:
             return []
         out = []
@@ -69,7 +79,22 @@ class Selection:
             out.append(f"selection seed {self.seed!r} must be an integer")
         return out
 
+    def _adaptive_problems(self, top_k: int | None) -> list[str]:
+        if self.sampled:
+            return [f"adaptive top-k (top_p) applies to the topk selection only, not {self.kind}"]
+        out = []
+        p, a = self.top_p, self.min_k
+        if not _is_number(p) or not 0 < p <= 1:
+            out.append(f"selection top_p {p!r} must lie in (0, 1]")
+        if not _is_int(a) or a < 1:
+            out.append(f"selection min_k {a!r} must be an integer >= 1")
+        elif _is_int(top_k) and a > top_k:
+            out.append(f"selection min_k {a} exceeds top_k {top_k} (the most a position holds)")
+        return out
+
     def to_json(self) -> dict:
+        if self.adaptive:
+            return {"kind": self.kind, "top_p": self.top_p, "min_k": self.min_k}
         if not self.sampled:
             return {"kind": self.kind}
         out = {"kind": self.kind, "draws": self.draws, "temperature": self.temperature}
@@ -80,7 +105,12 @@ class Selection:
         if not isinstance(obj, dict):
             return Selection(kind=repr(obj))
         return Selection(
-            kind=obj.get("kind"), draws=obj.get("draws", 0), temperature=obj.get("temperature"), seed=obj.get("seed")
+            kind=obj.get("kind"),
+            draws=obj.get("draws", 0),
+            temperature=obj.get("temperature"),
+            seed=obj.get("seed"),
+            top_p=obj.get("top_p"),
+            min_k=obj.get("min_k"),
         )
 
 
@@ -263,6 +293,8 @@ class StoreLayout:
     @property
     def format_version(self) -> int:
         """The lowest format version that holds this layout (FORMAT.md, versions)."""
+        if self.selection.adaptive:
+            return 6
         if self.inputs:
             return 5
         if self.views:
@@ -299,7 +331,7 @@ class StoreLayout:
             out.append("temperatures lists a temperature twice")
         if not _is_int(self.shard_size) or self.shard_size < 1:
             out.append(f"shard_size {self.shard_size!r} must be a positive integer")
-        out += self.selection.problems(temps)
+        out += self.selection.problems(temps, self.top_k)
         out += self.codec.problems()
         if self.views is not None:
             out += self.views.problems()

@@ -17,7 +17,7 @@ from logitstore.layout import StoreLayout, TokenizerRef
 from logitstore.planning import ShardPlan
 
 FORMAT_NAME = "logitstore"
-FORMAT_VERSION = 5  # the newest this code reads and writes; stores are written with the lowest version that holds them
+FORMAT_VERSION = 6  # the newest this code reads and writes; stores are written with the lowest version that holds them
 MANIFEST_NAME = "manifest.json"
 SHARD_SUFFIX = {"zarr": ".zarr", "arrow": ".arrow"}
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024

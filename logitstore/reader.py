@@ -15,7 +15,7 @@ from logitstore.errors import ShardCorruptError, StoreError
 from logitstore.layout import TOKENIZER_DIR, TOKENIZER_NAME
 from logitstore.manifest import Manifest, ShardInfo, read_manifest
 from logitstore.planning import ShardPlan
-from logitstore.shard import ShardData
+from logitstore.shard import ShardData, head_mask
 
 
 class StoreReader:
@@ -71,7 +71,7 @@ class StoreReader:
     def _decode(self, index: int) -> ShardData:
         info = self.manifest.shards[index]
         try:
-            data = self.codec.decode(self._backend.read(str(self.root / info.name)))
+            data = self.codec.decode(self._backend.read(str(self.root / info.name)), self.manifest.layout.top_k)
         except StoreError:
             raise
         except Exception as exc:  # a backend's own decode error on damaged bytes
@@ -173,14 +173,21 @@ class StoreReader:
 
 
 def topk_probabilities(
-    topk_logit: np.ndarray, logsumexp_t: np.ndarray, temperature: float, rest_t: np.ndarray | None = None
+    topk_logit: np.ndarray,
+    logsumexp_t: np.ndarray,
+    temperature: float,
+    rest_t: np.ndarray | None = None,
+    count: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Teacher probabilities at T of the stored classes, and the tail mass (1 - their sum).
 
     topk_logit [P, k], logsumexp_t [P] (the column for T), rest_t [P] or None (a quantized store's
-    `rest_mass` column: then the head is renormalised to 1 - rest) -> (probs [P, k], tail [P]).
+    `rest_mass` column: then the head is renormalised to 1 - rest), count [P] or None (an adaptive
+    store's `topk_count`: padding columns get probability 0) -> (probs [P, k], tail [P]).
     """
     z = topk_logit.astype(np.float64) / temperature
+    if count is not None:
+        z = np.where(head_mask(count, z.shape[1]), z, -np.inf)
     if rest_t is not None:
         head = np.exp(z - z.max(axis=1, keepdims=True))
         head *= (1.0 - rest_t.astype(np.float64))[:, None] / head.sum(axis=1, keepdims=True)

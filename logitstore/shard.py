@@ -10,7 +10,7 @@ to the format means adding its rule here (and its section in FORMAT.md), nothing
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -68,6 +68,13 @@ def _check_view_seed(v: np.ndarray, data: ShardData, layout: StoreLayout) -> lis
     if o.shape == (data.num_samples + 1,) and np.any(np.diff(o) != views):
         out.append(f"every sample must hold exactly {views} positions (one per view)")
     return out
+
+
+def _check_topk_count(c: np.ndarray, data: ShardData, layout: StoreLayout) -> list[str]:
+    p, a, k = data.num_positions, layout.selection.min_k, layout.top_k
+    if c.dtype != np.uint16 or c.shape != (p,):
+        return [f"topk_count must be uint16 [{p}], got {c.dtype} {c.shape}"]
+    return [] if np.all((c >= a) & (c <= k)) else [f"topk_count must lie in {a}..{k} (min_k..top_k)"]
 
 
 TOKEN_ARRAYS = ("token_offsets", "input_ids", "loss_mask")
@@ -147,6 +154,8 @@ EXTRAS: dict[str, Extra] = {
         Extra("sample_count", lambda layout: layout.draws > 0, _check_sample_count, padded=True),
         # stores of augmented views: the seed each view's input was augmented with
         Extra("view_seed", lambda layout: layout.num_views > 0, _check_view_seed),
+        # adaptive top-k: how many of the k columns each position holds (the rest are padding)
+        Extra("topk_count", lambda layout: layout.selection.adaptive, _check_topk_count),
     )
 }
 
@@ -312,6 +321,24 @@ class ShardData:
             ordered=parts[0].ordered,
             tokens=None if parts[0].tokens is None else TokenInputs.concat([p.tokens for p in parts]),
         )
+
+
+def head_mask(count: np.ndarray, width: int) -> np.ndarray:
+    """bool [P, width]: True where a column holds one of the position's `count` [P] stored classes."""
+    return np.arange(width) < np.asarray(count)[:, None]
+
+
+def with_canonical_padding(data: ShardData) -> ShardData:
+    """An adaptive shard with its padding entries as FORMAT.md says a reader returns them: the
+    position's column-0 id and its smallest stored logit (a fixed-k shard is returned as it is)."""
+    count = data.extras.get("topk_count")
+    if count is None or data.num_positions == 0:
+        return data
+    pad = ~head_mask(count, data.top_k)
+    index = np.where(pad, data.topk_index[:, :1], data.topk_index)
+    smallest = np.where(pad, np.inf, data.topk_logit).min(axis=1, keepdims=True).astype(np.float32)
+    logit = np.where(pad, smallest, data.topk_logit)
+    return replace(data, topk_index=index, topk_logit=logit)
 
 
 def positions_between(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

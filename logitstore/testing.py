@@ -36,7 +36,7 @@ from logitstore.layout import Inputs, Selection, StoreLayout, Views, index_dtype
 from logitstore.manifest import parse_manifest
 from logitstore.planning import plan_shards
 from logitstore.reader import StoreReader, topk_probabilities
-from logitstore.shard import ShardData, TokenInputs, pad_width, trim_samples
+from logitstore.shard import ShardData, TokenInputs, head_mask, pad_width, trim_samples, with_canonical_padding
 from logitstore.writer import StoreWriter
 
 TEMPS = (1.0, 2.0, 4.0)
@@ -88,6 +88,14 @@ def with_tokens(rng, data: ShardData, vocab: int, seq_len: int) -> ShardData:
     return dataclasses.replace(data, tokens=tokens)
 
 
+def with_top_p(data: ShardData, top_p: float, min_k: int = 1) -> ShardData:
+    """An adaptive head: per position the fewest of its k classes whose mass at T = TEMPS[0] = 1
+    reaches `top_p` (at least `min_k`), the other columns left as they are (a writer's input)."""
+    p = np.exp(data.topk_logit.astype(np.float64) - data.logsumexp[:, :1].astype(np.float64))
+    count = (np.cumsum(p, axis=1) < top_p).sum(axis=1) + 1
+    return with_extras(data, topk_count=np.clip(count, min_k, data.top_k).astype(np.uint16))
+
+
 def with_samples(rng, data: ShardData, vocab: int, draws: int, trim: bool = False) -> ShardData:
     """`draws` multinomial draws per position as distinct ids with uint16 counts (only the columns
     the shard needs when `trim`, as the dump writes them)."""
@@ -114,8 +122,11 @@ def layout_for(
     codec: Codec = CODECS["plain"],
     views: int = 0,
     seq_len: int = 0,
+    top_p: float | None = None,
 ) -> StoreLayout:
     selection = Selection("hybrid", draws, 1.0, 0) if draws else Selection()
+    if top_p is not None:
+        selection = Selection(top_p=top_p, min_k=1)
     return StoreLayout(
         backend=backend,
         top_k=k,
@@ -141,12 +152,16 @@ def build_store(
     draws: int = 0,
     codec: Codec = CODECS["plain"],
     seq_len: int = 0,
+    top_p: float | None = None,
 ) -> list[ShardData]:
     """A complete store of random shards through the StoreWriter (carrying random tokens of at
-    most `seq_len` when it is not 0); -> the shards as written."""
+    most `seq_len` when it is not 0; an adaptive head of mass `top_p` when given); -> the shards as
+    written."""
     rng = np.random.default_rng(seed)
     ids = np.asarray(ids, dtype=np.int64)
-    layout = layout_for(backend, k=k, vocab=vocab, shard_size=shard_size, draws=draws, codec=codec, seq_len=seq_len)
+    layout = layout_for(
+        backend, k=k, vocab=vocab, shard_size=shard_size, draws=draws, codec=codec, seq_len=seq_len, top_p=top_p
+    )
     plan = plan_shards(ids, shard_size)
     shards, infos, start = [], [], 0
     with StoreWriter(root) as writer:
@@ -160,6 +175,8 @@ def build_store(
                 data = with_samples(rng, data, vocab, draws, trim=True)
             if seq_len:
                 data = with_tokens(rng, data, vocab, seq_len)
+            if top_p is not None:
+                data = with_top_p(data, top_p)
             start += n
             shards.append(data)
             infos.append(writer.shard_writer().write(j, data))
@@ -189,7 +206,9 @@ def by_class(data: ShardData) -> tuple[np.ndarray, np.ndarray]:
 
 def assert_same_content(got: ShardData, want: ShardData, codec: Codec) -> None:
     """`got` (read back through `codec`) holds `want`: exactly for lossless codecs; for logq within
-    the quantizer's bound, with the exact tail mass."""
+    the quantizer's bound, with the exact tail mass. An adaptive head is compared on its stored
+    entries (the reader pads the others as FORMAT.md says)."""
+    want = with_canonical_padding(want)
     for name in ("sample_id", "position_offsets"):
         a, b = got.arrays()[name], want.arrays()[name]
         assert a.dtype == b.dtype and np.array_equal(a, b), name
@@ -224,6 +243,8 @@ def assert_same_content(got: ShardData, want: ShardData, codec: Codec) -> None:
     bound = np.where((f_true < (comp.levels - 1.5) * comp.step) & (f_true >= comp.step / 2), comp.step / 2, comp.step)
     assert np.all(f_err <= bound * (1 + 1e-4) + 1e-6)
     z = want.topk_logit.astype(np.float64)
+    if "topk_count" in want.extras:
+        z = np.where(head_mask(want.extras["topk_count"], want.top_k), z, -np.inf)
     for r, t in enumerate(TEMPS):
         exact = 1 - np.exp(z / t - want.logsumexp[:, r : r + 1]).sum(axis=1)
         # log(rest) in float16: a relative error of at most 2^-11 |log rest|
@@ -247,7 +268,7 @@ def mean_bucket_kl(exact: ShardData, stored: ShardData, r: int, t: float) -> flo
 
 def round_trip(backend: str, codec: Codec, path, data: ShardData) -> ShardData:
     get_backend(backend).write(str(path), codec.encode(data))
-    return codec.decode(get_backend(backend).read(str(path)))
+    return codec.decode(get_backend(backend).read(str(path)), data.top_k)
 
 
 # ---- the contract --------------------------------------------------------------------------------
@@ -304,6 +325,22 @@ class BackendTests:
             data = with_tokens(rng, data, vocab, seq_len=9)
             data.validate(layout_for(self.backend, k=3, vocab=vocab, seq_len=9), reading=False)
             assert_same_content(round_trip(self.backend, codec, tmp_path / f"s{vocab}", data), data, codec)
+
+    def test_adaptive_heads_round_trip_packed(self, tmp_path, codec):
+        rng = np.random.default_rng(8)
+        for vocab in (300, 70_000):
+            data = random_shard(rng, [1, 4, 6, 8], k=9, vocab=vocab, positions_per_sample=np.array([3, 0, 6, 2]))
+            data = with_top_p(data, 0.3)
+            counts = data.extras["topk_count"]
+            assert 1 <= counts.min() < counts.max() <= 9  # the heads do differ in size
+            data.validate(layout_for(self.backend, k=9, vocab=vocab, top_p=0.3), reading=False)
+            arrays = codec.encode(data)
+            assert arrays["topk_code" if not codec.lossless else "topk_logit"].shape == (int(counts.sum()),)
+            back = round_trip(self.backend, codec, tmp_path / f"s{vocab}", data)
+            assert_same_content(back, data, codec)
+            back.validate(layout_for(self.backend, k=9, vocab=vocab, top_p=0.3, codec=codec))
+            pad = ~head_mask(counts, 9)  # padding: the top-1's id and the smallest stored logit
+            assert np.array_equal(back.topk_index[pad], np.broadcast_to(back.topk_index[:, :1], pad.shape)[pad])
 
 
 class StoreTests:
@@ -383,6 +420,23 @@ class StoreTests:
         )
         with pytest.raises(ShardDataError, match="loss_mask"):
             broken.validate(reader.manifest.layout)
+
+    def test_an_adaptive_store_is_version_6_and_lookup_pads_each_head(self, tmp_path):
+        shards = build_store(tmp_path / "st", self.backend, np.arange(12), k=6, vocab=40, shard_size=5, top_p=0.5)
+        reader = StoreReader(tmp_path / "st")
+        assert reader.manifest.format_version == 6 and reader.manifest.layout.selection.to_json() == {
+            "kind": "topk",
+            "top_p": 0.5,
+            "min_k": 1,
+        }
+        got = reader.lookup(np.array([11, 0, 6]))
+        for row, i in enumerate((11, 0, 6)):
+            shard = with_canonical_padding(shards[i // 5])
+            count = int(shard.extras["topk_count"][i % 5])
+            assert got.extras["topk_count"][row] == count
+            assert np.array_equal(got.topk_index[row, :count], shard.topk_index[i % 5, :count])
+            assert np.array_equal(got.topk_index[row], shard.topk_index[i % 5])  # padding as FORMAT.md says
+        assert reader.verify() == []
 
     def test_reader_memory_is_bounded_by_its_cache(self, tmp_path):
         build_store(tmp_path / "st", self.backend, np.arange(50), shard_size=5)

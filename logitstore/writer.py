@@ -96,7 +96,7 @@ class ShardWriter:
         if not path.exists():
             return None
         try:
-            data = self.layout.codec.decode(get_backend(self.layout.backend).read(str(path)))
+            data = self.layout.codec.decode(get_backend(self.layout.backend).read(str(path)), self.layout.top_k)
             data.validate(self.layout)
             planned = (int(plan.counts[index]), int(plan.first_ids[index]), int(plan.last_ids[index]))
             if (data.num_samples, int(data.sample_id[0]), int(data.sample_id[-1])) != planned:

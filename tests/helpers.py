@@ -68,8 +68,9 @@ def random_order_share(shard_of_sample: np.ndarray, batch_size: int, epochs: int
     return float(np.mean(shares))
 
 
-def tiny_llama(path, vocab_size: int, max_positions: int = 64, seed: int = 0) -> str:
-    """A randomly initialised Llama saved with save_pretrained; returns its `hf:` spec."""
+def tiny_llama(path, vocab_size: int, max_positions: int = 64, seed: int = 0, init_std: float = 0.02) -> str:
+    """A randomly initialised Llama saved with save_pretrained; returns its `hf:` spec. A larger
+    `init_std` gives peaked next-token distributions (the default's are nearly uniform)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -82,6 +83,7 @@ def tiny_llama(path, vocab_size: int, max_positions: int = 64, seed: int = 0) ->
         num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=max_positions,
+        initializer_range=init_std,
     )
     LlamaForCausalLM(config).save_pretrained(path)
     return f"hf:{path}"

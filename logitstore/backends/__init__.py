@@ -5,7 +5,10 @@ The contract (checked for every backend by the conformance classes of logitstore
   read(path) -> arrays          returns exactly what was written, dtypes included
 `arrays` maps names to numpy arrays: `sample_id` [S], `position_offsets` [S+1], and any number of
 per-position arrays whose leading axis is the position (P rows, 1-D or 2-D); in a store that
-carries its inputs also `token_offsets` [S+1] and the per-token arrays of PER_TOKEN (N rows, 1-D).
+carries its inputs also `token_offsets` [S+1] and the per-token arrays of PER_TOKEN (N rows, 1-D);
+in an adaptive top-k store `entry_offsets` [S+1] and the packed arrays of PER_ENTRY (E rows, 1-D).
+`entry_offsets` is a hint, not content: a backend that keeps rows per sample (Arrow) nests the
+packed arrays by it and returns it; one that does not (Zarr) neither stores nor returns it.
 What the arrays mean is the codec's business (logitstore/codec.py).
 """
 
@@ -17,6 +20,9 @@ import numpy as np
 
 PER_SAMPLE = ("sample_id", "position_offsets", "token_offsets")
 PER_TOKEN = ("input_ids", "loss_mask")
+# The arrays with one entry per stored class, packed in adaptive top-k stores (FORMAT.md, version 6).
+PER_ENTRY = ("topk_index", "topk_logit", "topk_index_gap_lo", "topk_index_gap_hi", "topk_code")
+ENTRY_OFFSETS = "entry_offsets"
 ZSTD_LEVEL = 6  # on LM teacher outputs: 2% smaller than level 3, still > 100 MB/s (bench/store.py)
 
 

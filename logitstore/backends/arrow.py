@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from logitstore.backends import PER_SAMPLE, PER_TOKEN, ZSTD_LEVEL
+from logitstore.backends import ENTRY_OFFSETS, PER_ENTRY, PER_SAMPLE, PER_TOKEN, ZSTD_LEVEL
 from logitstore.errors import ShardCorruptError
 
 
@@ -38,7 +38,9 @@ class ArrowBackend:
         for name, a in arrays.items():
             if name in PER_TOKEN:  # a sample's tokens: their own offsets
                 columns[name] = _nested(a, arrays["token_offsets"])
-            elif name not in PER_SAMPLE:
+            elif name in PER_ENTRY and ENTRY_OFFSETS in arrays:  # packed entries of a sample's positions
+                columns[name] = _nested(a, arrays[ENTRY_OFFSETS])
+            elif name not in PER_SAMPLE and name != ENTRY_OFFSETS:
                 columns[name] = _nested(a, offsets)
         table = pa.table(columns)
         options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", compression_level=ZSTD_LEVEL))
@@ -53,13 +55,17 @@ class ArrowBackend:
         for name in table.column_names:
             if name == "sample_id":
                 continue
-            values, col_offsets = _flat(table.column(name), table.schema.field(name).type)
+            field_type = table.schema.field(name).type
+            values, col_offsets = _flat(table.column(name), field_type)
             kind = "token_offsets" if name in PER_TOKEN else "position_offsets"
+            if name in PER_ENTRY and not pa.types.is_fixed_size_list(field_type.value_type):
+                kind = ENTRY_OFFSETS  # packed: one list entry per stored class
             if kind in offsets and not np.array_equal(offsets[kind], col_offsets):
                 raise ShardCorruptError(f"{path}: list columns disagree on {kind.split('_')[0]}s per sample")
             offsets[kind] = col_offsets
             out[name] = values
         out["position_offsets"] = offsets.get("position_offsets", np.zeros(out["sample_id"].shape[0] + 1, np.int64))
-        if "token_offsets" in offsets:
-            out["token_offsets"] = offsets["token_offsets"]
+        for kind in ("token_offsets", ENTRY_OFFSETS):
+            if kind in offsets:
+                out[kind] = offsets[kind]
         return out

@@ -8,7 +8,7 @@ import numpy as np
 from zarr.codecs import ZstdCodec
 from zarr.core.sync import sync
 
-from logitstore.backends import ZSTD_LEVEL
+from logitstore.backends import ENTRY_OFFSETS, ZSTD_LEVEL
 
 CHUNK_ROWS = 8192
 
@@ -49,7 +49,8 @@ async def _write_all(path: str, arrays: dict[str, np.ndarray]) -> None:
 
     # Wait for every write to end before raising the first error: a caller that cleans up after
     # a failure (a full disk) must not race writes still in flight.
-    results = await asyncio.gather(*(one(name, array) for name, array in arrays.items()), return_exceptions=True)
+    stored = {name: array for name, array in arrays.items() if name != ENTRY_OFFSETS}  # a hint: see backends
+    results = await asyncio.gather(*(one(name, array) for name, array in stored.items()), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise errors[0]

@@ -121,6 +121,25 @@ def test_bad_codec_flags(tmp_path, capsys):
     assert not (tmp_path / "st").exists()
 
 
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--top-p", "0"], "--top-p must lie in (0, 1]"),
+        (["--top-p", "1.5"], "--top-p must lie in (0, 1]"),
+        (["--top-p", "nan"], "--top-p must lie in (0, 1]"),
+        (["--top-p", "0.9", "--min-k", "8", "--max-k", "4"], "--min-k 8 exceeds --max-k 4"),
+        (["--top-p", "0.9", "--min-k", "6"], "--min-k 6 exceeds --max-k 5"),  # --max-k defaults to --top-k 5
+        (["--max-k", "9"], "--max-k apply with --top-p P < 1 only"),
+        (["--top-p", "0.9", "--selection", "hybrid"], "--top-p applies to --selection topk only"),
+    ],
+)
+def test_adaptive_k_flags(tmp_path, capsys, flags, needle):
+    args = ["--teacher", "digits-cnn", "--dataset", "digits", "--out", str(tmp_path / "st"), *flags]
+    code, errors = run(dump_logits.main, args, capsys)
+    assert code == 2 and len(errors) == 1 and needle in errors[0], errors
+    assert not (tmp_path / "st").exists()
+
+
 def test_existing_store_is_not_overwritten(stores, capsys):
     before = tree_digest(stores["eval"])
     code, errors = run(

@@ -49,3 +49,22 @@ def test_quick_benches_write_every_figure(ray_session, tmp_path, capsys):
     assert rows[("zarr", "delta/logq10")]["bytes_per_entry"] < 0.6 * rows[("zarr", "plain/float32")]["bytes_per_entry"]
     assert figures["kl_distortion"] < 1e-4
     assert figures["machine"]["cpus"] >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.battery
+def test_the_quick_adaptive_k_bench_compares_with_fixed_k(tmp_path, capsys):
+    from bench import adaptive_k
+
+    out = tmp_path / "bench.json"
+    assert adaptive_k.main(["--quick", "--json", str(out)]) == 0
+    assert capsys.readouterr().out.count("\n|---") == 2  # its two tables
+    figures = json.loads(out.read_text())
+    rows = figures["adaptive_k"]["rows"]
+    # more mass kept costs more bytes and leaves less KL, for fixed and adaptive alike
+    for kind in ("fixed", "adaptive"):
+        chosen = [r for r in rows if (r["top_p"] is None) == (kind == "fixed")]
+        chosen.sort(key=lambda r: r["k_mean"])
+        assert all(a["bytes_delta/logq8"] < b["bytes_delta/logq8"] for a, b in zip(chosen, chosen[1:])), kind
+        assert all(a["kl_t1"] >= b["kl_t1"] for a, b in zip(chosen, chosen[1:])), kind
+    assert all(math.isfinite(figures[k]) and figures[k] > 0 for k in ("adaptive_bytes_ratio", "adaptive_kl_ratio_t1"))

@@ -27,7 +27,7 @@ def digest(a: np.ndarray) -> dict:
 
 def test_every_format_version_and_layout_is_pinned():
     versions = {json.loads((GOLDEN / name / "manifest.json").read_text())["format_version"] for name in STORES}
-    assert versions == {1, 2, 3, 4, 5} and len(STORES) == 14
+    assert versions == {1, 2, 3, 4, 5, 6} and len(STORES) == 16
 
 
 @pytest.mark.parametrize("name", STORES)
@@ -55,10 +55,11 @@ def test_a_golden_manifest_follows_the_schema(name):
     jsonschema.Draft202012Validator(SCHEMA).validate(json.loads((GOLDEN / name / "manifest.json").read_text()))
 
 
-@pytest.mark.parametrize("draws", [0, 4])
-def test_a_freshly_written_manifest_follows_the_schema(tmp_path, draws):
-    build_store(tmp_path / "st", "zarr", np.arange(12), draws=draws)
+@pytest.mark.parametrize("draws, top_p", [(0, None), (4, None), (0, 0.5)])
+def test_a_freshly_written_manifest_follows_the_schema(tmp_path, draws, top_p):
+    build_store(tmp_path / "st", "zarr", np.arange(12), draws=draws, top_p=top_p)
     manifest = json.loads((tmp_path / "st" / "manifest.json").read_text())
     jsonschema.Draft202012Validator(SCHEMA).validate(manifest)
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.Draft202012Validator(SCHEMA).validate({**manifest, "format_version": 1 if draws else 5})
+    for wrong in (1 if draws else 5, 5 if top_p else 6):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.Draft202012Validator(SCHEMA).validate({**manifest, "format_version": wrong})

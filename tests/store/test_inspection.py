@@ -62,3 +62,22 @@ def test_recommendation_names_the_smallest_k_for_99_percent_of_the_mass(tmp_path
     assert recommendation(stats).startswith(f"k={k} keeps 99% of the mass at T=1 for 95% of positions")
     build_store(tmp_path / "top1", "zarr", np.arange(200), k=1, vocab=10, seed=1)
     assert "for only" in recommendation(collect(StoreReader(tmp_path / "top1")))  # one class cannot hold 99% here
+
+
+def test_an_adaptive_stores_tail_counts_only_each_positions_own_head(tmp_path):
+    """The tail of an adaptive store is beyond each position's own c classes (its padding adds no
+    mass), and the summary reports the mean head size."""
+    from logitstore.inspection import summary
+
+    ids = np.arange(40)
+    build_store(tmp_path / "full", "zarr", ids, k=10, vocab=10, seed=5, shard_size=100)
+    shards = build_store(tmp_path / "ad", "zarr", ids, k=6, vocab=10, seed=5, shard_size=100, top_p=0.6)
+    counts = shards[0].extras["topk_count"].astype(int)
+    assert len(set(counts.tolist())) > 1
+    reader = StoreReader(tmp_path / "ad")
+    stats = collect(reader)
+    _, full = next(StoreReader(tmp_path / "full").iter_shards())
+    p = np.sort(np.exp(full.topk_logit.astype(np.float64) - full.logsumexp[:, :1]), axis=1)[:, ::-1]
+    want = np.array([p[i, c:].sum() for i, c in enumerate(counts)])
+    np.testing.assert_allclose(stats.per_temperature[0].tail_mass, want, atol=1e-6)
+    assert summary(reader, stats)["entries_per_position"] == pytest.approx(counts.mean())

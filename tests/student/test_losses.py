@@ -215,3 +215,51 @@ def test_reverse_kl_and_jsd_are_zero_at_the_teacher_and_positive_elsewhere():
     for kind in ("reverse-kl", "jsd"):
         assert bucket_divergence(teacher.clone(), stored(teacher, 4, 2.0), 2.0, kind).abs().max() < 1e-5
         assert (bucket_divergence(torch.randn(8, 10, generator=g), stored(teacher, 4, 2.0), 2.0, kind) > 1e-3).all()
+
+
+@pytest.mark.parametrize("kind", ["kl", "reverse-kl", "jsd"])
+@pytest.mark.parametrize("quantized", [False, True])
+def test_an_adaptive_head_is_each_rows_own_fixed_k_head_values_and_gradients(kind, quantized):
+    """Padding columns (an adaptive store's) change nothing: row i with c_i classes of a padded head of
+    width 8 gives the loss and the gradient of the same row stored with k = c_i, whatever the padding holds."""
+    g = torch.Generator().manual_seed(3)
+    n, width, T = 12, 8, 2.0
+    teacher = torch.randn(n, 40, generator=g) * 3
+    student = torch.randn(n, 40, generator=g) * 2
+    counts = torch.randint(1, width + 1, (n,), generator=g)
+    values, index = teacher.topk(width, dim=1)
+    lse = torch.logsumexp(teacher / T, dim=1)
+    pad = torch.arange(width) >= counts.unsqueeze(1)
+    rest = None
+    if quantized:  # the stored tail beyond each row's own head
+        head_mass = torch.where(pad, 0.0, torch.exp(values / T - lse.unsqueeze(1))).sum(dim=1)
+        rest = (1 - head_mass).clamp(min=0).unsqueeze(1)
+    # Padding as a reader leaves it (top-1 id, smallest logit) and as garbage: neither may matter.
+    for pad_index, pad_logit in ((index[:, :1], values.min(dim=1, keepdim=True).values), (index.flip(1), values)):
+        targets = TeacherTargets(
+            "topk",
+            (T,),
+            torch.where(pad, pad_index.expand(-1, width), index),
+            torch.where(pad, pad_logit.expand(-1, width), values),
+            lse.unsqueeze(1),
+            rest,
+            topk_count=counts,
+        )
+        s = student.clone().requires_grad_()
+        got = bucket_divergence(s, targets, T, kind)
+        got.sum().backward()
+        for i in range(n):
+            c = int(counts[i])
+            own = TeacherTargets(
+                "topk",
+                (T,),
+                index[i : i + 1, :c],
+                values[i : i + 1, :c],
+                lse[i : i + 1, None],
+                None if rest is None else rest[i : i + 1],
+            )
+            s_i = student[i : i + 1].clone().requires_grad_()
+            want = bucket_divergence(s_i, own, T, kind)
+            want.sum().backward()
+            torch.testing.assert_close(got[i : i + 1], want, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(s.grad[i : i + 1], s_i.grad, rtol=1e-4, atol=1e-6)

@@ -87,6 +87,8 @@ def make_batch(row: dict[str, np.ndarray], options: BatchOptions, epoch: int, de
 
 def _targets(r: dict[str, np.ndarray], options: BatchOptions, device: torch.device) -> TeacherTargets:
     optional = {key: _tensor(r[key], device) for key in ("rest",) if key in r}
+    if "topk_count" in r:  # an adaptive head
+        optional["topk_count"] = _tensor(r["topk_count"], device, torch.int64)
     if "sample_index" in r:
         optional["sample_index"] = _tensor(r["sample_index"], device, torch.int64)
         optional["sample_count"] = _tensor(r["sample_count"], device, torch.int64)

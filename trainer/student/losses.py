@@ -12,7 +12,9 @@ The teacher's distribution at temperature T is represented by k+1 buckets: the k
 with their exact probabilities, and one "rest" bucket holding the tail mass 1 - sum(p_head).
 The student's distribution is folded onto the same k+1 buckets, and KD is the divergence between
 the two, scaled by T^2 (Hinton et al. 2015) so its gradients keep their size across T. With
-k = V the rest bucket is empty and this is exactly the textbook full-softmax KD.
+k = V the rest bucket is empty and this is exactly the textbook full-softmax KD. An adaptive head
+(a `head_mask` of the columns that are classes) gives its padding columns zero mass on both sides,
+so each position has its own number of buckets.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import torch.nn.functional as F
 from trainer.student.config import LOSS_KINDS
 from trainer.student.targets import TeacherTargets
 
+FLOOR = torch.finfo(torch.float32).min  # log of an empty bucket: finite, so 0 * log terms stay 0, not NaN
+
 
 def teacher_buckets(
     topk_logit: torch.Tensor,
@@ -33,23 +37,30 @@ def teacher_buckets(
     temperature: float,
     vocab_size: int | None = None,
     rest_t: torch.Tensor | None = None,
+    head_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Teacher log-probabilities and probabilities at T of the stored classes, and the rest mass.
 
     topk_logit [N, k] (raw logits), logsumexp_t [N] (logsumexp(z/T) over the full vocabulary),
-    rest_t [N] or None (the stored tail mass, given by stores whose logits are quantized)
+    rest_t [N] or None (the stored tail mass, given by stores whose logits are quantized),
+    head_mask [N, k] bool or None (adaptive heads: padding columns get log p = FLOOR, p = 0)
     -> (log_p_head [N, k], p_head [N, k], p_rest [N]). With k = vocab_size the rest is exactly 0.
     """
+    z = topk_logit.float() / temperature
     if rest_t is not None:
         # Quantized logits: 1 - sum(head) would be rounding noise, so the exact stored rest is the
         # tail, and the head is renormalised to 1 - rest (the k+1 buckets sum to 1).
         p_rest = rest_t.float()
-        log_head = torch.log_softmax(topk_logit.float() / temperature, dim=1)
+        log_head = torch.log_softmax(z if head_mask is None else z.masked_fill(~head_mask, -math.inf), dim=1)
         log_p_head = log_head + torch.log1p(-p_rest.clamp(max=1.0 - 1e-7)).unsqueeze(1)
+        if head_mask is not None:
+            log_p_head = torch.where(head_mask, log_p_head, FLOOR)
         return log_p_head, log_p_head.exp(), p_rest
-    log_p_head = topk_logit.float() / temperature - logsumexp_t.float().unsqueeze(1)  # exact, no log(exp(.))
+    log_p_head = z - logsumexp_t.float().unsqueeze(1)  # exact, no log(exp(.))
+    if head_mask is not None:
+        log_p_head = torch.where(head_mask, log_p_head, FLOOR)
     p_head = log_p_head.exp()
-    if topk_logit.shape[1] == vocab_size:
+    if topk_logit.shape[1] == vocab_size and head_mask is None:
         p_rest = torch.zeros_like(p_head[:, 0])  # no class outside the head; 1 - sum would be only rounding
     else:
         p_rest = (1.0 - p_head.sum(dim=1)).clamp(min=0.0)
@@ -57,14 +68,19 @@ def teacher_buckets(
 
 
 def student_buckets(
-    student_logits: torch.Tensor, topk_index: torch.Tensor, temperature: float
+    student_logits: torch.Tensor, topk_index: torch.Tensor, temperature: float, head_mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Student log-probabilities at T folded onto the teacher's buckets.
 
-    student_logits [N, V], topk_index [N, k] -> (log_q_head [N, k], log_q_rest [N]).
+    student_logits [N, V], topk_index [N, k], head_mask [N, k] bool or None (adaptive heads: padding
+    columns get log q = FLOOR) -> (log_q_head [N, k], log_q_rest [N]).
     """
     log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
+    if head_mask is not None:  # padding points at the row's top-1 id, so the scatter below stays right
+        topk_index = torch.where(head_mask, topk_index, topk_index[:, :1])
     log_q_head = log_q.gather(1, topk_index)
+    if head_mask is not None:
+        log_q_head = torch.where(head_mask, log_q_head, FLOOR)
     # Rest bucket as 1 - sum(head): k values per row instead of another pass (and its backward)
     # over all V. In float32 that sum is off by ~k * 6e-8, so rows whose rest is below 1e-2 (and
     # every row when k = V) take the exact logsumexp over the classes not stored instead. Its
@@ -82,10 +98,11 @@ def student_buckets(
 def _forward_kl(student_logits: torch.Tensor, targets: TeacherTargets, temperature: float) -> torch.Tensor:
     """KL(teacher || student) over the k+1 buckets, [N]."""
     logsumexp_t, rest_t = targets.at(temperature)
+    mask = targets.head_mask
     log_p_head, p_head, p_rest = teacher_buckets(
-        targets.topk_logit, logsumexp_t, temperature, student_logits.shape[1], rest_t
+        targets.topk_logit, logsumexp_t, temperature, student_logits.shape[1], rest_t, mask
     )
-    log_q_head, log_q_rest = student_buckets(student_logits, targets.topk_index, temperature)
+    log_q_head, log_q_rest = student_buckets(student_logits, targets.topk_index, temperature, mask)
     kl_head = (p_head * (log_p_head - log_q_head)).sum(dim=1)
     # xlogy(p, p) is 0 where p == 0, so an empty rest bucket (k = V) adds nothing.
     return kl_head + torch.xlogy(p_rest, p_rest) - p_rest * log_q_rest
@@ -114,14 +131,14 @@ def bucket_divergence(
     if kind == "kl":
         return _forward_kl(student_logits, targets, temperature) * temperature**2
     logsumexp_t, rest_t = targets.at(temperature)
+    mask = targets.head_mask
     log_p_head, _, p_rest = teacher_buckets(
-        targets.topk_logit, logsumexp_t, temperature, student_logits.shape[1], rest_t
+        targets.topk_logit, logsumexp_t, temperature, student_logits.shape[1], rest_t, mask
     )
-    log_q_head, log_q_rest = student_buckets(student_logits, targets.topk_index, temperature)
+    log_q_head, log_q_rest = student_buckets(student_logits, targets.topk_index, temperature, mask)
     # Finite floors instead of log(0) = -inf keep 0 * log terms and their gradients finite.
-    floor = torch.finfo(torch.float32).min
-    log_p = torch.cat([log_p_head, torch.log(p_rest).clamp(min=floor).unsqueeze(1)], dim=1)
-    log_q = torch.cat([log_q_head, log_q_rest.clamp(min=floor).unsqueeze(1)], dim=1)
+    log_p = torch.cat([log_p_head, torch.log(p_rest).clamp(min=FLOOR).unsqueeze(1)], dim=1)
+    log_q = torch.cat([log_q_head, log_q_rest.clamp(min=FLOOR).unsqueeze(1)], dim=1)
     if kind == "reverse-kl":
         divergence = _bucket_kl(log_q, log_p)
     elif kind == "jsd":

@@ -19,6 +19,8 @@ class TeacherTargets:
     rest          float32 [N, R]  the stored tail mass, for stores of quantized logits (else None)
     sample_index  int64   [N, w]  drawn class ids (sampled selections; count 0 = padding)
     sample_count  int64   [N, w]  how often each was drawn
+    topk_count    int64   [N]     adaptive top-k stores: the columns of the head each position holds
+                                  (the others are padding: no mass for teacher or student), else None
     """
 
     selection: str
@@ -29,6 +31,14 @@ class TeacherTargets:
     rest: torch.Tensor | None = None
     sample_index: torch.Tensor | None = None
     sample_count: torch.Tensor | None = None
+    topk_count: torch.Tensor | None = None
+
+    @property
+    def head_mask(self) -> torch.Tensor | None:
+        """bool [N, k]: the head's columns that are classes (None: all of them)."""
+        if self.topk_count is None:
+            return None
+        return torch.arange(self.topk_index.shape[1], device=self.topk_index.device) < self.topk_count.unsqueeze(1)
 
     @staticmethod
     def exact(
@@ -71,6 +81,6 @@ class TeacherTargets:
         """The targets of the positions at `index` [M]."""
         pick = {
             name: getattr(self, name)
-            for name in ("topk_index", "topk_logit", "logsumexp", "rest", "sample_index", "sample_count")
+            for name in ("topk_index", "topk_logit", "logsumexp", "rest", "sample_index", "sample_count", "topk_count")
         }
         return replace(self, **{name: None if t is None else t[index] for name, t in pick.items()})

@@ -24,6 +24,9 @@ CONTENT_FIELDS = (
     "teacher",
     "dataset",
     "top_k",
+    "top_p",
+    "min_k",
+    "max_k",
     "temperatures",
     "format",
     "selection",
@@ -50,6 +53,13 @@ class DumpConfig:
     dataset: str = option(f"the data: {specs.DATASET_FORMS}", "", required=True)
     out: str = option("directory of the store to write", "", required=True)
     top_k: int = option("classes stored per position, by descending teacher logit", 5)
+    top_p: float = option(
+        "adaptive top-k: store per position the fewest classes whose teacher probability at T=1 sums to at "
+        "least this (in (0, 1]), between --min-k and --max-k; 1 = every position holds k (a fixed-k store)",
+        1.0,
+    )
+    min_k: int = option("with --top-p: the fewest classes a position holds", 1)
+    max_k: int = option("with --top-p: the most classes a position holds (0 = --top-k)", 0)
     temperatures: tuple[float, ...] = option(
         "temperatures whose log-normalisers are recorded (comma-separated); students may train at any of them",
         (1.0, 2.0, 4.0),
@@ -131,6 +141,7 @@ class DumpConfig:
             problems += specs.check_dataset_spec(self.dataset, "--dataset")
         if self.top_k < 1:
             problems.append(f"--top-k must be >= 1, got {self.top_k}")
+        problems += self._top_p_problems()
         problems += self._tokenizer_problems()
         if self.seq_len < 2:
             problems.append(f"--seq-len must be >= 2, got {self.seq_len}")
@@ -210,6 +221,35 @@ class DumpConfig:
                 )
         return problems
 
+    @property
+    def adaptive(self) -> bool:
+        return self.top_p != 1.0
+
+    @property
+    def stored_k(self) -> int:
+        """The store's top_k: the most classes a position holds."""
+        return self.max_k if self.adaptive and self.max_k else self.top_k
+
+    def _top_p_problems(self) -> list[str]:
+        if not (0.0 < self.top_p <= 1.0):  # NaN fails too
+            return [f"--top-p must lie in (0, 1] (the teacher mass each position keeps), got {self.top_p:g}"]
+        if not self.adaptive:
+            given = [f for f, v, d in (("--min-k", self.min_k, 1), ("--max-k", self.max_k, 0)) if v != d]
+            return [f"{' and '.join(given)} apply with --top-p P < 1 only: add --top-p or drop them"] if given else []
+        problems = []
+        if self.selection != "topk":
+            problems.append(f"--top-p applies to --selection topk only (not {self.selection}): drop one of them")
+        if self.min_k < 1:
+            problems.append(f"--min-k must be >= 1, got {self.min_k}")
+        if self.max_k < 0:
+            problems.append(f"--max-k must be >= 1 (or 0 = --top-k), got {self.max_k}")
+        elif self.min_k > self.stored_k:
+            problems.append(
+                f"--min-k {self.min_k} exceeds --max-k {self.stored_k}: a position cannot hold fewer classes than "
+                "it must; lower --min-k or raise --max-k"
+            )
+        return problems
+
     def _views_problems(self) -> list[str]:
         if not 0 <= self.views <= 65535:
             return [f"--views must be in 0..65535, got {self.views}"]
@@ -258,6 +298,9 @@ class DumpConfig:
             out["tokenizer"] = "bytes"
         if not self.text_files:
             del out["train_on"]
+        if not self.adaptive:  # a fixed-k store, as versions before adaptive top-k recorded it
+            for key in ("top_p", "min_k", "max_k"):
+                del out[key]
         return out
 
     def to_dict(self) -> dict:

@@ -162,8 +162,9 @@ def _resolve_inputs(cfg: DumpConfig, teacher: TeacherSource) -> DumpInputs:
             f"--dataset {cfg.dataset} holds token id {fingerprint.max_token} but the teacher's vocabulary has "
             f"{vocab} entries: tokenise the data with the teacher's tokenizer"
         )
-    if cfg.top_k > vocab:
-        raise ConfigError([f"--top-k {cfg.top_k} exceeds the teacher's {vocab} classes: use --top-k {vocab} or less"])
+    if cfg.stored_k > vocab:
+        flag = "--max-k" if cfg.stored_k != cfg.top_k else "--top-k"
+        raise ConfigError([f"{flag} {cfg.stored_k} exceeds the teacher's {vocab} classes: use {flag} {vocab} or less"])
     return DumpInputs(ds, fingerprint, tokenizer, vocab, hf_tokenizer)
 
 
@@ -174,10 +175,12 @@ def _layout(cfg: DumpConfig, vocab_size: int, sequence: bool) -> StoreLayout:
         if cfg.selection == "topk"
         else Selection(cfg.selection, cfg.draws, float(cfg.sample_temperature), cfg.seed)
     )
+    if cfg.adaptive:
+        selection = Selection(top_p=float(cfg.top_p), min_k=cfg.min_k)
     views = Views(cfg.views, cfg.augment, cfg.seed) if cfg.views else None
     return StoreLayout.make(
         backend=cfg.format,
-        top_k=cfg.top_k,
+        top_k=cfg.stored_k,
         vocab_size=vocab_size,
         temperatures=cfg.temperatures,
         shard_size=cfg.shard_size,

@@ -170,6 +170,8 @@ class TeacherScorer:
             self._check_finite(out["logsumexp"], out["topk_logit"], batch, valid)
             out = {key: value.cpu().numpy() for key, value in out.items()}
         out["topk_index"] = out["topk_index"].astype(self.layout.index_dtype)
+        if "topk_count" in out:
+            out["topk_count"] = out["topk_count"].astype(np.uint16)
         if self.layout.selection.sampled:
             out["sample_index"] = out["sample_index"].astype(self.layout.index_dtype)
             out["sample_count"] = out["sample_count"].astype(np.uint16)
@@ -200,7 +202,21 @@ class TeacherScorer:
         if self.layout.selection.sampled:
             out["sample_index"], out["sample_count"] = self._draw(z, indices, ids, positions)
         out["logsumexp"] = logsumexp_from_max(z, values[:, 0], self.temperatures)
+        if self.layout.selection.adaptive:
+            out["topk_count"] = self._head_sizes(z, values, out["logsumexp"])
         return out
+
+    def _head_sizes(self, z: torch.Tensor, values: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+        """Adaptive top-k: per position the fewest of its sorted top-k whose mass at T = 1 reaches
+        top_p, within min_k..k. values [N, k] sorted descending, lse [N, R] -> [N] int."""
+        selection = self.layout.selection
+        if 1.0 in self.layout.temperatures:
+            lse1 = lse[:, self.layout.temperature_index(1.0)]
+        else:
+            lse1 = logsumexp_from_max(z, values[:, 0], self.temperatures.new_ones(1))[:, 0]
+        mass = torch.exp(values - lse1.unsqueeze(1)).cumsum(dim=1)
+        count = (mass < selection.top_p).sum(dim=1) + 1
+        return count.clamp(min=selection.min_k, max=values.shape[1])
 
     def _check_finite(self, lse: torch.Tensor, values: torch.Tensor, batch: dict, valid: torch.Tensor | None) -> None:
         """A NaN or +inf logit anywhere makes its row's normaliser non-finite, so checking the
