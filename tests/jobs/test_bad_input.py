@@ -260,6 +260,19 @@ def test_samples_longer_than_the_hf_teachers_positions(tmp_path, capsys):
     assert not (tmp_path / "st").exists()
 
 
+def test_gpus_per_worker_needs_an_hf_teacher_and_a_gpu_cluster(tmp_path, capsys):
+    argv = ["--teacher", "digits-cnn", "--dataset", "digits", "--out", str(tmp_path / "st"), "--gpus-per-worker", "2"]
+    code, errors = run(dump_logits.main, argv, capsys)
+    assert code == 2 and len(errors) == 1 and "spreads an hf:<dir> teacher over several GPUs" in errors[0]
+    teacher = tiny_llama(tmp_path / "llama", 300, max_positions=16)
+    data = token_parquet(tmp_path / "t.parquet", [list(range(10))])
+    argv = ["--teacher", teacher, "--dataset", data, "--out", str(tmp_path / "st"), "--gpus-per-worker", "2"]
+    code, errors = run(dump_logits.main, argv, capsys)  # this machine has no GPU
+    assert code == 2 and len(errors) == 1
+    assert "--gpus-per-worker 2 needs 2 GPUs for one teacher actor but the Ray cluster has 0" in errors[0]
+    assert not (tmp_path / "st").exists()
+
+
 def test_tokenizer_problems_and_hf_dir_without_config(tmp_path, capsys):
     (tmp_path / "model").mkdir()
     code, errors = run(

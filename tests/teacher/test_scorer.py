@@ -75,6 +75,20 @@ def test_an_hf_teacher_loads_from_its_files_in_the_dumps_precision(llama):
     assert out["topk_logit"].dtype == np.float32 and out["topk_logit"].shape == (14, 8)
 
 
+def test_a_teacher_placed_by_device_map_scores_as_one_on_a_single_device(llama):
+    """--gpus-per-worker N > 1 loads the teacher with device_map="auto" (accelerate). Without GPUs
+    accelerate places every layer on the CPU: the code path runs here, the spread over several GPUs
+    only on a GPU machine."""
+    pytest.importorskip("accelerate")
+    batch = token_batch([40, 7, 33])
+    single = TeacherScorer(llama, None, layout(Selection("hybrid", 20, 1.0, 7)), "fp32", 1)
+    mapped = TeacherScorer(llama, None, layout(Selection("hybrid", 20, 1.0, 7)), "fp32", 1, gpus=2)
+    assert mapped.init_error is None and mapped.device == torch.device("cpu")
+    a, b = single.score(batch), mapped.score(batch)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
 @pytest.mark.parametrize("vocab,draws", [(40, 12), (5, 12), (500, 2_644)])
 def test_draws_are_the_counts_of_a_dense_reference(vocab, draws):
     z = torch.randn(32, vocab) * 3

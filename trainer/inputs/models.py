@@ -26,14 +26,18 @@ class HFCausalLM(nn.Module):
     right-padded, so with causal attention no attention mask is needed for the valid positions.
     """
 
-    def __init__(self, path: str, *, pretrained: bool = True, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, path: str, *, pretrained: bool = True, dtype: torch.dtype = torch.float32, device_map: str | None = None
+    ) -> None:
         super().__init__()
         from transformers import AutoConfig, AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         if pretrained:  # straight from the files in `dtype`: never an fp32 copy of a bf16 checkpoint
-            self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+            # device_map (accelerate) spreads a teacher larger than one GPU over the visible ones
+            extra = {"device_map": device_map} if device_map else {}
+            self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype, **extra)
         else:  # the architecture only
             config = AutoConfig.from_pretrained(path, local_files_only=True)
             self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -54,16 +58,22 @@ def _hf_load_errors(spec: str, what: str):
 
 
 def build_model(
-    spec: str, what: str = "--model", *, pretrained: bool = True, dtype: torch.dtype = torch.float32
+    spec: str,
+    what: str = "--model",
+    *,
+    pretrained: bool = True,
+    dtype: torch.dtype = torch.float32,
+    device_map: str | None = None,
 ) -> nn.Module:
     """Build the model a spec names. pretrained=False skips loading a built-in's trained weights;
-    `dtype` is what an hf: model is loaded in (the others are built in fp32)."""
+    `dtype` is what an hf: model is loaded in (the others are built in fp32); `device_map` places an
+    hf: model's layers over several devices (transformers/accelerate)."""
     if spec.startswith(HF_PREFIX):
         problems = check_hf_dir(spec, what)
         if problems:
             raise ModelError(problems[0])
         with _hf_load_errors(spec, what):
-            model = HFCausalLM(spec[len(HF_PREFIX) :], pretrained=pretrained, dtype=dtype)
+            model = HFCausalLM(spec[len(HF_PREFIX) :], pretrained=pretrained, dtype=dtype, device_map=device_map)
     elif spec in registry.MODELS:
         entry = registry.MODELS[spec]
         model = entry.make() if pretrained else entry.make_untrained()

@@ -119,7 +119,12 @@ class DumpConfig:
         choices=("auto", "completion", "all"),
     )
     batch_size: int = option("samples per teacher batch", 256)
-    workers: int = option("teacher actors (one GPU each when the cluster has GPUs)", 1)
+    workers: int = option("teacher actors (--gpus-per-worker GPUs each when the cluster has GPUs)", 1)
+    gpus_per_worker: int = option(
+        "GPUs of each teacher actor on a GPU cluster: an hf: teacher larger than one GPU is spread over them "
+        "layer by layer with device_map='auto' (needs the accelerate package: pip install accelerate)",
+        1,
+    )
     threads_per_worker: int = option(
         "CPU threads of each teacher actor on a CPU cluster: a CPU's sums depend on the thread count, so the "
         "store does (recorded in the manifest); scale a CPU dump with --workers instead",
@@ -154,9 +159,15 @@ class DumpConfig:
             ("--workers", self.workers),
             ("--shard-size", self.shard_size),
             ("--threads-per-worker", self.threads_per_worker),
+            ("--gpus-per-worker", self.gpus_per_worker),
         ):
             if value < 1:
                 problems.append(f"{flag} must be >= 1, got {value}")
+        if self.gpus_per_worker > 1 and self.teacher and not self.teacher.startswith(specs.HF_PREFIX):
+            problems.append(
+                f"--gpus-per-worker {self.gpus_per_worker} spreads an hf:<dir> teacher over several GPUs; "
+                f"{self.teacher} is not one: drop the flag"
+            )
         if self.out:
             problems += self._out_problems()
         return problems

@@ -3,6 +3,7 @@ each whole shard) -> manifest, under the store's lock (logitstore.StoreWriter)."
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -82,6 +83,7 @@ def run_dump(cfg: DumpConfig) -> DumpResult:
             resolving = pool.submit(resolve_teacher, cfg.teacher)
             ensure_ray()
             teacher = resolving.result()
+        _check_gpus(cfg)
         inputs = _resolve_inputs(cfg, teacher)
         layout = _layout(cfg, inputs.vocab_size, sequence=inputs.fingerprint.max_length > 0)
         plan = plan_shards(inputs.fingerprint.ids, cfg.shard_size)
@@ -193,6 +195,24 @@ def _layout(cfg: DumpConfig, vocab_size: int, sequence: bool) -> StoreLayout:
     )
 
 
+def _check_gpus(cfg: DumpConfig) -> None:
+    """--gpus-per-worker N > 1: the cluster must have N GPUs for an actor, and accelerate must be there."""
+    if cfg.gpus_per_worker <= 1:
+        return
+    gpus = cluster_gpus()
+    if gpus < cfg.gpus_per_worker:
+        raise ConfigError(
+            [
+                f"--gpus-per-worker {cfg.gpus_per_worker} needs {cfg.gpus_per_worker} GPUs for one teacher actor but "
+                f"the Ray cluster has {gpus:g}: run on a GPU cluster, or drop the flag to run the teacher on CPU"
+            ]
+        )
+    if importlib.util.find_spec("accelerate") is None:
+        raise ConfigError(
+            [f"--gpus-per-worker {cfg.gpus_per_worker} places the teacher with accelerate: pip install accelerate"]
+        )
+
+
 def _on_gpu() -> bool:
     return cluster_gpus() >= 1
 
@@ -237,7 +257,9 @@ def _score_and_write(
     keyed = ds.map_batches(_shard_rows, batch_format="numpy", fn_kwargs={"plan": plan, "todo": todo})
     # Leave one whole CPU free for the read and sort tasks, or the pipeline stalls "backpressured".
     per_actor = (
-        {"num_gpus": 1} if _on_gpu() else {"num_cpus": max(0.25, min(1.0, (cluster_cpus() - 1.0) / cfg.workers))}
+        {"num_gpus": cfg.gpus_per_worker}
+        if _on_gpu()
+        else {"num_cpus": max(0.25, min(1.0, (cluster_cpus() - 1.0) / cfg.workers))}
     )
     # A teacher built here travels as its weights; an hf: one is loaded by each replica from its files.
     state_ref = None if teacher.from_files else [ray.put(teacher.state_dict())]
@@ -253,6 +275,7 @@ def _score_and_write(
             layout=shards.layout,
             precision=cfg.precision,
             threads=cfg.threads_per_worker,
+            gpus=cfg.gpus_per_worker if _on_gpu() else 1,
             batch_size=cfg.batch_size,
             shards=shards,
             expected_counts=plan.counts,

@@ -110,28 +110,34 @@ class TeacherScorer:
         precision: str,
         threads: int,
         chunk_bytes: int = CHUNK_BYTES,
+        gpus: int = 1,
     ):
         # An error raised here would reach the driver as a bare ActorDiedError; keep it and raise it
         # from __call__, where Ray keeps the original exception.
         self.init_error: Exception | None = None
         self.chunk_bytes = chunk_bytes
         try:
-            self._setup(spec, state_ref, layout, precision, threads)
+            self._setup(spec, state_ref, layout, precision, threads, gpus)
         except Exception as exc:
             self.init_error = exc
 
-    def _setup(self, spec: str, state_ref: list | None, layout: StoreLayout, requested: str, threads: int) -> None:
+    def _setup(
+        self, spec: str, state_ref: list | None, layout: StoreLayout, requested: str, threads: int, gpus: int
+    ) -> None:
         torch.set_num_threads(threads)
         self.layout = layout
         self.augment = resolve_augment(layout.views.augment) if layout.views else None
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = precision(requested, self.device)
-        if state_ref is None:
-            model = build_model(spec, "--teacher", dtype=self.dtype)
+        if gpus > 1:  # one teacher over this actor's GPUs, layer by layer; inputs go to the first
+            self.model = build_model(spec, "--teacher", dtype=self.dtype, device_map="auto").eval()
+            self.device = self.model.model.get_input_embeddings().weight.device
+        elif state_ref is None:
+            self.model = build_model(spec, "--teacher", dtype=self.dtype).to(self.device, self.dtype).eval()
         else:
             model = build_model(spec, "--teacher", pretrained=False)
             model.load_state_dict(ray.get(state_ref[0]))
-        self.model = model.to(self.device, self.dtype).eval()
+            self.model = model.to(self.device, self.dtype).eval()
         self.temperatures = torch.tensor(layout.temperatures, dtype=torch.float32, device=self.device)
 
     def score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -158,11 +164,12 @@ class TeacherScorer:
             if sequence:
                 # Only the stored positions of each block: never padding, nor what the loss mask
                 # leaves out. Full blocks of plain text (nearly all) need no copy.
-                valid = torch.arange(z.shape[1], device=self.device) < torch.as_tensor(
-                    batch["length"], device=self.device
+                out_device = z.device  # the last GPU's when the teacher spans several
+                valid = torch.arange(z.shape[1], device=out_device) < torch.as_tensor(
+                    batch["length"], device=out_device
                 ).unsqueeze(1)
                 if "loss_mask" in batch:
-                    valid &= torch.as_tensor(batch["loss_mask"], device=self.device).bool()
+                    valid &= torch.as_tensor(batch["loss_mask"], device=out_device).bool()
                 z = z.reshape(-1, z.shape[-1]) if bool(valid.all()) else z[valid]
             chunks = self._chunks(positions, z)
             parts = [self._reduce(z[a:b], batch["id"][i:j], positions[i:j]) for a, b, i, j in chunks]
@@ -225,7 +232,7 @@ class TeacherScorer:
         if bool(finite.all()):
             return
         if valid is not None:
-            per_position = torch.zeros(valid.shape, dtype=torch.bool, device=self.device)
+            per_position = torch.zeros(valid.shape, dtype=torch.bool, device=valid.device)
             per_position[valid] = ~finite
             bad = batch["id"][per_position.any(dim=1).cpu().numpy()]
         else:
@@ -245,7 +252,7 @@ class TeacherScorer:
             if not n:
                 continue
             rows = slice(start, start + int(n))
-            generator = torch.Generator(device=self.device)
+            generator = torch.Generator(device=z.device)
             generator.manual_seed((int(selection.seed) * 1_000_003 + int(sample_id)) % 2**64)
             i, c = draw_teacher_samples(
                 z[rows],
@@ -258,6 +265,6 @@ class TeacherScorer:
             count.append(c)
             start += int(n)
         if not index:  # no stored position in this chunk
-            empty = torch.zeros((0, min(selection.draws, z.shape[1])), dtype=torch.int64, device=self.device)
+            empty = torch.zeros((0, min(selection.draws, z.shape[1])), dtype=torch.int64, device=z.device)
             return empty, empty
         return torch.cat(index), torch.cat(count)
