@@ -56,7 +56,7 @@ def test_chunks_of_whole_samples_store_what_one_pass_stores(llama, selection):
     # At most 45 positions of fp32 logits per chunk: 3 chunks here, one sample never split.
     chunked = TeacherScorer(llama, None, layout(selection), "fp32", 1, chunk_bytes=45 * 4 * VOCAB)
     assert whole.init_error is None and chunked.init_error is None
-    assert chunked._chunks(batch["length"], torch.empty(1, VOCAB)) == [
+    assert chunked._chunks(batch["length"], VOCAB) == [
         (0, 40, 0, 1),
         (40, 81, 1, 4),
         (81, 121, 4, 5),
@@ -65,6 +65,20 @@ def test_chunks_of_whole_samples_store_what_one_pass_stores(llama, selection):
     assert a.keys() == b.keys() and ("sample_index" in a) == selection.sampled
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_the_output_layer_runs_chunk_by_chunk_with_the_values_of_the_whole_forward(llama):
+    """An hf: teacher's logits are made per chunk from its hidden states (no [B, T, V] tensor); the
+    stored values are those of the model's own forward, to float32 rounding."""
+    batch = token_batch([40, 7, 33, 1, 40])
+    split = TeacherScorer(llama, None, layout(Selection()), "fp32", 1, chunk_bytes=45 * 4 * VOCAB)
+    whole = TeacherScorer(llama, None, layout(Selection()), "fp32", 1, chunk_bytes=45 * 4 * VOCAB)
+    assert split.split_head
+    whole.split_head = False  # the model's forward, then chunks of its logits
+    a, b = split.score(batch), whole.score(batch)
+    np.testing.assert_array_equal(a["topk_index"], b["topk_index"])
+    for key in ("topk_logit", "logsumexp"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-5, err_msg=key)
 
 
 def test_an_hf_teacher_loads_from_its_files_in_the_dumps_precision(llama):

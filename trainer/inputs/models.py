@@ -45,6 +45,28 @@ class HFCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, use_cache=False).logits
 
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [B, T] -> [B, T, H]: what the output layer reads (the base model's last hidden state)."""
+        return self.model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
+
+    def output_layer(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, H] -> logits [N, V]."""
+        return self.model.get_output_embeddings()(hidden)
+
+    def splits_at_the_output_layer(self) -> bool:
+        """Whether output_layer(hidden_states(x)) is this model's forward: true of most causal LMs
+        (Llama, Qwen, Mistral, GPT-2); not of those that scale or cap their logits after the head
+        (Gemma 2's soft-capping, Cohere's logit_scale, Granite's scaling), which this probe finds."""
+        device = self.model.get_input_embeddings().weight.device
+        probe = torch.arange(2, device=device).unsqueeze(0) % self.model.config.vocab_size
+        try:
+            with torch.inference_mode():
+                split = self.output_layer(self.hidden_states(probe))
+                whole = self(probe)
+        except (AttributeError, TypeError, ValueError):
+            return False
+        return split.shape == whole.shape and torch.allclose(split.float(), whole.float(), rtol=1e-4, atol=1e-5)
+
 
 @contextlib.contextmanager
 def _hf_load_errors(spec: str, what: str):

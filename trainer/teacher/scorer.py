@@ -8,6 +8,7 @@ views, each input is first augmented V times with seeds derived from the sample 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import ray
@@ -17,7 +18,7 @@ from logitstore import StoreLayout
 from trainer.errors import DataError
 from trainer.inputs.augment import derive_seeds, resolve_augment
 from trainer.inputs.datasets import positions_per_sample
-from trainer.inputs.models import build_model, model_input
+from trainer.inputs.models import HFCausalLM, build_model, model_input
 
 
 def precision(requested: str, device: torch.device) -> torch.dtype:
@@ -97,6 +98,10 @@ def draw_teacher_samples(
 CHUNK_BYTES = 1 << 28
 
 
+def _identity(z: torch.Tensor) -> torch.Tensor:
+    return z
+
+
 class TeacherScorer:
     """One teacher replica (a Ray Data actor). A teacher built on the driver comes as its weights
     (`state_ref`), so every replica is identical; an hf: teacher (`state_ref` None) is loaded by each
@@ -139,6 +144,15 @@ class TeacherScorer:
             model.load_state_dict(ray.get(state_ref[0]))
             self.model = model.to(self.device, self.dtype).eval()
         self.temperatures = torch.tensor(layout.temperatures, dtype=torch.float32, device=self.device)
+        # An hf: teacher's output layer runs chunk by chunk on its hidden states: no [B, T, V] logits.
+        self.split_head = isinstance(self.model, HFCausalLM) and self.model.splits_at_the_output_layer()
+
+    def _outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """x -> (rows [B, (T,) W], to_logits): the logits themselves (W = V), or the hidden states
+        (W = H) with the output layer to apply to a chunk of them."""
+        if self.split_head:
+            return self.model.hidden_states(x), self.model.output_layer
+        return self.model(x), _identity
 
     def score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One batch through the teacher -> the top-k, log-normalisers (and draws, view seeds) of its
@@ -159,7 +173,7 @@ class TeacherScorer:
         if self.layout.views:
             positions *= self.layout.views.count
         with torch.inference_mode():
-            z = self.model(x)  # in the teacher's dtype; each chunk is reduced in fp32
+            z, to_logits = self._outputs(x)  # in the teacher's dtype; each chunk is reduced in fp32
             valid = None
             if sequence:
                 # Only the stored positions of each block: never padding, nor what the loss mask
@@ -171,8 +185,8 @@ class TeacherScorer:
                 if "loss_mask" in batch:
                     valid &= torch.as_tensor(batch["loss_mask"], device=out_device).bool()
                 z = z.reshape(-1, z.shape[-1]) if bool(valid.all()) else z[valid]
-            chunks = self._chunks(positions, z)
-            parts = [self._reduce(z[a:b], batch["id"][i:j], positions[i:j]) for a, b, i, j in chunks]
+            chunks = self._chunks(positions, self.layout.vocab_size)
+            parts = [self._reduce(to_logits(z[a:b]), batch["id"][i:j], positions[i:j]) for a, b, i, j in chunks]
             out = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
             self._check_finite(out["logsumexp"], out["topk_logit"], batch, valid)
             out = {key: value.cpu().numpy() for key, value in out.items()}
@@ -186,11 +200,11 @@ class TeacherScorer:
             out["view_seed"] = view_seed
         return {"id": batch["id"], "shard": batch["shard"], "positions": positions, **out}
 
-    def _chunks(self, positions: np.ndarray, z: torch.Tensor) -> list[tuple[int, int, int, int]]:
+    def _chunks(self, positions: np.ndarray, vocab: int) -> list[tuple[int, int, int, int]]:
         """(first position, end position, first sample, end sample) of each chunk: whole samples (a
         sample's draws come from one seeded generator) of at most chunk_bytes of fp32 logits, or one
         sample when a single one is larger."""
-        per_chunk = max(1, self.chunk_bytes // (4 * int(z.shape[-1])))
+        per_chunk = max(1, self.chunk_bytes // (4 * int(vocab)))
         chunks, first, start, end = [], 0, 0, 0
         for sample, n in enumerate(positions.tolist()):
             if end > start and end + n - start > per_chunk:
