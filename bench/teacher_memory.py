@@ -13,9 +13,11 @@ would start at its parent's size):
            and after are measured side by side by the same script.
   replica  one TeacherScorer (what each Ray actor runs) with a Qwen2-shaped teacher at V = 151,936
            (2 layers, width 256), scoring one batch of 8 x 512 tokens, k=64, in fp32 and in bf16:
-           chunked (the default, 256 MiB of fp32 logits per chunk) and whole (one chunk: what
-           the code did before, which upcast and reduced the batch's logits at once). The figure
-           is the peak above the process's size once the teacher is loaded.
+           the output layer and the reductions chunked (the default: logits made from the hidden
+           states 256 MiB of fp32 at a time), the reductions only (the model's [B, T, V] output,
+           reduced in chunks), and whole (one chunk: what the code did before issue 13, which
+           upcast and reduced the batch's logits at once). The figure is the peak above the
+           process's size once the teacher is loaded.
 --quick (CI): smaller teachers (V = 32,768 for the replica, ~10M parameters for the driver) and this checkout only.
 """
 
@@ -57,12 +59,14 @@ import json, re, sys
 import numpy as np
 from logitstore import Selection, StoreLayout
 from trainer.teacher.scorer import TeacherScorer
-teacher, precision, chunk_bytes, vocab = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+teacher, precision, split = sys.argv[1], sys.argv[2], sys.argv[5]
+chunk_bytes, vocab = int(sys.argv[3]), int(sys.argv[4])
 layout = StoreLayout.make(backend="zarr", top_k=64, vocab_size=vocab, temperatures=(1.0, 2.0, 4.0), shard_size=64,
                           selection=Selection(), index_codec="delta", value_codec="logq", value_bits=8, views=None)
 scorer = TeacherScorer(teacher, None, layout, precision, 2, chunk_bytes=chunk_bytes)
 if scorer.init_error is not None:
     raise scorer.init_error
+scorer.split_head = scorer.split_head and split == "1"
 def hwm():
     return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
 loaded = hwm()
@@ -139,11 +143,16 @@ def driver_peak(code_dir: Path, teacher: str, data: str, out: Path) -> dict:
     return {"driver_peak_mb": int(kb) / 1024}
 
 
-def replica_peak(teacher: str, precision: str, chunked: bool, vocab: int) -> dict:
+# How one replica turns a batch into logits and reduces them: (name, output layer per chunk, reductions per chunk)
+REPLICA_MODES = (("output layer + reductions", True, True), ("reductions", False, True), ("whole", False, False))
+
+
+def replica_peak(teacher: str, precision: str, split: bool, chunked: bool, vocab: int) -> dict:
     from trainer.teacher.scorer import CHUNK_BYTES
 
     chunk = CHUNK_BYTES if chunked else 1 << 50
-    got = json.loads(run_python(REPLICA_CODE, [teacher, precision, str(chunk), str(vocab)], REPO).splitlines()[-1])
+    args = [teacher, precision, str(chunk), str(vocab), "1" if split else "0"]
+    got = json.loads(run_python(REPLICA_CODE, args, REPO).splitlines()[-1])
     return {
         "loaded_mb": got["loaded_kb"] / 1024,
         "peak_mb": got["peak_kb"] / 1024,
@@ -159,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--code", action="append", default=[], help="another checkout to run the driver from (repeatable)"
     )
+    parser.add_argument("--only", choices=("driver", "replica"), default=None, help="measure one part only")
     add_work_flags(parser)
     args = parser.parse_args(argv)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-teacher-memory-"))
@@ -166,18 +176,19 @@ def main(argv: list[str] | None = None) -> int:
     vocab = 32_768 if args.quick else 151_936
     data = random_token_parquet(work / "tokens.parquet", 64, 128, 32_000)
     drivers = []
-    for size, shape in (QUICK_SIZES if args.quick else DRIVER_SIZES).items():
+    sizes = {} if args.only == "replica" else QUICK_SIZES if args.quick else DRIVER_SIZES
+    for size, shape in sizes.items():
         teacher = save_llama(work / f"llama-{size}", 32_000, shape)
         for code_dir in [REPO, *map(Path, args.code)]:
             row = {"teacher": size, "code": "this" if code_dir == REPO else str(code_dir)}
             drivers.append({**row, **driver_peak(code_dir, teacher, data, work / f"store-{size}")})
             print(drivers[-1], flush=True)
-    qwen = save_qwen(work / f"qwen-v{vocab}", vocab)
     replicas = []
-    for precision in ("fp32", "bf16"):
-        for chunked in (True, False):
+    qwen = save_qwen(work / f"qwen-v{vocab}", vocab) if args.only != "driver" else ""
+    for precision in ("fp32", "bf16") if qwen else ():
+        for mode, split, chunked in REPLICA_MODES:
             replicas.append(
-                {"precision": precision, "chunked": chunked, **replica_peak(qwen, precision, chunked, vocab)}
+                {"precision": precision, "chunked": mode, **replica_peak(qwen, precision, split, chunked, vocab)}
             )
             print(replicas[-1], flush=True)
     print("\nDriver peak RSS of an hf: dump (MB)\n")
