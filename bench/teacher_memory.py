@@ -42,14 +42,9 @@ QUICK_SIZES = {"10M": dict(hidden_size=256, intermediate_size=688, num_hidden_la
 
 # Run in a fresh interpreter: the job's own main, then the driver's peak RSS on the last line.
 DRIVER_CODE = """
-import re, runpy, sys
-sys.argv = ["dump_logits", *sys.argv[1:]]
-try:
-    runpy.run_module("jobs.dump_logits", run_name="__main__")
-except SystemExit as exc:
-    code = exc.code
-else:
-    code = 0
+import re, sys
+from jobs import dump_logits
+code = dump_logits.main(sys.argv[1:])  # the job's main (as __main__ it would end the process at once)
 hwm = re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)
 print("PEAK_RSS_KB", hwm, code)
 """

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
+import os
 import sys
 import tomllib
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import yaml
 
@@ -171,3 +173,17 @@ def run_job(cls: type[C], body: Callable[[C], Any], argv: list[str] | None, prog
             print(f"error: {message.splitlines()[0] if message else type(known).__name__}", file=sys.stderr)
         return 2
     return 0
+
+
+def exit_now(code: int) -> NoReturn:
+    """End a job's process: Ray first (it owns the local cluster's processes, which must not outlive
+    the job), then the interpreter without its teardown. Measured on 2 cores: a job's exit took ~3.5 s,
+    1.4 s of them ray.shutdown() and the rest module finalisers of torch, transformers and Ray; nothing
+    of ours is left to flush by then (stores are committed, locks released, files closed)."""
+    ray = sys.modules.get("ray")  # not imported: no session to end (a --help or a refused config)
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

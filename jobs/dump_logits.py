@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from jobs.cli import run_job
+from jobs.cli import exit_now, run_job
 from trainer.teacher.config import DumpConfig
 
 
@@ -48,4 +48,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from jobs.cli import run_job
+from jobs.cli import exit_now, run_job
 from trainer.student.config import VARIANT_FIELDS
 from trainer.student.sweep import SweepConfig
 
@@ -37,4 +37,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from jobs.cli import run_job
+from jobs.cli import exit_now, run_job
 from trainer.student.config import TrainConfig
 
 # What a finished run prints of each student (eval_cross_entropy is in metrics.json, as perplexity here).
@@ -39,4 +39,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
