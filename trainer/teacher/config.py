@@ -246,7 +246,8 @@ class DumpConfig:
             return [f"--top-p must lie in (0, 1] (the teacher mass each position keeps), got {self.top_p:g}"]
         if not self.adaptive:
             given = [f for f, v, d in (("--min-k", self.min_k, 1), ("--max-k", self.max_k, 0)) if v != d]
-            return [f"{' and '.join(given)} apply with --top-p P < 1 only: add --top-p or drop them"] if given else []
+            verb = "apply" if len(given) > 1 else "applies"
+            return [f"{' and '.join(given)} {verb} with --top-p P < 1 only: add --top-p or drop it"] if given else []
         problems = []
         if self.selection != "topk":
             problems.append(f"--top-p applies to --selection topk only (not {self.selection}): drop one of them")
