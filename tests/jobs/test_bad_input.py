@@ -128,7 +128,7 @@ def test_bad_codec_flags(tmp_path, capsys):
         (["--top-p", "1.5"], "--top-p must lie in (0, 1]"),
         (["--top-p", "nan"], "--top-p must lie in (0, 1]"),
         (["--top-p", "0.9", "--min-k", "8", "--max-k", "4"], "--min-k 8 exceeds --max-k 4"),
-        (["--top-p", "0.9", "--min-k", "6"], "--min-k 6 exceeds --max-k 5"),  # --max-k defaults to --top-k 5
+        (["--top-p", "0.9", "--min-k", "6"], "--min-k 6 exceeds --max-k (default: --top-k) 5"),
         (["--max-k", "9"], "--max-k applies with --top-p P < 1 only"),
         (["--top-p", "0.9", "--selection", "hybrid"], "--top-p applies to --selection topk only"),
     ],

@@ -36,3 +36,14 @@ def test_every_problem_of_a_config_file_is_reported_at_once(tmp_path, capsys):
     assert "is not valid TOML" in capsys.readouterr().err
     assert run_job(DumpConfig, lambda c: None, ["--config", str(tmp_path / "c.json")], "x") == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_an_adaptive_dump_is_identified_by_its_cap_however_it_was_given():
+    """--top-k 5 --max-k 8 and --top-k 8 write the same adaptive store: a rerun given either resumes it."""
+    from trainer.teacher.config import DumpConfig
+
+    base = dict(teacher="digits-cnn", dataset="digits", out="st", top_p=0.9)
+    a = DumpConfig(**base, top_k=5, max_k=8).content()
+    b = DumpConfig(**base, top_k=8).content()
+    assert a == b and a["top_k"] == 8 and "max_k" not in a
+    assert "top_p" not in DumpConfig(teacher="digits-cnn", dataset="digits", out="st").content()  # as before v6

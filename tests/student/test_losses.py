@@ -263,3 +263,24 @@ def test_an_adaptive_head_is_each_rows_own_fixed_k_head_values_and_gradients(kin
             want.sum().backward()
             torch.testing.assert_close(got[i : i + 1], want, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(s.grad[i : i + 1], s_i.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_rows_that_hold_every_class_have_no_rest_whatever_the_rounding(quantized):
+    """An adaptive head that reaches the whole vocabulary (or a quantized store at k = V, whose stored
+    tail is rounding noise) is the dense KD: a rest of ~1e-7 against the student's empty rest must
+    not blow the loss up."""
+    g = torch.Generator().manual_seed(5)
+    n, vocab, T = 16, 10, 1.0
+    teacher = torch.randn(n, vocab, generator=g) * 3
+    student = torch.randn(n, vocab, generator=g)
+    values, index = teacher.topk(vocab, dim=1)
+    lse = torch.logsumexp(teacher / T, dim=1)
+    rest = torch.full((n, 1), 4e-7) if quantized else None  # what a float16 log_rest of 1 - sum leaves
+    counts = torch.full((n,), vocab)
+    counts[::2] = vocab - 1  # and rows of one class fewer, next to them
+    targets = TeacherTargets("topk", (T,), index, values, lse.unsqueeze(1), rest, topk_count=counts)
+    got = bucket_divergence(student, targets, T)
+    full = counts == vocab
+    torch.testing.assert_close(got[full].double(), full_softmax_kd(student, teacher, T)[full], rtol=1e-4, atol=1e-5)
+    assert torch.isfinite(got).all() and got.max() < 10

@@ -47,10 +47,14 @@ def teacher_buckets(
     -> (log_p_head [N, k], p_head [N, k], p_rest [N]). With k = vocab_size the rest is exactly 0.
     """
     z = topk_logit.float() / temperature
+    # Rows holding every class have no rest: 0, not the rounding noise 1 - sum (or a stored tail)
+    # would leave, which the student's exact rest (log 0 there) would turn into a huge KL.
+    stored = head_mask.sum(dim=1) if head_mask is not None else torch.full_like(z[:, 0], z.shape[1])
+    full = stored == vocab_size if vocab_size is not None else torch.zeros_like(z[:, 0], dtype=torch.bool)
     if rest_t is not None:
         # Quantized logits: 1 - sum(head) would be rounding noise, so the exact stored rest is the
         # tail, and the head is renormalised to 1 - rest (the k+1 buckets sum to 1).
-        p_rest = rest_t.float()
+        p_rest = torch.where(full, 0.0, rest_t.float())
         log_head = torch.log_softmax(z if head_mask is None else z.masked_fill(~head_mask, -math.inf), dim=1)
         log_p_head = log_head + torch.log1p(-p_rest.clamp(max=1.0 - 1e-7)).unsqueeze(1)
         if head_mask is not None:
@@ -60,10 +64,7 @@ def teacher_buckets(
     if head_mask is not None:
         log_p_head = torch.where(head_mask, log_p_head, FLOOR)
     p_head = log_p_head.exp()
-    if topk_logit.shape[1] == vocab_size and head_mask is None:
-        p_rest = torch.zeros_like(p_head[:, 0])  # no class outside the head; 1 - sum would be only rounding
-    else:
-        p_rest = (1.0 - p_head.sum(dim=1)).clamp(min=0.0)
+    p_rest = torch.where(full, 0.0, (1.0 - p_head.sum(dim=1)).clamp(min=0.0))
     return log_p_head, p_head, p_rest
 
 

@@ -256,8 +256,9 @@ class DumpConfig:
         if self.max_k < 0:
             problems.append(f"--max-k must be >= 1 (or 0 = --top-k), got {self.max_k}")
         elif self.min_k > self.stored_k:
+            cap = "--max-k" if self.max_k else "--max-k (default: --top-k)"
             problems.append(
-                f"--min-k {self.min_k} exceeds --max-k {self.stored_k}: a position cannot hold fewer classes than "
+                f"--min-k {self.min_k} exceeds {cap} {self.stored_k}: a position cannot hold fewer classes than "
                 "it must; lower --min-k or raise --max-k"
             )
         return problems
@@ -313,6 +314,9 @@ class DumpConfig:
         if not self.adaptive:  # a fixed-k store, as versions before adaptive top-k recorded it
             for key in ("top_p", "min_k", "max_k"):
                 del out[key]
+        else:  # the cap, however it was given (--top-k K, or --max-k K)
+            out["top_k"] = self.stored_k
+            del out["max_k"]
         return out
 
     def to_dict(self) -> dict:
