@@ -29,15 +29,14 @@ import numpy as np
 import torch
 
 from bench.common import markdown_table, write_json
-from bench.store import SHARD_SIZE, TEMPERATURES, shards_of, write_store
-from logitstore import read_manifest
+from bench.store import SHARD_SIZE, TEMPERATURES, eval_logits, shards_of, write_store
+from logitstore import index_dtype_for, read_manifest
 from logitstore.codec import Codec
 from logitstore.layout import Selection
-from logitstore.shard import ShardData
+from logitstore.shard import ShardData, adaptive_head_sizes
 from logitstore.testing import with_extras
 from trainer.builtin.stdlib import example
-from trainer.inputs.datasets import TEXT_PARTS, TextOptions, text_part
-from trainer.inputs.tokenizers import resolve_tokenizer
+from trainer.inputs.datasets import TEXT_PARTS
 
 MAX_K = 64
 FIXED_K = (1, 2, 4, 8, 16, 32, 64)
@@ -47,35 +46,27 @@ CODECS = {"delta/logq8": Codec.make("delta", "logq", 8, TEMPERATURES), "plain/fl
 
 
 def teacher_pass(name: str, parts: int, quick: bool) -> dict:
-    """The teacher over stdlib-small-eval -> its top-MAX_K, logsumexp at TEMPERATURES, and per
-    position the tail terms the KL of any head size needs (cumulative over the sorted classes)."""
-    spec = example.TEACHERS[name]
-    model = example.train_teacher(30, name=name) if quick else example.load_teacher(name)
-    options = TextOptions(tokenizer_json=resolve_tokenizer(spec.tokenizer).to_json())
-    blocks = [text_part("stdlib-small-eval", p, options) for p in range(parts)]
-    ids = np.concatenate([b["input_ids"] for b in blocks])
-    lengths = np.concatenate([b["length"] for b in blocks])
-    k = min(MAX_K, spec.teacher.vocab_size)
+    """The teacher over stdlib-small-eval -> its top-MAX_K, logsumexp at TEMPERATURES, the
+    cumulative mass of the sorted head at T = 1, and per T the KL of every head size [P, MAX_K]."""
+    vocab = example.TEACHERS[name].teacher.vocab_size
+    k = min(MAX_K, vocab)
+    lengths, batches = eval_logits(name, parts, quick, batch=16)
     keep: dict[str, list] = {"values": [], "index": [], "lse": [], "cum_p1": []}
-    kl_parts: dict[tuple[float, int], list] = {}  # (T, head size c) -> KL per position
+    kl_parts: dict[float, list] = {t: [] for t in KL_TEMPERATURES}
     with torch.inference_mode():
-        for start in range(0, len(ids), 16):
-            z = model(torch.from_numpy(ids[start : start + 16]))
-            valid = torch.arange(z.shape[1]) < torch.from_numpy(lengths[start : start + 16]).unsqueeze(1)
-            z = z[valid].double()
+        for z in batches:
+            z = z.double()
             v, i = z.topk(k, dim=-1)
             keep["values"].append(v.float().numpy())
             keep["index"].append(i.numpy())
             keep["lse"].append(torch.stack([torch.logsumexp(z / t, dim=-1) for t in TEMPERATURES], dim=1).numpy())
             keep["cum_p1"].append(torch.exp(v - z.logsumexp(-1, keepdim=True)).cumsum(-1).numpy())
             for t in KL_TEMPERATURES:
-                for c, kl in enumerate(_kl_by_head_size(z, t, k).T, start=1):
-                    kl_parts.setdefault((t, c), []).append(kl.numpy())
-    vocab = spec.teacher.vocab_size
+                kl_parts[t].append(_kl_by_head_size(z, t, k).numpy())
     out = {key: np.concatenate(value) for key, value in keep.items()}
     out.update(lengths=lengths, vocab=vocab)
-    out["index"] = out["index"].astype("uint16" if vocab <= 2**16 else "uint32")
-    out["kl"] = {key: np.concatenate(value) for key, value in kl_parts.items()}  # [P] per (T, c)
+    out["index"] = out["index"].astype(index_dtype_for(vocab))
+    out["kl"] = {t: np.concatenate(value) for t, value in kl_parts.items()}  # [P, k] per T: column c-1 = head size c
     return out
 
 
@@ -93,17 +84,11 @@ def _kl_by_head_size(z: torch.Tensor, t: float, k: int) -> torch.Tensor:
     return (tail_plogp - spread).clamp(min=0.0)
 
 
-def head_sizes(out: dict, top_p: float) -> np.ndarray:
-    """Per position the fewest of the sorted top-MAX_K whose mass at T = 1 reaches top_p (as the dump does)."""
-    count = (out["cum_p1"] < top_p).sum(axis=1) + 1
-    return np.clip(count, 1, out["values"].shape[1])
-
-
 def settings(out: dict) -> list[tuple[str, float | None, np.ndarray]]:
     """(name, top_p or None, head size per position) of each store."""
     width = out["values"].shape[1]
     fixed = [(f"k={k}", None, np.full(len(out["values"]), k)) for k in FIXED_K if k <= width]
-    return fixed + [(f"top-p {p:g}", p, head_sizes(out, p)) for p in TOP_P]
+    return fixed + [(f"top-p {p:g}", p, adaptive_head_sizes(out["cum_p1"], p, 1)) for p in TOP_P]
 
 
 def store_shards(out: dict, top_p: float | None, sizes: np.ndarray) -> list[ShardData]:
@@ -125,8 +110,7 @@ def measure(out: dict, work: Path) -> list[dict]:
     for name, top_p, sizes in settings(out):
         row = {"setting": name, "top_p": top_p, "k_mean": float(sizes.mean())}
         for t in KL_TEMPERATURES:
-            kl = np.stack([out["kl"][(t, c)] for c in range(1, out["values"].shape[1] + 1)], axis=1)
-            row[f"kl_t{t:g}"] = float(np.take_along_axis(kl, sizes[:, None] - 1, axis=1).mean())
+            row[f"kl_t{t:g}"] = float(np.take_along_axis(out["kl"][t], sizes[:, None] - 1, axis=1).mean())
         for codec_name, codec in CODECS.items():
             root = work / f"{name}-{codec_name.replace('/', '-')}"
             selection = Selection(top_p=top_p, min_k=1) if top_p is not None else Selection()

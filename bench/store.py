@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -53,21 +54,34 @@ CODECS = {  # name -> (index codec, value codec, bits)
 HEADLINE = "delta/logq8"  # the codec the goals are measured on
 
 
-def teacher_outputs(name: str, k: int, parts: int, quick: bool) -> dict[str, np.ndarray]:
-    """The teacher over stdlib-small-eval -> lengths [S], top-k logits [P, k] (fp32, descending),
-    their ids, logsumexp [P, R] (float64)."""
+def eval_logits(name: str, parts: int, quick: bool, batch: int = 32) -> tuple[np.ndarray, Iterator[torch.Tensor]]:
+    """The built-in teacher `name` over the first `parts` parts of stdlib-small-eval -> (lengths [S],
+    its fp32 logits [N, V] at the valid positions of each batch of `batch` blocks, in order)."""
     spec = example.TEACHERS[name]
     model = example.train_teacher(30, name=name) if quick else example.load_teacher(name)
     options = TextOptions(tokenizer_json=resolve_tokenizer(spec.tokenizer).to_json())
     blocks = [text_part("stdlib-small-eval", p, options) for p in range(parts)]
     ids = np.concatenate([b["input_ids"] for b in blocks])
     lengths = np.concatenate([b["length"] for b in blocks])
+
+    def logits() -> Iterator[torch.Tensor]:
+        with torch.inference_mode():
+            for start in range(0, len(ids), batch):
+                z = model(torch.from_numpy(ids[start : start + batch]))
+                valid = torch.arange(z.shape[1]) < torch.from_numpy(lengths[start : start + batch]).unsqueeze(1)
+                yield z[valid].float()
+
+    return lengths, logits()
+
+
+def teacher_outputs(name: str, k: int, parts: int, quick: bool) -> dict[str, np.ndarray]:
+    """The teacher over stdlib-small-eval -> lengths [S], top-k logits [P, k] (fp32, descending),
+    their ids, logsumexp [P, R] (float64)."""
+    spec = example.TEACHERS[name]
+    lengths, batches = eval_logits(name, parts, quick)
     values, index, lse = [], [], []
     with torch.inference_mode():
-        for start in range(0, len(ids), 32):
-            z = model(torch.from_numpy(ids[start : start + 32]))
-            valid = torch.arange(z.shape[1]) < torch.from_numpy(lengths[start : start + 32]).unsqueeze(1)
-            z = z[valid].float()
+        for z in batches:
             v, i = z.topk(k, dim=-1)
             values.append(v.numpy())
             index.append(i.numpy())

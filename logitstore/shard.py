@@ -323,6 +323,13 @@ class ShardData:
         )
 
 
+def adaptive_head_sizes(cumulative_mass: np.ndarray, top_p: float, min_k: int) -> np.ndarray:
+    """FORMAT.md's adaptive rule: cumulative_mass [P, k] (of the top-k by descending logit, at T = 1)
+    -> [P] the fewest classes reaching top_p, at least min_k, at most k."""
+    count = (cumulative_mass < top_p).sum(axis=1) + 1
+    return np.clip(count, min_k, cumulative_mass.shape[1])
+
+
 def head_mask(count: np.ndarray, width: int) -> np.ndarray:
     """bool [P, width]: True where a column holds one of the position's `count` [P] stored classes."""
     return np.arange(width) < np.asarray(count)[:, None]

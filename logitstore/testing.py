@@ -36,7 +36,15 @@ from logitstore.layout import Inputs, Selection, StoreLayout, Views, index_dtype
 from logitstore.manifest import parse_manifest
 from logitstore.planning import plan_shards
 from logitstore.reader import StoreReader, topk_probabilities
-from logitstore.shard import ShardData, TokenInputs, head_mask, pad_width, trim_samples, with_canonical_padding
+from logitstore.shard import (
+    ShardData,
+    TokenInputs,
+    adaptive_head_sizes,
+    head_mask,
+    pad_width,
+    trim_samples,
+    with_canonical_padding,
+)
 from logitstore.writer import StoreWriter
 
 TEMPS = (1.0, 2.0, 4.0)
@@ -92,8 +100,7 @@ def with_top_p(data: ShardData, top_p: float, min_k: int = 1) -> ShardData:
     """An adaptive head: per position the fewest of its k classes whose mass at T = TEMPS[0] = 1
     reaches `top_p` (at least `min_k`), the other columns left as they are (a writer's input)."""
     p = np.exp(data.topk_logit.astype(np.float64) - data.logsumexp[:, :1].astype(np.float64))
-    count = (np.cumsum(p, axis=1) < top_p).sum(axis=1) + 1
-    return with_extras(data, topk_count=np.clip(count, min_k, data.top_k).astype(np.uint16))
+    return with_extras(data, topk_count=adaptive_head_sizes(np.cumsum(p, axis=1), top_p, min_k).astype(np.uint16))
 
 
 def with_samples(rng, data: ShardData, vocab: int, draws: int, trim: bool = False) -> ShardData:

@@ -56,24 +56,30 @@ def expected(store: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    write_stores(Path((argv or sys.argv[1:])[0]), STORES, ["--top-k", "4"])
+    return 0
+
+
+def write_stores(out: Path, stores: dict[str, list[str]], selection: list[str], init_std: float = 0.02) -> None:
+    """Dump each of `stores` (name -> its flags) with the `selection` flags through the CLI, from the
+    tiny random Llama over CHAT and TEXT, into `out`, and pin what the reader returns."""
     from tests.helpers import tiny_chat_tokenizer, tiny_llama, write_jsonl
 
-    out = Path((argv or sys.argv[1:])[0]).resolve()
+    out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="golden-v5-"))
+    work = Path(tempfile.mkdtemp(prefix="golden-"))
     tok = tiny_chat_tokenizer(work / "teacher")
-    tiny_llama(work / "teacher", len(tok), max_positions=64)
+    tiny_llama(work / "teacher", len(tok), max_positions=64, init_std=init_std)
     write_jsonl(work / "chat.jsonl", CHAT)
     write_jsonl(work / "text.jsonl", TEXT)
-    common = ["--teacher", f"hf:{work / 'teacher'}", "--top-k", "4", "--shard-size", "3", "--threads-per-worker", "1"]
-    for name, args in STORES.items():
+    common = ["--teacher", f"hf:{work / 'teacher'}", *selection, "--shard-size", "3", "--threads-per-worker", "1"]
+    for name, args in stores.items():
         store = out / name
         shutil.rmtree(store, ignore_errors=True)
         cmd = [sys.executable, "-m", "jobs.dump_logits", *common, *args, "--out", str(store)]
         subprocess.run(cmd, cwd=work, check=True, stdout=subprocess.DEVNULL)
         pin(store, expected(store))
     shutil.rmtree(work)
-    return 0
 
 
 if __name__ == "__main__":

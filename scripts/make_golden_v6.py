@@ -12,14 +12,10 @@ plain float32), each holding per position the fewest of at most 8 classes with m
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from scripts.make_golden_stores import pin
-from scripts.make_golden_v5 import CHAT, TEXT, expected
+from scripts.make_golden_v5 import write_stores
 
 ADAPTIVE = ["--top-k", "8", "--top-p", "0.7", "--min-k", "2"]
 STORES = {
@@ -31,23 +27,7 @@ STORES = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tests.helpers import tiny_chat_tokenizer, tiny_llama, write_jsonl
-
-    out = Path((argv or sys.argv[1:])[0]).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="golden-v6-"))
-    tok = tiny_chat_tokenizer(work / "teacher")
-    tiny_llama(work / "teacher", len(tok), max_positions=64, init_std=1.0)  # peaked: heads differ
-    write_jsonl(work / "chat.jsonl", CHAT)
-    write_jsonl(work / "text.jsonl", TEXT)
-    common = ["--teacher", f"hf:{work / 'teacher'}", "--shard-size", "3", "--threads-per-worker", "1", *ADAPTIVE]
-    for name, args in STORES.items():
-        store = out / name
-        shutil.rmtree(store, ignore_errors=True)
-        cmd = [sys.executable, "-m", "jobs.dump_logits", *common, *args, "--out", str(store)]
-        subprocess.run(cmd, cwd=work, check=True, stdout=subprocess.DEVNULL)
-        pin(store, expected(store))
-    shutil.rmtree(work)
+    write_stores(Path((argv or sys.argv[1:])[0]), STORES, ADAPTIVE, init_std=1.0)  # wide init: heads differ
     return 0
 
 

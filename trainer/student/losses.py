@@ -47,14 +47,10 @@ def teacher_buckets(
     -> (log_p_head [N, k], p_head [N, k], p_rest [N]). With k = vocab_size the rest is exactly 0.
     """
     z = topk_logit.float() / temperature
-    # Rows holding every class have no rest: 0, not the rounding noise 1 - sum (or a stored tail)
-    # would leave, which the student's exact rest (log 0 there) would turn into a huge KL.
-    stored = head_mask.sum(dim=1) if head_mask is not None else torch.full_like(z[:, 0], z.shape[1])
-    full = stored == vocab_size if vocab_size is not None else torch.zeros_like(z[:, 0], dtype=torch.bool)
     if rest_t is not None:
         # Quantized logits: 1 - sum(head) would be rounding noise, so the exact stored rest is the
         # tail, and the head is renormalised to 1 - rest (the k+1 buckets sum to 1).
-        p_rest = torch.where(full, 0.0, rest_t.float())
+        p_rest = _no_rest_in_full_rows(rest_t.float(), z.shape[1], vocab_size, head_mask)
         log_head = torch.log_softmax(z if head_mask is None else z.masked_fill(~head_mask, -math.inf), dim=1)
         log_p_head = log_head + torch.log1p(-p_rest.clamp(max=1.0 - 1e-7)).unsqueeze(1)
         if head_mask is not None:
@@ -64,8 +60,21 @@ def teacher_buckets(
     if head_mask is not None:
         log_p_head = torch.where(head_mask, log_p_head, FLOOR)
     p_head = log_p_head.exp()
-    p_rest = torch.where(full, 0.0, (1.0 - p_head.sum(dim=1)).clamp(min=0.0))
+    p_rest = _no_rest_in_full_rows((1.0 - p_head.sum(dim=1)).clamp(min=0.0), z.shape[1], vocab_size, head_mask)
     return log_p_head, p_head, p_rest
+
+
+def _no_rest_in_full_rows(
+    p_rest: torch.Tensor, k: int, vocab_size: int | None, head_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """p_rest [N] with 0 where a row holds every class (k columns, head_mask's of them): not the
+    rounding noise 1 - sum (or a stored tail) leaves there, which the student's empty rest (log 0)
+    would turn into a huge KL."""
+    if vocab_size is None or k < vocab_size:  # some class is always outside the head
+        return p_rest
+    if head_mask is None:
+        return torch.zeros_like(p_rest)
+    return p_rest.masked_fill(head_mask.sum(dim=1) == vocab_size, 0.0)
 
 
 def student_buckets(
