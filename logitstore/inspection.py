@@ -80,7 +80,7 @@ def collect(reader: StoreReader, max_positions: int = 200_000) -> StoreStats:
         if t == reference:
             buckets = np.concatenate([probs, tail[:, None]], axis=1).astype(np.float64)
             entropy = -np.sum(np.where(buckets > 0, buckets * np.log(np.where(buckets > 0, buckets, 1.0)), 0.0), axis=1)
-            confidence = probs.max(axis=1)
+            confidence = probs.max(axis=1, initial=0.0)
     return StoreStats(
         positions=len(logits),
         total_positions=m.num_positions,
@@ -96,6 +96,8 @@ def collect(reader: StoreReader, max_positions: int = 200_000) -> StoreStats:
 
 def recommendation(stats: StoreStats, cover: float = 0.99, share: float = 0.95) -> str:
     """The smallest k that keeps `cover` of the mass at the reference T for `share` of positions."""
+    if stats.positions == 0:
+        return "the positions read hold no entries: nothing to recommend"
     ref = next(s for s in stats.per_temperature if s.temperature == stats.reference_temperature)
     if stats.head_sizes is not None:  # adaptive: the heads are as large as the store's top_p asked
         full = float(np.mean(stats.head_sizes == stats.top_k))

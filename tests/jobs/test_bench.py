@@ -68,3 +68,16 @@ def test_the_quick_adaptive_k_bench_compares_with_fixed_k(tmp_path, capsys):
         assert all(a["bytes_delta/logq8"] < b["bytes_delta/logq8"] for a, b in zip(chosen, chosen[1:])), kind
         assert all(a["kl_t1"] >= b["kl_t1"] for a, b in zip(chosen, chosen[1:])), kind
     assert all(math.isfinite(figures[k]) and figures[k] > 0 for k in ("adaptive_bytes_ratio", "adaptive_kl_ratio_t1"))
+
+
+@pytest.mark.slow
+@pytest.mark.battery
+def test_the_quick_loss_memory_bench_finds_the_chunked_loss_smaller(tmp_path, capsys):
+    from bench import loss_memory
+
+    out = tmp_path / "bench.json"
+    assert loss_memory.main(["--quick", "--json", str(out)]) == 0
+    assert capsys.readouterr().out.count("\n|---") == 1
+    figures = json.loads(out.read_text())
+    # the output layer and loss chunk by chunk never hold [positions, V]: well under the whole loss's peak
+    assert figures["chunked_peak_mb"] < 0.7 * figures["whole_peak_mb"], figures

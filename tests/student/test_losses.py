@@ -284,3 +284,78 @@ def test_rows_that_hold_every_class_have_no_rest_whatever_the_rounding(quantized
     full = counts == vocab
     torch.testing.assert_close(got[full].double(), full_softmax_kd(student, teacher, T)[full], rtol=1e-4, atol=1e-5)
     assert torch.isfinite(got).all() and got.max() < 10
+
+
+def _targets_of_every_selection(teacher: torch.Tensor, T: float, g: torch.Generator) -> dict[str, TeacherTargets]:
+    """topk, adaptive topk (quantized: a stored rest), sample and hybrid targets of the same teacher rows."""
+    n, k = teacher.shape[0], 6
+    values, index = teacher.topk(k, dim=1)
+    lse = torch.logsumexp(teacher / T, dim=1, keepdim=True)
+    counts = torch.randint(1, k + 1, (n,), generator=g)
+    pad = torch.arange(k) >= counts.unsqueeze(1)
+    head_mass = torch.where(pad, 0.0, torch.exp(values / T - lse)).sum(dim=1, keepdim=True)
+    draws = torch.multinomial(torch.softmax(teacher / T, dim=1), 5, replacement=True, generator=g)
+    ones = torch.ones_like(draws)
+    return {
+        "topk": TeacherTargets("topk", (T,), index, values, lse),
+        "adaptive": TeacherTargets("topk", (T,), index, values, lse, (1 - head_mass).clamp(min=0), topk_count=counts),
+        "sample": TeacherTargets("sample", (T,), index, values, lse, sample_index=draws, sample_count=ones),
+        "hybrid": TeacherTargets("hybrid", (T,), index, values, lse, sample_index=draws, sample_count=ones),
+    }
+
+
+@pytest.mark.parametrize(
+    "selection, kind",
+    [
+        ("topk", "kl"),
+        ("topk", "jsd"),
+        ("adaptive", "kl"),
+        ("adaptive", "reverse-kl"),
+        ("sample", "kl"),
+        ("hybrid", "kl"),
+    ],
+)
+@pytest.mark.parametrize("with_head", [False, True])
+def test_chunked_loss_has_the_values_and_gradients_of_the_whole_loss(selection, kind, with_head):
+    """Chunks of 7 positions (the last one short) against one piece: the same loss, KD and CE, and the
+    same gradients for the hidden states and the output layer (or for the logits)."""
+    from trainer.student.losses import chunked_distillation_loss
+
+    g = torch.Generator().manual_seed(5)
+    n, d, vocab, T = 30, 8, 40, 2.0
+    teacher = torch.randn(n, vocab, generator=g) * 3
+    targets = _targets_of_every_selection(teacher, T, g)[selection]
+    labels = torch.randint(0, vocab, (n,), generator=g)
+    labels[::4] = -1  # some positions without a label
+    hidden = torch.randn(n, d if with_head else vocab, generator=g)
+    head = torch.nn.Linear(d, vocab, bias=False) if with_head else None
+    results = []
+    for chunk in (0, 7):
+        x = hidden.clone().requires_grad_()
+        if head is not None:
+            head.zero_grad()
+        parts = chunked_distillation_loss(
+            x, labels, targets, head=head, chunk=chunk, temperature=T, alpha=0.7, kind=kind
+        )
+        parts.loss.backward()
+        results.append((parts, x.grad.clone(), None if head is None else head.weight.grad.clone()))
+    (whole, whole_x, whole_w), (chunked, chunked_x, chunked_w) = results
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert whole.loss > 0 and whole.ce > 0
+    torch.testing.assert_close(chunked_x, whole_x, rtol=1e-4, atol=1e-7)
+    if head is not None:
+        torch.testing.assert_close(chunked_w, whole_w, rtol=1e-4, atol=1e-7)
+
+
+def test_chunked_loss_is_exactly_the_whole_loss_in_one_piece():
+    from trainer.student.losses import chunked_distillation_loss
+
+    g = torch.Generator().manual_seed(6)
+    teacher, student = torch.randn(10, 20, generator=g), torch.randn(10, 20, generator=g)
+    labels = torch.randint(0, 20, (10,), generator=g)
+    targets = stored(teacher, 4, 1.0)
+    want = distillation_loss(student, labels, targets, temperature=1.0, alpha=0.5)
+    for chunk in (0, 10, 64):
+        got = chunked_distillation_loss(student, labels, targets, chunk=chunk, temperature=1.0, alpha=0.5)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -7,6 +7,7 @@ import csv
 import json
 
 import pytest
+import safetensors.torch
 import torch
 
 from jobs import sweep, train_student
@@ -89,6 +90,10 @@ def test_a_sweep_trains_every_trial_from_one_store_and_keeps_the_best(finished_s
     with torch.no_grad():
         pred = student(torch.from_numpy(split["features"])).argmax(1).numpy()
     assert (pred == split["label"]).mean() == pytest.approx(best["eval_accuracy"])
+    # the exported student (safetensors) is the same model
+    exported = digits.DigitsMLP(hidden=16 if best["student"] == "digits-mlp" else 8)
+    safetensors.torch.load_model(exported, str(finished_sweep / "best" / "student" / "model.safetensors"))
+    assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), student.state_dict().values()))
     saved = json.loads((finished_sweep / "config.json").read_text())
     assert saved["students_per_run"] == 2 and len(json.loads((finished_sweep / "trials.json").read_text())) == 4
 

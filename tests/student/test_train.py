@@ -69,10 +69,19 @@ def undisturbed(stores_without_teacher, tmp_path_factory):
 
 
 def test_two_students_with_different_t_and_alpha_from_one_store(stores_without_teacher, undisturbed, tmp_path):
+    # Student a also takes the optimisation flags of LM students: bf16 autocast, 2 batches per
+    # optimiser step (DDP synchronising once per step), warmup, a per-step schedule, clipping.
+    optimisation = ("--precision", "bf16", "--grad-accum", "2", "--warmup-steps", "3", "--lr-schedule", "linear")
     a = run_student(
-        stores_without_teacher, tmp_path / "a", "--temperature", "2", "--alpha", "0.5", "--workers", "2", "--seed", "1"
+        stores_without_teacher,
+        tmp_path / "a",
+        *("--temperature", "2", "--alpha", "0.5", "--workers", "2", "--seed", "1", "--clip-grad-norm", "1"),
+        *optimisation,
     )
     b_dir, b = undisturbed
+    assert a["config"]["precision"] == "bf16" and a["config"]["grad_accum"] == 2
+    # 1437 samples in batches of 64 over 2 workers: 11 batches each, 6 optimiser steps of 2 (the last of 1)
+    assert [e["train_steps"] for e in a["epochs"]] == [6] * 4 and b["epochs"][0]["train_steps"] == 23
 
     for m, T, alpha, workers in ((a, 2.0, 0.5, 2), (b, 4.0, 1.0, 1)):
         assert m["config"]["temperature"] == T and m["config"]["alpha"] == alpha and m["config"]["workers"] == workers

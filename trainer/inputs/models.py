@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
+import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,15 @@ import torch.nn as nn
 
 from trainer.errors import ModelError
 from trainer.inputs import registry
-from trainer.inputs.specs import HF_PREFIX, check_hf_dir, check_model_spec, import_callable, is_callable_spec
+from trainer.inputs.specs import (
+    HF_CONFIG_PREFIX,
+    HF_PREFIX,
+    check_hf_config,
+    check_hf_dir,
+    check_model_spec,
+    import_callable,
+    is_callable_spec,
+)
 
 
 class HFCausalLM(nn.Module):
@@ -38,11 +48,18 @@ class HFCausalLM(nn.Module):
             # device_map (accelerate) spreads a teacher larger than one GPU over the visible ones
             extra = {"device_map": device_map} if device_map else {}
             self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype, **extra)
-        else:  # the architecture only
-            config = AutoConfig.from_pretrained(path, local_files_only=True)
+        else:  # the architecture only, from a saved model's directory or a config file
+            if Path(path).is_file():
+                fields = json.loads(Path(path).read_text())
+                config = AutoConfig.for_model(fields.pop("model_type", ""), **fields)
+            else:
+                config = AutoConfig.from_pretrained(path, local_files_only=True)
             self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, hidden: bool = False) -> torch.Tensor:
+        """-> logits [B, T, V], or with hidden=True what the output layer reads [B, T, H]."""
+        if hidden:
+            return self.hidden_states(input_ids)
         return self.model(input_ids=input_ids, use_cache=False).logits
 
     def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -66,6 +83,15 @@ class HFCausalLM(nn.Module):
         except (AttributeError, TypeError, ValueError):
             return False
         return split.shape == whole.shape and torch.allclose(split.float(), whole.float(), rtol=1e-4, atol=1e-5)
+
+
+def splits_at_the_output_layer(model: nn.Module) -> bool:
+    """Whether `model(x, hidden=True)` and `model.output_layer(h)` compose to its forward, so a loss
+    can compute the logits chunk by chunk (the built-in GPT, most hf: causal LMs)."""
+    if isinstance(model, HFCausalLM):
+        return model.splits_at_the_output_layer()
+    forward = inspect.signature(model.forward).parameters
+    return callable(getattr(model, "output_layer", None)) and "hidden" in forward
 
 
 @contextlib.contextmanager
@@ -96,6 +122,12 @@ def build_model(
             raise ModelError(problems[0])
         with _hf_load_errors(spec, what):
             model = HFCausalLM(spec[len(HF_PREFIX) :], pretrained=pretrained, dtype=dtype, device_map=device_map)
+    elif spec.startswith(HF_CONFIG_PREFIX):  # fresh weights whatever `pretrained` says
+        problems = check_hf_config(spec, what)
+        if problems:
+            raise ModelError(problems[0])
+        with _hf_load_errors(spec, what):
+            model = HFCausalLM(spec[len(HF_CONFIG_PREFIX) :], pretrained=False, dtype=dtype)
     elif spec in registry.MODELS:
         entry = registry.MODELS[spec]
         model = entry.make() if pretrained else entry.make_untrained()

@@ -23,13 +23,15 @@ from trainer.errors import TrainerError
 from trainer.inputs import registry
 
 HF_PREFIX = "hf:"
+HF_CONFIG_PREFIX = "hf-config:"  # a Hugging Face architecture, built from its config with fresh weights
 LM_SEQ_LEN = 128  # tokens per block of text, unless --seq-len says otherwise
 MIN_BPE_VOCAB = 257  # 256 byte symbols plus at least one merge
 _CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 MODEL_FORMS = (
     "a built-in model ({names}); hf:<dir>, a Hugging Face causal LM saved in a local directory "
-    "(save_pretrained; never the hub); or package.module:function returning a torch.nn.Module"
+    "(save_pretrained; never the hub); hf-config:<file.json or dir>, a Hugging Face causal LM built from "
+    "its config with fresh weights (seeded by --seed); or package.module:function returning a torch.nn.Module"
 )
 DATASET_FORMS = (
     f"a built-in dataset ({registry.names(registry.DATASETS)}); a Parquet file or a directory of .parquet "
@@ -92,6 +94,20 @@ def _check_callable(spec: str, what: str) -> list[str]:
     return []
 
 
+def check_hf_config(spec: str, what: str) -> list[str]:
+    path = Path(spec[len(HF_CONFIG_PREFIX) :])
+    if not (path.is_file() or (path / "config.json").is_file()):
+        return [
+            f"{what} {spec!r}: {path} is neither a config file nor a directory with config.json: pass a "
+            "Hugging Face model config (e.g. the config.json of the architecture you want)"
+        ]
+    try:
+        importlib.import_module("transformers")
+    except ImportError:
+        return [f"{what} {spec!r} needs the transformers package: pip install 'logitstore[hf]'"]
+    return []
+
+
 def check_hf_dir(spec: str, what: str) -> list[str]:
     path = Path(spec[len(HF_PREFIX) :])
     if not (path / "config.json").is_file():
@@ -111,6 +127,8 @@ def check_model_spec(spec: str, what: str) -> list[str]:
         return []
     if spec.startswith(HF_PREFIX):
         return check_hf_dir(spec, what)
+    if spec.startswith(HF_CONFIG_PREFIX):
+        return check_hf_config(spec, what)
     if not is_callable_spec(spec):
         return [f"{what} {spec!r} is not {model_forms('')}"]
     return _check_callable(spec, what)

@@ -18,6 +18,8 @@ from trainer.inputs import registry, specs
 from trainer.options import check_out_dir, choice_problem, choice_problems, option, required_problems
 
 LOSS_KINDS = ("kl", "reverse-kl", "jsd")
+LR_SCHEDULES = ("epoch-cosine", "cosine", "linear", "constant")
+PRECISIONS = ("fp32", "bf16")
 SHUFFLE_WINDOW = 8192
 
 # What one student of a multi-student run (--variants) may set for itself; the rest is shared.
@@ -38,6 +40,20 @@ class StudentSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Optimisation:
+    """How every student of a run takes its optimiser steps (shared by --variants)."""
+
+    precision: str = "fp32"  # bf16: autocast for the student's forward and loss; fp32 master weights
+    grad_accum: int = 1  # batches per optimiser step
+    clip_grad_norm: float = 0.0  # 0: off
+    warmup_steps: int = 0
+    lr_schedule: str = "epoch-cosine"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    total_steps: int = 1  # the run's optimiser steps on each worker (estimated), for per-step schedules
 
 
 @dataclass
@@ -62,7 +78,7 @@ class TrainConfig:
     output: str = option("directory for metrics.json, config.json and the checkpoint", "", required=True)
     epochs: int = option("passes over the training data", 30)
     batch_size: int = option("samples per optimiser step on each worker", 64)
-    lr: float = option("AdamW learning rate (cosine-annealed over the epochs)", 0.01)
+    lr: float = option("peak learning rate (see --lr-schedule, --warmup-steps)", 0.01)
     weight_decay: float = option("AdamW weight decay", 1e-4)
     temperature: float = option("KD temperature; must be one the store recorded", 4.0)
     alpha: float = option("loss = alpha * KD + (1 - alpha) * CE; 0 = labels only, 1 = KD only", 0.9)
@@ -82,6 +98,29 @@ class TrainConfig:
     jsd_beta: float = option(
         "beta of --loss jsd: beta * KL(p||m) + (1 - beta) * KL(q||m), m = beta * p + (1 - beta) * q; in (0, 1)", 0.5
     )
+    precision: str = option(
+        "the student's compute precision: fp32, or bf16 (autocast for its forward and loss; weights, "
+        "gradients and optimiser state stay fp32)",
+        "fp32",
+        choices=PRECISIONS,
+    )
+    grad_accum: int = option(
+        "batches per optimiser step (gradient accumulation): the step is that of one batch of "
+        "--batch-size x N samples, each position weighted as in it",
+        1,
+    )
+    clip_grad_norm: float = option("clip the gradients' global norm to this before each step (0 = off)", 0.0)
+    warmup_steps: int = option("optimiser steps of linear learning-rate warmup from 0", 0)
+    lr_schedule: str = option(
+        "learning-rate schedule after warmup: epoch-cosine (cosine over the epochs, stepped once per "
+        "epoch), or per optimiser step over the run: cosine, linear (to 0) or constant",
+        "epoch-cosine",
+        choices=LR_SCHEDULES,
+    )
+    optimizer: str = option("the optimiser", "adamw", choices=("adamw",))
+    adam_beta1: float = option("AdamW beta1", 0.9)
+    adam_beta2: float = option("AdamW beta2", 0.999)
+    adam_eps: float = option("AdamW epsilon", 1e-8)
     variants: str = option(
         "train several students in this one run from one read of the store (each batch feeds all): a JSON "
         "list of objects, each overriding some of "
@@ -91,6 +130,14 @@ class TrainConfig:
         "",
     )
     eval_every: int = option("evaluate every N epochs (0 = after the last epoch only)", 0)
+    eval_batch_size: int = option("samples per eval batch", 256)
+    loss_chunk: int = option(
+        "positions per chunk of the loss and of eval: each chunk's logits (from the student's output layer "
+        "where the student exposes it) and log-softmax exist only while it is computed, so peak memory is "
+        "chunk x vocabulary, with the same values and gradients; 0 = auto (a float32 chunk x vocabulary of "
+        "at most 256 MiB)",
+        0,
+    )
     checkpoint_every: int = option("checkpoint every N epochs (the last epoch is always checkpointed)", 1)
     checkpoint_every_steps: int = option("also checkpoint every N optimiser steps within an epoch (0 = off)", 0)
     max_failures: int = option(
@@ -164,6 +211,7 @@ class TrainConfig:
             ("--batch-size", self.batch_size),
             ("--workers", self.workers),
             ("--shuffle-window", self.shuffle_window),
+            ("--eval-batch-size", self.eval_batch_size),
         ):
             if value < 1:
                 problems.append(f"{flag} must be >= 1, got {value}")
@@ -173,6 +221,19 @@ class TrainConfig:
             problems.append(f"--checkpoint-every-steps must be >= 0 (0 = off), got {self.checkpoint_every_steps}")
         if self.max_failures < -1:
             problems.append(f"--max-failures must be >= -1 (-1 = unlimited), got {self.max_failures}")
+        if self.grad_accum < 1:
+            problems.append(f"--grad-accum must be >= 1, got {self.grad_accum}")
+        if self.clip_grad_norm < 0:
+            problems.append(f"--clip-grad-norm must be >= 0 (0 = off), got {self.clip_grad_norm}")
+        if self.warmup_steps < 0:
+            problems.append(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        for flag, beta in (("--adam-beta1", self.adam_beta1), ("--adam-beta2", self.adam_beta2)):
+            if not 0.0 <= beta < 1.0:
+                problems.append(f"{flag} must be in [0, 1), got {beta:g}")
+        if not self.adam_eps > 0:
+            problems.append(f"--adam-eps must be > 0, got {self.adam_eps:g}")
+        if self.loss_chunk < 0:
+            problems.append(f"--loss-chunk must be >= 0 (0 = auto), got {self.loss_chunk}")
         if self.eval_every < 0:
             problems.append(f"--eval-every must be >= 0, got {self.eval_every}")
         if self.cpus_per_worker < 0:
@@ -276,6 +337,18 @@ class TrainConfig:
         variants, _ = self._parse_variants()
         configs = [replace(self, variants="", **v) for v in variants] or [self]
         return [StudentSettings(**{k: getattr(c, k) for k in VARIANT_FIELDS}) for c in configs]
+
+    def optimisation(self, total_steps: int = 1) -> Optimisation:
+        return Optimisation(
+            precision=self.precision,
+            grad_accum=self.grad_accum,
+            clip_grad_norm=self.clip_grad_norm,
+            warmup_steps=self.warmup_steps,
+            lr_schedule=self.lr_schedule,
+            betas=(self.adam_beta1, self.adam_beta2),
+            eps=self.adam_eps,
+            total_steps=max(1, total_steps),
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)

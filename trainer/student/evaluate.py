@@ -1,4 +1,4 @@
-"""Held-out metrics of every student in one pass over the eval data."""
+"""Held-out metrics of every student in one pass over the eval data, `loss_chunk` positions at a time."""
 
 from __future__ import annotations
 
@@ -9,37 +9,33 @@ import torch.nn.functional as F
 
 from trainer.student.batches import BatchOptions, make_batch
 from trainer.student.losses import bucket_divergence
-
-EVAL_BATCH_SIZE = 256
+from trainer.student.students import Student
+from trainer.student.targets import TeacherTargets
 
 
 @torch.no_grad()
 def evaluate(
-    models: list[torch.nn.Module], data, options: BatchOptions, device: torch.device
+    students: list[Student], data, options: BatchOptions, device: torch.device
 ) -> list[dict[str, float | None]]:
-    """For each model, in one pass over `data` (batch rows of the join, in id order): accuracy and
+    """For each student, in one pass over `data` (batch rows of the join, in id order): accuracy and
     cross-entropy on labelled positions (next tokens for sequences); agreement with the teacher's
     top-1 and KL(teacher || student) at the eval store's temperature when the data carries a store."""
-    for model in models:
-        model.eval()
-    sums = [dict(correct=0, agree=0, ce=0.0, kl=0.0) for _ in models]
+    for student in students:
+        student.model.eval()
+    sums = [dict(correct=0, agree=0, ce=0.0, kl=0.0) for _ in students]
     labelled = with_teacher = 0
     sequence = False
     for row in data.iter_batches(batch_size=1, batch_format="numpy"):
         batch = make_batch(row, options, 0, device)
         sequence = batch.valid is not None
-        has_label = batch.labels >= 0
-        for model, acc in zip(models, sums):
-            logits = batch.positions(model(batch.inputs))
-            pred = logits.argmax(dim=-1)
-            acc["correct"] += int((pred[has_label] == batch.labels[has_label]).sum())
-            if bool(has_label.any()):
-                acc["ce"] += float(F.cross_entropy(logits[has_label].float(), batch.labels[has_label], reduction="sum"))
-            if batch.targets is not None:
-                t = options.temperatures[0]
-                acc["agree"] += int((pred == batch.targets.teacher_top1).sum())
-                acc["kl"] += float(bucket_divergence(logits, batch.targets, t).sum()) / t**2
-        labelled += int(has_label.sum())
+        for student, acc in zip(students, sums):
+            features, head, chunk = student.features(batch)
+            for start in range(0, features.shape[0], chunk):
+                rows = slice(start, start + chunk)
+                logits = features[rows] if head is None else head(features[rows])
+                targets = None if batch.targets is None else batch.targets.rows(rows)
+                _add_chunk(acc, logits, batch.labels[rows], targets, options.temperatures[0])
+        labelled += int((batch.labels >= 0).sum())
         with_teacher += int(batch.labels.shape[0]) if batch.targets is not None else 0
     results = []
     for acc in sums:
@@ -55,3 +51,17 @@ def evaluate(
             }
         )
     return results
+
+
+def _add_chunk(
+    acc: dict, logits: torch.Tensor, labels: torch.Tensor, targets: TeacherTargets | None, temperature: float
+) -> None:
+    """Add one chunk's sums to `acc`: logits [n, V], labels [n] (< 0: none), the chunk's targets or None."""
+    has_label = labels >= 0
+    pred = logits.argmax(dim=-1)
+    acc["correct"] += int((pred[has_label] == labels[has_label]).sum())
+    if bool(has_label.any()):
+        acc["ce"] += float(F.cross_entropy(logits[has_label].float(), labels[has_label], reduction="sum"))
+    if targets is not None:
+        acc["agree"] += int((pred == targets.teacher_top1).sum())
+        acc["kl"] += float(bucket_divergence(logits, targets, temperature).sum()) / temperature**2

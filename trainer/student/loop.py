@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 
 from trainer.student import checkpoint
-from trainer.student.batches import BatchOptions, make_batch
-from trainer.student.config import StudentSettings
+from trainer.student.batches import Batch, BatchOptions, make_batch
+from trainer.student.config import Optimisation, StudentSettings
 from trainer.student.evaluate import evaluate
 from trainer.student.students import Student
 
@@ -31,6 +31,8 @@ class LoopConfig:
     eval_every: int  # 0: after the last epoch only
     checkpoint_every: int  # epochs
     checkpoint_every_steps: int  # 0: off
+    loss_chunk: int = 0  # positions per chunk of the loss and eval (0: auto, by the vocabulary)
+    optimisation: Optimisation = Optimisation()
 
 
 def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -55,7 +57,7 @@ def _per_student(totals: torch.Tensor) -> list[dict]:
 def _epoch_metrics(epoch: int, steps: int, seconds: float, per_student: list[dict]) -> dict:
     return {
         "epoch": epoch + 1,
-        "train_steps": steps,  # optimiser steps of this worker in this epoch (skipped ones included)
+        "train_steps": steps,  # optimiser steps of this worker in this epoch (after a restart: those taken since)
         "epoch_seconds": seconds,  # this worker's training pass (data, forward, backward, step), not eval
         # One student: its figures at the top level; several: a list in the order of --variants.
         **(per_student[0] if len(per_student) == 1 else {"students": per_student}),
@@ -69,7 +71,11 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(loop.threads)
 
     # Build: every student from the same seed, restored from the latest checkpoint on a restart.
-    students = [Student(s, seed=loop.seed, epochs=loop.epochs) for s in loop.students]
+    students = [
+        Student(s, seed=loop.seed, epochs=loop.epochs, loss_chunk=loop.loss_chunk, optimisation=loop.optimisation)
+        for s in loop.students
+    ]
+    accumulate = loop.optimisation.grad_accum
     state, history = checkpoint.restore(students)
     for i, student in enumerate(students):
         student.prepare(checkpoint.student_state(state, i))
@@ -80,31 +86,38 @@ def train_loop_per_worker(config: dict) -> None:
     eval_data = ray.train.get_dataset_shard("eval") if loop.eval is not None else None
 
     for epoch in range(start_epoch, loop.epochs):
-        # Train: every batch feeds every student (a restart inside an epoch skips the batches it trained on).
-        skip, epoch_start, step = skip_steps if epoch == start_epoch else 0, time.perf_counter(), 0
+        # Train: every --grad-accum batches feed one optimiser step of every student (a restart
+        # inside an epoch skips the batches it trained on: checkpoints fall between optimiser steps).
+        skip, epoch_start, steps = skip_steps if epoch == start_epoch else 0, time.perf_counter(), 0
         totals = torch.zeros(len(students), 4, dtype=torch.float64)
         for student in students:
             student.model.train()
-        for step, row in enumerate(train_data.iter_batches(batch_size=1, batch_format="numpy"), start=1):
-            if step <= skip:
+        pending: list[Batch] = []
+        for row_number, row in enumerate(train_data.iter_batches(batch_size=1, batch_format="numpy"), start=1):
+            if row_number <= skip:
                 continue
-            batch = make_batch(row, loop.train, epoch, device)
-            totals += torch.stack([student.step(batch) for student in students])
-            if loop.checkpoint_every_steps and step % loop.checkpoint_every_steps == 0:
-                checkpoint.report(
-                    students, history, {"epoch": epoch, "step": step}, epoch=epoch, step=step, checkpoint=True
-                )
+            pending.append(make_batch(row, loop.train, epoch, device))
+            if len(pending) < accumulate:
+                continue
+            totals += torch.stack([student.step(pending) for student in students])
+            pending, steps = [], steps + 1
+            if loop.checkpoint_every_steps and (row_number // accumulate) % loop.checkpoint_every_steps == 0:
+                at = {"epoch": epoch, "step": row_number}
+                checkpoint.report(students, history, at, epoch=epoch, step=row_number, checkpoint=True)
+        if pending:  # the epoch's last, shorter accumulation
+            totals += torch.stack([student.step(pending) for student in students])
+            steps += 1
         for student in students:
-            student.schedule.step()
+            student.end_epoch()
         seconds = time.perf_counter() - epoch_start
 
         # Metrics: summed over the workers; rank 0 evaluates every student when due.
         per_student = _per_student(_all_reduce_sum(totals))
         last = epoch + 1 == loop.epochs
         if rank == 0 and eval_data is not None and (last or (loop.eval_every and (epoch + 1) % loop.eval_every == 0)):
-            for mine, result in zip(per_student, evaluate([s.module for s in students], eval_data, loop.eval, device)):
+            for mine, result in zip(per_student, evaluate(students, eval_data, loop.eval, device)):
                 mine.update(result)
-        metrics = _epoch_metrics(epoch, step, seconds, per_student)
+        metrics = _epoch_metrics(epoch, steps, seconds, per_student)
         if state is not None and epoch == start_epoch:
             # This epoch began from a restart; with skip > 0 the train_* figures cover only the steps after it.
             metrics["resumed_from"] = {"epoch": start_epoch, "step": skip_steps}

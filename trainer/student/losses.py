@@ -7,6 +7,8 @@
   kd_loss                the KD term of a store's selection (one of the three above), per position
   labelled_cross_entropy CE on the positions that have a label
   distillation_loss      alpha * mean KD + (1 - alpha) * mean CE: what a student's step minimises
+  chunked_distillation_loss  the same value and gradients, `chunk` positions at a time: peak
+                         memory chunk x V instead of positions x V
 
 The teacher's distribution at temperature T is represented by k+1 buckets: the k stored classes
 with their exact probabilities, and one "rest" bucket holding the tail mass 1 - sum(p_head).
@@ -20,10 +22,12 @@ so each position has its own number of buckets.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from trainer.student.config import LOSS_KINDS
 from trainer.student.targets import TeacherTargets
@@ -220,6 +224,77 @@ def distillation_loss(
     ce_sum, count = labelled_cross_entropy(student_logits, labels)
     ce = ce_sum / count.clamp(min=1)
     return LossParts(alpha * kd + (1.0 - alpha) * ce, kd.detach(), ce.detach())
+
+
+CHUNK_BYTES = 256 * 2**20  # a float32 [chunk, V] of the auto loss chunk
+
+
+def auto_loss_chunk(vocab_size: int) -> int:
+    """Positions per loss chunk whose float32 [chunk, V] logits fit CHUNK_BYTES (at least 64): one
+    piece for small vocabularies, ~440 positions at V = 152k."""
+    return max(64, CHUNK_BYTES // (4 * vocab_size))
+
+
+def chunked_distillation_loss(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    targets: TeacherTargets | None,
+    *,
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    chunk: int,
+    temperature: float,
+    alpha: float,
+    kind: str = "kl",
+    beta: float = 0.5,
+    totals: tuple[int, int] | None = None,
+) -> LossParts:
+    """distillation_loss(head(features), ...) computed `chunk` positions at a time (Liger's chunked
+    loss): each chunk's logits, log-softmax and loss terms are reduced to sums and recomputed in the
+    backward (activation checkpointing), so no [N, V] float32 tensor outlives its chunk. Given a
+    model's last hidden states and output layer, not even the logits exist whole.
+
+    features [N, d] with head [.., d] -> [.., V], or the logits [N, V] themselves (head None);
+    labels [N] int64 (< 0: no label); targets of the N positions (None when alpha is 0). chunk <= 0
+    or >= N: one piece, exactly distillation_loss. `totals` (positions, labelled positions) of a
+    larger batch this one is part of (gradient accumulation): the means are taken over those, so
+    the parts of the batches add up to the larger batch's loss.
+    """
+    n = features.shape[0]
+    if totals is None and (chunk <= 0 or chunk >= n):
+        logits = features if head is None else head(features)
+        return distillation_loss(logits, labels, targets, temperature=temperature, alpha=alpha, kind=kind, beta=beta)
+    kd_sum = ce_sum = features.new_zeros((), dtype=torch.float32)
+    count = torch.zeros((), dtype=torch.int64, device=features.device)
+    chunk = chunk if 0 < chunk < n else n
+    for start in range(0, n, chunk):
+        rows = slice(start, start + chunk)
+        part = None if targets is None or alpha <= 0 else targets.rows(rows)
+        args = (features[rows], labels[rows], part, head, temperature, kind, beta)
+        if chunk == n:  # one piece: nothing to save by recomputing it
+            kd_c, ce_c, count_c = _chunk_sums(*args)
+        else:
+            kd_c, ce_c, count_c = torch.utils.checkpoint.checkpoint(_chunk_sums, *args, use_reentrant=False)
+        kd_sum, ce_sum, count = kd_sum + kd_c, ce_sum + ce_c, count + count_c
+    positions, labelled = totals if totals is not None else (n, count)
+    kd = kd_sum / positions
+    ce = ce_sum / (labelled.clamp(min=1) if torch.is_tensor(labelled) else max(labelled, 1))
+    return LossParts(alpha * kd + (1.0 - alpha) * ce, kd.detach(), ce.detach())
+
+
+def _chunk_sums(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    targets: TeacherTargets | None,
+    head: Callable[[torch.Tensor], torch.Tensor] | None,
+    temperature: float,
+    kind: str,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One chunk of positions -> (sum of KD [], sum of CE over its labelled rows [], their count [])."""
+    logits = features if head is None else head(features)
+    kd = kd_loss(logits, targets, temperature, kind, beta).sum() if targets is not None else logits.sum() * 0.0
+    ce, count = labelled_cross_entropy(logits, labels)
+    return kd.float(), ce.float(), count
 
 
 # --- Sparse teacher targets by sampling (Anshumann et al., ACL 2025) ------------------------------

@@ -21,6 +21,7 @@ from ray.train.torch import TorchTrainer
 import logitstore
 from logitstore import Manifest, StoreReader, read_manifest
 from logitstore.atomic import atomic_write_text
+from logitstore.layout import TOKENIZER_DIR
 from trainer.errors import DataError, ModelError
 from trainer.inputs.datasets import TextOptions, fingerprint_dataset, load_dataset
 from trainer.inputs.models import build_model, probe_width
@@ -29,7 +30,7 @@ from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray
 from trainer.student.batches import BatchOptions
 from trainer.student.checkpoint import HISTORY_FILE, checkpoint_file
 from trainer.student.config import StudentSettings, TrainConfig
-from trainer.student.evaluate import EVAL_BATCH_SIZE
+from trainer.student.export import export_student, student_dir
 from trainer.student.join import JoinSpec, batch_rows, join_with_store, store_batches, store_rows
 from trainer.student.loop import LoopConfig, train_loop_per_worker
 
@@ -173,12 +174,12 @@ def prepare_data(
     if cfg.eval_dataset or cfg.eval_store:
         eval_ds = load_dataset(cfg.eval_dataset, "--eval-dataset", stores.eval_text) if cfg.eval_dataset else None
         if stores.eval_manifest is None:
-            datasets["eval"] = batch_rows(eval_ds, EVAL_BATCH_SIZE)
+            datasets["eval"] = batch_rows(eval_ds, cfg.eval_batch_size)
             eval_options = BatchOptions(manifest.selection.kind, ())
         else:
             m = stores.eval_manifest
             t = 1.0 if 1.0 in m.temperatures else m.temperatures[0]
-            eval_spec = JoinSpec(cfg.eval_store, m, (t,), EVAL_BATCH_SIZE, cfg.seed, 0)
+            eval_spec = JoinSpec(cfg.eval_store, m, (t,), cfg.eval_batch_size, cfg.seed, 0)
             datasets["eval"] = store_batches(eval_spec) if eval_ds is None else join_with_store(eval_ds, eval_spec)
             eval_options = BatchOptions(m.selection.kind, (t,))
     loop = LoopConfig(
@@ -191,8 +192,17 @@ def prepare_data(
         eval_every=cfg.eval_every,
         checkpoint_every=cfg.checkpoint_every,
         checkpoint_every_steps=cfg.checkpoint_every_steps,
+        loss_chunk=cfg.loss_chunk,
+        optimisation=cfg.optimisation(_total_steps(cfg, manifest.num_samples)),
     )
     return datasets, loop
+
+
+def _total_steps(cfg: TrainConfig, samples: int) -> int:
+    """The run's optimiser steps on each worker, for per-step schedules (batches are split evenly
+    over the workers; the join's windows can add a batch or two, which the schedules tolerate)."""
+    batches = max(1, -(-samples // cfg.batch_size) // cfg.workers)
+    return cfg.epochs * -(-batches // cfg.grad_accum)
 
 
 # ---- 3. fit ---------------------------------------------------------------------------------------
@@ -239,26 +249,30 @@ def write_outputs(
     runtime: dict,
     seconds: float,
 ) -> dict:
-    """The final checkpoint beside the metrics (each student's weights re-loaded as a check that they
-    are sound), then metrics.json, written last."""
+    """The final checkpoint beside the metrics, each student exported from it (trainer/student/export.py:
+    re-loading its weights checks that they are sound), then metrics.json, written last."""
     final = output / "checkpoint"
     shutil.rmtree(final, ignore_errors=True)
     with result.checkpoint.as_directory() as src:
         shutil.copytree(src, final)
     history = json.loads((final / HISTORY_FILE).read_text())
     results = []
+    m = stores.manifest
+    tokenizer = Path(cfg.store) / TOKENIZER_DIR if m.tokenizer is not None and m.tokenizer.kind == "hf" else None
     for i, s in enumerate(students):
         weights = final / checkpoint_file(i, len(students))
-        build_model(s.student, "--student").load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        model = build_model(s.student, "--student")
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        exported = export_student(model, student_dir(output, i, len(students)), tokenizer)
         last = history[-1] if len(students) == 1 else history[-1]["students"][i]
         results.append(
             {
                 **({"variant": s.to_dict()} if len(students) > 1 else {}),
                 **{key: last.get(key) for key in SUMMARY_KEYS},
                 "checkpoint": str(weights),
+                "exported": str(exported),
             }
         )
-    m = stores.manifest
     metrics = {
         **(results[0] if len(students) == 1 else {"students": results}),
         "epochs": history,

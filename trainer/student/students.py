@@ -2,38 +2,78 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Callable
+
 import ray.train.torch
 import torch
 
-from trainer.inputs.models import build_model
+from trainer.inputs.models import build_model, splits_at_the_output_layer
 from trainer.student.batches import Batch
-from trainer.student.config import StudentSettings
-from trainer.student.losses import distillation_loss
+from trainer.student.config import Optimisation, StudentSettings
+from trainer.student.losses import auto_loss_chunk, chunked_distillation_loss
+
+Head = Callable[[torch.Tensor], torch.Tensor]
+
+
+def lr_factor(step: int, o: Optimisation, epochs: int) -> float:
+    """The learning rate of optimiser step `step` (from 0) over the peak: linear warmup, then the
+    schedule over the run's `o.total_steps` (epoch-cosine: by the epoch the step falls in)."""
+    warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
+    if o.lr_schedule == "constant":
+        return warm
+    if o.lr_schedule == "epoch-cosine":
+        progress = min(step * epochs // o.total_steps, epochs) / epochs
+    else:
+        progress = min(1.0, max(0, step - o.warmup_steps) / max(1, o.total_steps - o.warmup_steps))
+    decay = 1.0 - progress if o.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return warm * decay
 
 
 class Student:
-    """AdamW with a cosine schedule over the epochs; the loss is alpha * KD + (1 - alpha) * CE."""
+    """AdamW under `optimisation` (default: a cosine schedule over the epochs); the loss is
+    alpha * KD + (1 - alpha) * CE, computed `loss_chunk` positions at a time (0: auto, by the vocabulary)."""
 
-    def __init__(self, settings: StudentSettings, *, seed: int, epochs: int) -> None:
+    def __init__(
+        self,
+        settings: StudentSettings,
+        *,
+        seed: int,
+        epochs: int,
+        loss_chunk: int = 0,
+        optimisation: Optimisation | None = None,
+    ) -> None:
         self.settings = settings
         torch.manual_seed(seed)  # every student starts as it would in a run of its own
         self.model = build_model(settings.student, "--student")
+        # A model that exposes its output layer never holds all positions' logits at once.
+        self.split = splits_at_the_output_layer(self.model)
         self.optimizer: torch.optim.Optimizer | None = None
         self.schedule = None
         self.epochs = epochs
+        self.loss_chunk = loss_chunk
+        self.opt = optimisation or Optimisation()
+        # Today's default: CosineAnnealingLR stepped once per epoch; anything else steps per optimiser step.
+        self.per_epoch_schedule = self.opt.lr_schedule == "epoch-cosine" and not self.opt.warmup_steps
 
     @property
     def module(self) -> torch.nn.Module:
         """The plain model (what checkpoints hold), unwrapped from DDP."""
         return self.model.module if hasattr(self.model, "module") else self.model
 
-    def prepare(self, state: dict | None = None) -> None:
+    def prepare(self, state: dict | None = None, wrap: Callable = ray.train.torch.prepare_model) -> None:
         """Wrap the model for the run's workers (after restoring its weights), then make the optimiser
         and schedule, restored from `state` on a restart."""
-        self.model = ray.train.torch.prepare_model(self.model)
-        s = self.settings
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-        self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.epochs)
+        self.model = wrap(self.model)
+        s, o = self.settings, self.opt
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=o.betas, eps=o.eps
+        )
+        if self.per_epoch_schedule:
+            self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.epochs)
+        else:
+            self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: lr_factor(i, o, self.epochs))
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
             self.schedule.load_state_dict(state["schedule"])
@@ -41,15 +81,64 @@ class Student:
     def state(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
 
-    def step(self, batch: Batch) -> torch.Tensor:
-        """One optimiser step on `batch` -> float64 [4]: loss, KD and CE (each times the positions), positions."""
-        s = self.settings
-        logits = batch.positions(self.model(batch.inputs))
-        parts = distillation_loss(
-            logits, batch.labels, batch.targets, temperature=s.temperature, alpha=s.alpha, kind=s.loss, beta=s.jsd_beta
-        )
+    def end_epoch(self) -> None:
+        if self.per_epoch_schedule:
+            self.schedule.step()
+
+    def features(self, batch: Batch) -> tuple[torch.Tensor, Head | None, int]:
+        """What the loss reads for the batch's positions: (the last hidden states [N, H] and the output
+        layer, or the logits [N, V] and None; the positions per loss chunk). The model is called
+        through its DDP wrapper, so gradients are synchronised."""
+        if not self.split:
+            logits = batch.positions(self.model(batch.inputs))
+            return logits, None, self.loss_chunk or auto_loss_chunk(logits.shape[-1])
+        hidden = batch.positions(self.model(batch.inputs, hidden=True))
+        head = self.module.output_layer
+        if not self.loss_chunk:
+            with torch.no_grad():
+                self.loss_chunk = auto_loss_chunk(head(hidden[:1]).shape[-1])
+        return hidden, head, self.loss_chunk
+
+    def step(self, batches: list[Batch]) -> torch.Tensor:
+        """One optimiser step on `batches` (--grad-accum of them: their positions weighted as in one
+        batch) -> float64 [4]: loss, KD and CE (each times the positions), positions."""
+        s, o = self.settings, self.opt
+        positions = sum(int(b.labels.shape[0]) for b in batches)
+        labelled = sum(int((b.labels >= 0).sum()) for b in batches)
+        # One batch: its own means (exactly the unaccumulated loss); several: the means over all.
+        totals = None if len(batches) == 1 else (positions, labelled)
+        sums = torch.zeros(3, dtype=torch.float64)
         self.optimizer.zero_grad(set_to_none=True)
-        parts.loss.backward()
+        for i, batch in enumerate(batches):
+            last = i + 1 == len(batches)
+            # DDP synchronises the gradients once, in the last batch's backward.
+            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with sync, self._autocast():
+                features, head, chunk = self.features(batch)
+                parts = chunked_distillation_loss(
+                    features,
+                    batch.labels,
+                    batch.targets,
+                    head=head,
+                    chunk=chunk,
+                    temperature=s.temperature,
+                    alpha=s.alpha,
+                    kind=s.loss,
+                    beta=s.jsd_beta,
+                    totals=totals,
+                )
+                parts.loss.backward()
+            sums += torch.tensor([parts.loss.item(), parts.kd.item(), parts.ce.item()], dtype=torch.float64)
+        if o.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.clip_grad_norm)
         self.optimizer.step()
-        n = logits.shape[0]
-        return torch.tensor([parts.loss.item() * n, parts.kd.item() * n, parts.ce.item() * n, n], dtype=torch.float64)
+        if not self.per_epoch_schedule:
+            self.schedule.step()
+        # With totals each batch's parts are its share of the means: their sums are the step's means.
+        return torch.cat([sums * positions, torch.tensor([positions], dtype=torch.float64)])
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.opt.precision != "bf16":
+            return contextlib.nullcontext()
+        device = next(self.module.parameters()).device.type
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)

@@ -40,8 +40,8 @@ class SweepConfig(TrainConfig):
     """Sweep student hyper-parameters over one logit store with Ray Tune (a Ray Train run per trial; no teacher)."""
 
     output: str = option(
-        "directory of the sweep: results.csv/.md/.json, plot.png, best/, config.json, trials.json and "
-        "runs/<run>/ (each run's metrics.json, config.json, checkpoint)",
+        "directory of the sweep: results.csv/.md/.json, plot.png, best/ (model.pt and the exported student/), "
+        "config.json, trials.json and runs/<run>/ (each run's metrics.json, config.json, checkpoint, student)",
         "",
         required=True,
     )
@@ -313,6 +313,7 @@ def _collect_rows(trials: list[dict], groups: list[list[dict]], runs: list[dict]
                     **{k: result.get(k) for k in RESULT_KEYS},
                     "run_seconds": metrics["wall_seconds"],
                     "checkpoint": result["checkpoint"],
+                    "exported": result.get("exported"),
                 }
             )
     return rows
@@ -357,6 +358,8 @@ def _write_results(cfg: SweepConfig, output: Path, rows: list[dict], start: floa
     best_dir.mkdir()
     with open(best["checkpoint"], "rb") as src, atomic_output(best_dir / "model.pt") as dst:
         shutil.copyfileobj(src, dst)
+    if best.get("exported"):  # the exported student (save_pretrained, or model.safetensors)
+        shutil.copytree(best["exported"], best_dir / "student")
     atomic_write_text(best_dir / "trial.json", json.dumps(best, indent=2) + "\n")
     summary = {
         "trials": len(rows),

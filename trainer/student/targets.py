@@ -77,8 +77,8 @@ class TeacherTargets:
         c = self.column(temperature)
         return self.logsumexp[:, c], None if self.rest is None else self.rest[:, c]
 
-    def rows(self, index: torch.Tensor) -> TeacherTargets:
-        """The targets of the positions at `index` [M]."""
+    def rows(self, index: torch.Tensor | slice) -> TeacherTargets:
+        """The targets of the positions at `index` [M] (or a slice of them: views, no copy)."""
         pick = {
             name: getattr(self, name)
             for name in ("topk_index", "topk_logit", "logsumexp", "rest", "sample_index", "sample_count", "topk_count")

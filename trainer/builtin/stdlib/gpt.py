@@ -62,11 +62,16 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, hidden: bool = False) -> torch.Tensor:
+        """-> logits [B, T, V], or with hidden=True what the output layer reads [B, T, width]."""
         t = input_ids.shape[1]
         if t > self.cfg.seq_len:
             raise ValueError(f"sequence of {t} tokens exceeds the model's seq_len {self.cfg.seq_len}")
         x = self.tok(input_ids) + self.pos(torch.arange(t, device=input_ids.device))
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln(x))
+        return self.ln(x) if hidden else self.head(self.ln(x))
+
+    def output_layer(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., width] -> logits [..., V]."""
+        return self.head(hidden)
