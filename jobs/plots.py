@@ -116,3 +116,50 @@ def sweep_plot(rows: list[dict], swept: list[str], metric: str, best: dict, path
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
+
+
+def training_curves(output: Path) -> Path | None:
+    """curves.png in a run's `output`: the step-level train loss, KD and CE (logs/steps.csv) against
+    optimiser steps, and each epoch's train loss and eval metrics (metrics.json) against epochs."""
+    import csv
+    import json
+
+    metrics = json.loads((output / "metrics.json").read_text())
+    steps_csv = output / "logs" / "steps.csv"
+    steps = list(csv.DictReader(steps_csv.open())) if steps_csv.is_file() else []
+    epochs = metrics["epochs"]
+    first = [e if "students" not in e else {**e, **e["students"][0]} for e in epochs]
+    evals = [
+        k
+        for k in ("eval_perplexity", "eval_accuracy", "eval_kl_to_teacher")
+        if any(e.get(k) is not None for e in first)
+    ]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2 + len(evals), figsize=(4.2 * (2 + len(evals)), 3.4), squeeze=False)
+    ax = axes[0][0]
+    for key in ("loss", "kd", "ce"):
+        if steps:
+            ax.plot([int(r["step"]) for r in steps], [float(r[key]) for r in steps], label=key)
+    ax.set_xlabel("optimiser step")
+    ax.set_title("train (every --log-every steps)" if steps else "no step log (--log-to csv)")
+    ax = axes[0][1]
+    numbers = [e["epoch"] for e in first]
+    for key, label in (("train_loss", "loss"), ("train_kd_loss", "kd"), ("train_ce_loss", "ce")):
+        ax.plot(numbers, [e[key] for e in first], marker="o", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_title("train, epoch means")
+    for ax, key in zip(axes[0][2:], evals):
+        points = [(e["epoch"], e[key]) for e in first if e.get(key) is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color="tab:green")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+    for ax in axes[0][:2]:
+        ax.legend(loc="best", fontsize=8)
+    fig.suptitle(f"{output.name}: student {metrics['config']['student']}")
+    fig.tight_layout()
+    path = output / "curves.png"
+    _save(fig, path)
+    plt.close(fig)
+    return path

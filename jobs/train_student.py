@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from jobs.cli import exit_now, run_job
 from trainer.student.config import TrainConfig
@@ -21,10 +22,12 @@ PRINTED = (
 
 
 def train(cfg: TrainConfig) -> None:
+    from jobs.plots import training_curves
     from trainer.student.run import run_training  # torch and Ray only once the arguments are sound
 
     metrics = run_training(cfg)
-    print(f"training complete: {cfg.output}", file=sys.stderr)
+    training_curves(Path(cfg.output).resolve())
+    print(f"training complete: {cfg.output} (curves.png, logs/)", file=sys.stderr)
     for i, result in enumerate(metrics.get("students", [metrics])):
         if "variant" in result:
             print(f"student {i}: {json.dumps(result['variant'])}")

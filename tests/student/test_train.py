@@ -68,10 +68,28 @@ def undisturbed(stores_without_teacher, tmp_path_factory):
     return out, run_student(stores_without_teacher, out, *B_ARGS)
 
 
+def check_logs(run: Path, steps: int, every: int, epochs: int) -> None:
+    """A run's step log (steps.csv), its TensorBoard events as tensorboard reads them, and curves.png."""
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows = list(csv.DictReader((run / "logs" / "steps.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(every, steps + 1, every))
+    assert all(float(r["loss"]) > 0 and float(r["positions_per_s"]) > 0 for r in rows)
+    events = EventAccumulator(str(run / "logs" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [int(r["step"]) for r in rows]
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([float(r["loss"]) for r in rows])
+    assert len(events.Scalars("epoch/train_loss")) == epochs and len(events.Scalars("epoch/eval_accuracy")) == 1
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_two_students_with_different_t_and_alpha_from_one_store(stores_without_teacher, undisturbed, tmp_path):
     # Student a also takes the optimisation flags of LM students: bf16 autocast, 2 batches per
     # optimiser step (DDP synchronising once per step), warmup, a per-step schedule, clipping.
     optimisation = ("--precision", "bf16", "--grad-accum", "2", "--warmup-steps", "3", "--lr-schedule", "linear")
+    optimisation += ("--log-every", "3")
     a = run_student(
         stores_without_teacher,
         tmp_path / "a",
@@ -82,6 +100,7 @@ def test_two_students_with_different_t_and_alpha_from_one_store(stores_without_t
     assert a["config"]["precision"] == "bf16" and a["config"]["grad_accum"] == 2
     # 1437 samples in batches of 64 over 2 workers: 11 batches each, 6 optimiser steps of 2 (the last of 1)
     assert [e["train_steps"] for e in a["epochs"]] == [6] * 4 and b["epochs"][0]["train_steps"] == 23
+    check_logs(tmp_path / "a", steps=24, every=3, epochs=4)
 
     for m, T, alpha, workers in ((a, 2.0, 0.5, 2), (b, 4.0, 1.0, 1)):
         assert m["config"]["temperature"] == T and m["config"]["alpha"] == alpha and m["config"]["workers"] == workers
@@ -162,6 +181,7 @@ def test_a_killed_training_worker_restarts_from_its_checkpoint(
     assert killed["eval_accuracy"] > 0.5 and abs(killed["eval_accuracy"] - calm["eval_accuracy"]) < 0.1
 
 
+@pytest.mark.battery  # CI: test_a_killed_training_worker_restarts_from_its_checkpoint
 def test_rerunning_after_the_driver_died_resumes(stores_without_teacher, tmp_path, capsys):
     out = tmp_path / "d"
     argv = [

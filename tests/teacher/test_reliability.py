@@ -186,6 +186,7 @@ def test_a_refused_dump_leaves_no_directory(ray_session, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.battery  # CI: test_a_crashed_dump_resumes_and_equals_an_uninterrupted_one
 def test_kill_resume_script_short_form(tmp_path):
     """The chaos script of issue 4, one kill -9 of the whole local cluster (CI's short form)."""
     proc = subprocess.run(

@@ -111,6 +111,7 @@ def test_a_compact_codec_dump_holds_the_same_top_k(dump, lm_teacher):
 
 
 @pytest.mark.slow
+@pytest.mark.battery  # CI: test_hybrid_store_distils_and_checks_its_temperature
 def test_per_token_distillation_moves_the_student_towards_the_teacher(dump, lm_teacher, tmp_path):
     import json
 

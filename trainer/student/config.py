@@ -42,6 +42,28 @@ class StudentSettings:
         return asdict(self)
 
 
+LOG_SINKS = ("csv", "tensorboard", "mlflow")
+SINK_PACKAGES = {"tensorboard": "tensorboardX", "mlflow": "mlflow"}
+
+
+def log_sinks(log_to: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(s.strip() for s in log_to.split(",") if s.strip()))
+
+
+def _log_sink_problems(log_to: str) -> list[str]:
+    import importlib.util
+
+    problems = []
+    for sink in log_sinks(log_to):
+        if sink not in LOG_SINKS:
+            problems.append(f"--log-to {sink!r} is not one of {', '.join(LOG_SINKS)}")
+        elif sink in SINK_PACKAGES and importlib.util.find_spec(SINK_PACKAGES[sink]) is None:
+            problems.append(
+                f"--log-to {sink} needs the {SINK_PACKAGES[sink]} package: pip install {SINK_PACKAGES[sink]}"
+            )
+    return problems
+
+
 @dataclass(frozen=True)
 class Optimisation:
     """How every student of a run takes its optimiser steps (shared by --variants)."""
@@ -130,6 +152,16 @@ class TrainConfig:
         "",
     )
     eval_every: int = option("evaluate every N epochs (0 = after the last epoch only)", 0)
+    log_every: int = option(
+        "every N optimiser steps: a progress line with loss, positions/s and ETA, "
+        "and a row of step metrics in the --log-to sinks (0 = off)",
+        10,
+    )
+    log_to: str = option(
+        "where step and epoch metrics go, comma-separated, under <output>/logs/: csv (steps.csv), "
+        "tensorboard (event files), mlflow (a local file store; needs mlflow installed); empty = none",
+        "csv,tensorboard",
+    )
     eval_batch_size: int = option("samples per eval batch", 256)
     loss_chunk: int = option(
         "positions per chunk of the loss and of eval: each chunk's logits (from the student's output layer "
@@ -232,6 +264,9 @@ class TrainConfig:
                 problems.append(f"{flag} must be in [0, 1), got {beta:g}")
         if not self.adam_eps > 0:
             problems.append(f"--adam-eps must be > 0, got {self.adam_eps:g}")
+        if self.log_every < 0:
+            problems.append(f"--log-every must be >= 0 (0 = off), got {self.log_every}")
+        problems += _log_sink_problems(self.log_to)
         if self.loss_chunk < 0:
             problems.append(f"--loss-chunk must be >= 0 (0 = auto), got {self.loss_chunk}")
         if self.eval_every < 0:

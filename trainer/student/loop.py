@@ -15,6 +15,7 @@ from trainer.student import checkpoint
 from trainer.student.batches import Batch, BatchOptions, make_batch
 from trainer.student.config import Optimisation, StudentSettings
 from trainer.student.evaluate import evaluate
+from trainer.student.logs import StepLog
 from trainer.student.students import Student
 
 
@@ -33,6 +34,9 @@ class LoopConfig:
     checkpoint_every_steps: int  # 0: off
     loss_chunk: int = 0  # positions per chunk of the loss and eval (0: auto, by the vocabulary)
     optimisation: Optimisation = Optimisation()
+    log_dir: str = ""  # the run's output directory (rank 0 writes logs/ there)
+    log_to: tuple[str, ...] = ()
+    log_every: int = 0  # 0: no progress lines or step metrics
 
 
 def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -76,12 +80,16 @@ def train_loop_per_worker(config: dict) -> None:
         for s in loop.students
     ]
     accumulate = loop.optimisation.grad_accum
+    total = loop.optimisation.total_steps
+    log = StepLog(loop.log_dir, loop.log_to, loop.log_every, total, active=rank == 0)
     state, history = checkpoint.restore(students)
     for i, student in enumerate(students):
         student.prepare(checkpoint.student_state(state, i))
     start_epoch, skip_steps = (int(state["epoch"]), int(state["step"])) if state is not None else (0, 0)
     if state is not None and rank == 0:
         print(json.dumps({"resumed_from": {"epoch": start_epoch, "step": skip_steps}}))
+    # The optimiser steps before this process's first (a restart): for the logs' step axis.
+    global_step = start_epoch * total // loop.epochs + skip_steps // accumulate
     train_data = ray.train.get_dataset_shard("train")
     eval_data = ray.train.get_dataset_shard("eval") if loop.eval is not None else None
 
@@ -99,14 +107,18 @@ def train_loop_per_worker(config: dict) -> None:
             pending.append(make_batch(row, loop.train, epoch, device))
             if len(pending) < accumulate:
                 continue
-            totals += torch.stack([student.step(pending) for student in students])
-            pending, steps = [], steps + 1
+            step_totals = torch.stack([student.step(pending) for student in students])
+            totals += step_totals
+            pending, steps, global_step = [], steps + 1, global_step + 1
+            log.step(global_step, epoch + 1, step_totals[0].tolist(), students[0].optimizer.param_groups[0]["lr"])
             if loop.checkpoint_every_steps and (row_number // accumulate) % loop.checkpoint_every_steps == 0:
                 at = {"epoch": epoch, "step": row_number}
                 checkpoint.report(students, history, at, epoch=epoch, step=row_number, checkpoint=True)
         if pending:  # the epoch's last, shorter accumulation
-            totals += torch.stack([student.step(pending) for student in students])
-            steps += 1
+            step_totals = torch.stack([student.step(pending) for student in students])
+            totals += step_totals
+            steps, global_step = steps + 1, global_step + 1
+            log.step(global_step, epoch + 1, step_totals[0].tolist(), students[0].optimizer.param_groups[0]["lr"])
         for student in students:
             student.end_epoch()
         seconds = time.perf_counter() - epoch_start
@@ -124,7 +136,9 @@ def train_loop_per_worker(config: dict) -> None:
 
         # Report, with a checkpoint every `checkpoint_every` epochs and after the last.
         history.append(metrics)
+        log.epoch(global_step, {"epoch": epoch + 1, **(per_student[0] if per_student else {})})
         if rank == 0:
             print(json.dumps(metrics))
         due = last or (epoch + 1) % loop.checkpoint_every == 0
         checkpoint.report(students, history, metrics, epoch=epoch + 1, step=0, checkpoint=due)
+    log.close()

@@ -29,7 +29,7 @@ from trainer.inputs.specs import LM_SEQ_LEN, worker_runtime_env
 from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray
 from trainer.student.batches import BatchOptions
 from trainer.student.checkpoint import HISTORY_FILE, checkpoint_file
-from trainer.student.config import StudentSettings, TrainConfig
+from trainer.student.config import StudentSettings, TrainConfig, log_sinks
 from trainer.student.export import export_student, student_dir
 from trainer.student.join import JoinSpec, batch_rows, join_with_store, store_batches, store_rows
 from trainer.student.loop import LoopConfig, train_loop_per_worker
@@ -194,6 +194,9 @@ def prepare_data(
         checkpoint_every_steps=cfg.checkpoint_every_steps,
         loss_chunk=cfg.loss_chunk,
         optimisation=cfg.optimisation(_total_steps(cfg, manifest.num_samples)),
+        log_dir=str(Path(cfg.output).resolve()),
+        log_to=log_sinks(cfg.log_to),
+        log_every=cfg.log_every,
     )
     return datasets, loop
 
@@ -304,14 +307,14 @@ def _prepare_output(cfg: TrainConfig, resolved: TrainConfig) -> Path:
     died) resumed by Ray Train from its latest checkpoint, but only by the same command."""
     output = Path(cfg.output).resolve()
     if output.exists() and cfg.overwrite:
-        for name in ("metrics.json", "config.json", "checkpoint", "ray"):
+        for name in ("metrics.json", "config.json", "checkpoint", "ray", "logs", "student", "curves.png"):
             target = output / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     output.mkdir(parents=True, exist_ok=True)
     saved = output / "config.json"
     if saved.is_file() and (output / "ray").exists():
         previous, mine = json.loads(saved.read_text()), resolved.to_dict()
-        ignore = {"overwrite", "max_failures"}
+        ignore = {"overwrite", "max_failures", "log_every", "log_to"}
         differ = sorted(k for k in set(previous) | set(mine) if k not in ignore and previous.get(k) != mine.get(k))
         if differ:
             raise DataError(

@@ -35,6 +35,7 @@ from trainer.inputs.chat import files_sha256
 from trainer.inputs.datasets import DatasetFingerprint, TextOptions, fingerprint_dataset, load_dataset
 from trainer.inputs.specs import worker_runtime_env
 from trainer.inputs.tokenizers import Tokenizer, resolve_tokenizer, sha256_text
+from trainer.progress import Progress
 from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray
 from trainer.teacher.config import DumpConfig
 from trainer.teacher.scorer import TeacherScorer, precision
@@ -283,9 +284,13 @@ def _score_and_write(
         runtime_env=worker_runtime_env(),  # user modules from the working directory, even in a long-lived session
         **per_actor,
     )
-    return [
-        ShardInfo(**{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}) for row in written.take_all()
-    ]
+    # Shards reach the driver as their actors finish them: shards written / total, positions/s, ETA.
+    progress = Progress(int(todo.sum()), "shard", "dump", "positions")
+    infos = []
+    for row in written.iter_rows():
+        infos.append(ShardInfo(**{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}))
+        progress.update(infos[-1].num_positions)
+    return infos
 
 
 class ShardDumper(TeacherScorer):

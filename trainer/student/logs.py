@@ -1,0 +1,108 @@
+"""Rank 0's view of a run while it trains: a progress line with step, epoch, loss, positions/s and
+ETA every --log-every optimiser steps (Ray forwards it to the driver's output, terminal or log; a
+tqdm bar drawn from a Ray Train worker did not render on the driver with Ray 2.60's tqdm_ray), and the
+same figures as step-level metrics in the run's sinks under <output>/logs/: steps.csv, TensorBoard
+event files (tensorboardX writes them; tensorboard reads them), an MLflow run in a local file store
+(when mlflow is installed). jobs.train_student draws curves.png from them at the end."""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+
+STEPS_CSV = "steps.csv"
+STEP_FIELDS = ("step", "epoch", "loss", "kd", "ce", "lr", "positions_per_s")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class StepLog:
+    """Progress and step-level metrics of student 0 (the first of --variants; every student's epoch
+    figures are in metrics.json). Inactive on ranks other than 0."""
+
+    def __init__(self, directory: str, sinks: tuple[str, ...], every: int, total_steps: int, *, active: bool) -> None:
+        self.active, self.every, self.total = active and every > 0, every, max(total_steps, 1)
+        self.done = 0  # optimiser steps taken in this process (ETA: from this process's rate)
+        self.start = self.last_time = time.perf_counter()
+        self.positions = 0.0
+        self.csv = self.tensorboard = self.mlflow = None
+        if not self.active:
+            return
+        logs = Path(directory) / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        if "csv" in sinks:
+            path = logs / STEPS_CSV
+            new = not path.exists()
+            self.csv_file = open(path, "a", newline="")  # noqa: SIM115 (closed in close())
+            self.csv = csv.DictWriter(self.csv_file, fieldnames=STEP_FIELDS, extrasaction="ignore")
+            if new:
+                self.csv.writeheader()
+        if "tensorboard" in sinks:
+            from tensorboardX import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(logs / "tensorboard"))
+        if "mlflow" in sinks:
+            import mlflow
+
+            mlflow.set_tracking_uri((logs / "mlruns").resolve().as_uri())
+            self.mlflow = mlflow
+            mlflow.start_run()
+
+    def step(self, global_step: int, epoch: int, figures: list[float], lr: float) -> None:
+        """After optimiser step `global_step` (from 1) of epoch `epoch` (from 1): figures = student 0's
+        [loss, kd, ce] (each times the positions) and positions of that step."""
+        if not self.active:
+            return
+        self.done += 1
+        self.positions += figures[3]
+        if global_step % self.every:
+            return
+        now = time.perf_counter()
+        n = max(figures[3], 1.0)
+        row = {
+            "step": global_step,
+            "epoch": epoch,
+            "loss": figures[0] / n,
+            "kd": figures[1] / n,
+            "ce": figures[2] / n,
+            "lr": lr,
+            "positions_per_s": self.positions / max(now - self.last_time, 1e-9),
+        }
+        self.positions, self.last_time = 0.0, now
+        eta = (now - self.start) / self.done * (self.total - global_step)
+        text = (
+            f"epoch {epoch} step {global_step}/{self.total} loss {row['loss']:.4f} kd {row['kd']:.4f} "
+            f"ce {row['ce']:.4f} lr {lr:.3g} {row['positions_per_s']:,.0f} positions/s ETA {_duration(eta)}"
+        )
+        print(text, file=sys.stderr, flush=True)
+        self._write(row, global_step)
+
+    def epoch(self, global_step: int, metrics: dict) -> None:
+        """An epoch's figures (train means, eval metrics) into the sinks at `global_step`."""
+        if self.active:
+            self._write({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, global_step, prefix="epoch/")
+
+    def _write(self, row: dict, step: int, prefix: str = "train/") -> None:
+        if self.csv is not None and prefix == "train/":
+            self.csv.writerow(row)
+            self.csv_file.flush()
+        scalars = {f"{prefix}{k}": float(v) for k, v in row.items() if k not in ("step",) and v is not None}
+        if self.tensorboard is not None:
+            for key, value in scalars.items():
+                self.tensorboard.add_scalar(key, value, step)
+            self.tensorboard.flush()
+        if self.mlflow is not None:
+            self.mlflow.log_metrics({k.replace("/", "."): v for k, v in scalars.items()}, step=step)
+
+    def close(self) -> None:
+        if self.csv is not None:
+            self.csv_file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.mlflow is not None:
+            self.mlflow.end_run()
