@@ -29,7 +29,7 @@ def evaluate(
         batch = make_batch(row, options, 0, device)
         sequence = batch.valid is not None
         for student, acc in zip(students, sums):
-            features, head, chunk = student.features(batch)
+            features, head, chunk = student.features(batch, wrapped=False)
             for start in range(0, features.shape[0], chunk):
                 rows = slice(start, start + chunk)
                 logits = features[rows] if head is None else head(features[rows])

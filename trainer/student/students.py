@@ -85,14 +85,16 @@ class Student:
         if self.per_epoch_schedule:
             self.schedule.step()
 
-    def features(self, batch: Batch) -> tuple[torch.Tensor, Head | None, int]:
+    def features(self, batch: Batch, wrapped: bool = True) -> tuple[torch.Tensor, Head | None, int]:
         """What the loss reads for the batch's positions: (the last hidden states [N, H] and the output
-        layer, or the logits [N, V] and None; the positions per loss chunk). The model is called
-        through its DDP wrapper, so gradients are synchronised."""
+        layer, or the logits [N, V] and None; the positions per loss chunk). Training calls the model
+        through its DDP wrapper, so gradients are synchronised; eval (rank 0 alone) calls the plain
+        module, whose forward starts no collective (DDP's buffer broadcast would wait for the others)."""
+        model = self.model if wrapped else self.module
         if not self.split:
-            logits = batch.positions(self.model(batch.inputs))
+            logits = batch.positions(model(batch.inputs))
             return logits, None, self.loss_chunk or auto_loss_chunk(logits.shape[-1])
-        hidden = batch.positions(self.model(batch.inputs, hidden=True))
+        hidden = batch.positions(model(batch.inputs, hidden=True))
         head = self.module.output_layer
         if not self.loss_chunk:
             with torch.no_grad():
