@@ -126,7 +126,9 @@ def training_curves(output: Path) -> Path | None:
 
     metrics = json.loads((output / "metrics.json").read_text())
     steps_csv = output / "logs" / "steps.csv"
-    steps = list(csv.DictReader(steps_csv.open())) if steps_csv.is_file() else []
+    rows = list(csv.DictReader(steps_csv.open())) if steps_csv.is_file() else []
+    # A restart logs again the steps after its checkpoint: the last row of each step is the one trained.
+    steps = sorted({int(r["step"]): r for r in rows if r.get("loss")}.values(), key=lambda r: int(r["step"]))
     epochs = metrics["epochs"]
     first = [e if "students" not in e else {**e, **e["students"][0]} for e in epochs]
     evals = [

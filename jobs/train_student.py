@@ -26,7 +26,10 @@ def train(cfg: TrainConfig) -> None:
     from trainer.student.run import run_training  # torch and Ray only once the arguments are sound
 
     metrics = run_training(cfg)
-    training_curves(Path(cfg.output).resolve())
+    try:
+        training_curves(Path(cfg.output).resolve())
+    except (OSError, ValueError, KeyError) as exc:  # a finished run stays finished without its figure
+        print(f"warning: curves.png not drawn ({exc})", file=sys.stderr)
     print(f"training complete: {cfg.output} (curves.png, logs/)", file=sys.stderr)
     for i, result in enumerate(metrics.get("students", [metrics])):
         if "variant" in result:

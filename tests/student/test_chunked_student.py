@@ -50,3 +50,25 @@ def test_a_gpt_student_on_chunks_of_hidden_states_has_the_gradients_of_its_whole
     torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_an_hf_config_student_with_dropout_still_splits_at_its_output_layer(tmp_path):
+    """from_config leaves the model training (dropout on): the probe runs in eval mode and restores it."""
+    import json
+
+    from trainer.inputs.models import build_model
+
+    config = {"model_type": "gpt2", "vocab_size": 64, "n_positions": 16, "n_embd": 16, "n_layer": 1, "n_head": 2}
+    (tmp_path / "gpt2.json").write_text(json.dumps({**config, "resid_pdrop": 0.5, "embd_pdrop": 0.5}))
+    model = build_model(f"hf-config:{tmp_path / 'gpt2.json'}", "--student")
+    model.train()
+    assert splits_at_the_output_layer(model) and model.training
+
+
+def test_a_micro_batch_without_positions_adds_nothing():
+    empty = torch.zeros(0, 5, requires_grad=True)
+    labels = torch.zeros(0, dtype=torch.int64)
+    targets = TeacherTargets.exact(torch.zeros(0, 2, dtype=torch.int64), torch.zeros(0, 2), torch.zeros(0), 1.0)
+    parts = chunked_distillation_loss(empty, labels, targets, chunk=0, temperature=1.0, alpha=0.5, totals=(10, 4))
+    assert parts.loss.item() == 0.0 and parts.kd.item() == 0.0
+    parts.loss.backward()

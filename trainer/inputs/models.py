@@ -76,12 +76,16 @@ class HFCausalLM(nn.Module):
         (Gemma 2's soft-capping, Cohere's logit_scale, Granite's scaling), which this probe finds."""
         device = self.model.get_input_embeddings().weight.device
         probe = torch.arange(2, device=device).unsqueeze(0) % self.model.config.vocab_size
+        training = self.training  # from_config leaves a model in train mode: dropout would differ between passes
+        self.eval()
         try:
             with torch.inference_mode():
                 split = self.output_layer(self.hidden_states(probe))
                 whole = self(probe)
         except (AttributeError, TypeError, ValueError):
             return False
+        finally:
+            self.train(training)
         return split.shape == whole.shape and torch.allclose(split.float(), whole.float(), rtol=1e-4, atol=1e-5)
 
 

@@ -110,7 +110,7 @@ def train_loop_per_worker(config: dict) -> None:
             step_totals = torch.stack([student.step(pending) for student in students])
             totals += step_totals
             pending, steps, global_step = [], steps + 1, global_step + 1
-            log.step(global_step, epoch + 1, step_totals[0].tolist(), students[0].optimizer.param_groups[0]["lr"])
+            log.step(global_step, epoch + 1, step_totals[0].tolist(), students[0].last_lr)
             if loop.checkpoint_every_steps and (row_number // accumulate) % loop.checkpoint_every_steps == 0:
                 at = {"epoch": epoch, "step": row_number}
                 checkpoint.report(students, history, at, epoch=epoch, step=row_number, checkpoint=True)
@@ -118,7 +118,7 @@ def train_loop_per_worker(config: dict) -> None:
             step_totals = torch.stack([student.step(pending) for student in students])
             totals += step_totals
             steps, global_step = steps + 1, global_step + 1
-            log.step(global_step, epoch + 1, step_totals[0].tolist(), students[0].optimizer.param_groups[0]["lr"])
+            log.step(global_step, epoch + 1, step_totals[0].tolist(), students[0].last_lr)
         for student in students:
             student.end_epoch()
         seconds = time.perf_counter() - epoch_start

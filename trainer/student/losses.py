@@ -263,6 +263,9 @@ def chunked_distillation_loss(
     if totals is None and (chunk <= 0 or chunk >= n):
         logits = features if head is None else head(features)
         return distillation_loss(logits, labels, targets, temperature=temperature, alpha=alpha, kind=kind, beta=beta)
+    if n == 0:  # a micro-batch without positions adds nothing (a zero still in the graph, for backward)
+        zero = features.sum().float() * 0.0
+        return LossParts(zero, zero.detach(), zero.detach())
     kd_sum = ce_sum = features.new_zeros((), dtype=torch.float32)
     count = torch.zeros((), dtype=torch.int64, device=features.device)
     chunk = chunk if 0 < chunk < n else n

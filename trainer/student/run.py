@@ -307,15 +307,20 @@ def _prepare_output(cfg: TrainConfig, resolved: TrainConfig) -> Path:
     died) resumed by Ray Train from its latest checkpoint, but only by the same command."""
     output = Path(cfg.output).resolve()
     if output.exists() and cfg.overwrite:
-        for name in ("metrics.json", "config.json", "checkpoint", "ray", "logs", "student", "curves.png"):
-            target = output / name
+        names = ("metrics.json", "config.json", "checkpoint", "ray", "logs", "curves.png")
+        for target in [*(output / n for n in names), *output.glob("student*")]:  # student, student-<i>, .partial
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     output.mkdir(parents=True, exist_ok=True)
     saved = output / "config.json"
     if saved.is_file() and (output / "ray").exists():
         previous, mine = json.loads(saved.read_text()), resolved.to_dict()
-        ignore = {"overwrite", "max_failures", "log_every", "log_to"}
-        differ = sorted(k for k in set(previous) | set(mine) if k not in ignore and previous.get(k) != mine.get(k))
+        # What does not change the results may change on a resume (e.g. a smaller --loss-chunk after
+        # running out of memory); a key an older version did not write had its default.
+        ignore = {"overwrite", "max_failures", "log_every", "log_to", "loss_chunk", "eval_batch_size"}
+        defaults = TrainConfig().to_dict()
+        differ = sorted(
+            k for k in set(previous) | set(mine) if k not in ignore and previous.get(k, defaults.get(k)) != mine.get(k)
+        )
         if differ:
             raise DataError(
                 f"--output {output} holds an unfinished run with other arguments (they differ in: "

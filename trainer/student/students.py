@@ -54,6 +54,7 @@ class Student:
         self.epochs = epochs
         self.loss_chunk = loss_chunk
         self.opt = optimisation or Optimisation()
+        self.last_lr = settings.lr  # the learning rate of the latest optimiser step (for the logs)
         # Today's default: CosineAnnealingLR stepped once per epoch; anything else steps per optimiser step.
         self.per_epoch_schedule = self.opt.lr_schedule == "epoch-cosine" and not self.opt.warmup_steps
 
@@ -133,6 +134,7 @@ class Student:
             sums += torch.tensor([parts.loss.item(), parts.kd.item(), parts.ce.item()], dtype=torch.float64)
         if o.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.clip_grad_norm)
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         if not self.per_epoch_schedule:
             self.schedule.step()
