@@ -38,6 +38,9 @@ def train(cfg: TrainConfig) -> None:
             if result[key] is not None:  # e.g. no perplexity for a classifier, no agreement without --eval-store
                 print(f"{key:18s} {result[key]:.4f}")
     print(f"{'wall_seconds':18s} {metrics['wall_seconds']:.1f}")
+    if "startup_seconds" in metrics:
+        print(f"{'startup_seconds':18s} {metrics['startup_seconds']:.1f}")
+        print(f"{'epochs_seconds':18s} {metrics['epochs_seconds']:.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:

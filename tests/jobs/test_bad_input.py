@@ -207,7 +207,9 @@ def test_student_width_differs_from_vocabulary(stores, tmp_path, capsys, user_mo
     code, errors = run(
         train_student.main, train_args(stores, tmp_path, **{"--student": "bad_models:seven_classes"}), capsys
     )
-    assert code == 2 and len(errors) == 1 and "outputs 7 classes but the store's teacher has 10" in errors[0]
+    # The train store (k=5) holds ids up to 9: the first one beyond the 7 outputs is named.
+    assert code == 2 and len(errors) == 1 and "beyond what --student bad_models:seven_classes outputs (7" in errors[0]
+    assert "stored id" in errors[0] and "use a student with 10 outputs" in errors[0]
 
 
 def test_missing_and_incomplete_store(stores, tmp_path, capsys):

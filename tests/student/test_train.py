@@ -112,6 +112,15 @@ def test_two_students_with_different_t_and_alpha_from_one_store(stores_without_t
         # Every training row was seen once per epoch (2 workers get equal numbers of batches: the
         # remainder, fewer than `workers` batches of 64, waits for another epoch).
         assert 1437 - (workers - 1) * 64 <= m["epochs"][-1]["train_positions"] <= 1437
+        # Where the wall time went: the phases and the epochs add up to it (trainer/student/timing.py).
+        parts = (
+            m["startup_seconds"]
+            + m["epochs_seconds"]
+            + sum(m["overhead"][k] for k in ("between_epochs", "after_last_epoch", "outputs"))
+        )
+        assert parts == pytest.approx(m["wall_seconds"], abs=0.05) and 0 < m["startup_seconds"] < m["wall_seconds"]
+        assert m["epochs_seconds"] == pytest.approx(sum(e["epoch_seconds"] for e in m["epochs"]))
+        assert all(0 <= e["first_batch_seconds"] <= e["epoch_seconds"] for e in m["epochs"])
     # alpha = 1: the CE term is logged but has no weight; alpha = 0.5 mixes both.
     assert b["train_loss"] == pytest.approx(b["train_kd_loss"])
     assert a["train_loss"] == pytest.approx(0.5 * a["train_kd_loss"] + 0.5 * a["train_ce_loss"], rel=0.05)

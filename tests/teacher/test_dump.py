@@ -152,3 +152,27 @@ def test_user_module_teacher_and_parquet_dataset_from_the_working_directory(tmp_
     got = reader.lookup(ids)
     np.testing.assert_allclose(got.topk_logit, -np.sort(-z, axis=1)[:, :3], rtol=1e-5, atol=1e-5)
     assert json.loads((tmp_path / "store" / "manifest.json").read_text())["teacher"]["spec"] == "my_models:teacher"
+
+
+def test_digits_rows_are_scikit_learns(monkeypatch):
+    """The rows read from scikit-learn's shipped CSV (no sklearn import in Ray workers) are exactly
+    load_digits', and the fallback through load_digits gives the same splits."""
+    from sklearn.datasets import load_digits
+
+    from trainer.builtin import digits_data
+
+    reference = load_digits()
+    data, target = digits_data._all_digits()
+    assert digits_data._shipped_csv() is not None
+    np.testing.assert_array_equal(data, reference.data)
+    np.testing.assert_array_equal(target, reference.target)
+    shipped = {split: digits_data.load_split(split) for split in ("train", "train-fewlabels", "eval")}
+    monkeypatch.setattr(digits_data, "_shipped_csv", lambda: None)
+    digits_data._all_digits.cache_clear()
+    try:
+        for split, rows in shipped.items():
+            fallback = digits_data.load_split(split)
+            assert all(np.array_equal(rows[key], fallback[key]) for key in rows)
+            assert rows["features"].dtype == np.float32 and len(rows["id"]) == (360 if split == "eval" else 1437)
+    finally:
+        digits_data._all_digits.cache_clear()

@@ -22,34 +22,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from trainer.builtin.cache import cache_dir, load_weights, save_weights
+from trainer.builtin.digits_data import FEW_LABELS_FRACTION, load_split  # noqa: F401 (re-exported)
 from trainer.inputs.augment import uniforms
 
 NUM_CLASSES = 10
 NUM_FEATURES = 64
-FEW_LABELS_FRACTION = 0.1
 TEACHER_VERSION = "v1"
-
-
-def load_split(split: str) -> dict[str, np.ndarray]:
-    """Rows of a split as numpy: id int64 [N], features float32 [N, 64] in [0, 1], label int64 [N] (-1 = none)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    ids = np.arange(digits.data.shape[0], dtype=np.int64)
-    features = (digits.data / 16.0).astype(np.float32)
-    labels = digits.target.astype(np.int64)
-    is_eval = ids % 5 == 0
-    if split == "eval":
-        keep = is_eval
-    elif split in ("train", "train-fewlabels"):
-        keep = ~is_eval
-    else:
-        raise ValueError(f"unknown digits split {split!r}")
-    if split == "train-fewlabels":
-        # A fixed draw, independent of anything but the ids: the same rows keep labels everywhere.
-        keep_label = np.random.default_rng(20150309).random(ids.shape[0]) < FEW_LABELS_FRACTION
-        labels = np.where(keep_label, labels, -1)
-    return {"id": ids[keep], "features": features[keep], "label": labels[keep]}
 
 
 class DigitsCNN(nn.Module):

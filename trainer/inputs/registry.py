@@ -96,18 +96,18 @@ DATASETS: dict[str, Builtin] = {
         Builtin(
             "digits",
             "scikit-learn's 8x8 digits, train split (1,437 rows)",
-            f"{_DIGITS}:load_split",
+            f"{_DIGITS}_data:load_split",
             ("train",),
             "features",
         ),
         Builtin(
             "digits-fewlabels",
             "the digits train split, labels kept on ~10% of rows",
-            f"{_DIGITS}:load_split",
+            f"{_DIGITS}_data:load_split",
             ("train-fewlabels",),
             "features",
         ),
-        Builtin("digits-eval", "the digits eval split (360 rows)", f"{_DIGITS}:load_split", ("eval",), "features"),
+        Builtin("digits-eval", "the digits eval split (360 rows)", f"{_DIGITS}_data:load_split", ("eval",), "features"),
         # Text datasets: the maker lists the files; the dump tokenises and packs them into blocks.
         Builtin(
             "stdlib",

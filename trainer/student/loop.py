@@ -58,11 +58,14 @@ def _per_student(totals: torch.Tensor) -> list[dict]:
     ]
 
 
-def _epoch_metrics(epoch: int, steps: int, seconds: float, per_student: list[dict]) -> dict:
+def _epoch_metrics(epoch: int, steps: int, clock: dict[str, float], per_student: list[dict]) -> dict:
     return {
         "epoch": epoch + 1,
         "train_steps": steps,  # optimiser steps of this worker in this epoch (after a restart: those taken since)
-        "epoch_seconds": seconds,  # this worker's training pass (data, forward, backward, step), not eval
+        "epoch_seconds": clock["seconds"],  # this worker's training pass (data, forward, backward, step), not eval
+        # Waiting for the epoch's first batch (the dataset's execution starting), part of epoch_seconds.
+        "first_batch_seconds": clock["first_batch"],
+        "started_at": clock["started_at"],  # wall clock (time.time()): where a run's time goes (run.py)
         # One student: its figures at the top level; several: a list in the order of --variants.
         **(per_student[0] if len(per_student) == 1 else {"students": per_student}),
     }
@@ -70,6 +73,7 @@ def _epoch_metrics(epoch: int, steps: int, seconds: float, per_student: list[dic
 
 def train_loop_per_worker(config: dict) -> None:
     loop: LoopConfig = config["loop"]
+    loop_started_at = time.time()
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     torch.set_num_threads(loop.threads)
@@ -97,11 +101,14 @@ def train_loop_per_worker(config: dict) -> None:
         # Train: every --grad-accum batches feed one optimiser step of every student (a restart
         # inside an epoch skips the batches it trained on: checkpoints fall between optimiser steps).
         skip, epoch_start, steps = skip_steps if epoch == start_epoch else 0, time.perf_counter(), 0
+        clock = {"started_at": time.time(), "first_batch": -1.0}
         totals = torch.zeros(len(students), 4, dtype=torch.float64)
         for student in students:
             student.model.train()
         pending: list[Batch] = []
         for row_number, row in enumerate(train_data.iter_batches(batch_size=1, batch_format="numpy"), start=1):
+            if clock["first_batch"] < 0:
+                clock["first_batch"] = time.perf_counter() - epoch_start
             if row_number <= skip:
                 continue
             pending.append(make_batch(row, loop.train, epoch, device))
@@ -121,7 +128,7 @@ def train_loop_per_worker(config: dict) -> None:
             log.step(global_step, epoch + 1, step_totals[0].tolist(), students[0].last_lr)
         for student in students:
             student.end_epoch()
-        seconds = time.perf_counter() - epoch_start
+        clock["seconds"] = time.perf_counter() - epoch_start
 
         # Metrics: summed over the workers; rank 0 evaluates every student when due.
         per_student = _per_student(_all_reduce_sum(totals))
@@ -129,7 +136,10 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0 and eval_data is not None and (last or (loop.eval_every and (epoch + 1) % loop.eval_every == 0)):
             for mine, result in zip(per_student, evaluate(students, eval_data, loop.eval, device)):
                 mine.update(result)
-        metrics = _epoch_metrics(epoch, steps, seconds, per_student)
+        metrics = _epoch_metrics(epoch, steps, clock, per_student)
+        if epoch == start_epoch:
+            metrics["loop_started_at"] = loop_started_at  # this worker process's start of the loop
+            metrics["output_widths"] = [student.width for student in students]  # run.py: padded vocabularies
         if state is not None and epoch == start_epoch:
             # This epoch began from a restart; with skip > 0 the train_* figures cover only the steps after it.
             metrics["resumed_from"] = {"epoch": start_epoch, "step": skip_steps}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import sys
 import time
@@ -27,12 +28,14 @@ from trainer.inputs.datasets import TextOptions, fingerprint_dataset, load_datas
 from trainer.inputs.models import build_model, probe_width
 from trainer.inputs.specs import LM_SEQ_LEN, worker_runtime_env
 from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray
+from trainer.student import vocab
 from trainer.student.batches import BatchOptions
 from trainer.student.checkpoint import HISTORY_FILE, checkpoint_file
 from trainer.student.config import StudentSettings, TrainConfig, log_sinks
 from trainer.student.export import export_student, student_dir
 from trainer.student.join import JoinSpec, batch_rows, join_with_store, store_batches, store_rows
 from trainer.student.loop import LoopConfig, train_loop_per_worker
+from trainer.student.timing import RunClock, run_timing
 
 # What metrics.json reports of each student (the last epoch's figures).
 SUMMARY_KEYS = (
@@ -113,13 +116,17 @@ def check_store_matches(manifest: Manifest, ds, spec: str, store: str, flag: str
         )
 
 
-def check_student_width(student: torch.nn.Module, rows: dict, manifest: Manifest, spec: str) -> None:
+def check_student_width(student: torch.nn.Module, rows: dict, stores: RunStores, spec: str, store: str) -> int:
+    """The student's output width, checked against the store (trainer/student/vocab.py: a padded
+    vocabulary may differ from the teacher's when every id fits)."""
     width = probe_width(student, rows, "--student", spec)
-    if width != manifest.vocab_size:
-        raise ModelError(
-            f"--student {spec} outputs {width} classes but the store's teacher has {manifest.vocab_size}: use "
-            f"a student with {manifest.vocab_size} outputs"
-        )
+    vocab.check_width(width, stores.manifest, spec, store)
+    if width < stores.manifest.vocab_size:
+        first = StoreReader(store, manifest=stores.manifest).read_shard(0)
+        vocab.check_shard(first, width, spec, store, stores.manifest.vocab_size)
+        if stores.eval_manifest is not None:
+            vocab.check_width(width, stores.eval_manifest, spec, store)
+    return width
 
 
 def check_inputs(cfg: TrainConfig, stores: RunStores) -> None:
@@ -131,7 +138,7 @@ def check_inputs(cfg: TrainConfig, stores: RunStores) -> None:
     else:
         rows = _first_stored_rows(cfg.store, stores.manifest)
     for spec in dict.fromkeys(s.student for s in cfg.students()):
-        check_student_width(build_model(spec, "--student"), rows, stores.manifest, spec)
+        check_student_width(build_model(spec, "--student"), rows, stores, spec, cfg.store)
     if cfg.dataset:
         check_store_matches(stores.manifest, train_ds, cfg.dataset, cfg.store, "--dataset")
     if stores.eval_manifest is not None and cfg.eval_dataset:
@@ -216,9 +223,16 @@ def _ordered() -> ExecutionOptions:
     return options
 
 
+# How often Ray Train's controller polls the workers (Ray's default: 2 s). A worker's report waits
+# for that poll when the previous one is still queued, and the end of the run is only seen at the
+# next poll: with short epochs that was ~0.6 s per epoch and ~2 s at the end. A user's own value wins.
+POLL_INTERVAL_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+
+
 def fit(
     cfg: TrainConfig, datasets: dict[str, ray.data.Dataset], loop: LoopConfig, output: Path, cpus: float, use_gpu: bool
 ):
+    os.environ.setdefault(*POLL_INTERVAL_ENV)  # Ray Train passes it from the driver to its controller
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"loop": loop},
@@ -250,7 +264,7 @@ def write_outputs(
     result,
     output: Path,
     runtime: dict,
-    seconds: float,
+    clock: RunClock,
 ) -> dict:
     """The final checkpoint beside the metrics, each student exported from it (trainer/student/export.py:
     re-loading its weights checks that they are sound), then metrics.json, written last."""
@@ -278,6 +292,7 @@ def write_outputs(
         )
     metrics = {
         **(results[0] if len(students) == 1 else {"students": results}),
+        **_vocab_padding(cfg.store, m, students, history),
         "epochs": history,
         "store": {
             "path": str(Path(cfg.store).resolve()),
@@ -285,13 +300,36 @@ def write_outputs(
             "top_k": m.top_k,
             "temperatures": list(m.temperatures),
         },
-        "wall_seconds": seconds,
+        # wall_seconds, startup_seconds, epochs_seconds, overhead (trainer/student/timing.py)
+        **run_timing(clock.marks, history, time.time()),
         "config": cfg.to_dict(),
         "runtime": runtime,
         "logitstore_version": logitstore.__version__,
     }
     atomic_write_text(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _vocab_padding(store: str, manifest: Manifest, students: list[StudentSettings], history: list[dict]) -> dict:
+    """{"vocab_padding": ...} when a student's output width differs from the store's vocabulary:
+    the widths, and per student the teacher's mean tail mass at its temperature over the first
+    shard, the most the teacher put on ids that student cannot represent (the store keeps the
+    tail as a whole: the exact share beyond the width is not stored)."""
+    widths = next((e["output_widths"] for e in history if e.get("output_widths")), None)
+    if widths is None or all(w == manifest.vocab_size for w in widths):
+        return {}
+    first = StoreReader(store, manifest=manifest).read_shard(0)
+    return {
+        "vocab_padding": {
+            "store_vocab_size": manifest.vocab_size,
+            "student_widths": widths,
+            "tail_mass_upper_bound": [
+                vocab.tail_mass(first, manifest, s.temperature) if w < manifest.vocab_size else 0.0
+                for s, w in zip(students, widths)
+            ],
+            "tail_mass_positions": first.num_positions,
+        }
+    }
 
 
 # ---- the run --------------------------------------------------------------------------------------
@@ -344,18 +382,22 @@ def _prepare_output(cfg: TrainConfig, resolved: TrainConfig) -> Path:
 def run_training(cfg: TrainConfig, *, inputs_checked: bool = False) -> dict:
     """Train the run's students; `inputs_checked` skips check_inputs (a sweep makes those passes
     over the data once for all its runs)."""
-    start = time.perf_counter()
+    clock = RunClock()
     ensure_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False  # one epoch = one execution: too noisy
+    clock.mark("ray_ready")
     stores = RunStores.open(cfg)
     if not inputs_checked:
         check_inputs(cfg, stores)
+    clock.mark("inputs_checked")
     students = cfg.students()
     cpus, use_gpu = _cpus_per_worker(cfg), cluster_gpus() >= cfg.workers
     resolved = replace(cfg, cpus_per_worker=cpus)
     output = _prepare_output(cfg, resolved)
     datasets, loop = prepare_data(cfg, stores, students, cpus)
+    clock.mark("fit_called")
     result = fit(cfg, datasets, loop, output, cpus, use_gpu)
+    clock.mark("fit_returned")
     return write_outputs(
         resolved,
         stores,
@@ -363,5 +405,5 @@ def run_training(cfg: TrainConfig, *, inputs_checked: bool = False) -> dict:
         result,
         output,
         {"cpus_per_worker": cpus, "use_gpu": use_gpu},
-        time.perf_counter() - start,
+        clock,
     )

@@ -10,6 +10,7 @@ import ray.train.torch
 import torch
 
 from trainer.inputs.models import build_model, splits_at_the_output_layer
+from trainer.student import vocab
 from trainer.student.batches import Batch
 from trainer.student.config import Optimisation, StudentSettings
 from trainer.student.losses import auto_loss_chunk, chunked_distillation_loss
@@ -53,6 +54,7 @@ class Student:
         self.schedule = None
         self.epochs = epochs
         self.loss_chunk = loss_chunk
+        self.width = 0  # the output width, found on the first batch
         self.opt = optimisation or Optimisation()
         self.last_lr = settings.lr  # the learning rate of the latest optimiser step (for the logs)
         # Today's default: CosineAnnealingLR stepped once per epoch; anything else steps per optimiser step.
@@ -94,13 +96,16 @@ class Student:
         model = self.model if wrapped else self.module
         if not self.split:
             logits = batch.positions(model(batch.inputs))
+            self.width = logits.shape[-1]
+            vocab.check_batch(batch, self.width)
             return logits, None, self.loss_chunk or auto_loss_chunk(logits.shape[-1])
         hidden = batch.positions(model(batch.inputs, hidden=True))
         head = self.module.output_layer
-        if not self.loss_chunk:
+        if not self.width:
             with torch.no_grad():
-                self.loss_chunk = auto_loss_chunk(head(hidden[:1]).shape[-1])
-        return hidden, head, self.loss_chunk
+                self.width = head(hidden[:1]).shape[-1]
+        vocab.check_batch(batch, self.width)
+        return hidden, head, self.loss_chunk or auto_loss_chunk(self.width)
 
     def step(self, batches: list[Batch]) -> torch.Tensor:
         """One optimiser step on `batches` (--grad-accum of them: their positions weighted as in one
