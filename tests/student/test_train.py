@@ -187,7 +187,10 @@ def test_a_killed_training_worker_restarts_from_its_checkpoint(
     resumed = [e["resumed_from"] for e in killed["epochs"] if "resumed_from" in e]
     assert len(resumed) == 1 and (resumed[0]["epoch"], resumed[0]["step"]) in {(0, 10), (0, 20), (1, 10)}
     print(f"eval_accuracy: killed and resumed {killed['eval_accuracy']:.4f}, undisturbed {calm['eval_accuracy']:.4f}")
-    assert killed["eval_accuracy"] > 0.5 and abs(killed["eval_accuracy"] - calm["eval_accuracy"]) < 0.1
+    # The resumed epochs take the batches of the undisturbed run (the join's EpochClock), so the run
+    # ends where it would have.
+    assert killed["eval_accuracy"] > 0.5 and killed["eval_accuracy"] == calm["eval_accuracy"]
+    assert killed["epochs"][-1]["train_loss"] == pytest.approx(calm["epochs"][-1]["train_loss"], rel=1e-6)
 
 
 @pytest.mark.battery  # CI: test_a_killed_training_worker_restarts_from_its_checkpoint

@@ -1,5 +1,7 @@
 """A run's checkpoints (Ray Train): each student's weights (loadable with weights_only=True), the
-optimisers' and schedules' states, where in training it was taken, and the metrics so far."""
+optimisers' and schedules' states, where in training it was taken, and the metrics so far.
+Under --strategy fsdp every rank adds its shards (trainer/student/fsdp.py) and the whole weights
+are written only with the final checkpoint."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import tempfile
 import ray.train
 import torch
 
+from trainer.student import fsdp
 from trainer.student.students import Student
 
 CHECKPOINT_FILE = "model.pt"  # the student's weights (state_dict)
@@ -22,36 +25,61 @@ def checkpoint_file(student: int, students: int) -> str:
     return CHECKPOINT_FILE if students == 1 else f"model-{student}.pt"
 
 
+def _sharded(students: list[Student]) -> bool:
+    return students[0].opt.strategy == "fsdp"
+
+
 def restore(students: list[Student]) -> tuple[dict | None, list[dict]]:
-    """Weights (into the plain models), the training state and the history from the latest
-    checkpoint when this run is a restart (a worker died, or the same command was rerun after the
-    driver died); (None, []) otherwise."""
+    """Weights (into the plain models: DDP; FSDP students load their shards after sharding, see
+    restore_shards), the training state and the history from the latest checkpoint when this run
+    is a restart (a worker died, or the same command was rerun after the driver died); (None, []) otherwise."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None, []
     with checkpoint.as_directory() as path:
-        for i, student in enumerate(students):
-            weights = os.path.join(path, checkpoint_file(i, len(students)))
-            student.module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        if not _sharded(students):
+            for i, student in enumerate(students):
+                weights = os.path.join(path, checkpoint_file(i, len(students)))
+                student.module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         state = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=True)
         with open(os.path.join(path, HISTORY_FILE)) as fh:
             history = json.load(fh)
     return state, history
 
 
+def restore_shards(students: list[Student]) -> None:
+    """FSDP: this rank's shards of the weights and optimiser states, into the sharded students."""
+    context = ray.train.get_context()
+    with ray.train.get_checkpoint().as_directory() as path:
+        fsdp.load_shards(students, path, context.get_world_rank(), context.get_world_size())
+
+
 def report(
-    students: list[Student], history: list[dict], metrics: dict, *, epoch: int, step: int, checkpoint: bool
+    students: list[Student],
+    history: list[dict],
+    metrics: dict,
+    *,
+    epoch: int,
+    step: int,
+    checkpoint: bool,
+    final: bool = False,
 ) -> None:
     """ray.train.report from every worker; with `checkpoint`, rank 0 attaches one taken after
-    `epoch` epochs and `step` more optimiser steps."""
+    `epoch` epochs and `step` more optimiser steps (FSDP: every rank attaches its shards, and the
+    `final` one holds the whole weights too)."""
     if not checkpoint:
         ray.train.report(metrics)
         return
+    context = ray.train.get_context()
+    rank, sharded = context.get_world_rank(), _sharded(students)
     with tempfile.TemporaryDirectory() as tmp:
-        attached = None
-        if ray.train.get_context().get_world_rank() == 0:
-            for i, student in enumerate(students):
-                torch.save(student.module.state_dict(), os.path.join(tmp, checkpoint_file(i, len(students))))
+        weights = [student.module.state_dict() for student in students] if not sharded else None
+        if sharded:
+            fsdp.save_shards(students, tmp, rank, context.get_world_size())
+            weights = [fsdp.full_weights(student.model) for student in students] if final else None
+        if rank == 0:
+            for i, state_dict in enumerate(weights or []):
+                torch.save(state_dict, os.path.join(tmp, checkpoint_file(i, len(students))))
             states = [student.state() for student in students]
             torch.save(
                 {
@@ -64,7 +92,7 @@ def report(
             )
             with open(os.path.join(tmp, HISTORY_FILE), "w") as fh:
                 json.dump(history, fh)
-            attached = ray.train.Checkpoint.from_directory(tmp)
+        attached = ray.train.Checkpoint.from_directory(tmp) if rank == 0 or sharded else None
         ray.train.report(metrics, checkpoint=attached)
 
 

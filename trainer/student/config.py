@@ -20,6 +20,7 @@ from trainer.options import check_out_dir, choice_problem, choice_problems, opti
 LOSS_KINDS = ("kl", "reverse-kl", "jsd")
 LR_SCHEDULES = ("epoch-cosine", "cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
+STRATEGIES = ("ddp", "fsdp")
 SHUFFLE_WINDOW = 8192
 
 # What one student of a multi-student run (--variants) may set for itself; the rest is shared.
@@ -76,6 +77,7 @@ class Optimisation:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     total_steps: int = 1  # the run's optimiser steps on each worker (estimated), for per-step schedules
+    strategy: str = "ddp"  # fsdp: parameters, gradients and optimiser state sharded over the workers
 
 
 @dataclass
@@ -176,6 +178,13 @@ class TrainConfig:
         "restarts from the latest checkpoint after a worker dies (Ray Train FailureConfig; -1 = unlimited)", 3
     )
     workers: int = option("Ray Train workers", 1)
+    strategy: str = option(
+        "how the workers hold the student: ddp (a whole replica on each, gradients averaged) or fsdp "
+        "(torch FSDP2: each transformer block's parameters, gradients and optimiser state sharded over the "
+        "workers, for students that do not fit one device; checkpoints sharded, the export whole)",
+        "ddp",
+        choices=STRATEGIES,
+    )
     cpus_per_worker: float = option("CPUs per training worker; 0 = auto (leave room for the data pipeline)", 0.0)
     seed: int = option("seed for the student's initialisation and the data order", 0)
     shuffle_window: int = option(
@@ -383,6 +392,7 @@ class TrainConfig:
             betas=(self.adam_beta1, self.adam_beta2),
             eps=self.adam_eps,
             total_steps=max(1, total_steps),
+            strategy=self.strategy,
         )
 
     def to_dict(self) -> dict:

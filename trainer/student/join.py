@@ -13,8 +13,11 @@ The order of an epoch (a fresh one every epoch, the same in every run with the s
 So a batch mixes the samples of every shard of its window, whatever the bytes per row, and a join
 task holds one window's targets. A store that carries its inputs (format version 5) needs no
 dataset: `store_batches` makes the same batches from the store alone (its tokens and loss masks
-stand in for the rows), with no shuffle at all. The epoch is the dataset's execution index: Ray Data executes
-the dataset once per epoch and counts executions (the counter its own seeded shuffles use).
+stand in for the rows), with no shuffle at all. The epoch is the dataset's execution index (Ray
+Data executes the dataset once per epoch and counts executions: the counter its own seeded
+shuffles use) plus the epoch the current workers started at, which the loop sets in the run's
+EpochClock: a restarted worker group (or a rerun after the driver died) counts executions from 0
+again, and would otherwise replay the first epochs' orders.
 Without shuffling (evaluation), each window is one shard, in id order.
 """
 
@@ -22,8 +25,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
+import ray
 import ray.data
 
 from logitstore import Manifest, ShardData, StoreReader
@@ -41,6 +46,7 @@ class JoinSpec:
     batch_size: int
     seed: int
     window: int  # samples shuffled together; 0 = no shuffle: one shard per window, samples in id order
+    clock: Any = None  # an EpochClock actor (the run's): the epoch its workers started at; None = 0
 
     @cached_property
     def plan(self):
@@ -105,7 +111,7 @@ def store_rows(data: ShardData, seq_len: int, shard: int | np.ndarray = -1) -> d
 
 
 def _store_window(batch: dict[str, np.ndarray], spec: JoinSpec) -> dict[str, np.ndarray]:
-    window, epoch = int(batch["id"][0]), _execution_epoch()
+    window, epoch = int(batch["id"][0]), _execution_epoch(spec)
     reader = _reader(spec)
     shards = sorted(int(j) for j in spec.windows(epoch)[window])  # id order, as a join task sorts its rows
     parts = [reader.read_shard(j) for j in shards]
@@ -125,13 +131,29 @@ def _as_batch_row(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {key: _column([value]) for key, value in rows.items()}
 
 
-def _execution_epoch() -> int:
-    """Which execution of the dataset this task belongs to: the epoch (see the module docstring)."""
-    return int(ray.data.DataContext.get_current()._execution_idx)
+@ray.remote(num_cpus=0)
+class EpochClock:
+    """The epoch a run's current workers started at (0, or the epoch of the checkpoint they resumed
+    from); the workers set it before their first batch, the join's tasks read it."""
+
+    def __init__(self) -> None:
+        self.start = 0
+
+    def set(self, epoch: int) -> None:
+        self.start = int(epoch)
+
+    def get(self) -> int:
+        return self.start
+
+
+def _execution_epoch(spec: JoinSpec) -> int:
+    """The epoch this task's execution of the dataset belongs to (see the module docstring)."""
+    start = ray.get(spec.clock.get.remote()) if spec.clock is not None else 0
+    return start + int(ray.data.DataContext.get_current()._execution_idx)
 
 
 def _assign_window(batch: dict[str, np.ndarray], spec: JoinSpec) -> dict[str, np.ndarray]:
-    epoch = _execution_epoch()
+    epoch = _execution_epoch(spec)
     shard = spec.plan.shard_of(batch["id"])
     if np.any(shard < 0):
         missing = batch["id"][shard < 0][:5].tolist()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -37,6 +39,7 @@ class LoopConfig:
     log_dir: str = ""  # the run's output directory (rank 0 writes logs/ there)
     log_to: tuple[str, ...] = ()
     log_every: int = 0  # 0: no progress lines or step metrics
+    epoch_clock: Any = None  # the join's EpochClock (trainer/student/join.py), or None
 
 
 def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -89,11 +92,16 @@ def train_loop_per_worker(config: dict) -> None:
     state, history = checkpoint.restore(students)
     for i, student in enumerate(students):
         student.prepare(checkpoint.student_state(state, i))
+    sharded = loop.optimisation.strategy == "fsdp"
+    if sharded and state is not None:
+        checkpoint.restore_shards(students)
     start_epoch, skip_steps = (int(state["epoch"]), int(state["step"])) if state is not None else (0, 0)
     if state is not None and rank == 0:
         print(json.dumps({"resumed_from": {"epoch": start_epoch, "step": skip_steps}}))
     # The optimiser steps before this process's first (a restart): for the logs' step axis.
     global_step = start_epoch * total // loop.epochs + skip_steps // accumulate
+    if loop.epoch_clock is not None:  # before the first batch: this execution of the data is epoch start_epoch
+        ray.get(loop.epoch_clock.set.remote(start_epoch))
     train_data = ray.train.get_dataset_shard("train")
     eval_data = ray.train.get_dataset_shard("eval") if loop.eval is not None else None
 
@@ -133,9 +141,13 @@ def train_loop_per_worker(config: dict) -> None:
         # Metrics: summed over the workers; rank 0 evaluates every student when due.
         per_student = _per_student(_all_reduce_sum(totals))
         last = epoch + 1 == loop.epochs
-        if rank == 0 and eval_data is not None and (last or (loop.eval_every and (epoch + 1) % loop.eval_every == 0)):
-            for mine, result in zip(per_student, evaluate(students, eval_data, loop.eval, device)):
-                mine.update(result)
+        # (FSDP: every rank runs the same eval batches, as the sharded forward needs them all; rank 0 reports.)
+        due_eval = last or (loop.eval_every and (epoch + 1) % loop.eval_every == 0)
+        if (rank == 0 or sharded) and eval_data is not None and due_eval:
+            results = evaluate(students, eval_data, loop.eval, device)
+            if rank == 0:
+                for mine, result in zip(per_student, results):
+                    mine.update(result)
         metrics = _epoch_metrics(epoch, steps, clock, per_student)
         if epoch == start_epoch:
             metrics["loop_started_at"] = loop_started_at  # this worker process's start of the loop
@@ -150,5 +162,5 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             print(json.dumps(metrics))
         due = last or (epoch + 1) % loop.checkpoint_every == 0
-        checkpoint.report(students, history, metrics, epoch=epoch + 1, step=0, checkpoint=due)
+        checkpoint.report(students, history, metrics, epoch=epoch + 1, step=0, checkpoint=due, final=last)
     log.close()

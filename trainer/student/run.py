@@ -33,7 +33,7 @@ from trainer.student.batches import BatchOptions
 from trainer.student.checkpoint import HISTORY_FILE, checkpoint_file
 from trainer.student.config import StudentSettings, TrainConfig, log_sinks
 from trainer.student.export import export_student, student_dir
-from trainer.student.join import JoinSpec, batch_rows, join_with_store, store_batches, store_rows
+from trainer.student.join import EpochClock, JoinSpec, batch_rows, join_with_store, store_batches, store_rows
 from trainer.student.loop import LoopConfig, train_loop_per_worker
 from trainer.student.timing import RunClock, run_timing
 
@@ -163,7 +163,8 @@ def prepare_data(
     # The join carries one logsumexp column per temperature the students train at.
     temperatures = tuple(sorted({s.temperature for s in students})) if reads_store else ()
     # A fresh dataset: the epoch's order counts the executions of the dataset it is made from.
-    spec = JoinSpec(cfg.store, manifest, temperatures, cfg.batch_size, cfg.seed, cfg.shuffle_window)
+    clock = EpochClock.remote()  # the epoch a (restarted) worker group starts at: the join's orders follow it
+    spec = JoinSpec(cfg.store, manifest, temperatures, cfg.batch_size, cfg.seed, cfg.shuffle_window, clock)
     if cfg.dataset:
         datasets = {"train": join_with_store(load_dataset(cfg.dataset, "--dataset", stores.text), spec)}
     else:
@@ -204,6 +205,7 @@ def prepare_data(
         log_dir=str(Path(cfg.output).resolve()),
         log_to=log_sinks(cfg.log_to),
         log_every=cfg.log_every,
+        epoch_clock=clock,
     )
     return datasets, loop
 

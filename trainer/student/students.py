@@ -10,7 +10,7 @@ import ray.train.torch
 import torch
 
 from trainer.inputs.models import build_model, splits_at_the_output_layer
-from trainer.student import vocab
+from trainer.student import fsdp, vocab
 from trainer.student.batches import Batch
 from trainer.student.config import Optimisation, StudentSettings
 from trainer.student.losses import auto_loss_chunk, chunked_distillation_loss
@@ -66,9 +66,13 @@ class Student:
         return self.model.module if hasattr(self.model, "module") else self.model
 
     def prepare(self, state: dict | None = None, wrap: Callable = ray.train.torch.prepare_model) -> None:
-        """Wrap the model for the run's workers (after restoring its weights), then make the optimiser
-        and schedule, restored from `state` on a restart."""
-        self.model = wrap(self.model)
+        """Wrap the model for the run's workers (DDP, after restoring its weights) or shard it (FSDP),
+        then make the optimiser and schedule, restored from `state` on a restart (an FSDP optimiser's
+        state comes back with its shards: trainer/student/checkpoint.py)."""
+        if self.opt.strategy == "fsdp":
+            self.split = fsdp.shard(self.model, ray.train.torch.get_device(), self.split)
+        else:
+            self.model = wrap(self.model)
         s, o = self.settings, self.opt
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=o.betas, eps=o.eps
@@ -78,11 +82,14 @@ class Student:
         else:
             self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: lr_factor(i, o, self.epochs))
         if state is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("optimizer") is not None:
+                self.optimizer.load_state_dict(state["optimizer"])
             self.schedule.load_state_dict(state["schedule"])
 
     def state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
+        """The optimiser's and schedule's states (an FSDP optimiser's is saved with its shards instead)."""
+        optimizer = None if self.opt.strategy == "fsdp" else self.optimizer.state_dict()
+        return {"optimizer": optimizer, "schedule": self.schedule.state_dict()}
 
     def end_epoch(self) -> None:
         if self.per_epoch_schedule:
@@ -119,8 +126,10 @@ class Student:
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(batches):
             last = i + 1 == len(batches)
-            # DDP synchronises the gradients once, in the last batch's backward.
+            # DDP synchronises the gradients once, in the last batch's backward; FSDP reduce-scatters them then.
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            if self.opt.strategy == "fsdp":
+                self.model.set_requires_gradient_sync(last)
             with sync, self._autocast():
                 features, head, chunk = self.features(batch)
                 parts = chunked_distillation_loss(
