@@ -58,12 +58,12 @@ def run_once(work: Path, name: str, poll: str, epochs: int, workers: int) -> dic
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json", default="")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         work = Path(tmp)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
@@ -80,8 +80,9 @@ def main() -> None:
     print(f"digits-mlp from the digits stores, {args.epochs} epochs, {args.workers} worker(s)")
     print(markdown_table(table, [("figure", "{}"), *((r["run"], "{:.2f}") for r in rows)]))
     if args.json:
-        write_json(args.json, rows)
+        write_json(args.json, {"run_overhead": rows})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
-"""Progress of a long pass on the driver as plain lines (a terminal and a CI log alike; a tqdm bar
-was tried and did not show beside Ray Data's own output): at most ~20 of them, each with the count
-done, the rate and the ETA."""
+"""Progress of a long pass on the driver as plain lines (a terminal and a CI log alike; the
+training run draws a bar in a terminal, trainer/student/progress_bar.py, the dump not yet): at
+most ~20 of them, each with the count done, the rate and the ETA."""
 
 from __future__ import annotations
 

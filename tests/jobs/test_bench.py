@@ -81,3 +81,17 @@ def test_the_quick_loss_memory_bench_finds_the_chunked_loss_smaller(tmp_path, ca
     figures = json.loads(out.read_text())
     # the output layer and loss chunk by chunk never hold [positions, V]: well under the whole loss's peak
     assert figures["chunked_peak_mb"] < 0.7 * figures["whole_peak_mb"], figures
+
+
+@pytest.mark.slow
+@pytest.mark.battery
+def test_the_overhead_bench_accounts_for_the_wall_time(tmp_path, capsys):
+    from bench import run_overhead
+
+    out = tmp_path / "bench.json"
+    assert run_overhead.main(["--epochs", "2", "--json", str(out)]) == 0
+    assert capsys.readouterr().out.count("\n|---") == 1
+    for run in json.loads(out.read_text())["run_overhead"]:
+        parts = run["startup_seconds"] + run["epochs_seconds"]
+        parts += sum(run[f"overhead.{k}"] for k in ("between_epochs", "after_last_epoch", "outputs"))
+        assert parts == pytest.approx(run["wall_seconds"], abs=0.05), run

@@ -147,3 +147,35 @@ def test_bad_optimisation_flags_are_each_reported():
     problems = "\n".join(cfg.validate())
     for flag in ("--grad-accum", "--clip-grad-norm", "--warmup-steps", "--adam-beta1", "--adam-eps", "--loss-chunk"):
         assert flag in problems, flag
+
+
+def test_gradient_checkpointing_gives_an_hf_students_gradients_and_refuses_other_students(tmp_path):
+    """transformers' gradient checkpointing recomputes the layers in the backward: the same
+    gradients (V = 256 Llama student, the GPT batch's shape); a non-HF student is refused."""
+    import json
+
+    from trainer.errors import ModelError
+
+    config = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": 256,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 32,
+    }
+    (tmp_path / "student.json").write_text(json.dumps(config))
+    spec = f"hf-config:{tmp_path / 'student.json'}"
+    batch = gpt_batch([16, 3, 12, 9], seed=2)
+    _, plain_totals, plain = first_step(spec, [batch])
+    _, ckpt_totals, recomputed = first_step(spec, [batch], gradient_checkpointing=True)
+    student = Student(settings(spec), seed=0, epochs=3, optimisation=Optimisation(gradient_checkpointing=True))
+    assert student.module.model.is_gradient_checkpointing
+    for name in plain:
+        torch.testing.assert_close(recomputed[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
+    torch.testing.assert_close(ckpt_totals, plain_totals)
+    with pytest.raises(ModelError, match="--gradient-checkpointing needs a Hugging Face student"):
+        Student(settings("digits-mlp"), seed=0, epochs=3, optimisation=Optimisation(gradient_checkpointing=True))

@@ -78,6 +78,7 @@ class Optimisation:
     eps: float = 1e-8
     total_steps: int = 1  # the run's optimiser steps on each worker (estimated), for per-step schedules
     strategy: str = "ddp"  # fsdp: parameters, gradients and optimiser state sharded over the workers
+    gradient_checkpointing: bool = False  # HF students: layers' activations recomputed in the backward
 
 
 @dataclass
@@ -134,6 +135,12 @@ class TrainConfig:
         1,
     )
     clip_grad_norm: float = option("clip the gradients' global norm to this before each step (0 = off)", 0.0)
+    gradient_checkpointing: bool = option(
+        "recompute each transformer layer's activations in the backward instead of keeping them "
+        "(Hugging Face students: transformers' gradient_checkpointing_enable): less memory for about a "
+        "third more compute",
+        False,
+    )
     warmup_steps: int = option("optimiser steps of linear learning-rate warmup from 0", 0)
     lr_schedule: str = option(
         "learning-rate schedule after warmup: epoch-cosine (cosine over the epochs, stepped once per "
@@ -393,6 +400,7 @@ class TrainConfig:
             eps=self.adam_eps,
             total_steps=max(1, total_steps),
             strategy=self.strategy,
+            gradient_checkpointing=self.gradient_checkpointing,
         )
 
     def to_dict(self) -> dict:

@@ -1,6 +1,7 @@
 """Rank 0's view of a run while it trains: a progress line with step, epoch, loss, positions/s and
-ETA every --log-every optimiser steps (Ray forwards it to the driver's output, terminal or log; a
-tqdm bar drawn from a Ray Train worker did not render on the driver with Ray 2.60's tqdm_ray), and the
+ETA every --log-every optimiser steps (Ray forwards it to the driver's output: a CI log; in a
+terminal the driver draws a bar instead, from what rank 0 posts to a ProgressBoard:
+trainer/student/progress_bar.py), and the
 same figures as step-level metrics in the run's sinks under <output>/logs/: steps.csv, TensorBoard
 event files (tensorboardX writes them; tensorboard reads them), an MLflow run in a local file store
 (when mlflow is installed). jobs.train_student draws curves.png from them at the end."""
@@ -25,8 +26,21 @@ class StepLog:
     """Progress and step-level metrics of student 0 (the first of --variants; every student's epoch
     figures are in metrics.json). Inactive on ranks other than 0."""
 
-    def __init__(self, directory: str, sinks: tuple[str, ...], every: int, total_steps: int, *, active: bool) -> None:
+    def __init__(
+        self,
+        directory: str,
+        sinks: tuple[str, ...],
+        every: int,
+        total_steps: int,
+        *,
+        active: bool,
+        board=None,
+        lines: bool = True,
+    ) -> None:
         self.active, self.every, self.total = active and every > 0, every, max(total_steps, 1)
+        self.board = board if active else None  # the driver's bar reads it (None: no bar)
+        self.lines = lines
+        self.posted_at, self.posted_positions = time.perf_counter(), 0.0
         self.done = 0  # optimiser steps taken in this process (ETA: from this process's rate)
         self.start = self.last_time = time.perf_counter()
         self.positions = 0.0
@@ -56,6 +70,8 @@ class StepLog:
     def step(self, global_step: int, epoch: int, figures: list[float], lr: float) -> None:
         """After optimiser step `global_step` (from 1) of epoch `epoch` (from 1): figures = student 0's
         [loss, kd, ce] (each times the positions) and positions of that step."""
+        if self.board is not None:
+            self._post(global_step, epoch, figures)
         if not self.active:
             return
         self.done += 1
@@ -79,8 +95,26 @@ class StepLog:
             f"epoch {epoch} step {global_step}/{self.total} loss {row['loss']:.4f} kd {row['kd']:.4f} "
             f"ce {row['ce']:.4f} lr {lr:.3g} {row['positions_per_s']:,.0f} positions/s ETA {_duration(eta)}"
         )
-        print(text, file=sys.stderr, flush=True)
+        if self.lines:
+            print(text, file=sys.stderr, flush=True)
         self._write(row, global_step)
+
+    def _post(self, global_step: int, epoch: int, figures: list[float]) -> None:
+        """The step to the driver's bar, at most 4 times a second (a call to an actor, not awaited)."""
+        now = time.perf_counter()
+        self.posted_positions += figures[3]
+        if now - self.posted_at < 0.25 and global_step < self.total:
+            return
+        self.board.post.remote(
+            {
+                "step": global_step,
+                "total": self.total,
+                "epoch": epoch,
+                "loss": figures[0] / max(figures[3], 1.0),
+                "positions_per_s": self.posted_positions / max(now - self.posted_at, 1e-9),
+            }
+        )
+        self.posted_at, self.posted_positions = now, 0.0
 
     def epoch(self, global_step: int, metrics: dict) -> None:
         """An epoch's figures (train means, eval metrics) into the sinks at `global_step`."""

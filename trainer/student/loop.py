@@ -40,6 +40,8 @@ class LoopConfig:
     log_to: tuple[str, ...] = ()
     log_every: int = 0  # 0: no progress lines or step metrics
     epoch_clock: Any = None  # the join's EpochClock (trainer/student/join.py), or None
+    progress_board: Any = None  # a ProgressBoard the driver draws a bar from (a terminal), or None
+    progress_lines: bool = True  # rank 0 prints progress lines (no bar: CI logs)
 
 
 def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -88,7 +90,15 @@ def train_loop_per_worker(config: dict) -> None:
     ]
     accumulate = loop.optimisation.grad_accum
     total = loop.optimisation.total_steps
-    log = StepLog(loop.log_dir, loop.log_to, loop.log_every, total, active=rank == 0)
+    log = StepLog(
+        loop.log_dir,
+        loop.log_to,
+        loop.log_every,
+        total,
+        active=rank == 0,
+        board=loop.progress_board,
+        lines=loop.progress_lines,
+    )
     state, history = checkpoint.restore(students)
     for i, student in enumerate(students):
         student.prepare(checkpoint.student_state(state, i))

@@ -35,6 +35,8 @@ from trainer.student.config import StudentSettings, TrainConfig, log_sinks
 from trainer.student.export import export_student, student_dir
 from trainer.student.join import EpochClock, JoinSpec, batch_rows, join_with_store, store_batches, store_rows
 from trainer.student.loop import LoopConfig, train_loop_per_worker
+from trainer.student.progress_bar import DriverBar, ProgressBoard, wants_bar
+from trainer.student.students import enable_gradient_checkpointing
 from trainer.student.timing import RunClock, run_timing
 
 # What metrics.json reports of each student (the last epoch's figures).
@@ -138,7 +140,10 @@ def check_inputs(cfg: TrainConfig, stores: RunStores) -> None:
     else:
         rows = _first_stored_rows(cfg.store, stores.manifest)
     for spec in dict.fromkeys(s.student for s in cfg.students()):
-        check_student_width(build_model(spec, "--student"), rows, stores, spec, cfg.store)
+        student = build_model(spec, "--student")
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(student, spec)
+        check_student_width(student, rows, stores, spec, cfg.store)
     if cfg.dataset:
         check_store_matches(stores.manifest, train_ds, cfg.dataset, cfg.store, "--dataset")
     if stores.eval_manifest is not None and cfg.eval_dataset:
@@ -398,7 +403,13 @@ def run_training(cfg: TrainConfig, *, inputs_checked: bool = False) -> dict:
     output = _prepare_output(cfg, resolved)
     datasets, loop = prepare_data(cfg, stores, students, cpus)
     clock.mark("fit_called")
-    result = fit(cfg, datasets, loop, output, cpus, use_gpu)
+    if wants_bar():  # a terminal: a bar on the driver instead of rank 0's lines
+        board = ProgressBoard.remote()
+        barred = replace(loop, progress_board=board, progress_lines=False)
+        with DriverBar(board, loop.optimisation.total_steps):
+            result = fit(cfg, datasets, barred, output, cpus, use_gpu)
+    else:
+        result = fit(cfg, datasets, loop, output, cpus, use_gpu)
     clock.mark("fit_returned")
     return write_outputs(
         resolved,

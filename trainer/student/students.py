@@ -9,7 +9,8 @@ from collections.abc import Callable
 import ray.train.torch
 import torch
 
-from trainer.inputs.models import build_model, splits_at_the_output_layer
+from trainer.errors import ModelError
+from trainer.inputs.models import HFCausalLM, build_model, splits_at_the_output_layer
 from trainer.student import fsdp, vocab
 from trainer.student.batches import Batch
 from trainer.student.config import Optimisation, StudentSettings
@@ -32,6 +33,17 @@ def lr_factor(step: int, o: Optimisation, epochs: int) -> float:
     return warm * decay
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module, spec: str) -> None:
+    """--gradient-checkpointing: transformers' own, for an HF student (non-reentrant, so frozen
+    inputs and DDP's hooks need nothing more); any other student is refused with the way out."""
+    if not isinstance(model, HFCausalLM) or not model.model.supports_gradient_checkpointing:
+        raise ModelError(
+            f"--gradient-checkpointing needs a Hugging Face student that supports it (hf:<dir> or "
+            f"hf-config:<config>); --student {spec} is not one: leave --gradient-checkpointing out"
+        )
+    model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 class Student:
     """AdamW under `optimisation` (default: a cosine schedule over the epochs); the loss is
     alpha * KD + (1 - alpha) * CE, computed `loss_chunk` positions at a time (0: auto, by the vocabulary)."""
@@ -48,6 +60,9 @@ class Student:
         self.settings = settings
         torch.manual_seed(seed)  # every student starts as it would in a run of its own
         self.model = build_model(settings.student, "--student")
+        self.opt = optimisation or Optimisation()
+        if self.opt.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model, settings.student)
         # A model that exposes its output layer never holds all positions' logits at once.
         self.split = splits_at_the_output_layer(self.model)
         self.optimizer: torch.optim.Optimizer | None = None
@@ -55,7 +70,6 @@ class Student:
         self.epochs = epochs
         self.loss_chunk = loss_chunk
         self.width = 0  # the output width, found on the first batch
-        self.opt = optimisation or Optimisation()
         self.last_lr = settings.lr  # the learning rate of the latest optimiser step (for the logs)
         # Today's default: CosineAnnealingLR stepped once per epoch; anything else steps per optimiser step.
         self.per_epoch_schedule = self.opt.lr_schedule == "epoch-cosine" and not self.opt.warmup_steps
