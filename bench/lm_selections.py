@@ -46,14 +46,16 @@ def dump(out: Path, dataset: str, **extra) -> float:
 
 
 def calibrate_draws(
-    work: Path, extra: dict, target: float, tolerance: float = 0.03, steps: int = 8
+    work: Path, extra: dict, target: float, tolerance: float = 0.03, steps: int = 8, dump_eval=None
 ) -> tuple[int, list]:
-    """Draws whose store on the eval text has `target` bytes per token (within `tolerance`)."""
+    """Draws whose store on the eval text has `target` bytes per token (within `tolerance`);
+    `dump_eval(draws)` dumps such a store and returns its bytes per token (default: this bench's)."""
     tried: dict[int, float] = {}
+    dump_eval = dump_eval or (lambda draws: dump(work / "calibration", EVAL, draws=draws, **extra))
 
     def measure(draws: int) -> float:
         if draws not in tried:
-            tried[draws] = dump(work / "calibration", EVAL, draws=draws, **extra)
+            tried[draws] = dump_eval(draws)
             print(
                 f"  calibrate {extra['selection']}: draws={draws} -> {tried[draws]:.1f} B/token (target {target:.1f})",
                 flush=True,

@@ -54,6 +54,7 @@ def run_once(work: Path, name: str, poll: str, epochs: int, workers: int) -> dic
         "startup_seconds": m["startup_seconds"],
         "epochs_seconds": m["epochs_seconds"],
         "after_startup_over_epochs": (m["wall_seconds"] - m["startup_seconds"]) / m["epochs_seconds"],
+        "first_batch_seconds (inside the epochs)": m["first_batch_seconds"],
         **{f"overhead.{k}": v for k, v in m["overhead"].items()},
     }
 

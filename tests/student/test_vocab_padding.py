@@ -110,12 +110,12 @@ def test_every_batch_is_checked_against_the_width():
     """What a worker checks on each batch: stored ids (adaptive padding columns excepted), labels, tokens."""
     ids = torch.tensor([[5, 9], [7, 11], [3, 2]])
     features = torch.zeros(3, 4)
-    vocab.check_batch(_batch(ids, torch.tensor([1, -1, 11]), features), 12)
-    with pytest.raises(DataError, match=r"stored id 11 \(entry 3\)"):
-        vocab.check_batch(_batch(ids, torch.tensor([1, 2, 3]), features), 11)
+    vocab.check_batch(_batch(ids, torch.tensor([1, -1, 11]), features), 12, "s")
+    with pytest.raises(DataError, match=r"stored id 11 \(entry 3\), beyond what --student s outputs \(11 classes\)"):
+        vocab.check_batch(_batch(ids, torch.tensor([1, 2, 3]), features), 11, "s")
     # An adaptive head's padding column may hold any id: it is not a class.
-    vocab.check_batch(_batch(ids, torch.tensor([1, 2, 3]), features, topk_count=torch.tensor([2, 1, 2])), 11)
+    vocab.check_batch(_batch(ids, torch.tensor([1, 2, 3]), features, topk_count=torch.tensor([2, 1, 2])), 11, "s")
     with pytest.raises(DataError, match="label 12"):
-        vocab.check_batch(_batch(ids, torch.tensor([1, 12, 3]), features), 12)
+        vocab.check_batch(_batch(ids, torch.tensor([1, 12, 3]), features), 12, "s")
     with pytest.raises(DataError, match="token 40"):
-        vocab.check_batch(_batch(ids, torch.tensor([1, 2, 3]), torch.tensor([[1, 40], [2, 3], [4, 5]])), 12)
+        vocab.check_batch(_batch(ids, torch.tensor([1, 2, 3]), torch.tensor([[1, 40], [2, 3], [4, 5]])), 12, "s")

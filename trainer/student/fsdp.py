@@ -1,10 +1,13 @@
 """--strategy fsdp: a student sharded over the workers with torch's FSDP2 (`fully_shard`), for
 students whose weights, gradients and AdamW state do not fit one device.
 
-Units: every block of the model's outermost ModuleLists (the transformer layers), the output
-layer when the loss calls it on its own (a split student whose head is not tied to its input
-embedding), and the root for the rest. On CPU the process group is gloo (Ray Train's default
-there); torch runs FSDP2 on it.
+Units: every block of the model's outermost ModuleLists (the transformer layers), and the root
+for the rest. The loss takes the student's logits from its whole forward, chunk by chunk over
+positions (`--loss-chunk`): computing them from the hidden states chunk by chunk, as under DDP,
+would call the sharded output layer once per chunk, a collective, and ranks holding different
+numbers of positions would call it a different number of times. Gradients are reduce-scattered
+after every micro-batch (--grad-accum), so no rank keeps a whole model's gradients. On CPU the
+process group is gloo (Ray Train's default there); torch runs FSDP2 on it.
 
 Checkpoints are sharded and pickle-free: each rank writes its own shards of the weights and of
 the optimiser state as plain tensors (`shard-<rank>-of-<world>.pt`, loaded with
@@ -22,22 +25,6 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from trainer.errors import ModelError
-from trainer.inputs.models import HFCausalLM
-
-
-def output_module(model: nn.Module) -> nn.Module | None:
-    """The module behind model.output_layer: an HF model's output embeddings, the built-in GPT's head."""
-    if isinstance(model, HFCausalLM):
-        return model.model.get_output_embeddings()
-    head = getattr(model, "head", None)
-    return head if isinstance(head, nn.Module) else None
-
-
-def _tied(model: nn.Module, module: nn.Module) -> bool:
-    """Whether a parameter of `module` is also another module's (tied input and output embeddings)."""
-    mine = {id(p) for p in module.parameters()}
-    names = [n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in mine]
-    return len(names) > len(mine)
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
@@ -49,19 +36,13 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
     return [block for name in lists for block in model.get_submodule(name)]
 
 
-def shard(model: nn.Module, device: torch.device, split: bool) -> bool:
-    """Shard `model` in place over the default process group -> whether the loss may still call
-    its output layer on its own (split): not when the head is tied to the input embedding, whose
-    weights the root unit holds."""
-    model.to(device)
+def shard(model: nn.Module) -> None:
+    """Shard `model` in place over the default process group: each block a unit, the rest (the
+    embeddings, the final norm, the output layer) the root's. fully_shard moves each unit's
+    shards to the mesh's device, so no rank ever holds the whole model there."""
     for block in _blocks(model):
         fully_shard(block)
-    head = output_module(model) if split else None
-    keep_split = head is not None and not _tied(model, head)
-    if keep_split:
-        fully_shard(head)
     fully_shard(model)
-    return keep_split
 
 
 def _local(value):

@@ -147,6 +147,7 @@ def train_loop_per_worker(config: dict) -> None:
         for student in students:
             student.end_epoch()
         clock["seconds"] = time.perf_counter() - epoch_start
+        clock["first_batch"] = clock["seconds"] if clock["first_batch"] < 0 else clock["first_batch"]  # no batch
 
         # Metrics: summed over the workers; rank 0 evaluates every student when due.
         per_student = _per_student(_all_reduce_sum(totals))

@@ -322,7 +322,8 @@ def _vocab_padding(store: str, manifest: Manifest, students: list[StudentSetting
     the widths, and per student the teacher's mean tail mass at its temperature over the first
     shard, the most the teacher put on ids that student cannot represent (the store keeps the
     tail as a whole: the exact share beyond the width is not stored)."""
-    widths = next((e["output_widths"] for e in history if e.get("output_widths")), None)
+    # (a width is 0 where a restarted process trained no batch before its report)
+    widths = next((e["output_widths"] for e in history if e.get("output_widths") and all(e["output_widths"])), None)
     if widths is None or all(w == manifest.vocab_size for w in widths):
         return {}
     first = StoreReader(store, manifest=manifest).read_shard(0)

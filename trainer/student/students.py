@@ -84,7 +84,8 @@ class Student:
         then make the optimiser and schedule, restored from `state` on a restart (an FSDP optimiser's
         state comes back with its shards: trainer/student/checkpoint.py)."""
         if self.opt.strategy == "fsdp":
-            self.split = fsdp.shard(self.model, ray.train.torch.get_device(), self.split)
+            fsdp.shard(self.model)
+            self.split = False  # the logits from the whole forward (trainer/student/fsdp.py says why)
         else:
             self.model = wrap(self.model)
         s, o = self.settings, self.opt
@@ -112,21 +113,28 @@ class Student:
     def features(self, batch: Batch, wrapped: bool = True) -> tuple[torch.Tensor, Head | None, int]:
         """What the loss reads for the batch's positions: (the last hidden states [N, H] and the output
         layer, or the logits [N, V] and None; the positions per loss chunk). Training calls the model
-        through its DDP wrapper, so gradients are synchronised; eval (rank 0 alone) calls the plain
-        module, whose forward starts no collective (DDP's buffer broadcast would wait for the others)."""
+        through its DDP wrapper, so gradients are synchronised; eval (rank 0 alone under DDP) calls the
+        plain module, whose forward starts no collective (DDP's buffer broadcast would wait for the
+        others). Every id the batch holds is checked against the output width (trainer/student/vocab.py):
+        before the forward once the width is known (from the first batch on)."""
+        if self.width:
+            vocab.check_batch(batch, self.width, self.settings.student)
         model = self.model if wrapped else self.module
         if not self.split:
             logits = batch.positions(model(batch.inputs))
-            self.width = logits.shape[-1]
-            vocab.check_batch(batch, self.width)
-            return logits, None, self.loss_chunk or auto_loss_chunk(logits.shape[-1])
+            self._found_width(batch, logits.shape[-1])
+            return logits, None, self.loss_chunk or auto_loss_chunk(self.width)
         hidden = batch.positions(model(batch.inputs, hidden=True))
         head = self.module.output_layer
         if not self.width:
             with torch.no_grad():
-                self.width = head(hidden[:1]).shape[-1]
-        vocab.check_batch(batch, self.width)
+                self._found_width(batch, head(hidden[:1]).shape[-1])
         return hidden, head, self.loss_chunk or auto_loss_chunk(self.width)
+
+    def _found_width(self, batch: Batch, width: int) -> None:
+        if not self.width:
+            self.width = width
+            vocab.check_batch(batch, width, self.settings.student)
 
     def step(self, batches: list[Batch]) -> torch.Tensor:
         """One optimiser step on `batches` (--grad-accum of them: their positions weighted as in one
@@ -140,10 +148,8 @@ class Student:
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(batches):
             last = i + 1 == len(batches)
-            # DDP synchronises the gradients once, in the last batch's backward; FSDP reduce-scatters them then.
+            # DDP synchronises the gradients once, in the last batch's backward (FSDP after each).
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
-            if self.opt.strategy == "fsdp":
-                self.model.set_requires_gradient_sync(last)
             with sync, self._autocast():
                 features, head, chunk = self.features(batch)
                 parts = chunked_distillation_loss(

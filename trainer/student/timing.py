@@ -23,7 +23,9 @@ def run_timing(marks: dict[str, float], history: list[dict], end: float) -> dict
 
       ray_init, check_inputs, prepare (driver) | workers_start (fit called -> the loop runs on rank
       0) | before_first_epoch (build, restore) | between_epochs (eval, reports, checkpoints) |
-      after_last_epoch (the last report and Ray Train's teardown) | outputs (copy, export, metrics).
+      after_last_epoch (the last eval, report and checkpoint, Ray Train's teardown) | outputs (copy,
+      export, metrics). A restart's lost time lands where the crash happened (workers_start or
+      between_epochs).
 
     Only the epochs this driver ran count (a resumed run's history begins with earlier ones)."""
     start = marks["start"]
@@ -36,13 +38,14 @@ def run_timing(marks: dict[str, float], history: list[dict], end: float) -> dict
     timing.update(
         startup_seconds=mine[0]["started_at"] - start,
         epochs_seconds=sum(e["epoch_seconds"] for e in mine),
+        # The part of the epochs spent waiting for each epoch's data to start (not overhead: inside them).
+        first_batch_seconds=sum(e.get("first_batch_seconds", 0.0) for e in mine),
         overhead={
             "ray_init": marks["ray_ready"] - start,
             "check_inputs": marks["inputs_checked"] - marks["ray_ready"],
             "prepare": marks["fit_called"] - marks["inputs_checked"],
             "workers_start": loop_start - marks["fit_called"],
             "before_first_epoch": mine[0]["started_at"] - loop_start,
-            "first_batch_waits": sum(e.get("first_batch_seconds", 0.0) for e in mine),  # inside the epochs
             "between_epochs": sum(b["started_at"] - a for a, b in zip(ends, mine[1:])),
             "after_last_epoch": marks["fit_returned"] - ends[-1],
             "outputs": end - marks["fit_returned"],

@@ -48,8 +48,8 @@ def check_shard(data: ShardData, width: int, spec: str, store: str, vocab_size: 
         )
 
 
-def check_batch(batch, width: int) -> None:
-    """Every id a batch (trainer/student/batches.py Batch) feeds a student of `width` outputs fits it."""
+def check_batch(batch, width: int, spec: str) -> None:
+    """Every id a batch (trainer/student/batches.py Batch) feeds student `spec` of `width` outputs fits it."""
     targets = batch.targets
     problem = None
     if targets is not None:
@@ -63,10 +63,10 @@ def check_batch(batch, width: int) -> None:
         problem = _first_at_or_beyond(batch.inputs, width, "token")
     if problem is not None:
         ids = batch.ids.tolist()
-        raise DataError(f"a batch of samples {ids[:3]}{'...' if len(ids) > 3 else ''}: {problem}: {_FIX}")
-
-
-_FIX = "use a student with as many outputs as the store's vocabulary"
+        raise DataError(
+            f"samples {ids[:3]}{'...' if len(ids) > 3 else ''}: {problem}, beyond what --student {spec} outputs "
+            f"({width} classes): use a student with as many outputs as the store's vocabulary, or data whose ids fit"
+        )
 
 
 def _first_too_wide(topk_index, sample_index, width: int) -> str | None:
