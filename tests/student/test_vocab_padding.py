@@ -77,6 +77,7 @@ def padded(dump, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.battery  # CI: test_every_batch_is_checked_against_the_width, test_bad_input's width test
 def test_a_student_of_another_padding_trains_and_reports_the_mass_it_cannot_hold(padded, capsys):
     tmp, store, wrong = padded
     student = f"hf-config:{tmp / 'student.json'}"
