@@ -1,6 +1,7 @@
 """A Hugging Face student built from a config, distilled from a chat store alone, leaves as
 `save_pretrained` wrote it with the store's tokenizer beside it: plain transformers in a fresh
-process loads it, and its perplexity over the store's completion tokens is metrics.json's."""
+process loads it, and its perplexity over the store's completion tokens is metrics.json's. Every
+checkpoint of the run holds the same export of the student as it was then."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import subprocess
 import sys
 
 import pytest
+import safetensors.torch
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from jobs import train_student
 from tests.helpers import tiny_chat_tokenizer, tiny_llama, write_jsonl
@@ -80,3 +84,16 @@ def test_an_hf_student_from_a_config_exports_a_model_plain_transformers_loads(du
     assert got["vocab"] == len(tok) and got["template"]
     assert got["stored"] == metrics["epochs"][-1]["eval_positions"] > 0  # the same positions: assistant tokens
     assert got["perplexity"] == pytest.approx(metrics["eval_perplexity"], rel=1e-3)
+
+    # Each of Ray Train's kept checkpoints (one per epoch) holds the student as it was after that
+    # epoch, loadable the same way; the last one is the final export.
+    exports = sorted((out / "ray").glob("**/checkpoint_*/student"), key=lambda p: p.parent.name)
+    assert len(exports) == 2
+    weights = [safetensors.torch.load_file(path / "model.safetensors") for path in exports]
+    final = safetensors.torch.load_file(exported / "model.safetensors")
+    assert weights[1].keys() == final.keys()
+    assert all(torch.equal(weights[1][key], final[key]) for key in final)
+    assert any(not torch.equal(weights[0][key], final[key]) for key in final)  # after epoch 1: not yet trained on
+    AutoModelForCausalLM.from_pretrained(exports[0], local_files_only=True)
+    assert len(AutoTokenizer.from_pretrained(exports[0], local_files_only=True)) == len(tok)
+    assert not (out / "checkpoint" / "student").exists()  # the run's own copy keeps the weights once

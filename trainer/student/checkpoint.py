@@ -1,18 +1,22 @@
 """A run's checkpoints (Ray Train): each student's weights (loadable with weights_only=True), the
 optimisers' and schedules' states, where in training it was taken, and the metrics so far.
-Under --strategy fsdp every rank adds its shards (trainer/student/fsdp.py) and the whole weights
-are written only with the final checkpoint."""
+Each checkpoint also holds every student exported as the run's output is (trainer/student/export.py:
+`student/`, `save_pretrained` for a Hugging Face student), so any checkpoint loads with plain
+transformers. Under --strategy fsdp every rank adds its shards (trainer/student/fsdp.py), and the
+whole weights (model.pt and the export) are gathered only for the final checkpoint."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from pathlib import Path
 
 import ray.train
 import torch
 
 from trainer.student import fsdp
+from trainer.student.export import export_student, student_dir
 from trainer.student.students import Student
 
 CHECKPOINT_FILE = "model.pt"  # the student's weights (state_dict)
@@ -63,10 +67,12 @@ def report(
     step: int,
     checkpoint: bool,
     final: bool = False,
+    tokenizer: str = "",
 ) -> None:
     """ray.train.report from every worker; with `checkpoint`, rank 0 attaches one taken after
-    `epoch` epochs and `step` more optimiser steps (FSDP: every rank attaches its shards, and the
-    `final` one holds the whole weights too)."""
+    `epoch` epochs and `step` more optimiser steps, with each student exported beside the store's
+    `tokenizer` files (a directory, or "": none) (FSDP: every rank attaches its shards, and only
+    the `final` one holds the whole weights and the export)."""
     if not checkpoint:
         ray.train.report(metrics)
         return
@@ -80,6 +86,9 @@ def report(
         if rank == 0:
             for i, state_dict in enumerate(weights or []):
                 torch.save(state_dict, os.path.join(tmp, checkpoint_file(i, len(students))))
+            if not sharded:  # (FSDP: the driver exports the final checkpoint's gathered weights)
+                for i, student in enumerate(students):
+                    export_student(student.module, student_dir(Path(tmp), i, len(students)), _dir(tokenizer))
             states = [student.state() for student in students]
             torch.save(
                 {
@@ -94,6 +103,10 @@ def report(
                 json.dump(history, fh)
         attached = ray.train.Checkpoint.from_directory(tmp) if rank == 0 or sharded else None
         ray.train.report(metrics, checkpoint=attached)
+
+
+def _dir(path: str) -> Path | None:
+    return Path(path) if path else None
 
 
 def student_state(state: dict | None, index: int) -> dict | None:

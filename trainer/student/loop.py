@@ -42,6 +42,7 @@ class LoopConfig:
     epoch_clock: Any = None  # the join's EpochClock (trainer/student/join.py), or None
     progress_board: Any = None  # a ProgressBoard the driver draws a bar from (a terminal), or None
     progress_lines: bool = True  # rank 0 prints progress lines (no bar: CI logs)
+    tokenizer_dir: str = ""  # the store's tokenizer files, copied beside each checkpoint's export ("": none)
 
 
 def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -138,7 +139,9 @@ def train_loop_per_worker(config: dict) -> None:
             log.step(global_step, epoch + 1, step_totals[0].tolist(), students[0].last_lr)
             if loop.checkpoint_every_steps and (row_number // accumulate) % loop.checkpoint_every_steps == 0:
                 at = {"epoch": epoch, "step": row_number}
-                checkpoint.report(students, history, at, epoch=epoch, step=row_number, checkpoint=True)
+                checkpoint.report(
+                    students, history, at, epoch=epoch, step=row_number, checkpoint=True, tokenizer=loop.tokenizer_dir
+                )
         if pending:  # the epoch's last, shorter accumulation
             step_totals = torch.stack([student.step(pending) for student in students])
             totals += step_totals
@@ -173,5 +176,14 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             print(json.dumps(metrics))
         due = last or (epoch + 1) % loop.checkpoint_every == 0
-        checkpoint.report(students, history, metrics, epoch=epoch + 1, step=0, checkpoint=due, final=last)
+        checkpoint.report(
+            students,
+            history,
+            metrics,
+            epoch=epoch + 1,
+            step=0,
+            checkpoint=due,
+            final=last,
+            tokenizer=loop.tokenizer_dir,
+        )
     log.close()

@@ -32,7 +32,7 @@ from trainer.student import vocab
 from trainer.student.batches import BatchOptions
 from trainer.student.checkpoint import HISTORY_FILE, checkpoint_file
 from trainer.student.config import StudentSettings, TrainConfig, log_sinks
-from trainer.student.export import export_student, student_dir
+from trainer.student.export import STUDENT_DIR, export_student, student_dir
 from trainer.student.join import EpochClock, JoinSpec, batch_rows, join_with_store, store_batches, store_rows
 from trainer.student.loop import LoopConfig, train_loop_per_worker
 from trainer.student.progress_bar import DriverBar, ProgressBoard, wants_bar
@@ -211,8 +211,18 @@ def prepare_data(
         log_to=log_sinks(cfg.log_to),
         log_every=cfg.log_every,
         epoch_clock=clock,
+        tokenizer_dir=str(_tokenizer_dir(cfg.store, manifest) or ""),
     )
     return datasets, loop
+
+
+def _tokenizer_dir(store: str, manifest: Manifest) -> Path | None:
+    """The store's Hugging Face tokenizer files, which go beside every export; None without them."""
+    return (
+        Path(store).resolve() / TOKENIZER_DIR
+        if manifest.tokenizer is not None and manifest.tokenizer.kind == "hf"
+        else None
+    )
 
 
 def _total_steps(cfg: TrainConfig, samples: int) -> int:
@@ -278,11 +288,11 @@ def write_outputs(
     final = output / "checkpoint"
     shutil.rmtree(final, ignore_errors=True)
     with result.checkpoint.as_directory() as src:
-        shutil.copytree(src, final)
+        shutil.copytree(src, final, ignore=shutil.ignore_patterns(f"{STUDENT_DIR}*"))  # exported below
     history = json.loads((final / HISTORY_FILE).read_text())
     results = []
     m = stores.manifest
-    tokenizer = Path(cfg.store) / TOKENIZER_DIR if m.tokenizer is not None and m.tokenizer.kind == "hf" else None
+    tokenizer = _tokenizer_dir(cfg.store, m)
     for i, s in enumerate(students):
         weights = final / checkpoint_file(i, len(students))
         model = build_model(s.student, "--student")
