@@ -15,7 +15,6 @@ from pathlib import Path
 import ray.train
 import torch
 
-from trainer.student import fsdp
 from trainer.student.export import export_student, student_dir
 from trainer.student.students import Student
 
@@ -30,6 +29,8 @@ def checkpoint_file(student: int, students: int) -> str:
 
 
 def _sharded(students: list[Student]) -> bool:
+    # trainer.student.fsdp is imported only then: its DTensor imports cost every process that
+    # loads this module (Ray Train's controller and each worker) ~0.6 s.
     return students[0].opt.strategy == "fsdp"
 
 
@@ -53,6 +54,8 @@ def restore(students: list[Student]) -> tuple[dict | None, list[dict]]:
 
 def restore_shards(students: list[Student]) -> None:
     """FSDP: this rank's shards of the weights and optimiser states, into the sharded students."""
+    from trainer.student import fsdp  # (lazily: see _sharded)
+
     context = ray.train.get_context()
     with ray.train.get_checkpoint().as_directory() as path:
         fsdp.load_shards(students, path, context.get_world_rank(), context.get_world_size())
@@ -81,6 +84,8 @@ def report(
     with tempfile.TemporaryDirectory() as tmp:
         weights = [student.module.state_dict() for student in students] if not sharded else None
         if sharded:
+            from trainer.student import fsdp
+
             fsdp.save_shards(students, tmp, rank, context.get_world_size())
             weights = [fsdp.full_weights(student.model) for student in students] if final else None
         if rank == 0:

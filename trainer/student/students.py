@@ -11,7 +11,7 @@ import torch
 
 from trainer.errors import ModelError
 from trainer.inputs.models import HFCausalLM, build_model, splits_at_the_output_layer
-from trainer.student import fsdp, vocab
+from trainer.student import vocab
 from trainer.student.batches import Batch
 from trainer.student.config import Optimisation, StudentSettings
 from trainer.student.losses import auto_loss_chunk, chunked_distillation_loss
@@ -84,6 +84,8 @@ class Student:
         then make the optimiser and schedule, restored from `state` on a restart (an FSDP optimiser's
         state comes back with its shards: trainer/student/checkpoint.py)."""
         if self.opt.strategy == "fsdp":
+            from trainer.student import fsdp  # (DTensor's imports: ~0.6 s that DDP runs need not pay)
+
             fsdp.shard(self.model)
             self.split = False  # the logits from the whole forward (trainer/student/fsdp.py says why)
         else:
