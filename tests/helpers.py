@@ -122,3 +122,33 @@ def write_jsonl(path, rows) -> str:
 
     Path(path).write_text("".join(json_module.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return str(path)
+
+
+def wandb_history(run_dir: str | Path) -> list[dict]:
+    """The history rows of the one offline W&B run under `run_dir` (logs/wandb/offline-run-*/run-*.wandb),
+    read back from its record log: a 7-byte header, then 32 KiB blocks of records, each a 7-byte
+    header (crc32, uint16 length, type: 1 whole, 2 first, 3 middle, 4 last piece) and a protobuf Record."""
+    import json
+
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = Path(run_dir).glob("logs/wandb/offline-run-*/run-*.wandb")
+    data, pos, pieces, rows = path.read_bytes(), 7, b"", []
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file")
+    while pos + 7 <= len(data):
+        room = 32768 - pos % 32768
+        if room < 7:  # a block's tail too short for a header is padding
+            pos += room
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if kind == 0:
+            break
+        pieces, pos = pieces + data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pieces)
+            pieces = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+    return rows

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import wandb_history
 
 from jobs import train_student
 from jobs.cli import parse_config
@@ -83,13 +84,19 @@ def check_logs(run: Path, steps: int, every: int, epochs: int) -> None:
     assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([float(r["loss"]) for r in rows])
     assert len(events.Scalars("epoch/train_loss")) == epochs and len(events.Scalars("epoch/eval_accuracy")) == 1
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The offline W&B run holds the same step rows, and the epochs' figures at their steps.
+    history = wandb_history(run)
+    train = [h for h in history if "train/loss" in h]
+    assert [h["_step"] for h in train] == [int(r["step"]) for r in rows]
+    assert [h["train/loss"] for h in train] == pytest.approx([float(r["loss"]) for r in rows])
+    assert sum("epoch/train_loss" in h for h in history) == epochs
 
 
 def test_two_students_with_different_t_and_alpha_from_one_store(stores_without_teacher, undisturbed, tmp_path):
     # Student a also takes the optimisation flags of LM students: bf16 autocast, 2 batches per
     # optimiser step (DDP synchronising once per step), warmup, a per-step schedule, clipping.
     optimisation = ("--precision", "bf16", "--grad-accum", "2", "--warmup-steps", "3", "--lr-schedule", "linear")
-    optimisation += ("--log-every", "3")
+    optimisation += ("--log-every", "3", "--log-to", "csv,tensorboard,wandb")
     a = run_student(
         stores_without_teacher,
         tmp_path / "a",

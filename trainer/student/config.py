@@ -43,8 +43,8 @@ class StudentSettings:
         return asdict(self)
 
 
-LOG_SINKS = ("csv", "tensorboard", "mlflow")
-SINK_PACKAGES = {"tensorboard": "tensorboardX", "mlflow": "mlflow"}
+LOG_SINKS = ("csv", "tensorboard", "mlflow", "wandb")
+SINK_PACKAGES = {"tensorboard": "tensorboardX", "mlflow": "mlflow", "wandb": "wandb"}
 
 
 def log_sinks(log_to: str) -> tuple[str, ...]:
@@ -168,7 +168,8 @@ class TrainConfig:
     )
     log_to: str = option(
         "where step and epoch metrics go, comma-separated, under <output>/logs/: csv (steps.csv), "
-        "tensorboard (event files), mlflow (a local file store; needs mlflow installed); empty = none",
+        "tensorboard (event files), mlflow (a local file store; needs mlflow installed), wandb (a W&B run, "
+        "offline under logs/wandb/ unless WANDB_MODE is set; needs wandb installed); empty = none",
         "csv,tensorboard",
     )
     eval_batch_size: int = option("samples per eval batch", 256)

@@ -4,17 +4,30 @@ terminal the driver draws a bar instead, from what rank 0 posts to a ProgressBoa
 trainer/student/progress_bar.py), and the
 same figures as step-level metrics in the run's sinks under <output>/logs/: steps.csv, TensorBoard
 event files (tensorboardX writes them; tensorboard reads them), an MLflow run in a local file store
-(when mlflow is installed). jobs.train_student draws curves.png from them at the end."""
+(when mlflow is installed), a Weights & Biases run (when wandb is installed; offline under
+logs/wandb/ unless WANDB_MODE says otherwise: `wandb sync` uploads it later). jobs.train_student
+draws curves.png from them at the end."""
 
 from __future__ import annotations
 
 import csv
+import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 STEPS_CSV = "steps.csv"
 STEP_FIELDS = ("step", "epoch", "loss", "kd", "ce", "lr", "positions_per_s")
+
+
+def say(text: str, stream=None) -> None:
+    """One line to the worker's stdout (or `stream`), written once. Not `print`: Ray Train 2.60
+    patches a worker's print to go to its logger as well as to the stream, so every printed line
+    reached the driver twice."""
+    stream = stream or sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
 
 
 def _duration(seconds: float) -> str:
@@ -44,7 +57,7 @@ class StepLog:
         self.done = 0  # optimiser steps taken in this process (ETA: from this process's rate)
         self.start = self.last_time = time.perf_counter()
         self.positions = 0.0
-        self.csv = self.tensorboard = self.mlflow = None
+        self.csv = self.tensorboard = self.mlflow = self.wandb = None
         if not self.active:
             return
         logs = Path(directory) / "logs"
@@ -66,6 +79,24 @@ class StepLog:
             mlflow.set_tracking_uri((logs / "mlruns").resolve().as_uri())
             self.mlflow = mlflow
             mlflow.start_run()
+        if "wandb" in sinks:
+            import wandb
+
+            # Offline unless the user's environment says otherwise (WANDB_MODE=online with a login):
+            # a cluster's workers often cannot reach the service, and nothing is sent by surprise.
+            # A restarted worker continues the run it began (its id kept beside the run's files).
+            id_file = logs / "wandb" / "run-id"
+            id_file.parent.mkdir(parents=True, exist_ok=True)
+            if not id_file.exists():
+                id_file.write_text(uuid.uuid4().hex[:12])
+            self.wandb = wandb.init(
+                dir=str(logs),
+                id=id_file.read_text().strip(),
+                resume="allow",
+                project=os.environ.get("WANDB_PROJECT", "logitstore"),
+                name=Path(directory).name or None,
+                mode=os.environ.get("WANDB_MODE", "offline"),
+            )
 
     def step(self, global_step: int, epoch: int, figures: list[float], lr: float) -> None:
         """After optimiser step `global_step` (from 1) of epoch `epoch` (from 1): figures = student 0's
@@ -96,7 +127,7 @@ class StepLog:
             f"ce {row['ce']:.4f} lr {lr:.3g} {row['positions_per_s']:,.0f} positions/s ETA {_duration(eta)}"
         )
         if self.lines:
-            print(text, file=sys.stderr, flush=True)
+            say(text, sys.stderr)
         self._write(row, global_step)
 
     def _post(self, global_step: int, epoch: int, figures: list[float]) -> None:
@@ -132,6 +163,8 @@ class StepLog:
             self.tensorboard.flush()
         if self.mlflow is not None:
             self.mlflow.log_metrics({k.replace("/", "."): v for k, v in scalars.items()}, step=step)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
 
     def close(self) -> None:
         if self.csv is not None:
@@ -140,3 +173,5 @@ class StepLog:
             self.tensorboard.close()
         if self.mlflow is not None:
             self.mlflow.end_run()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -17,7 +17,7 @@ from trainer.student import checkpoint
 from trainer.student.batches import Batch, BatchOptions, make_batch
 from trainer.student.config import Optimisation, StudentSettings
 from trainer.student.evaluate import evaluate
-from trainer.student.logs import StepLog
+from trainer.student.logs import StepLog, say
 from trainer.student.students import Student
 
 
@@ -108,7 +108,7 @@ def train_loop_per_worker(config: dict) -> None:
         checkpoint.restore_shards(students)
     start_epoch, skip_steps = (int(state["epoch"]), int(state["step"])) if state is not None else (0, 0)
     if state is not None and rank == 0:
-        print(json.dumps({"resumed_from": {"epoch": start_epoch, "step": skip_steps}}))
+        say(json.dumps({"resumed_from": {"epoch": start_epoch, "step": skip_steps}}))
     # The optimiser steps before this process's first (a restart): for the logs' step axis.
     global_step = start_epoch * total // loop.epochs + skip_steps // accumulate
     if loop.epoch_clock is not None:  # before the first batch: this execution of the data is epoch start_epoch
@@ -174,7 +174,7 @@ def train_loop_per_worker(config: dict) -> None:
         history.append(metrics)
         log.epoch(global_step, {"epoch": epoch + 1, **(per_student[0] if per_student else {})})
         if rank == 0:
-            print(json.dumps(metrics))
+            say(json.dumps(metrics))
         due = last or (epoch + 1) % loop.checkpoint_every == 0
         checkpoint.report(
             students,
