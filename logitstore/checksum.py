@@ -35,3 +35,16 @@ def shard_checksum(path: str | os.PathLike) -> tuple[str, int]:
             while block := fh.read(_CHUNK):
                 digest.update(block)
     return digest.hexdigest(), total
+
+
+def files_checksum(files: dict[str, bytes]) -> tuple[str, int]:
+    """`shard_checksum` of a shard held in memory as {relative path: bytes} ({"": bytes} for a file
+    shard, as a backend's `encode` gives it): the same digest as the shard written to disk."""
+    digest = hashlib.sha256()
+    if set(files) == {""}:
+        digest.update(files[""])
+        return digest.hexdigest(), len(files[""])
+    for name in sorted(files):
+        data = files[name]
+        digest.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+    return digest.hexdigest(), sum(len(d) for d in files.values())

@@ -17,18 +17,20 @@ from logitstore.layout import StoreLayout, TokenizerRef
 from logitstore.planning import ShardPlan
 
 FORMAT_NAME = "logitstore"
-FORMAT_VERSION = 6  # the newest this code reads and writes; stores are written with the lowest version that holds them
+FORMAT_VERSION = 7  # the newest this code reads and writes; stores are written with the lowest version that holds them
 MANIFEST_NAME = "manifest.json"
 SHARD_SUFFIX = {"zarr": ".zarr", "arrow": ".arrow"}
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
-_SHARD_NAME = re.compile(r"^shards/[0-9]{5,9}\.(zarr|arrow)$")
+_SHARD_NAME = re.compile(r"^shards/[0-9]{5,9}(\.[0-9a-f]{12})?\.(zarr|arrow)$")
+OBJECT_STORE_VERSION = 7  # shard names with an attempt tag: stores written to object storage
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _DAMAGED = "the store is damaged; dump it again"
 
 
-def shard_name(index: int, backend: str) -> str:
-    """Relative path of shard `index` inside a store (POSIX separators, as in the manifest)."""
-    return f"shards/{index:05d}{SHARD_SUFFIX[backend]}"
+def shard_name(index: int, backend: str, attempt: str | None = None) -> str:
+    """Relative path of shard `index` inside a store (POSIX separators, as in the manifest); on
+    object storage each write of a shard has its own name, tagged by `attempt` (12 hex digits)."""
+    return f"shards/{index:05d}{'' if attempt is None else '.' + attempt}{SHARD_SUFFIX[backend]}"
 
 
 @dataclass(frozen=True)
@@ -147,15 +149,20 @@ def _count(obj: dict, key: str, where: str = "", *, minimum: int = 0) -> int:
     return value
 
 
-def _parse_shards(raw: list, backend: str) -> list[ShardInfo]:
+def _parse_shards(raw: list, backend: str, version: int) -> list[ShardInfo]:
     shards: list[ShardInfo] = []
     for i, s in enumerate(raw):
         where = f"shard {i} "
         if not isinstance(s, dict):
             raise ManifestError(f"manifest {where}is not an object: {_DAMAGED}")
         name = _require(s, "name", str, where)
-        if not _SHARD_NAME.match(name) or not name.endswith(SHARD_SUFFIX[backend]):
+        match = _SHARD_NAME.match(name)
+        if not match or not name.endswith(SHARD_SUFFIX[backend]):
             raise ManifestError(f"manifest {where}name {name!r} is not a valid shard name for backend {backend}")
+        if match.group(1) and version < OBJECT_STORE_VERSION:
+            raise ManifestError(
+                f"manifest {where}name {name!r} needs format version {OBJECT_STORE_VERSION}: {_DAMAGED}"
+            )
         info = ShardInfo(
             index=_count(s, "index", where),
             name=name,
@@ -213,7 +220,7 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
     if version < 1:
         raise ManifestError(f"store format version {version} is invalid: {_DAMAGED}")
     layout = _parse_layout(raw, version)
-    shards = _parse_shards(_require(raw, "shards", list, ""), layout.backend)
+    shards = _parse_shards(_require(raw, "shards", list, ""), layout.backend, version)
     tokenizer = None
     if raw.get("tokenizer") is not None:
         tokenizer = TokenizerRef.from_json(raw["tokenizer"])
@@ -241,8 +248,15 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
 
 
 def read_manifest(store: str | os.PathLike) -> Manifest:
-    """The manifest of a complete store; StoreNotFoundError when there is none."""
-    root = Path(store)
+    """The manifest of a complete store (a local path, file:// or an object-storage URI);
+    StoreNotFoundError when there is none."""
+    from logitstore.objects import ObjectLocation, is_object_uri, local_path
+
+    if is_object_uri(store):
+        from logitstore.remote import read_manifest_at
+
+        return read_manifest_at(ObjectLocation(str(store)))
+    root = local_path(store)
     path = root / MANIFEST_NAME
     if not root.exists():
         raise StoreNotFoundError(f"no store at {root}: check the path, or create one with `python -m jobs.dump_logits`")

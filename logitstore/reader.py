@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from logitstore.backends import get_backend
-from logitstore.checksum import shard_checksum
+from logitstore.checksum import files_checksum, shard_checksum
 from logitstore.errors import ShardCorruptError, StoreError
 from logitstore.layout import TOKENIZER_DIR, TOKENIZER_NAME
 from logitstore.manifest import Manifest, ShardInfo, read_manifest
+from logitstore.objects import ObjectLocation, is_object_uri, local_path
 from logitstore.planning import ShardPlan
+from logitstore.remote import shard_files
 from logitstore.shard import ShardData, head_mask
+
+_AHEAD = ThreadPoolExecutor(max_workers=4, thread_name_prefix="logitstore-read-ahead")
 
 
 class StoreReader:
@@ -25,17 +33,28 @@ class StoreReader:
     """
 
     def __init__(
-        self, path: str | os.PathLike, *, verify: bool = True, cache_shards: int = 2, manifest: Manifest | None = None
+        self,
+        path: str | os.PathLike,
+        *,
+        verify: bool = True,
+        cache_shards: int = 2,
+        manifest: Manifest | None = None,
+        read_ahead: int = 1,
     ):
-        self.root = Path(path)
+        # On object storage (s3://, gs://...) shards are fetched whole into memory; `read_ahead`
+        # shards after the one being read are fetched in the background by iter_shards.
+        self.location = ObjectLocation(str(path)) if is_object_uri(path) else None
+        self.root = self.location.uri if self.location is not None else local_path(path)
         # A caller that has parsed the manifest already passes it (a training run parses it once).
-        self.manifest: Manifest = manifest if manifest is not None else read_manifest(self.root)
+        self.manifest: Manifest = manifest if manifest is not None else read_manifest(path)
         self.plan: ShardPlan = self.manifest.plan()
         self.verify_checksums = verify
         self._backend = get_backend(self.manifest.backend)
         self.codec = self.manifest.codec
         self._cache: OrderedDict[int, ShardData] = OrderedDict()
         self._cache_shards = max(1, cache_shards)
+        self.read_ahead = max(0, read_ahead)
+        self._fetching: dict[int, Future] = {}  # object storage: shards' files being fetched
 
     @property
     def num_shards(self) -> int:
@@ -43,6 +62,9 @@ class StoreReader:
 
     def check_shard(self, index: int) -> None:
         """Raise ShardCorruptError if shard `index` is missing or its bytes differ from the manifest."""
+        if self.location is not None:
+            self._check_files(index, self._files(index))
+            return
         info = self.manifest.shards[index]
         path = self.root / info.name
         if not path.exists():
@@ -60,18 +82,50 @@ class StoreReader:
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
-        if self.verify_checksums:
-            self.check_shard(index)
-        data = self._decode(index)
+        if self.location is not None:
+            files = self._files(index)
+            if self.verify_checksums:
+                self._check_files(index, files)
+            data = self._decode(index, files)
+        else:
+            if self.verify_checksums:
+                self.check_shard(index)
+            data = self._decode(index)
         self._cache[index] = data
         while len(self._cache) > self._cache_shards:
             self._cache.popitem(last=False)
         return data
 
-    def _decode(self, index: int) -> ShardData:
+    def _files(self, index: int) -> dict[str, bytes]:
+        """Shard `index`'s files from object storage (fetched ahead when iter_shards asked for it)."""
+        pending = self._fetching.pop(index, None)
+        name = self.manifest.shards[index].name
+        try:
+            return pending.result() if pending is not None else shard_files(self.location, name)
+        except FileNotFoundError:
+            raise ShardCorruptError(
+                f"shard {name} of store {self.root} is missing: the store is damaged; dump it again"
+            ) from None
+
+    def _check_files(self, index: int, files: dict[str, bytes]) -> None:
+        info = self.manifest.shards[index]
+        if files_checksum(files) != (info.sha256, info.num_bytes):
+            raise ShardCorruptError(
+                f"shard {info.name} of store {self.root} fails its checksum (bytes or content changed): the "
+                "store is damaged; dump it again"
+            )
+
+    def _fetch_ahead(self, indices: list[int]) -> None:
+        for index in indices:
+            if index not in self._fetching and index not in self._cache:
+                name = self.manifest.shards[index].name
+                self._fetching[index] = _AHEAD.submit(shard_files, self.location, name)
+
+    def _decode(self, index: int, files: dict[str, bytes] | None = None) -> ShardData:
         info = self.manifest.shards[index]
         try:
-            data = self.codec.decode(self._backend.read(str(self.root / info.name)), self.manifest.layout.top_k)
+            arrays = self._backend.read(str(self.root / info.name)) if files is None else self._backend.decode(files)
+            data = self.codec.decode(arrays, self.manifest.layout.top_k)
         except StoreError:
             raise
         except Exception as exc:  # a backend's own decode error on damaged bytes
@@ -95,7 +149,10 @@ class StoreReader:
             )
 
     def iter_shards(self, order: Iterable[int] | None = None) -> Iterator[tuple[int, ShardData]]:
-        for index in range(self.num_shards) if order is None else order:
+        order = list(range(self.num_shards) if order is None else order)
+        for i, index in enumerate(order):
+            if self.location is not None and self.read_ahead:
+                self._fetch_ahead(order[i + 1 : i + 1 + self.read_ahead])
             yield index, self.read_shard(index)
 
     def lookup(self, ids: np.ndarray) -> ShardData:
@@ -125,12 +182,11 @@ class StoreReader:
             return None
         import hashlib
 
-        path = self.root / TOKENIZER_NAME
-        if not path.is_file():
+        data = self._small_file(TOKENIZER_NAME)
+        if data is None:
             raise ShardCorruptError(
                 f"{TOKENIZER_NAME} of store {self.root} is missing: the store is damaged; dump it again"
             )
-        data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != entry.sha256:
             raise ShardCorruptError(
                 f"{TOKENIZER_NAME} of store {self.root} fails its checksum: the store is damaged; dump it again"
@@ -145,15 +201,37 @@ class StoreReader:
             return None
         import hashlib
 
-        directory = self.root / TOKENIZER_DIR
+        files = {name: self._small_file(f"{TOKENIZER_DIR}/{name}") for name in entry.files}
         for name, sha in entry.files.items():
-            path = directory / name
-            if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != sha:
+            if files[name] is None or hashlib.sha256(files[name]).hexdigest() != sha:
                 raise ShardCorruptError(
                     f"{TOKENIZER_DIR}/{name} of store {self.root} is missing or fails its checksum: the store is "
                     "damaged; dump it again"
                 )
+        if self.location is None:
+            return self.root / TOKENIZER_DIR
+        # From object storage: a local copy (transformers loads a directory), one per content.
+        digest = hashlib.sha256(json.dumps(entry.files, sort_keys=True).encode()).hexdigest()[:16]
+        directory = Path(tempfile.gettempdir()) / f"logitstore-tokenizer-{digest}"
+        if not directory.is_dir():
+            staging = Path(tempfile.mkdtemp(dir=tempfile.gettempdir()))
+            for name, data in files.items():
+                (staging / name).write_bytes(data)
+            try:
+                staging.rename(directory)
+            except OSError:  # another process made it first: the same files
+                shutil.rmtree(staging, ignore_errors=True)
         return directory
+
+    def _small_file(self, name: str) -> bytes | None:
+        """One of the store's small files (tokenizer), or None when it is missing."""
+        if self.location is not None:
+            try:
+                return self.location.get(name)
+            except FileNotFoundError:
+                return None
+        path = self.root / name
+        return path.read_bytes() if path.is_file() else None
 
     def verify(self) -> list[str]:
         """Check every shard's checksum and layout, and the tokenizer's: one message per bad file (none: sound)."""
@@ -165,8 +243,13 @@ class StoreReader:
             problems.append(str(exc))
         for index in range(self.num_shards):
             try:
-                self.check_shard(index)
-                self._decode(index)
+                if self.location is not None:
+                    files = self._files(index)
+                    self._check_files(index, files)
+                    self._decode(index, files)
+                else:
+                    self.check_shard(index)
+                    self._decode(index)
             except StoreError as exc:
                 problems.append(str(exc))
         return problems

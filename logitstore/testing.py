@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from logitstore.backends import get_backend
+from logitstore.checksum import files_checksum, shard_checksum
 from logitstore.codec import Codec, Compander
 from logitstore.errors import (
     ManifestError,
@@ -45,7 +46,7 @@ from logitstore.shard import (
     trim_samples,
     with_canonical_padding,
 )
-from logitstore.writer import StoreWriter
+from logitstore.writer import StoreWriter, open_writer
 
 TEMPS = (1.0, 2.0, 4.0)
 CODECS = {
@@ -171,7 +172,7 @@ def build_store(
     )
     plan = plan_shards(ids, shard_size)
     shards, infos, start = [], [], 0
-    with StoreWriter(root) as writer:
+    with open_writer(root) as writer:  # a local path or an object-storage URI
         writer.start(layout, plan, {"test": seed}, overwrite=False)
         for j in range(plan.num_shards):
             n = int(plan.counts[j])
@@ -274,8 +275,18 @@ def mean_bucket_kl(exact: ShardData, stored: ShardData, r: int, t: float) -> flo
 
 
 def round_trip(backend: str, codec: Codec, path, data: ShardData) -> ShardData:
-    get_backend(backend).write(str(path), codec.encode(data))
-    return codec.decode(get_backend(backend).read(str(path)), data.top_k)
+    """`data` written to `path` and read back; on the way, the backend's in-memory form (what goes
+    to object storage) must be the same files, byte for byte, and decode to the same arrays."""
+    arrays = codec.encode(data)
+    get_backend(backend).write(str(path), arrays)
+    from_disk = get_backend(backend).read(str(path))
+    files = get_backend(backend).encode(arrays)
+    assert files_checksum(files) == shard_checksum(path), "encode() differs from the files write() made"
+    from_memory = get_backend(backend).decode(files)
+    assert sorted(from_memory) == sorted(from_disk)
+    for name, array in from_disk.items():
+        assert from_memory[name].dtype == array.dtype and np.array_equal(from_memory[name], array), name
+    return codec.decode(from_disk, data.top_k)
 
 
 # ---- the contract --------------------------------------------------------------------------------

@@ -258,24 +258,10 @@ class StoreWriter:
     ) -> Manifest:
         """Build the manifest from the layout and every planned shard, and write it last: the store
         is complete from this moment."""
-        layout, plan = self._started(), self.plan
-        infos = sorted(shards, key=lambda s: s.index)
-        if [s.index for s in infos] != list(range(plan.num_shards)):
-            raise StoreError(
-                f"the dump wrote shards {[s.index for s in infos]} of {plan.num_shards} planned: run it again"
-            )
-        manifest = Manifest(
-            layout=layout,
-            num_samples=sum(s.num_samples for s in infos),
-            num_positions=sum(s.num_positions for s in infos),
-            teacher=teacher,
-            dataset=dataset,
-            shards=tuple(infos),
+        manifest = build_manifest(
+            self._started(), self.plan, self.identity, shards, teacher=teacher, dataset=dataset, config=config,
             tokenizer=tokenizer,
-            config=config,
-            content_sha256=content_sha256(self.identity),
-            created_by=f"logitstore {logitstore.__version__}",
-        )
+        )  # fmt: skip
         shutil.rmtree(self.root / TMP_DIR, ignore_errors=True)
         try:
             write_manifest(self.root, manifest)
@@ -291,6 +277,49 @@ class StoreWriter:
         if self.layout is None:
             raise RuntimeError("StoreWriter.start() must come first")
         return self.layout
+
+
+def build_manifest(
+    layout: StoreLayout,
+    plan: ShardPlan,
+    identity: dict[str, Any],
+    shards: list[ShardInfo],
+    *,
+    teacher: dict,
+    dataset: dict,
+    config: dict,
+    tokenizer: TokenizerRef | None = None,
+    format_version: int = 0,
+) -> Manifest:
+    """The manifest of a dump that wrote `shards` (every planned one, once)."""
+    infos = sorted(shards, key=lambda s: s.index)
+    if [s.index for s in infos] != list(range(plan.num_shards)):
+        raise StoreError(f"the dump wrote shards {[s.index for s in infos]} of {plan.num_shards} planned: run it again")
+    return Manifest(
+        layout=layout,
+        num_samples=sum(s.num_samples for s in infos),
+        num_positions=sum(s.num_positions for s in infos),
+        teacher=teacher,
+        dataset=dataset,
+        shards=tuple(infos),
+        tokenizer=tokenizer,
+        config=config,
+        content_sha256=content_sha256(identity),
+        created_by=f"logitstore {logitstore.__version__}",
+        format_version=format_version,
+    )
+
+
+def open_writer(out: str | os.PathLike, lease_seconds: float | None = None):
+    """The writer for a store at `out`: StoreWriter for a local path (or file://), RemoteStoreWriter
+    for object storage (s3://, gs://, az://)."""
+    from logitstore.objects import is_object_uri, local_path
+
+    if is_object_uri(out):
+        from logitstore.remote import RemoteStoreWriter
+
+        return RemoteStoreWriter(str(out), lease_seconds)
+    return StoreWriter(local_path(out))
 
 
 def _remove(path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -104,3 +105,37 @@ def lm_teacher(user_modules):
     import lm_models
 
     return lm_models.tiny_gpt()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3-compatible server on 127.0.0.1 (moto's server mode) for the session, found by the
+    client through AWS_ENDPOINT_URL as a real endpoint would be; -> uri(name): a fresh s3:// prefix."""
+    import uuid
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+        "LOGITSTORE_OBJECT_RETRY_SECONDS": "5",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    boto3.client("s3").create_bucket(Bucket="logitstore-test")
+    yield lambda name: f"s3://logitstore-test/{name}-{uuid.uuid4().hex[:8]}"
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -3,6 +3,9 @@
 The contract (checked for every backend by the conformance classes of logitstore/testing.py):
   write(path, arrays) -> None   creates `path` (must not exist) holding `arrays`
   read(path) -> arrays          returns exactly what was written, dtypes included
+  encode(arrays) -> files       the files `write` would create, {relative path: bytes} ({"": bytes}
+                                for a one-file shard), made in memory: what goes to an object store
+  decode(files) -> arrays       what `read` returns for those files
 `arrays` maps names to numpy arrays: `sample_id` [S], `position_offsets` [S+1], and any number of
 per-position arrays whose leading axis is the position (P rows, 1-D or 2-D); in a store that
 carries its inputs also `token_offsets` [S+1] and the per-token arrays of PER_TOKEN (N rows, 1-D);
@@ -32,6 +35,10 @@ class Backend(Protocol):
     def write(self, path: str, arrays: dict[str, np.ndarray]) -> None: ...
 
     def read(self, path: str) -> dict[str, np.ndarray]: ...
+
+    def encode(self, arrays: dict[str, np.ndarray]) -> dict[str, bytes]: ...
+
+    def decode(self, files: dict[str, bytes]) -> dict[str, np.ndarray]: ...
 
 
 def get_backend(name: str) -> Backend:

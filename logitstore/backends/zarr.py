@@ -6,7 +6,9 @@ import asyncio
 
 import numpy as np
 from zarr.codecs import ZstdCodec
+from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
+from zarr.storage import MemoryStore
 
 from logitstore.backends import ENTRY_OFFSETS, ZSTD_LEVEL
 
@@ -25,8 +27,19 @@ class ZarrBackend:
         # than decompressing it).
         return sync(_read_all(path))
 
+    def encode(self, arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
+        """The files `write` would create, by relative path, made in memory (same bytes)."""
+        files: dict = {}
+        sync(_write_all(MemoryStore(store_dict=files), arrays))
+        return {name: buffer.to_bytes() for name, buffer in files.items()}
 
-async def _write_all(path: str, arrays: dict[str, np.ndarray]) -> None:
+    def decode(self, files: dict[str, bytes]) -> dict[str, np.ndarray]:
+        """What `read` returns for a shard whose files are `files` (relative path -> bytes)."""
+        store = MemoryStore(store_dict={name: Buffer.from_bytes(data) for name, data in files.items()}, read_only=True)
+        return sync(_read_all(store))
+
+
+async def _write_all(path, arrays: dict[str, np.ndarray]) -> None:
     from zarr.api.asynchronous import open_group
 
     group = await open_group(store=path, mode="w-", zarr_format=3)
@@ -56,7 +69,7 @@ async def _write_all(path: str, arrays: dict[str, np.ndarray]) -> None:
         raise errors[0]
 
 
-async def _read_all(path: str) -> dict[str, np.ndarray]:
+async def _read_all(path) -> dict[str, np.ndarray]:
     from zarr.api.asynchronous import open_group
 
     group = await open_group(store=path, mode="r", zarr_format=3)

@@ -1,0 +1,202 @@
+"""Stores on object storage, against a real S3-compatible server on 127.0.0.1 (moto's server mode,
+the `s3` fixture): the same content as on disk, the commit without rename (attempt-unique shard
+names, a marker per attempt, a create-only manifest), resume, the lease, and a server that is gone.
+
+moto checks a condition and writes without one lock, so two truly concurrent create-only writes
+can both succeed there: the race logic is tested by interleaving the steps of two writers one
+after the other (each step a real request), which is what the server's conditions decide."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+import logitstore
+from logitstore import StoreReader
+from logitstore.errors import StoreLockedError, StoreNotFoundError
+from logitstore.lease import LEASE_NAME, LeaseLostError, StoreLease
+from logitstore.manifest import read_manifest, shard_name
+from logitstore.objects import ObjectLocation, StoreUnreachableError
+from logitstore.planning import plan_shards
+from logitstore.remote import RemoteStoreWriter
+from logitstore.testing import (
+    CODECS,
+    TEST_TEACHER,
+    assert_same_content,
+    build_store,
+    dataset_record,
+    layout_for,
+    random_shard,
+)
+
+SCHEMA = json.loads((Path(logitstore.__file__).parent / "manifest.schema.json").read_text())
+IDS = np.arange(0, 40, 2)  # 20 samples, shards of 7: 3 shards
+
+
+@pytest.mark.parametrize("backend,codec", [("zarr", "plain"), ("arrow", "plain"), ("arrow", "logq")])
+def test_a_store_on_s3_holds_the_same_bytes_and_content_as_on_disk(s3, tmp_path, backend, codec):
+    uri = s3(f"same-{backend}")
+    remote = build_store(uri, backend, IDS, codec=CODECS[codec], seed=3)
+    local = build_store(tmp_path / "st", backend, IDS, codec=CODECS[codec], seed=3)
+    on_s3, on_disk = read_manifest(uri), read_manifest(tmp_path / "st")
+    # The same shard bytes (checksums), under attempt-tagged names, in a version-7 manifest.
+    assert [(s.sha256, s.num_bytes) for s in on_s3.shards] == [(s.sha256, s.num_bytes) for s in on_disk.shards]
+    assert all(s.name.startswith(f"shards/{s.index:05d}.") and s.name.count(".") == 2 for s in on_s3.shards)
+    assert on_s3.format_version == 7 and on_disk.format_version < 7
+    jsonschema.validate(json.loads(ObjectLocation(uri).get("manifest.json")), SCHEMA)
+    reader = StoreReader(uri)
+    assert reader.verify() == []
+    for (_, got), want, disk in zip(reader.iter_shards(), remote, local):
+        assert_same_content(got, want, CODECS[codec])
+        assert np.array_equal(got.sample_id, disk.sample_id)
+    # Nothing but the store's objects: no lease, no pending record, one attempt per shard.
+    names = ObjectLocation(uri).list()
+    assert LEASE_NAME not in names and ".pending.json" not in names
+    assert {n.split("/")[1].split(".")[0] for n in names if n.endswith(".done")} == {"00000", "00001", "00002"}
+
+
+def _writer(uri: str, backend: str = "zarr", seed: int = 0, lease_seconds: float | None = None):
+    layout = layout_for(backend, k=4, vocab=10, shard_size=7)
+    plan = plan_shards(IDS, 7)
+    writer = RemoteStoreWriter(uri, lease_seconds).__enter__()
+    writer.start(layout, plan, {"test": seed}, overwrite=False)
+    rng = np.random.default_rng(seed)
+    shards = [random_shard(rng, IDS[i * 7 : i * 7 + int(plan.counts[i])], 4, 10) for i in range(plan.num_shards)]
+    return writer, shards
+
+
+def _commit(writer, infos):
+    return writer.commit(infos, teacher=TEST_TEACHER, dataset=dataset_record(IDS, 0), config={})
+
+
+def test_a_duplicated_shard_write_is_never_visible_twice(s3):
+    uri = s3("dup")
+    writer, shards = _writer(uri)
+    first = writer.shard_writer().write(0, shards[0])
+    again = writer.shard_writer().write(0, shards[0])  # a retried task whose first run also finished
+    assert first.name != again.name and (first.sha256, first.num_bytes) == (again.sha256, again.num_bytes)
+    infos = [again] + [writer.shard_writer().write(j, shards[j]) for j in (1, 2)]
+    manifest = _commit(writer, infos)
+    writer.__exit__(None, None, None)
+    names = ObjectLocation(uri).list("shards/")
+    assert not any(n.startswith(first.name) for n in names)  # the commit deleted the unnamed attempt
+    assert sum(n.endswith(".done") for n in names) == 3
+    reader = StoreReader(uri)
+    assert reader.verify() == [] and manifest.num_samples == 20
+    assert np.array_equal(np.concatenate([d.sample_id for _, d in reader.iter_shards()]), IDS)
+
+
+def test_a_crashed_dump_resumes_keeping_whole_attempts_and_dropping_leftovers(s3):
+    uri = s3("resume")
+    writer, shards = _writer(uri)
+    kept = writer.shard_writer().write(0, shards[0])
+    # Shard 1: an attempt cut off before its marker (the files of a whole second attempt, no marker).
+    location = ObjectLocation(uri)
+    cut = shard_name(1, "zarr", "0123456789ab")
+    location.put_many({f"{cut}/{rel}": blob for rel, blob in _files("zarr", writer, shards[1]).items()})
+    # Shard 2: a marked attempt whose bytes were damaged afterwards.
+    damaged = writer.shard_writer().write(2, shards[2])
+    chunk = next(n for n in location.list(damaged.name + "/") if "/c/" in n)
+    location.put(chunk, b"garbage")
+    writer._lease._stop.set()  # the dump dies (kill -9): no release, no commit
+    with pytest.raises(StoreNotFoundError, match="no manifest"):
+        read_manifest(uri)
+    # The rerun waits for the dead holder's lease to expire, then keeps shard 0 only.
+    time.sleep(0.1)
+    resumed, _ = _resume(uri, lease_seconds=3)
+    assert set(resumed.resumed) == {0} and resumed.resumed[0].name == kept.name
+    names = location.list("shards/")
+    assert not any(n.startswith((cut, damaged.name)) for n in names)  # leftovers deleted by the resume
+    infos = [resumed.resumed[0]] + [resumed.shard_writer().write(j, shards[j]) for j in (1, 2)]
+    _commit(resumed, infos)
+    resumed.__exit__(None, None, None)
+    assert StoreReader(uri).verify() == []
+
+
+def _files(backend, writer, data):
+    from logitstore.backends import get_backend
+
+    return get_backend(backend).encode(writer.layout.codec.encode(data))
+
+
+def _resume(uri, lease_seconds):
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return _writer(uri, lease_seconds=lease_seconds)
+        except StoreLockedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def test_a_live_lease_refuses_a_second_writer_naming_the_holder_and_an_expired_one_passes(s3):
+    uri = s3("lease")
+    holder = StoreLease(ObjectLocation(uri), ttl=3).acquire()
+    with pytest.raises(StoreLockedError, match=f"pid {os.getpid()} on .*holds the lease on {uri}"):
+        StoreLease(ObjectLocation(uri), ttl=3).acquire()
+    time.sleep(2.5)  # the holder renews every second: still live after more than one ttl/3
+    with pytest.raises(StoreLockedError):
+        StoreLease(ObjectLocation(uri), ttl=3).acquire()
+    holder._stop.set()  # the holder dies without releasing
+    holder._thread.join()
+    time.sleep(4.5)  # > ttl (+ the server's one-second Last-Modified)
+    taker = StoreLease(ObjectLocation(uri), ttl=3).acquire()
+    with pytest.raises(LeaseLostError, match="taken over"):
+        holder.check()  # a holder that comes back must not commit
+    taker.release()
+    assert ObjectLocation(uri).head(LEASE_NAME) is None
+
+
+def test_of_two_writers_taking_over_an_expired_lease_exactly_one_wins(s3):
+    uri = s3("race")
+    dead = StoreLease(ObjectLocation(uri), ttl=2).acquire()
+    dead._stop.set()
+    dead._thread.join()
+    time.sleep(3.5)
+    location = ObjectLocation(uri)
+    a, b = StoreLease(location, ttl=2), StoreLease(location, ttl=2)
+    seen_a, seen_b = location.head(LEASE_NAME), location.head(LEASE_NAME)  # both find it expired
+    assert seen_a.etag == seen_b.etag and seen_a.age_seconds > 2
+    a._etag = location.swap(LEASE_NAME, a._body(), seen_a.etag)  # a swaps first
+    with pytest.raises(logitstore.objects.ObjectPreconditionError):
+        location.swap(LEASE_NAME, b._body(), seen_b.etag)  # b's swap is refused by the server
+    assert json.loads(location.get(LEASE_NAME))["token"] == a.token
+
+
+def test_a_commit_without_the_lease_is_refused_and_leaves_no_manifest(s3):
+    uri = s3("lost")
+    writer, shards = _writer(uri, lease_seconds=2)
+    infos = [writer.shard_writer().write(j, shards[j]) for j in range(3)]
+    writer._lease._stop.set()  # cut off: no renewals
+    time.sleep(3.5)
+    taker = StoreLease(ObjectLocation(uri), ttl=2).acquire()
+    with pytest.raises(LeaseLostError):
+        _commit(writer, infos)
+    taker.release()
+    with pytest.raises(StoreNotFoundError):
+        read_manifest(uri)
+
+
+def test_a_server_that_does_not_answer_is_a_clear_error_naming_the_endpoint(s3, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+    monkeypatch.setenv("LOGITSTORE_OBJECT_RETRY_SECONDS", "1")
+    start = time.monotonic()
+    with pytest.raises(StoreUnreachableError, match=r"endpoint http://127.0.0.1:9.*AWS_ENDPOINT_URL"):
+        read_manifest("s3://logitstore-test/nowhere-" + str(os.getpid()))
+    assert time.monotonic() - start < 30
+
+
+def test_a_missing_store_and_a_foreign_prefix_are_named(s3):
+    uri = s3("missing")
+    with pytest.raises(StoreNotFoundError, match=f"no store at {uri}"):
+        StoreReader(uri)
+    ObjectLocation(uri).put("notes.txt", b"not a store")
+    with pytest.raises(logitstore.errors.StoreExistsError, match="not a store"):
+        RemoteStoreWriter(uri).__enter__()
