@@ -1,4 +1,4 @@
-"""python -m jobs.inspect_store STORE: what a store holds, and what k it needs.
+"""python -m jobs.inspect_store STORE (a path or an s3:// / gs:// URI): what a store holds, and what k it needs.
 
 Prints counts, bytes, codec, teacher and data identity, and per recorded temperature the
 distribution over positions of the tail mass and of the k that covers 90% / 99% of the mass, the
@@ -16,9 +16,10 @@ from pathlib import Path
 from logitstore import StoreError, StoreReader
 from logitstore.atomic import atomic_write_text
 from logitstore.inspection import collect, summary
+from logitstore.objects import is_object_uri, local_path
 
 
-def write_report(store: Path, out: Path, max_positions: int) -> dict:
+def write_report(store: str | Path, out: Path, max_positions: int) -> dict:
     """summary.json and the plots of `store` in `out`; -> the summary."""
     from jobs.plots import store_plots
 
@@ -26,9 +27,20 @@ def write_report(store: Path, out: Path, max_positions: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     stats = collect(reader, max_positions)
     report = summary(reader, stats)
-    report["plots"] = [str(p) for p in store_plots(stats, out, store.name or "store")]
+    report["plots"] = [str(p) for p in store_plots(stats, out, _name(store) or "store")]
     atomic_write_text(out / "summary.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _name(store: str | Path) -> str:
+    return str(store).rstrip("/").rsplit("/", 1)[-1]
+
+
+def default_out(store: str) -> Path:
+    """STORE.inspect beside a local store; ./NAME.inspect for one on object storage."""
+    if is_object_uri(store):
+        return Path(f"{_name(store)}.inspect").resolve()
+    return Path(f"{local_path(store).resolve()}.inspect")
 
 
 def _adaptive(report: dict) -> str:
@@ -85,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         default=None,
-        help="directory for summary.json and the plots (default: STORE.inspect, beside the store)",
+        help="local directory for summary.json and the plots (default: STORE.inspect beside a local store; "
+        "./NAME.inspect for a store on object storage)",
     )
     parser.add_argument(
         "--max-positions", type=int, default=200_000, help="positions read, from shards spread over the store"
@@ -96,9 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --max-positions must be >= 1, got {args.max_positions}", file=sys.stderr)
         return 2
     try:
-        report = write_report(
-            Path(args.store).resolve(), Path(args.out or f"{Path(args.store).resolve()}.inspect"), args.max_positions
-        )
+        store = args.store if is_object_uri(args.store) else local_path(args.store).resolve()
+        report = write_report(store, Path(args.out) if args.out else default_out(args.store), args.max_positions)
     except StoreError as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.verify_store", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("store", help="the store directory")
+    parser.add_argument("store", help="the store: a directory, or an s3://, gs:// or az:// URI")
     args = parser.parse_args(argv)
 
     from logitstore import StoreError, StoreReader

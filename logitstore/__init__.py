@@ -19,7 +19,7 @@ from logitstore.manifest import FORMAT_VERSION, Manifest, ShardInfo, read_manife
 from logitstore.planning import ShardPlan, plan_shards
 from logitstore.reader import StoreReader, topk_probabilities
 from logitstore.shard import EXTRAS, ShardData
-from logitstore.writer import ShardWriter, StoreWriter
+from logitstore.writer import ShardWriter, StoreWriter, open_writer
 
 __version__ = "0.1.0"
 
@@ -45,6 +45,7 @@ __all__ = [
     "StoreNotFoundError",
     "StoreReader",
     "StoreWriter",
+    "open_writer",
     "TokenizerRef",
     "Views",
     "index_dtype_for",

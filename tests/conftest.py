@@ -107,6 +107,28 @@ def lm_teacher(user_modules):
     return lm_models.tiny_gpt()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# The S3 test server's settings are in the environment before Ray starts, so Ray's workers find it
+# as the driver does (a real cluster's nodes get them from theirs; the jobs forward AWS_* too).
+_S3_ENV = {
+    "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ALLOW_HTTP": "true",
+    "LOGITSTORE_OBJECT_RETRY_SECONDS": "5",
+}
+os.environ.update(_S3_ENV)
+
+
 @pytest.fixture(scope="session")
 def s3():
     """A real S3-compatible server on 127.0.0.1 (moto's server mode) for the session, found by the
@@ -117,25 +139,8 @@ def s3():
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=int(_S3_ENV["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]))
     server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ALLOW_HTTP": "true",
-        "LOGITSTORE_OBJECT_RETRY_SECONDS": "5",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     boto3.client("s3").create_bucket(Bucket="logitstore-test")
     yield lambda name: f"s3://logitstore-test/{name}-{uuid.uuid4().hex[:8]}"
     server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v

@@ -80,10 +80,17 @@ def import_callable(spec: str, error: type[TrainerError], what: str) -> Callable
     return func
 
 
+# The object-storage client's settings the driver was given (endpoint, region, credentials,
+# profile; logitstore's retry and lease settings) reach the workers that read and write stores.
+FORWARDED_ENV = re.compile(r"^(AWS_[A-Z0-9_]+|GOOGLE_[A-Z_]+|AZURE_[A-Z_]+|LOGITSTORE_[A-Z_]+)$")
+
+
 def worker_runtime_env() -> dict:
-    """Runtime env that lets Ray workers import user modules from the driver's working directory."""
+    """Runtime env that lets Ray workers import user modules from the driver's working directory,
+    with the driver's object-storage settings (FORWARDED_ENV)."""
     paths = [os.getcwd()] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}
+    forwarded = {k: v for k, v in os.environ.items() if FORWARDED_ENV.match(k)}
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), **forwarded}}
 
 
 def _check_callable(spec: str, what: str) -> list[str]:

@@ -9,10 +9,11 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from logitstore.errors import StoreError
+from logitstore.errors import StoreError, StoreNotFoundError
 from logitstore.identity import differences
 from logitstore.lock import LOCK_NAME
 from logitstore.manifest import MANIFEST_NAME, read_manifest
+from logitstore.objects import is_object_uri, local_path
 from logitstore.writer import is_store_dir
 from trainer.inputs import registry, specs
 from trainer.inputs.specs import LM_SEQ_LEN
@@ -280,27 +281,38 @@ class DumpConfig:
         return problems
 
     def _out_problems(self) -> list[str]:
-        problems = check_out_dir(self.out, "--out")
-        out = Path(self.out)
+        if is_object_uri(self.out):
+            return self._recorded_problems()
+        problems = check_out_dir(str(local_path(self.out)), "--out")
+        out = local_path(self.out)
         if (out / MANIFEST_NAME).exists() and not self.overwrite:
-            # The identity rule (logitstore.identity) on the part known before any compute: the
-            # arguments. Teacher weights and data are compared once fingerprinted.
-            try:
-                recorded = read_manifest(out).config
-            except StoreError as exc:
-                return problems + [f"--out {self.out}: {exc}"]
-            mine = self.content()
-            differ = differences({k: recorded.get(k) for k in mine}, mine)
-            if differ:
-                problems.append(
-                    f"a complete store made with other arguments (they differ in: {', '.join(differ)}) "
-                    f"already exists at {self.out}: pass --overwrite to replace it, or choose another --out"
-                )
+            return problems + self._recorded_problems()
         elif out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not is_store_dir(out):
             problems.append(
                 f"--out {self.out} is a non-empty directory that is not a store: choose an empty or new directory"
             )
         return problems
+
+    def _recorded_problems(self) -> list[str]:
+        """A complete store at --out made with other arguments (without --overwrite)."""
+        if self.overwrite:
+            return []
+        try:
+            recorded = read_manifest(self.out).config
+        except StoreNotFoundError:
+            return []
+        except StoreError as exc:
+            return [f"--out {self.out}: {exc}"]
+        # The identity rule (logitstore.identity) on the part known before any compute: the
+        # arguments. Teacher weights and data are compared once fingerprinted.
+        mine = self.content()
+        differ = differences({k: recorded.get(k) for k in mine}, mine)
+        if differ:
+            return [
+                f"a complete store made with other arguments (they differ in: {', '.join(differ)}) "
+                f"already exists at {self.out}: pass --overwrite to replace it, or choose another --out"
+            ]
+        return []
 
     def content(self) -> dict:
         """The arguments that decide the store's bytes (part of the dump's identity). Written as older

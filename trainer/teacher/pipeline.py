@@ -1,5 +1,6 @@
 """The teacher pass: dataset -> fingerprint -> plan -> teacher actor pool (one actor scores and writes
-each whole shard) -> manifest, under the store's lock (logitstore.StoreWriter)."""
+each whole shard) -> manifest, under the store's lock or lease (logitstore.open_writer: a local
+store or one on object storage)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from logitstore import (
     ShardPlan,
     ShardWriter,
     StoreLayout,
-    StoreWriter,
     TokenizerRef,
     Views,
+    open_writer,
     plan_shards,
 )
 from logitstore.shard import EXTRAS, TokenInputs, trim_samples
@@ -77,7 +78,7 @@ class HFTokenizerFiles:
 def run_dump(cfg: DumpConfig) -> DumpResult:
     """Dump under the store's lock; an interrupted dump rerun with the same arguments resumes."""
     start = time.perf_counter()
-    with StoreWriter(cfg.out) as writer:
+    with open_writer(cfg.out) as writer:
         # Reading the teacher (importing transformers, hashing its files: a 7B teacher's 15 GB take
         # tens of seconds) overlaps Ray's start, which runs here: ray.init wants the main thread.
         with ThreadPoolExecutor(1) as pool:
