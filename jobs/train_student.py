@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from jobs.cli import exit_now, run_job
 from trainer.student.config import TrainConfig
@@ -23,12 +22,18 @@ PRINTED = (
 
 def train(cfg: TrainConfig) -> None:
     from jobs.plots import training_curves
+    from logitstore import StoreError
+    from trainer.student.outputs import RunOutput
     from trainer.student.run import run_training  # torch and Ray only once the arguments are sound
 
     metrics = run_training(cfg)
+    output = RunOutput(cfg.output)
     try:
-        training_curves(Path(cfg.output).resolve())
-    except (OSError, ValueError, KeyError) as exc:  # a finished run stays finished without its figure
+        output.fetch("metrics.json")  # (an output on object storage: drawn here, then uploaded)
+        output.fetch("logs")
+        training_curves(output.local)
+        output.publish("curves.png")
+    except (OSError, ValueError, KeyError, StoreError) as exc:  # a finished run stays finished without its figure
         print(f"warning: curves.png not drawn ({exc})", file=sys.stderr)
     print(f"training complete: {cfg.output} (curves.png, logs/)", file=sys.stderr)
     for i, result in enumerate(metrics.get("students", [metrics])):

@@ -2,7 +2,12 @@
 it by rerunning the same command, and check the final store equals an uninterrupted one.
 
     python -m scripts.kill_resume [--kills 20] [--seed 0] [--teacher stdlib-gpt] [--dataset stdlib-small-eval]
-        [--shard-size 16] [--format zarr]
+        [--shard-size 16] [--format zarr] [--uri s3://bucket/prefix [--start-s3-server] [--lease-seconds 4]]
+
+With `--uri` the stores live on object storage under that prefix (the client's usual settings:
+AWS_ENDPOINT_URL, credentials; `--start-s3-server` starts moto's S3 server on 127.0.0.1 in this
+process, with the bucket, and points the dumps at it). A killed dump leaves its lease behind, so
+each rerun first waits for it to expire (`--lease-seconds`, given to the dumps).
 
 The default workload (the LM teacher over 444 text blocks, 28 shards of 16 blocks) spends several
 seconds writing shards, so that kills land mid-write; digits writes its shards in about a second.
@@ -31,9 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from logitstore import StoreReader
+from logitstore.objects import ObjectLocation, is_object_uri
 
 
-def dump_command(args: argparse.Namespace, out: Path) -> list[str]:
+def dump_command(args: argparse.Namespace, out: str | Path) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -68,26 +74,48 @@ def kill_session(sid: int) -> None:
                 pass
 
 
-def run_to_completion(cmd: list[str], log, out: Path | None = None) -> tuple[float, float | None, float | None]:
+def store_state(out: str | Path) -> tuple[int, int, bool]:
+    """(whole shards, partial shard writes, committed) of a store being written, local or on object storage."""
+    if is_object_uri(out):
+        names = ObjectLocation(str(out)).list()
+        attempts = {n.split("/")[1].rsplit(".", 1)[0] for n in names if n.startswith("shards/")}
+        done = {a for a in attempts if f"shards/{a}.done" in names}
+        return len(done), len(attempts - done), "manifest.json" in names
+    out = Path(out)
+    shards = len(list((out / "shards").glob("*"))) if (out / "shards").exists() else 0
+    partial = len(list((out / ".tmp").glob("*"))) if (out / ".tmp").exists() else 0
+    return shards, partial, (out / "manifest.json").exists()
+
+
+def clear(out: str | Path) -> None:
+    if is_object_uri(out):
+        location = ObjectLocation(str(out))
+        location.delete_many(list(location.list()))
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def run_to_completion(cmd: list[str], log, out: str | Path | None = None) -> tuple[float, float | None, float | None]:
     """-> (wall seconds, when the first shard appeared, when the manifest appeared); the last two
-    only when `out` is given (the directory is polled)."""
+    only when `out` is given (the store is polled)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
     first_shard = committed = None
     while proc.poll() is None:
         if out is not None:
             now = time.perf_counter() - start
-            if first_shard is None and (out / "shards").is_dir() and any((out / "shards").iterdir()):
+            shards, _, done = store_state(out)
+            if first_shard is None and shards:
                 first_shard = now
-            if committed is None and (out / "manifest.json").exists():
+            if committed is None and done:
                 committed = now
-        time.sleep(0.05)
+        time.sleep(0.05 if out is None or not is_object_uri(out) else 0.2)
     if proc.returncode != 0:
         raise SystemExit(f"the dump failed with exit code {proc.returncode}; see the log")
     return time.perf_counter() - start, first_shard, committed
 
 
-def compare(reference: Path, store: Path) -> tuple[bool, int, int]:
+def compare(reference: str | Path, store: str | Path) -> tuple[bool, int, int]:
     """(content equal, duplicate ids, missing ids)."""
     ref, got = StoreReader(reference), StoreReader(store)
     ids = np.concatenate([data.sample_id for _, data in got.iter_shards()])
@@ -102,6 +130,28 @@ def compare(reference: Path, store: Path) -> tuple[bool, int, int]:
     return equal, duplicates, missing
 
 
+def start_s3_server(uri: str) -> None:
+    """moto's S3 server on 127.0.0.1 in this process (the dumps' sessions are killed, not this
+    one), with the bucket of `uri`; the dumps find it through the environment."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://{host}:{port}",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_REGION="us-east-1",
+        AWS_ALLOW_HTTP="true",
+    )
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=uri.split("://", 1)[1].split("/")[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m scripts.kill_resume", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -113,14 +163,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-size", type=int, default=16)
     parser.add_argument("--format", default="zarr", choices=["zarr", "arrow"])
     parser.add_argument("--work-dir", default=None)
+    parser.add_argument("--uri", default=None, help="stores under this object-storage prefix (s3://bucket/prefix)")
+    parser.add_argument("--start-s3-server", action="store_true", help="with --uri: moto's S3 server on 127.0.0.1")
+    parser.add_argument("--lease-seconds", type=float, default=4.0, help="with --uri: the dumps' lease")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="kill-resume-"))
     work.mkdir(parents=True, exist_ok=True)
     log = open(work / "dump.log", "ab")
+    if args.uri:
+        os.environ["LOGITSTORE_LEASE_SECONDS"] = str(args.lease_seconds)
+        if args.start_s3_server:
+            start_s3_server(args.uri)
 
-    reference = work / "reference"
-    shutil.rmtree(reference, ignore_errors=True)
+    reference = f"{args.uri.rstrip('/')}/reference" if args.uri else work / "reference"
+    clear(reference)
     wall, first_shard, committed_at = run_to_completion(dump_command(args, reference), log, reference)
     first_shard = first_shard or 0.5
     committed_at = committed_at or wall
@@ -132,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
 
     failures, phases = 0, {}
     for trial in range(args.kills):
-        out = work / "chaos"
-        shutil.rmtree(out, ignore_errors=True)
+        out = f"{args.uri.rstrip('/')}/chaos" if args.uri else work / "chaos"
+        clear(out)
         proc = subprocess.Popen(dump_command(args, out), stdout=log, stderr=log, start_new_session=True)
         delay = rng.uniform(0.5, wall) if trial % 2 == 0 else rng.uniform(first_shard, committed_at)
         try:
@@ -143,9 +200,9 @@ def main(argv: list[str] | None = None) -> int:
             finished_first = False
         kill_session(proc.pid)
         proc.wait()
-        shards_before = len(list((out / "shards").glob("*"))) if (out / "shards").exists() else 0
-        committed = (out / "manifest.json").exists()
-        partial = len(list((out / ".tmp").glob("*"))) if (out / ".tmp").exists() else 0
+        shards_before, partial, committed = store_state(out)
+        if args.uri:
+            time.sleep(args.lease_seconds + 1.5)  # the killed holder's lease expires
         resume_wall = run_to_completion(dump_command(args, out), log)[0]
         equal, duplicates, missing = compare(reference, out)
         failures += not (equal and duplicates == 0 and missing == 0)

@@ -43,17 +43,24 @@ def test_dump_verify_inspect_and_train_on_s3_match_local_disk(s3, digits_stores,
     location.put(chunk, bytes(blob))
     assert verify_store.main([damaged]) != 0
     assert chunk.split("/")[1] in capsys.readouterr().out
-    # Training from the s3 stores gives the run training from the local stores gives.
-    runs = {}
-    for where, stores in {
-        "s3": (train_uri, eval_uri),
-        "local": (digits_stores["train"], digits_stores["eval"]),
-    }.items():
-        output = tmp_path / where
+    # Training from the s3 stores into an s3 output gives the run training from and into local disk
+    # gives, with the same files (Ray Train's run and checkpoints under ray/, on s3 too).
+    out_uri, out_dir = s3("run"), tmp_path / "run"
+    local = (digits_stores["train"], digits_stores["eval"])
+    for stores, output in (((train_uri, eval_uri), out_uri), (local, str(out_dir))):
         argv = ["--store", stores[0], "--eval-store", stores[1], "--dataset", "digits-fewlabels"]
-        argv += ["--eval-dataset", "digits-eval", "--student", "digits-mlp", "--output", str(output), "--epochs", "2"]
+        argv += ["--eval-dataset", "digits-eval", "--student", "digits-mlp", "--output", output, "--epochs", "2"]
         assert train_student.main(argv) == 0
-        runs[where] = json.loads((output / "metrics.json").read_text())
+    on_s3 = json.loads(ObjectLocation(out_uri).get("metrics.json"))
+    on_disk = json.loads((out_dir / "metrics.json").read_text())
     for key in ("train_loss", "eval_accuracy", "teacher_agreement", "eval_kl_to_teacher"):
-        assert runs["s3"][key] == pytest.approx(runs["local"][key], rel=1e-6), key
-    assert np.isfinite(runs["s3"]["train_loss"])
+        assert on_s3[key] == pytest.approx(on_disk[key], rel=1e-6), key
+    assert np.isfinite(on_s3["train_loss"]) and on_s3["exported"] == f"{out_uri}/student"
+    names = set(ObjectLocation(out_uri).list())
+    for name in ("config.json", "curves.png", "logs/steps.csv", "checkpoint/model.pt", "student/model.safetensors"):
+        assert name in names and (out_dir / name).is_file(), name
+    assert any(n.startswith("ray/train/checkpoint_") for n in names)
+    # A finished run on s3 is refused without --overwrite, as on disk.
+    argv[argv.index("--output") + 1] = out_uri
+    assert train_student.main(argv) == 2
+    assert "already holds a finished run" in capsys.readouterr().err

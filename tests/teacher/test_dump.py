@@ -176,3 +176,16 @@ def test_digits_rows_are_scikit_learns(monkeypatch):
             assert rows["features"].dtype == np.float32 and len(rows["id"]) == (360 if split == "eval" else 1437)
     finally:
         digits_data._all_digits.cache_clear()
+
+
+def test_a_text_dump_without_tokenizer_is_the_same_dump_when_rerun_and_another_k_is_refused(dump, lm_teacher):
+    # The manifest records the flags as given (--tokenizer ""), the identity says "bytes": the same
+    # command again must pass validation (and find the store complete), another --top-k must not.
+    from trainer.teacher.config import DumpConfig
+
+    args = {"teacher": "lm_models:tiny_gpt", "dataset": "stdlib-small-eval", "format": "zarr", "shard_size": 128}
+    store = dump(top_k=8, **args)
+    assert read_manifest(store).config["tokenizer"] == ""
+    assert DumpConfig(out=store, top_k=8, **args).validate() == []
+    (problem,) = DumpConfig(out=store, top_k=6, **args).validate()
+    assert "differ in: top_k" in problem

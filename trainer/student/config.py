@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
 
 from logitstore.errors import StoreError
 from logitstore.manifest import Manifest, read_manifest
+from logitstore.objects import is_object_uri
 from trainer.inputs import registry, specs
 from trainer.options import check_out_dir, choice_problem, choice_problems, option, required_problems
 
@@ -100,7 +100,12 @@ class TrainConfig:
         "",
     )
     student: str = option(f"the student: {specs.model_forms('student')}", "", required=True)
-    output: str = option("directory for metrics.json, config.json and the checkpoint", "", required=True)
+    output: str = option(
+        "directory (or s3://, gs://, az:// prefix) for metrics.json, config.json, logs, the checkpoints and the "
+        "exported student",
+        "",
+        required=True,
+    )
     epochs: int = option("passes over the training data", 30)
     batch_size: int = option("samples per optimiser step on each worker", 64)
     lr: float = option("peak learning rate (see --lr-schedule, --warmup-steps)", 0.01)
@@ -291,13 +296,23 @@ class TrainConfig:
         if self.cpus_per_worker < 0:
             problems.append(f"--cpus-per-worker must be >= 0 (0 = auto), got {self.cpus_per_worker}")
         if self.output:
-            problems += check_out_dir(self.output, "--output")
-            if (Path(self.output) / "metrics.json").exists() and not self.overwrite:
-                problems.append(
-                    f"{self.output} already holds a finished run (metrics.json): pass --overwrite to replace "
-                    "it, or choose another --output"
-                )
+            problems += self._output_problems()
         return list(dict.fromkeys(problems))  # a student's problem and a flag's can be the same
+
+    def _output_problems(self) -> list[str]:
+        from trainer.student.outputs import RunOutput
+
+        problems = [] if is_object_uri(self.output) else check_out_dir(self.output, "--output")
+        try:
+            finished = not problems and RunOutput(self.output).exists("metrics.json")
+        except StoreError as exc:
+            return [f"--output {self.output}: {exc}"]
+        if finished and not self.overwrite:
+            problems.append(
+                f"{self.output} already holds a finished run (metrics.json): pass --overwrite to replace "
+                "it, or choose another --output"
+            )
+        return problems
 
     def _student_problems(self, manifest: Manifest | None) -> list[str]:
         """The checks of what each student of a run may set for itself (VARIANT_FIELDS)."""

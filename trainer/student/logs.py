@@ -17,6 +17,8 @@ import time
 import uuid
 from pathlib import Path
 
+from logitstore.objects import is_object_uri
+
 STEPS_CSV = "steps.csv"
 STEP_FIELDS = ("step", "epoch", "loss", "kd", "ce", "lr", "positions_per_s")
 
@@ -58,9 +60,17 @@ class StepLog:
         self.start = self.last_time = time.perf_counter()
         self.positions = 0.0
         self.csv = self.tensorboard = self.mlflow = self.wandb = None
+        self.remote: str | None = None  # an output on object storage: logs/ are uploaded as they grow
         if not self.active:
             return
-        logs = Path(directory) / "logs"
+        if is_object_uri(directory):
+            from trainer.student.outputs import RunOutput
+
+            self.remote, staged = directory, RunOutput(directory)
+            staged.fetch("logs")  # a restarted rank 0 continues the logs (steps.csv, the W&B run id)
+            directory = str(staged.local)
+        self.name = str(self.remote or directory).rstrip("/").rsplit("/", 1)[-1]
+        logs = self.logs = Path(directory) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         if "csv" in sinks:
             path = logs / STEPS_CSV
@@ -94,7 +104,7 @@ class StepLog:
                 id=id_file.read_text().strip(),
                 resume="allow",
                 project=os.environ.get("WANDB_PROJECT", "logitstore"),
-                name=Path(directory).name or None,
+                name=self.name or None,
                 mode=os.environ.get("WANDB_MODE", "offline"),
             )
 
@@ -151,6 +161,13 @@ class StepLog:
         """An epoch's figures (train means, eval metrics) into the sinks at `global_step`."""
         if self.active:
             self._write({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, global_step, prefix="epoch/")
+            self._upload()
+
+    def _upload(self) -> None:
+        if self.remote is not None:
+            from trainer.student.outputs import upload_dir
+
+            upload_dir(self.logs, self.remote, "logs")
 
     def _write(self, row: dict, step: int, prefix: str = "train/") -> None:
         if self.csv is not None and prefix == "train/":
@@ -175,3 +192,5 @@ class StepLog:
             self.mlflow.end_run()
         if self.wandb is not None:
             self.wandb.finish()
+        if self.active:
+            self._upload()

@@ -13,6 +13,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from logitstore.objects import is_object_uri
 from trainer.student import checkpoint
 from trainer.student.batches import Batch, BatchOptions, make_batch
 from trainer.student.config import Optimisation, StudentSettings
@@ -42,7 +43,9 @@ class LoopConfig:
     epoch_clock: Any = None  # the join's EpochClock (trainer/student/join.py), or None
     progress_board: Any = None  # a ProgressBoard the driver draws a bar from (a terminal), or None
     progress_lines: bool = True  # rank 0 prints progress lines (no bar: CI logs)
-    tokenizer_dir: str = ""  # the store's tokenizer files, copied beside each checkpoint's export ("": none)
+    # the store's tokenizer files, copied beside each checkpoint's export ("": none); for a store on
+    # object storage, the store's URI (each worker fetches them)
+    tokenizer_dir: str = ""
 
 
 def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -77,6 +80,15 @@ def _epoch_metrics(epoch: int, steps: int, clock: dict[str, float], per_student:
     }
 
 
+def _local_tokenizer(where: str) -> str:
+    """A local directory of the store's tokenizer files ("" for none)."""
+    if is_object_uri(where):
+        from logitstore import StoreReader
+
+        return str(StoreReader(where).tokenizer_dir() or "")
+    return where
+
+
 def train_loop_per_worker(config: dict) -> None:
     loop: LoopConfig = config["loop"]
     loop_started_at = time.time()
@@ -100,6 +112,7 @@ def train_loop_per_worker(config: dict) -> None:
         board=loop.progress_board,
         lines=loop.progress_lines,
     )
+    tokenizer = _local_tokenizer(loop.tokenizer_dir)
     state, history = checkpoint.restore(students)
     for i, student in enumerate(students):
         student.prepare(checkpoint.student_state(state, i))
@@ -140,7 +153,7 @@ def train_loop_per_worker(config: dict) -> None:
             if loop.checkpoint_every_steps and (row_number // accumulate) % loop.checkpoint_every_steps == 0:
                 at = {"epoch": epoch, "step": row_number}
                 checkpoint.report(
-                    students, history, at, epoch=epoch, step=row_number, checkpoint=True, tokenizer=loop.tokenizer_dir
+                    students, history, at, epoch=epoch, step=row_number, checkpoint=True, tokenizer=tokenizer
                 )
         if pending:  # the epoch's last, shorter accumulation
             step_totals = torch.stack([student.step(pending) for student in students])
@@ -184,6 +197,6 @@ def train_loop_per_worker(config: dict) -> None:
             step=0,
             checkpoint=due,
             final=last,
-            tokenizer=loop.tokenizer_dir,
+            tokenizer=tokenizer,
         )
     log.close()

@@ -23,6 +23,7 @@ import logitstore
 from logitstore import Manifest, StoreReader, read_manifest
 from logitstore.atomic import atomic_write_text
 from logitstore.layout import TOKENIZER_DIR
+from logitstore.objects import is_object_uri, local_path
 from trainer.errors import DataError, ModelError
 from trainer.inputs.datasets import TextOptions, fingerprint_dataset, load_dataset
 from trainer.inputs.models import build_model, probe_width
@@ -35,6 +36,7 @@ from trainer.student.config import StudentSettings, TrainConfig, log_sinks
 from trainer.student.export import STUDENT_DIR, export_student, student_dir
 from trainer.student.join import EpochClock, JoinSpec, batch_rows, join_with_store, store_batches, store_rows
 from trainer.student.loop import LoopConfig, train_loop_per_worker
+from trainer.student.outputs import RunOutput
 from trainer.student.progress_bar import DriverBar, ProgressBoard, wants_bar
 from trainer.student.students import enable_gradient_checkpointing
 from trainer.student.timing import RunClock, run_timing
@@ -207,22 +209,30 @@ def prepare_data(
         checkpoint_every_steps=cfg.checkpoint_every_steps,
         loss_chunk=cfg.loss_chunk,
         optimisation=cfg.optimisation(_total_steps(cfg, manifest.num_samples)),
-        log_dir=str(Path(cfg.output).resolve()),
+        log_dir=cfg.output if is_object_uri(cfg.output) else str(local_path(cfg.output).resolve()),
         log_to=log_sinks(cfg.log_to),
         log_every=cfg.log_every,
         epoch_clock=clock,
-        tokenizer_dir=str(_tokenizer_dir(cfg.store, manifest) or ""),
+        # A store on object storage: its URI, and each worker fetches the tokenizer from it.
+        tokenizer_dir=(cfg.store if is_object_uri(cfg.store) else str(_tokenizer_dir(cfg.store, manifest) or ""))
+        if _has_hf_tokenizer(manifest)
+        else "",
     )
     return datasets, loop
 
 
+def _has_hf_tokenizer(manifest: Manifest) -> bool:
+    return manifest.tokenizer is not None and manifest.tokenizer.kind == "hf"
+
+
 def _tokenizer_dir(store: str, manifest: Manifest) -> Path | None:
-    """The store's Hugging Face tokenizer files, which go beside every export; None without them."""
-    return (
-        Path(store).resolve() / TOKENIZER_DIR
-        if manifest.tokenizer is not None and manifest.tokenizer.kind == "hf"
-        else None
-    )
+    """The store's Hugging Face tokenizer files, which go beside every export (a local copy for a
+    store on object storage); None without them."""
+    if not _has_hf_tokenizer(manifest):
+        return None
+    if is_object_uri(store):
+        return StoreReader(store, manifest=manifest).tokenizer_dir()
+    return local_path(store).resolve() / TOKENIZER_DIR
 
 
 def _total_steps(cfg: TrainConfig, samples: int) -> int:
@@ -247,7 +257,12 @@ POLL_INTERVAL_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 def fit(
-    cfg: TrainConfig, datasets: dict[str, ray.data.Dataset], loop: LoopConfig, output: Path, cpus: float, use_gpu: bool
+    cfg: TrainConfig,
+    datasets: dict[str, ray.data.Dataset],
+    loop: LoopConfig,
+    output: RunOutput,
+    cpus: float,
+    use_gpu: bool,
 ):
     os.environ.setdefault(*POLL_INTERVAL_ENV)  # Ray Train passes it from the driver to its controller
     trainer = TorchTrainer(
@@ -261,7 +276,7 @@ def fit(
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=_ordered()),
         run_config=ray.train.RunConfig(
             name=RUN_NAME,
-            storage_path=str(output / "ray"),
+            storage_path=output.storage_path,  # on object storage when --output is: checkpoints outlive nodes
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             worker_runtime_env=worker_runtime_env(),
@@ -269,7 +284,7 @@ def fit(
     )
     result = trainer.fit()
     if result.checkpoint is None:
-        raise ModelError(f"training finished without a checkpoint; see the Ray logs under {output / 'ray'}")
+        raise ModelError(f"training finished without a checkpoint; see the Ray logs under {output.storage_path}")
     return result
 
 
@@ -279,13 +294,13 @@ def write_outputs(
     stores: RunStores,
     students: list[StudentSettings],
     result,
-    output: Path,
+    output: RunOutput,
     runtime: dict,
     clock: RunClock,
 ) -> dict:
     """The final checkpoint beside the metrics, each student exported from it (trainer/student/export.py:
     re-loading its weights checks that they are sound), then metrics.json, written last."""
-    final = output / "checkpoint"
+    final = output.local / "checkpoint"
     shutil.rmtree(final, ignore_errors=True)
     with result.checkpoint.as_directory() as src:
         shutil.copytree(src, final, ignore=shutil.ignore_patterns(f"{STUDENT_DIR}*"))  # exported below
@@ -297,14 +312,14 @@ def write_outputs(
         weights = final / checkpoint_file(i, len(students))
         model = build_model(s.student, "--student")
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        exported = export_student(model, student_dir(output, i, len(students)), tokenizer)
+        exported = export_student(model, student_dir(output.local, i, len(students)), tokenizer)
         last = history[-1] if len(students) == 1 else history[-1]["students"][i]
         results.append(
             {
                 **({"variant": s.to_dict()} if len(students) > 1 else {}),
                 **{key: last.get(key) for key in SUMMARY_KEYS},
-                "checkpoint": str(weights),
-                "exported": str(exported),
+                "checkpoint": _published(output, weights),
+                "exported": _published(output, exported),
             }
         )
     metrics = {
@@ -312,7 +327,7 @@ def write_outputs(
         **_vocab_padding(cfg.store, m, students, history),
         "epochs": history,
         "store": {
-            "path": str(Path(cfg.store).resolve()),
+            "path": cfg.store if is_object_uri(cfg.store) else str(local_path(cfg.store).resolve()),
             "teacher": m.teacher,
             "top_k": m.top_k,
             "temperatures": list(m.temperatures),
@@ -323,8 +338,15 @@ def write_outputs(
         "runtime": runtime,
         "logitstore_version": logitstore.__version__,
     }
-    atomic_write_text(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(output.local / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    exports = [student_dir(output.local, i, len(students)).name for i in range(len(students))]
+    output.publish("checkpoint", *exports, "metrics.json")  # object storage: metrics.json last, as locally
     return metrics
+
+
+def _published(output: RunOutput, path: Path) -> str:
+    """Where `path` (in the staging directory) is once published."""
+    return f"{output.uri}/{path.relative_to(output.local).as_posix()}" if output.uri else str(path)
 
 
 def _vocab_padding(store: str, manifest: Manifest, students: list[StudentSettings], history: list[dict]) -> dict:
@@ -358,18 +380,15 @@ def _cpus_per_worker(cfg: TrainConfig) -> float:
     return max(0.25, min(4.0, (cluster_cpus() - 1.0) / cfg.workers))
 
 
-def _prepare_output(cfg: TrainConfig, resolved: TrainConfig) -> Path:
+def _prepare_output(cfg: TrainConfig, resolved: TrainConfig) -> RunOutput:
     """--output made ready: a finished run replaced with --overwrite; an unfinished one (its driver
     died) resumed by Ray Train from its latest checkpoint, but only by the same command."""
-    output = Path(cfg.output).resolve()
-    if output.exists() and cfg.overwrite:
-        names = ("metrics.json", "config.json", "checkpoint", "ray", "logs", "curves.png")
-        for target in [*(output / n for n in names), *output.glob("student*")]:  # student, student-<i>, .partial
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    output.mkdir(parents=True, exist_ok=True)
-    saved = output / "config.json"
-    if saved.is_file() and (output / "ray").exists():
-        previous, mine = json.loads(saved.read_text()), resolved.to_dict()
+    output = RunOutput(cfg.output)
+    if cfg.overwrite:
+        output.remove(["metrics.json", "config.json", "checkpoint", "ray", "logs", "curves.png"])
+    output.local.mkdir(parents=True, exist_ok=True)
+    if output.exists("config.json") and output.exists("ray"):
+        previous, mine = json.loads(output.read_text("config.json")), resolved.to_dict()
         # What does not change the results may change on a resume (e.g. a smaller --loss-chunk after
         # running out of memory); a key an older version did not write had its default.
         ignore = {"overwrite", "max_failures", "log_every", "log_to", "loss_chunk", "eval_batch_size"}
@@ -383,9 +402,7 @@ def _prepare_output(cfg: TrainConfig, resolved: TrainConfig) -> Path:
                 f"{', '.join(differ)}): "
                 f"rerun that command to resume it, pass --overwrite to start over, or choose another --output"
             )
-        if (
-            output / "ray" / RUN_NAME / "checkpoint_manager_snapshot.json"
-        ).is_file():  # Ray Train's record of checkpoints
+        if output.exists(f"ray/{RUN_NAME}/checkpoint_manager_snapshot.json"):  # Ray Train's record of checkpoints
             print(f"resuming the unfinished run in {output} from its latest registered checkpoint", file=sys.stderr)
         else:
             print(
@@ -393,7 +410,8 @@ def _prepare_output(cfg: TrainConfig, resolved: TrainConfig) -> Path:
                 file=sys.stderr,
             )
     # The resolved configuration, loadable again with --config.
-    atomic_write_text(saved, json.dumps(resolved.to_dict(), indent=2) + "\n")
+    atomic_write_text(output.local / "config.json", json.dumps(resolved.to_dict(), indent=2) + "\n")
+    output.publish("config.json")
     return output
 
 

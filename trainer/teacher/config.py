@@ -6,7 +6,7 @@ Light on purpose (no torch, no Ray), so `python -m jobs.dump_logits --help` load
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from logitstore.errors import StoreError, StoreNotFoundError
@@ -305,8 +305,15 @@ class DumpConfig:
             return [f"--out {self.out}: {exc}"]
         # The identity rule (logitstore.identity) on the part known before any compute: the
         # arguments. Teacher weights and data are compared once fingerprinted.
+        # (both sides normalised by content(): a store made without --tokenizer records "" where
+        # content() says "bytes", and that is the same dump)
         mine = self.content()
-        differ = differences({k: recorded.get(k) for k in mine}, mine)
+        known = {f.name for f in fields(DumpConfig)}
+        try:
+            theirs = replace(self, **{k: v for k, v in recorded.items() if k in known}).content()
+        except (TypeError, ValueError):
+            theirs = {k: recorded.get(k) for k in mine}
+        differ = differences({k: theirs.get(k) for k in mine}, mine)
         if differ:
             return [
                 f"a complete store made with other arguments (they differ in: {', '.join(differ)}) "
