@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 # Built-in teachers are trained once per test session into a private cache, never the user's.
 _CACHE = Path(tempfile.mkdtemp(prefix="logitstore-test-cache-"))
@@ -107,18 +108,10 @@ def lm_teacher(user_modules):
     return lm_models.tiny_gpt()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # The S3 test server's settings are in the environment before Ray starts, so Ray's workers find it
 # as the driver does (a real cluster's nodes get them from theirs; the jobs forward AWS_* too).
 _S3_ENV = {
-    "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}",
+    "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_REGION": "us-east-1",
