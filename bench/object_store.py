@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     copy_to(store, uri)
     print("2. reading the LM store whole (StoreReader, checksums verified)", flush=True)
     read_rows = reads(store, uri)
-    print(markdown_table(read_rows, [("from", "{}"), ("read_ahead", "{}"), ("shards_per_s", "{:.1f}"), ("vs_disk", "{:.2f}")]))
+    columns = [("from", "{}"), ("read_ahead", "{}"), ("shards_per_s", "{:.1f}"), ("vs_disk", "{:.2f}")]
+    print(markdown_table(read_rows, columns))
     figures["reads"] = read_rows
     if not args.quick:
         print("3. training 2 epochs from each store (the second epoch's throughput)", flush=True)

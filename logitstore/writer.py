@@ -319,7 +319,7 @@ def open_writer(out: str | os.PathLike, lease_seconds: float | None = None):
         from logitstore.remote import RemoteStoreWriter
 
         return RemoteStoreWriter(str(out), lease_seconds)
-    return StoreWriter(local_path(out))
+    return StoreWriter(local_path(out).resolve())  # absolute: the writing actors' working directory is not ours
 
 
 def _remove(path: Path) -> None:

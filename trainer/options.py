@@ -53,3 +53,29 @@ def check_out_dir(path: str, flag: str) -> list[str]:
     if parent is not None and not os.access(parent, os.W_OK):
         return [f"{flag} {path} is not writable (no write permission on {parent}): choose a writable path"]
     return []
+
+
+RESOURCES_HELP = (
+    "custom Ray resources each {what} needs, as JSON (e.g. '{{\"teacher_node\": 1}}'): places them on the "
+    "nodes that offer those resources (ray start --resources); empty = anywhere"
+)
+
+
+def parse_resources(text: str, flag: str) -> tuple[dict[str, float], list[str]]:
+    """A JSON object of custom resource names -> positive amounts; (resources, problems)."""
+    import json
+
+    if not text:
+        return {}, []
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}, [f"{flag} must be a JSON object such as '{{\"teacher_node\": 1}}', got {text!r}"]
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+        for k, v in value.items()
+    ):
+        return {}, [f"{flag} must map resource names to positive numbers, got {text!r}"]
+    if {"CPU", "GPU", "memory"} & set(value):
+        return {}, [f"{flag} is for custom resources; CPUs and GPUs have their own flags, got {text!r}"]
+    return {k: float(v) for k, v in value.items()}, []

@@ -38,3 +38,29 @@ def cluster_cpus() -> float:
 
 def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def node_cpus(resources: dict[str, float]) -> list[float]:
+    """The CPUs of each alive node that offers these custom resources (every node when none)."""
+    return [
+        float(n["Resources"].get("CPU", 0.0))
+        for n in ray.nodes()
+        if n.get("Alive") and all(n["Resources"].get(name, 0.0) >= amount for name, amount in resources.items())
+    ]
+
+
+def placement_problem(resources: dict[str, float], cpus: float, flag: str, what: str) -> str | None:
+    """Why no node can host one `what` needing `cpus` CPUs and these custom resources (Ray would
+    wait for such a node forever), or None."""
+    offering = node_cpus(resources)
+    if resources and not offering:
+        return (
+            f"{flag} {resources}: no node of the cluster offers these resources; start the nodes meant "
+            f"for {what}s with them (ray start --resources '...'), or drop the flag"
+        )
+    if offering and max(offering) < cpus:
+        return (
+            f"each {what} needs {cpus:g} CPUs but the largest node that may host it has {max(offering):g}: "
+            "lower --cpus-per-worker (or add larger nodes)"
+        )
+    return None

@@ -82,7 +82,8 @@ def import_callable(spec: str, error: type[TrainerError], what: str) -> Callable
 
 # The object-storage client's settings the driver was given (endpoint, region, credentials,
 # profile; logitstore's retry and lease settings) reach the workers that read and write stores.
-FORWARDED_ENV = re.compile(r"^(AWS_[A-Z0-9_]+|GOOGLE_[A-Z_]+|AZURE_[A-Z_]+|LOGITSTORE_[A-Z_]+)$")
+# (not LOGITSTORE_CACHE: each node keeps its own cache)
+FORWARDED_ENV = re.compile(r"^(AWS_[A-Z0-9_]+|GOOGLE_[A-Z_]+|AZURE_[A-Z_]+|LOGITSTORE_(OBJECT|LEASE)_[A-Z_]+)$")
 
 
 def worker_runtime_env() -> dict:

@@ -15,7 +15,15 @@ from logitstore.errors import StoreError
 from logitstore.manifest import Manifest, read_manifest
 from logitstore.objects import is_object_uri
 from trainer.inputs import registry, specs
-from trainer.options import check_out_dir, choice_problem, choice_problems, option, required_problems
+from trainer.options import (
+    RESOURCES_HELP,
+    check_out_dir,
+    choice_problem,
+    choice_problems,
+    option,
+    parse_resources,
+    required_problems,
+)
 
 LOSS_KINDS = ("kl", "reverse-kl", "jsd")
 LR_SCHEDULES = ("epoch-cosine", "cosine", "linear", "constant")
@@ -191,6 +199,7 @@ class TrainConfig:
         "restarts from the latest checkpoint after a worker dies (Ray Train FailureConfig; -1 = unlimited)", 3
     )
     workers: int = option("Ray Train workers", 1)
+    worker_resources: str = option(RESOURCES_HELP.format(what="training worker"), "")
     strategy: str = option(
         "how the workers hold the student: ddp (a whole replica on each, gradients averaged) or fsdp "
         "(torch FSDP2: each transformer block's parameters, gradients and optimiser state sharded over the "
@@ -293,6 +302,7 @@ class TrainConfig:
             problems.append(f"--loss-chunk must be >= 0 (0 = auto), got {self.loss_chunk}")
         if self.eval_every < 0:
             problems.append(f"--eval-every must be >= 0, got {self.eval_every}")
+        problems += parse_resources(self.worker_resources, "--worker-resources")[1]
         if self.cpus_per_worker < 0:
             problems.append(f"--cpus-per-worker must be >= 0 (0 = auto), got {self.cpus_per_worker}")
         if self.output:

@@ -28,7 +28,8 @@ from trainer.errors import DataError, ModelError
 from trainer.inputs.datasets import TextOptions, fingerprint_dataset, load_dataset
 from trainer.inputs.models import build_model, probe_width
 from trainer.inputs.specs import LM_SEQ_LEN, worker_runtime_env
-from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray
+from trainer.options import parse_resources
+from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray, node_cpus, placement_problem
 from trainer.student import vocab
 from trainer.student.batches import BatchOptions
 from trainer.student.checkpoint import HISTORY_FILE, checkpoint_file
@@ -269,7 +270,9 @@ def fit(
         train_loop_per_worker,
         train_loop_config={"loop": loop},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
+            num_workers=cfg.workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": cpus, **parse_resources(cfg.worker_resources, "--worker-resources")[0]},
         ),
         datasets=datasets,
         # Only "train" is split across workers; rank 0 evaluates the whole eval set.
@@ -376,8 +379,10 @@ def _vocab_padding(store: str, manifest: Manifest, students: list[StudentSetting
 def _cpus_per_worker(cfg: TrainConfig) -> float:
     if cfg.cpus_per_worker > 0:
         return cfg.cpus_per_worker
-    # Leave one CPU for the data pipeline (read, join); workers that claim every CPU starve it.
-    return max(0.25, min(4.0, (cluster_cpus() - 1.0) / cfg.workers))
+    # Leave one CPU for the data pipeline (read, join); workers that claim every CPU starve it. One
+    # worker runs on one node: never more than the largest node it may run on has.
+    largest = max(node_cpus(parse_resources(cfg.worker_resources, "--worker-resources")[0]), default=1.0)
+    return max(0.25, min(4.0, (cluster_cpus() - 1.0) / cfg.workers, largest))
 
 
 def _prepare_output(cfg: TrainConfig, resolved: TrainConfig) -> RunOutput:
@@ -391,7 +396,15 @@ def _prepare_output(cfg: TrainConfig, resolved: TrainConfig) -> RunOutput:
         previous, mine = json.loads(output.read_text("config.json")), resolved.to_dict()
         # What does not change the results may change on a resume (e.g. a smaller --loss-chunk after
         # running out of memory); a key an older version did not write had its default.
-        ignore = {"overwrite", "max_failures", "log_every", "log_to", "loss_chunk", "eval_batch_size"}
+        ignore = {
+            "overwrite",
+            "max_failures",
+            "log_every",
+            "log_to",
+            "loss_chunk",
+            "eval_batch_size",
+            "worker_resources",
+        }
         defaults = TrainConfig().to_dict()
         differ = sorted(
             k for k in set(previous) | set(mine) if k not in ignore and previous.get(k, defaults.get(k)) != mine.get(k)
@@ -428,6 +441,10 @@ def run_training(cfg: TrainConfig, *, inputs_checked: bool = False) -> dict:
     clock.mark("inputs_checked")
     students = cfg.students()
     cpus, use_gpu = _cpus_per_worker(cfg), cluster_gpus() >= cfg.workers
+    resources = parse_resources(cfg.worker_resources, "--worker-resources")[0]
+    problem = placement_problem(resources, cpus, "--worker-resources", "training worker")
+    if problem:
+        raise DataError(problem)
     resolved = replace(cfg, cpus_per_worker=cpus)
     output = _prepare_output(cfg, resolved)
     datasets, loop = prepare_data(cfg, stores, students, cpus)

@@ -17,7 +17,7 @@ from logitstore.objects import is_object_uri, local_path
 from logitstore.writer import is_store_dir
 from trainer.inputs import registry, specs
 from trainer.inputs.specs import LM_SEQ_LEN
-from trainer.options import check_out_dir, choice_problems, option, required_problems
+from trainer.options import RESOURCES_HELP, check_out_dir, choice_problems, option, parse_resources, required_problems
 
 # The dump arguments that decide a store's bytes (not workers, batch size or precision on CPU):
 # a rerun with the same ones resumes an unfinished dump, or finds a finished one complete.
@@ -131,6 +131,7 @@ class DumpConfig:
         "store does (recorded in the manifest); scale a CPU dump with --workers instead",
         1,
     )
+    actor_resources: str = option(RESOURCES_HELP.format(what="teacher actor"), "")
     shard_size: int = option("samples per shard (memory of a writer or reader is bounded by one shard)", 1024)
     precision: str = option(
         "teacher precision: auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16",
@@ -155,6 +156,7 @@ class DumpConfig:
         if self.value_codec == "logq" and not 1 <= self.value_bits <= 16:
             problems.append(f"--value-bits must be in 1..16, got {self.value_bits}")
         problems += self._views_problems()
+        problems += parse_resources(self.actor_resources, "--actor-resources")[1]
         for flag, value in (
             ("--batch-size", self.batch_size),
             ("--workers", self.workers),

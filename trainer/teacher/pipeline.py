@@ -29,6 +29,7 @@ from logitstore import (
     open_writer,
     plan_shards,
 )
+from logitstore.objects import is_object_uri
 from logitstore.shard import EXTRAS, TokenInputs, trim_samples
 from trainer.errors import ConfigError, DataError
 from trainer.inputs import registry
@@ -36,8 +37,9 @@ from trainer.inputs.chat import files_sha256
 from trainer.inputs.datasets import DatasetFingerprint, TextOptions, fingerprint_dataset, load_dataset
 from trainer.inputs.specs import worker_runtime_env
 from trainer.inputs.tokenizers import Tokenizer, resolve_tokenizer, sha256_text
+from trainer.options import parse_resources
 from trainer.progress import Progress
-from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray
+from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray, placement_problem
 from trainer.teacher.config import DumpConfig
 from trainer.teacher.scorer import TeacherScorer, precision
 from trainer.teacher.source import TeacherSource, resolve_teacher
@@ -86,6 +88,7 @@ def run_dump(cfg: DumpConfig) -> DumpResult:
             ensure_ray()
             teacher = resolving.result()
         _check_gpus(cfg)
+        _warn_local_out_on_a_cluster(cfg)
         inputs = _resolve_inputs(cfg, teacher)
         layout = _layout(cfg, inputs.vocab_size, sequence=inputs.fingerprint.max_length > 0)
         plan = plan_shards(inputs.fingerprint.ids, cfg.shard_size)
@@ -248,6 +251,17 @@ def _shard_rows(batch: dict[str, np.ndarray], plan: ShardPlan, todo: np.ndarray)
     return {**{key: value[keep] for key, value in batch.items()}, "shard": shard[keep]}
 
 
+def _warn_local_out_on_a_cluster(cfg: DumpConfig) -> None:
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if nodes > 1 and not is_object_uri(cfg.out):
+        print(
+            f"warning: --out {cfg.out} is a local path on a cluster of {nodes} nodes: each teacher actor writes its "
+            "shards to the disk of the node it runs on, so this works only on storage every node shares; use an "
+            "s3://, gs:// or az:// URI otherwise",
+            file=sys.stderr,
+        )
+
+
 def _score_and_write(
     cfg: DumpConfig,
     teacher: TeacherSource,
@@ -263,6 +277,10 @@ def _score_and_write(
         if _on_gpu()
         else {"num_cpus": max(0.25, min(1.0, (cluster_cpus() - 1.0) / cfg.workers))}
     )
+    resources = parse_resources(cfg.actor_resources, "--actor-resources")[0]
+    problem = placement_problem(resources, per_actor.get("num_cpus", 0.0), "--actor-resources", "teacher actor")
+    if problem:
+        raise ConfigError(problem)
     # A teacher built here travels as its weights; an hf: one is loaded by each replica from its files.
     state_ref = None if teacher.from_files else [ray.put(teacher.state_dict())]
     # Group the inputs (small) by shard, not the outputs (k values per position): then one actor
@@ -283,6 +301,7 @@ def _score_and_write(
             expected_counts=plan.counts,
         ),
         runtime_env=worker_runtime_env(),  # user modules from the working directory, even in a long-lived session
+        resources=resources or None,  # pinned to the nodes that offer them
         **per_actor,
     )
     # Shards reach the driver as their actors finish them: shards written / total, positions/s, ETA.

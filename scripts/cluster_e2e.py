@@ -1,0 +1,189 @@
+"""The jobs on a 3-node Ray cluster with every path on object storage, as a new user runs them.
+
+    python -m scripts.cluster_e2e [--work-dir DIR]
+
+Starts moto's S3 server on 127.0.0.1 (in this process) and a local Ray cluster of three nodes
+(ray.cluster_utils.Cluster): a head (1 CPU), a "teacher" node and a "trainer" node (2 CPUs each,
+custom resources teacher_node and train_node). Each node has a directory of its own for HOME,
+TMPDIR and LOGITSTORE_CACHE, and so does the driver (its working directory): the nodes of one
+machine share a disk, so this is how the run shows that no job needs a shared one. Then, each job
+a process of its own with RAY_ADDRESS set, as on a real cluster:
+
+  dump_logits (train and eval splits) --out s3://...  --actor-resources '{"teacher_node": 1}'
+  verify_store s3://..., inspect_store s3://...
+  train_student --store s3://... --eval-store s3://... --output s3://... --worker-resources '{"train_node": 1}'
+
+and checks: the s3 store decodes identically to the same dump on the driver's local disk; the
+teacher actors ran on the teacher node (the built-in teacher was cached in its directory only),
+the training workers on the trainer node (rank 0 staged its logs in its directory); the run's
+outputs are on s3; and nothing else was written to the driver's directory. Exit status 1 on any
+failed check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BUCKET = "cluster-e2e"
+
+
+def start_s3() -> dict:
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "e2e",
+        "AWS_SECRET_ACCESS_KEY": "e2e",
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+    }
+    os.environ.update(env)
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    return env
+
+
+def home(directory: Path) -> dict:
+    """A node's (or the driver's) own HOME, TMPDIR and logitstore cache."""
+    (directory / "tmp").mkdir(parents=True, exist_ok=True)
+    return {"HOME": str(directory), "TMPDIR": str(directory / "tmp"), "LOGITSTORE_CACHE": str(directory / "cache")}
+
+
+def start_cluster(work: Path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "resources": {"head_node": 1}, "env_vars": home(work / "node-head")},
+    )
+    cluster.add_node(num_cpus=2, resources={"teacher_node": 1}, env_vars=home(work / "node-teacher"))
+    cluster.add_node(num_cpus=2, resources={"train_node": 1}, env_vars=home(work / "node-trainer"))
+    cluster.wait_for_nodes()
+    return cluster
+
+
+def run(job: list[str], driver: Path, env: dict, log) -> None:
+    print(f"$ python -m {' '.join(job)}", flush=True)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", *job], cwd=driver, env=env, stdout=log, stderr=log)
+    if done.returncode != 0:
+        raise SystemExit(f"failed (exit {done.returncode}) after {time.perf_counter() - start:.0f} s; see {log.name}")
+    print(f"  ok, {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def files_under(path: Path) -> set[str]:
+    return {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} if path.exists() else set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.cluster_e2e", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work-dir", default=None)
+    args = parser.parse_args(argv)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="cluster-e2e-")).resolve()
+    driver = work / "driver"
+    driver.mkdir(parents=True, exist_ok=True)
+    s3_env = start_s3()
+    cluster = start_cluster(work)
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, **s3_env, **home(driver), "RAY_ADDRESS": cluster.address, "PYTHONPATH": repo}
+    env.pop("LOGITSTORE_LEASE_SECONDS", None)
+    s3 = f"s3://{BUCKET}"
+    print(f"cluster at {cluster.address}: 3 nodes; S3 at {s3_env['AWS_ENDPOINT_URL']}; work in {work}", flush=True)
+    with open(work / "jobs.log", "w") as log:
+        pinned = ["--actor-resources", json.dumps({"teacher_node": 1})]
+        for split, out in (("digits", "digits-train"), ("digits-eval", "digits-eval")):
+            run(["jobs.dump_logits", "--teacher", "digits-cnn", "--dataset", split, "--out", f"{s3}/{out}", *pinned],
+                driver, env, log)  # fmt: skip
+        before = files_under(driver)
+        run(["jobs.verify_store", f"{s3}/digits-train"], driver, env, log)
+        run(["jobs.inspect_store", f"{s3}/digits-train", "--out", str(driver / "inspect")], driver, env, log)
+        train = ["jobs.train_student", "--store", f"{s3}/digits-train", "--eval-store", f"{s3}/digits-eval"]
+        train += ["--dataset", "digits-fewlabels", "--eval-dataset", "digits-eval", "--student", "digits-mlp"]
+        train += ["--output", f"{s3}/runs/a", "--epochs", "3", "--worker-resources", json.dumps({"train_node": 1})]
+        run(train, driver, env, log)
+        after = files_under(driver)
+        # The same dump on local disk without the cluster (a local Ray of its own), for the comparison.
+        alone = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
+        run(["jobs.dump_logits", "--teacher", "digits-cnn", "--dataset", "digits", "--out", str(work / "local-train")],
+            driver, alone, log)  # fmt: skip
+    os.environ["RAY_ADDRESS"] = cluster.address
+    failures = checks(work, driver, s3, before, after, env)
+    cluster.shutdown()
+    for failure in failures:
+        print(f"FAILED: {failure}")
+    print("all checks passed" if not failures else f"{len(failures)} checks failed")
+    return 1 if failures else 0
+
+
+def actor_nodes() -> dict[str, set[str]]:
+    """Per kind of actor the jobs started (teacher actors, training workers), the custom resource
+    of the nodes they ran on: from Ray's record of every actor, dead ones included."""
+    import ray
+    from ray._private.state import actors  # the GCS actor table (the state API needs the dashboard)
+
+    ray.init(address=os.environ["RAY_ADDRESS"], logging_level="ERROR")
+    node_kind = {n["NodeID"]: next((r for r in n["Resources"] if r.endswith("_node")), "?") for n in ray.nodes()}
+    placed: dict[str, set[str]] = {}
+    for actor in actors().values():
+        for kind in ("ShardDumper", "RayTrainWorker"):
+            if kind in actor.get("ActorClassName", ""):
+                placed.setdefault(kind, set()).add(node_kind.get(actor["Address"]["NodeID"], "?"))
+    ray.shutdown()
+    return placed
+
+
+def checks(work: Path, driver: Path, s3: str, before: set[str], after: set[str], env: dict) -> list[str]:
+    from logitstore.objects import ObjectLocation
+
+    failures = []
+    compare = subprocess.run(
+        [sys.executable, "-m", "scripts.compare_stores", f"{s3}/digits-train", str(work / "local-train")],
+        cwd=driver,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    print(compare.stdout.strip())
+    if compare.returncode != 0:
+        failures.append("the s3 store does not decode identically to the local one")
+    placed = actor_nodes()
+    print(f"where the actors ran: {placed}")
+    if placed.get("ShardDumper") != {"teacher_node"}:
+        failures.append(f"the teacher actors ran on {placed.get('ShardDumper')}, not only on the teacher node")
+    if placed.get("RayTrainWorker") != {"train_node"}:
+        failures.append(f"the training workers ran on {placed.get('RayTrainWorker')}, not only on the trainer node")
+    staged = [f for f in files_under(work / "node-trainer") if f.endswith("logs/steps.csv")]
+    if not staged:
+        failures.append("no training worker staged its logs on the trainer node: the workers ran elsewhere")
+    names = set(ObjectLocation(f"{s3}/runs/a").list())
+    for name in ("metrics.json", "config.json", "student/model.safetensors", "logs/steps.csv", "curves.png"):
+        if name not in names:
+            failures.append(f"the run's {name} is not on s3")
+    if not any(n.startswith("ray/train/checkpoint_") for n in names):
+        failures.append("Ray Train's checkpoints are not on s3")
+    new = {f for f in after - before if not f.startswith(("inspect/", "tmp/", "cache/", ".cache/"))}
+    if new:
+        failures.append(f"training wrote to the driver's directory: {sorted(new)[:5]}")
+    metrics = json.loads(ObjectLocation(f"{s3}/runs/a").get("metrics.json"))
+    print(f"trained on the cluster: eval_accuracy {metrics['eval_accuracy']:.4f}, teacher_agreement "
+          f"{metrics['teacher_agreement']:.4f}; run outputs: {len(names)} objects on s3")  # fmt: skip
+    return failures
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
