@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         run(train, driver, env, log)
         after = files_under(driver)
         # The same dump on local disk without the cluster (a local Ray of its own), for the comparison.
-        alone = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
+        # (RAY_ADDRESS=local: a Ray of its own, not the cluster this machine runs, which a plain
+        # ray.init() would join; the usual temporary directory: its sockets' paths must stay short)
+        alone = {**{k: v for k, v in env.items() if k != "TMPDIR"}, "RAY_ADDRESS": "local"}
         run(["jobs.dump_logits", "--teacher", "digits-cnn", "--dataset", "digits", "--out", str(work / "local-train")],
             driver, alone, log)  # fmt: skip
     os.environ["RAY_ADDRESS"] = cluster.address
@@ -142,7 +144,11 @@ def actor_nodes() -> dict[str, set[str]]:
     for actor in actors().values():
         for kind in ("ShardDumper", "RayTrainWorker"):
             if kind in actor.get("ActorClassName", ""):
-                placed.setdefault(kind, set()).add(node_kind.get(actor["Address"]["NodeID"], "?"))
+                where = node_kind.get(actor["Address"]["NodeID"], "?")
+                placed.setdefault(kind, set()).add(where)
+                if where != {"ShardDumper": "teacher_node", "RayTrainWorker": "train_node"}[kind]:
+                    print({k: actor.get(k) for k in ("ActorClassName", "State", "StartTime", "EndTime", "Address")})
+                    print(str(actor.get("DeathCause"))[:500])
     ray.shutdown()
     return placed
 
