@@ -8,8 +8,8 @@ of AWS_ENDPOINT_URL with --no-server and --bucket). Measured side by side in one
 1. Clients: `--objects` objects of `--mib` MiB written then read back, one after the other and 8
    at a time, by obstore, pyarrow.fs.S3FileSystem and s3fs (MB/s of payload); and whether each
    has the conditional writes the commit needs (create-only, compare-and-swap).
-2. A store: an LM store (the byte-level teacher over stdlib-small-eval; k=32) dumped to disk and
-   copied object by object to s3; read whole through StoreReader from each (checksums verified),
+2. A store: an LM store (the byte-level teacher over stdlib-small-eval; k=32; Zarr, then Arrow)
+   dumped to disk and copied object by object to s3; read whole through StoreReader from each (checksums verified),
    from s3 with read-ahead 0, 1 and 2 shards; shards/s and the ratio to disk.
 3. Training: the LM student trains 2 epochs from each store (the same seed, so the same batches);
    the second epoch's positions/s from s3 over the same from disk (the issue's goal: >= 0.8).
@@ -31,23 +31,38 @@ from bench.common import markdown_table, write_json
 
 
 def start_server(bucket: str) -> None:
-    import logging
+    """moto's S3 server in a process of its own (in this one it would share the GIL with the
+    driver it serves), on 127.0.0.1."""
+    import atexit
+    import socket
+    import subprocess
+    import sys
 
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    atexit.register(server.terminate)
     os.environ.update(
-        AWS_ENDPOINT_URL=f"http://{host}:{port}",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
         AWS_ACCESS_KEY_ID="bench",
         AWS_SECRET_ACCESS_KEY="bench",
         AWS_REGION="us-east-1",
         AWS_ALLOW_HTTP="true",
     )
-    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=bucket)
+    for _ in range(100):
+        try:
+            boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=bucket)
+            return
+        except Exception:  # not listening yet
+            time.sleep(0.1)
+    raise SystemExit("moto's server did not start")
 
 
 def _timed(fn, names: list[str], parallel: int) -> float:
@@ -104,13 +119,14 @@ def clients(bucket: str, objects: int, mib: int) -> list[dict]:
     return rows
 
 
-def lm_store(work: Path, quick: bool) -> str:
+def lm_store(work: Path, quick: bool, backend: str) -> str:
     from trainer.teacher.config import DumpConfig
     from trainer.teacher.pipeline import run_dump
 
-    out = work / "lm"
+    out = work / f"lm-{backend}"
     dataset = "stdlib-small-eval"
-    cfg = DumpConfig(teacher="stdlib-gpt", dataset=dataset, out=str(out), top_k=32, shard_size=8 if quick else 16)
+    size = 8 if quick else 16
+    cfg = DumpConfig(teacher="stdlib-gpt", dataset=dataset, out=str(out), top_k=32, shard_size=size, format=backend)
     problems = cfg.validate()
     if problems:
         raise SystemExit("; ".join(problems))
@@ -191,19 +207,22 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(client_rows, columns))
     figures = {"clients": client_rows}
     work = Path(tempfile.mkdtemp(prefix="bench-object-store-"))
-    store = lm_store(work, args.quick)
-    uri = f"s3://{args.bucket}/stores/lm"
-    copy_to(store, uri)
-    print("2. reading the LM store whole (StoreReader, checksums verified)", flush=True)
-    read_rows = reads(store, uri)
-    columns = [("from", "{}"), ("read_ahead", "{}"), ("shards_per_s", "{:.1f}"), ("vs_disk", "{:.2f}")]
-    print(markdown_table(read_rows, columns))
-    figures["reads"] = read_rows
-    if not args.quick:
-        print("3. training 2 epochs from each store (the second epoch's throughput)", flush=True)
-        train_rows = training(store, uri, work)
-        print(markdown_table(train_rows, [("from", "{}"), ("positions_per_s", "{:,.0f}"), ("vs_disk", "{:.2f}")]))
-        figures["training"] = train_rows
+    figures["reads"], figures["training"] = [], []
+    for backend in ("zarr", "arrow"):
+        store = lm_store(work, args.quick, backend)
+        uri = f"s3://{args.bucket}/stores/lm-{backend}"
+        copy_to(store, uri)
+        print(f"2. reading the LM store ({backend}) whole (StoreReader, checksums verified)", flush=True)
+        read_rows = [{"backend": backend, **row} for row in reads(store, uri)]
+        columns = [("backend", "{}"), ("from", "{}"), ("read_ahead", "{}"), ("shards_per_s", "{:.1f}")]
+        print(markdown_table(read_rows, columns + [("vs_disk", "{:.2f}")]))
+        figures["reads"] += read_rows
+        if not args.quick:
+            print(f"3. training 2 epochs from each {backend} store (the second epoch's throughput)", flush=True)
+            train_rows = [{"backend": backend, **row} for row in training(store, uri, work / backend)]
+            columns = [("backend", "{}"), ("from", "{}"), ("positions_per_s", "{:,.0f}"), ("vs_disk", "{:.2f}")]
+            print(markdown_table(train_rows, columns))
+            figures["training"] += train_rows
     if args.json:
         write_json(args.json, figures)
     return 0

@@ -72,16 +72,17 @@ def manifest_figures(shards: int) -> dict:
 def fingerprint_figures(rows: int, length: int) -> dict:
     import ray
 
-    from trainer.inputs.datasets import fingerprint_dataset, load_dataset
+    from trainer.inputs.datasets import TextOptions, fingerprint_dataset, load_dataset
     from trainer.ray_env import ensure_ray
 
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     path = random_token_parquet(work / "tokens.parquet", rows, length, 32_000)
     ensure_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
-    fingerprint_dataset(load_dataset(path), path)  # warm: workers started, modules imported
+    options = TextOptions(seq_len=length)
+    fingerprint_dataset(load_dataset(path, text=options), path)  # warm: workers started, modules imported
     start = time.perf_counter()
-    fingerprint_dataset(load_dataset(path), path)
+    fingerprint_dataset(load_dataset(path, text=options), path)
     seconds = time.perf_counter() - start
     # The driver's own part for 1M samples: sort ids and digests, check uniqueness, hash both.
     rng = np.random.default_rng(0)

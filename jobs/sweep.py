@@ -12,19 +12,20 @@ from trainer.student.sweep import SweepConfig
 
 def sweep(cfg: SweepConfig) -> None:
     from jobs.plots import sweep_plot
+    from trainer.student.outputs import RunOutput, join_output
     from trainer.student.sweep import run_sweep  # torch and Ray only once the arguments are sound
 
     def draw(summary: dict, path: Path) -> None:
         sweep_plot(summary["rows"], summary["swept"], cfg.metric, summary["best"], path)
 
     summary = run_sweep(cfg, draw)
-    best, output = summary["best"], Path(cfg.output)
+    best, output = summary["best"], RunOutput(cfg.output)
     print(f"sweep complete: {cfg.output}", file=sys.stderr)
-    print((output / "results.md").read_text(), end="")
+    print(output.read_text("results.md"), end="")
     settings = ", ".join(f"{k}={best[k]}" for k in VARIANT_FIELDS if k in best)
     print(
         f"best: trial {best['trial']} ({settings}): {cfg.metric} {best[cfg.metric]:.4f}; weights in "
-        f"{output / 'best' / 'model.pt'}"
+        f"{join_output(cfg.output, 'best/model.pt')}"
     )
     print(
         f"{summary['trials']} students in {summary['runs']} Ray Train runs, {summary['wall_seconds']:.1f} s; "

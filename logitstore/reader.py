@@ -23,7 +23,7 @@ from logitstore.planning import ShardPlan
 from logitstore.remote import shard_files
 from logitstore.shard import ShardData, head_mask
 
-_AHEAD = ThreadPoolExecutor(max_workers=4, thread_name_prefix="logitstore-read-ahead")
+_AHEAD = ThreadPoolExecutor(max_workers=8, thread_name_prefix="logitstore-read-ahead")
 
 
 class StoreReader:
@@ -148,6 +148,14 @@ class StoreReader:
                 f"shard {info.name} of store {self.root} disagrees with the manifest's counts or id range"
             )
 
+    def read_shards(self, indices: Iterable[int]) -> list[ShardData]:
+        """Several shards, in the order given; on object storage all fetched at once (memory: their
+        bytes, as the caller asked for all of them)."""
+        indices = [int(j) for j in indices]
+        if self.location is not None:
+            self._fetch_ahead(indices)
+        return [self.read_shard(j) for j in indices]
+
     def iter_shards(self, order: Iterable[int] | None = None) -> Iterator[tuple[int, ShardData]]:
         order = list(range(self.num_shards) if order is None else order)
         for i, index in enumerate(order):
@@ -161,6 +169,8 @@ class StoreReader:
         shard = self.plan.shard_of(ids)
         parts: list[ShardData] = []
         order: list[np.ndarray] = []
+        if self.location is not None:  # every shard needed, fetched at once
+            self._fetch_ahead([int(j) for j in np.unique(shard) if j >= 0])
         for j in np.unique(shard):
             where = np.nonzero(shard == j)[0]
             if j < 0:

@@ -12,6 +12,7 @@ a process of its own with RAY_ADDRESS set, as on a real cluster:
   dump_logits (train and eval splits) --out s3://...  --actor-resources '{"teacher_node": 1}'
   verify_store s3://..., inspect_store s3://...
   train_student --store s3://... --eval-store s3://... --output s3://... --worker-resources '{"train_node": 1}'
+  sweep (two temperatures, one Ray Train run) --output s3://... --worker-resources '{"train_node": 1}'
 
 and checks: the s3 store decodes identically to the same dump on the driver's local disk; the
 teacher actors ran on the teacher node (the built-in teacher was cached in its directory only),
@@ -116,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         train += ["--dataset", "digits-fewlabels", "--eval-dataset", "digits-eval", "--student", "digits-mlp"]
         train += ["--output", f"{s3}/runs/a", "--epochs", "3", "--worker-resources", json.dumps({"train_node": 1})]
         run(train, driver, env, log)
+        sweep = ["jobs.sweep", *train[1:11], "--output", f"{s3}/sweeps/t", "--epochs", "2"]
+        sweep += ["--space", json.dumps({"temperature": {"grid": [1, 4]}}), "--students-per-run", "2"]
+        sweep += ["--worker-resources", json.dumps({"train_node": 1})]
+        run(sweep, driver, env, log)
         after = files_under(driver)
         # The same dump on local disk without the cluster (a local Ray of its own), for the comparison.
         # (RAY_ADDRESS=local: a Ray of its own, not the cluster this machine runs, which a plain
@@ -182,6 +187,10 @@ def checks(work: Path, driver: Path, s3: str, before: set[str], after: set[str],
             failures.append(f"the run's {name} is not on s3")
     if not any(n.startswith("ray/train/checkpoint_") for n in names):
         failures.append("Ray Train's checkpoints are not on s3")
+    swept = set(ObjectLocation(f"{s3}/sweeps/t").list())
+    for name in ("results.csv", "results.md", "best/model.pt", "best/student/model.safetensors", "trials.json"):
+        if name not in swept:
+            failures.append(f"the sweep's {name} is not on s3")
     new = {f for f in after - before if not f.startswith(("inspect/", "tmp/", "cache/", ".cache/"))}
     if new:
         failures.append(f"training wrote to the driver's directory: {sorted(new)[:5]}")

@@ -114,7 +114,7 @@ def _store_window(batch: dict[str, np.ndarray], spec: JoinSpec) -> dict[str, np.
     window, epoch = int(batch["id"][0]), _execution_epoch(spec)
     reader = _reader(spec)
     shards = sorted(int(j) for j in spec.windows(epoch)[window])  # id order, as a join task sorts its rows
-    parts = [reader.read_shard(j) for j in shards]
+    parts = reader.read_shards(shards)  # on object storage, the window's shards fetched at once
     data = ShardData.concat(parts)
     shard_of = np.repeat(shards, [p.num_samples for p in parts])
     rows = store_rows(data, spec.manifest.layout.inputs.seq_len, shard_of)

@@ -84,3 +84,29 @@ def upload_dir(local: Path, uri: str, under: str) -> None:
     """Every file below `local` to `uri`/`under`/... (rank 0's logs as they grow)."""
     files = {f"{under}/{p.relative_to(local).as_posix()}": p for p in local.rglob("*") if p.is_file()}
     ObjectLocation(uri).put_many({name: p.read_bytes() for name, p in files.items()})
+
+
+def copy_out(source: str, target: Path) -> None:
+    """A file or directory of some output (a local path or a URI) copied to the local `target`."""
+    if not is_object_uri(source):
+        src = Path(source)
+        shutil.copytree(src, target) if src.is_dir() else shutil.copyfile(src, target)
+        return
+    parent, name = source.rstrip("/").rsplit("/", 1)
+    location = ObjectLocation(parent)
+    keys = list(location.list(name + "/"))
+    if not keys:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(location.get(name))
+        return
+    for key in keys:
+        path = target / key[len(name) + 1 :]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(location.get(key))
+
+
+def join_output(output: str, name: str) -> str:
+    """`output`/`name`, for a URI or a local path (made absolute)."""
+    if is_object_uri(output):
+        return f"{output.rstrip('/')}/{name}"
+    return str(local_path(output).resolve() / name)

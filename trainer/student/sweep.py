@@ -24,11 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from logitstore.atomic import atomic_output, atomic_write_text
+from logitstore.atomic import atomic_write_text
 from logitstore.errors import StoreError
 from trainer.errors import ConfigError, ModelError, TrainerError, find_cause
 from trainer.options import choice_problems, option
 from trainer.student.config import VARIANT_FIELDS, TrainConfig
+from trainer.student.outputs import RunOutput, copy_out, join_output
 
 # Space entries: {"grid": [..]} | {"choice": [..]} | {"uniform": [lo, hi]} | {"loguniform": [lo, hi]} | a constant.
 DOMAINS = ("grid", "choice", "uniform", "loguniform")
@@ -40,7 +41,8 @@ class SweepConfig(TrainConfig):
     """Sweep student hyper-parameters over one logit store with Ray Tune (a Ray Train run per trial; no teacher)."""
 
     output: str = option(
-        "directory of the sweep: results.csv/.md/.json, plot.png, best/ (model.pt and the exported student/), "
+        "directory (or s3://, gs://, az:// prefix) of the sweep: results.csv/.md/.json, plot.png, best/ (model.pt "
+        "and the exported student/), "
         "config.json, trials.json and runs/<run>/ (each run's metrics.json, config.json, checkpoint, student)",
         "",
         required=True,
@@ -83,7 +85,7 @@ class SweepConfig(TrainConfig):
         problems += [p.replace("--variants[", "trial [") for p in as_run.validate() if p != "--output is required"]
         if not self.output:
             problems.append("--output is required")
-        elif (Path(self.output) / "results.csv").exists() and not self.overwrite:
+        elif _finished(self.output) and not self.overwrite:
             problems.append(
                 f"{self.output} already holds a finished sweep (results.csv): pass --overwrite to replace it, "
                 "or choose another --output"
@@ -172,12 +174,15 @@ def _plain(value: Any) -> Any:
 
 
 def _cpus_per_worker(cfg: SweepConfig) -> float:
-    from trainer.ray_env import cluster_cpus
+    from trainer.options import parse_resources
+    from trainer.ray_env import cluster_cpus, node_cpus
 
     if cfg.cpus_per_worker > 0:
         return cfg.cpus_per_worker
-    # One CPU stays with the data pipelines of all concurrent runs; the runs share the rest.
-    return max(0.25, min(4.0, (cluster_cpus() - 1.0) / (cfg.workers * cfg.max_concurrent)))
+    # One CPU stays with the data pipelines of all concurrent runs; the runs share the rest; one
+    # worker never asks for more than the largest node it may run on has.
+    largest = max(node_cpus(parse_resources(cfg.worker_resources, "--worker-resources")[0]), default=1.0)
+    return max(0.25, min(4.0, (cluster_cpus() - 1.0) / (cfg.workers * cfg.max_concurrent), largest))
 
 
 def _run_group(tune_config: dict) -> None:
@@ -216,21 +221,12 @@ def run_sweep(cfg: SweepConfig, draw: Callable[[dict, Path], None] | None = None
 
     start = time.perf_counter()
     trials, _ = cfg.trials()
-    output = Path(cfg.output).resolve()
-    if output.exists() and cfg.overwrite:
-        for name in (
-            "results.csv",
-            "results.md",
-            "results.json",
-            "plot.png",
-            "best",
-            "runs",
-            "tune",
-            "config.json",
-            "trials.json",
-        ):
-            target = output / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    # A local directory, or a prefix on object storage (files staged locally, then uploaded).
+    out = RunOutput(cfg.output)
+    if cfg.overwrite:
+        out.remove(["results.csv", "results.md", "results.json", "plot.png", "best", "runs", "tune", "config.json"])
+        out.remove(["trials.json"])
+    output = out.local
     output.mkdir(parents=True, exist_ok=True)
     ensure_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -238,6 +234,7 @@ def run_sweep(cfg: SweepConfig, draw: Callable[[dict, Path], None] | None = None
     # The resolved configuration (loadable again with --config), and the trials it resolves to.
     atomic_write_text(output / "config.json", json.dumps(replace(cfg, cpus_per_worker=cpus).to_dict(), indent=2) + "\n")
     atomic_write_text(output / "trials.json", json.dumps(trials, indent=2) + "\n")
+    out.publish("config.json", "trials.json")
 
     train_fields = {k: v for k, v in cfg.to_dict().items() if k in TrainConfig.__dataclass_fields__}
     # Every run trains on the same data and stores: check them once here, not once per run.
@@ -248,7 +245,7 @@ def run_sweep(cfg: SweepConfig, draw: Callable[[dict, Path], None] | None = None
     for r, group in enumerate(groups):
         train = {
             **train_fields,
-            "output": str(output / "runs" / f"run-{r:03d}"),
+            "output": join_output(cfg.output, f"runs/run-{r:03d}"),
             "cpus_per_worker": cpus,
             "overwrite": False,
             "max_failures": 0,
@@ -276,7 +273,7 @@ def run_sweep(cfg: SweepConfig, draw: Callable[[dict, Path], None] | None = None
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name="sweep",
-            storage_path=str(output / "tune"),
+            storage_path=join_output(cfg.output, "tune"),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=cfg.max_retries),
         ),
@@ -291,19 +288,30 @@ def run_sweep(cfg: SweepConfig, draw: Callable[[dict, Path], None] | None = None
         raise ModelError(
             f"{len(failed)} of {len(runs)} runs failed after {cfg.max_retries} retries "
             f"({str(failed[0].error).splitlines()[0] if failed else 'missing results'}); see their logs under "
-            f"{output / 'runs'}"
+            f"{join_output(cfg.output, 'runs')}"
         )
-    return _write_results(cfg, output, rows, start, draw)
+    summary = _write_results(cfg, output, rows, start, draw)
+    out.publish("results.md", "best", "results.json", *(["plot.png"] if (output / "plot.png").exists() else []))
+    out.publish("results.csv")  # last: it marks a finished sweep
+    return summary
+
+
+def _finished(output: str) -> bool:
+    """A finished sweep (results.csv) at `output`, a local directory or a URI."""
+    try:
+        return RunOutput(output).exists("results.csv")
+    except StoreError:
+        return False  # unreachable: the run reports it when it starts
 
 
 def _collect_rows(trials: list[dict], groups: list[list[dict]], runs: list[dict]) -> list[dict]:
     """One row per trial (student): its swept settings and its results, from its run's metrics.json."""
     rows = []
     for r, (group, run) in enumerate(zip(groups, runs)):
-        path = Path(run["train"]["output"]) / "metrics.json"
-        if not path.is_file():
+        where = RunOutput(run["train"]["output"])
+        if not where.exists("metrics.json"):
             continue
-        metrics = json.loads(path.read_text())
+        metrics = json.loads(where.read_text("metrics.json"))
         for settings, result in zip(group, metrics.get("students", [metrics])):
             rows.append(
                 {
@@ -356,10 +364,9 @@ def _write_results(cfg: SweepConfig, output: Path, rows: list[dict], start: floa
     best_dir = output / "best"
     shutil.rmtree(best_dir, ignore_errors=True)
     best_dir.mkdir()
-    with open(best["checkpoint"], "rb") as src, atomic_output(best_dir / "model.pt") as dst:
-        shutil.copyfileobj(src, dst)
+    copy_out(best["checkpoint"], best_dir / "model.pt")
     if best.get("exported"):  # the exported student (save_pretrained, or model.safetensors)
-        shutil.copytree(best["exported"], best_dir / "student")
+        copy_out(best["exported"], best_dir / "student")
     atomic_write_text(best_dir / "trial.json", json.dumps(best, indent=2) + "\n")
     summary = {
         "trials": len(rows),
