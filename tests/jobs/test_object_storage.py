@@ -64,3 +64,12 @@ def test_dump_verify_inspect_and_train_on_s3_match_local_disk(s3, digits_stores,
     argv[argv.index("--output") + 1] = out_uri
     assert train_student.main(argv) == 2
     assert "already holds a finished run" in capsys.readouterr().err
+
+
+def test_a_dataset_uri_without_data_files_is_named(s3):
+    from trainer.teacher.config import DumpConfig
+
+    empty = s3("no-data")
+    ObjectLocation(empty).put("notes.txt", b"not data")
+    problems = DumpConfig(teacher="digits-cnn", dataset=empty, out=s3("out")).validate()
+    assert any(f"--dataset {empty!r} holds no .parquet, .jsonl or .json objects" in p for p in problems), problems

@@ -134,6 +134,25 @@ def test_a_datasets_directory_gives_the_same_store_as_its_jsonl(dump, chat_teach
     assert same_content(jsonl, saved) and StoreReader(saved).manifest.num_positions > 0
 
 
+def test_text_files_on_object_storage_give_the_same_store_as_on_disk(dump, chat_teacher, tmp_path, s3):
+    # The same rows as one JSONL object, and as a prefix of two Parquet objects (ids follow the
+    # files' order, as locally): each read task fetches its own file from the S3 server.
+    from logitstore.objects import ObjectLocation
+
+    teacher = f"hf:{chat_teacher['generation']}"
+    local = dump(teacher=teacher, dataset=write_jsonl(tmp_path / "chat.jsonl", CHAT), top_k=4, seq_len=256)
+    one, prefix = s3("chat-jsonl"), s3("chat-parquet")
+    ObjectLocation(one).put("chat.jsonl", (tmp_path / "chat.jsonl").read_bytes())
+    half = len(CHAT) // 2
+    for i, rows in enumerate((CHAT[:half], CHAT[half:])):
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / f"part-{i}.parquet")
+        ObjectLocation(prefix).put(f"part-{i}.parquet", (tmp_path / f"part-{i}.parquet").read_bytes())
+    for dataset in (f"{one}/chat.jsonl", prefix):
+        store = dump(teacher=teacher, dataset=dataset, top_k=4, seq_len=256)
+        assert same_content(local, store), dataset
+        assert StoreReader(store).manifest.dataset["spec"] == dataset
+
+
 def test_chat_rows_longer_than_seq_len_keep_their_beginning(dump, chat_teacher, tmp_path, capfd):
     long = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "word " * 60}]}]
     store = dump(teacher=f"hf:{chat_teacher['plain']}", dataset=write_jsonl(tmp_path / "l.jsonl", long), seq_len=24)

@@ -33,6 +33,7 @@ import ray.data
 
 from trainer.errors import DataError
 from trainer.inputs import registry
+from trainer.inputs.datafiles import is_object_uri, read_bytes
 from trainer.inputs.specs import LM_SEQ_LEN, check_dataset_spec, import_callable, is_callable_spec, parquet_files
 from trainer.inputs.textfiles import TextFile, read_rows, row_kind, text_files
 
@@ -65,14 +66,15 @@ def load_dataset(spec: str, what: str = "--dataset", text: TextOptions = TextOpt
         return ray.data.range(blocks, override_num_blocks=blocks).map_batches(
             _features_block, batch_size=1, fn_kwargs={"spec": spec, "blocks": blocks}
         )
-    if is_callable_spec(spec) and not Path(spec).exists():
+    remote = is_object_uri(spec)  # files on object storage: each read task fetches its own
+    if not remote and is_callable_spec(spec) and not Path(spec).exists():
         ds = import_callable(spec, DataError, what)()
         if not isinstance(ds, ray.data.Dataset):
             raise DataError(f"{what} {spec!r} returned {type(ds).__name__}, not a ray.data.Dataset")
         return ds.map_batches(
             _normalize_batch, batch_format="numpy", fn_kwargs={"source": spec, "seq_len": text.seq_len}
         )
-    texts = text_files(Path(spec))
+    texts = text_files(spec if remote else Path(spec))
     if texts is not None:
         if text.hf_tokenizer is None:
             raise DataError(
@@ -83,13 +85,18 @@ def load_dataset(spec: str, what: str = "--dataset", text: TextOptions = TextOpt
         return ray.data.from_items([asdict(f) for f in texts]).map_batches(
             _read_text_batch, batch_size=1, batch_format="pyarrow", fn_kwargs={"text": text}
         )
-    files = parquet_files(Path(spec))
-    offsets = np.concatenate([[0], np.cumsum([pq.ParquetFile(f).metadata.num_rows for f in files])])
+    files = parquet_files(spec if remote else Path(spec))
+    offsets = np.concatenate([[0], np.cumsum([_parquet(f).metadata.num_rows for f in files])])
     # One read task per file; ids of id-less files follow the files' sorted order.
     items = [{"path": str(f), "offset": int(o)} for f, o in zip(files, offsets[:-1])]
     return ray.data.from_items(items).map_batches(
         _read_parquet_batch, batch_size=1, batch_format="pyarrow", fn_kwargs={"seq_len": text.seq_len}
     )
+
+
+def _parquet(path) -> pq.ParquetFile:
+    """A Parquet file by path, or by URI (fetched whole)."""
+    return pq.ParquetFile(pa.BufferReader(read_bytes(path)) if is_object_uri(path) else path)
 
 
 def text_part(spec: str, part: int, text: TextOptions) -> dict[str, np.ndarray]:
@@ -154,7 +161,7 @@ def _read_text_batch(batch: pa.Table, text: TextOptions) -> dict[str, np.ndarray
 
 def _read_parquet_batch(batch: pa.Table, seq_len: int) -> dict[str, np.ndarray]:
     path, offset = batch.column("path")[0].as_py(), batch.column("offset")[0].as_py()
-    table = pq.read_table(path)
+    table = _parquet(path).read()
     names = set(table.column_names)
     if "input_ids" in names:
         return _read_parquet_tokens(table, path, offset, seq_len)

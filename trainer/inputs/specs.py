@@ -21,6 +21,7 @@ from typing import Any
 
 from trainer.errors import TrainerError
 from trainer.inputs import registry
+from trainer.inputs.datafiles import is_object_uri, uri_files
 
 HF_PREFIX = "hf:"
 HF_CONFIG_PREFIX = "hf-config:"  # a Hugging Face architecture, built from its config with fresh weights
@@ -149,6 +150,8 @@ def is_text_files(spec: str) -> bool:
     """The spec names the user's text files (cheap: file names and a Parquet schema, no rows read)."""
     from trainer.inputs.textfiles import is_text_path
 
+    if is_object_uri(spec):
+        return is_text_path(spec)
     path = Path(spec)
     return spec not in registry.DATASETS and path.exists() and is_text_path(path)
 
@@ -159,7 +162,10 @@ def has_tokenizer_files(directory: str) -> bool:
     return Path(directory).is_dir() and found(Path(directory))
 
 
-def parquet_files(path: Path) -> list[Path]:
+def parquet_files(path: Path | str) -> list[Path | str]:
+    if is_object_uri(path):
+        return [u for u in uri_files(str(path)) if u.endswith(".parquet")]
+    path = Path(path)
     if path.is_file():
         return [path]
     return sorted(p for p in path.rglob("*.parquet") if p.is_file())
@@ -168,6 +174,8 @@ def parquet_files(path: Path) -> list[Path]:
 def check_dataset_spec(spec: str, what: str) -> list[str]:
     if spec in registry.DATASETS:
         return []
+    if is_object_uri(spec):
+        return _uri_dataset_problems(spec, what)
     path = Path(spec)
     if is_callable_spec(spec) and not path.exists():
         return _check_callable(spec, what)
@@ -186,6 +194,21 @@ def check_dataset_spec(spec: str, what: str) -> list[str]:
         return [
             f"{what} {spec!r} holds no .parquet, .jsonl or .json files: pass a data file, a directory of them or "
             "a datasets directory (save_to_disk)"
+        ]
+    return []
+
+
+def _uri_dataset_problems(spec: str, what: str) -> list[str]:
+    from logitstore.errors import StoreError
+
+    try:
+        found = uri_files(spec)
+    except StoreError as exc:  # the server did not answer, or the URI is unusable
+        return [f"{what} {spec}: {exc}"]
+    if not found:
+        return [
+            f"{what} {spec!r} holds no .parquet, .jsonl or .json objects: pass a data file's URI or a prefix "
+            "that has them (datasets directories written by save_to_disk are read from local disk only)"
         ]
     return []
 

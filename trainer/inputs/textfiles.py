@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trainer.errors import DataError
+from trainer.inputs.datafiles import is_object_uri, name, read_bytes, suffix, uri_files
 
 TEXT_SUFFIXES = (".jsonl", ".json")
 KINDS = {"messages": "chat", "prompt": "completion", "text": "text"}  # the column that decides, in priority order
@@ -33,11 +34,11 @@ class TextFile:
     offset: int  # the position of its first row in the data (ids of id-less rows)
 
 
-def is_hf_dataset_dir(path: Path) -> bool:
-    return path.is_dir() and (path / HF_STATE).is_file()
+def is_hf_dataset_dir(path: Path | str) -> bool:
+    return not is_object_uri(path) and Path(path).is_dir() and (Path(path) / HF_STATE).is_file()
 
 
-def is_text_path(path: Path) -> bool:
+def is_text_path(path: Path | str) -> bool:
     """`path` holds text rows (JSONL/JSON, a datasets directory, Parquet with a text column)."""
     try:
         return _text_paths(path) is not None
@@ -45,25 +46,37 @@ def is_text_path(path: Path) -> bool:
         return True  # a broken text dataset is still text: reading it says what is wrong
 
 
-def _text_paths(path: Path) -> list[tuple[Path, str]] | None:
+def _text_paths(path: Path | str) -> list[tuple[Path | str, str]] | None:
+    if is_object_uri(path):  # a file or prefix on object storage
+        found = [u for u in uri_files(str(path)) if _format(u)]
+        return _one_format(path, [(u, _format(u)) for u in found])
+    path = Path(path)
     if is_hf_dataset_dir(path):
         return [(p, "hf-arrow") for p in _hf_arrow_files(path)]
     if path.is_file():
         files = [(path, _format(path))] if _format(path) else []
     else:
         found = sorted(p for p in path.rglob("*") if p.is_file() and _format(p))
-        formats = {_format(p) for p in found}
-        if len(formats) > 1:
-            raise DataError(
-                f"dataset {path} mixes {' and '.join(sorted(formats))} files: keep one format per directory"
-            )
         files = [(p, _format(p)) for p in found]
-    if not files or (files[0][1] == "parquet" and _kind_of_columns(pq.read_schema(files[0][0]).names) is None):
+    return _one_format(path, files)
+
+
+def _one_format(path, files: list[tuple[Path | str, str]]) -> list[tuple[Path | str, str]] | None:
+    formats = {fmt for _, fmt in files}
+    if len(formats) > 1:
+        raise DataError(f"dataset {path} mixes {' and '.join(sorted(formats))} files: keep one format per directory")
+    if not files or (files[0][1] == "parquet" and _kind_of_columns(_schema_names(files[0][0])) is None):
         return None  # nothing, or Parquet of features or token ids
     return files
 
 
-def text_files(path: Path) -> list[TextFile] | None:
+def _schema_names(path: Path | str) -> list[str]:
+    if is_object_uri(path):
+        return pq.read_schema(pa.BufferReader(read_bytes(str(path)))).names
+    return pq.read_schema(path).names
+
+
+def text_files(path: Path | str) -> list[TextFile] | None:
     """The files of a text dataset at `path` with their row offsets, or None when `path` is not one
     (Parquet of features or token ids stays with trainer/inputs/datasets.py). DataError on a
     directory that mixes formats or an unreadable file."""
@@ -77,12 +90,13 @@ def text_files(path: Path) -> list[TextFile] | None:
     return out
 
 
-def _format(path: Path) -> str | None:
-    if path.suffix == ".jsonl":
+def _format(path: Path | str) -> str | None:
+    ext, base = suffix(str(path)), name(str(path))
+    if ext == ".jsonl":
         return "jsonl"
-    if path.suffix == ".json" and path.name not in (HF_STATE, "dataset_info.json", "dataset_dict.json"):
+    if ext == ".json" and base not in (HF_STATE, "dataset_info.json", "dataset_dict.json"):
         return "json"
-    return "parquet" if path.suffix == ".parquet" else None
+    return "parquet" if ext == ".parquet" else None
 
 
 def _hf_arrow_files(path: Path) -> list[Path]:
@@ -99,10 +113,16 @@ def _hf_arrow_files(path: Path) -> list[Path]:
     return [path / n for n in names]
 
 
-def _row_count(path: Path, fmt: str) -> int:
-    if fmt == "parquet":
+def _row_count(path: Path | str, fmt: str) -> int:
+    if is_object_uri(path):
+        data = read_bytes(str(path))
+        if fmt == "parquet":
+            return pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
+        if fmt == "jsonl":
+            return sum(1 for line in data.splitlines() if line.strip())
+    elif fmt == "parquet":
         return pq.ParquetFile(path).metadata.num_rows
-    if fmt == "jsonl":
+    elif fmt == "jsonl":
         with open(path, "rb") as f:
             return sum(1 for line in f if line.strip())
     return len(read_rows(TextFile(str(path), fmt, 0)))
@@ -110,22 +130,25 @@ def _row_count(path: Path, fmt: str) -> int:
 
 def read_rows(file: TextFile) -> list[dict]:
     """Every row of one file, as dicts."""
-    path = Path(file.path)
+    remote = is_object_uri(file.path)
+    path = file.path if remote else Path(file.path)
     try:
         if file.format == "jsonl":
             rows = []
-            with open(path, encoding="utf-8") as f:
-                for number, line in enumerate(f, 1):
-                    if line.strip():
-                        rows.append(_json_object(line, f"{path}:{number}"))
+            lines = read_bytes(file.path).decode("utf-8").splitlines() if remote else open(path, encoding="utf-8")
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    rows.append(_json_object(line, f"{path}:{number}"))
+            if not remote:
+                lines.close()
             return rows
         if file.format == "json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_bytes(file.path).decode("utf-8") if remote else path.read_text(encoding="utf-8"))
             if not isinstance(data, list):
                 raise DataError(f"{path} holds a JSON {type(data).__name__}; a .json dataset is a list of row objects")
             return [_object(row, f"{path} row {i}") for i, row in enumerate(data)]
         if file.format == "parquet":
-            return pq.read_table(path).to_pylist()
+            return pq.read_table(pa.BufferReader(read_bytes(file.path)) if remote else path).to_pylist()
         with pa.memory_map(str(path), "r") as source:  # save_to_disk writes the Arrow stream format
             return pa.ipc.open_stream(source).read_all().to_pylist()
     except UnicodeDecodeError:
