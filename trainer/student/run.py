@@ -377,12 +377,17 @@ def _vocab_padding(store: str, manifest: Manifest, students: list[StudentSetting
 
 # ---- the run --------------------------------------------------------------------------------------
 def _cpus_per_worker(cfg: TrainConfig) -> float:
-    if cfg.cpus_per_worker > 0:
-        return cfg.cpus_per_worker
-    # Leave one CPU for the data pipeline (read, join); workers that claim every CPU starve it. One
-    # worker runs on one node: never more than the largest node it may run on has.
-    largest = max(node_cpus(parse_resources(cfg.worker_resources, "--worker-resources")[0]), default=1.0)
-    return max(0.25, min(4.0, (cluster_cpus() - 1.0) / cfg.workers, largest))
+    return cpus_per_worker(cfg.cpus_per_worker, cfg.worker_resources, cfg.workers)
+
+
+def cpus_per_worker(given: float, worker_resources: str, workers: int) -> float:
+    """`given`, or automatic: the cluster's CPUs but one shared by `workers` workers (the one left
+    keeps the data pipeline going: workers that claim every CPU starve it), at most 4, and never
+    more than the largest node a worker may run on has (a worker runs on one node)."""
+    if given > 0:
+        return given
+    largest = max(node_cpus(parse_resources(worker_resources, "--worker-resources")[0]), default=1.0)
+    return max(0.25, min(4.0, (cluster_cpus() - 1.0) / workers, largest))
 
 
 def _prepare_output(cfg: TrainConfig, resolved: TrainConfig) -> RunOutput:

@@ -174,15 +174,10 @@ def _plain(value: Any) -> Any:
 
 
 def _cpus_per_worker(cfg: SweepConfig) -> float:
-    from trainer.options import parse_resources
-    from trainer.ray_env import cluster_cpus, node_cpus
+    from trainer.student.run import cpus_per_worker
 
-    if cfg.cpus_per_worker > 0:
-        return cfg.cpus_per_worker
-    # One CPU stays with the data pipelines of all concurrent runs; the runs share the rest; one
-    # worker never asks for more than the largest node it may run on has.
-    largest = max(node_cpus(parse_resources(cfg.worker_resources, "--worker-resources")[0]), default=1.0)
-    return max(0.25, min(4.0, (cluster_cpus() - 1.0) / (cfg.workers * cfg.max_concurrent), largest))
+    # The concurrent runs' workers share the CPUs.
+    return cpus_per_worker(cfg.cpus_per_worker, cfg.worker_resources, cfg.workers * cfg.max_concurrent)
 
 
 def _run_group(tune_config: dict) -> None:
