@@ -17,20 +17,26 @@ from logitstore.layout import StoreLayout, TokenizerRef
 from logitstore.planning import ShardPlan
 
 FORMAT_NAME = "logitstore"
-FORMAT_VERSION = 7  # the newest this code reads and writes; stores are written with the lowest version that holds them
+FORMAT_VERSION = 8  # the newest this code reads and writes; stores are written with the lowest version that holds them
 MANIFEST_NAME = "manifest.json"
 SHARD_SUFFIX = {"zarr": ".zarr", "arrow": ".arrow"}
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
-_SHARD_NAME = re.compile(r"^shards/[0-9]{5,9}(\.[0-9a-f]{12})?\.(zarr|arrow)$")
+_SHARD_NAME = re.compile(r"^shards/[0-9]{5,9}(\.[0-9a-f]{12})?\.(zarr|arrow|zarr\.zip)$")
 OBJECT_STORE_VERSION = 7  # shard names with an attempt tag: stores written to object storage
+ZIP_SHARD_VERSION = 8  # Zarr shards on object storage as one ZIP object each
+# On object storage every shard is one object (a Zarr group is zipped): version 8.
+OBJECT_SUFFIX = {"zarr": ".zarr.zip", "arrow": ".arrow"}
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _DAMAGED = "the store is damaged; dump it again"
 
 
 def shard_name(index: int, backend: str, attempt: str | None = None) -> str:
     """Relative path of shard `index` inside a store (POSIX separators, as in the manifest); on
-    object storage each write of a shard has its own name, tagged by `attempt` (12 hex digits)."""
-    return f"shards/{index:05d}{'' if attempt is None else '.' + attempt}{SHARD_SUFFIX[backend]}"
+    object storage each write of a shard is one object with a name of its own, tagged by `attempt`
+    (12 hex digits)."""
+    if attempt is None:
+        return f"shards/{index:05d}{SHARD_SUFFIX[backend]}"
+    return f"shards/{index:05d}.{attempt}{OBJECT_SUFFIX[backend]}"
 
 
 @dataclass(frozen=True)
@@ -157,12 +163,12 @@ def _parse_shards(raw: list, backend: str, version: int) -> list[ShardInfo]:
             raise ManifestError(f"manifest {where}is not an object: {_DAMAGED}")
         name = _require(s, "name", str, where)
         match = _SHARD_NAME.match(name)
-        if not match or not name.endswith(SHARD_SUFFIX[backend]):
+        suffix = match.group(2) if match else ""
+        if not match or suffix.split(".")[0] != backend or (suffix == "zarr.zip" and not match.group(1)):
             raise ManifestError(f"manifest {where}name {name!r} is not a valid shard name for backend {backend}")
-        if match.group(1) and version < OBJECT_STORE_VERSION:
-            raise ManifestError(
-                f"manifest {where}name {name!r} needs format version {OBJECT_STORE_VERSION}: {_DAMAGED}"
-            )
+        needs = ZIP_SHARD_VERSION if suffix == "zarr.zip" else OBJECT_STORE_VERSION if match.group(1) else 1
+        if version < needs:
+            raise ManifestError(f"manifest {where}name {name!r} needs format version {needs}: {_DAMAGED}")
         info = ShardInfo(
             index=_count(s, "index", where),
             name=name,

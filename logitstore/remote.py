@@ -3,9 +3,10 @@
 Object stores have no rename and no flock, so the local protocol (temporary name, rename, manifest
 last, flock) is rebuilt on what they offer, immutable objects and conditional writes:
 
-- every write of a shard goes to a name of its own, `shards/00012.<attempt>.zarr`, and ends with a
-  marker `shards/00012.<attempt>.done` (its ShardInfo), written after all its files: an attempt
-  without a marker is a leftover, never read;
+- every write of a shard is one object under a name of its own, `shards/00012.<attempt>.arrow` or
+  `.zarr.zip` (a Zarr group zipped: one request to read, not ~16), and ends with a marker
+  `shards/00012.<attempt>.done` (its ShardInfo), written after it: an attempt without a marker is a
+  leftover, never read (version-7 stores also hold Zarr groups as many objects under a prefix);
 - the manifest names exactly one attempt per shard and is published with a create-only write: the
   commit. A retried or duplicated task leaves a second attempt that no manifest names, so no
   sample is ever visible twice; the commit (and a resume) deletes such leftovers;
@@ -40,6 +41,7 @@ from logitstore.manifest import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
     OBJECT_STORE_VERSION,
+    ZIP_SHARD_VERSION,
     Manifest,
     ShardInfo,
     parse_manifest,
@@ -50,7 +52,7 @@ from logitstore.planning import ShardPlan
 from logitstore.shard import ShardData
 
 PENDING_NAME = ".pending.json"
-_ATTEMPT = re.compile(r"^shards/([0-9]{5,9})\.([0-9a-f]{12})\.(zarr|arrow|done)(/.*)?$")
+_ATTEMPT = re.compile(r"^shards/([0-9]{5,9})\.([0-9a-f]{12})\.(zarr\.zip|zarr|arrow|done)(/.*)?$")
 _STORE_NAMES = (MANIFEST_NAME, PENDING_NAME, LEASE_NAME)
 
 
@@ -72,8 +74,9 @@ def read_manifest_at(location: ObjectLocation) -> Manifest:
 
 
 def shard_files(location: ObjectLocation, name: str) -> dict[str, bytes]:
-    """The files of shard `name` ({"": bytes} for a one-file shard); FileNotFoundError if it is missing."""
-    if name.endswith(".arrow"):
+    """The files of shard `name` ({"": bytes} for a one-object shard; a version-7 Zarr group is a
+    prefix of objects); FileNotFoundError if it is missing."""
+    if name.endswith((".arrow", ".zip")):
         return {"": location.get(name)}
     names = sorted(location.list(name + "/"))
     if not names:
@@ -93,9 +96,9 @@ class RemoteShardWriter:
         data.validate(self.layout, reading=False)
         location = ObjectLocation(self.root)
         name = shard_name(index, self.layout.backend, uuid.uuid4().hex[:12])
-        files = get_backend(self.layout.backend).encode(self.layout.codec.encode(data))
-        sha, nbytes = files_checksum(files)
-        location.put_many({name if rel == "" else f"{name}/{rel}": blob for rel, blob in files.items()})
+        blob = get_backend(self.layout.backend).encode_object(self.layout.codec.encode(data))
+        sha, nbytes = files_checksum({"": blob})
+        location.put(name, blob)
         info = _info(index, name, data, nbytes, sha)
         location.put(_marker(name), json.dumps(info.to_json()).encode())  # last: the attempt is whole
         return info
@@ -123,7 +126,14 @@ class RemoteShardWriter:
 
 
 def _marker(name: str) -> str:
-    return name.rsplit(".", 1)[0] + ".done"
+    m = _ATTEMPT.match(name)
+    return f"shards/{m.group(1)}.{m.group(2)}.done"
+
+
+def _attempt(name: str) -> tuple[str, str] | None:
+    """(index digits, attempt tag) of any object of a shard attempt, marker included."""
+    m = _ATTEMPT.match(name)
+    return (m.group(1), m.group(2)) if m else None
 
 
 def _info(index: int, name: str, data: ShardData, nbytes: int, sha: str) -> ShardInfo:
@@ -238,11 +248,8 @@ class RemoteStoreWriter:
     def _delete_attempts(self, names: dict[str, int] | None, keep: set[str]) -> None:
         """Delete every shard attempt not in `keep` (marker first: an attempt stops counting at once)."""
         names = self.location.list("shards/") if names is None else names
-        doomed = []
-        for name in names:
-            m = _ATTEMPT.match(name)
-            if m and f"shards/{m.group(1)}.{m.group(2)}.{self.layout.backend}" not in keep:
-                doomed.append(name)
+        kept = {_attempt(name) for name in keep}
+        doomed = [name for name in names if _attempt(name) is not None and _attempt(name) not in kept]
         self.location.delete_many([n for n in doomed if n.endswith(".done")])
         self.location.delete_many([n for n in doomed if not n.endswith(".done")])
 
@@ -287,7 +294,7 @@ class RemoteStoreWriter:
 
         manifest = build_manifest(
             self.layout, self.plan, self.identity, shards, teacher=teacher, dataset=dataset, config=config,
-            tokenizer=tokenizer, format_version=max(self.layout.format_version, OBJECT_STORE_VERSION),
+            tokenizer=tokenizer, format_version=_object_store_version(self.layout, shards),
         )  # fmt: skip
         self._lease.check()
         try:
@@ -300,3 +307,10 @@ class RemoteStoreWriter:
         self.location.delete(PENDING_NAME)
         self._delete_attempts(None, keep={s.name for s in manifest.shards})  # retried or duplicated writes
         return manifest
+
+
+def _object_store_version(layout: StoreLayout, shards: list[ShardInfo]) -> int:
+    """The lowest version that holds a store on object storage: 7, 8 once a shard is a ZIP (a
+    resumed version-7 dump may keep Zarr groups written as prefixes)."""
+    zipped = any(s.name.endswith(".zip") for s in shards)
+    return max(layout.format_version, ZIP_SHARD_VERSION if zipped else OBJECT_STORE_VERSION)

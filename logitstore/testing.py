@@ -275,17 +275,20 @@ def mean_bucket_kl(exact: ShardData, stored: ShardData, r: int, t: float) -> flo
 
 
 def round_trip(backend: str, codec: Codec, path, data: ShardData) -> ShardData:
-    """`data` written to `path` and read back; on the way, the backend's in-memory form (what goes
-    to object storage) must be the same files, byte for byte, and decode to the same arrays."""
+    """`data` written to `path` and read back; on the way, the backend's in-memory form must be the
+    same files, byte for byte, and it and the one-object form (what goes to object storage) must
+    decode to the same arrays."""
     arrays = codec.encode(data)
     get_backend(backend).write(str(path), arrays)
     from_disk = get_backend(backend).read(str(path))
     files = get_backend(backend).encode(arrays)
     assert files_checksum(files) == shard_checksum(path), "encode() differs from the files write() made"
-    from_memory = get_backend(backend).decode(files)
-    assert sorted(from_memory) == sorted(from_disk)
-    for name, array in from_disk.items():
-        assert from_memory[name].dtype == array.dtype and np.array_equal(from_memory[name], array), name
+    one = get_backend(backend).encode_object(arrays)  # a shard on object storage: one object
+    assert one == get_backend(backend).encode_object(arrays), "encode_object() is not deterministic"
+    for from_memory in (get_backend(backend).decode(files), get_backend(backend).decode({"": one})):
+        assert sorted(from_memory) == sorted(from_disk)
+        for name, array in from_disk.items():
+            assert from_memory[name].dtype == array.dtype and np.array_equal(from_memory[name], array), name
     return codec.decode(from_disk, data.top_k)
 
 

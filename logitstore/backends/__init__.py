@@ -5,7 +5,9 @@ The contract (checked for every backend by the conformance classes of logitstore
   read(path) -> arrays          returns exactly what was written, dtypes included
   encode(arrays) -> files       the files `write` would create, {relative path: bytes} ({"": bytes}
                                 for a one-file shard), made in memory: what goes to an object store
-  decode(files) -> arrays       what `read` returns for those files
+  encode_object(arrays) -> bytes  the shard as one object, what a store on object storage holds
+                                (Arrow: the file; Zarr: its files in a ZIP, FORMAT.md version 8)
+  decode(files) -> arrays       what `read` returns for those files, or for {"": one object}
 `arrays` maps names to numpy arrays: `sample_id` [S], `position_offsets` [S+1], and any number of
 per-position arrays whose leading axis is the position (P rows, 1-D or 2-D); in a store that
 carries its inputs also `token_offsets` [S+1] and the per-token arrays of PER_TOKEN (N rows, 1-D);
@@ -37,6 +39,8 @@ class Backend(Protocol):
     def read(self, path: str) -> dict[str, np.ndarray]: ...
 
     def encode(self, arrays: dict[str, np.ndarray]) -> dict[str, bytes]: ...
+
+    def encode_object(self, arrays: dict[str, np.ndarray]) -> bytes: ...
 
     def decode(self, files: dict[str, bytes]) -> dict[str, np.ndarray]: ...
 

@@ -10,6 +10,8 @@ import pytest
 
 from jobs import dump_logits, inspect_store, train_student, verify_store
 from logitstore import StoreReader
+from logitstore.backends.zarr import unzip_group
+from logitstore.checksum import files_checksum
 from logitstore.objects import ObjectLocation
 
 pytestmark = pytest.mark.slow
@@ -24,7 +26,10 @@ def test_dump_verify_inspect_and_train_on_s3_match_local_disk(s3, digits_stores,
     # The same dump as the local fixture's: the same identity, shard bytes and decoded content.
     on_s3, on_disk = StoreReader(train_uri), StoreReader(digits_stores["train"])
     assert on_s3.manifest.content_sha256 == on_disk.manifest.content_sha256
-    assert [s.sha256 for s in on_s3.manifest.shards] == [s.sha256 for s in on_disk.manifest.shards]
+    # Each s3 shard is one ZIP holding exactly the files of the shard on disk (FORMAT.md version 8).
+    source = ObjectLocation(train_uri)
+    zipped = [files_checksum(unzip_group(source.get(s.name))) for s in on_s3.manifest.shards]
+    assert zipped == [(s.sha256, s.num_bytes) for s in on_disk.manifest.shards]
     for (_, a), (_, b) in zip(on_s3.iter_shards(), on_disk.iter_shards()):
         assert a.equals(b)
     # A rerun finds it complete; verify and inspect read it.
@@ -35,9 +40,9 @@ def test_dump_verify_inspect_and_train_on_s3_match_local_disk(s3, digits_stores,
     assert json.loads((tmp_path / "inspect" / "summary.json").read_text())["samples"] == 1437
     # A flipped byte in a shard is caught by verify, naming the shard.
     damaged = s3("damaged")
-    location, source = ObjectLocation(damaged), ObjectLocation(train_uri)
+    location = ObjectLocation(damaged)
     location.put_many({name: source.get(name) for name in source.list()})
-    chunk = next(n for n in location.list("shards/") if "/topk_logit/c/" in n)
+    chunk = next(n for n in location.list("shards/") if n.endswith(".zarr.zip"))
     blob = bytearray(location.get(chunk))
     blob[len(blob) // 2] ^= 0xFF
     location.put(chunk, bytes(blob))

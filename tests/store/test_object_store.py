@@ -19,6 +19,8 @@ import pytest
 
 import logitstore
 from logitstore import StoreReader
+from logitstore.backends.zarr import unzip_group
+from logitstore.checksum import files_checksum
 from logitstore.errors import StoreLockedError, StoreNotFoundError
 from logitstore.lease import LEASE_NAME, LeaseLostError, StoreLease
 from logitstore.manifest import read_manifest, shard_name
@@ -45,10 +47,19 @@ def test_a_store_on_s3_holds_the_same_bytes_and_content_as_on_disk(s3, tmp_path,
     remote = build_store(uri, backend, IDS, codec=CODECS[codec], seed=3)
     local = build_store(tmp_path / "st", backend, IDS, codec=CODECS[codec], seed=3)
     on_s3, on_disk = read_manifest(uri), read_manifest(tmp_path / "st")
-    # The same shard bytes (checksums), under attempt-tagged names, in a version-7 manifest.
-    assert [(s.sha256, s.num_bytes) for s in on_s3.shards] == [(s.sha256, s.num_bytes) for s in on_disk.shards]
-    assert all(s.name.startswith(f"shards/{s.index:05d}.") and s.name.count(".") == 2 for s in on_s3.shards)
-    assert on_s3.format_version == 7 and on_disk.format_version < 7
+    # Each shard one object under an attempt-tagged name holding the files written to disk: the
+    # Arrow file itself (version 7), the Zarr group's files zipped (version 8).
+    location = ObjectLocation(uri)
+    for s, d in zip(on_s3.shards, on_disk.shards):
+        assert s.name == f"shards/{s.index:05d}.{s.name.split('.')[1]}.{'zarr.zip' if backend == 'zarr' else 'arrow'}"
+        blob, shard = location.get(s.name), tmp_path / "st" / d.name
+        assert files_checksum({"": blob}) == (s.sha256, s.num_bytes)
+        if backend == "arrow":
+            assert blob == shard.read_bytes()
+        else:
+            on_disk_files = {p.relative_to(shard).as_posix(): p.read_bytes() for p in shard.rglob("*") if p.is_file()}
+            assert unzip_group(blob) == on_disk_files
+    assert on_s3.format_version == (8 if backend == "zarr" else 7) and on_disk.format_version < 7
     jsonschema.validate(json.loads(ObjectLocation(uri).get("manifest.json")), SCHEMA)
     reader = StoreReader(uri)
     assert reader.verify() == []
@@ -96,14 +107,17 @@ def test_a_crashed_dump_resumes_keeping_whole_attempts_and_dropping_leftovers(s3
     uri = s3("resume")
     writer, shards = _writer(uri)
     kept = writer.shard_writer().write(0, shards[0])
-    # Shard 1: an attempt cut off before its marker (the files of a whole second attempt, no marker).
+    # Shard 1: attempts cut off before their markers: a whole ZIP object, and a version-7 group.
     location = ObjectLocation(uri)
     cut = shard_name(1, "zarr", "0123456789ab")
-    location.put_many({f"{cut}/{rel}": blob for rel, blob in _files("zarr", writer, shards[1]).items()})
+    location.put(cut, _files("zarr", writer, shards[1], one_object=True)[""])
+    cut_v7 = "shards/00001.00000000000a.zarr"
+    location.put_many({f"{cut_v7}/{rel}": blob for rel, blob in _files("zarr", writer, shards[1]).items()})
     # Shard 2: a marked attempt whose bytes were damaged afterwards.
     damaged = writer.shard_writer().write(2, shards[2])
-    chunk = next(n for n in location.list(damaged.name + "/") if "/c/" in n)
-    location.put(chunk, b"garbage")
+    blob = bytearray(location.get(damaged.name))
+    blob[len(blob) // 2] ^= 0xFF
+    location.put(damaged.name, bytes(blob))
     writer._lease._stop.set()  # the dump dies (kill -9): no release, no commit
     with pytest.raises(StoreNotFoundError, match="no manifest"):
         read_manifest(uri)
@@ -112,17 +126,45 @@ def test_a_crashed_dump_resumes_keeping_whole_attempts_and_dropping_leftovers(s3
     resumed, _ = _resume(uri, lease_seconds=3)
     assert set(resumed.resumed) == {0} and resumed.resumed[0].name == kept.name
     names = location.list("shards/")
-    assert not any(n.startswith((cut, damaged.name)) for n in names)  # leftovers deleted by the resume
+    assert not any(n.startswith((cut, cut_v7, damaged.name)) for n in names)  # leftovers deleted by the resume
     infos = [resumed.resumed[0]] + [resumed.shard_writer().write(j, shards[j]) for j in (1, 2)]
     _commit(resumed, infos)
     resumed.__exit__(None, None, None)
     assert StoreReader(uri).verify() == []
 
 
-def _files(backend, writer, data):
+def test_a_version_7_dump_resumed_by_this_writer_keeps_its_zarr_groups_and_commits_version_8(s3):
+    """A dump left unfinished by a version-7 writer (a Zarr group as a prefix of objects, marked)
+    is resumed: its sound group is kept as it is, the new shards are ZIP objects."""
+    uri = s3("resume-v7")
+    writer, shards = _writer(uri)
+    files = _files("zarr", writer, shards[0])
+    old = "shards/00000.00000000000b.zarr"
+    location = ObjectLocation(uri)
+    location.put_many({f"{old}/{rel}": blob for rel, blob in files.items()})
+    sha, nbytes = files_checksum(files)
+    info = {"index": 0, "name": old, "first_id": int(shards[0].sample_id[0]), "last_id": int(shards[0].sample_id[-1])}
+    info |= {"num_samples": shards[0].num_samples, "num_positions": shards[0].num_positions}
+    location.put("shards/00000.00000000000b.done", json.dumps({**info, "num_bytes": nbytes, "sha256": sha}).encode())
+    writer._lease._stop.set()
+    resumed, _ = _resume(uri, lease_seconds=3)
+    assert set(resumed.resumed) == {0} and resumed.resumed[0].name == old
+    infos = [resumed.resumed[0]] + [resumed.shard_writer().write(j, shards[j]) for j in (1, 2)]
+    manifest = _commit(resumed, infos)
+    resumed.__exit__(None, None, None)
+    assert manifest.format_version == 8 and [s.name.endswith(".zip") for s in manifest.shards] == [False, True, True]
+    jsonschema.validate(json.loads(location.get("manifest.json")), SCHEMA)
+    reader = StoreReader(uri)
+    assert reader.verify() == []
+    for (_, got), want in zip(reader.iter_shards(), shards):
+        assert_same_content(got, want, CODECS["plain"])
+
+
+def _files(backend, writer, data, one_object=False):
     from logitstore.backends import get_backend
 
-    return get_backend(backend).encode(writer.layout.codec.encode(data))
+    arrays = writer.layout.codec.encode(data)
+    return {"": get_backend(backend).encode_object(arrays)} if one_object else get_backend(backend).encode(arrays)
 
 
 def _resume(uri, lease_seconds):
