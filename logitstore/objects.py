@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, timedelta
@@ -95,6 +96,28 @@ class ObjectLocation:
         """Several objects, fetched concurrently."""
         return dict(zip(names, _POOL.map(self.get, names)))
 
+    def download(self, name: str, path: Path) -> None:
+        """Stream the object to the file `path` in 16 MiB pieces (a weight file is never held in
+        memory whole); FileNotFoundError when there is none."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as out:
+            self.read_into(name, out.write)
+
+    def read_into(self, name: str, sink: Callable[[bytes], Any]) -> None:
+        """Feed the object to `sink` in pieces of 16 MiB (hashing or copying a large file without
+        holding it); FileNotFoundError when there is none."""
+        import obstore
+
+        def feed() -> None:
+            for piece in obstore.get(self._store, name).stream(min_chunk_size=16 << 20):
+                sink(piece)
+
+        self._call(feed, name)
+
+    def download_many(self, targets: dict[str, Path]) -> None:
+        """Several objects to their files, concurrently."""
+        list(_POOL.map(lambda item: self.download(*item), targets.items()))
+
     def head(self, name: str) -> Head | None:
         import obstore
 
@@ -147,6 +170,19 @@ class ObjectLocation:
 
         def listing() -> dict[str, int]:
             return {o["path"]: int(o["size"]) for batch in obstore.list(self._store, prefix=prefix) for o in batch}
+
+        return self._call(listing, prefix or "")
+
+    def stat_all(self, prefix: str | None = None) -> dict[str, tuple[int, str]]:
+        """Every object under `prefix` (relative names): its size and etag."""
+        import obstore
+
+        def listing() -> dict[str, tuple[int, str]]:
+            return {
+                o["path"]: (int(o["size"]), str(o.get("e_tag") or ""))
+                for batch in obstore.list(self._store, prefix=prefix)
+                for o in batch
+            }
 
         return self._call(listing, prefix or "")
 

@@ -13,12 +13,15 @@ a process of its own with RAY_ADDRESS set, as on a real cluster:
   verify_store s3://..., inspect_store s3://...
   train_student --store s3://... --eval-store s3://... --output s3://... --worker-resources '{"train_node": 1}'
   sweep (two temperatures, one Ray Train run) --output s3://... --worker-resources '{"train_node": 1}'
+  an LM: dump_logits --teacher hf:s3://.../models/teacher --dataset s3://.../chat.jsonl, then
+  train_student --student hf:s3://.../models/student (tiny random Llamas and chat rows uploaded first)
 
 and checks: the s3 store decodes identically to the same dump on the driver's local disk; the
 teacher actors ran on the teacher node (the built-in teacher was cached in its directory only),
-the training workers on the trainer node (rank 0 staged its logs in its directory); the run's
-outputs are on s3; and nothing else was written to the driver's directory. Exit status 1 on any
-failed check.
+the training workers on the trainer node (rank 0 staged its logs in its directory); the hf:s3
+teacher's weights were copied to the teacher node's cache, the student's to the trainer node's,
+and no weights to the driver's; the runs' outputs are on s3; and nothing else was written to the
+driver's directory. Exit status 1 on any failed check.
 """
 
 from __future__ import annotations
@@ -121,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         sweep += ["--space", json.dumps({"temperature": {"grid": [1, 4]}}), "--students-per-run", "2"]
         sweep += ["--worker-resources", json.dumps({"train_node": 1})]
         run(sweep, driver, env, log)
+        lm = upload_lm(work / "upload", s3)
+        dump = ["jobs.dump_logits", "--teacher", f"hf:{lm['teacher']}", "--dataset", lm["data"], "--top-k", "4"]
+        run([*dump, "--seq-len", "64", "--shard-size", "4", "--out", f"{s3}/chat-store", *pinned], driver, env, log)
+        lm_train = ["jobs.train_student", "--store", f"{s3}/chat-store", "--student", f"hf:{lm['student']}"]
+        lm_train += ["--output", f"{s3}/runs/lm", "--epochs", "1", "--batch-size", "4", *train[-2:]]
+        run(lm_train, driver, env, log)
         after = files_under(driver)
         # The same dump on local disk without the cluster (a local Ray of its own), for the comparison.
         # (RAY_ADDRESS=local: a Ray of its own, not the cluster this machine runs, which a plain
@@ -135,6 +144,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED: {failure}")
     print("all checks passed" if not failures else f"{len(failures)} checks failed")
     return 1 if failures else 0
+
+
+def upload_lm(directory: Path, s3: str) -> dict[str, str]:
+    """Tiny random Llamas (a teacher with its tokenizer, a student) and chat rows, made here and
+    uploaded: the jobs get only their s3:// URIs."""
+    from logitstore.objects import ObjectLocation
+    from tests.helpers import tiny_chat_tokenizer, tiny_llama, write_jsonl
+
+    tok = tiny_chat_tokenizer(directory / "teacher")
+    tiny_llama(directory / "teacher", len(tok), max_positions=64, init_std=0.2)
+    tiny_llama(directory / "student", len(tok), max_positions=64, seed=1)
+    rows = [
+        {"messages": [{"role": "user", "content": f"What is {i} + {i}?"}, {"role": "assistant", "content": str(2 * i)}]}
+        for i in range(24)
+    ]
+    write_jsonl(directory / "chat.jsonl", rows)
+    uris = {"teacher": f"{s3}/models/teacher", "student": f"{s3}/models/student", "data": f"{s3}/data/chat.jsonl"}
+    for name in ("teacher", "student"):
+        files = {p.name: p.read_bytes() for p in (directory / name).iterdir() if p.is_file()}
+        ObjectLocation(uris[name]).put_many(files)
+    ObjectLocation(f"{s3}/data").put("chat.jsonl", (directory / "chat.jsonl").read_bytes())
+    return {**uris, "teacher_weights": str(directory / "teacher"), "student_weights": str(directory / "student")}
+
+
+def model_copies(node: Path) -> set[bytes]:
+    """The weights of the hf: models a node copied from object storage into its cache."""
+    return {p.read_bytes() for p in (node / "cache" / "hf-models").glob("*/model.safetensors")}
 
 
 def actor_nodes() -> dict[str, set[str]]:
@@ -191,6 +227,16 @@ def checks(work: Path, driver: Path, s3: str, before: set[str], after: set[str],
     for name in ("results.csv", "results.md", "best/model.pt", "best/student/model.safetensors", "trials.json"):
         if name not in swept:
             failures.append(f"the sweep's {name} is not on s3")
+    weights = {name: (work / "upload" / name / "model.safetensors").read_bytes() for name in ("teacher", "student")}
+    copied = {node: model_copies(work / node) for node in ("node-teacher", "node-trainer", "node-head", "driver")}
+    held = {node: sorted(name for name, w in weights.items() if w in copies) for node, copies in copied.items()}
+    print(f"hf:s3 model weights copied to each node's cache: {held}")
+    if weights["teacher"] not in copied["node-teacher"] or weights["student"] not in copied["node-trainer"]:
+        failures.append("the hf:s3 teacher (student) was not copied to the teacher (trainer) node's cache")
+    if copied["driver"] or weights["teacher"] in copied["node-trainer"]:
+        failures.append("model weights were copied where no model runs (the driver, or the teacher to the trainer)")
+    if "metrics.json" not in ObjectLocation(f"{s3}/runs/lm").list():
+        failures.append("the LM run's metrics.json is not on s3")
     new = {f for f in after - before if not f.startswith(("inspect/", "tmp/", "cache/", ".cache/"))}
     if new:
         failures.append(f"training wrote to the driver's directory: {sorted(new)[:5]}")

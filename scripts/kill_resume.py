@@ -78,7 +78,7 @@ def store_state(out: str | Path) -> tuple[int, int, bool]:
     """(whole shards, partial shard writes, committed) of a store being written, local or on object storage."""
     if is_object_uri(out):
         names = ObjectLocation(str(out)).list()
-        attempts = {n.split("/")[1].rsplit(".", 1)[0] for n in names if n.startswith("shards/")}
+        attempts = {".".join(n.split("/")[1].split(".")[:2]) for n in names if n.startswith("shards/")}
         done = {a for a in attempts if f"shards/{a}.done" in names}
         return len(done), len(attempts - done), "manifest.json" in names
     out = Path(out)

@@ -1,6 +1,6 @@
 """The jobs on a 3-node Ray cluster (ray.cluster_utils.Cluster) with every path on the S3 server:
 scripts/cluster_e2e.py, run as a new user would, in a process of its own (it starts its own
-cluster and server; this session's Ray stays as it is). ~2 min."""
+cluster and server; this session's Ray stays as it is). ~3 min."""
 
 from __future__ import annotations
 
@@ -26,3 +26,4 @@ def test_dump_verify_inspect_and_train_on_three_nodes_with_everything_on_s3(tmp_
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "identical" in done.stdout and "all checks passed" in done.stdout
     assert "'ShardDumper': {'teacher_node'}" in done.stdout and "'RayTrainWorker': {'train_node'}" in done.stdout
+    assert "{'node-teacher': ['teacher'], 'node-trainer': ['student'], 'node-head': [], 'driver': []}" in done.stdout

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,3 +80,34 @@ def test_a_dataset_uri_without_data_files_is_named(s3):
     ObjectLocation(empty).put("notes.txt", b"not data")
     problems = DumpConfig(teacher="digits-cnn", dataset=empty, out=s3("out")).validate()
     assert any(f"--dataset {empty!r} holds no .parquet, .jsonl or .json objects" in p for p in problems), problems
+
+
+def test_an_hf_prefix_is_copied_once_per_content_and_without_weights_for_tokenising(s3, tmp_path, monkeypatch):
+    """hf:s3://... models (trainer/inputs/modeldirs.py): a machine's copy is made once, again when
+    an object changes, without the weights when only the tokenizer is needed; the driver's
+    fingerprint of the weights, streamed from the objects, is the one of a local copy."""
+    from trainer.inputs.modeldirs import local_dir
+    from trainer.inputs.models import hf_files_sha256
+    from trainer.inputs.specs import check_model_spec, check_tokenizer_spec
+
+    monkeypatch.setenv("LOGITSTORE_CACHE", str(tmp_path / "cache"))
+    uri = s3("model")
+    files = {"config.json": b'{"model_type": "llama"}', "model.safetensors": os.urandom(3 << 20)}
+    files["tokenizer.json"] = b"{}"
+    ObjectLocation(uri).put_many(files)
+    copy = Path(local_dir(uri))
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == files
+    assert local_dir(uri) == str(copy) and len(list((tmp_path / "cache" / "hf-models").iterdir())) == 1
+    light = Path(local_dir(uri, weights=False))
+    assert sorted(p.name for p in light.iterdir()) == ["config.json", "tokenizer.json"]
+    assert hf_files_sha256(uri) == hf_files_sha256(copy)
+    ObjectLocation(uri).put("model.safetensors", b"new weights")
+    fresh = Path(local_dir(uri))
+    assert fresh != copy and (fresh / "model.safetensors").read_bytes() == b"new weights"
+    assert hf_files_sha256(uri) == hf_files_sha256(fresh) != hf_files_sha256(copy)
+    assert check_model_spec(f"hf:{uri}", "--teacher") == [] and check_tokenizer_spec(uri) == []
+    empty = s3("nothing")
+    (problem,) = check_model_spec(f"hf:{empty}", "--teacher")
+    assert "holds no config.json" in problem and empty in problem
+    (problem,) = check_tokenizer_spec(empty)
+    assert "holds no tokenizer files" in problem

@@ -153,6 +153,28 @@ def test_text_files_on_object_storage_give_the_same_store_as_on_disk(dump, chat_
         assert StoreReader(store).manifest.dataset["spec"] == dataset
 
 
+def test_an_hf_teacher_on_object_storage_gives_the_same_store_as_its_directory(dump, chat_teacher, tmp_path, s3):
+    # hf:s3://... : the driver hashes the weights straight from the objects (no copy), and each
+    # machine that loads the model or its tokenizer copies the prefix into its own cache once.
+    from logitstore.objects import ObjectLocation
+    from trainer.inputs.modeldirs import cache_root
+
+    directory = chat_teacher["generation"]
+    uri = s3("teacher")
+    ObjectLocation(uri).put_many({p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()})
+    data = write_jsonl(tmp_path / "chat.jsonl", CHAT)
+    local = dump(teacher=f"hf:{directory}", dataset=data, top_k=4, seq_len=256)
+    remote = dump(teacher=f"hf:{uri}", dataset=data, top_k=4, seq_len=256)
+    assert same_content(local, remote)
+    teachers = [StoreReader(store).manifest.teacher for store in (local, remote)]
+    assert teachers[0]["weights_sha256"] == teachers[1]["weights_sha256"] and teachers[1]["spec"] == f"hf:{uri}"
+    copies = [d for d in cache_root().iterdir() if (d / "config.json").is_file()]
+    weighted = [d for d in copies if (d / "model.safetensors").is_file()]
+    assert weighted and len(copies) > len(weighted)  # the actors' copy, and the tokenizer's without weights
+    for d in weighted:
+        assert (d / "model.safetensors").read_bytes() == (directory / "model.safetensors").read_bytes()
+
+
 def test_chat_rows_longer_than_seq_len_keep_their_beginning(dump, chat_teacher, tmp_path, capfd):
     long = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "word " * 60}]}]
     store = dump(teacher=f"hf:{chat_teacher['plain']}", dataset=write_jsonl(tmp_path / "l.jsonl", long), seq_len=24)

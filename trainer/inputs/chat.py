@@ -53,7 +53,9 @@ def load_tokenizer(spec: str):
     """The Hugging Face tokenizer of a directory (save_pretrained) or a tokenizer.json file; local files only."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    path = Path(spec)
+    from trainer.inputs.modeldirs import local_dir
+
+    path = Path(local_dir(spec, weights=False))
     try:
         if path.is_dir() and ((path / "tokenizer_config.json").is_file() or not (path / "tokenizer.json").is_file()):
             return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
@@ -206,7 +208,9 @@ SAVED_TOKENIZER_FILES = (
 
 def tokenizer_files(spec: str) -> dict[str, bytes]:
     """The files of a tokenizer directory (or one tokenizer.json), by name, as a store saves them."""
-    path = Path(spec)
+    from trainer.inputs.modeldirs import local_dir
+
+    path = Path(local_dir(spec, weights=False))
     if path.is_file():
         return {"tokenizer.json": path.read_bytes()}
     return {name: (path / name).read_bytes() for name in SAVED_TOKENIZER_FILES if (path / name).is_file()}

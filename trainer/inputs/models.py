@@ -16,8 +16,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from logitstore.objects import ObjectLocation, is_object_uri
 from trainer.errors import ModelError
 from trainer.inputs import registry
+from trainer.inputs.modeldirs import HF_WEIGHT_SUFFIXES, local_dir
 from trainer.inputs.specs import (
     HF_CONFIG_PREFIX,
     HF_PREFIX,
@@ -125,7 +127,8 @@ def build_model(
         if problems:
             raise ModelError(problems[0])
         with _hf_load_errors(spec, what):
-            model = HFCausalLM(spec[len(HF_PREFIX) :], pretrained=pretrained, dtype=dtype, device_map=device_map)
+            path = local_dir(spec[len(HF_PREFIX) :], weights=pretrained)  # this machine's copy of a URI
+            model = HFCausalLM(path, pretrained=pretrained, dtype=dtype, device_map=device_map)
     elif spec.startswith(HF_CONFIG_PREFIX):  # fresh weights whatever `pretrained` says
         problems = check_hf_config(spec, what)
         if problems:
@@ -154,13 +157,12 @@ def weights_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-# What from_pretrained reads: the config and the weights, in every layout transformers saves them.
-HF_WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json")
-
-
 def hf_files_sha256(path: str | Path) -> str:
     """Fingerprint of a Hugging Face model directory's config and weight files, as FORMAT.md defines
-    it: read once, in 16 MiB pieces (a 7B checkpoint is never held in memory, nor built to be hashed)."""
+    it: read once, in 16 MiB pieces (a 7B checkpoint is never held in memory, nor built to be hashed);
+    a prefix on object storage is read the same way, straight from the objects."""
+    if is_object_uri(str(path)):
+        return _hf_objects_sha256(str(path))
     root = Path(path)
     wanted = [f for f in root.iterdir() if f.name == "config.json" or f.name.endswith(HF_WEIGHT_SUFFIXES)]
     names = sorted(f.name for f in wanted if f.is_file())
@@ -171,6 +173,19 @@ def hf_files_sha256(path: str | Path) -> str:
             while piece := f.read(1 << 24):
                 file_digest.update(piece)
         digest.update(name.encode() + b"\0" + struct.pack("<Q", (root / name).stat().st_size) + file_digest.digest())
+    return digest.hexdigest()
+
+
+def _hf_objects_sha256(uri: str) -> str:
+    """hf_files_sha256 of the objects directly below `uri` (what a local copy of it would give)."""
+    location = ObjectLocation(uri)
+    objects = location.stat_all()
+    names = sorted(n for n in objects if "/" not in n and (n == "config.json" or n.endswith(HF_WEIGHT_SUFFIXES)))
+    digest = hashlib.sha256()
+    for name in names:
+        file_digest = hashlib.sha256()
+        location.read_into(name, file_digest.update)
+        digest.update(name.encode() + b"\0" + struct.pack("<Q", objects[name][0]) + file_digest.digest())
     return digest.hexdigest()
 
 
@@ -188,7 +203,7 @@ def hf_model_facts(spec: str, what: str) -> HFModelFacts:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with _hf_load_errors(spec, what):
-        config = AutoConfig.from_pretrained(spec[len(HF_PREFIX) :], local_files_only=True)
+        config = AutoConfig.from_pretrained(local_dir(spec[len(HF_PREFIX) :], weights=False), local_files_only=True)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
     head = model.get_output_embeddings()

@@ -1,7 +1,8 @@
 """What a user may name with --teacher/--student, --dataset, --augment and --tokenizer, checked
 without loading anything heavy (no torch, no Ray): `--help` and config validation use only this.
 
-A model is a built-in name, `hf:<dir>` (a Hugging Face causal LM saved in a local directory) or
+A model is a built-in name, `hf:<dir>` (a Hugging Face causal LM saved in a local directory or
+under an object-storage prefix, trainer/inputs/modeldirs.py) or
 `package.module:function` returning a torch.nn.Module; a dataset a built-in name, a Parquet file
 or directory, or `package.module:function` returning a ray.data.Dataset; an augmentation a
 built-in name or `package.module:function`; a tokenizer `bytes`, `bpe:N` or a tokenizer.json.
@@ -31,7 +32,8 @@ _CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 MODEL_FORMS = (
     "a built-in model ({names}); hf:<dir>, a Hugging Face causal LM saved in a local directory "
-    "(save_pretrained; never the hub); hf-config:<file.json or dir>, a Hugging Face causal LM built from "
+    "(save_pretrained; never the hub) or under an object-storage prefix (hf:s3://bucket/models/x: each "
+    "machine copies it into its cache once); hf-config:<file.json or dir>, a Hugging Face causal LM built from "
     "its config with fresh weights (seeded by --seed); or package.module:function returning a torch.nn.Module"
 )
 DATASET_FORMS = (
@@ -49,8 +51,8 @@ AUGMENT_FORMS = (
 )
 TOKENIZER_FORMS = (
     "bytes (vocabulary 256), bpe:N (a byte-level BPE of vocabulary N trained on the stdlib train split, cached), "
-    "a tokenizer.json file, or a directory holding a Hugging Face tokenizer (save_pretrained; its chat "
-    "template tokenises chat rows)"
+    "a tokenizer.json file, or a directory (or s3:// prefix) holding a Hugging Face tokenizer "
+    "(save_pretrained; its chat template tokenises chat rows)"
 )
 
 
@@ -118,8 +120,16 @@ def check_hf_config(spec: str, what: str) -> list[str]:
 
 
 def check_hf_dir(spec: str, what: str) -> list[str]:
-    path = Path(spec[len(HF_PREFIX) :])
-    if not (path / "config.json").is_file():
+    path = spec[len(HF_PREFIX) :]
+    if is_object_uri(path):
+        from trainer.inputs.modeldirs import has_object
+
+        if not has_object(path, "config.json"):
+            return [
+                f"{what} {spec!r}: {path} holds no config.json: pass the prefix the files save_pretrained "
+                "wrote were uploaded to"
+            ]
+    elif not (Path(path) / "config.json").is_file():
         return [
             f"{what} {spec!r}: {path} is not a saved Hugging Face model (no config.json): pass the directory "
             "save_pretrained wrote"
@@ -157,8 +167,13 @@ def is_text_files(spec: str) -> bool:
 
 
 def has_tokenizer_files(directory: str) -> bool:
+    from trainer.inputs.chat import TOKENIZER_FILES
     from trainer.inputs.chat import has_tokenizer_files as found
 
+    if is_object_uri(directory):
+        from trainer.inputs.modeldirs import has_object
+
+        return any(has_object(directory, name) for name in TOKENIZER_FILES)
     return Path(directory).is_dir() and found(Path(directory))
 
 
@@ -235,10 +250,8 @@ def check_tokenizer_spec(spec: str, what: str = "--tokenizer") -> list[str]:
     if spec.startswith("bpe"):
         return [f"{what} {spec!r} is not a BPE spec: write bpe:N with N the vocabulary size, e.g. bpe:8192"]
     path = Path(spec)
-    if path.is_dir():
-        from trainer.inputs.chat import has_tokenizer_files
-
-        if not has_tokenizer_files(path):
+    if is_object_uri(spec) or path.is_dir():
+        if not has_tokenizer_files(spec):
             return [
                 f"{what} {spec} holds no tokenizer files (tokenizer.json, tokenizer_config.json): pass the "
                 "directory the tokenizer was saved to with save_pretrained"

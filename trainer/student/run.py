@@ -26,8 +26,8 @@ from logitstore.layout import TOKENIZER_DIR
 from logitstore.objects import is_object_uri, local_path
 from trainer.errors import DataError, ModelError
 from trainer.inputs.datasets import TextOptions, fingerprint_dataset, load_dataset
-from trainer.inputs.models import build_model, probe_width
-from trainer.inputs.specs import LM_SEQ_LEN, worker_runtime_env
+from trainer.inputs.models import build_model, hf_model_facts, probe_width
+from trainer.inputs.specs import HF_PREFIX, LM_SEQ_LEN, worker_runtime_env
 from trainer.options import parse_resources
 from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray, node_cpus, placement_problem
 from trainer.student import vocab
@@ -121,10 +121,25 @@ def check_store_matches(manifest: Manifest, ds, spec: str, store: str, flag: str
         )
 
 
-def check_student_width(student: torch.nn.Module, rows: dict, stores: RunStores, spec: str, store: str) -> int:
-    """The student's output width, checked against the store (trainer/student/vocab.py: a padded
+def student_width(spec: str, rows: dict, gradient_checkpointing: bool) -> int:
+    """The student's output width, from a few real rows. An hf: student is built on the meta
+    device and its width read from its output layer: the driver never loads (nor copies from object
+    storage) its weights, which for an LM-scale student are gigabytes."""
+    if spec.startswith(HF_PREFIX):
+        with torch.device("meta"):
+            student = build_model(spec, "--student", pretrained=False)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(student, spec)
+        return hf_model_facts(spec, "--student").vocab_size
+    student = build_model(spec, "--student")
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(student, spec)
+    return probe_width(student, rows, "--student", spec)
+
+
+def check_student_width(width: int, stores: RunStores, spec: str, store: str) -> int:
+    """The student's output width checked against the store (trainer/student/vocab.py: a padded
     vocabulary may differ from the teacher's when every id fits)."""
-    width = probe_width(student, rows, "--student", spec)
     vocab.check_width(width, stores.manifest, spec, store)
     if width < stores.manifest.vocab_size:
         first = StoreReader(store, manifest=stores.manifest).read_shard(0)
@@ -143,10 +158,7 @@ def check_inputs(cfg: TrainConfig, stores: RunStores) -> None:
     else:
         rows = _first_stored_rows(cfg.store, stores.manifest)
     for spec in dict.fromkeys(s.student for s in cfg.students()):
-        student = build_model(spec, "--student")
-        if cfg.gradient_checkpointing:
-            enable_gradient_checkpointing(student, spec)
-        check_student_width(student, rows, stores, spec, cfg.store)
+        check_student_width(student_width(spec, rows, cfg.gradient_checkpointing), stores, spec, cfg.store)
     if cfg.dataset:
         check_store_matches(stores.manifest, train_ds, cfg.dataset, cfg.store, "--dataset")
     if stores.eval_manifest is not None and cfg.eval_dataset:
@@ -313,7 +325,7 @@ def write_outputs(
     tokenizer = _tokenizer_dir(cfg.store, m)
     for i, s in enumerate(students):
         weights = final / checkpoint_file(i, len(students))
-        model = build_model(s.student, "--student")
+        model = build_model(s.student, "--student", pretrained=False)  # the weights are the checkpoint's
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         exported = export_student(model, student_dir(output.local, i, len(students)), tokenizer)
         last = history[-1] if len(students) == 1 else history[-1]["students"][i]
