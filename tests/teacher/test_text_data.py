@@ -135,8 +135,11 @@ def test_a_datasets_directory_gives_the_same_store_as_its_jsonl(dump, chat_teach
 
 
 def test_text_files_on_object_storage_give_the_same_store_as_on_disk(dump, chat_teacher, tmp_path, s3):
-    # The same rows as one JSONL object, and as a prefix of two Parquet objects (ids follow the
-    # files' order, as locally): each read task fetches its own file from the S3 server.
+    # The same rows as one JSONL object, as a prefix of two Parquet objects (ids follow the files'
+    # order, as locally) and as an uploaded save_to_disk directory: each read task fetches its own
+    # file from the S3 server.
+    import datasets
+
     from logitstore.objects import ObjectLocation
 
     teacher = f"hf:{chat_teacher['generation']}"
@@ -147,7 +150,10 @@ def test_text_files_on_object_storage_give_the_same_store_as_on_disk(dump, chat_
     for i, rows in enumerate((CHAT[:half], CHAT[half:])):
         pq.write_table(pa.Table.from_pylist(rows), tmp_path / f"part-{i}.parquet")
         ObjectLocation(prefix).put(f"part-{i}.parquet", (tmp_path / f"part-{i}.parquet").read_bytes())
-    for dataset in (f"{one}/chat.jsonl", prefix):
+    saved = s3("chat-saved")
+    datasets.Dataset.from_list(CHAT).save_to_disk(str(tmp_path / "hf"))
+    ObjectLocation(saved).put_many({p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()})
+    for dataset in (f"{one}/chat.jsonl", prefix, saved):
         store = dump(teacher=teacher, dataset=dataset, top_k=4, seq_len=256)
         assert same_content(local, store), dataset
         assert StoreReader(store).manifest.dataset["spec"] == dataset

@@ -1,7 +1,8 @@
 """The user's data files on object storage (`--dataset s3://bucket/data/` or one object): listing
 and reading them as the local files are listed and read. Each read task fetches its own file, so
-no node needs a disk the driver wrote to. Datasets directories written by `save_to_disk` are local
-only."""
+no node needs a disk the driver wrote to. A datasets directory written by `save_to_disk` and
+uploaded under a prefix is read the same way (trainer/inputs/textfiles.py: its state.json names
+its Arrow files)."""
 
 from __future__ import annotations
 

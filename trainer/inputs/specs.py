@@ -223,7 +223,7 @@ def _uri_dataset_problems(spec: str, what: str) -> list[str]:
     if not found:
         return [
             f"{what} {spec!r} holds no .parquet, .jsonl or .json objects: pass a data file's URI or a prefix "
-            "that has them (datasets directories written by save_to_disk are read from local disk only)"
+            "that has them (or a datasets directory written by save_to_disk, uploaded under a prefix)"
         ]
     return []
 

@@ -48,6 +48,9 @@ def is_text_path(path: Path | str) -> bool:
 
 def _text_paths(path: Path | str) -> list[tuple[Path | str, str]] | None:
     if is_object_uri(path):  # a file or prefix on object storage
+        saved = _hf_arrow_objects(str(path))
+        if saved is not None:
+            return [(u, "hf-arrow") for u in saved]
         found = [u for u in uri_files(str(path)) if _format(u)]
         return _one_format(path, [(u, _format(u)) for u in found])
     path = Path(path)
@@ -101,16 +104,38 @@ def _format(path: Path | str) -> str | None:
 
 def _hf_arrow_files(path: Path) -> list[Path]:
     try:
-        state = json.loads((path / HF_STATE).read_text(encoding="utf-8"))
-        names = [entry["filename"] for entry in state["_data_files"]]
-    except (OSError, ValueError, KeyError, TypeError):
+        text = (path / HF_STATE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    return [path / n for n in _hf_data_files(text, str(path), lambda n: (path / n).is_file())]
+
+
+def _hf_arrow_objects(uri: str) -> list[str] | None:
+    """The Arrow files of a datasets directory uploaded under the prefix `uri` (each read task
+    fetches its own), or None when `uri` holds no state.json."""
+    from logitstore.objects import ObjectLocation
+
+    root = uri.rstrip("/")
+    try:
+        text = read_bytes(f"{root}/{HF_STATE}").decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    existing = ObjectLocation(root).list()
+    return [f"{root}/{n}" for n in _hf_data_files(text, root, lambda n: n in existing)]
+
+
+def _hf_data_files(state_text: str, where: str, exists) -> list[str]:
+    """The data file names a save_to_disk state.json lists, each checked by `exists`."""
+    try:
+        names = [entry["filename"] for entry in json.loads(state_text)["_data_files"]]
+    except (ValueError, KeyError, TypeError):
         raise DataError(
-            f"dataset {path} has an unreadable {HF_STATE}: pass a directory written by datasets' save_to_disk"
+            f"dataset {where} has an unreadable {HF_STATE}: pass a directory written by datasets' save_to_disk"
         ) from None
-    bad = [n for n in names if not isinstance(n, str) or "/" in n or n in ("", ".", "..") or not (path / n).is_file()]
+    bad = [n for n in names if not isinstance(n, str) or "/" in n or n in ("", ".", "..") or not exists(n)]
     if bad or not names:
-        raise DataError(f"dataset {path}: {HF_STATE} names no or missing files ({bad[:1]}): save the dataset again")
-    return [path / n for n in names]
+        raise DataError(f"dataset {where}: {HF_STATE} names no or missing files ({bad[:1]}): save the dataset again")
+    return names
 
 
 def _row_count(path: Path | str, fmt: str) -> int:
@@ -149,7 +174,9 @@ def read_rows(file: TextFile) -> list[dict]:
             return [_object(row, f"{path} row {i}") for i, row in enumerate(data)]
         if file.format == "parquet":
             return pq.read_table(pa.BufferReader(read_bytes(file.path)) if remote else path).to_pylist()
-        with pa.memory_map(str(path), "r") as source:  # save_to_disk writes the Arrow stream format
+        if remote:  # save_to_disk writes the Arrow stream format
+            return pa.ipc.open_stream(pa.BufferReader(read_bytes(file.path))).read_all().to_pylist()
+        with pa.memory_map(str(path), "r") as source:
             return pa.ipc.open_stream(source).read_all().to_pylist()
     except UnicodeDecodeError:
         raise DataError(f"{path} is not UTF-8 text: save it as UTF-8") from None
