@@ -21,6 +21,10 @@ class ModelError(TrainerError):
     """A model spec cannot be resolved, or the model does not fit the data or the store."""
 
 
+class ClusterError(TrainerError):
+    """The Ray cluster at RAY_ADDRESS cannot be joined."""
+
+
 def find_cause(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
     """Our own error inside whatever Ray wrapped it in (task errors keep the cause chain)."""
     seen = set()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 
 import ray
 import ray.data
 
+from trainer.errors import ClusterError
 from trainer.inputs.specs import worker_runtime_env
 
 
@@ -23,13 +26,43 @@ def configure_data_context() -> None:
 def ensure_ray() -> None:
     """Join the cluster at RAY_ADDRESS, else start a local embedded one; reuse a running session."""
     if not ray.is_initialized():
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS") or None,
-            runtime_env=worker_runtime_env(),
-            include_dashboard=False,
-            logging_level="WARNING",
-        )
+        address = os.environ.get("RAY_ADDRESS") or None
+        silent = _nothing_listens(address)
+        if silent:  # ray.init would wait for it forever
+            raise ClusterError(_join_problem(address, silent))
+        try:
+            env = worker_runtime_env()
+            ray.init(address=address, runtime_env=env, include_dashboard=False, logging_level="WARNING")
+        except ConnectionError as exc:
+            raise ClusterError(_join_problem(address, exc)) from None
     configure_data_context()
+
+
+def _nothing_listens(address: str | None) -> str | None:
+    """For a host:port address, why nothing answers there (None when something does, or for the
+    other forms: auto, local, ray://)."""
+    match = re.fullmatch(r"([^:/]+):([0-9]{1,5})", address or "")
+    if not match:
+        return None
+    try:
+        socket.create_connection((match.group(1), int(match.group(2))), timeout=10).close()
+    except OSError as exc:
+        return f"nothing answers there: {exc.strerror or exc}"
+    return None
+
+
+def _join_problem(address: str | None, exc: BaseException | str) -> str:
+    if isinstance(exc, str):  # nothing listens
+        return (
+            f"cannot join the Ray cluster at RAY_ADDRESS={address} ({exc}): check that the head node runs and "
+            "the address (`ray status` on the head prints it), or unset RAY_ADDRESS to run on a local Ray"
+        )
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return (
+        f"cannot join the Ray cluster at RAY_ADDRESS={address} ({reason}): a cluster started by `ray start` "
+        "(Ray >= 2.59) checks a token: export RAY_AUTH_MODE=token here, with the cluster's token in "
+        "~/.ray/auth_token or RAY_AUTH_TOKEN (`ray get-auth-token` on the head prints it)"
+    )
 
 
 def cluster_cpus() -> float:

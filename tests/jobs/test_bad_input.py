@@ -478,3 +478,19 @@ def test_views_and_augmentation_problems_are_reported_up_front(stores, tmp_path,
     assert (
         code == 2 and "--augment applies to inputs of features" in err and "--loss must be kl, reverse-kl or jsd" in err
     )
+
+
+def test_a_ray_address_where_nothing_listens_is_one_line_not_a_wait_forever(tmp_path):
+    """ray.init waits for a cluster at a dead address forever; the job says so at once, writing nothing."""
+    from helpers import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_ADDRESS=f"127.0.0.1:{free_port()}", PYTHONWARNINGS="ignore")
+    argv = ["--teacher", "digits-cnn", "--dataset", "digits", "--out", str(tmp_path / "st")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.dump_logits", *argv], capture_output=True, text=True, timeout=120, env=env
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr
+    assert "cannot join the Ray cluster at RAY_ADDRESS=127.0.0.1:" in proc.stderr and "nothing answers" in proc.stderr
+    assert not (tmp_path / "st").exists()
