@@ -157,7 +157,10 @@ def run_job(cls: type[C], body: Callable[[C], Any], argv: list[str] | None, prog
     except ConfigError as exc:
         problems = exc.problems
     else:
-        problems = config.validate()
+        try:
+            problems = config.validate()
+        except (StoreError, TrainerError) as exc:  # a check that reads object storage, whose server is gone
+            problems = [str(exc)]
     if problems:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)

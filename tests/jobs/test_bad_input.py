@@ -494,3 +494,15 @@ def test_a_ray_address_where_nothing_listens_is_one_line_not_a_wait_forever(tmp_
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr
     assert "cannot join the Ray cluster at RAY_ADDRESS=127.0.0.1:" in proc.stderr and "nothing answers" in proc.stderr
     assert not (tmp_path / "st").exists()
+
+
+def test_an_object_store_that_does_not_answer_during_validation_is_one_line(tmp_path, capsys, monkeypatch):
+    """Checking an hf:s3:// teacher asks the server for its config.json: a dead endpoint is one line."""
+    from helpers import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("LOGITSTORE_OBJECT_RETRY_SECONDS", "1")
+    argv = ["--teacher", "hf:s3://nobody-answers/model", "--dataset", "digits", "--out", str(tmp_path / "st")]
+    code, errors = run(dump_logits.main, argv, capsys)
+    assert code == 2 and len(errors) == 1 and "did not answer for s3://nobody-answers/model/config.json" in errors[0]
+    assert not (tmp_path / "st").exists()
