@@ -49,7 +49,8 @@ class StoreLease:
         try:
             self._etag = self.location.create(LEASE_NAME, self._body())
         except ObjectPreconditionError:
-            self._take_over()
+            if not self._still_ours():
+                self._take_over()
         self._thread = threading.Thread(target=self._renew_forever, name="logitstore-lease", daemon=True)
         self._thread.start()
         return self
@@ -73,6 +74,18 @@ class StoreLease:
                 "wait for it to finish, or choose another --out"
             ) from None
 
+    def _still_ours(self) -> bool:
+        """Whether the lease object holds our token (then adopt its etag): a write of ours whose
+        response was lost, retried by the client, fails its condition though it succeeded."""
+        head = self.location.head(LEASE_NAME)
+        try:
+            ours = head is not None and json.loads(self.location.get(LEASE_NAME)).get("token") == self.token
+        except (FileNotFoundError, ValueError, AttributeError):
+            return False
+        if ours:
+            self._etag = self.location.head(LEASE_NAME).etag
+        return ours
+
     def _holder(self) -> str:
         try:
             info = json.loads(self.location.get(LEASE_NAME))
@@ -88,6 +101,8 @@ class StoreLease:
             try:
                 self._etag = self.location.swap(LEASE_NAME, self._body(), self._etag)
             except (ObjectPreconditionError, FileNotFoundError):
+                if self._still_ours():  # our swap landed, its response was lost
+                    return
                 self._lost = (
                     f"the lease on {self.location.uri} was taken over by another dump ({self._holder()}): this "
                     "dump was cut off for longer than the lease lasts; nothing was committed, rerun it when "

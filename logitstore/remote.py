@@ -300,10 +300,12 @@ class RemoteStoreWriter:
         try:
             self.location.create(MANIFEST_NAME, manifest.to_json().encode("utf-8"))
         except ObjectPreconditionError:
-            raise StoreError(
-                f"{self.root} was committed by another writer while this dump held its lease: the store is "
-                "theirs; rerun with --overwrite to replace it"
-            ) from None
+            # A lost response to our own create looks the same as another writer's: compare first.
+            if self.location.get(MANIFEST_NAME) != manifest.to_json().encode("utf-8"):
+                raise StoreError(
+                    f"{self.root} was committed by another writer while this dump held its lease: the store is "
+                    "theirs; rerun with --overwrite to replace it"
+                ) from None
         self.location.delete(PENDING_NAME)
         self._delete_attempts(None, keep={s.name for s in manifest.shards})  # retried or duplicated writes
         return manifest
