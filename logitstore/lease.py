@@ -77,14 +77,14 @@ class StoreLease:
     def _still_ours(self) -> bool:
         """Whether the lease object holds our token (then adopt its etag): a write of ours whose
         response was lost, retried by the client, fails its condition though it succeeded."""
-        head = self.location.head(LEASE_NAME)
         try:
-            ours = head is not None and json.loads(self.location.get(LEASE_NAME)).get("token") == self.token
+            ours = json.loads(self.location.get(LEASE_NAME)).get("token") == self.token
+            head = self.location.head(LEASE_NAME) if ours else None
         except (FileNotFoundError, ValueError, AttributeError):
             return False
-        if ours:
-            self._etag = self.location.head(LEASE_NAME).etag
-        return ours
+        if head is not None:
+            self._etag = head.etag
+        return head is not None
 
     def _holder(self) -> str:
         try:
