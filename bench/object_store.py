@@ -137,9 +137,9 @@ def lm_store(out: str, quick: bool, backend: str) -> None:
 def copy_from(uri: str, store: Path) -> int:
     """Every object under `uri` to the same name under `store` (a valid local store); the number of
     objects per shard."""
-    from logitstore.objects import ObjectLocation
+    from logitstore.storage import open_storage
 
-    location = ObjectLocation(uri)
+    location = open_storage(uri)
     names = location.list()
     for name, data in location.get_many(names).items():
         (store / name).parent.mkdir(parents=True, exist_ok=True)

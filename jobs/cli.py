@@ -150,8 +150,11 @@ def parse_config(cls: type[C], argv: list[str] | None, prog: str) -> C:
     return cls(**args)
 
 
-def run_job(cls: type[C], body: Callable[[C], Any], argv: list[str] | None, prog: str) -> int:
-    """Parse, validate (reporting every problem), run; known errors become one line and exit code 2."""
+def run_job(
+    cls: type[C], body: Callable[[C], Any], argv: list[str] | None, prog: str, remedies: dict[str, str] | None = None
+) -> int:
+    """Parse, validate (reporting every problem), run; known errors become one line and exit code 2.
+    A store error whose fix is a choice of the job (its `remedy`) gets the job's words for it."""
     try:
         config = parse_config(cls, argv, prog)
     except ConfigError as exc:
@@ -172,6 +175,9 @@ def run_job(cls: type[C], body: Callable[[C], Any], argv: list[str] | None, prog
         if known is None:
             raise
         messages = known.problems if isinstance(known, ConfigError) else [str(known)]
+        remedy = (remedies or {}).get(getattr(known, "remedy", ""))
+        if remedy:
+            messages = [f"{messages[0]}: {remedy}"]
         for message in messages:
             print(f"error: {message.splitlines()[0] if message else type(known).__name__}", file=sys.stderr)
         return 2

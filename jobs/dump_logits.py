@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from jobs.cli import exit_now, run_job
-from trainer.teacher.config import DumpConfig
+from trainer.teacher.config import DUMP_REMEDIES, DumpConfig
 
 
 def summary_lines(result) -> list[str]:
@@ -44,7 +44,7 @@ def dump(cfg: DumpConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_job(DumpConfig, dump, argv, prog="python -m jobs.dump_logits")
+    return run_job(DumpConfig, dump, argv, prog="python -m jobs.dump_logits", remedies=DUMP_REMEDIES)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,10 @@ from pathlib import Path
 from logitstore import StoreError, StoreReader
 from logitstore.atomic import atomic_write_text
 from logitstore.inspection import collect, summary
-from logitstore.objects import is_object_uri, local_path
+from logitstore.storage import Storage, is_object_uri, open_storage
 
 
-def write_report(store: str | Path, out: Path, max_positions: int) -> dict:
+def write_report(store: str | Path | Storage, out: Path, max_positions: int) -> dict:
     """summary.json and the plots of `store` in `out`; -> the summary."""
     from jobs.plots import store_plots
 
@@ -40,7 +40,7 @@ def default_out(store: str) -> Path:
     """STORE.inspect beside a local store; ./NAME.inspect for one on object storage."""
     if is_object_uri(store):
         return Path(f"{_name(store)}.inspect").resolve()
-    return Path(f"{local_path(store).resolve()}.inspect")
+    return Path(f"{open_storage(store).uri}.inspect")
 
 
 def _adaptive(report: dict) -> str:
@@ -109,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --max-positions must be >= 1, got {args.max_positions}", file=sys.stderr)
         return 2
     try:
-        store = args.store if is_object_uri(args.store) else local_path(args.store).resolve()
-        report = write_report(store, Path(args.out) if args.out else default_out(args.store), args.max_positions)
+        report = write_report(
+            open_storage(args.store), Path(args.out) if args.out else default_out(args.store), args.max_positions
+        )
     except StoreError as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -19,9 +19,9 @@ from logitstore.manifest import FORMAT_VERSION, Manifest, ShardInfo, read_manife
 from logitstore.planning import ShardPlan, plan_shards
 from logitstore.reader import StoreReader, topk_probabilities
 from logitstore.shard import EXTRAS, ShardData
+from logitstore.storage import Storage, is_object_uri, open_storage
+from logitstore.version import __version__
 from logitstore.writer import ShardWriter, StoreWriter, open_writer
-
-__version__ = "0.1.0"
 
 __all__ = [
     "EXTRAS",
@@ -45,6 +45,10 @@ __all__ = [
     "StoreNotFoundError",
     "StoreReader",
     "StoreWriter",
+    "Storage",
+    "__version__",
+    "is_object_uri",
+    "open_storage",
     "open_writer",
     "TokenizerRef",
     "Views",

@@ -27,7 +27,7 @@ from functools import cached_property
 
 import numpy as np
 
-from logitstore.backends import ENTRY_OFFSETS, PER_ENTRY
+from logitstore.backends.arrays import ENTRY_OFFSETS, PER_ENTRY
 from logitstore.errors import ShardCorruptError
 from logitstore.shard import EXTRAS, TOKEN_ARRAYS, ShardData, TokenInputs, head_mask, with_canonical_padding
 

@@ -1,8 +1,25 @@
-"""One error hierarchy for the store: every message names the problem and the fix."""
+"""One error hierarchy for the store: every message names the problem and the fix, in the store's
+own words. Where the fix is a choice a job offers by a flag of its own (replace the store, write it
+elsewhere, wait), the error's `remedy` names that choice and the job adds its flag."""
+
+REMEDIES = ("overwrite", "elsewhere", "wait", "resume")
 
 
 class StoreError(Exception):
-    """Base class of all logitstore errors."""
+    """Base class of all logitstore errors. `remedy`: one of REMEDIES, or "" when the message says it all."""
+
+    def __init__(self, message: str = "", *, remedy: str = "") -> None:
+        super().__init__(message)
+        self.remedy = remedy
+
+    def __reduce__(self):  # keeps `remedy` across processes (Ray)
+        return (_rebuild, (type(self), str(self), self.remedy))
+
+
+def _rebuild(cls: type, message: str, remedy: str) -> StoreError:
+    error = cls.__new__(cls)
+    StoreError.__init__(error, message, remedy=remedy)
+    return error
 
 
 class StoreNotFoundError(StoreError):
@@ -10,7 +27,7 @@ class StoreNotFoundError(StoreError):
 
 
 class StoreExistsError(StoreError):
-    """A complete store is already at the destination."""
+    """A complete store is already at the destination, or something that is not a store."""
 
 
 class ManifestError(StoreError):

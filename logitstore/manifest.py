@@ -6,37 +6,26 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from logitstore.atomic import atomic_write_text
-from logitstore.errors import ManifestError, StoreNotFoundError
+from logitstore.errors import ManifestError, StoreError, StoreNotFoundError
+from logitstore.identity import content_sha256
 from logitstore.layout import StoreLayout, TokenizerRef
 from logitstore.planning import ShardPlan
+from logitstore.storage import Storage, open_storage, shard_name
 
 FORMAT_NAME = "logitstore"
 FORMAT_VERSION = 8  # the newest this code reads and writes; stores are written with the lowest version that holds them
 MANIFEST_NAME = "manifest.json"
-SHARD_SUFFIX = {"zarr": ".zarr", "arrow": ".arrow"}
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 _SHARD_NAME = re.compile(r"^shards/[0-9]{5,9}(\.[0-9a-f]{12})?\.(zarr|arrow|zarr\.zip)$")
 OBJECT_STORE_VERSION = 7  # shard names with an attempt tag: stores written to object storage
 ZIP_SHARD_VERSION = 8  # Zarr shards on object storage as one ZIP object each
-# On object storage every shard is one object (a Zarr group is zipped): version 8.
-OBJECT_SUFFIX = {"zarr": ".zarr.zip", "arrow": ".arrow"}
+__all__ = ["Manifest", "ShardInfo", "build_manifest", "parse_manifest", "read_manifest", "shard_name"]
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _DAMAGED = "the store is damaged; dump it again"
-
-
-def shard_name(index: int, backend: str, attempt: str | None = None) -> str:
-    """Relative path of shard `index` inside a store (POSIX separators, as in the manifest); on
-    object storage each write of a shard is one object with a name of its own, tagged by `attempt`
-    (12 hex digits)."""
-    if attempt is None:
-        return f"shards/{index:05d}{SHARD_SUFFIX[backend]}"
-    return f"shards/{index:05d}.{attempt}{OBJECT_SUFFIX[backend]}"
 
 
 @dataclass(frozen=True)
@@ -253,33 +242,69 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
     return manifest
 
 
-def read_manifest(store: str | os.PathLike) -> Manifest:
-    """The manifest of a complete store (a local path, file:// or an object-storage URI);
-    StoreNotFoundError when there is none."""
-    from logitstore.objects import ObjectLocation, is_object_uri, local_path
-
-    if is_object_uri(store):
-        from logitstore.remote import read_manifest_at
-
-        return read_manifest_at(ObjectLocation(str(store)))
-    root = local_path(store)
-    path = root / MANIFEST_NAME
-    if not root.exists():
-        raise StoreNotFoundError(f"no store at {root}: check the path, or create one with `python -m jobs.dump_logits`")
-    if not root.is_dir():
-        raise StoreNotFoundError(f"{root} is a file, not a store directory: pass the store's directory")
-    if not path.is_file():
+def read_manifest(store: str | os.PathLike | Storage) -> Manifest:
+    """The manifest of a complete store (a local path, file:// or an object-storage URI, or an
+    open storage); StoreNotFoundError when there is none."""
+    storage = store if isinstance(store, Storage) else open_storage(store)
+    size = storage.size(MANIFEST_NAME)
+    if size is None:
+        if storage.top_level():
+            raise StoreNotFoundError(
+                f"{storage} holds no complete store (no {MANIFEST_NAME}; the dump did not finish): run the dump again"
+            )
         raise StoreNotFoundError(
-            f"{root} holds no complete store (no {MANIFEST_NAME}; the dump did not finish): run the dump again"
+            f"no store at {storage}: check the path, or create one with `python -m jobs.dump_logits`"
         )
-    size = path.stat().st_size
     if size > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{path} is {size} bytes, far beyond any real manifest: the store is damaged")
-    return parse_manifest(path.read_text(encoding="utf-8"), source=str(path))
+        raise ManifestError(f"{storage}/{MANIFEST_NAME} is {size} bytes, far beyond any real manifest: {_DAMAGED}")
+    raw = storage.get(MANIFEST_NAME)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{storage}/{MANIFEST_NAME} is not UTF-8 (byte {exc.start}): {_DAMAGED}") from None
+    return parse_manifest(text, source=f"{storage}/{MANIFEST_NAME}")
 
 
-def write_manifest(store: str | os.PathLike, manifest: Manifest) -> Path:
-    """Write the manifest atomically (temporary file, fsync, rename): the store's commit."""
-    final = Path(store) / MANIFEST_NAME
-    atomic_write_text(final, manifest.to_json())
-    return final
+def names_version(shards) -> int:
+    """The lowest format version that holds these shard names: 8 once a shard is a Zarr ZIP object,
+    7 once a name carries an attempt (object storage), else 0 (the content decides)."""
+    versions = [0]
+    for s in shards:
+        match = _SHARD_NAME.match(s.name)
+        if match and match.group(2) == "zarr.zip":
+            versions.append(ZIP_SHARD_VERSION)
+        elif match and match.group(1):
+            versions.append(OBJECT_STORE_VERSION)
+    return max(versions)
+
+
+def build_manifest(
+    layout: StoreLayout,
+    plan: ShardPlan,
+    identity: dict[str, Any],
+    shards: list[ShardInfo],
+    *,
+    teacher: dict,
+    dataset: dict,
+    config: dict,
+    tokenizer: TokenizerRef | None = None,
+    created_by: str = "",
+) -> Manifest:
+    """The manifest of a dump that wrote `shards` (every planned one, once), at the lowest format
+    version that holds its layout and its shards' names."""
+    infos = sorted(shards, key=lambda s: s.index)
+    if [s.index for s in infos] != list(range(plan.num_shards)):
+        raise StoreError(f"the dump wrote shards {[s.index for s in infos]} of {plan.num_shards} planned: run it again")
+    return Manifest(
+        layout=layout,
+        num_samples=sum(s.num_samples for s in infos),
+        num_positions=sum(s.num_positions for s in infos),
+        teacher=teacher,
+        dataset=dataset,
+        shards=tuple(infos),
+        tokenizer=tokenizer,
+        config=config,
+        content_sha256=content_sha256(identity),
+        created_by=created_by,
+        format_version=max(layout.format_version, names_version(infos)),
+    )

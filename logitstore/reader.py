@@ -1,7 +1,10 @@
-"""Reading a store: shard streaming with bounded memory, random access by sample id, checksum checks."""
+"""Reading a store, wherever it lives: shard streaming with bounded memory, random access by
+sample id, checksum checks. Every file comes through the storage (logitstore/storage), which never
+follows a link out of a local store."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,14 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from logitstore.backends import get_backend
-from logitstore.checksum import files_checksum, shard_checksum
+from logitstore.checksum import files_checksum
 from logitstore.errors import ShardCorruptError, StoreError
 from logitstore.layout import TOKENIZER_DIR, TOKENIZER_NAME
 from logitstore.manifest import Manifest, ShardInfo, read_manifest
-from logitstore.objects import ObjectLocation, is_object_uri, local_path
 from logitstore.planning import ShardPlan
-from logitstore.remote import shard_files
 from logitstore.shard import ShardData, head_mask
+from logitstore.storage import Storage, open_storage
 
 _AHEAD = ThreadPoolExecutor(max_workers=8, thread_name_prefix="logitstore-read-ahead")
 
@@ -29,24 +31,23 @@ _AHEAD = ThreadPoolExecutor(max_workers=8, thread_name_prefix="logitstore-read-a
 class StoreReader:
     """Open a complete store. Every shard read is checked against the manifest's checksum.
 
-    Memory: at most `cache_shards` decoded shards are held at once.
+    Memory: at most `cache_shards` decoded shards are held at once, plus the bytes of up to
+    `read_ahead` shards that iter_shards fetches in the background after the one being read.
     """
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike | Storage,
         *,
         verify: bool = True,
         cache_shards: int = 2,
         manifest: Manifest | None = None,
         read_ahead: int = 1,
     ):
-        # On object storage (s3://, gs://...) shards are fetched whole into memory; `read_ahead`
-        # shards after the one being read are fetched in the background by iter_shards.
-        self.location = ObjectLocation(str(path)) if is_object_uri(path) else None
-        self.root = self.location.uri if self.location is not None else local_path(path)
+        self.storage = path if isinstance(path, Storage) else open_storage(path)
+        self.root = self.storage.uri
         # A caller that has parsed the manifest already passes it (a training run parses it once).
-        self.manifest: Manifest = manifest if manifest is not None else read_manifest(path)
+        self.manifest: Manifest = manifest if manifest is not None else read_manifest(self.storage)
         self.plan: ShardPlan = self.manifest.plan()
         self.verify_checksums = verify
         self._backend = get_backend(self.manifest.backend)
@@ -54,7 +55,7 @@ class StoreReader:
         self._cache: OrderedDict[int, ShardData] = OrderedDict()
         self._cache_shards = max(1, cache_shards)
         self.read_ahead = max(0, read_ahead)
-        self._fetching: dict[int, Future] = {}  # object storage: shards' files being fetched
+        self._fetching: dict[int, Future] = {}  # shards' files being fetched ahead
 
     @property
     def num_shards(self) -> int:
@@ -62,46 +63,27 @@ class StoreReader:
 
     def check_shard(self, index: int) -> None:
         """Raise ShardCorruptError if shard `index` is missing or its bytes differ from the manifest."""
-        if self.location is not None:
-            self._check_files(index, self._files(index))
-            return
-        info = self.manifest.shards[index]
-        path = self.root / info.name
-        if not path.exists():
-            raise ShardCorruptError(
-                f"shard {info.name} of store {self.root} is missing: the store is damaged; dump it again"
-            )
-        sha, nbytes = shard_checksum(path)
-        if nbytes != info.num_bytes or sha != info.sha256:
-            raise ShardCorruptError(
-                f"shard {info.name} of store {self.root} fails its checksum (bytes or content changed): the "
-                "store is damaged; dump it again"
-            )
+        self._check_files(index, self._files(index))
 
     def read_shard(self, index: int) -> ShardData:
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
-        if self.location is not None:
-            files = self._files(index)
-            if self.verify_checksums:
-                self._check_files(index, files)
-            data = self._decode(index, files)
-        else:
-            if self.verify_checksums:
-                self.check_shard(index)
-            data = self._decode(index)
+        files = self._files(index)
+        if self.verify_checksums:
+            self._check_files(index, files)
+        data = self._decode(index, files)
         self._cache[index] = data
         while len(self._cache) > self._cache_shards:
             self._cache.popitem(last=False)
         return data
 
     def _files(self, index: int) -> dict[str, bytes]:
-        """Shard `index`'s files from object storage (fetched ahead when iter_shards asked for it)."""
+        """Shard `index`'s files (fetched ahead when iter_shards or lookup asked for it)."""
         pending = self._fetching.pop(index, None)
         name = self.manifest.shards[index].name
         try:
-            return pending.result() if pending is not None else shard_files(self.location, name)
+            return pending.result() if pending is not None else self.storage.shard_files(name)
         except FileNotFoundError:
             raise ShardCorruptError(
                 f"shard {name} of store {self.root} is missing: the store is damaged; dump it again"
@@ -119,13 +101,12 @@ class StoreReader:
         for index in indices:
             if index not in self._fetching and index not in self._cache:
                 name = self.manifest.shards[index].name
-                self._fetching[index] = _AHEAD.submit(shard_files, self.location, name)
+                self._fetching[index] = _AHEAD.submit(self.storage.shard_files, name)
 
-    def _decode(self, index: int, files: dict[str, bytes] | None = None) -> ShardData:
+    def _decode(self, index: int, files: dict[str, bytes]) -> ShardData:
         info = self.manifest.shards[index]
         try:
-            arrays = self._backend.read(str(self.root / info.name)) if files is None else self._backend.decode(files)
-            data = self.codec.decode(arrays, self.manifest.layout.top_k)
+            data = self.codec.decode(self._backend.decode(files), self.manifest.layout.top_k)
         except StoreError:
             raise
         except Exception as exc:  # a backend's own decode error on damaged bytes
@@ -152,14 +133,13 @@ class StoreReader:
         """Several shards, in the order given; on object storage all fetched at once (memory: their
         bytes, as the caller asked for all of them)."""
         indices = [int(j) for j in indices]
-        if self.location is not None:
-            self._fetch_ahead(indices)
+        self._fetch_ahead(indices)
         return [self.read_shard(j) for j in indices]
 
     def iter_shards(self, order: Iterable[int] | None = None) -> Iterator[tuple[int, ShardData]]:
         order = list(range(self.num_shards) if order is None else order)
         for i, index in enumerate(order):
-            if self.location is not None and self.read_ahead:
+            if self.read_ahead:
                 self._fetch_ahead(order[i + 1 : i + 1 + self.read_ahead])
             yield index, self.read_shard(index)
 
@@ -169,8 +149,7 @@ class StoreReader:
         shard = self.plan.shard_of(ids)
         parts: list[ShardData] = []
         order: list[np.ndarray] = []
-        if self.location is not None:  # every shard needed, fetched at once
-            self._fetch_ahead([int(j) for j in np.unique(shard) if j >= 0])
+        self._fetch_ahead([int(j) for j in np.unique(shard) if j >= 0])  # every shard needed, fetched at once
         for j in np.unique(shard):
             where = np.nonzero(shard == j)[0]
             if j < 0:
@@ -190,8 +169,6 @@ class StoreReader:
         entry = self.manifest.tokenizer
         if entry is None or entry.file is None:
             return None
-        import hashlib
-
         data = self._small_file(TOKENIZER_NAME)
         if data is None:
             raise ShardCorruptError(
@@ -201,16 +178,20 @@ class StoreReader:
             raise ShardCorruptError(
                 f"{TOKENIZER_NAME} of store {self.root} fails its checksum: the store is damaged; dump it again"
             )
-        return data.decode("utf-8")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ShardCorruptError(
+                f"{TOKENIZER_NAME} of store {self.root} is not UTF-8: the store is damaged"
+            ) from None
 
     def tokenizer_dir(self) -> Path | None:
-        """The directory of a saved Hugging Face tokenizer (every file checked against the manifest),
-        or None when the store has none."""
+        """A local directory holding exactly the saved Hugging Face tokenizer's files, each checked
+        against the manifest (transformers loads a directory), or None when the store has none.
+        It is a private copy, never the store's own directory: nothing but the checked files."""
         entry = self.manifest.tokenizer
         if entry is None or entry.files is None:
             return None
-        import hashlib
-
         files = {name: self._small_file(f"{TOKENIZER_DIR}/{name}") for name in entry.files}
         for name, sha in entry.files.items():
             if files[name] is None or hashlib.sha256(files[name]).hexdigest() != sha:
@@ -218,30 +199,14 @@ class StoreReader:
                     f"{TOKENIZER_DIR}/{name} of store {self.root} is missing or fails its checksum: the store is "
                     "damaged; dump it again"
                 )
-        if self.location is None:
-            return self.root / TOKENIZER_DIR
-        # From object storage: a local copy (transformers loads a directory), one per content.
-        digest = hashlib.sha256(json.dumps(entry.files, sort_keys=True).encode()).hexdigest()[:16]
-        directory = Path(tempfile.gettempdir()) / f"logitstore-tokenizer-{digest}"
-        if not directory.is_dir():
-            staging = Path(tempfile.mkdtemp(dir=tempfile.gettempdir()))
-            for name, data in files.items():
-                (staging / name).write_bytes(data)
-            try:
-                staging.rename(directory)
-            except OSError:  # another process made it first: the same files
-                shutil.rmtree(staging, ignore_errors=True)
-        return directory
+        return private_copy(files, entry.files)
 
     def _small_file(self, name: str) -> bytes | None:
         """One of the store's small files (tokenizer), or None when it is missing."""
-        if self.location is not None:
-            try:
-                return self.location.get(name)
-            except FileNotFoundError:
-                return None
-        path = self.root / name
-        return path.read_bytes() if path.is_file() else None
+        try:
+            return self.storage.get(name)
+        except FileNotFoundError:
+            return None
 
     def verify(self) -> list[str]:
         """Check every shard's checksum and layout, and the tokenizer's: one message per bad file (none: sound)."""
@@ -253,16 +218,45 @@ class StoreReader:
             problems.append(str(exc))
         for index in range(self.num_shards):
             try:
-                if self.location is not None:
-                    files = self._files(index)
-                    self._check_files(index, files)
-                    self._decode(index, files)
-                else:
-                    self.check_shard(index)
-                    self._decode(index)
+                files = self._files(index)
+                self._check_files(index, files)
+                self._decode(index, files)
             except StoreError as exc:
                 problems.append(str(exc))
         return problems
+
+
+def private_copy(files: dict[str, bytes], digests: dict[str, str]) -> Path:
+    """A directory of this machine holding exactly `files` (checked against `digests` by the caller),
+    one per content: reused when a copy with exactly these files and digests is there already."""
+    key = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
+    directory = Path(tempfile.gettempdir()) / f"logitstore-tokenizer-{os.getuid()}-{key}"
+    if _holds_exactly(directory, digests):
+        return directory
+    staging = Path(tempfile.mkdtemp(prefix="logitstore-tokenizer-"))
+    for name, data in files.items():
+        (staging / name).write_bytes(data)
+    try:
+        staging.rename(directory)
+    except OSError:  # made by another process first (the same files), or not ours: keep the staging copy
+        if _holds_exactly(directory, digests):
+            shutil.rmtree(staging, ignore_errors=True)
+            return directory
+        return staging
+    return directory
+
+
+def _holds_exactly(directory: Path, digests: dict[str, str]) -> bool:
+    try:
+        if directory.is_symlink() or directory.stat().st_uid != os.getuid():
+            return False
+        names = {p.name for p in directory.iterdir()}
+        return names == set(digests) and all(
+            not (directory / n).is_symlink() and hashlib.sha256((directory / n).read_bytes()).hexdigest() == d
+            for n, d in digests.items()
+        )
+    except OSError:
+        return False
 
 
 def topk_probabilities(

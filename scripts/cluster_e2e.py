@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 def upload_lm(directory: Path, s3: str) -> dict[str, str]:
     """Tiny random Llamas (a teacher with its tokenizer, a student) and chat rows, made here and
     uploaded: the jobs get only their s3:// URIs."""
-    from logitstore.objects import ObjectLocation
+    from logitstore.storage import open_storage
     from tests.helpers import tiny_chat_tokenizer, tiny_llama, write_jsonl
 
     tok = tiny_chat_tokenizer(directory / "teacher")
@@ -163,8 +163,8 @@ def upload_lm(directory: Path, s3: str) -> dict[str, str]:
     uris = {"teacher": f"{s3}/models/teacher", "student": f"{s3}/models/student", "data": f"{s3}/data/chat.jsonl"}
     for name in ("teacher", "student"):
         files = {p.name: p.read_bytes() for p in (directory / name).iterdir() if p.is_file()}
-        ObjectLocation(uris[name]).put_many(files)
-    ObjectLocation(f"{s3}/data").put("chat.jsonl", (directory / "chat.jsonl").read_bytes())
+        open_storage(uris[name]).put_many(files)
+    open_storage(f"{s3}/data").put("chat.jsonl", (directory / "chat.jsonl").read_bytes())
     return {**uris, "teacher_weights": str(directory / "teacher"), "student_weights": str(directory / "student")}
 
 
@@ -195,7 +195,7 @@ def actor_nodes() -> dict[str, set[str]]:
 
 
 def checks(work: Path, driver: Path, s3: str, before: set[str], after: set[str], env: dict) -> list[str]:
-    from logitstore.objects import ObjectLocation
+    from logitstore.storage import open_storage
 
     failures = []
     compare = subprocess.run(
@@ -217,13 +217,13 @@ def checks(work: Path, driver: Path, s3: str, before: set[str], after: set[str],
     staged = [f for f in files_under(work / "node-trainer") if f.endswith("logs/steps.csv")]
     if not staged:
         failures.append("no training worker staged its logs on the trainer node: the workers ran elsewhere")
-    names = set(ObjectLocation(f"{s3}/runs/a").list())
+    names = set(open_storage(f"{s3}/runs/a").list())
     for name in ("metrics.json", "config.json", "student/model.safetensors", "logs/steps.csv", "curves.png"):
         if name not in names:
             failures.append(f"the run's {name} is not on s3")
     if not any(n.startswith("ray/train/checkpoint_") for n in names):
         failures.append("Ray Train's checkpoints are not on s3")
-    swept = set(ObjectLocation(f"{s3}/sweeps/t").list())
+    swept = set(open_storage(f"{s3}/sweeps/t").list())
     for name in ("results.csv", "results.md", "best/model.pt", "best/student/model.safetensors", "trials.json"):
         if name not in swept:
             failures.append(f"the sweep's {name} is not on s3")
@@ -235,12 +235,12 @@ def checks(work: Path, driver: Path, s3: str, before: set[str], after: set[str],
         failures.append("the hf:s3 teacher (student) was not copied to the teacher (trainer) node's cache")
     if copied["driver"] or weights["teacher"] in copied["node-trainer"]:
         failures.append("model weights were copied where no model runs (the driver, or the teacher to the trainer)")
-    if "metrics.json" not in ObjectLocation(f"{s3}/runs/lm").list():
+    if "metrics.json" not in open_storage(f"{s3}/runs/lm").list():
         failures.append("the LM run's metrics.json is not on s3")
     new = {f for f in after - before if not f.startswith(("inspect/", "tmp/", "cache/", ".cache/"))}
     if new:
         failures.append(f"training wrote to the driver's directory: {sorted(new)[:5]}")
-    metrics = json.loads(ObjectLocation(f"{s3}/runs/a").get("metrics.json"))
+    metrics = json.loads(open_storage(f"{s3}/runs/a").get("metrics.json"))
     print(f"trained on the cluster: eval_accuracy {metrics['eval_accuracy']:.4f}, teacher_agreement "
           f"{metrics['teacher_agreement']:.4f}; run outputs: {len(names)} objects on s3")  # fmt: skip
     return failures

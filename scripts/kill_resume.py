@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from logitstore import StoreReader
-from logitstore.objects import ObjectLocation, is_object_uri
+from logitstore.storage import is_object_uri, open_storage
 
 
 def dump_command(args: argparse.Namespace, out: str | Path) -> list[str]:
@@ -77,7 +77,7 @@ def kill_session(sid: int) -> None:
 def store_state(out: str | Path) -> tuple[int, int, bool]:
     """(whole shards, partial shard writes, committed) of a store being written, local or on object storage."""
     if is_object_uri(out):
-        names = ObjectLocation(str(out)).list()
+        names = open_storage(str(out)).list()
         attempts = {".".join(n.split("/")[1].split(".")[:2]) for n in names if n.startswith("shards/")}
         done = {a for a in attempts if f"shards/{a}.done" in names}
         return len(done), len(attempts - done), "manifest.json" in names
@@ -89,7 +89,7 @@ def store_state(out: str | Path) -> tuple[int, int, bool]:
 
 def clear(out: str | Path) -> None:
     if is_object_uri(out):
-        location = ObjectLocation(str(out))
+        location = open_storage(str(out))
         location.delete_many(list(location.list()))
     else:
         shutil.rmtree(out, ignore_errors=True)

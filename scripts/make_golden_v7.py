@@ -32,7 +32,7 @@ STORES = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from logitstore.objects import ObjectLocation
+    from logitstore.storage import open_storage
     from tests.helpers import tiny_chat_tokenizer, tiny_llama, write_jsonl
 
     out = Path((argv or sys.argv[1:])[0]).resolve()
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         uri = f"s3://{BUCKET}/{name}"
         cmd = [sys.executable, "-m", "jobs.dump_logits", *common, *args, "--out", uri]
         subprocess.run(cmd, cwd=work, check=True, stdout=subprocess.DEVNULL)
-        store, location = out / name, ObjectLocation(uri)
+        store, location = out / name, open_storage(uri)
         shutil.rmtree(store, ignore_errors=True)
         for key in location.list():
             (store / key).parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from logitstore.backends import ENTRY_OFFSETS, PER_ENTRY, PER_SAMPLE, PER_TOKEN, ZSTD_LEVEL
+from logitstore.backends.arrays import ENTRY_OFFSETS, PER_ENTRY, PER_SAMPLE, PER_TOKEN, ZSTD_LEVEL
 from logitstore.errors import ShardCorruptError
 
 

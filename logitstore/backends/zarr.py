@@ -17,7 +17,7 @@ from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
-from logitstore.backends import ENTRY_OFFSETS, ZSTD_LEVEL
+from logitstore.backends.arrays import ENTRY_OFFSETS, ZSTD_LEVEL
 
 CHUNK_ROWS = 8192
 

@@ -14,7 +14,7 @@ from jobs import dump_logits, inspect_store, train_student, verify_store
 from logitstore import StoreReader
 from logitstore.backends.zarr import unzip_group
 from logitstore.checksum import files_checksum
-from logitstore.objects import ObjectLocation
+from logitstore.storage import open_storage
 
 pytestmark = pytest.mark.slow
 TRAIN = ("--teacher", "digits-cnn", "--dataset", "digits", "--top-k", "5", "--shard-size", "500")
@@ -29,7 +29,7 @@ def test_dump_verify_inspect_and_train_on_s3_match_local_disk(s3, digits_stores,
     on_s3, on_disk = StoreReader(train_uri), StoreReader(digits_stores["train"])
     assert on_s3.manifest.content_sha256 == on_disk.manifest.content_sha256
     # Each s3 shard is one ZIP holding exactly the files of the shard on disk (FORMAT.md version 8).
-    source = ObjectLocation(train_uri)
+    source = open_storage(train_uri)
     zipped = [files_checksum(unzip_group(source.get(s.name))) for s in on_s3.manifest.shards]
     assert zipped == [(s.sha256, s.num_bytes) for s in on_disk.manifest.shards]
     for (_, a), (_, b) in zip(on_s3.iter_shards(), on_disk.iter_shards()):
@@ -42,7 +42,7 @@ def test_dump_verify_inspect_and_train_on_s3_match_local_disk(s3, digits_stores,
     assert json.loads((tmp_path / "inspect" / "summary.json").read_text())["samples"] == 1437
     # A flipped byte in a shard is caught by verify, naming the shard.
     damaged = s3("damaged")
-    location = ObjectLocation(damaged)
+    location = open_storage(damaged)
     location.put_many({name: source.get(name) for name in source.list()})
     chunk = next(n for n in location.list("shards/") if n.endswith(".zarr.zip"))
     blob = bytearray(location.get(chunk))
@@ -58,12 +58,12 @@ def test_dump_verify_inspect_and_train_on_s3_match_local_disk(s3, digits_stores,
         argv = ["--store", stores[0], "--eval-store", stores[1], "--dataset", "digits-fewlabels"]
         argv += ["--eval-dataset", "digits-eval", "--student", "digits-mlp", "--output", output, "--epochs", "2"]
         assert train_student.main(argv) == 0
-    on_s3 = json.loads(ObjectLocation(out_uri).get("metrics.json"))
+    on_s3 = json.loads(open_storage(out_uri).get("metrics.json"))
     on_disk = json.loads((out_dir / "metrics.json").read_text())
     for key in ("train_loss", "eval_accuracy", "teacher_agreement", "eval_kl_to_teacher"):
         assert on_s3[key] == pytest.approx(on_disk[key], rel=1e-6), key
     assert np.isfinite(on_s3["train_loss"]) and on_s3["exported"] == f"{out_uri}/student"
-    names = set(ObjectLocation(out_uri).list())
+    names = set(open_storage(out_uri).list())
     for name in ("config.json", "curves.png", "logs/steps.csv", "checkpoint/model.pt", "student/model.safetensors"):
         assert name in names and (out_dir / name).is_file(), name
     assert any(n.startswith("ray/train/checkpoint_") for n in names)
@@ -77,7 +77,7 @@ def test_a_dataset_uri_without_data_files_is_named(s3):
     from trainer.teacher.config import DumpConfig
 
     empty = s3("no-data")
-    ObjectLocation(empty).put("notes.txt", b"not data")
+    open_storage(empty).put("notes.txt", b"not data")
     problems = DumpConfig(teacher="digits-cnn", dataset=empty, out=s3("out")).validate()
     assert any(f"--dataset {empty!r} holds no .parquet, .jsonl or .json objects" in p for p in problems), problems
 
@@ -94,14 +94,14 @@ def test_an_hf_prefix_is_copied_once_per_content_and_without_weights_for_tokenis
     uri = s3("model")
     files = {"config.json": b'{"model_type": "llama"}', "model.safetensors": os.urandom(3 << 20)}
     files["tokenizer.json"] = b"{}"
-    ObjectLocation(uri).put_many(files)
+    open_storage(uri).put_many(files)
     copy = Path(local_dir(uri))
     assert {p.name: p.read_bytes() for p in copy.iterdir()} == files
     assert local_dir(uri) == str(copy) and len(list((tmp_path / "cache" / "hf-models").iterdir())) == 1
     light = Path(local_dir(uri, weights=False))
     assert sorted(p.name for p in light.iterdir()) == ["config.json", "tokenizer.json"]
     assert hf_files_sha256(uri) == hf_files_sha256(copy)
-    ObjectLocation(uri).put("model.safetensors", b"new weights")
+    open_storage(uri).put("model.safetensors", b"new weights")
     fresh = Path(local_dir(uri))
     assert fresh != copy and (fresh / "model.safetensors").read_bytes() == b"new weights"
     assert hf_files_sha256(uri) == hf_files_sha256(fresh) != hf_files_sha256(copy)

@@ -18,7 +18,7 @@ import pytest
 from logitstore import StoreReader
 from logitstore.errors import StoreNotFoundError
 from logitstore.manifest import read_manifest
-from logitstore.objects import ObjectLocation
+from logitstore.storage import open_storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.battery]
 LEASE_SECONDS = 3
@@ -65,7 +65,7 @@ def dump(uri: str, shard_size: int = 100, **popen) -> subprocess.Popen:
 
 
 def wait_for_marker(uri: str, proc: subprocess.Popen, timeout: float = 240) -> None:
-    location, deadline = ObjectLocation(uri), time.monotonic() + timeout
+    location, deadline = open_storage(uri), time.monotonic() + timeout
     while not any(n.endswith(".done") for n in location.list("shards/")):
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         assert time.monotonic() < deadline, "no shard written in time"

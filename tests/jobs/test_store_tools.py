@@ -30,7 +30,7 @@ def test_inspect_store_cli_prints_a_summary_and_writes_plots(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert inspect_store.main([str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:") and "no complete store" in err[0]
+    assert len(err) == 1 and err[0].startswith("error:") and "no store at" in err[0]
 
 
 @pytest.mark.parametrize("backend", ["zarr", "arrow"])

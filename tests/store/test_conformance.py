@@ -1,8 +1,14 @@
-"""Both backends pass the store contract of logitstore.testing (a new backend adds one class here)."""
+"""Both backends pass the store contract of logitstore.testing on every storage: a local directory,
+object storage held in memory, and a real S3-compatible server on 127.0.0.1 (a new backend or
+storage adds its classes here)."""
+
+import uuid
 
 import numpy as np
+import pytest
 
-from logitstore.testing import CODECS, BackendTests, StoreTests, random_shard
+from logitstore.testing import CODECS, random_shard
+from logitstore.testing.suites import BackendTests, StoreTests
 
 
 class TestZarr(BackendTests, StoreTests):
@@ -10,6 +16,36 @@ class TestZarr(BackendTests, StoreTests):
 
 
 class TestArrow(BackendTests, StoreTests):
+    backend = "arrow"
+
+
+class InMemory:
+    @pytest.fixture
+    def where(self):
+        prefix = f"memory://conformance-{uuid.uuid4().hex[:8]}"
+        return lambda name: f"{prefix}/{name}"
+
+
+class OnS3:
+    @pytest.fixture
+    def where(self, s3):
+        prefix = s3("conformance")
+        return lambda name: f"{prefix}/{name}"
+
+
+class TestZarrInMemory(InMemory, StoreTests):
+    backend = "zarr"
+
+
+class TestArrowInMemory(InMemory, StoreTests):
+    backend = "arrow"
+
+
+class TestZarrOnS3(OnS3, StoreTests):
+    backend = "zarr"
+
+
+class TestArrowOnS3(OnS3, StoreTests):
     backend = "arrow"
 
 

@@ -22,11 +22,11 @@ from logitstore import StoreReader
 from logitstore.backends.zarr import unzip_group
 from logitstore.checksum import files_checksum
 from logitstore.errors import StoreLockedError, StoreNotFoundError
-from logitstore.lease import LEASE_NAME, LeaseLostError, StoreLease
 from logitstore.manifest import read_manifest, shard_name
-from logitstore.objects import ObjectLocation, StoreUnreachableError
 from logitstore.planning import plan_shards
-from logitstore.remote import RemoteStoreWriter
+from logitstore.storage import ObjectPreconditionError, StoreUnreachableError
+from logitstore.storage.lease import LEASE_NAME, LeaseLostError, StoreLease
+from logitstore.storage.objects import ObjectStorage
 from logitstore.testing import (
     CODECS,
     TEST_TEACHER,
@@ -36,6 +36,7 @@ from logitstore.testing import (
     layout_for,
     random_shard,
 )
+from logitstore.writer import StoreWriter
 
 SCHEMA = json.loads((Path(logitstore.__file__).parent / "manifest.schema.json").read_text())
 IDS = np.arange(0, 40, 2)  # 20 samples, shards of 7: 3 shards
@@ -49,7 +50,7 @@ def test_a_store_on_s3_holds_the_same_bytes_and_content_as_on_disk(s3, tmp_path,
     on_s3, on_disk = read_manifest(uri), read_manifest(tmp_path / "st")
     # Each shard one object under an attempt-tagged name holding the files written to disk: the
     # Arrow file itself (version 7), the Zarr group's files zipped (version 8).
-    location = ObjectLocation(uri)
+    location = ObjectStorage(uri)
     for s, d in zip(on_s3.shards, on_disk.shards):
         assert s.name == f"shards/{s.index:05d}.{s.name.split('.')[1]}.{'zarr.zip' if backend == 'zarr' else 'arrow'}"
         blob, shard = location.get(s.name), tmp_path / "st" / d.name
@@ -60,14 +61,14 @@ def test_a_store_on_s3_holds_the_same_bytes_and_content_as_on_disk(s3, tmp_path,
             on_disk_files = {p.relative_to(shard).as_posix(): p.read_bytes() for p in shard.rglob("*") if p.is_file()}
             assert unzip_group(blob) == on_disk_files
     assert on_s3.format_version == (8 if backend == "zarr" else 7) and on_disk.format_version < 7
-    jsonschema.validate(json.loads(ObjectLocation(uri).get("manifest.json")), SCHEMA)
+    jsonschema.validate(json.loads(ObjectStorage(uri).get("manifest.json")), SCHEMA)
     reader = StoreReader(uri)
     assert reader.verify() == []
     for (_, got), want, disk in zip(reader.iter_shards(), remote, local):
         assert_same_content(got, want, CODECS[codec])
         assert np.array_equal(got.sample_id, disk.sample_id)
     # Nothing but the store's objects: no lease, no pending record, one attempt per shard.
-    names = ObjectLocation(uri).list()
+    names = ObjectStorage(uri).list()
     assert LEASE_NAME not in names and ".pending.json" not in names
     assert {n.split("/")[1].split(".")[0] for n in names if n.endswith(".done")} == {"00000", "00001", "00002"}
 
@@ -75,7 +76,7 @@ def test_a_store_on_s3_holds_the_same_bytes_and_content_as_on_disk(s3, tmp_path,
 def _writer(uri: str, backend: str = "zarr", seed: int = 0, lease_seconds: float | None = None):
     layout = layout_for(backend, k=4, vocab=10, shard_size=7)
     plan = plan_shards(IDS, 7)
-    writer = RemoteStoreWriter(uri, lease_seconds).__enter__()
+    writer = StoreWriter(uri, lease_seconds).__enter__()
     writer.start(layout, plan, {"test": seed}, overwrite=False)
     rng = np.random.default_rng(seed)
     shards = [random_shard(rng, IDS[i * 7 : i * 7 + int(plan.counts[i])], 4, 10) for i in range(plan.num_shards)]
@@ -95,7 +96,7 @@ def test_a_duplicated_shard_write_is_never_visible_twice(s3):
     infos = [again] + [writer.shard_writer().write(j, shards[j]) for j in (1, 2)]
     manifest = _commit(writer, infos)
     writer.__exit__(None, None, None)
-    names = ObjectLocation(uri).list("shards/")
+    names = ObjectStorage(uri).list("shards/")
     assert not any(n.startswith(first.name) for n in names)  # the commit deleted the unnamed attempt
     assert sum(n.endswith(".done") for n in names) == 3
     reader = StoreReader(uri)
@@ -108,7 +109,7 @@ def test_a_crashed_dump_resumes_keeping_whole_attempts_and_dropping_leftovers(s3
     writer, shards = _writer(uri)
     kept = writer.shard_writer().write(0, shards[0])
     # Shard 1: attempts cut off before their markers: a whole ZIP object, and a version-7 group.
-    location = ObjectLocation(uri)
+    location = ObjectStorage(uri)
     cut = shard_name(1, "zarr", "0123456789ab")
     location.put(cut, _files("zarr", writer, shards[1], one_object=True)[""])
     cut_v7 = "shards/00001.00000000000a.zarr"
@@ -118,7 +119,7 @@ def test_a_crashed_dump_resumes_keeping_whole_attempts_and_dropping_leftovers(s3
     blob = bytearray(location.get(damaged.name))
     blob[len(blob) // 2] ^= 0xFF
     location.put(damaged.name, bytes(blob))
-    writer._lease._stop.set()  # the dump dies (kill -9): no release, no commit
+    _die(writer._exclusive)  # the dump dies (kill -9): no release, no commit
     with pytest.raises(StoreNotFoundError, match="no manifest"):
         read_manifest(uri)
     # The rerun waits for the dead holder's lease to expire, then keeps shard 0 only.
@@ -140,13 +141,13 @@ def test_a_version_7_dump_resumed_by_this_writer_keeps_its_zarr_groups_and_commi
     writer, shards = _writer(uri)
     files = _files("zarr", writer, shards[0])
     old = "shards/00000.00000000000b.zarr"
-    location = ObjectLocation(uri)
+    location = ObjectStorage(uri)
     location.put_many({f"{old}/{rel}": blob for rel, blob in files.items()})
     sha, nbytes = files_checksum(files)
     info = {"index": 0, "name": old, "first_id": int(shards[0].sample_id[0]), "last_id": int(shards[0].sample_id[-1])}
     info |= {"num_samples": shards[0].num_samples, "num_positions": shards[0].num_positions}
     location.put("shards/00000.00000000000b.done", json.dumps({**info, "num_bytes": nbytes, "sha256": sha}).encode())
-    writer._lease._stop.set()
+    _die(writer._exclusive)
     resumed, _ = _resume(uri, lease_seconds=3)
     assert set(resumed.resumed) == {0} and resumed.resumed[0].name == old
     infos = [resumed.resumed[0]] + [resumed.shard_writer().write(j, shards[j]) for j in (1, 2)]
@@ -158,6 +159,12 @@ def test_a_version_7_dump_resumed_by_this_writer_keeps_its_zarr_groups_and_commi
     assert reader.verify() == []
     for (_, got), want in zip(reader.iter_shards(), shards):
         assert_same_content(got, want, CODECS["plain"])
+
+
+def _die(lease: StoreLease) -> None:
+    """The holder stops renewing and never releases (a kill -9, as far as the lease can tell)."""
+    lease._stop.set()
+    lease._thread.join()
 
 
 def _files(backend, writer, data, one_object=False):
@@ -180,35 +187,33 @@ def _resume(uri, lease_seconds):
 
 def test_a_live_lease_refuses_a_second_writer_naming_the_holder_and_an_expired_one_passes(s3):
     uri = s3("lease")
-    holder = StoreLease(ObjectLocation(uri), ttl=3).acquire()
+    holder = StoreLease(ObjectStorage(uri), ttl=3).__enter__()
     with pytest.raises(StoreLockedError, match=f"pid {os.getpid()} on .*holds the lease on {uri}"):
-        StoreLease(ObjectLocation(uri), ttl=3).acquire()
+        StoreLease(ObjectStorage(uri), ttl=3).__enter__()
     time.sleep(2.5)  # the holder renews every second: still live after more than one ttl/3
     with pytest.raises(StoreLockedError):
-        StoreLease(ObjectLocation(uri), ttl=3).acquire()
-    holder._stop.set()  # the holder dies without releasing
-    holder._thread.join()
+        StoreLease(ObjectStorage(uri), ttl=3).__enter__()
+    _die(holder)  # the holder dies without releasing
     time.sleep(4.5)  # > ttl (+ the server's one-second Last-Modified)
-    taker = StoreLease(ObjectLocation(uri), ttl=3).acquire()
+    taker = StoreLease(ObjectStorage(uri), ttl=3).__enter__()
     with pytest.raises(LeaseLostError, match="taken over"):
         holder.check()  # a holder that comes back must not commit
-    taker.release()
-    assert ObjectLocation(uri).head(LEASE_NAME) is None
+    taker.__exit__(None, None, None)
+    assert ObjectStorage(uri).head(LEASE_NAME) is None
 
 
 def test_of_two_writers_taking_over_an_expired_lease_exactly_one_wins(s3):
     uri = s3("race")
-    dead = StoreLease(ObjectLocation(uri), ttl=2).acquire()
-    dead._stop.set()
-    dead._thread.join()
+    dead = StoreLease(ObjectStorage(uri), ttl=2).__enter__()
+    _die(dead)
     time.sleep(3.5)
-    location = ObjectLocation(uri)
+    location = ObjectStorage(uri)
     a, b = StoreLease(location, ttl=2), StoreLease(location, ttl=2)
     seen_a, seen_b = location.head(LEASE_NAME), location.head(LEASE_NAME)  # both find it expired
-    assert seen_a.etag == seen_b.etag and seen_a.age_seconds > 2
-    a._etag = location.swap(LEASE_NAME, a._body(), seen_a.etag)  # a swaps first
-    with pytest.raises(logitstore.objects.ObjectPreconditionError):
-        location.swap(LEASE_NAME, b._body(), seen_b.etag)  # b's swap is refused by the server
+    assert seen_a.etag == seen_b.etag and a._server_age(seen_a) > 2
+    a._head = location.swap(LEASE_NAME, a._body(), seen_a)  # a swaps first
+    with pytest.raises(ObjectPreconditionError):
+        location.swap(LEASE_NAME, b._body(), seen_b)  # b's swap is refused by the server
     assert json.loads(location.get(LEASE_NAME))["token"] == a.token
 
 
@@ -216,12 +221,12 @@ def test_a_commit_without_the_lease_is_refused_and_leaves_no_manifest(s3):
     uri = s3("lost")
     writer, shards = _writer(uri, lease_seconds=2)
     infos = [writer.shard_writer().write(j, shards[j]) for j in range(3)]
-    writer._lease._stop.set()  # cut off: no renewals
+    _die(writer._exclusive)  # cut off: no renewals
     time.sleep(3.5)
-    taker = StoreLease(ObjectLocation(uri), ttl=2).acquire()
+    taker = StoreLease(ObjectStorage(uri), ttl=2).__enter__()
     with pytest.raises(LeaseLostError):
         _commit(writer, infos)
-    taker.release()
+    taker.__exit__(None, None, None)
     with pytest.raises(StoreNotFoundError):
         read_manifest(uri)
 
@@ -230,7 +235,7 @@ def test_a_server_that_does_not_answer_is_a_clear_error_naming_the_endpoint(s3, 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
     monkeypatch.setenv("LOGITSTORE_OBJECT_RETRY_SECONDS", "1")
     start = time.monotonic()
-    with pytest.raises(StoreUnreachableError, match=r"endpoint http://127.0.0.1:9.*AWS_ENDPOINT_URL"):
+    with pytest.raises(StoreUnreachableError, match=r"at http://127.0.0.1:9 did not answer.*AWS_ENDPOINT_URL"):
         read_manifest("s3://logitstore-test/nowhere-" + str(os.getpid()))
     assert time.monotonic() - start < 30
 
@@ -239,6 +244,6 @@ def test_a_missing_store_and_a_foreign_prefix_are_named(s3):
     uri = s3("missing")
     with pytest.raises(StoreNotFoundError, match=f"no store at {uri}"):
         StoreReader(uri)
-    ObjectLocation(uri).put("notes.txt", b"not a store")
+    ObjectStorage(uri).put("notes.txt", b"not a store")
     with pytest.raises(logitstore.errors.StoreExistsError, match="not a store"):
-        RemoteStoreWriter(uri).__enter__()
+        StoreWriter(uri).__enter__()

@@ -13,7 +13,7 @@ from helpers import run, same_content, tree_digest
 
 from jobs import dump_logits
 from logitstore import StoreReader
-from logitstore.lock import StoreLock
+from logitstore.storage import open_storage
 from logitstore.writer import PENDING_NAME
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,28 +151,29 @@ def test_a_crashed_dump_resumes_and_equals_an_uninterrupted_one(ray_session, ref
 
 def test_a_second_writer_is_refused_and_a_dead_holders_lock_is_not(ray_session, tmp_path, capsys):
     out = tmp_path / "store"
-    with StoreLock(out):
+    with open_storage(out).exclusive():
         code, errors = run(
             dump_logits.main, ["--teacher", "digits-cnn", "--dataset", "digits-eval", "--out", str(out)], capsys
         )
-        assert code == 2 and len(errors) == 1 and f"another dump (pid {os.getpid()}" in errors[0]
+        assert code == 2 and len(errors) == 1 and f"another writer (pid {os.getpid()}" in errors[0]
+        assert "wait for it to finish, or choose another --out" in errors[0]
     # A holder killed with SIGKILL: its lock goes with it.
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time; from logitstore.lock import StoreLock; "
-            f"StoreLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(600)",
+            "import sys, time; from logitstore.storage import open_storage; "
+            f"open_storage({str(out)!r}).exclusive().__enter__(); print('held', flush=True); time.sleep(600)",
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
     assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(Exception, match="another dump"):
-        StoreLock(out).acquire()
+    with pytest.raises(Exception, match="another writer"):
+        open_storage(out).exclusive().__enter__()
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
-    with StoreLock(out):
+    with open_storage(out).exclusive():
         pass
 
 

@@ -140,19 +140,19 @@ def test_text_files_on_object_storage_give_the_same_store_as_on_disk(dump, chat_
     # file from the S3 server.
     import datasets
 
-    from logitstore.objects import ObjectLocation
+    from logitstore.storage import open_storage
 
     teacher = f"hf:{chat_teacher['generation']}"
     local = dump(teacher=teacher, dataset=write_jsonl(tmp_path / "chat.jsonl", CHAT), top_k=4, seq_len=256)
     one, prefix = s3("chat-jsonl"), s3("chat-parquet")
-    ObjectLocation(one).put("chat.jsonl", (tmp_path / "chat.jsonl").read_bytes())
+    open_storage(one).put("chat.jsonl", (tmp_path / "chat.jsonl").read_bytes())
     half = len(CHAT) // 2
     for i, rows in enumerate((CHAT[:half], CHAT[half:])):
         pq.write_table(pa.Table.from_pylist(rows), tmp_path / f"part-{i}.parquet")
-        ObjectLocation(prefix).put(f"part-{i}.parquet", (tmp_path / f"part-{i}.parquet").read_bytes())
+        open_storage(prefix).put(f"part-{i}.parquet", (tmp_path / f"part-{i}.parquet").read_bytes())
     saved = s3("chat-saved")
     datasets.Dataset.from_list(CHAT).save_to_disk(str(tmp_path / "hf"))
-    ObjectLocation(saved).put_many({p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()})
+    open_storage(saved).put_many({p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()})
     for dataset in (f"{one}/chat.jsonl", prefix, saved):
         store = dump(teacher=teacher, dataset=dataset, top_k=4, seq_len=256)
         assert same_content(local, store), dataset
@@ -162,12 +162,12 @@ def test_text_files_on_object_storage_give_the_same_store_as_on_disk(dump, chat_
 def test_an_hf_teacher_on_object_storage_gives_the_same_store_as_its_directory(dump, chat_teacher, tmp_path, s3):
     # hf:s3://... : the driver hashes the weights straight from the objects (no copy), and each
     # machine that loads the model or its tokenizer copies the prefix into its own cache once.
-    from logitstore.objects import ObjectLocation
+    from logitstore.storage import open_storage
     from trainer.inputs.modeldirs import cache_root
 
     directory = chat_teacher["generation"]
     uri = s3("teacher")
-    ObjectLocation(uri).put_many({p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()})
+    open_storage(uri).put_many({p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()})
     data = write_jsonl(tmp_path / "chat.jsonl", CHAT)
     local = dump(teacher=f"hf:{directory}", dataset=data, top_k=4, seq_len=256)
     remote = dump(teacher=f"hf:{uri}", dataset=data, top_k=4, seq_len=256)

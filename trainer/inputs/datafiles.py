@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from logitstore.objects import ObjectLocation, is_object_uri
+from logitstore.storage import is_object_uri, open_storage
 
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
 
@@ -26,16 +26,16 @@ def uri_files(spec: str) -> list[str]:
     """The data objects (by suffix) at `spec`: the object itself, or every one below the prefix,
     sorted; [] when there is none."""
     root, key = _split(spec.rstrip("/"))
-    location = ObjectLocation(root)
-    if PurePosixPath(key).suffix in DATA_SUFFIXES and location.head(key) is not None:
+    location = open_storage(root)
+    if PurePosixPath(key).suffix in DATA_SUFFIXES and location.size(key) is not None:
         return [spec.rstrip("/")]
-    below = location.list(f"{key}/" if key else None)
+    below = location.list(f"{key}/" if key else "")
     return sorted(f"{root}/{k}" for k in below if PurePosixPath(k).suffix in DATA_SUFFIXES)
 
 
 def read_bytes(uri: str) -> bytes:
     root, key = _split(uri)
-    return ObjectLocation(root).get(key)
+    return open_storage(root).get(key)
 
 
 def suffix(path: str) -> str:

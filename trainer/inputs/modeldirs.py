@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from logitstore.objects import ObjectLocation, is_object_uri
+from logitstore.storage import is_object_uri, open_storage
 
 # What from_pretrained reads as weights, in every layout transformers saves them.
 HF_WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json")
@@ -34,7 +34,7 @@ def cache_root() -> Path:
 
 def has_object(uri: str, name: str) -> bool:
     """Whether the prefix `uri` holds the object `name` (one request, nothing copied)."""
-    return ObjectLocation(uri).head(name) is not None
+    return open_storage(uri).size(name) is not None
 
 
 def local_dir(path: str, *, weights: bool = True) -> str:
@@ -42,8 +42,8 @@ def local_dir(path: str, *, weights: bool = True) -> str:
     (without the weight files when `weights` is False)."""
     if not is_object_uri(path):
         return path
-    location = ObjectLocation(path)
-    objects = location.stat_all()
+    location = open_storage(path)
+    objects = location.list_versions()
     wanted = {n: meta for n, meta in objects.items() if weights or not n.endswith(HF_WEIGHT_SUFFIXES)}
     key = json.dumps([location.uri, sorted((n, *meta) for n, meta in wanted.items())]).encode()
     target = cache_root() / hashlib.sha256(key).hexdigest()[:24]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from logitstore.objects import ObjectLocation, is_object_uri
+from logitstore.storage import open_storage
 from trainer.errors import ModelError
 from trainer.inputs import registry
 from trainer.inputs.modeldirs import HF_WEIGHT_SUFFIXES, local_dir
@@ -159,33 +159,19 @@ def weights_sha256(model: nn.Module) -> str:
 
 def hf_files_sha256(path: str | Path) -> str:
     """Fingerprint of a Hugging Face model directory's config and weight files, as FORMAT.md defines
-    it: read once, in 16 MiB pieces (a 7B checkpoint is never held in memory, nor built to be hashed);
-    a prefix on object storage is read the same way, straight from the objects."""
-    if is_object_uri(str(path)):
-        return _hf_objects_sha256(str(path))
-    root = Path(path)
-    wanted = [f for f in root.iterdir() if f.name == "config.json" or f.name.endswith(HF_WEIGHT_SUFFIXES)]
-    names = sorted(f.name for f in wanted if f.is_file())
+    it: read once, in pieces (a 7B checkpoint is never held in memory, nor built to be hashed); a
+    prefix on object storage is read the same way, straight from the objects."""
+    storage = open_storage(str(path), follow_links=True)
+    sizes = {
+        name: size
+        for name, size in storage.list().items()
+        if "/" not in name and (name == "config.json" or name.endswith(HF_WEIGHT_SUFFIXES))
+    }
     digest = hashlib.sha256()
-    for name in names:
+    for name in sorted(sizes):
         file_digest = hashlib.sha256()
-        with open(root / name, "rb") as f:
-            while piece := f.read(1 << 24):
-                file_digest.update(piece)
-        digest.update(name.encode() + b"\0" + struct.pack("<Q", (root / name).stat().st_size) + file_digest.digest())
-    return digest.hexdigest()
-
-
-def _hf_objects_sha256(uri: str) -> str:
-    """hf_files_sha256 of the objects directly below `uri` (what a local copy of it would give)."""
-    location = ObjectLocation(uri)
-    objects = location.stat_all()
-    names = sorted(n for n in objects if "/" not in n and (n == "config.json" or n.endswith(HF_WEIGHT_SUFFIXES)))
-    digest = hashlib.sha256()
-    for name in names:
-        file_digest = hashlib.sha256()
-        location.read_into(name, file_digest.update)
-        digest.update(name.encode() + b"\0" + struct.pack("<Q", objects[name][0]) + file_digest.digest())
+        storage.read_into(name, file_digest.update)
+        digest.update(name.encode() + b"\0" + struct.pack("<Q", sizes[name]) + file_digest.digest())
     return digest.hexdigest()
 
 

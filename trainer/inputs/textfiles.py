@@ -113,14 +113,14 @@ def _hf_arrow_files(path: Path) -> list[Path]:
 def _hf_arrow_objects(uri: str) -> list[str] | None:
     """The Arrow files of a datasets directory uploaded under the prefix `uri` (each read task
     fetches its own), or None when `uri` holds no state.json."""
-    from logitstore.objects import ObjectLocation
+    from logitstore.storage import open_storage
 
     root = uri.rstrip("/")
     try:
         text = read_bytes(f"{root}/{HF_STATE}").decode("utf-8", errors="replace")
     except FileNotFoundError:
         return None
-    existing = ObjectLocation(root).list()
+    existing = open_storage(root).list()
     return [f"{root}/{n}" for n in _hf_data_files(text, root, lambda n: n in existing)]
 
 

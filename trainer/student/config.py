@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from logitstore.errors import StoreError
 from logitstore.manifest import Manifest, read_manifest
-from logitstore.objects import is_object_uri
+from logitstore.storage import is_object_uri
 from trainer.inputs import registry, specs
 from trainer.options import (
     RESOURCES_HELP,

@@ -15,9 +15,6 @@ import os
 import sys
 import time
 import uuid
-from pathlib import Path
-
-from logitstore.objects import is_object_uri
 
 STEPS_CSV = "steps.csv"
 STEP_FIELDS = ("step", "epoch", "loss", "kd", "ce", "lr", "positions_per_s")
@@ -60,17 +57,16 @@ class StepLog:
         self.start = self.last_time = time.perf_counter()
         self.positions = 0.0
         self.csv = self.tensorboard = self.mlflow = self.wandb = None
-        self.remote: str | None = None  # an output on object storage: logs/ are uploaded as they grow
         if not self.active:
             return
-        if is_object_uri(directory):
-            from trainer.student.outputs import RunOutput
+        from trainer.student.outputs import RunOutput
 
-            self.remote, staged = directory, RunOutput(directory)
-            staged.fetch("logs")  # a restarted rank 0 continues the logs (steps.csv, the W&B run id)
-            directory = str(staged.local)
-        self.name = str(self.remote or directory).rstrip("/").rsplit("/", 1)[-1]
-        logs = self.logs = Path(directory) / "logs"
+        # On object storage logs/ are made in a staging directory and uploaded as they grow; a
+        # restarted rank 0 continues the logs there (steps.csv, the W&B run id).
+        self.output = RunOutput(directory)
+        self.output.fetch("logs")
+        self.name = self.output.name
+        logs = self.logs = self.output.local / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         if "csv" in sinks:
             path = logs / STEPS_CSV
@@ -164,10 +160,7 @@ class StepLog:
             self._upload()
 
     def _upload(self) -> None:
-        if self.remote is not None:
-            from trainer.student.outputs import upload_dir
-
-            upload_dir(self.logs, self.remote, "logs")
+        self.output.publish("logs")
 
     def _write(self, row: dict, step: int, prefix: str = "train/") -> None:
         if self.csv is not None and prefix == "train/":

@@ -13,7 +13,6 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from logitstore.objects import is_object_uri
 from trainer.student import checkpoint
 from trainer.student.batches import Batch, BatchOptions, make_batch
 from trainer.student.config import Optimisation, StudentSettings
@@ -43,8 +42,8 @@ class LoopConfig:
     epoch_clock: Any = None  # the join's EpochClock (trainer/student/join.py), or None
     progress_board: Any = None  # a ProgressBoard the driver draws a bar from (a terminal), or None
     progress_lines: bool = True  # rank 0 prints progress lines (no bar: CI logs)
-    # the store's tokenizer files, copied beside each checkpoint's export ("": none); for a store on
-    # object storage, the store's URI (each worker fetches them)
+    # the store whose tokenizer files go beside each checkpoint's export (each worker copies them;
+    # "": none)
     tokenizer_dir: str = ""
 
 
@@ -80,13 +79,11 @@ def _epoch_metrics(epoch: int, steps: int, clock: dict[str, float], per_student:
     }
 
 
-def _local_tokenizer(where: str) -> str:
-    """A local directory of the store's tokenizer files ("" for none)."""
-    if is_object_uri(where):
-        from logitstore import StoreReader
+def _local_tokenizer(store: str) -> str:
+    """A local copy of the store's tokenizer files, checked ("" for none)."""
+    from logitstore import StoreReader
 
-        return str(StoreReader(where).tokenizer_dir() or "")
-    return where
+    return str(StoreReader(store).tokenizer_dir() or "") if store else ""
 
 
 def train_loop_per_worker(config: dict) -> None:

@@ -22,8 +22,7 @@ from ray.train.torch import TorchTrainer
 import logitstore
 from logitstore import Manifest, StoreReader, read_manifest
 from logitstore.atomic import atomic_write_text
-from logitstore.layout import TOKENIZER_DIR
-from logitstore.objects import is_object_uri, local_path
+from logitstore.storage import open_storage
 from trainer.errors import DataError, ModelError
 from trainer.inputs.datasets import TextOptions, fingerprint_dataset, load_dataset
 from trainer.inputs.models import build_model, hf_model_facts, probe_width
@@ -222,14 +221,12 @@ def prepare_data(
         checkpoint_every_steps=cfg.checkpoint_every_steps,
         loss_chunk=cfg.loss_chunk,
         optimisation=cfg.optimisation(_total_steps(cfg, manifest.num_samples)),
-        log_dir=cfg.output if is_object_uri(cfg.output) else str(local_path(cfg.output).resolve()),
+        log_dir=open_storage(cfg.output).uri,  # absolute: workers do not run in this directory
         log_to=log_sinks(cfg.log_to),
         log_every=cfg.log_every,
         epoch_clock=clock,
-        # A store on object storage: its URI, and each worker fetches the tokenizer from it.
-        tokenizer_dir=(cfg.store if is_object_uri(cfg.store) else str(_tokenizer_dir(cfg.store, manifest) or ""))
-        if _has_hf_tokenizer(manifest)
-        else "",
+        # The store, whose tokenizer each worker copies (checked) beside its checkpoints' exports.
+        tokenizer_dir=open_storage(cfg.store).uri if _has_hf_tokenizer(manifest) else "",
     )
     return datasets, loop
 
@@ -239,13 +236,9 @@ def _has_hf_tokenizer(manifest: Manifest) -> bool:
 
 
 def _tokenizer_dir(store: str, manifest: Manifest) -> Path | None:
-    """The store's Hugging Face tokenizer files, which go beside every export (a local copy for a
-    store on object storage); None without them."""
-    if not _has_hf_tokenizer(manifest):
-        return None
-    if is_object_uri(store):
-        return StoreReader(store, manifest=manifest).tokenizer_dir()
-    return local_path(store).resolve() / TOKENIZER_DIR
+    """A local copy of the store's Hugging Face tokenizer files (checked), which go beside every
+    export; None without them."""
+    return StoreReader(store, manifest=manifest).tokenizer_dir() if _has_hf_tokenizer(manifest) else None
 
 
 def _total_steps(cfg: TrainConfig, samples: int) -> int:
@@ -342,7 +335,7 @@ def write_outputs(
         **_vocab_padding(cfg.store, m, students, history),
         "epochs": history,
         "store": {
-            "path": cfg.store if is_object_uri(cfg.store) else str(local_path(cfg.store).resolve()),
+            "path": open_storage(cfg.store).uri,
             "teacher": m.teacher,
             "top_k": m.top_k,
             "temperatures": list(m.temperatures),

@@ -11,13 +11,20 @@ from pathlib import Path
 
 from logitstore.errors import StoreError, StoreNotFoundError
 from logitstore.identity import differences
-from logitstore.lock import LOCK_NAME
-from logitstore.manifest import MANIFEST_NAME, read_manifest
-from logitstore.objects import is_object_uri, local_path
-from logitstore.writer import is_store_dir
+from logitstore.manifest import read_manifest
+from logitstore.storage import is_object_uri
+from logitstore.writer import check_destination
 from trainer.inputs import registry, specs
 from trainer.inputs.specs import LM_SEQ_LEN
 from trainer.options import RESOURCES_HELP, check_out_dir, choice_problems, option, parse_resources, required_problems
+
+# The dump's own words for what a store error asks of the user (logitstore.errors.REMEDIES).
+DUMP_REMEDIES = {
+    "overwrite": "pass --overwrite to replace it, or choose another --out",
+    "elsewhere": "choose an empty or new --out",
+    "wait": "wait for it to finish, or choose another --out",
+    "resume": "rerun that dump's command to resume it, or pass --overwrite to start over",
+}
 
 # The dump arguments that decide a store's bytes (not workers, batch size or precision on CPU):
 # a rerun with the same ones resumes an unfinished dump, or finds a finished one complete.
@@ -283,17 +290,14 @@ class DumpConfig:
         return problems
 
     def _out_problems(self) -> list[str]:
-        if is_object_uri(self.out):
-            return self._recorded_problems()
-        problems = check_out_dir(str(local_path(self.out)), "--out")
-        out = local_path(self.out)
-        if (out / MANIFEST_NAME).exists() and not self.overwrite:
-            return problems + self._recorded_problems()
-        elif out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not is_store_dir(out):
-            problems.append(
-                f"--out {self.out} is a non-empty directory that is not a store: choose an empty or new directory"
-            )
-        return problems
+        problems = [] if is_object_uri(self.out) else check_out_dir(self.out, "--out")
+        if problems:
+            return problems
+        try:
+            check_destination(self.out)
+        except StoreError as exc:
+            return [f"--out: {exc}: {DUMP_REMEDIES.get(exc.remedy, 'choose another --out')}"]
+        return self._recorded_problems()
 
     def _recorded_problems(self) -> list[str]:
         """A complete store at --out made with other arguments (without --overwrite)."""

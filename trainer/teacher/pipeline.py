@@ -29,8 +29,8 @@ from logitstore import (
     open_writer,
     plan_shards,
 )
-from logitstore.objects import is_object_uri
 from logitstore.shard import EXTRAS, TokenInputs, trim_samples
+from logitstore.storage import is_object_uri
 from trainer.errors import ConfigError, DataError
 from trainer.inputs import registry
 from trainer.inputs.chat import files_sha256
