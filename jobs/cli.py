@@ -14,8 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-import yaml
-
 from logitstore.errors import StoreError
 from trainer.errors import ConfigError, TrainerError, find_cause
 
@@ -105,7 +103,15 @@ def _read_config_file(file: Path) -> Any:
         return tomllib.loads(text)
     if file.suffix == ".json":
         return json.loads(text)
+    try:
+        import yaml  # the train extra's: a core install reads stores only
+    except ImportError:
+        raise ConfigError([f"--config {file}: a YAML file needs pyyaml: pip install 'logitstore[train]'"]) from None
     return yaml.safe_load(text) or {}
+
+
+def _kind(file: Path) -> str:
+    return {".toml": "TOML", ".json": "JSON"}.get(file.suffix, "YAML")
 
 
 def load_config_file(cls: type, path: str) -> dict[str, Any]:
@@ -119,9 +125,12 @@ def load_config_file(cls: type, path: str) -> dict[str, Any]:
         raise ConfigError([f"--config {path}: unknown file type {file.suffix!r}: use .yaml, .yml, .toml or .json"])
     try:
         data = _read_config_file(file)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
-        kind = {".toml": "TOML", ".json": "JSON"}.get(file.suffix, "YAML")
-        raise ConfigError([f"--config {path} is not valid {kind}: {str(exc).splitlines()[0]}"]) from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError([f"--config {path} is not valid {_kind(file)}: {str(exc).splitlines()[0]}"]) from None
+    except Exception as exc:  # yaml.YAMLError (yaml is imported only for a YAML file)
+        if type(exc).__module__.split(".")[0] != "yaml":
+            raise
+        raise ConfigError([f"--config {path} is not valid {_kind(file)}: {str(exc).splitlines()[0]}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"--config {path} must hold a mapping of flags to values, got {type(data).__name__}"])
     hints = typing.get_type_hints(cls)
@@ -150,6 +159,23 @@ def parse_config(cls: type[C], argv: list[str] | None, prog: str) -> C:
     return cls(**args)
 
 
+# What the jobs that run teachers or train students need beyond the core install (pyproject's `train` extra).
+TRAIN_EXTRA = ("torch", "ray", "yaml", "tqdm")
+
+
+def missing_extra() -> str | None:
+    """The one-line problem of a core install (`pip install logitstore`) asked to train, or None."""
+    import importlib.util
+
+    missing = [name for name in TRAIN_EXTRA if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return (
+        f"this job needs the training extra ({', '.join(missing)} missing: a core install only reads, verifies "
+        "and inspects stores): pip install 'logitstore[train]'"
+    )
+
+
 def run_job(
     cls: type[C], body: Callable[[C], Any], argv: list[str] | None, prog: str, remedies: dict[str, str] | None = None
 ) -> int:
@@ -160,8 +186,9 @@ def run_job(
     except ConfigError as exc:
         problems = exc.problems
     else:
+        extra = missing_extra()
         try:
-            problems = config.validate()
+            problems = [extra] if extra else config.validate()
         except (StoreError, TrainerError) as exc:  # a check that reads object storage, whose server is gone
             problems = [str(exc)]
     if problems:

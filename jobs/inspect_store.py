@@ -9,6 +9,7 @@ PNG plots (tail_mass.png, k_coverage.png, confidence.png) to --out. Exit status 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -20,14 +21,19 @@ from logitstore.storage import Storage, is_object_uri, open_storage
 
 
 def write_report(store: str | Path | Storage, out: Path, max_positions: int) -> dict:
-    """summary.json and the plots of `store` in `out`; -> the summary."""
-    from jobs.plots import store_plots
-
+    """summary.json and the plots of `store` in `out` (the plots need matplotlib, which a core
+    install of logitstore does not have: then none); -> the summary."""
     reader = StoreReader(store)
     out.mkdir(parents=True, exist_ok=True)
     stats = collect(reader, max_positions)
     report = summary(reader, stats)
-    report["plots"] = [str(p) for p in store_plots(stats, out, _name(store) or "store")]
+    report["plots"] = []
+    if importlib.util.find_spec("matplotlib") is not None:
+        from jobs.plots import store_plots
+
+        report["plots"] = [str(p) for p in store_plots(stats, out, _name(store) or "store")]
+    else:
+        print("note: no plots (matplotlib is not installed: pip install 'logitstore[train]')", file=sys.stderr)
     atomic_write_text(out / "summary.json", json.dumps(report, indent=2) + "\n")
     return report
 

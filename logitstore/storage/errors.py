@@ -83,7 +83,8 @@ def classify(exc: BaseException, uri: str, name: str) -> BaseException:
     match = _STATUS.search(text)
     status = int(match.group(1) or match.group(2)) if match else None
     notes = " ".join(getattr(exc, "__notes__", None) or [])
-    if isinstance(exc, InvalidPathError) or (isinstance(exc, ValueError) and "'path'" in notes):
+    bad_path = 'Path "' in text and ("segment" in text or "illegal" in text)
+    if isinstance(exc, InvalidPathError) or (isinstance(exc, ValueError) and "'path'" in notes) or bad_path:
         return ObjectStoreRefusedError(_clip(f"{where!r} is not a valid object name: {first_line(exc)}"))
     if "NoSuchBucket" in text or (status == 404 and not isinstance(exc, (FileNotFoundError, PreconditionError))):
         return ObjectStoreRefusedError(

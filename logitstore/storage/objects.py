@@ -17,6 +17,7 @@ one attempt per shard (FORMAT.md, "Stores on object storage").
 from __future__ import annotations
 
 import json
+import os
 import re
 import uuid
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from logitstore.storage.base import (
     shard_name,
     uri_scheme,
 )
-from logitstore.storage.errors import ObjectPreconditionError, allow_http, classify
+from logitstore.storage.errors import ObjectPreconditionError, ObjectStoreRefusedError, allow_http, classify
 from logitstore.storage.settings import retry_seconds
 
 MEMORY_SCHEME = "memory"
@@ -63,8 +64,14 @@ class ObjectStorage(Storage):
 
     def __init__(self, uri: str, retry_seconds: float | None = None) -> None:
         self.uri = uri.rstrip("/")
+        bucket, _, prefix = self.uri.split("://", 1)[-1].partition("/")
+        if not bucket or (prefix and not _valid_name(prefix)):
+            raise ObjectStoreRefusedError(
+                f"{uri} is not a valid object-storage URI: scheme://bucket/prefix, the prefix without empty, '.' or "
+                "'..' segments"
+            )
         self.retry_seconds = retry_seconds
-        self._store, self._prefix = _open(self.uri, retry_seconds)
+        self._store, self._prefix = _open(self.uri, retry_seconds, _client_settings())
 
     def __reduce__(self):
         return (ObjectStorage, (self.uri, self.retry_seconds))
@@ -257,6 +264,14 @@ class ObjectStorage(Storage):
         return StoreLease(self, lease_seconds)
 
 
+def _valid_name(name: str) -> bool:
+    try:
+        check_name(name, "")
+    except StoreError:
+        return False
+    return True
+
+
 def _marker(name: str) -> str:
     digits, attempt = attempt_of(name)
     return f"shards/{digits}.{attempt}.done"
@@ -269,8 +284,15 @@ def _index(name: str) -> int:
 _MEMORY: dict[str, Any] = {}
 
 
+def _client_settings() -> tuple[tuple[str, str], ...]:
+    """The environment a client is built from: a client is reused only while it has not changed."""
+    return tuple(
+        sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_", "AZURE_", "LOGITSTORE_")))
+    )
+
+
 @lru_cache(maxsize=64)
-def _open(uri: str, given: float | None) -> tuple[Any, str]:
+def _open(uri: str, given: float | None, environment: tuple[tuple[str, str], ...]) -> tuple[Any, str]:
     """The client of `uri` and the prefix its names need (memory:// keeps one store per bucket in
     this process, as a server would)."""
     scheme = uri_scheme(uri)

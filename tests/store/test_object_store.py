@@ -24,7 +24,7 @@ from logitstore.checksum import files_checksum
 from logitstore.errors import StoreLockedError, StoreNotFoundError
 from logitstore.manifest import read_manifest, shard_name
 from logitstore.planning import plan_shards
-from logitstore.storage import ObjectPreconditionError, StoreUnreachableError
+from logitstore.storage import ObjectPreconditionError, ObjectStoreRefusedError, StoreUnreachableError
 from logitstore.storage.lease import LEASE_NAME, LeaseLostError, StoreLease
 from logitstore.storage.objects import ObjectStorage
 from logitstore.testing import (
@@ -247,3 +247,129 @@ def test_a_missing_store_and_a_foreign_prefix_are_named(s3):
     ObjectStorage(uri).put("notes.txt", b"not a store")
     with pytest.raises(logitstore.errors.StoreExistsError, match="not a store"):
         StoreWriter(uri).__enter__()
+
+
+def test_errors_of_the_object_store_name_their_cause(s3, monkeypatch):
+    """A missing bucket, an invalid URI and an http:// endpoint the client refuses are each one line
+    that names the cause (they all read "did not answer" before)."""
+    with pytest.raises(ObjectStoreRefusedError, match="bucket no-such-bucket does not exist at http://127"):
+        StoreReader("s3://no-such-bucket/store")
+    with pytest.raises(ObjectStoreRefusedError, match="bucket no-such-bucket does not exist"):
+        StoreWriter("s3://no-such-bucket/store").__enter__()
+    for bad in ("s3://logitstore-test/a//b", "s3://logitstore-test/a/../b", "s3:///nobucket"):
+        with pytest.raises(ObjectStoreRefusedError, match="not a valid object-storage URI"):
+            StoreReader(bad)
+    monkeypatch.delenv("AWS_ALLOW_HTTP")
+    with pytest.raises(ObjectStoreRefusedError, match="plain http://: set AWS_ALLOW_HTTP=true"):
+        StoreReader(s3("http"))
+
+
+def test_access_denied_is_named(s3, monkeypatch):
+    """moto checks credentials once told to (its /moto-api/reset-auth): a user without a policy."""
+    import urllib.request
+
+    import boto3
+
+    iam = boto3.client("iam")
+    user = f"nobody-{os.getpid()}-{time.monotonic_ns()}"
+    iam.create_user(UserName=user)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+
+    def reset_auth(count: str) -> None:
+        request = urllib.request.Request(
+            f"{os.environ['AWS_ENDPOINT_URL']}/moto-api/reset-auth",
+            data=count.encode(),
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
+        urllib.request.urlopen(request).read()
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    reset_auth("0")
+    try:
+        with pytest.raises(ObjectStoreRefusedError, match="access denied to .*AccessDenied.*check the credentials"):
+            StoreWriter(s3("denied")).__enter__()
+    finally:
+        reset_auth("inf")  # moto's setting is the whole server's
+
+
+def test_a_holder_killed_on_this_machine_is_taken_over_at_once(s3):
+    """The lease records its holder's host, boot and process: a rerun on that machine sees the
+    process is gone and takes the lease without waiting it out."""
+    import signal
+    import subprocess
+    import sys
+
+    uri = s3("killed")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from logitstore.storage import open_storage; "
+            f"open_storage({uri!r}).exclusive(lease_seconds=60).__enter__(); "
+            "print('held', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreLockedError, match=f"pid {holder.pid} on "):
+            StoreLease(ObjectStorage(uri), ttl=60).__enter__()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    start = time.monotonic()
+    taker = StoreLease(ObjectStorage(uri), ttl=60).__enter__()
+    assert time.monotonic() - start < 5  # not the 60 s of the lease
+    taker.__exit__(None, None, None)
+
+
+def test_a_writer_that_lost_its_lease_writes_no_more_shards_nor_shared_files(s3):
+    uri = s3("cutoff")
+    writer, shards = _writer(uri, lease_seconds=2)
+    first = writer.shard_writer().write(0, shards[0])
+    tasks = writer.shard_writer()  # what a writing task in another process holds
+    _die(writer._exclusive)  # cut off: no renewals
+    time.sleep(3.5)
+    taker = StoreLease(ObjectStorage(uri), ttl=2).__enter__()
+    before = set(ObjectStorage(uri).list("shards/"))
+    with pytest.raises(LeaseLostError, match="no longer this dump's"):
+        tasks.write(1, shards[1])
+    with pytest.raises(LeaseLostError):
+        writer.save_tokenizer('{"model": {}}', "bytes", 256)
+    assert set(ObjectStorage(uri).list("shards/")) == before and first.name in before
+    assert ObjectStorage(uri).size("tokenizer.json") is None
+    taker.__exit__(None, None, None)
+
+
+def test_a_holder_that_cannot_renew_for_the_whole_lease_counts_it_lost(monkeypatch):
+    """Renewals run on a deadline: when the object store stays away for the lease's length, the
+    holder cannot know whether another writer took it, and stops (it never commits)."""
+    import boto3
+    from helpers import free_port
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    boto3.client("s3").create_bucket(Bucket=f"away-{port}")
+    lease = StoreLease(ObjectStorage(f"s3://away-{port}/store"), ttl=2).__enter__()
+    server.stop()
+    time.sleep(3)
+    with pytest.raises(LeaseLostError, match="could not be renewed for 2 s"):
+        lease.check()
+    lease.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "nan", "1e9"])
+def test_a_lease_length_that_is_no_length_is_refused(monkeypatch, value):
+    from logitstore.storage import settings
+
+    monkeypatch.setenv("LOGITSTORE_LEASE_SECONDS", value)
+    problems = settings.problems()
+    assert len(problems) == 1 and f"LOGITSTORE_LEASE_SECONDS={value!r}" in problems[0] and len(problems[0]) < 250
+    with pytest.raises(logitstore.errors.StoreError, match="LOGITSTORE_LEASE_SECONDS"):
+        StoreWriter("memory://settings/store").__enter__()

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from logitstore.errors import StoreError
 from logitstore.manifest import Manifest, read_manifest
 from logitstore.storage import is_object_uri
+from logitstore.storage import settings as storage_settings
 from trainer.inputs import registry, specs
 from trainer.options import (
     RESOURCES_HELP,
@@ -218,7 +219,7 @@ class TrainConfig:
     overwrite: bool = option("replace a finished run already in --output", False)
 
     def validate(self) -> list[str]:
-        problems = required_problems(self) + choice_problems(self)
+        problems = required_problems(self) + choice_problems(self) + storage_settings.problems()
         manifest = None
         if self.store:
             try:

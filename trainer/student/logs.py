@@ -10,14 +10,10 @@ draws curves.png from them at the end."""
 
 from __future__ import annotations
 
-import csv
-import os
 import sys
 import time
-import uuid
 
-STEPS_CSV = "steps.csv"
-STEP_FIELDS = ("step", "epoch", "loss", "kd", "ce", "lr", "positions_per_s")
+from trainer.student.sinks import Sink, make_sinks
 
 
 def say(text: str, stream=None) -> None:
@@ -56,7 +52,7 @@ class StepLog:
         self.done = 0  # optimiser steps taken in this process (ETA: from this process's rate)
         self.start = self.last_time = time.perf_counter()
         self.positions = 0.0
-        self.csv = self.tensorboard = self.mlflow = self.wandb = None
+        self.sinks: list[Sink] = []
         if not self.active:
             return
         from trainer.student.outputs import RunOutput
@@ -65,44 +61,9 @@ class StepLog:
         # restarted rank 0 continues the logs there (steps.csv, the W&B run id).
         self.output = RunOutput(directory)
         self.output.fetch("logs")
-        self.name = self.output.name
-        logs = self.logs = self.output.local / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        if "csv" in sinks:
-            path = logs / STEPS_CSV
-            new = not path.exists()
-            self.csv_file = open(path, "a", newline="")  # noqa: SIM115 (closed in close())
-            self.csv = csv.DictWriter(self.csv_file, fieldnames=STEP_FIELDS, extrasaction="ignore")
-            if new:
-                self.csv.writeheader()
-        if "tensorboard" in sinks:
-            from tensorboardX import SummaryWriter
-
-            self.tensorboard = SummaryWriter(str(logs / "tensorboard"))
-        if "mlflow" in sinks:
-            import mlflow
-
-            mlflow.set_tracking_uri((logs / "mlruns").resolve().as_uri())
-            self.mlflow = mlflow
-            mlflow.start_run()
-        if "wandb" in sinks:
-            import wandb
-
-            # Offline unless the user's environment says otherwise (WANDB_MODE=online with a login):
-            # a cluster's workers often cannot reach the service, and nothing is sent by surprise.
-            # A restarted worker continues the run it began (its id kept beside the run's files).
-            id_file = logs / "wandb" / "run-id"
-            id_file.parent.mkdir(parents=True, exist_ok=True)
-            if not id_file.exists():
-                id_file.write_text(uuid.uuid4().hex[:12])
-            self.wandb = wandb.init(
-                dir=str(logs),
-                id=id_file.read_text().strip(),
-                resume="allow",
-                project=os.environ.get("WANDB_PROJECT", "logitstore"),
-                name=self.name or None,
-                mode=os.environ.get("WANDB_MODE", "offline"),
-            )
+        self.logs = self.output.local / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.sinks = make_sinks(sinks, self.logs, self.output.name)
 
     def step(self, global_step: int, epoch: int, figures: list[float], lr: float) -> None:
         """After optimiser step `global_step` (from 1) of epoch `epoch` (from 1): figures = student 0's
@@ -163,27 +124,12 @@ class StepLog:
         self.output.publish("logs")
 
     def _write(self, row: dict, step: int, prefix: str = "train/") -> None:
-        if self.csv is not None and prefix == "train/":
-            self.csv.writerow(row)
-            self.csv_file.flush()
-        scalars = {f"{prefix}{k}": float(v) for k, v in row.items() if k not in ("step",) and v is not None}
-        if self.tensorboard is not None:
-            for key, value in scalars.items():
-                self.tensorboard.add_scalar(key, value, step)
-            self.tensorboard.flush()
-        if self.mlflow is not None:
-            self.mlflow.log_metrics({k.replace("/", "."): v for k, v in scalars.items()}, step=step)
-        if self.wandb is not None:
-            self.wandb.log(scalars, step=step)
+        scalars = {f"{prefix}{k}": float(v) for k, v in row.items() if k != "step" and v is not None}
+        for sink in self.sinks:
+            sink.log(scalars, step, row if prefix == "train/" else None)
 
     def close(self) -> None:
-        if self.csv is not None:
-            self.csv_file.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        if self.mlflow is not None:
-            self.mlflow.end_run()
-        if self.wandb is not None:
-            self.wandb.finish()
+        for sink in self.sinks:
+            sink.close()
         if self.active:
             self._upload()
