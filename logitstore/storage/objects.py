@@ -306,10 +306,12 @@ def _open(uri: str, given: float | None, environment: tuple[tuple[str, str], ...
 
     seconds = retry_seconds() if given is None else given
     retry = {"max_retries": 10, "retry_timeout": timedelta(seconds=seconds)}
-    options: dict[str, Any] = {"allow_http": allow_http()}  # what the environment says (client options replace it)
+    # Client options given here replace those the client reads from the environment: AWS_ALLOW_HTTP
+    # is carried over (left out when false: a GCS endpoint on http:// needs the client's default).
+    options: dict[str, Any] = {"allow_http": True} if allow_http() else {}
     if given is not None:  # a client with a short retry (the lease's) also gives up on one hung request as soon
         options["timeout"] = timedelta(seconds=max(1.0, seconds))
     try:
-        return from_url(uri, retry_config=retry, client_options=options), ""
+        return from_url(uri, retry_config=retry, **({"client_options": options} if options else {})), ""
     except Exception as exc:
         raise classify(exc, uri, "") from None
