@@ -266,6 +266,13 @@ def _check_layout_numbers(raw: dict) -> None:
                 raise ManifestError(
                     f"manifest {name} '{key}' = {_short(value)} is out of range ({low}..{high}): {_DAMAGED}"
                 )
+    # The dump's configuration is informative, but a trainer packs text as it says (seq_len, train_on).
+    config = raw.get("config") if isinstance(raw.get("config"), dict) else {}
+    seq_len = config.get("seq_len", 2)
+    if type(seq_len) is not int or not 2 <= seq_len <= MAX_COUNT:
+        raise ManifestError(f"manifest config 'seq_len' = {_short(seq_len)} is not a block length: {_DAMAGED}")
+    if not isinstance(config.get("train_on", ""), str):
+        raise ManifestError(f"manifest config 'train_on' = {_short(config['train_on'])} is not a string: {_DAMAGED}")
     selection = raw.get("selection") if isinstance(raw.get("selection"), dict) else {}
     temps = raw.get("temperatures") if isinstance(raw.get("temperatures"), list) else []
     for value in (*temps, selection.get("temperature"), selection.get("top_p")):

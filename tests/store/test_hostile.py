@@ -86,6 +86,7 @@ HOSTILE = {
         lambda t, raw: json.dumps({**raw, "vocab_size": 2**33, "index_dtype": "uint32"}),
         "out of range",
     ),
+    "config seq_len a string": (lambda t, raw: json.dumps(_edit(raw, ("config",), {"seq_len": "64"})), "seq_len"),
     "lone surrogate": (lambda t, raw: json.dumps(_edit(raw, ("teacher", "spec"), "\ud800")), "not valid Unicode"),
 }
 
