@@ -59,6 +59,28 @@ def _adaptive(report: dict) -> str:
     )
 
 
+def _views(report: dict) -> list[str]:
+    """What a store of views says of its augmentation; code it names is never run by reading it."""
+    from trainer.inputs import registry, specs
+
+    views = report.get("views")
+    if not views:
+        return []
+    augment = views["augment"]
+    plain = augment.isprintable() and len(augment) <= 100 and " " not in augment
+    shown = augment if plain else repr(augment[:60])
+    line = f"views      {views['count']} augmented views per sample, made by {shown} (seed {views['seed']})"
+    if augment in registry.AUGMENTS:
+        return [line + ", a built-in augmentation"]
+    if plain and specs.is_callable_spec(augment):
+        return [
+            line,
+            f"           {augment} is code (module:function) the store names: reading the store never runs it; "
+            f"train_student runs it only when --augment {augment} is passed",
+        ]
+    return [line, "           that is neither a built-in augmentation nor module:function: nothing can replay it"]
+
+
 def _lines(report: dict) -> list[str]:
     teacher, data = report["teacher"], report["dataset"]
     codec = f"{report['codec'].get('index', 'plain')}/{report['codec'].get('values', 'float32')}"
@@ -72,6 +94,7 @@ def _lines(report: dict) -> list[str]:
         f"teacher    {teacher.get('spec', '?')}, weights sha256 {str(teacher.get('weights_sha256', '?'))[:16]}",
         f"data       {data.get('spec', '?')}, {data.get('num_samples', '?')} samples, ids sha256 "
         f"{str(data.get('ids_sha256', '?'))[:16]}",
+        *_views(report),
         f"sampled    {report['sampled_positions']} positions from {report['shards_read']} shards",
         f"entropy    at T={report['reference_temperature']:g}: median {report['entropy']['median']:.3f} nats "
         f"(5%-95%: {report['entropy']['p5']:.3f}-{report['entropy']['p95']:.3f}; head + tail bucket)",

@@ -35,6 +35,29 @@ INDEX_CODECS = ("plain", "delta")
 VALUE_CODECS = ("float32", "logq")
 _HI_DTYPE = {"uint16": np.uint8, "uint32": np.uint32}  # the gap's bits above the low byte
 _INDEX_DTYPE = {"uint8": "uint16", "uint32": "uint32"}
+_INDEX_DTYPES = ("uint16", "uint32")  # class and token ids: which one, the layout says (ShardData.validate)
+# The dtype of every array a shard stores whatever its codec (FORMAT.md), checked before decoding:
+# a decoder converts, so a wrong dtype would otherwise pass for the right one.
+_STORED_DTYPES: dict[str, tuple[str, ...]] = {
+    "sample_id": ("int64",),
+    "position_offsets": ("int64",),
+    "token_offsets": ("int64",),
+    ENTRY_OFFSETS: ("int64",),
+    "topk_index": _INDEX_DTYPES,
+    "sample_index": _INDEX_DTYPES,
+    "input_ids": _INDEX_DTYPES,
+    "sample_count": ("uint16",),
+    "topk_count": ("uint16",),
+    "view_seed": ("int64",),
+    "loss_mask": ("uint8",),
+    "topk_index_gap_lo": ("uint8",),
+    "topk_index_gap_hi": tuple(_INDEX_DTYPE),
+    "topk_logit": ("float32",),
+    "logsumexp": ("float32",),
+    "top1_logit": ("float32",),
+    "top1_logprob": ("float16",),
+    "log_rest": ("float16",),
+}
 
 
 @dataclass(frozen=True)
@@ -159,23 +182,42 @@ class Codec:
     def decode(self, arrays: dict[str, np.ndarray], width: int | None = None) -> ShardData:
         """The arrays a backend read -> ShardData (column 0 is the top-1; the other columns are in
         descending logit order for the plain index codec, ascending class id for delta). An
-        adaptive shard's entries are unpacked to `width` columns (the store's top_k; None: the
-        most any position holds), padding as FORMAT.md says."""
+        adaptive shard's entries are unpacked to as many columns as its positions hold at most,
+        padding as FORMAT.md says; `width` (the store's top_k; None: no limit) bounds that: a
+        shard holding more is damaged. So the width of what a reader returns is bounded by what
+        the shard holds, never by the manifest alone."""
         try:
+            self._check_dtypes(arrays)
             if "topk_count" not in arrays:
                 return self._decode(arrays)
             return with_canonical_padding(self._decode(self._unpacked(arrays, width)))
         except KeyError as exc:
             raise ShardCorruptError(f"shard lacks array {exc.args[0]!r} that codec {self.to_json()} stores") from None
 
-    def _unpacked(self, arrays: dict[str, np.ndarray], width: int | None) -> dict[str, np.ndarray]:
-        """Packed per-entry arrays -> [P, width], padded so that no padding entry can pass for the
-        top-1 (the largest logit, the smallest code) and delta gaps stay in range."""
+    def _check_dtypes(self, arrays: dict[str, np.ndarray]) -> None:
+        """Every stored array's dtype is the one the format gives it (checked before any is decoded)."""
+        for name, array in arrays.items():
+            if name == "topk_code":
+                wanted = (np.dtype(self._compander.dtype).name,) if self.values == "logq" else None
+            else:
+                wanted = _STORED_DTYPES.get(name)
+            if wanted is None:
+                continue  # not an array this codec reads
+            found = str(getattr(array, "dtype", type(array).__name__))
+            if found not in wanted:
+                raise ShardCorruptError(
+                    f"shard array {name} has dtype {found}, where the format stores {' or '.join(wanted)} (the "
+                    "store is damaged; dump it again)"
+                )
+
+    def _unpacked(self, arrays: dict[str, np.ndarray], limit: int | None) -> dict[str, np.ndarray]:
+        """Packed per-entry arrays -> [P, w], w the most entries a position of the shard holds (at
+        most `limit`), padded so that no padding entry can pass for the top-1 (the largest logit, the
+        smallest code) and delta gaps stay in range."""
         count = arrays["topk_count"]
-        if width is None:
-            width = max(1, int(count.max())) if count.size else 1
-        if count.size and int(count.max()) > width:
-            raise ShardCorruptError(f"topk_count holds {int(count.max())} entries, more than top_k {width}")
+        width = max(1, int(count.max())) if count.size else 1
+        if limit is not None and width > limit:
+            raise ShardCorruptError(f"topk_count holds {width} entries, more than top_k {limit}")
         mask = head_mask(count, width)
         out = {name: a for name, a in arrays.items() if name not in PER_ENTRY and name != ENTRY_OFFSETS}
         for name in PER_ENTRY:

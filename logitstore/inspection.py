@@ -39,11 +39,11 @@ class StoreStats:
     head_sizes: np.ndarray | None = None  # [P] classes each position holds (adaptive stores), else None
 
 
-def _k_needed(probs: np.ndarray, cover: float) -> np.ndarray:
-    """Smallest k' with the k' largest stored probabilities summing to >= cover; k + 1 if none."""
+def _k_needed(probs: np.ndarray, cover: float, top_k: int) -> np.ndarray:
+    """Smallest k' with the k' largest stored probabilities summing to >= cover; top_k + 1 if none."""
     ordered = -np.sort(-probs, axis=1)  # a delta-coded store returns the head by id, not by value
     reached = np.cumsum(ordered, axis=1, dtype=np.float64) >= cover - 1e-6
-    return np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, probs.shape[1] + 1)
+    return np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, top_k + 1)
 
 
 def collect(reader: StoreReader, max_positions: int = 200_000) -> StoreStats:
@@ -53,8 +53,11 @@ def collect(reader: StoreReader, max_positions: int = 200_000) -> StoreStats:
     order = np.argsort([(i * 0.6180339887) % 1.0 for i in range(reader.num_shards)], kind="stable")
     parts: list[dict[str, np.ndarray]] = []
     seen = 0
+    # An adaptive shard's head is as wide as its widest position: all padded to the widest read.
+    width = 0
     for index in order:
         data = reader.read_shard(int(index))
+        width = max(width, data.top_k)
         parts.append(
             {
                 "logit": data.topk_logit,
@@ -66,6 +69,11 @@ def collect(reader: StoreReader, max_positions: int = 200_000) -> StoreStats:
         seen += data.topk_logit.shape[0]
         if seen >= max_positions:
             break
+    for p in parts:  # padding entries (topk_count masks them) hold the position's smallest logit
+        extra = width - p["logit"].shape[1]
+        if extra > 0 and p["count"] is not None:
+            smallest = p["logit"].min(axis=1, keepdims=True) if p["logit"].shape[0] else p["logit"][:, :1]
+            p["logit"] = np.concatenate([p["logit"], np.repeat(smallest, extra, axis=1)], axis=1)
     logits = np.concatenate([p["logit"] for p in parts])[:max_positions]
     lse = np.concatenate([p["lse"] for p in parts])[:max_positions]
     rest = None if parts[0]["rest"] is None else np.concatenate([p["rest"] for p in parts])[:max_positions]
@@ -75,7 +83,7 @@ def collect(reader: StoreReader, max_positions: int = 200_000) -> StoreStats:
     per_t = []
     for j, t in enumerate(m.temperatures):
         probs, tail = topk_probabilities(logits, lse[:, j], t, None if rest is None else rest[:, j], count)
-        stats = TemperatureStats(t, tail, {c: _k_needed(probs, c) for c in COVER})
+        stats = TemperatureStats(t, tail, {c: _k_needed(probs, c, m.top_k) for c in COVER})
         per_t.append(stats)
         if t == reference:
             buckets = np.concatenate([probs, tail[:, None]], axis=1).astype(np.float64)
@@ -171,6 +179,8 @@ def summary(reader: StoreReader, stats: StoreStats) -> dict:
             k: m.dataset.get(k) for k in ("spec", "num_samples", "ids_sha256", "inputs_sha256") if k in m.dataset
         },
         "tokenizer": None if m.tokenizer is None else m.tokenizer.to_json(),
+        # Views name their augmentation: a name, or code (module:function) that reading never runs.
+        "views": None if m.views is None else m.views.to_json(),
         "sampled_positions": stats.positions,
         "shards_read": stats.shards_read,
         "reference_temperature": stats.reference_temperature,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,28 @@ ZIP_SHARD_VERSION = 8  # Zarr shards on object storage as one ZIP object each
 __all__ = ["Manifest", "ShardInfo", "build_manifest", "parse_manifest", "read_manifest", "shard_name"]
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _DAMAGED = "the store is damaged; dump it again"
+# Bounds on what a manifest may hold, so that no value breaks the code that uses it (numpy's int64,
+# a float, Python's recursion): ids are int64; counts and sizes at most 2**62 (their sums stay in
+# int64); seeds are taken modulo 2**64, either sign of a 64-bit word; free-form objects nest at most
+# MAX_DEPTH levels (manifest.schema.json says the same where a schema can).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_COUNT = 2**62
+MAX_VOCAB = 2**32  # uint32 class ids
+SEED_RANGE = (INT64_MIN, 2**64 - 1)
+MAX_DEPTH = 64
+_FREE_FORM = ("teacher", "dataset", "config", "tokenizer", "selection", "codec", "views", "inputs", "temperatures")
+# Integers of the layout's objects, by object and key: (lowest, highest) before the layout's own rules
+# (layout.py) judge them, so that none is too large for them or for numpy.
+_LAYOUT_INTS = {
+    "selection": {"draws": (0, MAX_COUNT), "min_k": (0, MAX_COUNT), "seed": SEED_RANGE},
+    "codec": {"bits": (0, MAX_COUNT)},
+    "views": {"count": (0, MAX_COUNT), "seed": SEED_RANGE},
+    "inputs": {"seq_len": (0, MAX_COUNT)},
+    "tokenizer": {"vocab_size": (0, MAX_COUNT)},
+}
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlong = 40
 
 
 @dataclass(frozen=True)
@@ -137,20 +161,142 @@ def _require(obj: dict, key: str, kind: type | tuple[type, ...], where: str) -> 
     return value
 
 
-def _count(obj: dict, key: str, where: str = "", *, minimum: int = 0) -> int:
+def _count(obj: dict, key: str, where: str = "", *, minimum: int = 0, maximum: int = MAX_COUNT) -> int:
     value = _require(obj, key, int, where)
-    if value < minimum or value > 2**62:
-        raise ManifestError(f"manifest {where}'{key}' = {value} is out of range: {_DAMAGED}")
+    if value < minimum or value > maximum:
+        raise ManifestError(f"manifest {where}'{key}' = {_short(value)} is out of range: {_DAMAGED}")
     return value
+
+
+def _int64(obj: dict, key: str, where: str) -> int:
+    value = _require(obj, key, int, where)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ManifestError(f"manifest {where}'{key}' = {_short(value)} is not a signed 64-bit id: {_DAMAGED}")
+    return value
+
+
+def _short(value: Any) -> str:
+    """A value for a one-line message: at most ~60 characters, whatever it holds."""
+    return _SHORT.repr(value)
+
+
+def _reject_constant(name: str) -> None:
+    raise ManifestError(f"manifest holds {name}, which is not a JSON number: {_DAMAGED}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ManifestError(f"manifest number {_short(text)} is too large for a float: {_DAMAGED}")
+    return value
+
+
+def _load_json(text: str | bytes, source: str) -> Any:
+    """JSON of a manifest, as one-line ManifestErrors for anything Python's json cannot take."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ManifestError(
+                f"{source} is not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): {_DAMAGED}"
+            ) from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{source} is not valid JSON ({exc.msg} at line {exc.lineno}): {_DAMAGED}") from None
+    except RecursionError:
+        raise ManifestError(f"{source} nests JSON too deeply to parse: {_DAMAGED}") from None
+    except ValueError:  # an integer of more digits than Python converts (4300)
+        raise ManifestError(f"{source} holds a number too long to read: {_DAMAGED}") from None
+
+
+def _check_free_form(raw: dict) -> None:
+    """The objects a manifest keeps and passes on (teacher, dataset, config...): nested at most
+    MAX_DEPTH levels, every string valid Unicode (no lone surrogate), so that printing, hashing or
+    writing them again cannot fail. Iterative: a deep object costs no recursion here."""
+    for key in _FREE_FORM + ("created_by",):
+        if key not in raw:
+            continue
+        stack = [(raw[key], 1)]
+        while stack:
+            value, depth = stack.pop()
+            if type(value) is str:
+                if not value.isascii():
+                    _check_unicode(value, key)
+                continue
+            if type(value) is dict:
+                children = [*value.keys(), *value.values()]
+            elif type(value) is list:
+                children = value
+            else:
+                continue
+            if depth > MAX_DEPTH:
+                raise ManifestError(f"manifest '{key}' nests deeper than {MAX_DEPTH} levels: {_DAMAGED}")
+            stack.extend((child, depth + 1) for child in children)
+
+
+def _check_unicode(text: str, key: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ManifestError(f"manifest '{key}' holds a string that is not valid Unicode: {_DAMAGED}") from None
+
+
+def _check_layout_numbers(raw: dict) -> None:
+    """Integers too large for what uses them, before the layout is built from them (a float of an
+    integer beyond 2**1024 overflows; numpy takes 64 bits)."""
+    for name, bounds in _LAYOUT_INTS.items():
+        obj = raw.get(name)
+        if not isinstance(obj, dict):
+            continue
+        for key, (low, high) in bounds.items():
+            value = obj.get(key)
+            if type(value) is int and not low <= value <= high:
+                raise ManifestError(
+                    f"manifest {name} '{key}' = {_short(value)} is out of range ({low}..{high}): {_DAMAGED}"
+                )
+    # The dump's configuration is informative, but a trainer packs text as it says (seq_len, train_on).
+    config = raw.get("config") if isinstance(raw.get("config"), dict) else {}
+    seq_len = config.get("seq_len", 2)
+    if type(seq_len) is not int or not 2 <= seq_len <= MAX_COUNT:
+        raise ManifestError(f"manifest config 'seq_len' = {_short(seq_len)} is not a block length: {_DAMAGED}")
+    if not isinstance(config.get("train_on", ""), str):
+        raise ManifestError(f"manifest config 'train_on' = {_short(config['train_on'])} is not a string: {_DAMAGED}")
+    selection = raw.get("selection") if isinstance(raw.get("selection"), dict) else {}
+    temps = raw.get("temperatures") if isinstance(raw.get("temperatures"), list) else []
+    for value in (*temps, selection.get("temperature"), selection.get("top_p")):
+        if type(value) is int and abs(value) > MAX_COUNT:
+            raise ManifestError(f"manifest temperature or top_p {_short(value)} is out of range: {_DAMAGED}")
 
 
 def _parse_shards(raw: list, backend: str, version: int) -> list[ShardInfo]:
     shards: list[ShardInfo] = []
+    last_id = None
     for i, s in enumerate(raw):
+        # The common case in one test (a manifest lists up to ~100k shards); any doubt goes the long
+        # way, which names the problem.
+        try:
+            index, name, first, last = s["index"], s["name"], s["first_id"], s["last_id"]
+            samples, positions, nbytes, sha = s["num_samples"], s["num_positions"], s["num_bytes"], s["sha256"]
+            plain = (
+                type(index) is int
+                and type(first) is int
+                and type(last) is int
+                and type(samples) is int
+                and type(positions) is int
+                and type(nbytes) is int
+                and type(name) is str
+                and type(sha) is str
+                and INT64_MIN <= first <= last <= INT64_MAX
+                and 1 <= samples <= MAX_COUNT
+                and 0 <= positions <= MAX_COUNT
+                and 0 <= nbytes <= MAX_COUNT
+            )
+        except (KeyError, TypeError):
+            plain = False
+        if not plain:
+            _check_shard_fields(s, i)
         where = f"shard {i} "
-        if not isinstance(s, dict):
-            raise ManifestError(f"manifest {where}is not an object: {_DAMAGED}")
-        name = _require(s, "name", str, where)
         match = _SHARD_NAME.match(name)
         suffix = match.group(2) if match else ""
         if not match or suffix.split(".")[0] != backend or (suffix == "zarr.zip" and not match.group(1)):
@@ -158,36 +304,49 @@ def _parse_shards(raw: list, backend: str, version: int) -> list[ShardInfo]:
         needs = ZIP_SHARD_VERSION if suffix == "zarr.zip" else OBJECT_STORE_VERSION if match.group(1) else 1
         if version < needs:
             raise ManifestError(f"manifest {where}name {name!r} needs format version {needs}: {_DAMAGED}")
-        info = ShardInfo(
-            index=_count(s, "index", where),
-            name=name,
-            first_id=_require(s, "first_id", int, where),
-            last_id=_require(s, "last_id", int, where),
-            num_samples=_count(s, "num_samples", where, minimum=1),
-            num_positions=_count(s, "num_positions", where),
-            num_bytes=_count(s, "num_bytes", where),
-            sha256=_require(s, "sha256", str, where),
-        )
-        if info.index != i or not _HEX64.match(info.sha256) or info.last_id < info.first_id:
+        if index != i or not _HEX64.match(sha) or last < first:
             raise ManifestError(f"manifest {where}has an inconsistent index, id range or checksum: {_DAMAGED}")
-        if shards and info.first_id <= shards[-1].last_id:
+        if last_id is not None and first <= last_id:
             raise ManifestError(f"manifest {where}overlaps the id range of shard {i - 1}: {_DAMAGED}")
-        shards.append(info)
+        last_id = last
+        shards.append(ShardInfo(index, name, first, last, samples, positions, nbytes, sha))
     return shards
+
+
+def _check_shard_fields(s: Any, i: int) -> None:
+    """Raise the ManifestError that names what is wrong with shard entry `i`'s fields."""
+    where = f"shard {i} "
+    if not isinstance(s, dict):
+        raise ManifestError(f"manifest {where}is not an object: {_DAMAGED}")
+    name = _require(s, "name", str, where)
+    if not _SHARD_NAME.match(name):
+        raise ManifestError(f"manifest {where}name {_short(name)} is not a valid shard name")
+    _count(s, "index", where)
+    first, last = _int64(s, "first_id", where), _int64(s, "last_id", where)
+    _count(s, "num_samples", where, minimum=1)
+    _count(s, "num_positions", where)
+    _count(s, "num_bytes", where)
+    _require(s, "sha256", str, where)
+    if last < first:
+        raise ManifestError(f"manifest {where}has an inconsistent index, id range or checksum: {_DAMAGED}")
 
 
 def _parse_layout(raw: dict, version: int) -> StoreLayout:
     for key in ("backend", "index_dtype", "value_dtype"):
         _require(raw, key, str, "")
-    _count(raw, "top_k", minimum=1)
-    _count(raw, "vocab_size", minimum=1)
+    _count(raw, "top_k", minimum=1, maximum=MAX_VOCAB)
+    _count(raw, "vocab_size", minimum=1, maximum=MAX_VOCAB)
+    _count(raw, "shard_size", minimum=1)
     _require(raw, "temperatures", list, "")
     if raw["value_dtype"] != "float32":
-        raise ManifestError(f"manifest value_dtype {raw['value_dtype']!r} is unknown (expected float32)")
+        raise ManifestError(f"manifest value_dtype {_short(raw['value_dtype'])} is unknown (expected float32)")
+    _check_layout_numbers(raw)
     layout = StoreLayout.from_json(raw)
     problems = layout.problems()
     if problems:
-        raise ManifestError(f"manifest layout is invalid ({'; '.join(problems)}): upgrade logitstore, or {_DAMAGED}")
+        found = "; ".join(problems)
+        found = found if len(found) <= 160 else found[:157] + "..."
+        raise ManifestError(f"manifest layout is invalid ({found}): upgrade logitstore, or {_DAMAGED}")
     if layout.format_version > version:
         raise ManifestError(
             f"manifest of format version {version} declares what version {layout.format_version} "
@@ -197,30 +356,32 @@ def _parse_layout(raw: dict, version: int) -> StoreLayout:
     return layout
 
 
-def parse_manifest(text: str, source: str = "manifest") -> Manifest:
-    """Parse and check a manifest; ManifestError names the first problem found."""
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{source} is not valid JSON ({exc.msg} at line {exc.lineno}): {_DAMAGED}") from None
+def parse_manifest(text: str | bytes, source: str = "manifest") -> Manifest:
+    """Parse and check a manifest (its text, or its bytes: UTF-8); ManifestError names the first
+    problem found, in one line."""
+    raw = _load_json(text, source)
     if not isinstance(raw, dict):
         raise ManifestError(f"{source} is not a JSON object: {_DAMAGED}")
     if raw.get("format") != FORMAT_NAME:
-        raise ManifestError(f"{source} is not a logitstore manifest (format={raw.get('format')!r})")
+        raise ManifestError(f"{source} is not a logitstore manifest (format={_short(raw.get('format'))})")
     version = _require(raw, "format_version", int, "")
     if version > FORMAT_VERSION:
         raise ManifestError(
-            f"store format version {version} is newer than this logitstore reads ({FORMAT_VERSION}): upgrade logitstore"
+            f"store format version {_short(version)} is newer than this logitstore reads ({FORMAT_VERSION}): "
+            "upgrade logitstore"
         )
     if version < 1:
-        raise ManifestError(f"store format version {version} is invalid: {_DAMAGED}")
+        raise ManifestError(f"store format version {_short(version)} is invalid: {_DAMAGED}")
+    _check_free_form(raw)
     layout = _parse_layout(raw, version)
     shards = _parse_shards(_require(raw, "shards", list, ""), layout.backend, version)
     tokenizer = None
     if raw.get("tokenizer") is not None:
         tokenizer = TokenizerRef.from_json(raw["tokenizer"])
         if not isinstance(raw["tokenizer"], dict) or tokenizer.problems():
-            raise ManifestError(f"manifest tokenizer is invalid ({'; '.join(tokenizer.problems())}): {_DAMAGED}")
+            found = "; ".join(tokenizer.problems())
+            found = found if len(found) <= 160 else found[:157] + "..."
+            raise ManifestError(f"manifest tokenizer is invalid ({found}): {_DAMAGED}")
     manifest = Manifest(
         layout=layout,
         num_samples=_count(raw, "num_samples", minimum=1),
@@ -257,12 +418,7 @@ def read_manifest(store: str | os.PathLike | Storage) -> Manifest:
         )
     if size > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{storage}/{MANIFEST_NAME} is {size} bytes, far beyond any real manifest: {_DAMAGED}")
-    raw = storage.get(MANIFEST_NAME)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{storage}/{MANIFEST_NAME} is not UTF-8 (byte {exc.start}): {_DAMAGED}") from None
-    return parse_manifest(text, source=f"{storage}/{MANIFEST_NAME}")
+    return parse_manifest(storage.get(MANIFEST_NAME), source=f"{storage}/{MANIFEST_NAME}")
 
 
 def names_version(shards) -> int:

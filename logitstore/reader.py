@@ -107,6 +107,8 @@ class StoreReader:
         info = self.manifest.shards[index]
         try:
             data = self.codec.decode(self._backend.decode(files), self.manifest.layout.top_k)
+        except ShardCorruptError as exc:  # the codec's checks (dtypes, arrays, widths) name no shard
+            raise ShardCorruptError(f"shard {info.name} of store {self.root} is damaged: {exc}") from None
         except StoreError:
             raise
         except Exception as exc:  # a backend's own decode error on damaged bytes

@@ -74,7 +74,10 @@ def _check_topk_count(c: np.ndarray, data: ShardData, layout: StoreLayout) -> li
     p, a, k = data.num_positions, layout.selection.min_k, layout.top_k
     if c.dtype != np.uint16 or c.shape != (p,):
         return [f"topk_count must be uint16 [{p}], got {c.dtype} {c.shape}"]
-    return [] if np.all((c >= a) & (c <= k)) else [f"topk_count must lie in {a}..{k} (min_k..top_k)"]
+    if not np.all((c >= a) & (c <= k)):
+        return [f"topk_count must lie in {a}..{k} (min_k..top_k)"]
+    # The head's columns: a reader's as many as the shard's positions hold, a writer's up to top_k.
+    return [] if not p or int(c.max()) <= data.top_k else [f"topk_count exceeds the head's {data.top_k} columns"]
 
 
 TOKEN_ARRAYS = ("token_offsets", "input_ids", "loss_mask")
@@ -250,6 +253,8 @@ class ShardData:
         elif o[0] != 0 or np.any(np.diff(o) < 0) or o[-1] != self.topk_index.shape[0]:
             problems.append("position_offsets must start at 0, never decrease and end at the position count")
         p = self.topk_index.shape[0]
+        if layout.selection.adaptive and self.topk_index.ndim == 2 and 1 <= self.topk_index.shape[1] <= k:
+            k = self.topk_index.shape[1]  # an adaptive head: as wide as its positions need (top_k at most)
         if self.topk_index.dtype != np.dtype(layout.index_dtype) or self.topk_index.shape != (p, k):
             problems.append(
                 f"topk_index must be {layout.index_dtype} [P, {k}], got {self.topk_index.dtype} {self.topk_index.shape}"
@@ -304,6 +309,9 @@ class ShardData:
             return parts[0]
         sizes = np.cumsum([0] + [p.num_positions for p in parts[:-1]])
         offsets = np.concatenate([[0]] + [p.position_offsets[1:] + n for p, n in zip(parts, sizes)]).astype(np.int64)
+        if "topk_count" in parts[0].extras:  # adaptive heads: each shard as wide as it needs
+            width = max(p.top_k for p in parts)
+            parts = [pad_head(p, width) for p in parts]
         arrays = {}
         for name in parts[0].per_position():
             columns = [p.per_position()[name] for p in parts]
@@ -345,6 +353,18 @@ def with_canonical_padding(data: ShardData) -> ShardData:
     index = np.where(pad, data.topk_index[:, :1], data.topk_index)
     smallest = np.where(pad, np.inf, data.topk_logit).min(axis=1, keepdims=True).astype(np.float32)
     logit = np.where(pad, smallest, data.topk_logit)
+    return replace(data, topk_index=index, topk_logit=logit)
+
+
+def pad_head(data: ShardData, width: int) -> ShardData:
+    """An adaptive shard's head widened to `width` columns with padding entries as FORMAT.md says
+    (the position's column-0 id, its smallest stored logit), as the reader pads within a shard."""
+    extra = width - data.top_k
+    if extra <= 0:
+        return data
+    index = np.concatenate([data.topk_index, np.repeat(data.topk_index[:, :1], extra, axis=1)], axis=1)
+    smallest = data.topk_logit.min(axis=1, keepdims=True) if data.num_positions else data.topk_logit[:, :1]
+    logit = np.concatenate([data.topk_logit, np.repeat(smallest, extra, axis=1)], axis=1)
     return replace(data, topk_index=index, topk_logit=logit)
 
 

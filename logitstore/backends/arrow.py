@@ -77,7 +77,7 @@ def _write_table(sink, table: pa.Table) -> None:
 
 
 def _arrays(table: pa.Table, path: str) -> dict[str, np.ndarray]:
-    out = {"sample_id": table.column("sample_id").to_numpy().astype(np.int64, copy=False)}
+    out = {"sample_id": table.column("sample_id").to_numpy()}  # its dtype as stored: the codec checks it
     offsets: dict[str, np.ndarray] = {}  # per kind of list column: positions or tokens
     for name in table.column_names:
         if name == "sample_id":

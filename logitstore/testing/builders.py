@@ -192,8 +192,14 @@ def by_class(data: ShardData) -> tuple[np.ndarray, np.ndarray]:
 def assert_same_content(got: ShardData, want: ShardData, codec: Codec) -> None:
     """`got` (read back through `codec`) holds `want`: exactly for lossless codecs; for logq within
     the quantizer's bound, with the exact tail mass. An adaptive head is compared on its stored
-    entries (the reader pads the others as FORMAT.md says)."""
+    entries (the reader pads the others as FORMAT.md says, to as many columns as the shard's
+    widest head)."""
     want = with_canonical_padding(want)
+    if "topk_count" in want.extras:
+        count = want.extras["topk_count"]
+        assert got.top_k == (max(1, int(count.max())) if count.size else 1)
+        head = slice(0, got.top_k)
+        want = dataclasses.replace(want, topk_index=want.topk_index[:, head], topk_logit=want.topk_logit[:, head])
     for name in ("sample_id", "position_offsets"):
         a, b = got.arrays()[name], want.arrays()[name]
         assert a.dtype == b.dtype and np.array_equal(a, b), name

@@ -126,7 +126,8 @@ class BackendTests:
             back = round_trip(self.backend, codec, tmp_path / f"s{vocab}", data)
             assert_same_content(back, data, codec)
             back.validate(layout_for(self.backend, k=9, vocab=vocab, top_p=0.3, codec=codec))
-            pad = ~head_mask(counts, 9)  # padding: the top-1's id and the smallest stored logit
+            assert back.top_k == int(counts.max())  # as wide as the widest head, not top_k
+            pad = ~head_mask(counts, back.top_k)  # padding: the top-1's id and the smallest stored logit
             assert np.array_equal(back.topk_index[pad], np.broadcast_to(back.topk_index[:, :1], pad.shape)[pad])
 
 
@@ -224,12 +225,16 @@ class StoreTests:
         assert reader.manifest.format_version == max(6, names_version(reader.manifest.shards))
         assert reader.manifest.layout.selection.to_json() == {"kind": "topk", "top_p": 0.5, "min_k": 1}
         got = reader.lookup(np.array([11, 0, 6]))
+        # As wide as the widest head of the shards read (each shard decodes to its own widest head).
+        assert got.top_k == max(int(shards[j].extras["topk_count"].max()) for j in (2, 0, 1)) <= 6
         for row, i in enumerate((11, 0, 6)):
             shard = with_canonical_padding(shards[i // 5])
             count = int(shard.extras["topk_count"][i % 5])
             assert got.extras["topk_count"][row] == count
             assert np.array_equal(got.topk_index[row, :count], shard.topk_index[i % 5, :count])
-            assert np.array_equal(got.topk_index[row], shard.topk_index[i % 5])  # padding as FORMAT.md says
+            # padding as FORMAT.md says
+            assert np.array_equal(got.topk_index[row], shard.topk_index[i % 5, : got.top_k])
+            assert np.array_equal(got.topk_logit[row], shard.topk_logit[i % 5, : got.top_k])
         assert reader.verify() == []
 
     def test_reader_memory_is_bounded_by_its_cache(self, where):

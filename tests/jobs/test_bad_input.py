@@ -506,3 +506,46 @@ def test_an_object_store_that_does_not_answer_during_validation_is_one_line(tmp_
     code, errors = run(dump_logits.main, argv, capsys)
     assert code == 2 and len(errors) == 1 and "did not answer for s3://nobody-answers/model/config.json" in errors[0]
     assert not (tmp_path / "st").exists()
+
+
+def test_a_store_never_makes_the_trainer_run_code_it_names(dump, user_modules, tmp_path, capsys):
+    """A store of views whose manifest names `evilaug:f` (importable, as a module in the working
+    directory is): training without --augment refuses it in one line, and nothing imports it."""
+    import json
+    import shutil
+
+    from jobs import inspect_store, sweep, verify_store
+
+    marker = tmp_path / "ran"
+    user_modules(
+        "evilaug",
+        f"""
+        import pathlib
+        pathlib.Path({str(marker)!r}).write_text("imported")
+        def f(features, seeds):
+            pathlib.Path({str(marker)!r}).write_text("called")
+            return features
+    """,
+    )
+    views = dump(
+        teacher="digits-cnn", dataset="digits-eval", top_k=4, shard_size=100, views=2, augment="digits-shift-rotate"
+    )
+    store = tmp_path / "evil"
+    shutil.copytree(views, store)
+    raw = json.loads((store / "manifest.json").read_text())
+    raw["views"]["augment"] = "evilaug:f"  # the shards' checksums are untouched: a sound store
+    (store / "manifest.json").write_text(json.dumps(raw))
+    argv = ["--store", str(store), "--dataset", "digits-eval", "--student", "digits-mlp", "--epochs", "1"]
+
+    code, errors = run(train_student.main, argv + ["--output", str(tmp_path / "run")], capsys)
+    assert code == 2 and len(errors) == 1, errors
+    assert "names code evilaug:f" in errors[0] and "only when --augment evilaug:f is passed" in errors[0]
+    assert len(errors[0]) < 250 + len(str(store))
+    space = ["--space", '{"lr": {"grid": [0.01, 0.02]}}']
+    code, errors = run(sweep.main, argv + ["--output", str(tmp_path / "sweep"), *space], capsys)
+    assert code == 2 and any("only when --augment evilaug:f is passed" in e for e in errors), errors
+    assert verify_store.main([str(store)]) == 0  # its data is sound
+    assert inspect_store.main([str(store), "--out", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "evilaug:f is code (module:function) the store names: reading the store never runs it" in out
+    assert not marker.exists() and not (tmp_path / "run" / "metrics.json").exists()

@@ -134,3 +134,37 @@ def test_a_store_of_views_holds_the_teacher_on_each_augmented_view_and_training_
         assert torch.equal(
             torch.from_numpy(row["view_seed"][0])[at], torch.from_numpy(derive_seeds(5, row["id"][0], view.numpy()))
         )
+
+
+@pytest.mark.parametrize("window", [0, 12])
+def test_adaptive_shards_of_different_widths_join_into_batches_as_wide_as_their_heads(ray_session, tmp_path, window):
+    """An adaptive store's shards decode as wide as their widest head, not to the manifest's top_k
+    (here 40, more than any position holds): a window joins shards of different widths, padded as
+    FORMAT.md says, and the loss gives the padding no mass."""
+    import json
+
+    from logitstore.testing import build_store
+    from trainer.student.join import store_batches
+    from trainer.student.losses import kd_loss
+
+    lengths = np.random.default_rng(0).integers(1, 6, size=30)
+    written = build_store(
+        tmp_path / "st", "arrow", np.arange(30), k=8, vocab=40, shard_size=5, lengths=lengths, seq_len=8, top_p=0.5
+    )
+    widest = [int(s.extras["topk_count"].max()) for s in written]
+    assert len(set(widest)) > 1
+    raw = json.loads((tmp_path / "st" / "manifest.json").read_text())
+    (tmp_path / "st" / "manifest.json").write_text(json.dumps({**raw, "top_k": 40}))
+    manifest = read_manifest(tmp_path / "st")
+    spec = JoinSpec(str(tmp_path / "st"), manifest, (1.0,), batch_size=4, seed=0, window=window)
+    rows = list(store_batches(spec).iter_batches(batch_size=1, batch_format="numpy"))
+    assert sum(len(r["id"][0]) for r in rows) == 30
+    for row in rows:
+        width, shards = row["topk_index"][0].shape[1], np.unique(row["shard"][0])
+        # a window's shards joined: as wide as the widest of them (40 before); one shard: its own width
+        assert width == widest[shards[0]] if not window else width <= max(widest)
+        batch = make_batch(row, BatchOptions("topk", (1.0,)), 0, CPU)
+        logits = torch.randn(batch.targets.num_positions, 40, requires_grad=True)
+        loss = kd_loss(logits, batch.targets, 1.0)
+        loss.sum().backward()
+        assert torch.isfinite(loss).all() and torch.isfinite(logits.grad).all()

@@ -15,6 +15,7 @@ from logitstore.errors import StoreError
 from logitstore.manifest import Manifest, read_manifest
 from logitstore.storage import is_object_uri
 from logitstore.storage import settings as storage_settings
+from trainer.errors import ConfigError
 from trainer.inputs import registry, specs
 from trainer.options import (
     RESOURCES_HELP,
@@ -54,6 +55,28 @@ class StudentSettings:
 
 LOG_SINKS = ("csv", "tensorboard", "mlflow", "wandb")
 SINK_PACKAGES = {"tensorboard": "tensorboardX", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+def _shown(spec: str) -> str:
+    """A spec a store names, as a message shows it: plain when it is one, else a short repr."""
+    plain = spec.isprintable() and len(spec) <= 100 and " " not in spec
+    return spec if plain else repr(spec[:60])
+
+
+def _stored_code_problems(augment: str, store: str) -> list[str]:
+    """A store of views whose augmentation is not built in names code: it is never imported from
+    the store alone (only a `--augment` the user passes runs code)."""
+    if augment in registry.AUGMENTS:
+        return []
+    if specs.is_callable_spec(augment) and augment.isprintable() and len(augment) <= 100:
+        return [
+            f"store {store} names code {augment} as the augmentation of its views; it is run only when "
+            f"--augment {augment} is passed: pass that if you trust the code"
+        ]
+    return [
+        f"store {store} names augmentation {_shown(augment)}, neither built in "
+        f"({registry.names(registry.AUGMENTS)}) nor module:function: the store is damaged; dump it again"
+    ]
 
 
 def log_sinks(log_to: str) -> tuple[str, ...]:
@@ -248,8 +271,10 @@ class TrainConfig:
         if manifest is not None and manifest.views and self.augment and self.augment != manifest.views.augment:
             problems.append(
                 f"--augment {self.augment} differs from the augmentation of the store's views "
-                f"({manifest.views.augment}): leave --augment out to replay the store's"
+                f"({_shown(manifest.views.augment)}): leave --augment out to replay the store's"
             )
+        elif manifest is not None and manifest.views and not self.augment:
+            problems += _stored_code_problems(manifest.views.augment, self.store)
         if self.eval_store:
             try:
                 eval_manifest = read_manifest(self.eval_store)
@@ -309,6 +334,17 @@ class TrainConfig:
         if self.output:
             problems += self._output_problems()
         return list(dict.fromkeys(problems))  # a student's problem and a flag's can be the same
+
+    def views_augment(self, manifest: Manifest) -> str:
+        """The augmentation the run applies: --augment, else the one a store of views records when it
+        is built in. A store is data: code it names (`module:function`) is run only when --augment
+        names the same (ConfigError otherwise, as validate() reports)."""
+        if self.augment or not manifest.views:
+            return self.augment
+        problems = _stored_code_problems(manifest.views.augment, self.store)
+        if problems:
+            raise ConfigError(problems)
+        return manifest.views.augment
 
     def _output_problems(self) -> list[str]:
         from trainer.student.outputs import RunOutput

@@ -188,13 +188,14 @@ def prepare_data(
         datasets = {"train": join_with_store(load_dataset(cfg.dataset, "--dataset", stores.text), spec)}
     else:
         datasets = {"train": store_batches(spec)}
-    # A store of views replays its own augmentation from the stored seeds; --augment alone (or a
-    # store of views read for labels only) augments afresh every epoch.
+    # A store of views replays its own augmentation from the stored seeds (code the store names only
+    # when --augment names it too); --augment alone (or a store of views read for labels only)
+    # augments afresh every epoch.
     train = BatchOptions(
         manifest.selection.kind,
         temperatures,
         views=manifest.num_views if reads_store else 0,
-        augment_spec=cfg.augment or (manifest.views.augment if manifest.views else ""),
+        augment_spec=cfg.views_augment(manifest),
         seed=cfg.seed,
     )
     eval_options = None

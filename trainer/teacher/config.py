@@ -164,6 +164,8 @@ class DumpConfig:
         if self.value_codec == "logq" and not 1 <= self.value_bits <= 16:
             problems.append(f"--value-bits must be in 1..16, got {self.value_bits}")
         problems += self._views_problems()
+        if not -(2**63) <= self.seed < 2**64:  # a store records it; a reader takes seeds of 64 bits
+            problems.append(f"--seed must lie in -2**63..2**64-1, got {self.seed}")
         problems += parse_resources(self.actor_resources, "--actor-resources")[1]
         for flag, value in (
             ("--batch-size", self.batch_size),
