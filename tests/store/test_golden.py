@@ -15,8 +15,8 @@ import logitstore
 from logitstore import StoreReader
 from logitstore.testing import build_store
 
-GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
-STORES = sorted(p.name[: -len(".expected.json")] for p in GOLDEN.glob("*.expected.json"))
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "data" / "golden"
+STORES = sorted(p.name[: -len(".expected.json")] for p in GOLDEN_DIR.glob("*.expected.json"))
 SCHEMA = json.loads((Path(logitstore.__file__).parent / "manifest.schema.json").read_text())
 
 
@@ -25,15 +25,30 @@ def digest(a: np.ndarray) -> dict:
     return {"dtype": str(a.dtype), "shape": list(a.shape), "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
 
 
+def test_the_golden_table_describes_every_pinned_store():
+    """scripts/make_golden.py's table is the record of how each store was made: its version, and the
+    k, backend and codec its flags give, are the store's."""
+    from scripts.make_golden import GOLDEN
+
+    assert sorted(GOLDEN) == STORES
+    for name, golden in GOLDEN.items():
+        m = json.loads((GOLDEN_DIR / name / "manifest.json").read_text())
+        flags = dict(zip(golden.flags[::2], golden.flags[1::2]))
+        assert m["format_version"] == golden.version, name
+        assert m["backend"] == flags.get("--format", "zarr") and m["top_k"] == int(flags.get("--top-k", 5)), name
+        assert m.get("codec", {}).get("index", "plain") == flags.get("--index-codec", "plain"), name
+        assert (m["shards"][0]["name"].count(".") > 1) == golden.on_s3, name
+
+
 def test_every_format_version_and_layout_is_pinned():
-    versions = {json.loads((GOLDEN / name / "manifest.json").read_text())["format_version"] for name in STORES}
+    versions = {json.loads((GOLDEN_DIR / name / "manifest.json").read_text())["format_version"] for name in STORES}
     assert versions == {1, 2, 3, 4, 5, 6, 7, 8} and len(STORES) == 19
 
 
 @pytest.mark.parametrize("name", STORES)
 def test_a_golden_store_reads_exactly_as_its_writer_read_it(name):
-    expected = json.loads((GOLDEN / f"{name}.expected.json").read_text())
-    reader = StoreReader(GOLDEN / name)
+    expected = json.loads((GOLDEN_DIR / f"{name}.expected.json").read_text())
+    reader = StoreReader(GOLDEN_DIR / name)
     m = reader.manifest
     assert (m.format_version, m.backend, m.top_k, m.vocab_size, m.num_samples, m.num_positions) == (
         expected["format_version"],
@@ -52,7 +67,7 @@ def test_a_golden_store_reads_exactly_as_its_writer_read_it(name):
 
 @pytest.mark.parametrize("name", STORES)
 def test_a_golden_manifest_follows_the_schema(name):
-    jsonschema.Draft202012Validator(SCHEMA).validate(json.loads((GOLDEN / name / "manifest.json").read_text()))
+    jsonschema.Draft202012Validator(SCHEMA).validate(json.loads((GOLDEN_DIR / name / "manifest.json").read_text()))
 
 
 @pytest.mark.parametrize("draws, top_p", [(0, None), (4, None), (0, 0.5)])
