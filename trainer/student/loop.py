@@ -86,114 +86,139 @@ def _local_tokenizer(store: str) -> str:
     return str(StoreReader(store).tokenizer_dir() or "") if store else ""
 
 
+@dataclass
+class Worker:
+    """What one training worker holds through its run (built by `_build`)."""
+
+    loop: LoopConfig
+    rank: int
+    device: torch.device
+    students: list[Student]
+    log: StepLog
+    tokenizer: str  # a local copy of the store's tokenizer files, beside each export ("": none)
+    history: list[dict]  # the epochs' metrics so far (restored on a restart)
+    start_epoch: int
+    skip_steps: int  # batches of start_epoch already trained on (a restart within an epoch)
+    restarted: bool
+    global_step: int  # optimiser steps so far (the logs' step axis)
+
+    @property
+    def sharded(self) -> bool:
+        return self.loop.optimisation.strategy == "fsdp"
+
+
 def train_loop_per_worker(config: dict) -> None:
     loop: LoopConfig = config["loop"]
     loop_started_at = time.time()
-    rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device()
-    torch.set_num_threads(loop.threads)
+    worker = _build(loop)
+    train_data = ray.train.get_dataset_shard("train")
+    eval_data = ray.train.get_dataset_shard("eval") if loop.eval is not None else None
+    for epoch in range(worker.start_epoch, loop.epochs):
+        totals, steps, clock = _train_epoch(worker, train_data, epoch)
+        # Metrics: summed over the workers; rank 0 evaluates every student when due.
+        per_student = _per_student(_all_reduce_sum(totals))
+        last = epoch + 1 == loop.epochs
+        if eval_data is not None and (last or (loop.eval_every and (epoch + 1) % loop.eval_every == 0)):
+            _evaluate(worker, eval_data, per_student)
+        metrics = _epoch_metrics(epoch, steps, clock, per_student)
+        if epoch == worker.start_epoch:
+            metrics["loop_started_at"] = loop_started_at  # this worker process's start of the loop
+            metrics["output_widths"] = [student.width for student in worker.students]  # run.py: padded vocabularies
+            if worker.restarted:  # with skip > 0 the train_* figures cover only the steps after it
+                metrics["resumed_from"] = {"epoch": worker.start_epoch, "step": worker.skip_steps}
+        # Report, with a checkpoint every `checkpoint_every` epochs and after the last.
+        worker.history.append(metrics)
+        worker.log.epoch(worker.global_step, {"epoch": epoch + 1, **(per_student[0] if per_student else {})})
+        if worker.rank == 0:
+            say(json.dumps(metrics))
+        due = last or (epoch + 1) % loop.checkpoint_every == 0
+        checkpoint.report(
+            worker.students, worker.history, metrics, epoch=epoch + 1, step=0, checkpoint=due, final=last,
+            tokenizer=worker.tokenizer,
+        )  # fmt: skip
+    worker.log.close()
 
-    # Build: every student from the same seed, restored from the latest checkpoint on a restart.
+
+def _build(loop: LoopConfig) -> Worker:
+    """Every student from the same seed, restored from the latest checkpoint on a restart."""
+    rank = ray.train.get_context().get_world_rank()
+    torch.set_num_threads(loop.threads)
     students = [
         Student(s, seed=loop.seed, epochs=loop.epochs, loss_chunk=loop.loss_chunk, optimisation=loop.optimisation)
         for s in loop.students
     ]
-    accumulate = loop.optimisation.grad_accum
     total = loop.optimisation.total_steps
     log = StepLog(
-        loop.log_dir,
-        loop.log_to,
-        loop.log_every,
-        total,
-        active=rank == 0,
-        board=loop.progress_board,
+        loop.log_dir, loop.log_to, loop.log_every, total, active=rank == 0, board=loop.progress_board,
         lines=loop.progress_lines,
-    )
-    tokenizer = _local_tokenizer(loop.tokenizer_dir)
+    )  # fmt: skip
     state, history = checkpoint.restore(students)
     for i, student in enumerate(students):
         student.prepare(checkpoint.student_state(state, i))
-    sharded = loop.optimisation.strategy == "fsdp"
-    if sharded and state is not None:
+    if loop.optimisation.strategy == "fsdp" and state is not None:
         checkpoint.restore_shards(students)
     start_epoch, skip_steps = (int(state["epoch"]), int(state["step"])) if state is not None else (0, 0)
     if state is not None and rank == 0:
         say(json.dumps({"resumed_from": {"epoch": start_epoch, "step": skip_steps}}))
-    # The optimiser steps before this process's first (a restart): for the logs' step axis.
-    global_step = start_epoch * total // loop.epochs + skip_steps // accumulate
     if loop.epoch_clock is not None:  # before the first batch: this execution of the data is epoch start_epoch
         ray.get(loop.epoch_clock.set.remote(start_epoch))
-    train_data = ray.train.get_dataset_shard("train")
-    eval_data = ray.train.get_dataset_shard("eval") if loop.eval is not None else None
+    return Worker(
+        loop=loop, rank=rank, device=ray.train.torch.get_device(), students=students, log=log,
+        tokenizer=_local_tokenizer(loop.tokenizer_dir), history=history, start_epoch=start_epoch,
+        skip_steps=skip_steps, restarted=state is not None,
+        # the optimiser steps before this process's first (a restart)
+        global_step=start_epoch * total // loop.epochs + skip_steps // loop.optimisation.grad_accum,
+    )  # fmt: skip
 
-    for epoch in range(start_epoch, loop.epochs):
-        # Train: every --grad-accum batches feed one optimiser step of every student (a restart
-        # inside an epoch skips the batches it trained on: checkpoints fall between optimiser steps).
-        skip, epoch_start, steps = skip_steps if epoch == start_epoch else 0, time.perf_counter(), 0
-        clock = {"started_at": time.time(), "first_batch": -1.0}
-        totals = torch.zeros(len(students), 4, dtype=torch.float64)
-        for student in students:
-            student.model.train()
-        pending: list[Batch] = []
-        for row_number, row in enumerate(train_data.iter_batches(batch_size=1, batch_format="numpy"), start=1):
-            if clock["first_batch"] < 0:
-                clock["first_batch"] = time.perf_counter() - epoch_start
-            if row_number <= skip:
-                continue
-            pending.append(make_batch(row, loop.train, epoch, device))
-            if len(pending) < accumulate:
-                continue
-            step_totals = torch.stack([student.step(pending) for student in students])
-            totals += step_totals
-            pending, steps, global_step = [], steps + 1, global_step + 1
-            log.step(global_step, epoch + 1, step_totals[0].tolist(), students[0].last_lr)
-            if loop.checkpoint_every_steps and (row_number // accumulate) % loop.checkpoint_every_steps == 0:
-                at = {"epoch": epoch, "step": row_number}
-                checkpoint.report(
-                    students, history, at, epoch=epoch, step=row_number, checkpoint=True, tokenizer=tokenizer
-                )
-        if pending:  # the epoch's last, shorter accumulation
-            step_totals = torch.stack([student.step(pending) for student in students])
-            totals += step_totals
-            steps, global_step = steps + 1, global_step + 1
-            log.step(global_step, epoch + 1, step_totals[0].tolist(), students[0].last_lr)
-        for student in students:
-            student.end_epoch()
-        clock["seconds"] = time.perf_counter() - epoch_start
-        clock["first_batch"] = clock["seconds"] if clock["first_batch"] < 0 else clock["first_batch"]  # no batch
 
-        # Metrics: summed over the workers; rank 0 evaluates every student when due.
-        per_student = _per_student(_all_reduce_sum(totals))
-        last = epoch + 1 == loop.epochs
-        # (FSDP: every rank runs the same eval batches, as the sharded forward needs them all; rank 0 reports.)
-        due_eval = last or (loop.eval_every and (epoch + 1) % loop.eval_every == 0)
-        if (rank == 0 or sharded) and eval_data is not None and due_eval:
-            results = evaluate(students, eval_data, loop.eval, device)
-            if rank == 0:
-                for mine, result in zip(per_student, results):
-                    mine.update(result)
-        metrics = _epoch_metrics(epoch, steps, clock, per_student)
-        if epoch == start_epoch:
-            metrics["loop_started_at"] = loop_started_at  # this worker process's start of the loop
-            metrics["output_widths"] = [student.width for student in students]  # run.py: padded vocabularies
-        if state is not None and epoch == start_epoch:
-            # This epoch began from a restart; with skip > 0 the train_* figures cover only the steps after it.
-            metrics["resumed_from"] = {"epoch": start_epoch, "step": skip_steps}
+def _train_epoch(worker: Worker, train_data, epoch: int) -> tuple[torch.Tensor, int, dict[str, float]]:
+    """One epoch: every --grad-accum batches feed one optimiser step of every student (a restart
+    inside an epoch skips the batches it trained on: checkpoints fall between optimiser steps);
+    -> each student's [loss, kd, ce, positions] sums, the steps taken and the epoch's clock."""
+    loop, students, accumulate = worker.loop, worker.students, worker.loop.optimisation.grad_accum
+    skip = worker.skip_steps if epoch == worker.start_epoch else 0
+    epoch_start, steps = time.perf_counter(), 0
+    clock = {"started_at": time.time(), "first_batch": -1.0}
+    totals = torch.zeros(len(students), 4, dtype=torch.float64)
+    for student in students:
+        student.model.train()
+    pending: list[Batch] = []
 
-        # Report, with a checkpoint every `checkpoint_every` epochs and after the last.
-        history.append(metrics)
-        log.epoch(global_step, {"epoch": epoch + 1, **(per_student[0] if per_student else {})})
-        if rank == 0:
-            say(json.dumps(metrics))
-        due = last or (epoch + 1) % loop.checkpoint_every == 0
-        checkpoint.report(
-            students,
-            history,
-            metrics,
-            epoch=epoch + 1,
-            step=0,
-            checkpoint=due,
-            final=last,
-            tokenizer=tokenizer,
-        )
-    log.close()
+    def step() -> None:
+        nonlocal pending, steps, totals
+        step_totals = torch.stack([student.step(pending) for student in students])
+        totals += step_totals
+        pending, steps, worker.global_step = [], steps + 1, worker.global_step + 1
+        worker.log.step(worker.global_step, epoch + 1, step_totals[0].tolist(), students[0].last_lr)
+
+    for row_number, row in enumerate(train_data.iter_batches(batch_size=1, batch_format="numpy"), start=1):
+        if clock["first_batch"] < 0:
+            clock["first_batch"] = time.perf_counter() - epoch_start
+        if row_number <= skip:
+            continue
+        pending.append(make_batch(row, loop.train, epoch, worker.device))
+        if len(pending) < accumulate:
+            continue
+        step()
+        if loop.checkpoint_every_steps and (row_number // accumulate) % loop.checkpoint_every_steps == 0:
+            at = {"epoch": epoch, "step": row_number}
+            checkpoint.report(
+                students, worker.history, at, epoch=epoch, step=row_number, checkpoint=True, tokenizer=worker.tokenizer
+            )
+    if pending:  # the epoch's last, shorter accumulation
+        step()
+    for student in students:
+        student.end_epoch()
+    clock["seconds"] = time.perf_counter() - epoch_start
+    clock["first_batch"] = clock["seconds"] if clock["first_batch"] < 0 else clock["first_batch"]  # no batch
+    return totals, steps, clock
+
+
+def _evaluate(worker: Worker, eval_data, per_student: list[dict]) -> None:
+    """Rank 0's eval of every student into `per_student` (FSDP: every rank runs the same eval
+    batches, as the sharded forward needs them all; rank 0 reports)."""
+    if worker.rank == 0 or worker.sharded:
+        results = evaluate(worker.students, eval_data, worker.loop.eval, worker.device)
+        if worker.rank == 0:
+            for mine, result in zip(per_student, results):
+                mine.update(result)

@@ -24,6 +24,7 @@ from logitstore import (
     ShardPlan,
     ShardWriter,
     StoreLayout,
+    StoreWriter,
     TokenizerRef,
     Views,
     open_writer,
@@ -62,6 +63,13 @@ class DumpInputs:
     vocab_size: int  # the teacher's output width
     hf_tokenizer: HFTokenizerFiles | None = None  # for text files: the tokenizer the store keeps
 
+    def tokenizer_sha256(self) -> str | None:
+        """What identifies the tokenizer the token ids come from (part of the dump's identity)."""
+        if self.hf_tokenizer is not None:
+            return files_sha256(self.hf_tokenizer.files)
+        text = self.tokenizer.to_json() if self.tokenizer is not None else None
+        return sha256_text(text) if text else None
+
 
 @dataclass(frozen=True)
 class HFTokenizerFiles:
@@ -78,37 +86,16 @@ class HFTokenizerFiles:
 
 
 def run_dump(cfg: DumpConfig) -> DumpResult:
-    """Dump under the store's lock; an interrupted dump rerun with the same arguments resumes."""
+    """Dump under the store's lock or lease; an interrupted dump rerun with the same arguments resumes."""
     start = time.perf_counter()
     with open_writer(cfg.out) as writer:
-        # Reading the teacher (importing transformers, hashing its files: a 7B teacher's 15 GB take
-        # tens of seconds) overlaps Ray's start, which runs here: ray.init wants the main thread.
-        with ThreadPoolExecutor(1) as pool:
-            resolving = pool.submit(resolve_teacher, cfg.teacher)
-            ensure_ray()
-            teacher = resolving.result()
-        _check_gpus(cfg)
-        _warn_local_out_on_a_cluster(cfg)
+        teacher = _start(cfg)
         inputs = _resolve_inputs(cfg, teacher)
         layout = _layout(cfg, inputs.vocab_size, sequence=inputs.fingerprint.max_length > 0)
         plan = plan_shards(inputs.fingerprint.ids, cfg.shard_size)
-        teacher_info = _teacher_record(cfg, teacher)
-        dataset_info = _dataset_record(cfg, inputs.fingerprint)
-        tokenizer_json = inputs.tokenizer.to_json() if inputs.tokenizer is not None else None
-        tokenizer_sha256 = sha256_text(tokenizer_json) if tokenizer_json else None
-        if inputs.hf_tokenizer is not None:
-            tokenizer_sha256 = files_sha256(inputs.hf_tokenizer.files)
-        writer.start(
-            layout,
-            plan,
-            {
-                "config": cfg.content(),
-                "teacher": teacher_info,
-                "dataset": dataset_info,
-                "tokenizer_sha256": tokenizer_sha256,
-            },
-            overwrite=cfg.overwrite,
-        )
+        records = {"teacher": _teacher_record(cfg, teacher), "dataset": _dataset_record(cfg, inputs.fingerprint)}
+        identity = {"config": cfg.content(), **records, "tokenizer_sha256": inputs.tokenizer_sha256()}
+        writer.start(layout, plan, identity, overwrite=cfg.overwrite)
         if writer.finished is not None:
             print(
                 f"{cfg.out} already holds this exact dump (same arguments, teacher weights and data): nothing to do",
@@ -121,27 +108,39 @@ def run_dump(cfg: DumpConfig) -> DumpResult:
                 "shards are complete",
                 file=sys.stderr,
             )
-        tokenizer = None  # the manifest's record of the tokenizer; a tokenizer that is a file is saved in the store
-        if inputs.hf_tokenizer is not None:
-            hf = inputs.hf_tokenizer
-            tokenizer = writer.save_tokenizer_files(hf.files, hf.vocab_size, hf.chat_template_sha256)
-        elif inputs.tokenizer is not None:
-            kind, vocab = inputs.tokenizer.kind, inputs.tokenizer.vocab_size
-            tokenizer = (
-                writer.save_tokenizer(tokenizer_json, kind, vocab) if tokenizer_json else TokenizerRef(kind, vocab)
-            )
+        tokenizer = _save_tokenizer(writer, inputs)
         todo = np.array([j not in writer.resumed for j in range(plan.num_shards)])
         written = (
             _score_and_write(cfg, teacher, inputs.dataset, plan, todo, writer.shard_writer()) if todo.any() else []
         )
         manifest = writer.commit(
-            [*writer.resumed.values(), *written],
-            teacher=teacher_info,
-            dataset=dataset_info,
-            config=cfg.to_dict(),
-            tokenizer=tokenizer,
+            [*writer.resumed.values(), *written], **records, config=cfg.to_dict(), tokenizer=tokenizer
         )
     return DumpResult(manifest, time.perf_counter() - start, len(writer.resumed))
+
+
+def _start(cfg: DumpConfig) -> TeacherSource:
+    """Ray started and the teacher resolved, at once: reading the teacher (importing transformers,
+    hashing its files: a 7B teacher's 15 GB take tens of seconds) overlaps Ray's start, which runs
+    here (ray.init wants the main thread); then the checks that need the cluster."""
+    with ThreadPoolExecutor(1) as pool:
+        resolving = pool.submit(resolve_teacher, cfg.teacher)
+        ensure_ray()
+        teacher = resolving.result()
+    _check_gpus(cfg)
+    _warn_local_out_on_a_cluster(cfg)
+    return teacher
+
+
+def _save_tokenizer(writer: StoreWriter, inputs: DumpInputs) -> TokenizerRef | None:
+    """The manifest's record of the tokenizer; a tokenizer that is a file (or files) is saved in the store."""
+    if inputs.hf_tokenizer is not None:
+        hf = inputs.hf_tokenizer
+        return writer.save_tokenizer_files(hf.files, hf.vocab_size, hf.chat_template_sha256)
+    if inputs.tokenizer is None:
+        return None
+    kind, vocab, text = inputs.tokenizer.kind, inputs.tokenizer.vocab_size, inputs.tokenizer.to_json()
+    return writer.save_tokenizer(text, kind, vocab) if text else TokenizerRef(kind, vocab)
 
 
 def _resolve_inputs(cfg: DumpConfig, teacher: TeacherSource) -> DumpInputs:
