@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeVar
 import yaml
 
 from logitstore.errors import StoreError
-from trainer.errors import ConfigError, TrainerError, find_cause
+from trainer.errors import ConfigError, RemoteError, TrainerError, find_cause
 
 C = TypeVar("C")
 
@@ -169,6 +169,10 @@ def run_job(cls: type[C], body: Callable[[C], Any], argv: list[str] | None, prog
         body(config)
     except Exception as exc:
         known = find_cause(exc, (StoreError, TrainerError))
+        remote = find_cause(exc, (RemoteError,)) if known is None else None
+        if remote is not None:  # a bug in a Ray worker: its own traceback, once (here, ours adds nothing)
+            print(f"{remote.where} failed (not retried: it would fail again):\n{remote.traceback}", file=sys.stderr)
+            return 1
         if known is None:
             raise
         messages = known.problems if isinstance(known, ConfigError) else [str(known)]

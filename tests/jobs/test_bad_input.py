@@ -64,6 +64,71 @@ def test_missing_dataset_path(tmp_path, capsys):
     assert not (tmp_path / "st").exists()
 
 
+def _tracebacks(err: str) -> list[str]:
+    """The lines of `err` that start a traceback, but Ray Train's PlacementGroupCleaner's: its monitor
+    thread dies with one whenever several Ray clusters run on the machine (it looks its cluster up
+    among them), in any run, finished or failed."""
+    return [line for line in err.splitlines() if "Traceback" in line and "PlacementGroupCleaner" not in line]
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "missing shard"])
+def test_a_damaged_shard_found_during_training_ends_the_run_at_once_with_one_line(stores, tmp_path, capsys, damage):
+    """Validation reads the manifest and shard 0: a later shard's damage is found by a join task of
+    Ray Data inside a training worker. Raised again by any retry, it ends the run at once (Ray
+    Train restarted the workers --max-failures times, each finding it again, then a traceback)."""
+    import shutil
+    import time
+
+    store = tmp_path / "store"
+    shutil.copytree(stores["train"], store)
+    last = store / "shards" / "00002.zarr"
+    if damage == "flipped byte":
+        chunk = next(f for f in sorted((last / "topk_logit").rglob("*")) if f.is_file() and f.name != "zarr.json")
+        data = bytearray(chunk.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        chunk.write_bytes(bytes(data))
+    else:
+        shutil.rmtree(last)
+    start = time.monotonic()
+    code = train_student.main(train_args(stores, tmp_path, **{"--store": str(store)}))
+    seconds = time.monotonic() - start
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "shard shards/00002.zarr of store" in errors[0], err[-3000:]
+    assert ("fails its checksum" if damage == "flipped byte" else "is missing") in errors[0]
+    assert _tracebacks(err) == [] and seconds < 60, (seconds, err[-3000:])
+
+
+def test_a_bug_in_a_training_worker_is_one_traceback_and_is_not_retried(stores, tmp_path, capsys, user_modules):
+    """Any exception that Python code raises in a worker would be raised again: not retried either.
+    A bug (not one of our errors) is its traceback, the worker's, printed once; exit code 1."""
+    raised = tmp_path / "raised"
+    user_modules(
+        "buggy_students",
+        f"""
+        from trainer.builtin.digits import DigitsMLP
+
+        class Buggy(DigitsMLP):
+            calls = 0
+            def forward(self, x):
+                Buggy.calls += 1
+                if Buggy.calls == 5:  # a training step's (the driver probes the width with one call)
+                    with open({str(raised)!r}, "a") as f:
+                        f.write("raised\\n")
+                    return ()[0]
+                return super().forward(x)
+
+        def student():
+            return Buggy()
+    """,
+    )
+    code = train_student.main(train_args(stores, tmp_path, **{"--student": "buggy_students:student"}))
+    err = capsys.readouterr().err
+    assert code == 1 and raised.read_text() == "raised\n", err[-3000:]  # one worker, once
+    assert len(_tracebacks(err)) == 1 and "IndexError: tuple index out of range" in err, err[-3000:]
+    assert "training worker 0 failed (not retried" in err and "return ()[0]" in err
+
+
 def test_all_problems_are_reported_at_once(tmp_path, capsys):
     code, errors = run(
         dump_logits.main,
