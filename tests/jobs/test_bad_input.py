@@ -64,6 +64,26 @@ def test_missing_dataset_path(tmp_path, capsys):
     assert not (tmp_path / "st").exists()
 
 
+@pytest.mark.parametrize(
+    "flag, value, needle",
+    [
+        ("--dataset", "nope.jsonl", "'nope.jsonl' does not exist"),
+        ("--dataset", "digit", "(did you mean digits?)"),
+        ("--teacher", "digits-cnm", "is not a built-in model (did you mean digits-cnn?)"),
+        ("--augment", "rot13", "is not a built-in augmentation"),
+    ],
+)
+def test_an_unknown_spec_is_one_short_line_that_points_to_help(tmp_path, capsys, monkeypatch, flag, value, needle):
+    """Not every form a spec may take (--help lists them): the problem, and where to look."""
+    monkeypatch.chdir(tmp_path)
+    args = {"--teacher": "digits-cnn", "--dataset": "digits", "--out": "st", flag: value}
+    if flag == "--augment":
+        args["--views"] = "2"
+    code, errors = run(dump_logits.main, [x for k, v in args.items() for x in (k, v)], capsys)
+    assert code == 2 and len(errors) == 1 and needle in errors[0] and "--help" in errors[0], errors
+    assert len(errors[0]) < 250, errors[0]
+
+
 def _tracebacks(err: str) -> list[str]:
     """The lines of `err` that start a traceback, but Ray Train's PlacementGroupCleaner's: its monitor
     thread dies with one whenever several Ray clusters run on the machine (it looks its cluster up

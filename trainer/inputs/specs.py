@@ -149,8 +149,18 @@ def check_model_spec(spec: str, what: str) -> list[str]:
     if spec.startswith(HF_CONFIG_PREFIX):
         return check_hf_config(spec, what)
     if not is_callable_spec(spec):
-        return [f"{what} {spec!r} is not {model_forms('')}"]
+        return [
+            f"{what} {spec!r} is not a built-in model{_did_you_mean(spec, registry.MODELS)}, hf:<dir>, "
+            "hf-config:<file> or package.module:function: see --help for the built-in names and these forms"
+        ]
     return _check_callable(spec, what)
+
+
+def _did_you_mean(spec: str, names) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(spec, list(names), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -195,7 +205,10 @@ def check_dataset_spec(spec: str, what: str) -> list[str]:
     if is_callable_spec(spec) and not path.exists():
         return _check_callable(spec, what)
     if not path.exists():
-        return [f"{what} {spec!r} does not exist: pass {DATASET_FORMS}"]
+        return [
+            f"{what} {spec!r} does not exist, and is no built-in dataset{_did_you_mean(spec, registry.DATASETS)}: "
+            "check the path (--help lists the forms a dataset may take)"
+        ]
     if path.is_file() and path.suffix not in DATA_SUFFIXES:
         return [
             f"{what} {spec!r} is a {path.suffix or 'suffix-less'} file; datasets are Parquet, JSONL or JSON files: "
@@ -232,7 +245,10 @@ def check_augment_spec(spec: str, what: str) -> list[str]:
     if spec in registry.AUGMENTS:
         return []
     if not is_callable_spec(spec):
-        return [f"{what} {spec!r} is not {AUGMENT_FORMS}"]
+        return [
+            f"{what} {spec!r} is not a built-in augmentation ({registry.names(registry.AUGMENTS)}) nor "
+            "package.module:function: see --help for its signature"
+        ]
     return _check_callable(spec, what)
 
 
