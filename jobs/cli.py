@@ -18,6 +18,7 @@ import yaml
 
 from logitstore.errors import StoreError
 from trainer.errors import ConfigError, RemoteError, TrainerError, find_cause
+from trainer.inputs.specs import absolute_paths
 
 C = TypeVar("C")
 
@@ -140,14 +141,15 @@ def load_config_file(cls: type, path: str) -> dict[str, Any]:
 
 
 def parse_config(cls: type[C], argv: list[str] | None, prog: str) -> C:
-    """Defaults, then the --config file's values, then the command line's flags."""
+    """Defaults, then the --config file's values, then the command line's flags; local paths made
+    absolute (Ray's workers do not run in this directory: trainer/inputs/specs.py, PATH_FLAGS)."""
     parser = build_parser(cls, prog)
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
         parser.set_defaults(**load_config_file(cls, pre.config))
     args = vars(parser.parse_args(argv))
     args.pop("config")
-    return cls(**args)
+    return cls(**absolute_paths(args))
 
 
 def run_job(cls: type[C], body: Callable[[C], Any], argv: list[str] | None, prog: str) -> int:

@@ -27,7 +27,7 @@ from logitstore.objects import is_object_uri, local_path
 from trainer.errors import DataError, ModelError, RemoteError, TrainerError, is_process_death
 from trainer.inputs.datasets import TextOptions, fingerprint_dataset, load_dataset
 from trainer.inputs.models import build_model, hf_model_facts, probe_width
-from trainer.inputs.specs import HF_PREFIX, LM_SEQ_LEN, worker_runtime_env
+from trainer.inputs.specs import HF_PREFIX, LM_SEQ_LEN, absolute_paths, worker_runtime_env
 from trainer.options import parse_resources
 from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray, node_cpus, placement_problem, quiet_console
 from trainer.student import vocab
@@ -444,7 +444,8 @@ def _prepare_output(cfg: TrainConfig, resolved: TrainConfig) -> RunOutput:
         output.remove(["metrics.json", "config.json", "checkpoint", "ray", "logs", "curves.png"])
     output.local.mkdir(parents=True, exist_ok=True)
     if output.exists("config.json") and output.exists("ray"):
-        previous, mine = json.loads(output.read_text("config.json")), resolved.to_dict()
+        # (paths as this command resolves them: a run recorded before they were made absolute)
+        previous, mine = absolute_paths(json.loads(output.read_text("config.json"))), resolved.to_dict()
         # What does not change the results may change on a resume (e.g. a smaller --loss-chunk after
         # running out of memory); a key an older version did not write had its default.
         ignore = {
