@@ -78,9 +78,10 @@ def quiet_console(*loggers: str) -> None:
 
 
 def ensure_ray() -> None:
-    """Join the cluster at RAY_ADDRESS, else start a local embedded one; reuse a running session."""
+    """Join the cluster at RAY_ADDRESS, else start a local embedded one (never the cluster that
+    `ray start` may have left on this machine: RAY_ADDRESS=auto joins that one); reuse a running session."""
     if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or None
+        address = os.environ.get("RAY_ADDRESS") or "local"
         silent = _nothing_listens(address)
         if silent:  # ray.init would wait for it forever
             raise ClusterError(_join_problem(address, silent))
