@@ -92,7 +92,7 @@ def _tracebacks(err: str) -> list[str]:
 
 
 @pytest.mark.parametrize("damage", ["flipped byte", "missing shard"])
-def test_a_damaged_shard_found_during_training_ends_the_run_at_once_with_one_line(stores, tmp_path, capsys, damage):
+def test_a_damaged_shard_found_during_training_ends_the_run_at_once_with_one_line(stores, tmp_path, capfd, damage):
     """Validation reads the manifest and shard 0: a later shard's damage is found by a join task of
     Ray Data inside a training worker. Raised again by any retry, it ends the run at once (Ray
     Train restarted the workers --max-failures times, each finding it again, then a traceback)."""
@@ -112,14 +112,14 @@ def test_a_damaged_shard_found_during_training_ends_the_run_at_once_with_one_lin
     start = time.monotonic()
     code = train_student.main(train_args(stores, tmp_path, **{"--store": str(store)}))
     seconds = time.monotonic() - start
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err  # (the file descriptor: Ray's log handlers keep the stderr they started with)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "shard shards/00002.zarr of store" in errors[0], err[-3000:]
     assert ("fails its checksum" if damage == "flipped byte" else "is missing") in errors[0]
     assert _tracebacks(err) == [] and seconds < 60, (seconds, err[-3000:])
 
 
-def test_a_bug_in_a_training_worker_is_one_traceback_and_is_not_retried(stores, tmp_path, capsys, user_modules):
+def test_a_bug_in_a_training_worker_is_one_traceback_and_is_not_retried(stores, tmp_path, capfd, user_modules):
     """Any exception that Python code raises in a worker would be raised again: not retried either.
     A bug (not one of our errors) is its traceback, the worker's, printed once; exit code 1."""
     raised = tmp_path / "raised"
@@ -143,7 +143,7 @@ def test_a_bug_in_a_training_worker_is_one_traceback_and_is_not_retried(stores, 
     """,
     )
     code = train_student.main(train_args(stores, tmp_path, **{"--student": "buggy_students:student"}))
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert code == 1 and raised.read_text() == "raised\n", err[-3000:]  # one worker, once
     assert len(_tracebacks(err)) == 1 and "IndexError: tuple index out of range" in err, err[-3000:]
     assert "training worker 0 failed (not retried" in err and "return ()[0]" in err
@@ -264,6 +264,38 @@ def test_nan_teacher_logits(tmp_path, capsys, user_models):
     )
     assert code == 2 and len(errors) == 1 and "NaN or inf" in errors[0]
     assert not (tmp_path / "st" / "manifest.json").exists()
+
+
+def test_an_error_in_a_dump_actor_is_raised_once_and_is_one_line(tmp_path, capfd, user_modules):
+    """Ray Data does not retry an exception raised in its map actors (only Ray's system errors): the
+    teacher's NaN, found by the actor scoring it, is one line; Ray Data's own logs of it, with their
+    tracebacks (three, one asking to report a bug in Ray), stay in its log files."""
+    scored = tmp_path / "scored"
+    user_modules(
+        "counting_teachers",
+        f"""
+        import ray, torch
+
+        class Nan(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = torch.nn.Linear(64, 10)
+            def forward(self, x):
+                if ray.get_runtime_context().get_actor_id() is not None:  # the dump's actor, not the driver
+                    with open({str(scored)!r}, "a") as f:
+                        f.write("scored\\n")
+                return self.lin(x) * float("nan")
+
+        def nan_teacher():
+            return Nan()
+    """,
+    )
+    argv = ["--teacher", "counting_teachers:nan_teacher", "--dataset", "digits-eval", "--out", str(tmp_path / "st")]
+    code = dump_logits.main(argv)
+    err = capfd.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "the teacher produced NaN or inf logits" in errors[0], err[-3000:]
+    assert scored.read_text() == "scored\n" and _tracebacks(err) == [], err[-3000:]
 
 
 def test_teacher_that_is_not_a_module(tmp_path, capsys, user_models):
