@@ -69,7 +69,9 @@ class SweepConfig(TrainConfig):
     students_per_run: int = option(
         "students trained together in one Ray Train run from one read of the store (1 = one run per trial)", 1
     )
-    max_retries: int = option("times a failed run is retried (it resumes from its latest checkpoint)", 1)
+    max_retries: int = option(
+        "times a run whose process or node died is retried (from its latest checkpoint; a run that raised is not)", 1
+    )
     search_seed: int = option("seed of the random draws of the search space", 0)
 
     def validate(self) -> list[str]:
