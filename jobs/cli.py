@@ -173,7 +173,8 @@ def run_job(cls: type[C], body: Callable[[C], Any], argv: list[str] | None, prog
         known = find_cause(exc, (StoreError, TrainerError))
         remote = find_cause(exc, (RemoteError,)) if known is None else None
         if remote is not None:  # a bug in a Ray worker: its own traceback, once (here, ours adds nothing)
-            print(f"{remote.where} failed (not retried: it would fail again):\n{remote.traceback}", file=sys.stderr)
+            print(f"{remote.where} failed (not retried: it would fail again):", file=sys.stderr)
+            print(remote.traceback.rstrip(), file=sys.stderr)
             return 1
         if known is None:
             raise

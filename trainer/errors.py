@@ -32,10 +32,9 @@ class ClusterError(TrainerError):
 
 class RemoteError(Exception):
     """An exception raised by Python code in a Ray worker (a training worker, or a Ray Data task it
-    iterated over), brought to the driver. Raised again it would be raised again, so the job ends
-    at once instead of restarting its workers: `cause` is our own error (StoreError, TrainerError)
-    when it is one, which the job prints as its one line; any other exception (a bug) is printed as
-    `traceback`, the worker's own, once."""
+    iterated over), brought to the driver. A restart would raise it again, so the job ends at once:
+    `cause` is our own error (StoreError, TrainerError) when it is one, which the job prints as its
+    one line; any other exception (a bug) is printed as `traceback`, the worker's own, once."""
 
     def __init__(self, where: str, summary: str, traceback: str, cause: BaseException | None = None):
         super().__init__(where, summary, traceback, cause)
