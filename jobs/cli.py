@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from logitstore.errors import StoreError
-from trainer.errors import ConfigError, TrainerError, find_cause
+from trainer.errors import ConfigError, RemoteError, TrainerError, find_cause
+from trainer.inputs.specs import absolute_paths
 
 C = TypeVar("C")
 
@@ -149,14 +150,15 @@ def load_config_file(cls: type, path: str) -> dict[str, Any]:
 
 
 def parse_config(cls: type[C], argv: list[str] | None, prog: str) -> C:
-    """Defaults, then the --config file's values, then the command line's flags."""
+    """Defaults, then the --config file's values, then the command line's flags; local paths made
+    absolute (Ray's workers do not run in this directory: trainer/inputs/specs.py, PATH_FLAGS)."""
     parser = build_parser(cls, prog)
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
         parser.set_defaults(**load_config_file(cls, pre.config))
     args = vars(parser.parse_args(argv))
     args.pop("config")
-    return cls(**args)
+    return cls(**absolute_paths(args))
 
 
 # What the jobs that run teachers or train students need beyond the core install (pyproject's `train` extra).
@@ -199,6 +201,11 @@ def run_job(
         body(config)
     except Exception as exc:
         known = find_cause(exc, (StoreError, TrainerError))
+        remote = find_cause(exc, (RemoteError,)) if known is None else None
+        if remote is not None:  # a bug in a Ray worker: its own traceback, once (here, ours adds nothing)
+            print(f"{remote.where} failed (not retried: it would fail again):", file=sys.stderr)
+            print(remote.traceback.rstrip(), file=sys.stderr)
+            return 1
         if known is None:
             raise
         messages = known.problems if isinstance(known, ConfigError) else [str(known)]

@@ -22,7 +22,14 @@ def ray_session():
     from trainer.inputs.specs import worker_runtime_env
     from trainer.ray_env import configure_data_context
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env=worker_runtime_env())
+    # A local Ray of its own, never a cluster that `ray start` left on the machine.
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="WARNING",
+        runtime_env=worker_runtime_env(),
+    )
     configure_data_context()
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray

@@ -1,5 +1,7 @@
 """One error hierarchy for the trainer and the jobs: every message names the problem and the fix."""
 
+from __future__ import annotations
+
 
 class TrainerError(Exception):
     """Base class of all trainer errors."""
@@ -11,6 +13,9 @@ class ConfigError(TrainerError):
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
         super().__init__("; ".join(self.problems))
+
+    def __reduce__(self):  # to a Ray worker and back: the problems, not the joined message
+        return (type(self), (self.problems,))
 
 
 class DataError(TrainerError):
@@ -25,8 +30,38 @@ class ClusterError(TrainerError):
     """The Ray cluster at RAY_ADDRESS cannot be joined."""
 
 
+class RemoteError(Exception):
+    """An exception raised by Python code in a Ray worker (a training worker, or a Ray Data task it
+    iterated over), brought to the driver. A restart would raise it again, so the job ends at once:
+    `cause` is our own error (StoreError, TrainerError) when it is one, which the job prints as its
+    one line; any other exception (a bug) is printed as `traceback`, the worker's own, once."""
+
+    def __init__(self, where: str, summary: str, traceback: str, cause: BaseException | None = None):
+        super().__init__(where, summary, traceback, cause)
+        self.where, self.summary, self.traceback, self.cause = where, summary, traceback, cause
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.summary}"
+
+    @staticmethod
+    def wrap(exc: BaseException, where: str, known: tuple[type[BaseException], ...]) -> RemoteError:
+        """`exc`, being handled now (its traceback is formatted here), as a RemoteError; `known`: the
+        error types the job reports as one line."""
+        import traceback
+
+        cause = find_cause(exc, known)
+        summary = str(cause) if cause is not None else f"{type(exc).__name__}: {exc}"
+        return RemoteError(
+            where,
+            summary.strip().splitlines()[0] if summary.strip() else type(exc).__name__,
+            traceback.format_exc(),
+            cause,
+        )
+
+
 def find_cause(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
-    """Our own error inside whatever Ray wrapped it in (task errors keep the cause chain)."""
+    """Our own error inside whatever Ray wrapped it in (task errors keep the cause chain; Ray Train
+    keeps a failed run's cause in `controller_failure`, its workers' in `worker_failures`)."""
     seen = set()
     stack = [exc]
     while stack:
@@ -34,8 +69,45 @@ def find_cause(exc: BaseException, types: tuple[type[BaseException], ...]) -> Ba
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        inner = getattr(e, "cause", None)  # ray.exceptions.RayTaskError keeps the original here
+        inner = getattr(e, "cause", None)  # ray.exceptions.RayTaskError keeps the original here (and RemoteError)
         if isinstance(e, types) and not isinstance(inner, types):
             return e
-        stack += [e.__context__, e.__cause__, inner]
+        stack += [e.__context__, e.__cause__, inner, getattr(e, "controller_failure", None)]
+        stack += list((getattr(e, "worker_failures", None) or {}).values())
     return None
+
+
+def is_process_death(exc: BaseException) -> bool:
+    """Whether `exc` says a process or node died (or Ray itself failed) rather than that Python code
+    raised: those, and only those, are worth restarting the workers for (--max-failures). A worker
+    whose collective call (gloo, NCCL) lost its peer counts too: the peer's death is the cause."""
+    import ray.exceptions as rx
+    from ray.train.v2._internal.exceptions import RayTrainError, UserExceptionWithTraceback
+
+    raised_by_code = (rx.RayTaskError, rx.UserCodeException, rx.UnserializableException, rx.CrossLanguageError)
+    seen, stack = set(), [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, rx.RayError) and not isinstance(e, raised_by_code):
+            return True
+        if isinstance(e, RayTrainError) and not isinstance(e, UserExceptionWithTraceback):
+            return True  # e.g. a worker's failed or timed-out health check
+        if _lost_peer(e):
+            return True
+        context = None if e.__suppress_context__ else e.__context__  # (`raise ... from None`: Ray's own flow)
+        stack += [context, e.__cause__, getattr(e, "cause", None), getattr(e, "health_check_failure", None)]
+    return False
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    """A collective call whose peer went away (torch.distributed raises gloo's as a RuntimeError)."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc) if isinstance(exc, RuntimeError) else ""
+    return any(marker in text for marker in ("Connection closed by peer", "Connection reset by peer", "gloo/transport"))

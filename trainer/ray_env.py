@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
+import sys
 
 import ray
 import ray.data
+from ray.data._internal.execution.execution_callback import ExecutionCallback
 
-from trainer.errors import ClusterError
+from trainer.errors import ClusterError, is_process_death
 from trainer.inputs.specs import worker_runtime_env
 
 
@@ -21,12 +24,64 @@ def configure_data_context() -> None:
     # Our own errors (bad teacher output, ids missing from a store) reach the driver as themselves,
     # so the jobs can print their one-line message.
     ctx.raise_original_map_exception = True
+    # ... and only as that: Ray Data's own logs of it (with its traceback) stay in its log files.
+    if QuietTaskErrors not in ctx.custom_execution_callback_classes:
+        ctx.custom_execution_callback_classes.append(QuietTaskErrors)
+
+
+class QuietTaskErrors(ExecutionCallback):
+    """Ray Data logs an exception raised in one of its tasks, with its traceback, on the console of
+    the process that executes the dataset (the driver, or a training run's split coordinator), and
+    again where it reaches the dataset's iterator; the job reports it itself, as its one `error:`
+    line, or a bug's traceback once. The dataset's context carries this callback to that process,
+    where it marks those records hidden (Ray Data's console handler skips hidden records; its log
+    files keep them). A process or node that died is still logged as Ray logs it."""
+
+    def before_execution_starts(self, executor) -> None:
+        previous = logging.getLogRecordFactory()
+        if getattr(previous, "hides_task_errors", False):
+            return
+
+        def make_record(*args, **kwargs) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            if record.name.startswith("ray.data") and record.levelno >= logging.WARNING:
+                exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+                if exc is not None and _raised_by_task_code(exc):
+                    record.hide = True
+            return record
+
+        make_record.hides_task_errors = True
+        logging.setLogRecordFactory(make_record)
+
+
+def _raised_by_task_code(exc: BaseException) -> bool:
+    """An exception that Python code raised in a task (Ray wraps those in RayTaskError), not a death."""
+    seen, stack = set(), [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, (ray.exceptions.RayTaskError, ray.exceptions.UserCodeException)):
+            return not is_process_death(exc)
+        stack += [e.__context__, e.__cause__]
+    return False
+
+
+def quiet_console(*loggers: str) -> None:
+    """No more console output from these loggers in this process (their log files keep it): where a
+    Ray process would log, with its traceback, an error that the job reports to the user itself."""
+    for name in loggers:
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.CRITICAL + 1)
 
 
 def ensure_ray() -> None:
-    """Join the cluster at RAY_ADDRESS, else start a local embedded one; reuse a running session."""
+    """Join the cluster at RAY_ADDRESS, else start a local embedded one (never the cluster that
+    `ray start` may have left on this machine: RAY_ADDRESS=auto joins that one); reuse a running session."""
     if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or None
+        address = os.environ.get("RAY_ADDRESS") or "local"
         silent = _nothing_listens(address)
         if silent:  # ray.init would wait for it forever
             raise ClusterError(_join_problem(address, silent))

@@ -64,6 +64,91 @@ def test_missing_dataset_path(tmp_path, capsys):
     assert not (tmp_path / "st").exists()
 
 
+@pytest.mark.parametrize(
+    "flag, value, needle",
+    [
+        ("--dataset", "nope.jsonl", "'nope.jsonl' does not exist"),
+        ("--dataset", "digit", "(did you mean digits?)"),
+        ("--teacher", "digits-cnm", "is not a built-in model (did you mean digits-cnn?)"),
+        ("--augment", "rot13", "is not a built-in augmentation"),
+    ],
+)
+def test_an_unknown_spec_is_one_short_line_that_points_to_help(tmp_path, capsys, monkeypatch, flag, value, needle):
+    """Not every form a spec may take (--help lists them): the problem, and where to look."""
+    monkeypatch.chdir(tmp_path)
+    args = {"--teacher": "digits-cnn", "--dataset": "digits", "--out": "st", flag: value}
+    if flag == "--augment":
+        args["--views"] = "2"
+    code, errors = run(dump_logits.main, [x for k, v in args.items() for x in (k, v)], capsys)
+    assert code == 2 and len(errors) == 1 and needle in errors[0] and "--help" in errors[0], errors
+    assert len(errors[0]) < 250, errors[0]
+
+
+def _tracebacks(err: str) -> list[str]:
+    """The lines of `err` that start a traceback, but Ray Train's PlacementGroupCleaner's: its monitor
+    thread dies with one whenever several Ray clusters run on the machine (it looks its cluster up
+    among them), in any run, finished or failed."""
+    return [line for line in err.splitlines() if "Traceback" in line and "PlacementGroupCleaner" not in line]
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "missing shard"])
+def test_a_damaged_shard_found_during_training_ends_the_run_at_once_with_one_line(stores, tmp_path, capfd, damage):
+    """Validation reads the manifest and shard 0: a later shard's damage is found by a join task of
+    Ray Data inside a training worker. Raised again by any retry, it ends the run at once (Ray
+    Train restarted the workers --max-failures times, each finding it again, then a traceback)."""
+    import shutil
+    import time
+
+    store = tmp_path / "store"
+    shutil.copytree(stores["train"], store)
+    last = store / "shards" / "00002.zarr"
+    if damage == "flipped byte":
+        chunk = next(f for f in sorted((last / "topk_logit").rglob("*")) if f.is_file() and f.name != "zarr.json")
+        data = bytearray(chunk.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        chunk.write_bytes(bytes(data))
+    else:
+        shutil.rmtree(last)
+    start = time.monotonic()
+    code = train_student.main(train_args(stores, tmp_path, **{"--store": str(store)}))
+    seconds = time.monotonic() - start
+    err = capfd.readouterr().err  # (the file descriptor: Ray's log handlers keep the stderr they started with)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "shard shards/00002.zarr of store" in errors[0], err[-3000:]
+    assert ("fails its checksum" if damage == "flipped byte" else "is missing") in errors[0]
+    assert _tracebacks(err) == [] and seconds < 60, (seconds, err[-3000:])
+
+
+def test_a_bug_in_a_training_worker_is_one_traceback_and_is_not_retried(stores, tmp_path, capfd, user_modules):
+    """Any exception that Python code raises in a worker would be raised again: not retried either.
+    A bug (not one of our errors) is its traceback, the worker's, printed once; exit code 1."""
+    raised = tmp_path / "raised"
+    user_modules(
+        "buggy_students",
+        f"""
+        from trainer.builtin.digits import DigitsMLP
+
+        class Buggy(DigitsMLP):
+            calls = 0
+            def forward(self, x):
+                Buggy.calls += 1
+                if Buggy.calls == 5:  # a training step's (the driver probes the width with one call)
+                    with open({str(raised)!r}, "a") as f:
+                        f.write("raised\\n")
+                    return ()[0]
+                return super().forward(x)
+
+        def student():
+            return Buggy()
+    """,
+    )
+    code = train_student.main(train_args(stores, tmp_path, **{"--student": "buggy_students:student"}))
+    err = capfd.readouterr().err
+    assert code == 1 and raised.read_text() == "raised\n", err[-3000:]  # one worker, once
+    assert len(_tracebacks(err)) == 1 and "IndexError: tuple index out of range" in err, err[-3000:]
+    assert "training worker 0 failed (not retried" in err and "return ()[0]" in err
+
+
 def test_all_problems_are_reported_at_once(tmp_path, capsys):
     code, errors = run(
         dump_logits.main,
@@ -179,6 +264,42 @@ def test_nan_teacher_logits(tmp_path, capsys, user_models):
     )
     assert code == 2 and len(errors) == 1 and "NaN or inf" in errors[0]
     assert not (tmp_path / "st" / "manifest.json").exists()
+
+
+def test_an_error_in_a_dump_actor_is_raised_once_and_is_one_line(tmp_path, user_modules):
+    """Ray Data does not retry an exception raised in its map actors (only Ray's system errors): the
+    teacher's NaN, found by the actor scoring it, is one line; Ray Data's own logs of it, with their
+    tracebacks (three, one asking to report a bug in Ray), stay in its log files. The real process:
+    in this one, Ray Data's log handler writes to the stderr it found at import, not the test's."""
+    scored = tmp_path / "scored"
+    user_modules(
+        "counting_teachers",
+        f"""
+        import ray, torch
+
+        class Nan(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = torch.nn.Linear(64, 10)
+            def forward(self, x):
+                if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:  # not the driver
+                    with open({str(scored)!r}, "a") as f:
+                        f.write("scored\\n")
+                return self.lin(x) * float("nan")
+
+        def nan_teacher():
+            return Nan()
+    """,
+    )
+    argv = ["--teacher", "counting_teachers:nan_teacher", "--dataset", "digits-eval", "--out", str(tmp_path / "st")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # (this session's Ray sets some)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.dump_logits", *argv], capture_output=True, text=True, timeout=300, env=env
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+    assert "the teacher produced NaN or inf logits" in errors[0]
+    assert scored.read_text() == "scored\n" and _tracebacks(proc.stderr) == [], proc.stderr[-3000:]
 
 
 def test_teacher_that_is_not_a_module(tmp_path, capsys, user_models):

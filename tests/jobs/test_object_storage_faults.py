@@ -111,3 +111,35 @@ def test_a_second_dump_is_refused_while_the_lease_lives_and_proceeds_once_its_ho
     assert third.returncode == 0, err[-2000:]
     reader = StoreReader(server.uri)
     assert reader.verify() == [] and reader.manifest.num_samples == 1437
+
+
+def test_a_server_that_stops_during_training_ends_the_run_at_once_with_one_line(server, teacher_cache, tmp_path):
+    """The store's shards are read again every epoch (a join task holds one at a time): once the
+    server is gone, a join task finds it so, after LOGITSTORE_OBJECT_RETRY_SECONDS. Retrying the
+    workers would find it so again: one line naming the endpoint, exit 2, at once (Ray Train
+    restarted the workers --max-failures times, then a traceback)."""
+    first = dump(server.uri)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "jobs.train_student", "--store", server.uri, "--dataset", "digits"]
+    cmd += ["--student", "digits-mlp", "--output", str(out), "--epochs", "20", "--log-every", "5", "--log-to", "csv"]
+    log = (tmp_path / "stderr").open("w")  # (a pipe left unread could fill up and block the job)
+    job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "RAY_DEDUP_LOGS": "0"})
+    steps, deadline = out / "logs" / "steps.csv", time.monotonic() + 240
+    while not (steps.exists() and len(steps.read_text().splitlines()) > 1):  # a header and a training step
+        assert job.poll() is None, (tmp_path / "stderr").read_text()[-3000:]
+        assert time.monotonic() < deadline, "training did not start in time"
+        time.sleep(0.1)
+    server.stop()
+    stopped = time.monotonic()
+    job.wait(timeout=300)
+    seconds, err = time.monotonic() - stopped, (tmp_path / "stderr").read_text()
+    server.start()  # for the fixture's teardown
+    print(f"the job ended {seconds:.1f} s after the server stopped")
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert job.returncode == 2 and len(errors) == 1, err[-3000:]
+    assert errors[0].startswith("error: the object store did not answer") and server.endpoint in errors[0], errors
+    tracebacks = [line for line in err.splitlines() if "Traceback" in line and "PlacementGroupCleaner" not in line]
+    assert tracebacks == [] and seconds < 60, (seconds, err[-3000:])
+    assert not (out / "metrics.json").exists()

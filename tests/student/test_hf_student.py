@@ -97,3 +97,34 @@ def test_an_hf_student_from_a_config_exports_a_model_plain_transformers_loads(du
     AutoModelForCausalLM.from_pretrained(exports[0], local_files_only=True)
     assert len(AutoTokenizer.from_pretrained(exports[0], local_files_only=True)) == len(tok)
     assert not (out / "checkpoint" / "student").exists()  # the run's own copy keeps the weights once
+
+
+def test_a_student_named_by_a_relative_path_is_found_by_the_workers_and_its_run_resumes(
+    dump, lm_teacher, tmp_path, monkeypatch
+):
+    """`--student hf:models/student`, as the README's LM example names it, relative to where the job
+    runs: Ray Train's workers run in a directory of their own, so the driver makes every local path
+    absolute (they failed: not a saved Hugging Face model). config.json records the absolute paths,
+    and the same relative command, rerun, is recognised as the same run (as is one recorded with
+    relative paths, before they were made absolute)."""
+    from dataclasses import replace
+
+    from jobs.cli import parse_config
+    from trainer.student.config import TrainConfig
+    from trainer.student.run import _prepare_output
+
+    store = dump(teacher="lm_models:tiny_gpt", dataset="stdlib-small-eval", top_k=8, format="zarr", shard_size=128)
+    tiny_llama(tmp_path / "models" / "student", 256, max_positions=128)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--store", store, "--student", "hf:models/student", "--output", "runs/rel", "--epochs", "1"]
+    argv += ["--batch-size", "16", "--temperature", "1"]
+    assert train_student.main(argv) == 0
+    run = tmp_path / "runs" / "rel"
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["student"] == f"hf:{tmp_path / 'models' / 'student'}" and saved["output"] == str(run)
+
+    (run / "metrics.json").unlink()  # as if its driver had died: an unfinished run, resumed by the same command
+    again = parse_config(TrainConfig, argv, "x")
+    _prepare_output(again, replace(again, cpus_per_worker=saved["cpus_per_worker"]))
+    (run / "config.json").write_text(json.dumps({**saved, "student": "hf:models/student", "output": "runs/rel"}))
+    _prepare_output(again, replace(again, cpus_per_worker=saved["cpus_per_worker"]))

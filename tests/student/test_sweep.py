@@ -1,5 +1,6 @@
-"""A Ray Tune sweep over one store (the teacher's weights gone), with a failed run retried, and a
-student trained with others in one run equal to the same student trained alone."""
+"""A Ray Tune sweep over one store (the teacher's weights gone), with a run whose worker died retried
+and a run that raised not, and a student trained with others in one run equal to the same student
+trained alone."""
 
 from __future__ import annotations
 
@@ -30,10 +31,12 @@ def stores(digits_stores):
 def finished_sweep(stores, user_modules, tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     flag = root / "failed-once"
-    # A smaller student whose first training step anywhere fails: its run must be retried by Tune.
+    # A smaller student whose process dies at its first training step anywhere: its run must be
+    # retried by Tune (an exception raised by Python code is not: it would be raised again).
     user_modules(
         "flaky_students",
         f"""
+        import os, signal
         from pathlib import Path
         from trainer.builtin.digits import DigitsMLP
 
@@ -41,7 +44,7 @@ def finished_sweep(stores, user_modules, tmp_path_factory):
             def forward(self, x):
                 if self.training and not Path({str(flag)!r}).exists():
                     Path({str(flag)!r}).write_text("failed")
-                    raise RuntimeError("a transient failure")
+                    os.kill(os.getpid(), signal.SIGKILL)
                 return super().forward(x)
 
         def student():
@@ -165,3 +168,51 @@ def test_bad_search_spaces_are_reported_before_anything_runs(stores, tmp_path, c
     err = capsys.readouterr().err
     assert expected in err and "--metric must be eval_accuracy" in err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.battery  # CI: the same errors in one run, tests/jobs/test_bad_input.py (a damaged shard, a bug)
+@pytest.mark.parametrize("fault", ["damaged shard", "bug"])
+def test_a_run_that_raises_is_not_retried_and_the_sweep_reports_it(stores, user_modules, tmp_path, capsys, fault):
+    """An exception that Python code raises in a run would be raised again: the run is not retried
+    (--max-retries 1), and the sweep ends with it: our own error as its one line (exit 2), a bug as
+    the worker's traceback once (exit 1)."""
+    import shutil
+
+    store, student, raised = stores["train"], "digits-mlp", tmp_path / "raised"
+    if fault == "damaged shard":
+        store = tmp_path / "store"
+        shutil.copytree(stores["train"], store)
+        shutil.rmtree(store / "shards" / "00002.zarr")
+    else:
+        student = "buggy_sweep_students:student"
+        user_modules(
+            "buggy_sweep_students",
+            f"""
+            from trainer.builtin.digits import DigitsMLP
+
+            class Buggy(DigitsMLP):
+                calls = 0
+                def forward(self, x):
+                    Buggy.calls += 1
+                    if Buggy.calls == 5:  # a training step's (the driver probes the width with one call)
+                        with open({str(raised)!r}, "a") as f:
+                            f.write("raised\\n")
+                        return ()[0]
+                    return super().forward(x)
+
+            def student():
+                return Buggy()
+        """,
+        )
+    argv = ["--store", str(store), "--dataset", "digits", "--student", student, "--output", str(tmp_path / "s")]
+    argv += ["--space", '{"lr": {"grid": [0.01]}}', "--epochs", "1", "--max-retries", "1"]
+    code = sweep.main(argv)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    tracebacks = [line for line in err.splitlines() if "Traceback" in line and "PlacementGroupCleaner" not in line]
+    if fault == "damaged shard":
+        assert code == 2 and len(errors) == 1 and "shards/00002.zarr" in errors[0], err[-3000:]
+        assert "is missing" in errors[0] and tracebacks == []
+    else:
+        assert code == 1 and raised.read_text() == "raised\n", err[-3000:]  # once: not retried
+        assert len(tracebacks) == 1 and "IndexError: tuple index out of range" in err and errors == []

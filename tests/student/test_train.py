@@ -267,3 +267,16 @@ def test_finished_run_is_not_overwritten(stores_without_teacher, tmp_path, capsy
     assert train_student.main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "metrics.json").read_text() == "{}"
+
+
+def test_an_eval_dataset_without_an_eval_store_gives_the_label_metrics(digits_stores, tmp_path):
+    """Held-out labels, no teacher on them: accuracy and cross-entropy, no teacher metrics (the
+    evaluation asked the missing store for its temperature, an IndexError raised in every worker)."""
+    out = tmp_path / "run"
+    argv = ["--store", digits_stores["train"], "--dataset", "digits", "--eval-dataset", "digits-eval"]
+    argv += ["--student", "digits-mlp", "--output", str(out), "--epochs", "1"]
+    assert train_student.main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 < metrics["eval_accuracy"] <= 1 and metrics["eval_cross_entropy"] > 0
+    assert metrics["teacher_agreement"] is None and metrics["eval_kl_to_teacher"] is None
+    assert metrics["epochs"][-1]["eval_positions"] == 360  # every digits-eval sample

@@ -149,8 +149,18 @@ def check_model_spec(spec: str, what: str) -> list[str]:
     if spec.startswith(HF_CONFIG_PREFIX):
         return check_hf_config(spec, what)
     if not is_callable_spec(spec):
-        return [f"{what} {spec!r} is not {model_forms('')}"]
+        return [
+            f"{what} {spec!r} is not a built-in model{_did_you_mean(spec, registry.MODELS)}, hf:<dir>, "
+            "hf-config:<file> or package.module:function: see --help for the built-in names and these forms"
+        ]
     return _check_callable(spec, what)
+
+
+def _did_you_mean(spec: str, names) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(spec, list(names), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -195,7 +205,10 @@ def check_dataset_spec(spec: str, what: str) -> list[str]:
     if is_callable_spec(spec) and not path.exists():
         return _check_callable(spec, what)
     if not path.exists():
-        return [f"{what} {spec!r} does not exist: pass {DATASET_FORMS}"]
+        return [
+            f"{what} {spec!r} does not exist, and is no built-in dataset{_did_you_mean(spec, registry.DATASETS)}: "
+            "check the path (--help lists the forms a dataset may take)"
+        ]
     if path.is_file() and path.suffix not in DATA_SUFFIXES:
         return [
             f"{what} {spec!r} is a {path.suffix or 'suffix-less'} file; datasets are Parquet, JSONL or JSON files: "
@@ -232,7 +245,10 @@ def check_augment_spec(spec: str, what: str) -> list[str]:
     if spec in registry.AUGMENTS:
         return []
     if not is_callable_spec(spec):
-        return [f"{what} {spec!r} is not {AUGMENT_FORMS}"]
+        return [
+            f"{what} {spec!r} is not a built-in augmentation ({registry.names(registry.AUGMENTS)}) nor "
+            "package.module:function: see --help for its signature"
+        ]
     return _check_callable(spec, what)
 
 
@@ -269,3 +285,81 @@ def check_tokenizer_spec(spec: str, what: str = "--tokenizer") -> list[str]:
             "by the tokenizers package"
         ]
     return []
+
+
+# The flags (by field name) that may name local files or directories, and what they name. Ray's
+# workers do not run in the driver's working directory (Ray Train moves its workers to a directory
+# of their own; a cluster's run on other machines): the driver makes these paths absolute before
+# any worker sees them, and before they are recorded (a run's config.json, a store's manifest).
+PATH_FLAGS = {
+    "teacher": "model",
+    "student": "model",
+    "dataset": "dataset",
+    "eval_dataset": "dataset",
+    "tokenizer": "tokenizer",
+    "store": "path",
+    "eval_store": "path",
+    "output": "output",
+    "out": "output",
+}
+
+
+def absolute_spec(kind: str, spec: str) -> str:
+    """`spec` with its local path made absolute: one that exists (what does not is left as typed,
+    for validation to report), or an output (`kind` "output": it may not exist yet). Built-in
+    names, bytes/bpe:N, package.module:function and object-storage URIs are left as they are."""
+    if not spec or is_object_uri(spec) or spec.startswith("file://"):
+        return spec
+    if kind == "model":
+        prefix = next((p for p in (HF_PREFIX, HF_CONFIG_PREFIX) if spec.startswith(p)), None)
+        if prefix is None or spec in registry.MODELS:
+            return spec
+        return prefix + absolute_spec("path", spec[len(prefix) :])
+    if kind == "dataset" and spec in registry.DATASETS:
+        return spec
+    if kind == "tokenizer" and (spec == "bytes" or spec.startswith("bpe")):
+        return spec
+    return os.path.abspath(spec) if kind == "output" or Path(spec).exists() else spec
+
+
+def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """A job's flags (by field name) with every local path made absolute (PATH_FLAGS), students
+    named in --variants and a sweep's --space included; the rest as they are."""
+    out = dict(values)
+    for name, kind in PATH_FLAGS.items():
+        if isinstance(out.get(name), str):
+            out[name] = absolute_spec(kind, out[name])
+    for name in ("variants", "space"):
+        if isinstance(out.get(name), str) and out[name]:
+            out[name] = _absolute_students(out[name])
+    return out
+
+
+def _absolute_students(text: str) -> str:
+    """--variants (a JSON list of objects) or --space (a JSON/YAML mapping) with each student spec's
+    path made absolute; the text as it is when that changes nothing (or it does not parse: validation
+    reports it)."""
+    import json
+
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)  # JSON is YAML too
+    except yaml.YAMLError:
+        return text
+
+    def fix(spec: Any) -> Any:
+        return absolute_spec("model", spec) if isinstance(spec, str) else spec
+
+    def fix_domain(domain: Any) -> Any:
+        if isinstance(domain, dict):
+            return {k: [fix(v) for v in d] if isinstance(d, list) else fix(d) for k, d in domain.items()}
+        return fix(domain)
+
+    if isinstance(value, list):
+        fixed = [{**v, "student": fix(v["student"])} if isinstance(v, dict) and "student" in v else v for v in value]
+    elif isinstance(value, dict) and "student" in value:
+        fixed = {**value, "student": fix_domain(value["student"])}
+    else:
+        return text
+    return text if fixed == value else json.dumps(fixed)

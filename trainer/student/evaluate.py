@@ -25,6 +25,8 @@ def evaluate(
     sums = [dict(correct=0, agree=0, ce=0.0, kl=0.0) for _ in students]
     labelled = with_teacher = 0
     sequence = False
+    # The eval store's temperature; none without --eval-store (labels only: no targets to compare with).
+    temperature = options.temperatures[0] if options.temperatures else 1.0
     for row in data.iter_batches(batch_size=1, batch_format="numpy"):
         batch = make_batch(row, options, 0, device)
         sequence = batch.valid is not None
@@ -34,7 +36,7 @@ def evaluate(
                 rows = slice(start, start + chunk)
                 logits = features[rows] if head is None else head(features[rows])
                 targets = None if batch.targets is None else batch.targets.rows(rows)
-                _add_chunk(acc, logits, batch.labels[rows], targets, options.temperatures[0])
+                _add_chunk(acc, logits, batch.labels[rows], targets, temperature)
         labelled += int((batch.labels >= 0).sum())
         with_teacher += int(batch.labels.shape[0]) if batch.targets is not None else 0
     results = []

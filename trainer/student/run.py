@@ -20,15 +20,15 @@ from ray.data import ExecutionOptions
 from ray.train.torch import TorchTrainer
 
 import logitstore
-from logitstore import Manifest, StoreReader, read_manifest
+from logitstore import Manifest, StoreError, StoreReader, read_manifest
 from logitstore.atomic import atomic_write_text
 from logitstore.storage import open_storage
-from trainer.errors import DataError, ModelError
+from trainer.errors import DataError, ModelError, RemoteError, TrainerError, is_process_death
 from trainer.inputs.datasets import TextOptions, fingerprint_dataset, load_dataset
 from trainer.inputs.models import build_model, hf_model_facts, probe_width
-from trainer.inputs.specs import HF_PREFIX, LM_SEQ_LEN, worker_runtime_env
+from trainer.inputs.specs import HF_PREFIX, LM_SEQ_LEN, absolute_paths, worker_runtime_env
 from trainer.options import parse_resources
-from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray, node_cpus, placement_problem
+from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray, node_cpus, placement_problem, quiet_console
 from trainer.student import vocab
 from trainer.student.batches import BatchOptions
 from trainer.student.checkpoint import HISTORY_FILE, checkpoint_file
@@ -263,6 +263,34 @@ def _ordered() -> ExecutionOptions:
 POLL_INTERVAL_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
+def _train_worker(config: dict) -> None:
+    """A training worker: the loop, whose exceptions are sorted for the controller. A process or node
+    that died (is_process_death) is Ray Train's to recover from (--max-failures); any other exception
+    was raised by Python code (ours, the user's, a bug) and would be raised again: it leaves as a
+    RemoteError, which ends the run at once (StopOnRemoteError), reported by the driver alone."""
+    try:
+        train_loop_per_worker(config)
+    except Exception as exc:
+        if is_process_death(exc):
+            raise
+        rank = ray.train.get_context().get_world_rank()
+        error = RemoteError.wrap(exc, f"training worker {rank}", (StoreError, TrainerError))
+        quiet_console("ray.train")  # Ray Train would log it here with its traceback: the driver reports it
+        raise error from None
+
+
+class StopOnRemoteError(ray.train.UserCallback):
+    """On Ray Train's controller: a worker's RemoteError ends the run at once (the controller does not
+    retry a callback's error), unless a worker died too, which Ray Train restarts the workers for."""
+
+    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
+        errors = [worker_exceptions[rank] for rank in sorted(worker_exceptions)]
+        remote = [e for e in errors if isinstance(e, RemoteError)]
+        if remote and not any(is_process_death(e) for e in errors if not isinstance(e, RemoteError)):
+            quiet_console("ray.train")  # the controller would log the error twice: the driver reports it
+            raise remote[0]
+
+
 def fit(
     cfg: TrainConfig,
     datasets: dict[str, ray.data.Dataset],
@@ -273,7 +301,7 @@ def fit(
 ):
     os.environ.setdefault(*POLL_INTERVAL_ENV)  # Ray Train passes it from the driver to its controller
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        _train_worker,
         train_loop_config={"loop": loop},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers,
@@ -289,9 +317,15 @@ def fit(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             worker_runtime_env=worker_runtime_env(),
+            callbacks=[StopOnRemoteError()],
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.ControllerError as exc:
+        if isinstance(exc.controller_failure, RemoteError):
+            raise exc.controller_failure from None
+        raise
     if result.checkpoint is None:
         raise ModelError(f"training finished without a checkpoint; see the Ray logs under {output.storage_path}")
     return result
@@ -404,7 +438,8 @@ def _prepare_output(cfg: TrainConfig, resolved: TrainConfig) -> RunOutput:
         output.remove(["metrics.json", "config.json", "checkpoint", "ray", "logs", "curves.png"])
     output.local.mkdir(parents=True, exist_ok=True)
     if output.exists("config.json") and output.exists("ray"):
-        previous, mine = json.loads(output.read_text("config.json")), resolved.to_dict()
+        # (paths as this command resolves them: a run recorded before they were made absolute)
+        previous, mine = absolute_paths(json.loads(output.read_text("config.json"))), resolved.to_dict()
         # What does not change the results may change on a resume (e.g. a smaller --loss-chunk after
         # running out of memory); a key an older version did not write had its default.
         ignore = {

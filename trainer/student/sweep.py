@@ -9,6 +9,7 @@ from the run's latest checkpoint).
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -26,7 +27,7 @@ import numpy as np
 
 from logitstore.atomic import atomic_write_text
 from logitstore.errors import StoreError
-from trainer.errors import ConfigError, ModelError, TrainerError, find_cause
+from trainer.errors import ConfigError, ModelError, RemoteError, TrainerError, find_cause, is_process_death
 from trainer.options import choice_problems, option
 from trainer.student.config import VARIANT_FIELDS, TrainConfig
 from trainer.student.outputs import RunOutput, copy_out, join_output
@@ -34,6 +35,7 @@ from trainer.student.outputs import RunOutput, copy_out, join_output
 # Space entries: {"grid": [..]} | {"choice": [..]} | {"uniform": [lo, hi]} | {"loguniform": [lo, hi]} | a constant.
 DOMAINS = ("grid", "choice", "uniform", "loguniform")
 RESULT_KEYS = ("eval_accuracy", "teacher_agreement", "eval_kl_to_teacher", "eval_perplexity", "train_loss")
+FAILED_KEY = "raised"  # a trial's result: the exception its run raised (a RemoteError, pickled, base64)
 
 
 @dataclass
@@ -67,7 +69,9 @@ class SweepConfig(TrainConfig):
     students_per_run: int = option(
         "students trained together in one Ray Train run from one read of the store (1 = one run per trial)", 1
     )
-    max_retries: int = option("times a failed run is retried (it resumes from its latest checkpoint)", 1)
+    max_retries: int = option(
+        "times a run whose process or node died is retried (from its latest checkpoint; a run that raised is not)", 1
+    )
     search_seed: int = option("seed of the random draws of the search space", 0)
 
     def validate(self) -> list[str]:
@@ -181,8 +185,10 @@ def _cpus_per_worker(cfg: SweepConfig) -> float:
 
 
 def _run_group(tune_config: dict) -> None:
-    """One Tune trial: one Ray Train run of a group of students, reporting the group's best."""
-    from ray import tune
+    """One Tune trial: one Ray Train run of a group of students, reporting the group's best; or the
+    exception it raised (Tune would retry a trial that raises: only a process or node that died
+    is worth it)."""
+    from ray import cloudpickle, tune
 
     from trainer.student.run import run_training
 
@@ -192,7 +198,16 @@ def _run_group(tune_config: dict) -> None:
     os.chdir(run["cwd"])
     os.environ["PYTHONPATH"] = run["pythonpath"]
     sys.path[:0] = [p for p in run["pythonpath"].split(os.pathsep) if p not in sys.path]
-    metrics = run_training(TrainConfig(**run["train"]), inputs_checked=True)
+    try:
+        metrics = run_training(TrainConfig(**run["train"]), inputs_checked=True)
+    except Exception as exc:
+        if is_process_death(exc):
+            raise  # Tune retries the run (--max-retries), from its latest checkpoint
+        # Raised again by a retry: the trial ends with it as its result, and the sweep reports it.
+        known = (StoreError, TrainerError)
+        error = exc if isinstance(exc, RemoteError) else RemoteError.wrap(exc, f"run {run['index']}", known)
+        tune.report({FAILED_KEY: base64.b64encode(cloudpickle.dumps(error)).decode()})
+        return
     results = metrics.get("students", [metrics])
     values = [r[run["metric"]] for r in results if r.get(run["metric"]) is not None]
     best = (max if run["mode"] == "max" else min)(values) if values else float("nan")
@@ -208,7 +223,7 @@ def run_sweep(cfg: SweepConfig, draw: Callable[[dict, Path], None] | None = None
     """Every trial's student trained, the results written; `draw(summary, path)` (the job's plot)
     makes plot.png before results.csv, which marks a finished sweep, is written last."""
     import ray
-    from ray import tune
+    from ray import cloudpickle, tune
 
     from trainer.inputs.specs import worker_runtime_env
     from trainer.ray_env import ensure_ray
@@ -274,6 +289,9 @@ def run_sweep(cfg: SweepConfig, draw: Callable[[dict, Path], None] | None = None
         ),
     )
     grid = tuner.fit()
+    raised = [r.metrics[FAILED_KEY] for r in grid if r.metrics and r.metrics.get(FAILED_KEY)]
+    if raised:
+        raise cloudpickle.loads(base64.b64decode(raised[0]))  # the job prints it (jobs/cli.py:run_job)
     failed = [r for r in grid if r.error is not None]
     rows = _collect_rows(trials, groups, runs)
     known = next((e for e in (find_cause(r.error, (StoreError, TrainerError)) for r in failed) if e is not None), None)
