@@ -111,8 +111,8 @@ def recommendation(stats: StoreStats, cover: float = 0.99, share: float = 0.95) 
         full = float(np.mean(stats.head_sizes == stats.top_k))
         return (
             f"adaptive heads hold {float(stats.head_sizes.mean()):.2f} classes per position on average; "
-            f"{full:.0%} of positions reached the cap of {stats.top_k} (raise --max-k if that share is large, "
-            "or --top-p to keep more of the tail)"
+            f"{full:.0%} of positions reached the cap of {stats.top_k} (raise the cap, max_k, if that share is "
+            "large, or top_p to keep more of the tail)"
         )
     needed = ref.k_needed[cover]
     k = int(np.quantile(needed, share, method="higher"))
@@ -120,12 +120,12 @@ def recommendation(stats: StoreStats, cover: float = 0.99, share: float = 0.95) 
     if k <= stats.top_k:
         return (
             f"k={k} keeps {cover:.0%} of the mass at {t} for {share:.0%} of positions "
-            f"(this store holds k={stats.top_k}; a dump with --top-k {k} would be {k / stats.top_k:.0%} of the entries)"
+            f"(this store holds k={stats.top_k}; a dump keeping k={k} would be {k / stats.top_k:.0%} of the entries)"
         )
     covered = float(np.mean(needed <= stats.top_k))
     text = (
         f"k={stats.top_k} (all stored) keeps {cover:.0%} of the mass at {t} for only {covered:.0%} of positions: "
-        f"the tail bucket carries the rest; dump with a larger --top-k to resolve it"
+        f"the tail bucket carries the rest; a dump keeping a larger k resolves it"
     )
     k90 = int(np.quantile(ref.k_needed[COVER[0]], share, method="higher"))
     if cover != COVER[0] and k90 <= stats.top_k:
@@ -137,12 +137,14 @@ def _q(values: np.ndarray, q: float) -> float:
     return float(np.quantile(values, q))
 
 
-def summary(reader: StoreReader, stats: StoreStats) -> dict:
-    m = reader.manifest
-    # An adaptive store holds fewer entries than k per position: estimated from the positions read.
-    k_mean = float(stats.head_sizes.mean()) if stats.head_sizes is not None and stats.head_sizes.size else m.top_k
-    entries = m.num_positions * k_mean
-    per_t = []
+def _spread(values: np.ndarray) -> dict:
+    return {"mean": float(values.mean()), "median": _q(values, 0.5), "p5": _q(values, 0.05), "p95": _q(values, 0.95)}
+
+
+def _per_temperature(stats: StoreStats, top_k: int) -> list[dict]:
+    """Per recorded temperature: the tail mass's distribution, and the k that covers each share of
+    the mass (median, p95, and the share of positions the stored head covers)."""
+    rows = []
     for s in stats.per_temperature:
         row = {
             "temperature": s.temperature,
@@ -153,10 +155,19 @@ def summary(reader: StoreReader, stats: StoreStats) -> dict:
         }
         for c, needed in s.k_needed.items():
             name = f"k{round(c * 100)}"
-            row[f"{name}_median"] = _q(needed, 0.5)
-            row[f"{name}_p95"] = _q(needed, 0.95)
-            row[f"{name}_covered"] = float(np.mean(needed <= m.top_k))  # share of positions the stored head covers
-        per_t.append(row)
+            row |= {f"{name}_median": _q(needed, 0.5), f"{name}_p95": _q(needed, 0.95)}
+            row[f"{name}_covered"] = float(np.mean(needed <= top_k))
+        rows.append(row)
+    return rows
+
+
+def summary(reader: StoreReader, stats: StoreStats) -> dict:
+    m = reader.manifest
+    # An adaptive store holds fewer entries than k per position: estimated from the positions read.
+    k_mean = float(stats.head_sizes.mean()) if stats.head_sizes is not None and stats.head_sizes.size else m.top_k
+    entries = m.num_positions * k_mean
+    teacher = {k: m.teacher[k] for k in ("spec", "weights_sha256", "num_parameters", "dtype") if k in m.teacher}
+    dataset = {k: m.dataset[k] for k in ("spec", "num_samples", "ids_sha256", "inputs_sha256") if k in m.dataset}
     return {
         "store": str(reader.root),
         "format_version": m.format_version,
@@ -172,30 +183,16 @@ def summary(reader: StoreReader, stats: StoreStats) -> dict:
         "bytes": m.num_bytes,
         "bytes_per_entry": m.num_bytes / entries if entries else None,
         "entries_per_position": k_mean,
-        "teacher": {
-            k: m.teacher.get(k) for k in ("spec", "weights_sha256", "num_parameters", "dtype") if k in m.teacher
-        },
-        "dataset": {
-            k: m.dataset.get(k) for k in ("spec", "num_samples", "ids_sha256", "inputs_sha256") if k in m.dataset
-        },
+        "teacher": teacher,
+        "dataset": dataset,
         "tokenizer": None if m.tokenizer is None else m.tokenizer.to_json(),
         # Views name their augmentation: a name, or code (module:function) that reading never runs.
         "views": None if m.views is None else m.views.to_json(),
         "sampled_positions": stats.positions,
         "shards_read": stats.shards_read,
         "reference_temperature": stats.reference_temperature,
-        "entropy": {
-            "mean": float(stats.entropy.mean()),
-            "median": _q(stats.entropy, 0.5),
-            "p5": _q(stats.entropy, 0.05),
-            "p95": _q(stats.entropy, 0.95),
-        },
-        "top1_confidence": {
-            "mean": float(stats.top1_confidence.mean()),
-            "median": _q(stats.top1_confidence, 0.5),
-            "p5": _q(stats.top1_confidence, 0.05),
-            "p95": _q(stats.top1_confidence, 0.95),
-        },
-        "per_temperature": per_t,
+        "entropy": _spread(stats.entropy),
+        "top1_confidence": _spread(stats.top1_confidence),
+        "per_temperature": _per_temperature(stats, m.top_k),
         "recommendation": recommendation(stats),
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 
 class TrainerError(Exception):
     """Base class of all trainer errors."""
@@ -59,21 +61,32 @@ class RemoteError(Exception):
         )
 
 
-def find_cause(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
-    """Our own error inside whatever Ray wrapped it in (task errors keep the cause chain; Ray Train
-    keeps a failed run's cause in `controller_failure`, its workers' in `worker_failures`)."""
-    seen = set()
-    stack = [exc]
+def linked(exc: BaseException, follow: Callable[[BaseException], list]) -> Iterator[BaseException]:
+    """`exc` and every exception reached from it by `follow` (its cause, context, what Ray keeps),
+    each once, depth first."""
+    seen, stack = set(), [exc]
     while stack:
         e = stack.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        inner = getattr(e, "cause", None)  # ray.exceptions.RayTaskError keeps the original here (and RemoteError)
-        if isinstance(e, types) and not isinstance(inner, types):
+        yield e
+        stack += follow(e)
+
+
+def _wrapped(e: BaseException) -> list:
+    """What an exception wraps: its cause and context, the original of a Ray task error or a
+    RemoteError (`cause`), a failed Ray Train run's (`controller_failure`, `worker_failures`)."""
+    workers = list((getattr(e, "worker_failures", None) or {}).values())
+    return [e.__context__, e.__cause__, getattr(e, "cause", None), getattr(e, "controller_failure", None), *workers]
+
+
+def find_cause(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
+    """Our own error inside whatever Ray wrapped it in (task errors keep the cause chain; Ray Train
+    keeps a failed run's cause in `controller_failure`, its workers' in `worker_failures`)."""
+    for e in linked(exc, _wrapped):
+        if isinstance(e, types) and not isinstance(getattr(e, "cause", None), types):
             return e
-        stack += [e.__context__, e.__cause__, inner, getattr(e, "controller_failure", None)]
-        stack += list((getattr(e, "worker_failures", None) or {}).values())
     return None
 
 
@@ -85,20 +98,18 @@ def is_process_death(exc: BaseException) -> bool:
     from ray.train.v2._internal.exceptions import RayTrainError, UserExceptionWithTraceback
 
     raised_by_code = (rx.RayTaskError, rx.UserCodeException, rx.UnserializableException, rx.CrossLanguageError)
-    seen, stack = set(), [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
+
+    def follow(e: BaseException) -> list:
+        context = None if e.__suppress_context__ else e.__context__  # (`raise ... from None`: Ray's own flow)
+        return [context, e.__cause__, getattr(e, "cause", None), getattr(e, "health_check_failure", None)]
+
+    for e in linked(exc, follow):
         if isinstance(e, rx.RayError) and not isinstance(e, raised_by_code):
             return True
         if isinstance(e, RayTrainError) and not isinstance(e, UserExceptionWithTraceback):
             return True  # e.g. a worker's failed or timed-out health check
         if _lost_peer(e):
             return True
-        context = None if e.__suppress_context__ else e.__context__  # (`raise ... from None`: Ray's own flow)
-        stack += [context, e.__cause__, getattr(e, "cause", None), getattr(e, "health_check_failure", None)]
     return False
 
 

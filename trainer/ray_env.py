@@ -12,7 +12,7 @@ import ray
 import ray.data
 from ray.data._internal.execution.execution_callback import ExecutionCallback
 
-from trainer.errors import ClusterError, is_process_death
+from trainer.errors import ClusterError, is_process_death, linked
 from trainer.inputs.specs import worker_runtime_env
 
 
@@ -56,15 +56,9 @@ class QuietTaskErrors(ExecutionCallback):
 
 def _raised_by_task_code(exc: BaseException) -> bool:
     """An exception that Python code raised in a task (Ray wraps those in RayTaskError), not a death."""
-    seen, stack = set(), [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
+    for e in linked(exc, lambda e: [e.__context__, e.__cause__]):
         if isinstance(e, (ray.exceptions.RayTaskError, ray.exceptions.UserCodeException)):
             return not is_process_death(exc)
-        stack += [e.__context__, e.__cause__]
     return False
 
 

@@ -56,11 +56,6 @@ def open_storage(location: str | os.PathLike | Storage, *, follow_links: bool = 
     return LocalStorage(local_path(location), follow_links=follow_links)
 
 
-def join(location: str, name: str) -> str:
-    """`location` and a relative name, as a URI or a path string."""
-    return f"{str(location).rstrip('/')}/{name}" if is_object_uri(location) else str(Path(location) / name)
-
-
 __all__ = [
     "Candidate",
     "Exclusive",
@@ -71,7 +66,6 @@ __all__ = [
     "Storage",
     "StoreUnreachableError",
     "is_object_uri",
-    "join",
     "local_path",
     "open_storage",
     "shard_name",
