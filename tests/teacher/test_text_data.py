@@ -120,7 +120,7 @@ def test_documents_are_split_into_blocks_and_prompts_train_on_their_completion(d
         prompt = tok(table["prompt"][row].as_py())["input_ids"]
         assert tok.decode(ids[1:][mask[:-1] == 1]) == table["completion"][row].as_py() + "<|endoftext|>"
         assert ids[: len(prompt)].tolist() == prompt
-    assert json.loads((reader.root / "manifest.json").read_text())["config"]["train_on"] == "auto"
+    assert json.loads(reader.storage.get("manifest.json"))["config"]["train_on"] == "auto"
 
 
 def test_a_datasets_directory_gives_the_same_store_as_its_jsonl(dump, chat_teacher, tmp_path):
