@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, store, augment in methods:
         accs, agreement = [], []
         for seed in range(args.seeds):
-            cfg = TrainConfig(
+            cfg = TrainConfig.from_flags(
                 store=store,
                 dataset=args.dataset,
                 eval_dataset="digits-eval",

@@ -22,9 +22,9 @@ from bench.common import add_work_flags, markdown_table, quick_teacher, work_dir
 from logitstore import read_manifest
 from trainer.inputs.datasets import load_dataset
 from trainer.ray_env import ensure_ray
-from trainer.student.config import TrainConfig
+from trainer.student.config import SHUFFLE_WINDOW, Data
 from trainer.student.join import JoinSpec, join_with_store
-from trainer.student.run import RunStores
+from trainer.student.stores import RunStores
 
 
 def shares(shards: list[np.ndarray]) -> tuple[float, float, float]:
@@ -35,7 +35,7 @@ def shares(shards: list[np.ndarray]) -> tuple[float, float, float]:
 
 def measure(store: str, dataset: str, batch_size: int, epochs: int, seed: int, window: int) -> dict:
     manifest = read_manifest(store)
-    stores = RunStores.open(TrainConfig(store=store))
+    stores = RunStores.open(Data(store=store))
     joined = join_with_store(
         load_dataset(dataset, "--dataset", stores.text), JoinSpec(store, manifest, (), batch_size, seed, window)
     )
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--shuffle-window", type=int, default=TrainConfig.shuffle_window)
+    parser.add_argument("--shuffle-window", type=int, default=SHUFFLE_WINDOW)
     add_work_flags(parser)
     args = parser.parse_args(argv)
     if not args.stores and not args.quick:

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             accs = []
             for seed in range(args.seeds):
-                cfg = TrainConfig(
+                cfg = TrainConfig.from_flags(
                     store=stores["train"],
                     dataset=dataset,
                     eval_dataset="digits-eval",

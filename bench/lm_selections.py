@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: {bytes_per_token(stores[label]):.1f} B/token on the training text", flush=True)
 
     def student(store: str, alpha: float, tag: str, seed: int) -> float:
-        cfg = TrainConfig(
+        cfg = TrainConfig.from_flags(
             store=store,
             dataset=TRAIN,
             eval_dataset=EVAL,

@@ -55,10 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = [dict(temperature=t, alpha=a, loss=loss) for t, a, loss in SETTINGS[: args.students]]
 
     start = time.perf_counter()
-    alone = [run_training(TrainConfig(**base, **s, output=str(work / f"alone-{i}"))) for i, s in enumerate(settings)]
+    alone = [
+        run_training(TrainConfig.from_flags(**base, **s, output=str(work / f"alone-{i}")))
+        for i, s in enumerate(settings)
+    ]
     separate_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    together = run_training(TrainConfig(**base, variants=json.dumps(settings), output=str(work / "together")))
+    together = run_training(
+        TrainConfig.from_flags(**base, variants=json.dumps(settings), output=str(work / "together"))
+    )
     one_run_seconds = time.perf_counter() - start
 
     rows = []

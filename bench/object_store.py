@@ -172,7 +172,7 @@ def training(store: str, uri: str, work: Path) -> list[dict]:
 
     rows = []
     for where, path in (("disk", store), ("s3", uri)):
-        cfg = TrainConfig(
+        cfg = TrainConfig.from_flags(
             store=path,
             student="stdlib-gpt-student",
             output=str(work / f"run-{where}"),

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: {bytes_per_token(stores[label]):.1f} B/position on the train split", flush=True)
 
     def student(store: str, alpha: float, tag: str, seed: int) -> float:
-        cfg = TrainConfig(
+        cfg = TrainConfig.from_flags(
             store=store,
             eval_store=eval_store,
             student=STUDENT,

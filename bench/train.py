@@ -64,7 +64,7 @@ def dump_store(dataset: str, out: Path) -> float:
 
 
 def train_epochs(store: Path, dataset: str, out: Path, *, alpha: float, workers: int, epochs: int) -> list[float]:
-    cfg = TrainConfig(
+    cfg = TrainConfig.from_flags(
         store=str(store),
         dataset=dataset,
         student=STUDENT,

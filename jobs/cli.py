@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
 import sys
 import tomllib
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -17,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 from logitstore.errors import StoreError
 from trainer.errors import ConfigError, RemoteError, TrainerError, find_cause
 from trainer.inputs.specs import absolute_paths
+from trainer.options import build_config, flags
 
 C = TypeVar("C")
 
@@ -29,9 +28,9 @@ def _parse_float_list(text: str) -> tuple[float, ...]:
 
 
 def build_parser(cls: type, prog: str) -> argparse.ArgumentParser:
-    """The CLI of a config dataclass: one flag per field, its help, default and choices; the
-    required ones listed in a group of their own (validate() reports them missing, with every other
-    problem, so that a --config file may give them)."""
+    """The CLI of a config dataclass: one flag per field (a section's fields among them, by their
+    own names), its help, default and choices; the required ones listed in a group of their own
+    (validate() reports them missing, with every other problem, so that a --config file may give them)."""
     parser = argparse.ArgumentParser(
         prog=prog, description=cls.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -43,17 +42,16 @@ def build_parser(cls: type, prog: str) -> argparse.ArgumentParser:
         help="read these flags from a YAML, TOML or JSON file (keys as the flags, - or _; a run's "
         "config.json is one); flags given on the command line override it",
     )
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        kind, meta = hints[f.name], f.metadata
+    for name, spec in flags(cls).items():  # a sectioned config's flags, flat
+        flag = "--" + name.replace("_", "-")
+        f, kind, meta = spec.field, spec.kind, spec.field.metadata
         group = required if meta.get("required") else parser
         options = {"default": f.default, "help": meta.get("help", "")}
         # Choices are shown, not enforced here: validate() reports a bad one with every other problem.
         metavar = (
             "{" + ",".join(map(str, meta["choices"])) + "}"
             if meta.get("choices")
-            else meta.get("metavar") or f.name.upper()
+            else meta.get("metavar") or name.upper()
         )
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
@@ -134,7 +132,7 @@ def load_config_file(cls: type, path: str) -> dict[str, Any]:
         raise ConfigError([f"--config {path} is not valid {_kind(file)}: {str(exc).splitlines()[0]}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"--config {path} must hold a mapping of flags to values, got {type(data).__name__}"])
-    hints = typing.get_type_hints(cls)
+    hints = {name: spec.kind for name, spec in flags(cls).items()}
     values, problems = {}, []
     for key, value in data.items():
         name = str(key).lstrip("-").replace("-", "_")
@@ -158,7 +156,7 @@ def parse_config(cls: type[C], argv: list[str] | None, prog: str) -> C:
         parser.set_defaults(**load_config_file(cls, pre.config))
     args = vars(parser.parse_args(argv))
     args.pop("config")
-    return cls(**absolute_paths(args))
+    return build_config(cls, absolute_paths(args))
 
 
 # What the jobs that run teachers or train students need beyond the core install (pyproject's `train` extra).

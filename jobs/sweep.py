@@ -16,7 +16,7 @@ def sweep(cfg: SweepConfig) -> None:
     from trainer.student.sweep import run_sweep  # torch and Ray only once the arguments are sound
 
     def draw(summary: dict, path: Path) -> None:
-        sweep_plot(summary["rows"], summary["swept"], cfg.metric, summary["best"], path)
+        sweep_plot(summary["rows"], summary["swept"], cfg.search.metric, summary["best"], path)
 
     summary = run_sweep(cfg, draw)
     best, output = summary["best"], RunOutput(cfg.output)
@@ -24,7 +24,7 @@ def sweep(cfg: SweepConfig) -> None:
     print(output.read_text("results.md"), end="")
     settings = ", ".join(f"{k}={best[k]}" for k in VARIANT_FIELDS if k in best)
     print(
-        f"best: trial {best['trial']} ({settings}): {cfg.metric} {best[cfg.metric]:.4f}; weights in "
+        f"best: trial {best['trial']} ({settings}): {cfg.search.metric} {best[cfg.search.metric]:.4f}; weights in "
         f"{join_output(cfg.output, 'best/model.pt')}"
     )
     print(

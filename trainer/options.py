@@ -1,22 +1,105 @@
 """How a job's config dataclass describes its flags: jobs/cli.py turns these fields into the CLI.
 
+A config may group its flags in sections (dataclasses of their own, fields made with `section`):
+their names stay flat on the command line, in config files and in a run's config.json, so the
+functions below go between the flat names and the sections.
+
 Light on purpose (no torch, no Ray): `--help` imports only the config modules.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+C = TypeVar("C")
 
 
-def option(help: str, default: Any, *, choices: tuple = (), required: bool = False, metavar: str | None = None):
-    """A config field: its --help text, the values it accepts (shown by --help), and whether the job
-    needs it (listed under "required" by --help; missing ones are reported by validate())."""
-    return dataclasses.field(
-        default=default, metadata={"help": help, "choices": choices, "required": required, "metavar": metavar}
-    )
+def option(
+    help: str,
+    default: Any,
+    *,
+    choices: tuple = (),
+    required: bool = False,
+    metavar: str | None = None,
+    resume_free: bool = False,
+):
+    """A config field: its --help text, the values it accepts (shown by --help), whether the job
+    needs it (listed under "required" by --help; missing ones are reported by validate()), and
+    whether it may change when a run resumes (it does not change the results)."""
+    metadata = {"help": help, "choices": choices, "required": required, "metavar": metavar}
+    return dataclasses.field(default=default, metadata={**metadata, "resume_free": resume_free})
+
+
+def section(cls: type, *, omit: tuple[str, ...] = ()) -> Any:
+    """A config field holding a section: a dataclass of flags (or sections) of its own. `omit`: flags
+    of it that the outer config does not have (they keep their defaults; e.g. a sweep's --output is
+    its own, not its runs')."""
+    return dataclasses.field(default_factory=cls, metadata={"section": True, "omit": omit})
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One flag of a config class: its field, its type, and the sections it is in (attribute names)."""
+
+    path: tuple[str, ...]
+    field: dataclasses.Field
+    kind: Any
+
+
+@functools.cache
+def flags(cls: type) -> dict[str, Flag]:
+    """Every flag of a config class by name (its field's), sections flattened in field order."""
+    hints = typing.get_type_hints(cls)
+    found: dict[str, Flag] = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("section"):
+            inner = [fl for name, fl in flags(hints[f.name]).items() if name not in f.metadata["omit"]]
+            mine = [Flag((f.name, *fl.path), fl.field, fl.kind) for fl in inner]
+        else:
+            mine = [Flag((), f, hints[f.name])]
+        for flag in mine:
+            if flag.field.name in found:  # the CLI and config files name flags alone
+                raise TypeError(f"{cls.__name__} has two flags named {flag.field.name}")
+            found[flag.field.name] = flag
+    return found
+
+
+def flat_dict(config: Any) -> dict[str, Any]:
+    """A config's flags by name, whatever their sections, in the order of --help."""
+    values = {}
+    for name, flag in flags(type(config)).items():
+        owner = functools.reduce(getattr, flag.path, config)
+        values[name] = getattr(owner, name)
+    return values
+
+
+def replace_flags(config: C, values: dict[str, Any]) -> C:
+    """`config` with some flags (by name) changed, each in its section."""
+    known = flags(type(config))
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise TypeError(f"{type(config).__name__} has no flag {', '.join(unknown)}")
+    changes: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        path = known[name].path
+        if path:
+            nested.setdefault(path[0], {})[name] = value
+        else:
+            changes[name] = value
+    for attr, inner in nested.items():
+        changes[attr] = replace_flags(getattr(config, attr), inner)
+    return dataclasses.replace(config, **changes)
+
+
+def build_config(cls: type[C], values: dict[str, Any]) -> C:
+    """A config from flags by name (the others their defaults), each put in its section."""
+    return replace_flags(cls(), values)
 
 
 def required_problems(config: Any) -> list[str]:

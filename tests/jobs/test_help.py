@@ -75,7 +75,7 @@ def test_help_lists_every_form_of_each_spec_the_choices_and_the_required_flags(h
 def test_validating_a_config_loads_no_torch_nor_ray(digits_stores, tmp_path):
     code = (
         "import sys\nfrom trainer.student.config import TrainConfig\nfrom trainer.teacher.config import DumpConfig\n"
-        f"train = TrainConfig(store={digits_stores['train']!r}, dataset='digits', student='digits-mlp', "
+        f"train = TrainConfig.from_flags(store={digits_stores['train']!r}, dataset='digits', student='digits-mlp', "
         f"output={str(tmp_path / 'r')!r})\n"
         f"assert train.validate() == []\n"
         f"assert DumpConfig(teacher='digits-cnn', dataset='digits', out={str(tmp_path / 's')!r}).validate() == []\n"

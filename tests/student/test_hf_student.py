@@ -107,8 +107,6 @@ def test_a_student_named_by_a_relative_path_is_found_by_the_workers_and_its_run_
     absolute (they failed: not a saved Hugging Face model). config.json records the absolute paths,
     and the same relative command, rerun, is recognised as the same run (as is one recorded with
     relative paths, before they were made absolute)."""
-    from dataclasses import replace
-
     from jobs.cli import parse_config
     from trainer.student.config import TrainConfig
     from trainer.student.run import _prepare_output
@@ -125,6 +123,6 @@ def test_a_student_named_by_a_relative_path_is_found_by_the_workers_and_its_run_
 
     (run / "metrics.json").unlink()  # as if its driver had died: an unfinished run, resumed by the same command
     again = parse_config(TrainConfig, argv, "x")
-    _prepare_output(again, replace(again, cpus_per_worker=saved["cpus_per_worker"]))
+    _prepare_output(again, again.with_flags(cpus_per_worker=saved["cpus_per_worker"]))
     (run / "config.json").write_text(json.dumps({**saved, "student": "hf:models/student", "output": "runs/rel"}))
-    _prepare_output(again, replace(again, cpus_per_worker=saved["cpus_per_worker"]))
+    _prepare_output(again, again.with_flags(cpus_per_worker=saved["cpus_per_worker"]))

@@ -17,9 +17,9 @@ from logitstore import StoreReader, read_manifest
 from trainer.builtin.stdlib.corpus import corpus_files
 from trainer.inputs.datasets import TextOptions, fingerprint_dataset, load_dataset
 from trainer.inputs.tokenizers import ByteTokenizer, resolve_tokenizer
-from trainer.student.config import TrainConfig
+from trainer.student.config import Data
 from trainer.student.losses import bucket_divergence
-from trainer.student.run import RunStores
+from trainer.student.stores import RunStores
 from trainer.student.targets import TeacherTargets
 
 HF_VOCAB = 70_000  # above 65,535: indices need uint32
@@ -76,7 +76,7 @@ def test_bpe_tokenizer_is_saved_in_the_store_and_reused_by_the_trainer(dump, lm_
     assert tok.decode(tok.encode(text)) == text.decode("utf-8", errors="replace").encode()
     assert m.num_positions * 1.8 < sum(len(f.read_bytes()) for f in corpus_files("eval", 8))
     # The trainer takes the tokenizer from the store: same inputs as the teacher saw; bytes would differ.
-    text_options = RunStores.open(TrainConfig(store=store)).text
+    text_options = RunStores.open(Data(store=store)).text
     same = fingerprint_dataset(load_dataset("stdlib-small-eval", text=text_options), "x")
     assert (same.ids_sha256, same.inputs_sha256) == (m.dataset["ids_sha256"], m.dataset["inputs_sha256"])
     other = fingerprint_dataset(load_dataset("stdlib-small-eval", text=TextOptions()), "x")

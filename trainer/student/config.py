@@ -1,6 +1,6 @@
-"""The training run's configuration (jobs.train_student; jobs.sweep extends it): one dataclass, its
-flags (jobs/cli.py builds the CLI from it) and its checks, and the settings each student of a run
-has for itself.
+"""The training run's configuration (jobs.train_student; a sweep's holds one): a dataclass in
+sections, whose flags jobs/cli.py builds the CLI from (flat: --lr, not --distill-lr), each section
+with its own checks; and the settings each student of a run has for itself.
 
 Light on purpose (no torch, no Ray), so `python -m jobs.train_student --help` loads neither.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 from logitstore.errors import StoreError
 from logitstore.manifest import Manifest, read_manifest
@@ -19,12 +20,17 @@ from trainer.errors import ConfigError
 from trainer.inputs import registry, specs
 from trainer.options import (
     RESOURCES_HELP,
+    build_config,
     check_out_dir,
     choice_problem,
     choice_problems,
+    flags,
+    flat_dict,
     option,
     parse_resources,
+    replace_flags,
     required_problems,
+    section,
 )
 
 LOSS_KINDS = ("kl", "reverse-kl", "jsd")
@@ -114,8 +120,8 @@ class Optimisation:
 
 
 @dataclass
-class TrainConfig:
-    """Distil a student from a logit store (Ray Train), never running the teacher."""
+class Data:
+    """What the students learn from: the store, the data it was dumped from, and the held-out data."""
 
     store: str = option("store written by jobs.dump_logits over --dataset", "", required=True)
     dataset: str = option(
@@ -131,19 +137,6 @@ class TrainConfig:
         "--eval-dataset when it carries its inputs)",
         "",
     )
-    student: str = option(f"the student: {specs.model_forms('student')}", "", required=True)
-    output: str = option(
-        "directory (or s3://, gs://, az:// prefix) for metrics.json, config.json, logs, the checkpoints and the "
-        "exported student",
-        "",
-        required=True,
-    )
-    epochs: int = option("passes over the training data", 30)
-    batch_size: int = option("samples per optimiser step on each worker", 64)
-    lr: float = option("peak learning rate (see --lr-schedule, --warmup-steps)", 0.01)
-    weight_decay: float = option("AdamW weight decay", 1e-4)
-    temperature: float = option("KD temperature; must be one the store recorded", 4.0)
-    alpha: float = option("loss = alpha * KD + (1 - alpha) * CE; 0 = labels only, 1 = KD only", 0.9)
     augment: str = option(
         "augment the student's training inputs: with a store of views (dump_logits --views) its own "
         "augmentation is replayed from the stored seeds (a different view each epoch; leave this empty or "
@@ -151,6 +144,96 @@ class TrainConfig:
         "teacher's targets (inconsistent)",
         "",
     )
+    shuffle_window: int = option(
+        "samples whose order is shuffled together each epoch: an epoch takes the store's shards in a fresh "
+        "random order, groups them into windows of at least this many samples and shuffles each window, so a "
+        "batch mixes samples of many shards; memory of a join task is about one window's targets",
+        SHUFFLE_WINDOW,
+    )
+    eval_batch_size: int = option("samples per eval batch", 256, resume_free=True)
+
+    def read_store(self) -> tuple[Manifest | None, list[str]]:
+        """The store's manifest, or None (no --store, or the problem of reading it)."""
+        if not self.store:
+            return None, []
+        try:
+            return read_manifest(self.store), []
+        except StoreError as exc:
+            return None, [f"--store: {exc}"]
+
+    def problems(self, manifest: Manifest | None) -> list[str]:
+        problems = required_problems(self)
+        if manifest is not None and not self.dataset and manifest.layout.inputs is None:
+            problems.append(
+                f"--dataset is required: store {self.store} does not carry its inputs (format version "
+                f"{manifest.format_version}); pass the dataset it was dumped from"
+            )
+        problems += self._augment_problems(manifest) + self._eval_store_problems()
+        if self.dataset:
+            problems += specs.check_dataset_spec(self.dataset, "--dataset")
+        if self.eval_dataset:
+            problems += specs.check_dataset_spec(self.eval_dataset, "--eval-dataset")
+        for flag, value in (("--shuffle-window", self.shuffle_window), ("--eval-batch-size", self.eval_batch_size)):
+            if value < 1:
+                problems.append(f"{flag} must be >= 1, got {value}")
+        return problems
+
+    def _augment_problems(self, manifest: Manifest | None) -> list[str]:
+        problems = []
+        if self.augment:
+            problems += specs.check_augment_spec(self.augment, "--augment")
+            if registry.is_text(self.dataset):
+                problems.append(f"--augment applies to inputs of features; {self.dataset} is text: leave --augment out")
+        if manifest is not None and manifest.views and self.augment and self.augment != manifest.views.augment:
+            problems.append(
+                f"--augment {self.augment} differs from the augmentation of the store's views "
+                f"({_shown(manifest.views.augment)}): leave --augment out to replay the store's"
+            )
+        elif manifest is not None and manifest.views and not self.augment:
+            problems += _stored_code_problems(manifest.views.augment, self.store)
+        return problems
+
+    def _eval_store_problems(self) -> list[str]:
+        if not self.eval_store:
+            return []
+        try:
+            eval_manifest = read_manifest(self.eval_store)
+        except StoreError as exc:
+            return [f"--eval-store: {exc}"]
+        problems = []
+        if not self.eval_dataset and eval_manifest.layout.inputs is None:
+            problems.append(
+                "--eval-store needs --eval-dataset (the data it was dumped from): it does not carry its inputs"
+            )
+        if eval_manifest.views:
+            problems.append(
+                f"--eval-store {self.eval_store} holds augmented views; evaluation is on the inputs "
+                "as they are: dump the eval data without --views"
+            )
+        return problems
+
+    def views_augment(self, manifest: Manifest) -> str:
+        """The augmentation the run applies: --augment, else the one a store of views records when it
+        is built in. A store is data: code it names (`module:function`) is run only when --augment
+        names the same (ConfigError otherwise, as validate() reports)."""
+        if self.augment or not manifest.views:
+            return self.augment
+        problems = _stored_code_problems(manifest.views.augment, self.store)
+        if problems:
+            raise ConfigError(problems)
+        return manifest.views.augment
+
+
+@dataclass
+class Distillation:
+    """What each student of a run is and learns with (VARIANT_FIELDS), and --variants, which makes
+    it several students."""
+
+    student: str = option(f"the student: {specs.model_forms('student')}", "", required=True)
+    lr: float = option("peak learning rate (see --lr-schedule, --warmup-steps)", 0.01)
+    weight_decay: float = option("AdamW weight decay", 1e-4)
+    temperature: float = option("KD temperature; must be one the store recorded", 4.0)
+    alpha: float = option("loss = alpha * KD + (1 - alpha) * CE; 0 = labels only, 1 = KD only", 0.9)
     loss: str = option(
         "KD divergence over the stored top-k + rest bucket: kl (forward, Hinton), reverse-kl, or jsd "
         "(generalised Jensen-Shannon, see --jsd-beta); sample/hybrid stores support kl only",
@@ -160,6 +243,141 @@ class TrainConfig:
     jsd_beta: float = option(
         "beta of --loss jsd: beta * KL(p||m) + (1 - beta) * KL(q||m), m = beta * p + (1 - beta) * q; in (0, 1)", 0.5
     )
+    variants: str = option(
+        "train several students in this one run from one read of the store (each batch feeds all): a JSON "
+        "list of objects, each overriding some of "
+        + ", ".join(VARIANT_FIELDS)
+        + "; the students share the data, epochs, batch size and --seed (the same init and data order as a run "
+        "of each alone)",
+        "",
+    )
+
+    def problems(
+        self, manifest: Manifest | None, students: list[dict] | None = None, each: str = "--variants"
+    ) -> list[str]:
+        """This student's problems, then each other's: those of --variants, or `students` (a sweep's
+        trials, as parsed variants) named `each` in the messages."""
+        problems = required_problems(self) + choice_problems(self) + self._student_problems(manifest)
+        entries, found = self._decoded_variants() if students is None else (students, [])
+        variants = []
+        for i, entry in enumerate(entries):
+            variant, wrong = _variant(entry, f"{each}[{i}]")
+            variants.append(variant)
+            found += wrong
+        problems += found
+        for i, variant in enumerate(variants):
+            problems += [
+                f"{each}[{i}]: {p}"
+                for p in replace(self, variants="", **variant)._student_problems(manifest)
+                if p not in problems and not p.endswith(" is required")
+            ]
+        return problems
+
+    def students(self) -> list[StudentSettings]:
+        """The settings of each student of this run: this one's, or one per --variants entry (validated first)."""
+        entries, _ = self._decoded_variants()
+        configs = [replace(self, variants="", **_variant(entry, "")[0]) for entry in entries] or [self]
+        return [StudentSettings(**{k: getattr(c, k) for k in VARIANT_FIELDS}) for c in configs]
+
+    def _decoded_variants(self) -> tuple[list[dict], list[str]]:
+        """--variants as a list of objects, or the problem of its text."""
+        if not self.variants:
+            return [], []
+        try:
+            variants = json.loads(self.variants)
+        except json.JSONDecodeError as exc:
+            return [], [
+                f"--variants is not valid JSON ({exc.msg} at character {exc.pos}): pass a list of objects "
+                'such as \'[{"lr": 0.01}, {"lr": 0.003}]\''
+            ]
+        if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
+            return [], ["--variants must be a non-empty JSON list of objects, one per student"]
+        return variants, []
+
+    def _student_problems(self, manifest: Manifest | None) -> list[str]:
+        """The checks of what each student of a run may set for itself (VARIANT_FIELDS)."""
+        problems = self._temperature_problems(manifest)
+        if self.student:
+            problems += specs.check_model_spec(self.student, "--student")
+        if not 0.0 <= self.alpha <= 1.0:
+            problems.append(f"--alpha must be in [0, 1], got {self.alpha}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"--lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            problems.append(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.loss not in LOSS_KINDS:
+            problems += choice_problem("--loss", self.loss, LOSS_KINDS)
+        elif self.loss != "kl" and manifest is not None and manifest.draws and self.alpha > 0:
+            problems.append(
+                f"--loss {self.loss} needs the teacher's exact top-k, but this store holds "
+                f"{manifest.selection.kind} draws (an estimate of forward KL): use --loss kl"
+            )
+        if self.loss == "jsd" and not 0.0 < self.jsd_beta < 1.0:
+            problems.append(f"--jsd-beta must be in (0, 1), got {self.jsd_beta}")
+        return problems
+
+    def _temperature_problems(self, manifest: Manifest | None) -> list[str]:
+        problems = []
+        if manifest is not None and math.isfinite(self.temperature):
+            try:
+                manifest.temperature_index(self.temperature)
+            except ValueError:
+                recorded = ", ".join(f"{t:g}" for t in manifest.temperatures)
+                problems.append(
+                    f"--temperature {self.temperature:g} was not recorded in the store (recorded: "
+                    f"{recorded}): pick one of those, or dump again with it in --temperatures"
+                )
+            else:
+                drawn_at = manifest.selection.temperature
+                if manifest.draws and drawn_at != self.temperature:
+                    problems.append(
+                        f"--temperature {self.temperature:g} differs from the temperature the store's "
+                        f"{manifest.selection.kind} draws were made at ({drawn_at:g}): train at --temperature "
+                        f"{drawn_at:g}"
+                    )
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            problems.append(f"--temperature must be positive, got {self.temperature}")
+        return problems
+
+
+def _variant(entry: dict, name: str) -> tuple[dict, list[str]]:
+    """One student's entry of --variants (or a sweep's trial, `name` in the messages) by field name,
+    its values as their fields' types; what it cannot set or gives the wrong type of is left out."""
+    hints = {f.name: f.type for f in fields(Distillation)}
+    variant, problems = {}, []
+    for key, value in entry.items():
+        field = key.replace("-", "_")
+        if field not in VARIANT_FIELDS:
+            problems.append(
+                f"{name}: {key!r} cannot differ between the students of one run: use one of {', '.join(VARIANT_FIELDS)}"
+            )
+            continue
+        if hints[field] == "float" and isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = (
+            isinstance(value, str)
+            if hints[field] == "str"
+            else isinstance(value, (int, float)) and not isinstance(value, bool)
+        )
+        if not ok:
+            kind = "a string" if hints[field] == "str" else "a number"
+            problems.append(f"{name}: {key} must be {kind}, got {value!r}")
+            continue
+        variant[field] = float(value) if hints[field] == "float" else value
+    return variant, problems
+
+
+@dataclass
+class Training:
+    """How the students are trained: epochs, batches and seed, the optimiser and its schedule, the
+    precision and the memory it takes."""
+
+    epochs: int = option("passes over the training data", 30)
+    batch_size: int = option("samples per optimiser step on each worker", 64)
+    seed: int = option("seed for the student's initialisation and the data order", 0)
     precision: str = option(
         "the student's compute precision: fp32, or bf16 (autocast for its forward and loss; weights, "
         "gradients and optimiser state stay fp32)",
@@ -189,129 +407,26 @@ class TrainConfig:
     adam_beta1: float = option("AdamW beta1", 0.9)
     adam_beta2: float = option("AdamW beta2", 0.999)
     adam_eps: float = option("AdamW epsilon", 1e-8)
-    variants: str = option(
-        "train several students in this one run from one read of the store (each batch feeds all): a JSON "
-        "list of objects, each overriding some of "
-        + ", ".join(VARIANT_FIELDS)
-        + "; the students share the data, epochs, batch size and --seed (the same init and data order as a run "
-        "of each alone)",
-        "",
-    )
-    eval_every: int = option("evaluate every N epochs (0 = after the last epoch only)", 0)
-    log_every: int = option(
-        "every N optimiser steps: a progress line with loss, positions/s and ETA, "
-        "and a row of step metrics in the --log-to sinks (0 = off)",
-        10,
-    )
-    log_to: str = option(
-        "where step and epoch metrics go, comma-separated, under <output>/logs/: csv (steps.csv), "
-        "tensorboard (event files), mlflow (a local file store; needs mlflow installed), wandb (a W&B run, "
-        "offline under logs/wandb/ unless WANDB_MODE is set; needs wandb installed); empty = none",
-        "csv,tensorboard",
-    )
-    eval_batch_size: int = option("samples per eval batch", 256)
     loss_chunk: int = option(
         "positions per chunk of the loss and of eval: each chunk's logits (from the student's output layer "
         "where the student exposes it) and log-softmax exist only while it is computed, so peak memory is "
         "chunk x vocabulary, with the same values and gradients; 0 = auto (a float32 chunk x vocabulary of "
         "at most 256 MiB)",
         0,
+        resume_free=True,
     )
-    checkpoint_every: int = option("checkpoint every N epochs (the last epoch is always checkpointed)", 1)
-    checkpoint_every_steps: int = option("also checkpoint every N optimiser steps within an epoch (0 = off)", 0)
-    max_failures: int = option(
-        "restarts from the latest checkpoint after a worker dies (Ray Train FailureConfig; -1 = unlimited)", 3
-    )
-    workers: int = option("Ray Train workers", 1)
-    worker_resources: str = option(RESOURCES_HELP.format(what="training worker"), "")
-    strategy: str = option(
-        "how the workers hold the student: ddp (a whole replica on each, gradients averaged) or fsdp "
-        "(torch FSDP2: each transformer block's parameters, gradients and optimiser state sharded over the "
-        "workers, for students that do not fit one device; checkpoints sharded, the export whole)",
-        "ddp",
-        choices=STRATEGIES,
-    )
-    cpus_per_worker: float = option("CPUs per training worker; 0 = auto (leave room for the data pipeline)", 0.0)
-    seed: int = option("seed for the student's initialisation and the data order", 0)
-    shuffle_window: int = option(
-        "samples whose order is shuffled together each epoch: an epoch takes the store's shards in a fresh "
-        "random order, groups them into windows of at least this many samples and shuffles each window, so a "
-        "batch mixes samples of many shards; memory of a join task is about one window's targets",
-        SHUFFLE_WINDOW,
-    )
-    overwrite: bool = option("replace a finished run already in --output", False)
 
-    def validate(self) -> list[str]:
-        problems = required_problems(self) + choice_problems(self) + storage_settings.problems()
-        manifest = None
-        if self.store:
-            try:
-                manifest = read_manifest(self.store)
-            except StoreError as exc:
-                problems.append(f"--store: {exc}")
-        if manifest is not None and not self.dataset and manifest.layout.inputs is None:
-            problems.append(
-                f"--dataset is required: store {self.store} does not carry its inputs (format version "
-                f"{manifest.format_version}); pass the dataset it was dumped from"
-            )
-        problems += self._student_problems(manifest)
-        variants, variant_problems = self._parse_variants()
-        problems += variant_problems
-        for i, variant in enumerate(variants):
-            mine = [
-                f"--variants[{i}]: {p}"
-                for p in replace(self, variants="", **variant)._student_problems(manifest)
-                if p not in problems and not p.endswith(" is required")
-            ]
-            problems += mine
-        if self.augment:
-            problems += specs.check_augment_spec(self.augment, "--augment")
-            if registry.is_text(self.dataset):
-                problems.append(f"--augment applies to inputs of features; {self.dataset} is text: leave --augment out")
-        if manifest is not None and manifest.views and self.augment and self.augment != manifest.views.augment:
-            problems.append(
-                f"--augment {self.augment} differs from the augmentation of the store's views "
-                f"({_shown(manifest.views.augment)}): leave --augment out to replay the store's"
-            )
-        elif manifest is not None and manifest.views and not self.augment:
-            problems += _stored_code_problems(manifest.views.augment, self.store)
-        if self.eval_store:
-            try:
-                eval_manifest = read_manifest(self.eval_store)
-                if not self.eval_dataset and eval_manifest.layout.inputs is None:
-                    problems.append(
-                        "--eval-store needs --eval-dataset (the data it was dumped from): it does not carry its inputs"
-                    )
-                if eval_manifest.views:
-                    problems.append(
-                        f"--eval-store {self.eval_store} holds augmented views; evaluation is on the inputs "
-                        "as they are: dump the eval data without --views"
-                    )
-            except StoreError as exc:
-                problems.append(f"--eval-store: {exc}")
-        if self.dataset:
-            problems += specs.check_dataset_spec(self.dataset, "--dataset")
-        if self.eval_dataset:
-            problems += specs.check_dataset_spec(self.eval_dataset, "--eval-dataset")
+    def problems(self) -> list[str]:
+        problems = choice_problems(self)
         if self.seed < 0:
             problems.append(f"--seed must be >= 0, got {self.seed}")
         for flag, value in (
             ("--epochs", self.epochs),
             ("--batch-size", self.batch_size),
-            ("--workers", self.workers),
-            ("--shuffle-window", self.shuffle_window),
-            ("--eval-batch-size", self.eval_batch_size),
+            ("--grad-accum", self.grad_accum),
         ):
             if value < 1:
                 problems.append(f"{flag} must be >= 1, got {value}")
-        if self.checkpoint_every < 1:
-            problems.append(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
-        if self.checkpoint_every_steps < 0:
-            problems.append(f"--checkpoint-every-steps must be >= 0 (0 = off), got {self.checkpoint_every_steps}")
-        if self.max_failures < -1:
-            problems.append(f"--max-failures must be >= -1 (-1 = unlimited), got {self.max_failures}")
-        if self.grad_accum < 1:
-            problems.append(f"--grad-accum must be >= 1, got {self.grad_accum}")
         if self.clip_grad_norm < 0:
             problems.append(f"--clip-grad-norm must be >= 0 (0 = off), got {self.clip_grad_norm}")
         if self.warmup_steps < 0:
@@ -321,30 +436,133 @@ class TrainConfig:
                 problems.append(f"{flag} must be in [0, 1), got {beta:g}")
         if not self.adam_eps > 0:
             problems.append(f"--adam-eps must be > 0, got {self.adam_eps:g}")
-        if self.log_every < 0:
-            problems.append(f"--log-every must be >= 0 (0 = off), got {self.log_every}")
-        problems += _log_sink_problems(self.log_to)
         if self.loss_chunk < 0:
             problems.append(f"--loss-chunk must be >= 0 (0 = auto), got {self.loss_chunk}")
-        if self.eval_every < 0:
-            problems.append(f"--eval-every must be >= 0, got {self.eval_every}")
+        return problems
+
+
+@dataclass
+class Scale:
+    """The workers a run trains on, how they hold the student, and how often one may die."""
+
+    workers: int = option("Ray Train workers", 1)
+    worker_resources: str = option(RESOURCES_HELP.format(what="training worker"), "", resume_free=True)
+    strategy: str = option(
+        "how the workers hold the student: ddp (a whole replica on each, gradients averaged) or fsdp "
+        "(torch FSDP2: each transformer block's parameters, gradients and optimiser state sharded over the "
+        "workers, for students that do not fit one device; checkpoints sharded, the export whole)",
+        "ddp",
+        choices=STRATEGIES,
+    )
+    cpus_per_worker: float = option("CPUs per training worker; 0 = auto (leave room for the data pipeline)", 0.0)
+    max_failures: int = option(
+        "restarts from the latest checkpoint after a worker dies (Ray Train FailureConfig; -1 = unlimited)",
+        3,
+        resume_free=True,
+    )
+
+    def problems(self) -> list[str]:
+        problems = choice_problems(self)
+        if self.workers < 1:
+            problems.append(f"--workers must be >= 1, got {self.workers}")
         problems += parse_resources(self.worker_resources, "--worker-resources")[1]
         if self.cpus_per_worker < 0:
             problems.append(f"--cpus-per-worker must be >= 0 (0 = auto), got {self.cpus_per_worker}")
+        if self.max_failures < -1:
+            problems.append(f"--max-failures must be >= -1 (-1 = unlimited), got {self.max_failures}")
+        return problems
+
+
+@dataclass
+class Progress:
+    """When a run evaluates, checkpoints and logs."""
+
+    eval_every: int = option("evaluate every N epochs (0 = after the last epoch only)", 0)
+    checkpoint_every: int = option("checkpoint every N epochs (the last epoch is always checkpointed)", 1)
+    checkpoint_every_steps: int = option("also checkpoint every N optimiser steps within an epoch (0 = off)", 0)
+    log_every: int = option(
+        "every N optimiser steps: a progress line with loss, positions/s and ETA, "
+        "and a row of step metrics in the --log-to sinks (0 = off)",
+        10,
+        resume_free=True,
+    )
+    log_to: str = option(
+        "where step and epoch metrics go, comma-separated, under <output>/logs/: csv (steps.csv), "
+        "tensorboard (event files), mlflow (a local file store; needs mlflow installed), wandb (a W&B run, "
+        "offline under logs/wandb/ unless WANDB_MODE is set; needs wandb installed); empty = none",
+        "csv,tensorboard",
+        resume_free=True,
+    )
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.eval_every < 0:
+            problems.append(f"--eval-every must be >= 0, got {self.eval_every}")
+        if self.checkpoint_every < 1:
+            problems.append(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+        if self.checkpoint_every_steps < 0:
+            problems.append(f"--checkpoint-every-steps must be >= 0 (0 = off), got {self.checkpoint_every_steps}")
+        if self.log_every < 0:
+            problems.append(f"--log-every must be >= 0 (0 = off), got {self.log_every}")
+        return problems + _log_sink_problems(self.log_to)
+
+
+@dataclass
+class TrainConfig:
+    """Distil a student from a logit store (Ray Train), never running the teacher."""
+
+    data: Data = section(Data)
+    distill: Distillation = section(Distillation)
+    training: Training = section(Training)
+    scale: Scale = section(Scale)
+    progress: Progress = section(Progress)
+    output: str = option(
+        "directory (or s3://, gs://, az:// prefix) for metrics.json, config.json, logs, the checkpoints and the "
+        "exported student",
+        "",
+        required=True,
+    )
+    overwrite: bool = option("replace a finished run already in --output", False, resume_free=True)
+
+    @classmethod
+    def from_flags(cls, **values: Any) -> TrainConfig:
+        """A config from flags by name (`store=..., lr=...`; the others their defaults)."""
+        return build_config(cls, values)
+
+    def with_flags(self, **values: Any) -> TrainConfig:
+        """This config with some flags (by name) changed."""
+        return replace_flags(self, values)
+
+    def to_dict(self) -> dict:
+        """The flags by name, flat: a run's config.json, loadable again with --config."""
+        return flat_dict(self)
+
+    def identity(self) -> dict:
+        """The flags that decide a run's results (by name): a rerun with the same ones resumes it.
+        The others (resume_free) may change on a resume, e.g. a smaller --loss-chunk after running
+        out of memory."""
+        free = {name for name, flag in flags(TrainConfig).items() if flag.field.metadata["resume_free"]}
+        return {name: value for name, value in self.to_dict().items() if name not in free}
+
+    def validate(self) -> list[str]:
+        problems = self.run_problems() + required_problems(self)
         if self.output:
             problems += self._output_problems()
         return list(dict.fromkeys(problems))  # a student's problem and a flag's can be the same
 
-    def views_augment(self, manifest: Manifest) -> str:
-        """The augmentation the run applies: --augment, else the one a store of views records when it
-        is built in. A store is data: code it names (`module:function`) is run only when --augment
-        names the same (ConfigError otherwise, as validate() reports)."""
-        if self.augment or not manifest.views:
-            return self.augment
-        problems = _stored_code_problems(manifest.views.augment, self.store)
-        if problems:
-            raise ConfigError(problems)
-        return manifest.views.augment
+    def run_problems(self, students: list[dict] | None = None, each: str = "--variants") -> list[str]:
+        """Every problem but those of --output (a sweep's is its own), each section's; `students`:
+        a sweep's trials, checked as the students of one run instead of --variants."""
+        manifest, problems = self.data.read_store()
+        return [
+            *storage_settings.problems(),
+            *problems,
+            *self.data.problems(manifest),
+            *self.distill.problems(manifest, students, each),
+            *self.training.problems(),
+            *self.scale.problems(),
+            *self.progress.problems(),
+        ]
 
     def _output_problems(self) -> list[str]:
         from trainer.student.outputs import RunOutput
@@ -361,110 +579,21 @@ class TrainConfig:
             )
         return problems
 
-    def _student_problems(self, manifest: Manifest | None) -> list[str]:
-        """The checks of what each student of a run may set for itself (VARIANT_FIELDS)."""
-        problems = []
-        if manifest is not None and math.isfinite(self.temperature):
-            try:
-                manifest.temperature_index(self.temperature)
-            except ValueError:
-                recorded = ", ".join(f"{t:g}" for t in manifest.temperatures)
-                problems.append(
-                    f"--temperature {self.temperature:g} was not recorded in the store (recorded: "
-                    f"{recorded}): pick one of those, or dump again with it in --temperatures"
-                )
-            else:
-                drawn_at = manifest.selection.temperature
-                if manifest.draws and drawn_at != self.temperature:
-                    problems.append(
-                        f"--temperature {self.temperature:g} differs from the temperature the store's "
-                        f"{manifest.selection.kind} draws were made at ({drawn_at:g}): train at --temperature "
-                        f"{drawn_at:g}"
-                    )
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            problems.append(f"--temperature must be positive, got {self.temperature}")
-        if self.student:
-            problems += specs.check_model_spec(self.student, "--student")
-        if not 0.0 <= self.alpha <= 1.0:
-            problems.append(f"--alpha must be in [0, 1], got {self.alpha}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            problems.append(f"--lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            problems.append(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if self.loss not in LOSS_KINDS:
-            problems += choice_problem("--loss", self.loss, LOSS_KINDS)
-        elif self.loss != "kl" and manifest is not None and manifest.draws and self.alpha > 0:
-            problems.append(
-                f"--loss {self.loss} needs the teacher's exact top-k, but this store holds "
-                f"{manifest.selection.kind} draws (an estimate of forward KL): use --loss kl"
-            )
-        if self.loss == "jsd" and not 0.0 < self.jsd_beta < 1.0:
-            problems.append(f"--jsd-beta must be in (0, 1), got {self.jsd_beta}")
-        return problems
-
-    def _parse_variants(self) -> tuple[list[dict], list[str]]:
-        if not self.variants:
-            return [], []
-        try:
-            variants = json.loads(self.variants)
-        except json.JSONDecodeError as exc:
-            return [], [
-                f"--variants is not valid JSON ({exc.msg} at character {exc.pos}): pass a list of objects "
-                'such as \'[{"lr": 0.01}, {"lr": 0.003}]\''
-            ]
-        if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
-            return [], ["--variants must be a non-empty JSON list of objects, one per student"]
-        problems = []
-        hints = {f.name: f.type for f in fields(self)}
-        for i, variant in enumerate(variants):
-            for key in list(variant):
-                name = key.replace("-", "_")
-                if name not in VARIANT_FIELDS:
-                    problems.append(
-                        f"--variants[{i}]: {key!r} cannot differ between the students of one run: use one of "
-                        f"{', '.join(VARIANT_FIELDS)}"
-                    )
-                    variant.pop(key)
-                    continue
-                value = variant.pop(key)
-                if hints[name] == "float" and isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
-                    try:
-                        value = float(value)
-                    except ValueError:
-                        pass
-                ok = (
-                    isinstance(value, str)
-                    if hints[name] == "str"
-                    else isinstance(value, (int, float)) and not isinstance(value, bool)
-                )
-                if not ok:
-                    problems.append(
-                        f"--variants[{i}]: {key} must be "
-                        f"{'a string' if hints[name] == 'str' else 'a number'}, got {value!r}"
-                    )
-                    continue
-                variant[name] = float(value) if hints[name] == "float" else value
-        return variants, problems
-
     def students(self) -> list[StudentSettings]:
-        """The settings of each student of this run: this config's, or one per --variants entry (validated first)."""
-        variants, _ = self._parse_variants()
-        configs = [replace(self, variants="", **v) for v in variants] or [self]
-        return [StudentSettings(**{k: getattr(c, k) for k in VARIANT_FIELDS}) for c in configs]
+        """The settings of each student of this run: one, or one per --variants entry (validated first)."""
+        return self.distill.students()
 
     def optimisation(self, total_steps: int = 1) -> Optimisation:
+        t = self.training
         return Optimisation(
-            precision=self.precision,
-            grad_accum=self.grad_accum,
-            clip_grad_norm=self.clip_grad_norm,
-            warmup_steps=self.warmup_steps,
-            lr_schedule=self.lr_schedule,
-            betas=(self.adam_beta1, self.adam_beta2),
-            eps=self.adam_eps,
+            precision=t.precision,
+            grad_accum=t.grad_accum,
+            clip_grad_norm=t.clip_grad_norm,
+            warmup_steps=t.warmup_steps,
+            lr_schedule=t.lr_schedule,
+            betas=(t.adam_beta1, t.adam_beta2),
+            eps=t.adam_eps,
             total_steps=max(1, total_steps),
-            strategy=self.strategy,
-            gradient_checkpointing=self.gradient_checkpointing,
+            strategy=self.scale.strategy,
+            gradient_checkpointing=t.gradient_checkpointing,
         )
-
-    def to_dict(self) -> dict:
-        return asdict(self)

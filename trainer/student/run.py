@@ -1,5 +1,6 @@
-"""A training run (jobs.train_student): open the stores, check the data against them, prepare the
-epoch's data, fit with Ray Train, write the outputs. The teacher never runs."""
+"""A training run (jobs.train_student): open the stores and check the data against them
+(trainer/student/stores.py), prepare the epoch's data, fit with Ray Train, write the outputs. The
+teacher never runs."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import ray.data
 import ray.train
 import torch
@@ -20,25 +20,24 @@ from ray.data import ExecutionOptions
 from ray.train.torch import TorchTrainer
 
 import logitstore
-from logitstore import Manifest, StoreError, StoreReader, read_manifest
+from logitstore import StoreError
 from logitstore.atomic import atomic_write_text
 from logitstore.storage import open_storage
 from trainer.errors import DataError, ModelError, RemoteError, TrainerError, is_process_death
-from trainer.inputs.datasets import TextOptions, fingerprint_dataset, load_dataset
-from trainer.inputs.models import build_model, hf_model_facts, probe_width
-from trainer.inputs.specs import HF_PREFIX, LM_SEQ_LEN, absolute_paths, worker_runtime_env
+from trainer.inputs.datasets import load_dataset
+from trainer.inputs.models import build_model
+from trainer.inputs.specs import absolute_paths, worker_runtime_env
 from trainer.options import parse_resources
 from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray, node_cpus, placement_problem, quiet_console
-from trainer.student import vocab
 from trainer.student.batches import BatchOptions
 from trainer.student.checkpoint import HISTORY_FILE, checkpoint_file
 from trainer.student.config import StudentSettings, TrainConfig, log_sinks
 from trainer.student.export import STUDENT_DIR, export_student, student_dir
-from trainer.student.join import EpochClock, JoinSpec, batch_rows, join_with_store, store_batches, store_rows
+from trainer.student.join import EpochClock, JoinSpec, batch_rows, join_with_store, store_batches
 from trainer.student.loop import LoopConfig, train_loop_per_worker
 from trainer.student.outputs import RunOutput
 from trainer.student.progress_bar import DriverBar, ProgressBoard, wants_bar
-from trainer.student.students import enable_gradient_checkpointing
+from trainer.student.stores import RunStores, check_inputs, vocab_padding
 from trainer.student.timing import RunClock, run_timing
 
 # What metrics.json reports of each student (the last epoch's figures).
@@ -55,120 +54,92 @@ SUMMARY_KEYS = (
 RUN_NAME = "train"  # Ray Train's run directory under <output>/ray; the same name is what lets a rerun resume
 
 
-@dataclass(frozen=True)
-class RunStores:
-    """The stores of a run, each manifest parsed once, and how their text was tokenised."""
-
-    manifest: Manifest
-    text: TextOptions
-    eval_manifest: Manifest | None = None
-    eval_text: TextOptions | None = None
-
-    @staticmethod
-    def open(cfg: TrainConfig) -> RunStores:
-        manifest = read_manifest(cfg.store)
-        text = _text_options(cfg.store, manifest)
-        if not cfg.eval_store:
-            return RunStores(manifest, text, None, text if cfg.eval_dataset else None)
-        eval_manifest = read_manifest(cfg.eval_store)
-        if eval_manifest.teacher_weights != manifest.teacher_weights:
-            raise DataError(
-                f"--eval-store {cfg.eval_store} was dumped by another teacher than --store {cfg.store}: dump "
-                "both with the same teacher"
-            )
-        eval_text = _text_options(cfg.eval_store, eval_manifest)
-        if eval_text.tokenizer_json != text.tokenizer_json or _hf_files(eval_manifest) != _hf_files(manifest):
-            raise DataError(
-                f"--eval-store {cfg.eval_store} was tokenised with another tokenizer than --store "
-                f"{cfg.store}: dump it with --tokenizer {Path(cfg.store) / 'tokenizer.json'}"
-            )
-        return RunStores(manifest, text, eval_manifest, eval_text)
-
-
-def _text_options(store: str, manifest: Manifest) -> TextOptions:
-    """Tokenise and pack text exactly as the dump did: the store's own tokenizer, block length and mask."""
-    reader = StoreReader(store, manifest=manifest)
-    hf = reader.tokenizer_dir()
-    train_on = manifest.config.get("train_on", "auto")
-    return TextOptions(
-        reader.tokenizer_json(),
-        int(manifest.config.get("seq_len", LM_SEQ_LEN)),
-        hf_tokenizer=None if hf is None else str(hf),
-        train_on="" if train_on == "auto" else str(train_on),
-    )
-
-
-def _hf_files(manifest: Manifest) -> dict | None:
-    return None if manifest.tokenizer is None else manifest.tokenizer.files
-
-
-# ---- 1. check the inputs ------------------------------------------------------------------------
-def check_store_matches(manifest: Manifest, ds, spec: str, store: str, flag: str) -> None:
-    """The dataset must be exactly the data the store was dumped from (ids and inputs; labels may differ)."""
-    fp = fingerprint_dataset(ds, spec)
-    recorded = manifest.dataset
-    if fp.ids_sha256 != recorded.get("ids_sha256"):
-        raise DataError(
-            f"{flag} {spec} does not match store {store}: the store covers {recorded.get('num_samples')} samples of "
-            f"{recorded.get('spec')!r}, the dataset has {fp.num_samples} with other ids; pass the dataset the "
-            "store was dumped from, or dump a store for this one"
-        )
-    if fp.inputs_sha256 != recorded.get("inputs_sha256"):
-        raise DataError(
-            f"{flag} {spec} does not match store {store}: same ids, but the inputs differ from those the teacher saw; "
-            f"pass the dataset the store was dumped from, or dump the store again"
-        )
-
-
-def student_width(spec: str, rows: dict, gradient_checkpointing: bool) -> int:
-    """The student's output width, from a few real rows. An hf: student is built on the meta
-    device and its width read from its output layer: the driver never loads (nor copies from object
-    storage) its weights, which for an LM-scale student are gigabytes."""
-    if spec.startswith(HF_PREFIX):
-        with torch.device("meta"):
-            student = build_model(spec, "--student", pretrained=False)
-        if gradient_checkpointing:
-            enable_gradient_checkpointing(student, spec)
-        return hf_model_facts(spec, "--student").vocab_size
-    student = build_model(spec, "--student")
-    if gradient_checkpointing:
-        enable_gradient_checkpointing(student, spec)
-    return probe_width(student, rows, "--student", spec)
-
-
-def check_student_width(width: int, stores: RunStores, spec: str, store: str) -> int:
-    """The student's output width checked against the store (trainer/student/vocab.py: a padded
-    vocabulary may differ from the teacher's when every id fits)."""
-    vocab.check_width(width, stores.manifest, spec, store)
-    if width < stores.manifest.vocab_size:
-        first = StoreReader(store, manifest=stores.manifest).read_shard(0)
-        vocab.check_shard(first, width, spec, store, stores.manifest.vocab_size)
-        if stores.eval_manifest is not None:
-            vocab.check_width(width, stores.eval_manifest, spec, store)
-    return width
-
-
-def check_inputs(cfg: TrainConfig, stores: RunStores) -> None:
-    """The passes over the data that check it against the stores, and every student's width. A
-    store that carries its inputs is its own data: a --dataset given beside it must match it."""
-    if cfg.dataset:
-        train_ds = load_dataset(cfg.dataset, "--dataset", stores.text)
-        rows = train_ds.take_batch(2, batch_format="numpy")
+def run_training(cfg: TrainConfig, *, inputs_checked: bool = False) -> dict:
+    """Train the run's students; `inputs_checked` skips check_inputs (a sweep makes those passes
+    over the data once for all its runs)."""
+    clock = RunClock()
+    ensure_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one epoch = one execution: too noisy
+    clock.mark("ray_ready")
+    stores = RunStores.open(cfg.data)
+    if not inputs_checked:
+        check_inputs(cfg, stores)
+    clock.mark("inputs_checked")
+    students = cfg.students()
+    cpus, use_gpu = _cpus_per_worker(cfg), cluster_gpus() >= cfg.scale.workers
+    resources = parse_resources(cfg.scale.worker_resources, "--worker-resources")[0]
+    problem = placement_problem(resources, cpus, "--worker-resources", "training worker")
+    if problem:
+        raise DataError(problem)
+    resolved = cfg.with_flags(cpus_per_worker=cpus)
+    output = _prepare_output(cfg, resolved)
+    datasets, loop = prepare_data(cfg, stores, students, cpus)
+    clock.mark("fit_called")
+    if wants_bar():  # a terminal: a bar on the driver instead of rank 0's lines
+        board = ProgressBoard.remote()
+        barred = replace(loop, progress_board=board, progress_lines=False)
+        with DriverBar(board, loop.optimisation.total_steps):
+            result = fit(cfg, datasets, barred, output, cpus, use_gpu)
     else:
-        rows = _first_stored_rows(cfg.store, stores.manifest)
-    for spec in dict.fromkeys(s.student for s in cfg.students()):
-        check_student_width(student_width(spec, rows, cfg.gradient_checkpointing), stores, spec, cfg.store)
-    if cfg.dataset:
-        check_store_matches(stores.manifest, train_ds, cfg.dataset, cfg.store, "--dataset")
-    if stores.eval_manifest is not None and cfg.eval_dataset:
-        eval_ds = load_dataset(cfg.eval_dataset, "--eval-dataset", stores.eval_text)
-        check_store_matches(stores.eval_manifest, eval_ds, cfg.eval_dataset, cfg.eval_store, "--eval-dataset")
+        result = fit(cfg, datasets, loop, output, cpus, use_gpu)
+    clock.mark("fit_returned")
+    runtime = {"cpus_per_worker": cpus, "use_gpu": use_gpu}
+    return write_outputs(resolved, stores, students, result, output, runtime, clock)
 
 
-def _first_stored_rows(store: str, manifest: Manifest) -> dict:
-    """A few rows of a store that carries its inputs, as a dataset would give them."""
-    data = StoreReader(store, manifest=manifest).read_shard(0)
-    return store_rows(data.select(np.arange(min(2, data.num_samples))), manifest.layout.inputs.seq_len)
+# ---- 1. the workers' CPUs, and the output -------------------------------------------------------
+def _cpus_per_worker(cfg: TrainConfig) -> float:
+    return cpus_per_worker(cfg.scale.cpus_per_worker, cfg.scale.worker_resources, cfg.scale.workers)
+
+
+def cpus_per_worker(given: float, worker_resources: str, workers: int) -> float:
+    """`given`, or automatic: the cluster's CPUs but one shared by `workers` workers (the one left
+    keeps the data pipeline going: workers that claim every CPU starve it), at most 4, and never
+    more than the largest node a worker may run on has (a worker runs on one node)."""
+    if given > 0:
+        return given
+    largest = max(node_cpus(parse_resources(worker_resources, "--worker-resources")[0]), default=1.0)
+    return max(0.25, min(4.0, (cluster_cpus() - 1.0) / workers, largest))
+
+
+def _prepare_output(cfg: TrainConfig, resolved: TrainConfig) -> RunOutput:
+    """--output made ready: a finished run replaced with --overwrite; an unfinished one (its driver
+    died) resumed by Ray Train from its latest checkpoint, but only by the same command."""
+    output = RunOutput(cfg.output)
+    if cfg.overwrite:
+        output.remove(["metrics.json", "config.json", "checkpoint", "ray", "logs", "curves.png"])
+    output.local.mkdir(parents=True, exist_ok=True)
+    if output.exists("config.json") and output.exists("ray"):
+        # (paths as this command resolves them: a run recorded before they were made absolute)
+        previous = absolute_paths(json.loads(output.read_text("config.json")))
+        differ = _differences(previous, resolved)
+        if differ:
+            raise DataError(
+                f"--output {output} holds an unfinished run with other arguments (they differ in: "
+                f"{', '.join(differ)}): "
+                f"rerun that command to resume it, pass --overwrite to start over, or choose another --output"
+            )
+        if output.exists(f"ray/{RUN_NAME}/checkpoint_manager_snapshot.json"):  # Ray Train's record of checkpoints
+            print(f"resuming the unfinished run in {output} from its latest registered checkpoint", file=sys.stderr)
+        else:
+            print(
+                f"the unfinished run in {output} registered no checkpoint before it stopped: starting it over",
+                file=sys.stderr,
+            )
+    # The resolved configuration, loadable again with --config.
+    atomic_write_text(output.local / "config.json", json.dumps(resolved.to_dict(), indent=2) + "\n")
+    output.publish("config.json")
+    return output
+
+
+def _differences(previous: dict, resolved: TrainConfig) -> list[str]:
+    """The flags in which a run recorded in a config.json is another run than `resolved`: those of
+    its identity (what may change on a resume does not count); a key an older version did not write
+    had its default."""
+    mine, defaults = resolved.identity(), TrainConfig().to_dict()
+    free = defaults.keys() - mine.keys()
+    keys = (previous.keys() - free) | mine.keys()
+    return sorted(k for k in keys if previous.get(k, defaults.get(k)) != mine.get(k))
 
 
 # ---- 2. prepare the data ------------------------------------------------------------------------
@@ -177,15 +148,16 @@ def prepare_data(
 ) -> tuple[dict[str, ray.data.Dataset], LoopConfig]:
     """The training data in this run's order (joined with the store unless every student trains on
     labels only: then the store is never read), the eval data in id order, and the loop's config."""
-    manifest = stores.manifest
+    data, manifest = cfg.data, stores.manifest
     reads_store = any(s.alpha > 0 for s in students)
     # The join carries one logsumexp column per temperature the students train at.
     temperatures = tuple(sorted({s.temperature for s in students})) if reads_store else ()
     # A fresh dataset: the epoch's order counts the executions of the dataset it is made from.
     clock = EpochClock.remote()  # the epoch a (restarted) worker group starts at: the join's orders follow it
-    spec = JoinSpec(cfg.store, manifest, temperatures, cfg.batch_size, cfg.seed, cfg.shuffle_window, clock)
-    if cfg.dataset:
-        datasets = {"train": join_with_store(load_dataset(cfg.dataset, "--dataset", stores.text), spec)}
+    seed = cfg.training.seed
+    spec = JoinSpec(data.store, manifest, temperatures, cfg.training.batch_size, seed, data.shuffle_window, clock)
+    if data.dataset:
+        datasets = {"train": join_with_store(load_dataset(data.dataset, "--dataset", stores.text), spec)}
     else:
         datasets = {"train": store_batches(spec)}
     # A store of views replays its own augmentation from the stored seeds (code the store names only
@@ -195,58 +167,54 @@ def prepare_data(
         manifest.selection.kind,
         temperatures,
         views=manifest.num_views if reads_store else 0,
-        augment_spec=cfg.views_augment(manifest),
-        seed=cfg.seed,
+        augment_spec=data.views_augment(manifest),
+        seed=seed,
     )
-    eval_options = None
-    if cfg.eval_dataset or cfg.eval_store:
-        eval_ds = load_dataset(cfg.eval_dataset, "--eval-dataset", stores.eval_text) if cfg.eval_dataset else None
-        if stores.eval_manifest is None:
-            datasets["eval"] = batch_rows(eval_ds, cfg.eval_batch_size)
-            eval_options = BatchOptions(manifest.selection.kind, ())
-        else:
-            m = stores.eval_manifest
-            t = 1.0 if 1.0 in m.temperatures else m.temperatures[0]
-            eval_spec = JoinSpec(cfg.eval_store, m, (t,), cfg.eval_batch_size, cfg.seed, 0)
-            datasets["eval"] = store_batches(eval_spec) if eval_ds is None else join_with_store(eval_ds, eval_spec)
-            eval_options = BatchOptions(m.selection.kind, (t,))
+    eval_options = _eval_data(cfg, stores, datasets)
     loop = LoopConfig(
         students=tuple(students),
-        epochs=cfg.epochs,
-        seed=cfg.seed,
+        epochs=cfg.training.epochs,
+        seed=seed,
         threads=max(1, int(cpus)),
         train=train,
         eval=eval_options,
-        eval_every=cfg.eval_every,
-        checkpoint_every=cfg.checkpoint_every,
-        checkpoint_every_steps=cfg.checkpoint_every_steps,
-        loss_chunk=cfg.loss_chunk,
+        eval_every=cfg.progress.eval_every,
+        checkpoint_every=cfg.progress.checkpoint_every,
+        checkpoint_every_steps=cfg.progress.checkpoint_every_steps,
+        loss_chunk=cfg.training.loss_chunk,
         optimisation=cfg.optimisation(_total_steps(cfg, manifest.num_samples)),
         log_dir=open_storage(cfg.output).uri,  # absolute: workers do not run in this directory
-        log_to=log_sinks(cfg.log_to),
-        log_every=cfg.log_every,
+        log_to=log_sinks(cfg.progress.log_to),
+        log_every=cfg.progress.log_every,
         epoch_clock=clock,
         # The store, whose tokenizer each worker copies (checked) beside its checkpoints' exports.
-        tokenizer_dir=open_storage(cfg.store).uri if _has_hf_tokenizer(manifest) else "",
+        tokenizer_dir=open_storage(data.store).uri if stores.has_hf_tokenizer() else "",
     )
     return datasets, loop
 
 
-def _has_hf_tokenizer(manifest: Manifest) -> bool:
-    return manifest.tokenizer is not None and manifest.tokenizer.kind == "hf"
-
-
-def _tokenizer_dir(store: str, manifest: Manifest) -> Path | None:
-    """A local copy of the store's Hugging Face tokenizer files (checked), which go beside every
-    export; None without them."""
-    return StoreReader(store, manifest=manifest).tokenizer_dir() if _has_hf_tokenizer(manifest) else None
+def _eval_data(cfg: TrainConfig, stores: RunStores, datasets: dict[str, ray.data.Dataset]) -> BatchOptions | None:
+    """The eval data, in id order, put in `datasets` (labels alone, or joined with --eval-store); the
+    options of its batches, or None without eval data."""
+    data = cfg.data
+    if not (data.eval_dataset or data.eval_store):
+        return None
+    eval_ds = load_dataset(data.eval_dataset, "--eval-dataset", stores.eval_text) if data.eval_dataset else None
+    if stores.eval_manifest is None:
+        datasets["eval"] = batch_rows(eval_ds, data.eval_batch_size)
+        return BatchOptions(stores.manifest.selection.kind, ())
+    m = stores.eval_manifest
+    t = 1.0 if 1.0 in m.temperatures else m.temperatures[0]
+    eval_spec = JoinSpec(data.eval_store, m, (t,), data.eval_batch_size, cfg.training.seed, 0)
+    datasets["eval"] = store_batches(eval_spec) if eval_ds is None else join_with_store(eval_ds, eval_spec)
+    return BatchOptions(m.selection.kind, (t,))
 
 
 def _total_steps(cfg: TrainConfig, samples: int) -> int:
     """The run's optimiser steps on each worker, for per-step schedules (batches are split evenly
     over the workers; the join's windows can add a batch or two, which the schedules tolerate)."""
-    batches = max(1, -(-samples // cfg.batch_size) // cfg.workers)
-    return cfg.epochs * -(-batches // cfg.grad_accum)
+    batches = max(1, -(-samples // cfg.training.batch_size) // cfg.scale.workers)
+    return cfg.training.epochs * -(-batches // cfg.training.grad_accum)
 
 
 # ---- 3. fit ---------------------------------------------------------------------------------------
@@ -300,13 +268,12 @@ def fit(
     use_gpu: bool,
 ):
     os.environ.setdefault(*POLL_INTERVAL_ENV)  # Ray Train passes it from the driver to its controller
+    resources = parse_resources(cfg.scale.worker_resources, "--worker-resources")[0]
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"loop": loop},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": cpus, **parse_resources(cfg.worker_resources, "--worker-resources")[0]},
+            num_workers=cfg.scale.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus, **resources}
         ),
         datasets=datasets,
         # Only "train" is split across workers; rank 0 evaluates the whole eval set.
@@ -315,7 +282,7 @@ def fit(
             name=RUN_NAME,
             storage_path=output.storage_path,  # on object storage when --output is: checkpoints outlive nodes
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.scale.max_failures),
             worker_runtime_env=worker_runtime_env(),
             callbacks=[StopOnRemoteError()],
         ),
@@ -350,7 +317,7 @@ def write_outputs(
     history = json.loads((final / HISTORY_FILE).read_text())
     results = []
     m = stores.manifest
-    tokenizer = _tokenizer_dir(cfg.store, m)
+    tokenizer = stores.tokenizer_dir()
     for i, s in enumerate(students):
         weights = final / checkpoint_file(i, len(students))
         model = build_model(s.student, "--student", pretrained=False)  # the weights are the checkpoint's
@@ -367,10 +334,10 @@ def write_outputs(
         )
     metrics = {
         **(results[0] if len(students) == 1 else {"students": results}),
-        **_vocab_padding(cfg.store, m, students, history),
+        **vocab_padding(stores, students, history),
         "epochs": history,
         "store": {
-            "path": open_storage(cfg.store).uri,
+            "path": open_storage(cfg.data.store).uri,
             "teacher": m.teacher,
             "top_k": m.top_k,
             "temperatures": list(m.temperatures),
@@ -390,125 +357,3 @@ def write_outputs(
 def _published(output: RunOutput, path: Path) -> str:
     """Where `path` (in the staging directory) is once published."""
     return f"{output.uri}/{path.relative_to(output.local).as_posix()}" if output.uri else str(path)
-
-
-def _vocab_padding(store: str, manifest: Manifest, students: list[StudentSettings], history: list[dict]) -> dict:
-    """{"vocab_padding": ...} when a student's output width differs from the store's vocabulary:
-    the widths, and per student the teacher's mean tail mass at its temperature over the first
-    shard, the most the teacher put on ids that student cannot represent (the store keeps the
-    tail as a whole: the exact share beyond the width is not stored)."""
-    # (a width is 0 where a restarted process trained no batch before its report)
-    widths = next((e["output_widths"] for e in history if e.get("output_widths") and all(e["output_widths"])), None)
-    if widths is None or all(w == manifest.vocab_size for w in widths):
-        return {}
-    first = StoreReader(store, manifest=manifest).read_shard(0)
-    return {
-        "vocab_padding": {
-            "store_vocab_size": manifest.vocab_size,
-            "student_widths": widths,
-            "tail_mass_upper_bound": [
-                vocab.tail_mass(first, manifest, s.temperature) if w < manifest.vocab_size else 0.0
-                for s, w in zip(students, widths)
-            ],
-            "tail_mass_positions": first.num_positions,
-        }
-    }
-
-
-# ---- the run --------------------------------------------------------------------------------------
-def _cpus_per_worker(cfg: TrainConfig) -> float:
-    return cpus_per_worker(cfg.cpus_per_worker, cfg.worker_resources, cfg.workers)
-
-
-def cpus_per_worker(given: float, worker_resources: str, workers: int) -> float:
-    """`given`, or automatic: the cluster's CPUs but one shared by `workers` workers (the one left
-    keeps the data pipeline going: workers that claim every CPU starve it), at most 4, and never
-    more than the largest node a worker may run on has (a worker runs on one node)."""
-    if given > 0:
-        return given
-    largest = max(node_cpus(parse_resources(worker_resources, "--worker-resources")[0]), default=1.0)
-    return max(0.25, min(4.0, (cluster_cpus() - 1.0) / workers, largest))
-
-
-def _prepare_output(cfg: TrainConfig, resolved: TrainConfig) -> RunOutput:
-    """--output made ready: a finished run replaced with --overwrite; an unfinished one (its driver
-    died) resumed by Ray Train from its latest checkpoint, but only by the same command."""
-    output = RunOutput(cfg.output)
-    if cfg.overwrite:
-        output.remove(["metrics.json", "config.json", "checkpoint", "ray", "logs", "curves.png"])
-    output.local.mkdir(parents=True, exist_ok=True)
-    if output.exists("config.json") and output.exists("ray"):
-        # (paths as this command resolves them: a run recorded before they were made absolute)
-        previous, mine = absolute_paths(json.loads(output.read_text("config.json"))), resolved.to_dict()
-        # What does not change the results may change on a resume (e.g. a smaller --loss-chunk after
-        # running out of memory); a key an older version did not write had its default.
-        ignore = {
-            "overwrite",
-            "max_failures",
-            "log_every",
-            "log_to",
-            "loss_chunk",
-            "eval_batch_size",
-            "worker_resources",
-        }
-        defaults = TrainConfig().to_dict()
-        differ = sorted(
-            k for k in set(previous) | set(mine) if k not in ignore and previous.get(k, defaults.get(k)) != mine.get(k)
-        )
-        if differ:
-            raise DataError(
-                f"--output {output} holds an unfinished run with other arguments (they differ in: "
-                f"{', '.join(differ)}): "
-                f"rerun that command to resume it, pass --overwrite to start over, or choose another --output"
-            )
-        if output.exists(f"ray/{RUN_NAME}/checkpoint_manager_snapshot.json"):  # Ray Train's record of checkpoints
-            print(f"resuming the unfinished run in {output} from its latest registered checkpoint", file=sys.stderr)
-        else:
-            print(
-                f"the unfinished run in {output} registered no checkpoint before it stopped: starting it over",
-                file=sys.stderr,
-            )
-    # The resolved configuration, loadable again with --config.
-    atomic_write_text(output.local / "config.json", json.dumps(resolved.to_dict(), indent=2) + "\n")
-    output.publish("config.json")
-    return output
-
-
-def run_training(cfg: TrainConfig, *, inputs_checked: bool = False) -> dict:
-    """Train the run's students; `inputs_checked` skips check_inputs (a sweep makes those passes
-    over the data once for all its runs)."""
-    clock = RunClock()
-    ensure_ray()
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one epoch = one execution: too noisy
-    clock.mark("ray_ready")
-    stores = RunStores.open(cfg)
-    if not inputs_checked:
-        check_inputs(cfg, stores)
-    clock.mark("inputs_checked")
-    students = cfg.students()
-    cpus, use_gpu = _cpus_per_worker(cfg), cluster_gpus() >= cfg.workers
-    resources = parse_resources(cfg.worker_resources, "--worker-resources")[0]
-    problem = placement_problem(resources, cpus, "--worker-resources", "training worker")
-    if problem:
-        raise DataError(problem)
-    resolved = replace(cfg, cpus_per_worker=cpus)
-    output = _prepare_output(cfg, resolved)
-    datasets, loop = prepare_data(cfg, stores, students, cpus)
-    clock.mark("fit_called")
-    if wants_bar():  # a terminal: a bar on the driver instead of rank 0's lines
-        board = ProgressBoard.remote()
-        barred = replace(loop, progress_board=board, progress_lines=False)
-        with DriverBar(board, loop.optimisation.total_steps):
-            result = fit(cfg, datasets, barred, output, cpus, use_gpu)
-    else:
-        result = fit(cfg, datasets, loop, output, cpus, use_gpu)
-    clock.mark("fit_returned")
-    return write_outputs(
-        resolved,
-        stores,
-        students,
-        result,
-        output,
-        {"cpus_per_worker": cpus, "use_gpu": use_gpu},
-        clock,
-    )

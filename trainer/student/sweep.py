@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import numpy as np
 from logitstore.atomic import atomic_write_text
 from logitstore.errors import StoreError
 from trainer.errors import ConfigError, ModelError, RemoteError, TrainerError, find_cause, is_process_death
-from trainer.options import choice_problems, option
+from trainer.options import build_config, choice_problems, flat_dict, option, replace_flags, section
 from trainer.student.config import VARIANT_FIELDS, TrainConfig
 from trainer.student.outputs import RunOutput, copy_out, join_output
 
@@ -39,17 +39,10 @@ FAILED_KEY = "raised"  # a trial's result: the exception its run raised (a Remot
 
 
 @dataclass
-class SweepConfig(TrainConfig):
-    """Sweep student hyper-parameters over one logit store with Ray Tune (a Ray Train run per trial; no teacher)."""
+class Search:
+    """What a sweep tries (the space and its draws), how it picks the best, and how it packs the
+    trials into Ray Train runs."""
 
-    output: str = option(
-        "directory (or s3://, gs://, az:// prefix) of the sweep: results.csv/.md/.json, plot.png, best/ (model.pt "
-        "and the exported student/), "
-        "config.json, trials.json and runs/<run>/ (each run's metrics.json, config.json, checkpoint, student)",
-        "",
-        required=True,
-    )
-    overwrite: bool = option("replace a finished sweep already in --output", False)
     space: str = option(
         "the search space, a JSON/YAML mapping of "
         + ", ".join(VARIANT_FIELDS)
@@ -74,27 +67,9 @@ class SweepConfig(TrainConfig):
     )
     search_seed: int = option("seed of the random draws of the search space", 0)
 
-    def validate(self) -> list[str]:
-        trials, problems = self.trials()
-        if self.variants:
-            problems.append(
-                "--variants does not apply to a sweep: put the settings in --space, and --students-per-run "
-                "packs them into runs"
-            )
-        base = replace(self, output="", variants="")
-        # The train flags, checked as one run with every trial as a student (no output yet: the sweep's own).
-        as_run = TrainConfig(**{k: v for k, v in vars(base).items() if k in TrainConfig.__dataclass_fields__})
-        if trials:
-            as_run.variants = json.dumps(trials)
-        problems += [p.replace("--variants[", "trial [") for p in as_run.validate() if p != "--output is required"]
-        if not self.output:
-            problems.append("--output is required")
-        elif _finished(self.output) and not self.overwrite:
-            problems.append(
-                f"{self.output} already holds a finished sweep (results.csv): pass --overwrite to replace it, "
-                "or choose another --output"
-            )
-        problems += choice_problems(self)
+    def problems(self) -> list[str]:
+        """The checks of these flags but --space's (trials() reports those)."""
+        problems = choice_problems(self)
         for flag, value in (
             ("--num-samples", self.num_samples),
             ("--max-concurrent", self.max_concurrent),
@@ -104,7 +79,7 @@ class SweepConfig(TrainConfig):
                 problems.append(f"{flag} must be >= 1, got {value}")
         if self.max_retries < 0:
             problems.append(f"--max-retries must be >= 0, got {self.max_retries}")
-        return list(dict.fromkeys(problems))  # a flag the sweep and its runs share is reported once
+        return problems
 
     def trials(self) -> tuple[list[dict], list[str]]:
         """Every trial's student settings (the swept ones only), in Tune's order; or the problems of --space."""
@@ -144,6 +119,54 @@ class SweepConfig(TrainConfig):
         return [{k: _plain(v) for k, v in t.items()} for t in trials], []
 
 
+@dataclass
+class SweepConfig:
+    """Sweep student hyper-parameters over one logit store with Ray Tune (a Ray Train run per trial; no teacher)."""
+
+    # Every trial's defaults; each run's output is runs/<run> of the sweep's.
+    train: TrainConfig = section(TrainConfig, omit=("output", "overwrite"))
+    output: str = option(
+        "directory (or s3://, gs://, az:// prefix) of the sweep: results.csv/.md/.json, plot.png, best/ (model.pt "
+        "and the exported student/), "
+        "config.json, trials.json and runs/<run>/ (each run's metrics.json, config.json, checkpoint, student)",
+        "",
+        required=True,
+    )
+    overwrite: bool = option("replace a finished sweep already in --output", False)
+    search: Search = section(Search)
+
+    @classmethod
+    def from_flags(cls, **values: Any) -> SweepConfig:
+        """A config from flags by name (the others their defaults)."""
+        return build_config(cls, values)
+
+    def with_flags(self, **values: Any) -> SweepConfig:
+        return replace_flags(self, values)
+
+    def to_dict(self) -> dict:
+        """The flags by name, flat: the sweep's config.json, loadable again with --config."""
+        return flat_dict(self)
+
+    def validate(self) -> list[str]:
+        trials, problems = self.search.trials()
+        if self.train.distill.variants:
+            problems.append(
+                "--variants does not apply to a sweep: put the settings in --space, and --students-per-run "
+                "packs them into runs"
+            )
+        # The train flags, checked as one run with every trial as a student.
+        problems += self.train.run_problems(students=trials, each="trial ")
+        if not self.output:
+            problems.append("--output is required")
+        elif _finished(self.output) and not self.overwrite:
+            problems.append(
+                f"{self.output} already holds a finished sweep (results.csv): pass --overwrite to replace it, "
+                "or choose another --output"
+            )
+        problems += self.search.problems()
+        return list(dict.fromkeys(problems))  # a flag the sweep and its runs share is reported once
+
+
 def _tune_domain(name: str, domain: Any) -> tuple[Any, str | None]:
     from ray import tune
 
@@ -181,7 +204,8 @@ def _cpus_per_worker(cfg: SweepConfig) -> float:
     from trainer.student.run import cpus_per_worker
 
     # The concurrent runs' workers share the CPUs.
-    return cpus_per_worker(cfg.cpus_per_worker, cfg.worker_resources, cfg.workers * cfg.max_concurrent)
+    scale = cfg.train.scale
+    return cpus_per_worker(scale.cpus_per_worker, scale.worker_resources, scale.workers * cfg.search.max_concurrent)
 
 
 def _run_group(tune_config: dict) -> None:
@@ -199,7 +223,7 @@ def _run_group(tune_config: dict) -> None:
     os.environ["PYTHONPATH"] = run["pythonpath"]
     sys.path[:0] = [p for p in run["pythonpath"].split(os.pathsep) if p not in sys.path]
     try:
-        metrics = run_training(TrainConfig(**run["train"]), inputs_checked=True)
+        metrics = run_training(TrainConfig.from_flags(**run["train"]), inputs_checked=True)
     except Exception as exc:
         if is_process_death(exc):
             raise  # Tune retries the run (--max-retries), from its latest checkpoint
@@ -222,73 +246,97 @@ def _trial_dirname(trial) -> str:
 def run_sweep(cfg: SweepConfig, draw: Callable[[dict, Path], None] | None = None) -> dict:
     """Every trial's student trained, the results written; `draw(summary, path)` (the job's plot)
     makes plot.png before results.csv, which marks a finished sweep, is written last."""
-    import ray
-    from ray import cloudpickle, tune
-
-    from trainer.inputs.specs import worker_runtime_env
-    from trainer.ray_env import ensure_ray
-    from trainer.student.run import RunStores, check_inputs
+    from trainer.student.stores import RunStores, check_inputs
 
     start = time.perf_counter()
-    trials, _ = cfg.trials()
-    # A local directory, or a prefix on object storage (files staged locally, then uploaded).
+    trials, _ = cfg.search.trials()
+    out, cpus = _start(cfg, trials)
+    # Every run trains on the same data and stores: check them once here, not once per run.
+    as_run = cfg.train.with_flags(variants=json.dumps(trials))
+    check_inputs(as_run, RunStores.open(as_run.data))
+    n = cfg.search.students_per_run
+    groups = [trials[i : i + n] for i in range(0, len(trials), n)]
+    runs = [_run(cfg, r, group, cpus) for r, group in enumerate(groups)]
+    rows = _results(cfg, _tune(cfg, runs), trials, groups, runs)
+    summary = _write_results(cfg, out.local, rows, start, draw)
+    out.publish("results.md", "best", "results.json", *(["plot.png"] if (out.local / "plot.png").exists() else []))
+    out.publish("results.csv")  # last: it marks a finished sweep
+    return summary
+
+
+def _start(cfg: SweepConfig, trials: list[dict]) -> tuple[RunOutput, float]:
+    """The sweep's output made ready (a local directory, or a prefix on object storage: files staged
+    locally, then uploaded) with its config.json and trials.json, and Ray started; and each training
+    worker's CPUs."""
+    import ray
+
+    from trainer.ray_env import ensure_ray
+
     out = RunOutput(cfg.output)
     if cfg.overwrite:
         out.remove(["results.csv", "results.md", "results.json", "plot.png", "best", "runs", "tune", "config.json"])
         out.remove(["trials.json"])
-    output = out.local
-    output.mkdir(parents=True, exist_ok=True)
+    out.local.mkdir(parents=True, exist_ok=True)
     ensure_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
     cpus = _cpus_per_worker(cfg)
     # The resolved configuration (loadable again with --config), and the trials it resolves to.
-    atomic_write_text(output / "config.json", json.dumps(replace(cfg, cpus_per_worker=cpus).to_dict(), indent=2) + "\n")
-    atomic_write_text(output / "trials.json", json.dumps(trials, indent=2) + "\n")
+    resolved = cfg.with_flags(cpus_per_worker=cpus).to_dict()
+    atomic_write_text(out.local / "config.json", json.dumps(resolved, indent=2) + "\n")
+    atomic_write_text(out.local / "trials.json", json.dumps(trials, indent=2) + "\n")
     out.publish("config.json", "trials.json")
+    return out, cpus
 
-    train_fields = {k: v for k, v in cfg.to_dict().items() if k in TrainConfig.__dataclass_fields__}
-    # Every run trains on the same data and stores: check them once here, not once per run.
-    as_run = TrainConfig(**{**train_fields, "variants": json.dumps(trials)})
-    check_inputs(as_run, RunStores.open(as_run))
-    groups = [trials[i : i + cfg.students_per_run] for i in range(0, len(trials), cfg.students_per_run)]
-    runs = []
-    for r, group in enumerate(groups):
-        train = {
-            **train_fields,
-            "output": join_output(cfg.output, f"runs/run-{r:03d}"),
-            "cpus_per_worker": cpus,
-            "overwrite": False,
-            "max_failures": 0,
-        }
-        if len(group) == 1:
-            train.update(group[0])
-        else:
-            train["variants"] = json.dumps(group)
-        runs.append(
-            {
-                "index": r,
-                "train": train,
-                "metric": cfg.metric,
-                "mode": cfg.mode,
-                "cwd": os.getcwd(),
-                "pythonpath": worker_runtime_env()["env_vars"]["PYTHONPATH"],
-            }
-        )
+
+def _run(cfg: SweepConfig, index: int, group: list[dict], cpus: float) -> dict:
+    """A Tune trial's config: one Ray Train run of a group of students (its flags, flat)."""
+    from trainer.inputs.specs import worker_runtime_env
+
+    students = group[0] if len(group) == 1 else {"variants": json.dumps(group)}
+    train = cfg.train.with_flags(
+        output=join_output(cfg.output, f"runs/run-{index:03d}"),
+        cpus_per_worker=cpus,
+        overwrite=False,
+        max_failures=0,  # Tune retries the run (--max-retries)
+        **students,
+    )
+    return {
+        "index": index,
+        "train": train.to_dict(),
+        "metric": cfg.search.metric,
+        "mode": cfg.search.mode,
+        "cwd": os.getcwd(),
+        "pythonpath": worker_runtime_env()["env_vars"]["PYTHONPATH"],
+    }
+
+
+def _tune(cfg: SweepConfig, runs: list[dict]):
+    """The runs as Tune trials, `--max-concurrent` at a time: Tune's ResultGrid."""
+    from ray import tune
 
     tuner = tune.Tuner(
         # The trial itself only waits on its Ray Train run, which holds the CPUs (Tune needs some
         # resource in a trial's bundle: one byte of memory).
         tune.with_resources(_run_group, {"cpu": 0, "memory": 1}),
         param_space={"run": tune.grid_search(runs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent, trial_dirname_creator=_trial_dirname),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=cfg.search.max_concurrent, trial_dirname_creator=_trial_dirname
+        ),
         run_config=tune.RunConfig(
             name="sweep",
             storage_path=join_output(cfg.output, "tune"),
             verbose=0,
-            failure_config=tune.FailureConfig(max_failures=cfg.max_retries),
+            failure_config=tune.FailureConfig(max_failures=cfg.search.max_retries),
         ),
     )
-    grid = tuner.fit()
+    return tuner.fit()
+
+
+def _results(cfg: SweepConfig, grid, trials: list[dict], groups: list[list[dict]], runs: list[dict]) -> list[dict]:
+    """One row per trial, from its run's metrics.json; or what ended the sweep, raised: a run's own
+    exception, a user error's one line, or the runs that failed after their retries."""
+    from ray import cloudpickle
+
     raised = [r.metrics[FAILED_KEY] for r in grid if r.metrics and r.metrics.get(FAILED_KEY)]
     if raised:
         raise cloudpickle.loads(base64.b64decode(raised[0]))  # the job prints it (jobs/cli.py:run_job)
@@ -299,14 +347,11 @@ def run_sweep(cfg: SweepConfig, draw: Callable[[dict, Path], None] | None = None
         raise known  # a user error (bad data, a student that does not fit): its own one-line message
     if failed or len(rows) != len(trials):
         raise ModelError(
-            f"{len(failed)} of {len(runs)} runs failed after {cfg.max_retries} retries "
+            f"{len(failed)} of {len(runs)} runs failed after {cfg.search.max_retries} retries "
             f"({str(failed[0].error).splitlines()[0] if failed else 'missing results'}); see their logs under "
             f"{join_output(cfg.output, 'runs')}"
         )
-    summary = _write_results(cfg, output, rows, start, draw)
-    out.publish("results.md", "best", "results.json", *(["plot.png"] if (output / "plot.png").exists() else []))
-    out.publish("results.csv")  # last: it marks a finished sweep
-    return summary
+    return rows
 
 
 def _finished(output: str) -> bool:
@@ -351,16 +396,16 @@ def _markdown(rows: list[dict], columns: list[str]) -> str:
 
 def _write_results(cfg: SweepConfig, output: Path, rows: list[dict], start: float, draw) -> dict:
     swept = [k for k in VARIANT_FIELDS if k in rows[0]]  # the --space parameters
-    scored = [row for row in rows if row[cfg.metric] is not None and math.isfinite(row[cfg.metric])]
+    scored = [row for row in rows if row[cfg.search.metric] is not None and math.isfinite(row[cfg.search.metric])]
     if not scored:
-        needs_store = ", and --eval-store" if cfg.metric in ("teacher_agreement", "eval_kl_to_teacher") else ""
+        needs_store = ", and --eval-store" if cfg.search.metric in ("teacher_agreement", "eval_kl_to_teacher") else ""
         raise ConfigError(
             [
-                f"no trial reported --metric {cfg.metric} (it needs --eval-dataset{needs_store}): "
+                f"no trial reported --metric {cfg.search.metric} (it needs --eval-dataset{needs_store}): "
                 "pass them, or choose another --metric"
             ]
         )
-    best = (max if cfg.mode == "max" else min)(scored, key=lambda row: row[cfg.metric])
+    best = (max if cfg.search.mode == "max" else min)(scored, key=lambda row: row[cfg.search.metric])
     columns = [
         "trial",
         "run",
@@ -385,8 +430,8 @@ def _write_results(cfg: SweepConfig, output: Path, rows: list[dict], start: floa
         "trials": len(rows),
         "runs": len({row["run"] for row in rows}),
         "best": best,
-        "metric": cfg.metric,
-        "mode": cfg.mode,
+        "metric": cfg.search.metric,
+        "mode": cfg.search.mode,
         "swept": swept,
         "wall_seconds": time.perf_counter() - start,
     }

@@ -1,0 +1,179 @@
+"""The stores of a training run, opened once on the driver, and the checks of its inputs against
+them: the data must be the data the stores were dumped from, every student's output width must
+fit the store's ids; and the figures of a padded vocabulary that metrics.json reports.
+
+The store's first shard serves all three (a few rows to probe a student, the ids a narrower
+student must cover, the teacher's tail mass): it is read and decoded once per run, when first asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from logitstore import Manifest, ShardData, StoreReader, read_manifest
+from trainer.errors import DataError
+from trainer.inputs.datasets import TextOptions, fingerprint_dataset, load_dataset
+from trainer.inputs.models import build_model, hf_model_facts, probe_width
+from trainer.inputs.specs import HF_PREFIX, LM_SEQ_LEN
+from trainer.student import vocab
+from trainer.student.config import Data, StudentSettings, TrainConfig
+from trainer.student.join import store_rows
+from trainer.student.students import enable_gradient_checkpointing
+
+
+@dataclass(frozen=True)
+class RunStores:
+    """The stores of a run, each manifest parsed once, how their text was tokenised, and the
+    training store's first shard (read when first needed)."""
+
+    store: str
+    manifest: Manifest
+    text: TextOptions
+    eval_manifest: Manifest | None = None
+    eval_text: TextOptions | None = None
+
+    @staticmethod
+    def open(data: Data) -> RunStores:
+        manifest = read_manifest(data.store)
+        text = _text_options(data.store, manifest)
+        if not data.eval_store:
+            return RunStores(data.store, manifest, text, None, text if data.eval_dataset else None)
+        eval_manifest = read_manifest(data.eval_store)
+        if eval_manifest.teacher_weights != manifest.teacher_weights:
+            raise DataError(
+                f"--eval-store {data.eval_store} was dumped by another teacher than --store {data.store}: dump "
+                "both with the same teacher"
+            )
+        eval_text = _text_options(data.eval_store, eval_manifest)
+        if eval_text.tokenizer_json != text.tokenizer_json or _hf_files(eval_manifest) != _hf_files(manifest):
+            raise DataError(
+                f"--eval-store {data.eval_store} was tokenised with another tokenizer than --store "
+                f"{data.store}: dump it with --tokenizer {Path(data.store) / 'tokenizer.json'}"
+            )
+        return RunStores(data.store, manifest, text, eval_manifest, eval_text)
+
+    @cached_property
+    def first_shard(self) -> ShardData:
+        """Shard 0 of the training store, decoded (checked against its checksum) once."""
+        return StoreReader(self.store, manifest=self.manifest).read_shard(0)
+
+    def first_rows(self) -> dict:
+        """A few rows of a store that carries its inputs, as a dataset would give them."""
+        data = self.first_shard
+        return store_rows(data.select(np.arange(min(2, data.num_samples))), self.manifest.layout.inputs.seq_len)
+
+    def has_hf_tokenizer(self) -> bool:
+        return self.manifest.tokenizer is not None and self.manifest.tokenizer.kind == "hf"
+
+    def tokenizer_dir(self) -> Path | None:
+        """A local copy of the store's Hugging Face tokenizer files (checked), which go beside every
+        export; None without them."""
+        return StoreReader(self.store, manifest=self.manifest).tokenizer_dir() if self.has_hf_tokenizer() else None
+
+
+def _text_options(store: str, manifest: Manifest) -> TextOptions:
+    """Tokenise and pack text exactly as the dump did: the store's own tokenizer, block length and mask."""
+    reader = StoreReader(store, manifest=manifest)
+    hf = reader.tokenizer_dir()
+    train_on = manifest.config.get("train_on", "auto")
+    return TextOptions(
+        reader.tokenizer_json(),
+        int(manifest.config.get("seq_len", LM_SEQ_LEN)),
+        hf_tokenizer=None if hf is None else str(hf),
+        train_on="" if train_on == "auto" else str(train_on),
+    )
+
+
+def _hf_files(manifest: Manifest) -> dict | None:
+    return None if manifest.tokenizer is None else manifest.tokenizer.files
+
+
+def check_inputs(cfg: TrainConfig, stores: RunStores) -> None:
+    """The passes over the data that check it against the stores, and every student's width. A
+    store that carries its inputs is its own data: a --dataset given beside it must match it."""
+    data = cfg.data
+    if data.dataset:
+        train_ds = load_dataset(data.dataset, "--dataset", stores.text)
+        rows = train_ds.take_batch(2, batch_format="numpy")
+    else:
+        rows = stores.first_rows()
+    for spec in dict.fromkeys(s.student for s in cfg.students()):
+        check_student_width(student_width(spec, rows, cfg.training.gradient_checkpointing), stores, spec)
+    if data.dataset:
+        check_store_matches(stores.manifest, train_ds, data.dataset, data.store, "--dataset")
+    if stores.eval_manifest is not None and data.eval_dataset:
+        eval_ds = load_dataset(data.eval_dataset, "--eval-dataset", stores.eval_text)
+        check_store_matches(stores.eval_manifest, eval_ds, data.eval_dataset, data.eval_store, "--eval-dataset")
+
+
+def check_store_matches(manifest: Manifest, ds, spec: str, store: str, flag: str) -> None:
+    """The dataset must be exactly the data the store was dumped from (ids and inputs; labels may differ)."""
+    fp = fingerprint_dataset(ds, spec)
+    recorded = manifest.dataset
+    if fp.ids_sha256 != recorded.get("ids_sha256"):
+        raise DataError(
+            f"{flag} {spec} does not match store {store}: the store covers {recorded.get('num_samples')} samples of "
+            f"{recorded.get('spec')!r}, the dataset has {fp.num_samples} with other ids; pass the dataset the "
+            "store was dumped from, or dump a store for this one"
+        )
+    if fp.inputs_sha256 != recorded.get("inputs_sha256"):
+        raise DataError(
+            f"{flag} {spec} does not match store {store}: same ids, but the inputs differ from those the teacher saw; "
+            f"pass the dataset the store was dumped from, or dump the store again"
+        )
+
+
+def student_width(spec: str, rows: dict, gradient_checkpointing: bool) -> int:
+    """The student's output width, from a few real rows. An hf: student is built on the meta
+    device and its width read from its output layer: the driver never loads (nor copies from object
+    storage) its weights, which for an LM-scale student are gigabytes."""
+    if spec.startswith(HF_PREFIX):
+        with torch.device("meta"):
+            student = build_model(spec, "--student", pretrained=False)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(student, spec)
+        return hf_model_facts(spec, "--student").vocab_size
+    student = build_model(spec, "--student")
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(student, spec)
+    return probe_width(student, rows, "--student", spec)
+
+
+def check_student_width(width: int, stores: RunStores, spec: str) -> int:
+    """The student's output width checked against the store (trainer/student/vocab.py: a padded
+    vocabulary may differ from the teacher's when every id fits)."""
+    vocab.check_width(width, stores.manifest, spec, stores.store)
+    if width < stores.manifest.vocab_size:
+        vocab.check_shard(stores.first_shard, width, spec, stores.store, stores.manifest.vocab_size)
+        if stores.eval_manifest is not None:
+            vocab.check_width(width, stores.eval_manifest, spec, stores.store)
+    return width
+
+
+def vocab_padding(stores: RunStores, students: list[StudentSettings], history: list[dict]) -> dict:
+    """{"vocab_padding": ...} when a student's output width differs from the store's vocabulary:
+    the widths, and per student the teacher's mean tail mass at its temperature over the first
+    shard, the most the teacher put on ids that student cannot represent (the store keeps the
+    tail as a whole: the exact share beyond the width is not stored)."""
+    manifest = stores.manifest
+    # (a width is 0 where a restarted process trained no batch before its report)
+    widths = next((e["output_widths"] for e in history if e.get("output_widths") and all(e["output_widths"])), None)
+    if widths is None or all(w == manifest.vocab_size for w in widths):
+        return {}
+    first = stores.first_shard
+    return {
+        "vocab_padding": {
+            "store_vocab_size": manifest.vocab_size,
+            "student_widths": widths,
+            "tail_mass_upper_bound": [
+                vocab.tail_mass(first, manifest, s.temperature) if w < manifest.vocab_size else 0.0
+                for s, w in zip(students, widths)
+            ],
+            "tail_mass_positions": first.num_positions,
+        }
+    }
