@@ -670,3 +670,24 @@ def test_a_store_never_makes_the_trainer_run_code_it_names(dump, user_modules, t
     out = capsys.readouterr().out
     assert "evilaug:f is code (module:function) the store names: reading the store never runs it" in out
     assert not marker.exists() and not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "name,value,needle",
+    [
+        ("LOGITSTORE_LEASE_SECONDS", "0", "LOGITSTORE_LEASE_SECONDS='0' is not a number of seconds"),
+        ("LOGITSTORE_OBJECT_RETRY_SECONDS", "soon", "LOGITSTORE_OBJECT_RETRY_SECONDS='soon'"),
+        ("LOGITSTORE_CACHE", "FILE", "is a file, not a directory"),
+    ],
+)
+def test_a_logitstore_setting_set_wrong_is_refused_before_anything_runs(
+    monkeypatch, capsys, tmp_path, name, value, needle
+):
+    if value == "FILE":
+        value = str(tmp_path / "a-file")
+        (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv(name, value)
+    args = ["--teacher", "digits-cnn", "--dataset", "digits-eval", "--out", str(tmp_path / "s")]
+    assert dump_logits.main(args) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0] and len(errors[0]) < 250

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from logitstore.atomic import atomic_output
+from trainer.settings import cache_dir
 
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LOGITSTORE_CACHE") or Path.home() / ".cache" / "logitstore")
+__all__ = ["cache_dir", "load_weights", "save_weights"]
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from logitstore.storage import is_object_uri, open_storage
+from trainer.settings import cache_dir
 
 # What from_pretrained reads as weights, in every layout transformers saves them.
 HF_WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json")
@@ -27,9 +28,7 @@ __all__ = ["HF_WEIGHT_SUFFIXES", "is_object_uri", "local_dir", "has_object", "ca
 
 
 def cache_root() -> Path:
-    import os
-
-    return Path(os.environ.get("LOGITSTORE_CACHE") or Path.home() / ".cache" / "logitstore") / "hf-models"
+    return cache_dir() / "hf-models"
 
 
 def has_object(uri: str, name: str) -> bool:

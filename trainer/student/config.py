@@ -15,7 +15,7 @@ from typing import Any
 from logitstore.errors import StoreError
 from logitstore.manifest import Manifest, read_manifest
 from logitstore.storage import is_object_uri
-from logitstore.storage import settings as storage_settings
+from trainer import settings
 from trainer.errors import ConfigError
 from trainer.inputs import registry, specs
 from trainer.options import (
@@ -555,7 +555,7 @@ class TrainConfig:
         a sweep's trials, checked as the students of one run instead of --variants."""
         manifest, problems = self.data.read_store()
         return [
-            *storage_settings.problems(),
+            *settings.problems(),
             *problems,
             *self.data.problems(manifest),
             *self.distill.problems(manifest, students, each),

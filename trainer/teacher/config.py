@@ -13,8 +13,8 @@ from logitstore.errors import StoreError, StoreNotFoundError
 from logitstore.identity import differences
 from logitstore.manifest import read_manifest
 from logitstore.storage import is_object_uri
-from logitstore.storage import settings as storage_settings
 from logitstore.writer import check_destination
+from trainer import settings
 from trainer.inputs import registry, specs
 from trainer.inputs.specs import LM_SEQ_LEN
 from trainer.options import RESOURCES_HELP, check_out_dir, choice_problems, option, parse_resources, required_problems
@@ -149,7 +149,7 @@ class DumpConfig:
     overwrite: bool = option("replace a complete store already at --out", False)
 
     def validate(self) -> list[str]:
-        problems = required_problems(self) + choice_problems(self) + storage_settings.problems()
+        problems = required_problems(self) + choice_problems(self) + settings.problems()
         if self.teacher:
             problems += specs.check_model_spec(self.teacher, "--teacher")
         if self.dataset:
