@@ -105,11 +105,11 @@ class ObjectStorage(Storage):
     def read_into(self, name: str, sink: Callable[[bytes], Any]) -> None:
         import obstore
 
-        def feed() -> None:
-            for piece in obstore.get(self._store, self._key(name)).stream(min_chunk_size=16 << 20):
-                sink(piece)
-
-        self._call(feed, name)
+        pieces = iter(
+            self._call(lambda: obstore.get(self._store, self._key(name)).stream(min_chunk_size=16 << 20), name)
+        )
+        while (piece := self._call(lambda: next(pieces, None), name)) is not None:
+            sink(piece)  # outside _call: the sink's own errors (a full disk) are not the object store's
 
     def head(self, name: str) -> Head | None:
         import obstore
@@ -230,7 +230,7 @@ class ObjectStorage(Storage):
         return info
 
     def shard_candidates(self, num_shards: int, backend: str) -> dict[int, list[Candidate]]:
-        markers = [n for n in self.list("shards/") if n.endswith(".done") and _index(n) < num_shards]
+        markers = [n for n in self.list("shards/") if _is_marker(n) and _index(n) < num_shards]
         found: dict[int, list[Candidate]] = {}
         for name, blob in sorted(self.get_many(markers).items()):
             try:
@@ -238,7 +238,14 @@ class ObjectStorage(Storage):
                 candidate = Candidate(str(marker["name"]), marker)
             except (ValueError, TypeError, KeyError):
                 continue  # a damaged marker: its attempt is a leftover
-            if attempt_of(candidate.name) == attempt_of(name) and not candidate.name.endswith(".done"):
+            # the write its marker names: of this marker's attempt, one object or a version-7 prefix
+            written = _ATTEMPT.match(candidate.name)
+            if (
+                written
+                and written.group(4) is None
+                and written.group(3) != "done"
+                and attempt_of(name) == written.group(1, 2)
+            ):
                 found.setdefault(_index(name), []).append(candidate)
         return found
 
@@ -270,6 +277,11 @@ def _valid_name(name: str) -> bool:
     except StoreError:
         return False
     return True
+
+
+def _is_marker(name: str) -> bool:
+    m = _ATTEMPT.match(name)
+    return bool(m) and m.group(3) == "done" and m.group(4) is None
 
 
 def _marker(name: str) -> str:
