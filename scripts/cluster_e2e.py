@@ -1,6 +1,6 @@
 """The jobs on a 3-node Ray cluster with every path on object storage, as a new user runs them.
 
-    python -m scripts.cluster_e2e [--work-dir DIR]
+    python -m scripts.cluster_e2e [--work-dir DIR] [--quick]
 
 Starts moto's S3 server on 127.0.0.1 (in this process) and a local Ray cluster of three nodes
 (ray.cluster_utils.Cluster): a head (1 CPU), a "teacher" node and a "trainer" node (2 CPUs each,
@@ -22,6 +22,9 @@ the training workers on the trainer node (rank 0 staged its logs in its director
 teacher's weights were copied to the teacher node's cache, the student's to the trainer node's,
 and no weights to the driver's; the runs' outputs are on s3; and nothing else was written to the
 driver's directory. Exit status 1 on any failed check.
+
+--quick (CI, ~2 min instead of ~4): the train split's dump, verify, inspect and the LM's dump and
+training only (no eval split, no digits run, no sweep), with the same checks on what ran.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m scripts.cluster_e2e", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--work-dir", default=None)
+    parser.add_argument("--quick", action="store_true", help="CI: no eval split, digits run nor sweep")
     args = parser.parse_args(argv)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="cluster-e2e-")).resolve()
     driver = work / "driver"
@@ -108,42 +112,49 @@ def main(argv: list[str] | None = None) -> int:
     env.pop("LOGITSTORE_LEASE_SECONDS", None)
     s3 = f"s3://{BUCKET}"
     print(f"cluster at {cluster.address}: 3 nodes; S3 at {s3_env['AWS_ENDPOINT_URL']}; work in {work}", flush=True)
-    with open(work / "jobs.log", "w") as log:
-        pinned = ["--actor-resources", json.dumps({"teacher_node": 1})]
-        for split, out in (("digits", "digits-train"), ("digits-eval", "digits-eval")):
-            run(["jobs.dump_logits", "--teacher", "digits-cnn", "--dataset", split, "--out", f"{s3}/{out}", *pinned],
-                driver, env, log)  # fmt: skip
-        before = files_under(driver)
-        run(["jobs.verify_store", f"{s3}/digits-train"], driver, env, log)
-        run(["jobs.inspect_store", f"{s3}/digits-train", "--out", str(driver / "inspect")], driver, env, log)
-        train = ["jobs.train_student", "--store", f"{s3}/digits-train", "--eval-store", f"{s3}/digits-eval"]
-        train += ["--dataset", "digits-fewlabels", "--eval-dataset", "digits-eval", "--student", "digits-mlp"]
-        train += ["--output", f"{s3}/runs/a", "--epochs", "3", "--worker-resources", json.dumps({"train_node": 1})]
-        run(train, driver, env, log)
-        sweep = ["jobs.sweep", *train[1:11], "--output", f"{s3}/sweeps/t", "--epochs", "2"]
-        sweep += ["--space", json.dumps({"temperature": {"grid": [1, 4]}}), "--students-per-run", "2"]
-        sweep += ["--worker-resources", json.dumps({"train_node": 1})]
-        run(sweep, driver, env, log)
-        lm = upload_lm(work / "upload", s3)
-        dump = ["jobs.dump_logits", "--teacher", f"hf:{lm['teacher']}", "--dataset", lm["data"], "--top-k", "4"]
-        run([*dump, "--seq-len", "64", "--shard-size", "4", "--out", f"{s3}/chat-store", *pinned], driver, env, log)
-        lm_train = ["jobs.train_student", "--store", f"{s3}/chat-store", "--student", f"hf:{lm['student']}"]
-        lm_train += ["--output", f"{s3}/runs/lm", "--epochs", "1", "--batch-size", "4", *train[-2:]]
-        run(lm_train, driver, env, log)
-        after = files_under(driver)
-        # The same dump on local disk without the cluster (a local Ray of its own), for the comparison.
-        # (RAY_ADDRESS=local: a Ray of its own, not the cluster this machine runs, which a plain
-        # ray.init() would join; the usual temporary directory: its sockets' paths must stay short)
-        alone = {**{k: v for k, v in env.items() if k != "TMPDIR"}, "RAY_ADDRESS": "local"}
-        run(["jobs.dump_logits", "--teacher", "digits-cnn", "--dataset", "digits", "--out", str(work / "local-train")],
-            driver, alone, log)  # fmt: skip
-    os.environ["RAY_ADDRESS"] = cluster.address
-    failures = checks(work, driver, s3, before, after, env)
-    cluster.shutdown()
+    try:
+        with open(work / "jobs.log", "w") as log:
+            before, after = run_jobs(work, driver, env, s3, args.quick, log)
+            # The same dump on local disk without the cluster (a local Ray of its own), for the comparison.
+            # (RAY_ADDRESS=local: a Ray of its own, not the cluster this machine runs, which a plain
+            # ray.init() would join; the usual temporary directory: its sockets' paths must stay short)
+            alone = {**{k: v for k, v in env.items() if k != "TMPDIR"}, "RAY_ADDRESS": "local"}
+            local = ["jobs.dump_logits", "--teacher", "digits-cnn", "--dataset", "digits"]
+            run([*local, "--out", str(work / "local-train")], driver, alone, log)
+        os.environ["RAY_ADDRESS"] = cluster.address
+        failures = checks(work, driver, s3, before, after, env, args.quick)
+    finally:
+        cluster.shutdown()
     for failure in failures:
         print(f"FAILED: {failure}")
     print("all checks passed" if not failures else f"{len(failures)} checks failed")
     return 1 if failures else 0
+
+
+def run_jobs(work: Path, driver: Path, env: dict, s3: str, quick: bool, log) -> tuple[set[str], set[str]]:
+    """The jobs on the cluster; the driver's files before and after the training jobs."""
+    pinned = ["--actor-resources", json.dumps({"teacher_node": 1})]
+    on_trainer = ["--worker-resources", json.dumps({"train_node": 1})]
+    splits = (("digits", "digits-train"),) if quick else (("digits", "digits-train"), ("digits-eval", "digits-eval"))
+    for split, out in splits:
+        run(["jobs.dump_logits", "--teacher", "digits-cnn", "--dataset", split, "--out", f"{s3}/{out}", *pinned],
+            driver, env, log)  # fmt: skip
+    before = files_under(driver)
+    run(["jobs.verify_store", f"{s3}/digits-train"], driver, env, log)
+    run(["jobs.inspect_store", f"{s3}/digits-train", "--out", str(driver / "inspect")], driver, env, log)
+    if not quick:
+        train = ["jobs.train_student", "--store", f"{s3}/digits-train", "--eval-store", f"{s3}/digits-eval"]
+        train += ["--dataset", "digits-fewlabels", "--eval-dataset", "digits-eval", "--student", "digits-mlp"]
+        run([*train, "--output", f"{s3}/runs/a", "--epochs", "3", *on_trainer], driver, env, log)
+        sweep = ["jobs.sweep", *train[1:], "--output", f"{s3}/sweeps/t", "--epochs", "2"]
+        sweep += ["--space", json.dumps({"temperature": {"grid": [1, 4]}}), "--students-per-run", "2"]
+        run([*sweep, *on_trainer], driver, env, log)
+    lm = upload_lm(work / "upload", s3)
+    dump = ["jobs.dump_logits", "--teacher", f"hf:{lm['teacher']}", "--dataset", lm["data"], "--top-k", "4"]
+    run([*dump, "--seq-len", "64", "--shard-size", "4", "--out", f"{s3}/chat-store", *pinned], driver, env, log)
+    lm_train = ["jobs.train_student", "--store", f"{s3}/chat-store", "--student", f"hf:{lm['student']}"]
+    run([*lm_train, "--output", f"{s3}/runs/lm", "--epochs", "1", "--batch-size", "4", *on_trainer], driver, env, log)
+    return before, files_under(driver)
 
 
 def upload_lm(directory: Path, s3: str) -> dict[str, str]:
@@ -194,9 +205,7 @@ def actor_nodes() -> dict[str, set[str]]:
     return placed
 
 
-def checks(work: Path, driver: Path, s3: str, before: set[str], after: set[str], env: dict) -> list[str]:
-    from logitstore.storage import open_storage
-
+def checks(work: Path, driver: Path, s3: str, before: set[str], after: set[str], env: dict, quick: bool) -> list[str]:
     failures = []
     compare = subprocess.run(
         [sys.executable, "-m", "scripts.compare_stores", f"{s3}/digits-train", str(work / "local-train")],
@@ -217,32 +226,52 @@ def checks(work: Path, driver: Path, s3: str, before: set[str], after: set[str],
     staged = [f for f in files_under(work / "node-trainer") if f.endswith("logs/steps.csv")]
     if not staged:
         failures.append("no training worker staged its logs on the trainer node: the workers ran elsewhere")
-    names = set(open_storage(f"{s3}/runs/a").list())
-    for name in ("metrics.json", "config.json", "student/model.safetensors", "logs/steps.csv", "curves.png"):
-        if name not in names:
-            failures.append(f"the run's {name} is not on s3")
-    if not any(n.startswith("ray/train/checkpoint_") for n in names):
-        failures.append("Ray Train's checkpoints are not on s3")
-    swept = set(open_storage(f"{s3}/sweeps/t").list())
-    for name in ("results.csv", "results.md", "best/model.pt", "best/student/model.safetensors", "trials.json"):
-        if name not in swept:
-            failures.append(f"the sweep's {name} is not on s3")
+    failures += output_checks(s3, ["runs/lm"] if quick else ["runs/a", "runs/lm"], [] if quick else ["sweeps/t"])
+    failures += model_copy_checks(work)
+    new = {f for f in after - before if not f.startswith(("inspect/", "tmp/", "cache/", ".cache/"))}
+    if new:
+        failures.append(f"training wrote to the driver's directory: {sorted(new)[:5]}")
+    return failures
+
+
+def output_checks(s3: str, runs: list[str], sweeps: list[str]) -> list[str]:
+    """The runs' and sweeps' outputs, Ray Train's checkpoints included, are on s3."""
+    from logitstore.storage import open_storage
+
+    failures = []
+    for run_name in runs:
+        names = set(open_storage(f"{s3}/{run_name}").list())
+        for name in ("metrics.json", "config.json", "student/model.safetensors", "logs/steps.csv", "curves.png"):
+            if name not in names:
+                failures.append(f"the run's {run_name}/{name} is not on s3")
+        if not any(n.startswith("ray/train/checkpoint_") for n in names):
+            failures.append(f"Ray Train's checkpoints of {run_name} are not on s3")
+        if "metrics.json" in names:
+            metrics = json.loads(open_storage(f"{s3}/{run_name}").get("metrics.json"))
+            figures = ", ".join(
+                f"{k} {metrics[k]:.4f}" for k in ("eval_accuracy", "teacher_agreement") if metrics.get(k) is not None
+            )
+            print(f"trained {run_name} on the cluster: train_loss {metrics['train_loss']:.4f}{figures}; "
+                  f"{len(names)} objects on s3")  # fmt: skip
+    for sweep_name in sweeps:
+        swept = set(open_storage(f"{s3}/{sweep_name}").list())
+        for name in ("results.csv", "results.md", "best/model.pt", "best/student/model.safetensors", "trials.json"):
+            if name not in swept:
+                failures.append(f"the sweep's {name} is not on s3")
+    return failures
+
+
+def model_copy_checks(work: Path) -> list[str]:
+    """Each hf:s3 model was copied to the cache of the node that runs it, and nowhere else."""
     weights = {name: (work / "upload" / name / "model.safetensors").read_bytes() for name in ("teacher", "student")}
     copied = {node: model_copies(work / node) for node in ("node-teacher", "node-trainer", "node-head", "driver")}
     held = {node: sorted(name for name, w in weights.items() if w in copies) for node, copies in copied.items()}
     print(f"hf:s3 model weights copied to each node's cache: {held}")
+    failures = []
     if weights["teacher"] not in copied["node-teacher"] or weights["student"] not in copied["node-trainer"]:
         failures.append("the hf:s3 teacher (student) was not copied to the teacher (trainer) node's cache")
     if copied["driver"] or weights["teacher"] in copied["node-trainer"]:
         failures.append("model weights were copied where no model runs (the driver, or the teacher to the trainer)")
-    if "metrics.json" not in open_storage(f"{s3}/runs/lm").list():
-        failures.append("the LM run's metrics.json is not on s3")
-    new = {f for f in after - before if not f.startswith(("inspect/", "tmp/", "cache/", ".cache/"))}
-    if new:
-        failures.append(f"training wrote to the driver's directory: {sorted(new)[:5]}")
-    metrics = json.loads(open_storage(f"{s3}/runs/a").get("metrics.json"))
-    print(f"trained on the cluster: eval_accuracy {metrics['eval_accuracy']:.4f}, teacher_agreement "
-          f"{metrics['teacher_agreement']:.4f}; run outputs: {len(names)} objects on s3")  # fmt: skip
     return failures
 
 

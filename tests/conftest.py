@@ -96,6 +96,34 @@ def user_modules(tmp_path_factory):
         os.environ["PYTHONPATH"] = saved
 
 
+@pytest.fixture
+def buggy_student(user_modules, tmp_path):
+    """(spec, raised): a digits student whose first training step raises IndexError (a plain bug),
+    appending one line to `raised` each time it does (how many times the step ran)."""
+    raised = tmp_path / "raised"
+    name = f"buggy_{tmp_path.name.replace('-', '_').replace('[', '_').replace(']', '_')}"
+    user_modules(
+        name,
+        f"""
+        from trainer.builtin.digits import DigitsMLP
+
+        class Buggy(DigitsMLP):
+            calls = 0
+            def forward(self, x):
+                Buggy.calls += 1
+                if Buggy.calls == 5:  # a training step's (the driver probes the width with one call)
+                    with open({str(raised)!r}, "a") as f:
+                        f.write("raised\\n")
+                    return ()[0]
+                return super().forward(x)
+
+        def student():
+            return Buggy()
+    """,
+    )
+    return f"{name}:student", raised
+
+
 @pytest.fixture(scope="session")
 def lm_teacher(user_modules):
     """`lm_models:tiny_gpt`, a small byte-level GPT of random weights: the tests check the pipeline

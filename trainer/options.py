@@ -14,7 +14,7 @@ import functools
 import os
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 C = TypeVar("C")
 
@@ -100,6 +100,23 @@ def replace_flags(config: C, values: dict[str, Any]) -> C:
 def build_config(cls: type[C], values: dict[str, Any]) -> C:
     """A config from flags by name (the others their defaults), each put in its section."""
     return replace_flags(cls(), values)
+
+
+class SectionedConfig:
+    """A job config whose flags live in sections: built, changed and saved by flag name, flat."""
+
+    @classmethod
+    def from_flags(cls, **values: Any) -> Self:
+        """A config from flags by name (`store=..., lr=...`; the others their defaults)."""
+        return build_config(cls, values)
+
+    def with_flags(self, **values: Any) -> Self:
+        """This config with some flags (by name) changed."""
+        return replace_flags(self, values)
+
+    def to_dict(self) -> dict:
+        """The flags by name, flat: a run's config.json, loadable again with --config."""
+        return flat_dict(self)
 
 
 def required_problems(config: Any) -> list[str]:

@@ -1,6 +1,6 @@
 """The jobs on a 3-node Ray cluster (ray.cluster_utils.Cluster) with every path on the S3 server:
 scripts/cluster_e2e.py, run as a new user would, in a process of its own (it starts its own
-cluster and server; this session's Ray stays as it is). ~3 min."""
+cluster and server; this session's Ray stays as it is). CI runs its --quick form (~2 min)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,18 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_dump_verify_inspect_and_train_on_three_nodes_with_everything_on_s3(tmp_path):
+@pytest.mark.parametrize(
+    "form",
+    [
+        pytest.param("--quick", id="quick"),  # ~2 min: one split, the LM's dump and training
+        pytest.param("", id="full", marks=pytest.mark.battery),  # ~4 min: + the eval split, a digits run, a sweep
+    ],
+)
+def test_dump_verify_inspect_and_train_on_three_nodes_with_everything_on_s3(tmp_path, form):
     # Not this session's Ray settings (ray.init sets RAY_AUTH_MODE and others in our environment).
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     done = subprocess.run(
-        [sys.executable, "-m", "scripts.cluster_e2e", "--work-dir", str(tmp_path)],
+        [sys.executable, "-m", "scripts.cluster_e2e", "--work-dir", str(tmp_path), *filter(None, [form])],
         capture_output=True,
         text=True,
         timeout=900,
@@ -27,6 +34,7 @@ def test_dump_verify_inspect_and_train_on_three_nodes_with_everything_on_s3(tmp_
     assert "identical" in done.stdout and "all checks passed" in done.stdout
     assert "'ShardDumper': {'teacher_node'}" in done.stdout and "'RayTrainWorker': {'train_node'}" in done.stdout
     assert "{'node-teacher': ['teacher'], 'node-trainer': ['student'], 'node-head': [], 'driver': []}" in done.stdout
+    assert ("trained runs/a on the cluster" in done.stdout) == (form != "--quick")
 
 
 PROBE = (

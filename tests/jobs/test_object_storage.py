@@ -21,6 +21,9 @@ TRAIN = ("--teacher", "digits-cnn", "--dataset", "digits", "--top-k", "5", "--sh
 EVAL = ("--teacher", "digits-cnn", "--dataset", "digits-eval", "--top-k", "10", "--shard-size", "100")
 
 
+# CI: tests/jobs/test_cluster.py's quick form (dump, verify, inspect and training with every path on
+# s3) and StoreTests on s3 (tests/store/test_conformance.py: damage found, resume, reads).
+@pytest.mark.battery
 def test_dump_verify_inspect_and_train_on_s3_match_local_disk(s3, digits_stores, tmp_path, capsys):
     train_uri, eval_uri = s3("digits-train"), s3("digits-eval")
     assert dump_logits.main([*TRAIN, "--out", train_uri]) == 0

@@ -172,38 +172,19 @@ def test_bad_search_spaces_are_reported_before_anything_runs(stores, tmp_path, c
 
 @pytest.mark.battery  # CI: the same errors in one run, tests/jobs/test_bad_input.py (a damaged shard, a bug)
 @pytest.mark.parametrize("fault", ["damaged shard", "bug"])
-def test_a_run_that_raises_is_not_retried_and_the_sweep_reports_it(stores, user_modules, tmp_path, capsys, fault):
+def test_a_run_that_raises_is_not_retried_and_the_sweep_reports_it(stores, buggy_student, tmp_path, capsys, fault):
     """An exception that Python code raises in a run would be raised again: the run is not retried
     (--max-retries 1), and the sweep ends with it: our own error as its one line (exit 2), a bug as
     the worker's traceback once (exit 1)."""
     import shutil
 
-    store, student, raised = stores["train"], "digits-mlp", tmp_path / "raised"
+    store, student, raised = stores["train"], "digits-mlp", None
     if fault == "damaged shard":
         store = tmp_path / "store"
         shutil.copytree(stores["train"], store)
         shutil.rmtree(store / "shards" / "00002.zarr")
     else:
-        student = "buggy_sweep_students:student"
-        user_modules(
-            "buggy_sweep_students",
-            f"""
-            from trainer.builtin.digits import DigitsMLP
-
-            class Buggy(DigitsMLP):
-                calls = 0
-                def forward(self, x):
-                    Buggy.calls += 1
-                    if Buggy.calls == 5:  # a training step's (the driver probes the width with one call)
-                        with open({str(raised)!r}, "a") as f:
-                            f.write("raised\\n")
-                        return ()[0]
-                    return super().forward(x)
-
-            def student():
-                return Buggy()
-        """,
-        )
+        student, raised = buggy_student
     argv = ["--store", str(store), "--dataset", "digits", "--student", student, "--output", str(tmp_path / "s")]
     argv += ["--space", '{"lr": {"grid": [0.01]}}', "--epochs", "1", "--max-retries", "1"]
     code = sweep.main(argv)

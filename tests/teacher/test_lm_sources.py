@@ -107,7 +107,7 @@ def test_a_changed_tokenizer_file_is_caught(dump, lm_models, tmp_path):
     assert any("tokenizer.json" in p for p in StoreReader(store).verify())
 
 
-@pytest.mark.parametrize("fmt", ["zarr", "arrow"])
+@pytest.mark.parametrize("fmt", ["zarr", pytest.param("arrow", marks=pytest.mark.battery)])  # CI: zarr
 def test_hf_teacher_with_a_wide_vocabulary_stores_uint32_indices_exactly(ray_session, tmp_path, fmt):
     from trainer.teacher.config import DumpConfig
     from trainer.teacher.pipeline import run_dump

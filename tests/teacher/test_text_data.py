@@ -69,7 +69,14 @@ def showcase_rows() -> list[dict]:
     return chat_rows("train")[::40]  # the showcase's own rows (docstrings of the stdlib), some with a system turn
 
 
-@pytest.mark.parametrize("template, trailing", [("generation", ""), ("plain", "\n"), ("showcase", "")])
+@pytest.mark.parametrize(
+    "template, trailing",
+    [  # CI: the showcase's own template and rows
+        pytest.param("generation", "", marks=pytest.mark.battery),
+        pytest.param("plain", "\n", marks=pytest.mark.battery),
+        ("showcase", ""),
+    ],
+)
 def test_a_chat_store_holds_exactly_the_assistant_tokens(dump, chat_teacher, tmp_path, template, trailing):
     from transformers import AutoTokenizer
 
@@ -123,6 +130,7 @@ def test_documents_are_split_into_blocks_and_prompts_train_on_their_completion(d
     assert json.loads(reader.storage.get("manifest.json"))["config"]["train_on"] == "auto"
 
 
+@pytest.mark.battery  # CI: test_text_files_on_object_storage_give_the_same_store_as_on_disk (a save_to_disk directory)
 def test_a_datasets_directory_gives_the_same_store_as_its_jsonl(dump, chat_teacher, tmp_path):
     import datasets
 

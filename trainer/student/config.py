@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
 
 from logitstore.errors import StoreError
 from logitstore.manifest import Manifest, read_manifest
@@ -20,15 +19,13 @@ from trainer.errors import ConfigError
 from trainer.inputs import registry, specs
 from trainer.options import (
     RESOURCES_HELP,
-    build_config,
+    SectionedConfig,
     check_out_dir,
     choice_problem,
     choice_problems,
     flags,
-    flat_dict,
     option,
     parse_resources,
-    replace_flags,
     required_problems,
     section,
 )
@@ -508,7 +505,7 @@ class Progress:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(SectionedConfig):
     """Distil a student from a logit store (Ray Train), never running the teacher."""
 
     data: Data = section(Data)
@@ -523,19 +520,6 @@ class TrainConfig:
         required=True,
     )
     overwrite: bool = option("replace a finished run already in --output", False, resume_free=True)
-
-    @classmethod
-    def from_flags(cls, **values: Any) -> TrainConfig:
-        """A config from flags by name (`store=..., lr=...`; the others their defaults)."""
-        return build_config(cls, values)
-
-    def with_flags(self, **values: Any) -> TrainConfig:
-        """This config with some flags (by name) changed."""
-        return replace_flags(self, values)
-
-    def to_dict(self) -> dict:
-        """The flags by name, flat: a run's config.json, loadable again with --config."""
-        return flat_dict(self)
 
     def identity(self) -> dict:
         """The flags that decide a run's results (by name): a rerun with the same ones resumes it.

@@ -28,7 +28,7 @@ import numpy as np
 from logitstore.atomic import atomic_write_text
 from logitstore.errors import StoreError
 from trainer.errors import ConfigError, ModelError, RemoteError, TrainerError, find_cause, is_process_death
-from trainer.options import build_config, choice_problems, flat_dict, option, replace_flags, section
+from trainer.options import SectionedConfig, choice_problems, option, section
 from trainer.student.config import VARIANT_FIELDS, TrainConfig
 from trainer.student.outputs import RunOutput, copy_out, join_output
 
@@ -120,7 +120,7 @@ class Search:
 
 
 @dataclass
-class SweepConfig:
+class SweepConfig(SectionedConfig):
     """Sweep student hyper-parameters over one logit store with Ray Tune (a Ray Train run per trial; no teacher)."""
 
     # Every trial's defaults; each run's output is runs/<run> of the sweep's.
@@ -134,18 +134,6 @@ class SweepConfig:
     )
     overwrite: bool = option("replace a finished sweep already in --output", False)
     search: Search = section(Search)
-
-    @classmethod
-    def from_flags(cls, **values: Any) -> SweepConfig:
-        """A config from flags by name (the others their defaults)."""
-        return build_config(cls, values)
-
-    def with_flags(self, **values: Any) -> SweepConfig:
-        return replace_flags(self, values)
-
-    def to_dict(self) -> dict:
-        """The flags by name, flat: the sweep's config.json, loadable again with --config."""
-        return flat_dict(self)
 
     def validate(self) -> list[str]:
         trials, problems = self.search.trials()
