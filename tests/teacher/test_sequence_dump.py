@@ -152,6 +152,9 @@ def test_per_token_distillation_moves_the_student_towards_the_teacher(dump, lm_t
     assert 1.0 < m["eval_perplexity"] < 256.0 and 0.0 <= m["teacher_agreement"] <= 1.0
 
 
+# CI: tests/teacher/test_dump.py::test_two_worker_dump_equals_one_worker_dump (workers) and
+# test_hybrid_tail_draws_exclude_the_head (draws)
+@pytest.mark.battery
 def test_sampled_draws_are_valid_and_independent_of_workers(dump, lm_teacher):
     one = dump(
         teacher="lm_models:tiny_gpt", dataset=DATASET, top_k=1, selection="sample", draws=12, shard_size=128, workers=1

@@ -143,17 +143,16 @@ def test_a_datasets_directory_gives_the_same_store_as_its_jsonl(dump, chat_teach
 
 
 def test_text_files_on_object_storage_give_the_same_store_as_on_disk(dump, chat_teacher, tmp_path, s3):
-    # The same rows as one JSONL object, as a prefix of two Parquet objects (ids follow the files'
-    # order, as locally) and as an uploaded save_to_disk directory: each read task fetches its own
-    # file from the S3 server.
+    # The same rows as a prefix of two Parquet objects (ids follow the files' order, as locally) and
+    # as an uploaded save_to_disk directory: each read task fetches its own file from the S3 server.
+    # (One JSONL object: tests/jobs/test_cluster.py's chat rows.)
     import datasets
 
     from logitstore.storage import open_storage
 
     teacher = f"hf:{chat_teacher['generation']}"
     local = dump(teacher=teacher, dataset=write_jsonl(tmp_path / "chat.jsonl", CHAT), top_k=4, seq_len=256)
-    one, prefix = s3("chat-jsonl"), s3("chat-parquet")
-    open_storage(one).put("chat.jsonl", (tmp_path / "chat.jsonl").read_bytes())
+    prefix = s3("chat-parquet")
     half = len(CHAT) // 2
     for i, rows in enumerate((CHAT[:half], CHAT[half:])):
         pq.write_table(pa.Table.from_pylist(rows), tmp_path / f"part-{i}.parquet")
@@ -161,7 +160,7 @@ def test_text_files_on_object_storage_give_the_same_store_as_on_disk(dump, chat_
     saved = s3("chat-saved")
     datasets.Dataset.from_list(CHAT).save_to_disk(str(tmp_path / "hf"))
     open_storage(saved).put_many({p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()})
-    for dataset in (f"{one}/chat.jsonl", prefix, saved):
+    for dataset in (prefix, saved):
         store = dump(teacher=teacher, dataset=dataset, top_k=4, seq_len=256)
         assert same_content(local, store), dataset
         assert StoreReader(store).manifest.dataset["spec"] == dataset
