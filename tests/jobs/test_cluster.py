@@ -1,6 +1,6 @@
 """The jobs on a 3-node Ray cluster (ray.cluster_utils.Cluster) with every path on the S3 server:
 scripts/cluster_e2e.py, run as a new user would, in a process of its own (it starts its own
-cluster and server; this session's Ray stays as it is). CI runs its --quick form (~2 min)."""
+cluster and server; this session's Ray stays as it is). CI runs its --quick form (~1.5 min)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize(
     "form",
     [
-        pytest.param("--quick", id="quick"),  # ~2 min: one split, the LM's dump and training
+        pytest.param("--quick", id="quick"),  # ~1.5 min: the LM's dump, verify, inspect and training
         pytest.param("", id="full", marks=pytest.mark.battery),  # ~4 min: + the eval split, a digits run, a sweep
     ],
 )
@@ -35,6 +35,7 @@ def test_dump_verify_inspect_and_train_on_three_nodes_with_everything_on_s3(tmp_
     assert "'ShardDumper': {'teacher_node'}" in done.stdout and "'RayTrainWorker': {'train_node'}" in done.stdout
     assert "{'node-teacher': ['teacher'], 'node-trainer': ['student'], 'node-head': [], 'driver': []}" in done.stdout
     assert ("trained runs/a on the cluster" in done.stdout) == (form != "--quick")
+    assert ("chat-store vs" in done.stdout) == (form == "--quick")
 
 
 PROBE = (

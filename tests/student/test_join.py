@@ -56,7 +56,8 @@ def test_the_same_seed_gives_the_same_order_and_another_seed_another(digits_stor
     assert np.array_equal(order(a), order(b)) and not np.array_equal(order(a), order(c))
 
 
-@pytest.mark.parametrize("selection", ["topk", pytest.param("sample", marks=pytest.mark.battery)])  # CI: topk
+# CI: topk (a sampled store trains in test_sequence_dump.py::test_hybrid_store_distils_and_checks_its_temperature)
+@pytest.mark.parametrize("selection", ["topk", pytest.param("sample", marks=pytest.mark.battery)])
 def test_a_batch_mixes_the_stores_shards_as_a_random_order_does(dump, lm_teacher, selection):
     """The share of a batch's rows from its most common shard: with the default window (the whole of
     this store), as for a uniformly random order; with a window of 4 shards, about what a batch
