@@ -31,11 +31,10 @@ def test_dump_verify_inspect_and_train_on_three_nodes_with_everything_on_s3(tmp_
         env=env,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "identical" in done.stdout and "all checks passed" in done.stdout
+    assert "all checks passed" in done.stdout and ("identical" in done.stdout) == (form != "--quick")
     assert "'ShardDumper': {'teacher_node'}" in done.stdout and "'RayTrainWorker': {'train_node'}" in done.stdout
     assert "{'node-teacher': ['teacher'], 'node-trainer': ['student'], 'node-head': [], 'driver': []}" in done.stdout
     assert ("trained runs/a on the cluster" in done.stdout) == (form != "--quick")
-    assert ("chat-store vs" in done.stdout) == (form == "--quick")
 
 
 PROBE = (

@@ -70,6 +70,9 @@ def faulty(user_modules, tmp_path_factory):
     return flags
 
 
+# CI: test_a_crashed_dump_resumes_and_equals_an_uninterrupted_one (a dump's failure, resumed exactly)
+# and tests/jobs/test_bad_input.py::test_an_error_in_a_dump_actor_is_raised_once_and_is_one_line
+@pytest.mark.battery
 def test_a_killed_teacher_actor_is_replaced_and_the_store_is_exact(reference, faulty, tmp_path):
     # A job of its own (its own local Ray): the replaced actor may outlive the dataset in a shared
     # session and hold a CPU that later tests need; a CLI job's cluster ends with it.
