@@ -120,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             # (RAY_ADDRESS=local: a Ray of its own, not the cluster this machine runs, which a plain
             # ray.init() would join; the usual temporary directory: its sockets' paths must stay short)
             alone = {**{k: v for k, v in env.items() if k != "TMPDIR"}, "RAY_ADDRESS": "local"}
-            if not args.quick:
-                run(local_dump(work, checked), driver, alone, log)
+            if not args.quick:  # the digits train split's dump
+                local = ["jobs.dump_logits", "--teacher", "digits-cnn", "--dataset", "digits"]
+                run([*local, "--out", str(work / "local-store")], driver, alone, log)
         os.environ["RAY_ADDRESS"] = cluster.address
         failures = checks(work, driver, s3, checked, (before, after), env, args.quick)
     finally:
@@ -159,15 +160,6 @@ def run_jobs(work: Path, driver: Path, env: dict, s3: str, quick: bool, log) -> 
     lm_train = ["jobs.train_student", "--store", f"{s3}/chat-store", "--student", f"hf:{lm['student']}"]
     run([*lm_train, "--output", f"{s3}/runs/lm", "--epochs", "1", "--batch-size", "4", *on_trainer], driver, env, log)
     return before, files_under(driver), checked
-
-
-def local_dump(work: Path, checked: str) -> list[str]:
-    """The job that dumps `checked`'s store on local disk, from the local copies of its inputs."""
-    if checked.endswith("chat-store"):
-        upload = work / "upload"
-        job = ["jobs.dump_logits", "--teacher", f"hf:{upload / 'teacher'}", "--dataset", str(upload / "chat.jsonl")]
-        return [*job, "--top-k", "4", "--seq-len", "64", "--shard-size", "4", "--out", str(work / "local-store")]
-    return ["jobs.dump_logits", "--teacher", "digits-cnn", "--dataset", "digits", "--out", str(work / "local-store")]
 
 
 def upload_lm(directory: Path, s3: str) -> dict[str, str]:
