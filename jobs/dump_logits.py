@@ -31,14 +31,26 @@ def summary_lines(result) -> list[str]:
         f"T={','.join(f'{t:g}' for t in m.temperatures)}",
         f"samples   {m.num_samples} ({m.num_positions} positions) in {len(m.shards)} shards",
         f"bytes     {m.num_bytes} on disk, {per}",
-        f"speed     {m.num_samples / result.seconds:.1f} samples/s ({result.seconds:.1f} s){resumed}",
+        f"speed     {_speed(result)}{resumed}",
     ]
 
 
-def dump(cfg: DumpConfig) -> None:
-    from trainer.teacher.pipeline import run_dump  # torch and Ray only once the arguments are sound
+def _speed(result) -> str:
+    """Samples (and tokens) per second of the whole job, and how much of it the teacher pass took."""
+    seconds = max(result.seconds, 1e-9)
+    tokens = f", {result.tokens_read / seconds:,.0f} tokens/s" if result.tokens_read else ""
+    teacher = f", of which {result.teacher_seconds:.1f} s scoring and writing" if result.teacher_seconds else ""
+    return f"{result.manifest.num_samples / seconds:.1f} samples/s{tokens} ({result.seconds:.1f} s{teacher})"
 
-    result = run_dump(cfg)
+
+def dump(cfg: DumpConfig) -> None:
+    from trainer.teacher.rerun import answer_without_ray  # torch only once the arguments are sound
+
+    result = answer_without_ray(cfg)  # a complete store of this dump: no Ray to start
+    if result is None:
+        from trainer.teacher.pipeline import run_dump
+
+        result = run_dump(cfg)
     print(f"dump complete: {cfg.out}", file=sys.stderr)
     print("\n".join(summary_lines(result)))
 

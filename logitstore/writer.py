@@ -156,6 +156,23 @@ class StoreWriter:
         self.storage.delete_many([TOKENIZER_NAME, PENDING_NAME])
         self.storage.put(PENDING_NAME, (json.dumps(self.identity, indent=2, sort_keys=True) + "\n").encode())
 
+    def recorded(self) -> tuple[dict, dict] | None:
+        """(config, layout) of the dump this store holds (its manifest) or began (its pending
+        record), as recorded, or None: a rerun that may keep the plan it started with asks here."""
+        if self.storage.size(MANIFEST_NAME) is not None:
+            try:
+                manifest = read_manifest(self.storage)
+            except StoreError:
+                return None
+            return dict(manifest.config or {}), manifest.layout.to_json()
+        try:
+            previous = json.loads(self.storage.get(PENDING_NAME))
+        except (ValueError, FileNotFoundError):
+            return None
+        if not isinstance(previous, dict) or not isinstance(previous.get("layout"), dict):
+            return None
+        return dict(previous.get("config") or {}), previous["layout"]
+
     def _same_complete_store(self) -> Manifest:
         existing = read_manifest(self.storage)
         if existing.content_sha256 == content_sha256(self.identity):

@@ -9,18 +9,23 @@ import time
 
 
 class Progress:
-    def __init__(self, total: int, unit: str, what: str, rate_unit: str = "") -> None:
-        self.total, self.unit, self.what, self.rate_unit = total, unit, what, rate_unit
-        self.done, self.amount, self.start = 0, 0.0, time.perf_counter()
+    """`total` units (shards, ...), each carrying amounts of `rate_units` (tokens read, positions
+    stored): a line per ~5% with the count, each amount's rate and the ETA."""
+
+    def __init__(self, total: int, unit: str, what: str, rate_units: tuple[str, ...] = ()) -> None:
+        self.total, self.unit, self.what, self.rate_units = total, unit, what, rate_units
+        self.done, self.amounts, self.start = 0, [0.0] * len(rate_units), time.perf_counter()
         self.every = max(1, total // 20)
 
-    def update(self, amount: float = 0.0) -> None:
-        """One more unit done, carrying `amount` of rate_unit (e.g. the positions of a shard)."""
+    def update(self, *amounts: float) -> None:
+        """One more unit done, carrying `amounts` (one per rate unit, e.g. a shard's tokens and positions)."""
         self.done += 1
-        self.amount += amount
+        self.amounts = [total + amount for total, amount in zip(self.amounts, amounts)]
         if self.done % self.every and self.done != self.total:
             return
         seconds = max(time.perf_counter() - self.start, 1e-9)
-        rate = f", {self.amount / seconds:,.0f} {self.rate_unit}/s" if self.rate_unit else ""
+        rates = "".join(f", {a / seconds:,.0f} {unit}/s" for a, unit in zip(self.amounts, self.rate_units))
         eta = seconds / self.done * (self.total - self.done)
-        print(f"{self.what}: {self.done}/{self.total} {self.unit}s{rate}, ETA {eta:.0f} s", file=sys.stderr, flush=True)
+        print(
+            f"{self.what}: {self.done}/{self.total} {self.unit}s{rates}, ETA {eta:.0f} s", file=sys.stderr, flush=True
+        )

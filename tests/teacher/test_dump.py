@@ -19,6 +19,8 @@ from helpers import all_shards
 from logitstore import StoreReader, plan_shards, read_manifest, topk_probabilities
 from trainer.builtin import digits
 from trainer.inputs.models import build_model, weights_sha256
+from trainer.teacher.config import DumpConfig
+from trainer.teacher.pipeline import run_dump
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,6 +69,30 @@ def test_two_worker_dump_equals_one_worker_dump(dump):
     a, b = all_shards(one), all_shards(two)
     assert len(a) == len(b) == 3
     assert all(x.equals(y) for x, y in zip(a, b))
+
+
+def _teacher_actors() -> set[str]:
+    import ray._private.state
+
+    return {
+        actor_id
+        for actor_id, actor in ray._private.state.actors().items()
+        if "ShardDumper" in actor.get("ActorClassName", "")
+    }
+
+
+def test_a_small_dataset_makes_a_shard_for_each_worker_and_runs_on_that_many_actors(dump):
+    """360 rows with --workers 2 and --shard-size 1024: two shards of 180, on two teacher actors
+    (Ray's actor table), not one shard on one actor while the other idles."""
+    before = _teacher_actors()
+    store = dump(teacher="digits-cnn", dataset="digits-eval", top_k=5, workers=2)
+    m = read_manifest(store)
+    assert m.layout.shard_size == 180 and [s.num_samples for s in m.shards] == [180, 180]
+    assert m.config["shard_size"] == 1024 and m.config["workers"] == 2  # what was asked, beside the plan
+    assert len(_teacher_actors() - before) == 2
+    # A rerun with other --workers finds the same dump complete (the plan it recorded holds).
+    again = run_dump(DumpConfig(teacher="digits-cnn", dataset="digits-eval", top_k=5, workers=1, out=store))
+    assert again.manifest.content_sha256 == m.content_sha256 and again.resumed_shards == 2
 
 
 def test_manifest_records_identity_and_a_deterministic_plan(dump):

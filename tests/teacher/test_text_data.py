@@ -99,6 +99,35 @@ def test_a_chat_store_holds_exactly_the_assistant_tokens(dump, chat_teacher, tmp
             assert trained == "".join(answers) and mask[-1] == 0
 
 
+def test_each_row_is_scored_as_if_alone_though_batched_by_length_without_padding(dump, chat_teacher, tmp_path):
+    """Rows of many lengths in one shard, batched 8 at a time longest first and cut to each batch's
+    longest row: every stored position equals the teacher run on its row alone (no padding at all),
+    top-k ids equal but for ties, logits and normalisers within 1e-5 (fp32 kernels of other shapes)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    rows = showcase_rows()
+    data = write_jsonl(tmp_path / "chat.jsonl", rows)
+    store = dump(teacher=f"hf:{chat_teacher['showcase']}", dataset=data, top_k=4, seq_len=256, batch_size=8)
+    model = AutoModelForCausalLM.from_pretrained(chat_teacher["showcase"], dtype=torch.float32).eval()
+    reader = StoreReader(store)
+    lengths, checked = set(), 0
+    for _, shard in reader.iter_shards():
+        for row in range(shard.num_samples):
+            ids, mask = shard.tokens.sample(row)
+            lengths.add(len(ids))
+            with torch.no_grad():
+                z = model(torch.as_tensor(ids[None].astype(np.int64))).logits[0][torch.as_tensor(mask == 1)]
+            got = shard.positions_of(row)
+            values = z.topk(4, dim=-1).values.numpy()
+            np.testing.assert_allclose(shard.topk_logit[got], values, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(shard.logsumexp[got, 0], torch.logsumexp(z, -1).numpy(), rtol=0, atol=1e-5)
+            chosen = np.take_along_axis(z.numpy(), shard.topk_index[got].astype(np.int64), axis=1)
+            np.testing.assert_allclose(chosen, values, rtol=0, atol=1e-5)  # the ids hold those logits: ties only
+            checked += 1
+    assert checked == len(rows) and len(lengths) > len(rows) // 2  # many lengths, so batches were cut
+
+
 def test_documents_are_split_into_blocks_and_prompts_train_on_their_completion(dump, chat_teacher, tmp_path):
     from transformers import AutoTokenizer
 

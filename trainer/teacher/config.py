@@ -140,7 +140,11 @@ class DumpConfig:
         1,
     )
     actor_resources: str = option(RESOURCES_HELP.format(what="teacher actor"), "")
-    shard_size: int = option("samples per shard (memory of a writer or reader is bounded by one shard)", 1024)
+    shard_size: int = option(
+        "samples per shard (memory of a writer or reader is bounded by one shard); a dataset of fewer than "
+        "--workers x this is cut into --workers equal shards, so every teacher actor has one",
+        1024,
+    )
     precision: str = option(
         "teacher precision: auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16",
         "auto",
@@ -316,19 +320,24 @@ class DumpConfig:
         # arguments. Teacher weights and data are compared once fingerprinted.
         # (both sides normalised by content(): a store made without --tokenizer records "" where
         # content() says "bytes", and that is the same dump)
-        mine = self.content()
-        known = {f.name for f in fields(DumpConfig)}
-        try:
-            theirs = replace(self, **{k: v for k, v in recorded.items() if k in known}).content()
-        except (TypeError, ValueError):
-            theirs = {k: recorded.get(k) for k in mine}
-        differ = differences({k: theirs.get(k) for k in mine}, mine)
+        differ = self.content_differences(recorded)
         if differ:
             return [
                 f"a complete store made with other arguments (they differ in: {', '.join(differ)}) "
                 f"already exists at {self.out}: pass --overwrite to replace it, or choose another --out"
             ]
         return []
+
+    def content_differences(self, recorded: dict) -> list[str]:
+        """The arguments that decide a store's bytes where a recorded config (a manifest's, or an
+        unfinished dump's content()) differs from this one."""
+        mine = self.content()
+        known = {f.name for f in fields(DumpConfig)}
+        try:
+            theirs = replace(self, **{k: v for k, v in recorded.items() if k in known}).content()
+        except (TypeError, ValueError):
+            theirs = {k: recorded.get(k) for k in mine}
+        return differences({k: theirs.get(k) for k in mine}, mine)
 
     def content(self) -> dict:
         """The arguments that decide the store's bytes (part of the dump's identity). Written as older

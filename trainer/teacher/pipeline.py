@@ -13,11 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 import ray.data
-import torch
 
 from logitstore import (
     Inputs,
-    Manifest,
     Selection,
     ShardData,
     ShardInfo,
@@ -35,22 +33,29 @@ from logitstore.storage import is_object_uri
 from trainer.errors import ConfigError, DataError
 from trainer.inputs import registry
 from trainer.inputs.chat import files_sha256
-from trainer.inputs.datasets import DatasetFingerprint, TextOptions, fingerprint_dataset, load_dataset
+from trainer.inputs.datasets import (
+    DatasetFingerprint,
+    TextOptions,
+    fingerprint_dataset,
+    load_dataset,
+)
+from trainer.inputs.sources import source_sha256
 from trainer.inputs.specs import worker_runtime_env
-from trainer.inputs.tokenizers import Tokenizer, resolve_tokenizer, sha256_text
+from trainer.inputs.tokenizers import Tokenizer, resolve_tokenizer
 from trainer.options import parse_resources
 from trainer.progress import Progress
 from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray, placement_problem
+from trainer.teacher.batching import in_id_order, length_batches, trimmed
 from trainer.teacher.config import DumpConfig
-from trainer.teacher.scorer import TeacherScorer, precision
+from trainer.teacher.rerun import (
+    DumpResult,
+    answer_without_ray,
+    builtin_tokenizer_sha256,
+    print_nothing_to_do,
+    teacher_record,
+)
+from trainer.teacher.scorer import TeacherScorer
 from trainer.teacher.source import TeacherSource, resolve_teacher
-
-
-@dataclass(frozen=True)
-class DumpResult:
-    manifest: Manifest
-    seconds: float
-    resumed_shards: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,7 @@ class DumpInputs:
         """What identifies the tokenizer the token ids come from (part of the dump's identity)."""
         if self.hf_tokenizer is not None:
             return files_sha256(self.hf_tokenizer.files)
-        text = self.tokenizer.to_json() if self.tokenizer is not None else None
-        return sha256_text(text) if text else None
+        return builtin_tokenizer_sha256(self.tokenizer)
 
 
 @dataclass(frozen=True)
@@ -88,19 +92,23 @@ class HFTokenizerFiles:
 def run_dump(cfg: DumpConfig) -> DumpResult:
     """Dump under the store's lock or lease; an interrupted dump rerun with the same arguments resumes."""
     start = time.perf_counter()
+    answer = answer_without_ray(cfg)
+    if answer is not None:
+        return answer
     with open_writer(cfg.out) as writer:
         teacher = _start(cfg)
         inputs = _resolve_inputs(cfg, teacher)
-        layout = _layout(cfg, inputs.vocab_size, sequence=inputs.fingerprint.max_length > 0)
-        plan = plan_shards(inputs.fingerprint.ids, cfg.shard_size)
-        records = {"teacher": _teacher_record(cfg, teacher), "dataset": _dataset_record(cfg, inputs.fingerprint)}
+        shard_size = _shard_size(cfg, inputs.fingerprint.num_samples, writer.recorded())
+        layout = _layout(cfg, inputs.vocab_size, shard_size, sequence=inputs.fingerprint.max_length > 0)
+        plan = plan_shards(inputs.fingerprint.ids, shard_size)
+        records = {
+            "teacher": teacher_record(cfg, teacher.record(), _on_gpu()),
+            "dataset": _dataset_record(cfg, inputs.fingerprint),
+        }
         identity = {"config": cfg.content(), **records, "tokenizer_sha256": inputs.tokenizer_sha256()}
         writer.start(layout, plan, identity, overwrite=cfg.overwrite)
         if writer.finished is not None:
-            print(
-                f"{cfg.out} already holds this exact dump (same arguments, teacher weights and data): nothing to do",
-                file=sys.stderr,
-            )
+            print_nothing_to_do(cfg)
             return DumpResult(writer.finished, time.perf_counter() - start, len(writer.finished.shards))
         if writer.resumed:
             print(
@@ -110,13 +118,16 @@ def run_dump(cfg: DumpConfig) -> DumpResult:
             )
         tokenizer = _save_tokenizer(writer, inputs)
         todo = np.array([j not in writer.resumed for j in range(plan.num_shards)])
+        scoring = time.perf_counter()
         written = (
             _score_and_write(cfg, teacher, inputs.dataset, plan, todo, writer.shard_writer()) if todo.any() else []
         )
+        scoring = time.perf_counter() - scoring
         manifest = writer.commit(
             [*writer.resumed.values(), *written], **records, config=cfg.to_dict(), tokenizer=tokenizer
         )
-    return DumpResult(manifest, time.perf_counter() - start, len(writer.resumed))
+    seconds = time.perf_counter() - start
+    return DumpResult(manifest, seconds, len(writer.resumed), inputs.fingerprint.num_tokens, scoring)
 
 
 def _start(cfg: DumpConfig) -> TeacherSource:
@@ -143,10 +154,15 @@ def _save_tokenizer(writer: StoreWriter, inputs: DumpInputs) -> TokenizerRef | N
     return writer.save_tokenizer(text, kind, vocab) if text else TokenizerRef(kind, vocab)
 
 
+def _tokenizers(cfg: DumpConfig) -> tuple[Tokenizer | None, HFTokenizerFiles | None]:
+    """What the dump tokenises with: built-in text's tokenizer, or the Hugging Face one of text files."""
+    tokenizer = resolve_tokenizer(cfg.tokenizer or "bytes") if registry.is_text(cfg.dataset) else None
+    return tokenizer, HFTokenizerFiles.load(cfg.hf_tokenizer()) if cfg.text_files else None
+
+
 def _resolve_inputs(cfg: DumpConfig, teacher: TeacherSource) -> DumpInputs:
     """Tokenizer, dataset, fingerprint (refuses empty data and duplicate ids), the teacher's width."""
-    tokenizer = resolve_tokenizer(cfg.tokenizer or "bytes") if registry.is_text(cfg.dataset) else None
-    hf_tokenizer = HFTokenizerFiles.load(cfg.hf_tokenizer()) if cfg.text_files else None
+    tokenizer, hf_tokenizer = _tokenizers(cfg)
     text = TextOptions(
         tokenizer.to_json() if tokenizer else None,
         cfg.seq_len,
@@ -174,7 +190,17 @@ def _resolve_inputs(cfg: DumpConfig, teacher: TeacherSource) -> DumpInputs:
     return DumpInputs(ds, fingerprint, tokenizer, vocab, hf_tokenizer)
 
 
-def _layout(cfg: DumpConfig, vocab_size: int, sequence: bool) -> StoreLayout:
+def _shard_size(cfg: DumpConfig, num_samples: int, recorded: tuple[dict, dict] | None) -> int:
+    """--shard-size, or less for a small dataset: at least --workers shards, so no actor idles. The
+    plan is the layout's shard_size: a rerun with other --workers keeps the one its store records."""
+    if recorded is not None and not cfg.overwrite and not cfg.content_differences(recorded[0]):
+        size = recorded[1].get("shard_size")
+        if isinstance(size, int) and 1 <= size <= cfg.shard_size:
+            return size
+    return max(1, min(cfg.shard_size, -(-num_samples // cfg.workers)))
+
+
+def _layout(cfg: DumpConfig, vocab_size: int, shard_size: int, sequence: bool) -> StoreLayout:
     """The store's layout; a store of token data carries its tokens and loss masks (format version 5)."""
     selection = (
         Selection()
@@ -189,7 +215,7 @@ def _layout(cfg: DumpConfig, vocab_size: int, sequence: bool) -> StoreLayout:
         top_k=cfg.stored_k,
         vocab_size=vocab_size,
         temperatures=cfg.temperatures,
-        shard_size=cfg.shard_size,
+        shard_size=shard_size,
         selection=selection,
         index_codec=cfg.index_codec,
         value_codec=cfg.value_codec,
@@ -221,21 +247,10 @@ def _on_gpu() -> bool:
     return cluster_gpus() >= 1
 
 
-def _teacher_record(cfg: DumpConfig, teacher: TeacherSource) -> dict:
-    """The manifest's `teacher`: what it is, its weights' fingerprint, and how it ran (a CPU's sums
-    depend on its thread count, so a CPU dump records it)."""
-    device = torch.device("cuda" if _on_gpu() else "cpu")
-    record = {
-        **teacher.record(),
-        "dtype": str(precision(cfg.precision, device)).replace("torch.", ""),
-        "device": device.type,
-    }
-    return {**record, "cpu_threads": cfg.threads_per_worker} if device.type == "cpu" else record
-
-
 def _dataset_record(cfg: DumpConfig, fingerprint: DatasetFingerprint) -> dict:
     corpus = {"corpus": registry.text_identity(cfg.dataset)} if registry.is_text(cfg.dataset) else {}
-    return {**fingerprint.to_manifest(), **corpus}
+    source = source_sha256(cfg.dataset)
+    return {**fingerprint.to_manifest(), **corpus, **({"source_sha256": source} if source else {})}
 
 
 def _shard_rows(batch: dict[str, np.ndarray], plan: ShardPlan, todo: np.ndarray) -> dict[str, np.ndarray]:
@@ -304,19 +319,25 @@ def _score_and_write(
         **per_actor,
     )
     # Shards reach the driver as their actors finish them: shards written / total, positions/s, ETA.
-    progress = Progress(int(todo.sum()), "shard", "dump", "positions")
+    sequence = bool(shards.layout.inputs)
+    progress = Progress(
+        int(todo.sum()), "shard", "dump", ("tokens read", "positions stored") if sequence else ("samples",)
+    )
     infos = []
     for row in written.iter_rows():
-        infos.append(ShardInfo(**{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}))
-        progress.update(infos[-1].num_positions)
+        row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+        tokens = row.pop("tokens_read")
+        infos.append(ShardInfo(**row))
+        progress.update(*((tokens, infos[-1].num_positions) if sequence else (infos[-1].num_samples,)))
     return infos
 
 
 class ShardDumper(TeacherScorer):
     """Teacher and writer of whole shards (a Ray Data actor): map_groups hands it every row of one
-    shard; it scores them in batches of `batch_size` in id order and writes the shard. So the
-    teacher sees the same batches whatever the number of workers or a resume, and each finished
-    shard is on disk at once (a crash loses only the shards in flight)."""
+    shard; it scores them in batches of `batch_size` rows of similar length, each cut to its longest
+    row (trainer.teacher.batching), and writes the shard in id order. So the teacher sees the same
+    batches whatever the number of workers or a resume, and each finished shard is on disk at once
+    (a crash loses only the shards in flight)."""
 
     def __init__(self, *, batch_size: int, shards: ShardWriter, expected_counts: np.ndarray, **scorer) -> None:
         super().__init__(**scorer)
@@ -327,13 +348,10 @@ class ShardDumper(TeacherScorer):
             raise self.init_error
         order = np.argsort(group["id"], kind="stable")
         group = {key: value[order] for key, value in group.items()}
-        parts = [
-            self.score({key: value[s : s + self.batch_size] for key, value in group.items()})
-            for s in range(0, len(group["id"]), self.batch_size)
-        ]
-        scored = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        scored = in_id_order([self.score(trimmed(group, rows)) for rows in length_batches(group, self.batch_size)])
         info = self.shards.write(*self._shard(scored, group))
-        return {key: np.array([value]) for key, value in info.__dict__.items()}
+        tokens = int(group["length"].sum()) if "length" in group else len(group["id"])
+        return {"tokens_read": np.array([tokens]), **{key: np.array([value]) for key, value in info.__dict__.items()}}
 
     def _shard(self, rows: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> tuple[int, ShardData]:
         """One whole shard (every sample of it, in id order, its positions flat) from its scored

@@ -19,16 +19,7 @@ from trainer.errors import DataError
 from trainer.inputs.augment import derive_seeds, resolve_augment
 from trainer.inputs.datasets import positions_per_sample
 from trainer.inputs.models import HFCausalLM, build_model, model_input
-
-
-def precision(requested: str, device: torch.device) -> torch.dtype:
-    """The dtype the teacher runs in: auto is bf16 (fp16 without bf16 support) on a GPU, fp32 on CPU."""
-    if requested == "fp32" or (requested == "auto" and device.type == "cpu"):
-        return torch.float32
-    if requested == "fp16" or (requested == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16
-    return torch.bfloat16
-
+from trainer.teacher.devices import precision
 
 # Rows of logits the normalisers take at once: their passes (shift, exp, squarings, sums) then run
 # in cache instead of streaming the chunk from memory once per pass (4.5x faster at V = 32,768).
