@@ -36,8 +36,10 @@ def summary_lines(result) -> list[str]:
 
 
 def dump(cfg: DumpConfig) -> None:
+    from trainer.ray_env import set_verbose
     from trainer.teacher.pipeline import run_dump  # torch and Ray only once the arguments are sound
 
+    set_verbose(cfg.verbose)
     result = run_dump(cfg)
     print(f"dump complete: {cfg.out}", file=sys.stderr)
     print("\n".join(summary_lines(result)))
