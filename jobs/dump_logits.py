@@ -48,8 +48,10 @@ def dump(cfg: DumpConfig) -> None:
 
     result = answer_without_ray(cfg)  # a complete store of this dump: no Ray to start
     if result is None:
+        from trainer.ray_env import set_verbose
         from trainer.teacher.pipeline import run_dump
 
+        set_verbose(cfg.verbose)
         result = run_dump(cfg)
     print(f"dump complete: {cfg.out}", file=sys.stderr)
     print("\n".join(summary_lines(result)))

@@ -12,8 +12,11 @@ from trainer.student.sweep import SweepConfig
 
 def sweep(cfg: SweepConfig) -> None:
     from jobs.plots import sweep_plot
+    from trainer.ray_env import set_verbose
     from trainer.student.outputs import RunOutput, join_output
     from trainer.student.sweep import run_sweep  # torch and Ray only once the arguments are sound
+
+    set_verbose(cfg.train.progress.verbose)
 
     def draw(summary: dict, path: Path) -> None:
         sweep_plot(summary["rows"], summary["swept"], cfg.search.metric, summary["best"], path)

@@ -23,9 +23,11 @@ PRINTED = (
 def train(cfg: TrainConfig) -> None:
     from jobs.plots import training_curves
     from logitstore import StoreError
+    from trainer.ray_env import set_verbose
     from trainer.student.outputs import RunOutput
     from trainer.student.run import run_training  # torch and Ray only once the arguments are sound
 
+    set_verbose(cfg.progress.verbose)
     metrics = run_training(cfg)
     output = RunOutput(cfg.output)
     try:

@@ -11,13 +11,35 @@ import sys
 import ray
 import ray.data
 from ray.data._internal.execution.execution_callback import ExecutionCallback
+from ray.util.debug import log_once
 
 from trainer.errors import ClusterError, is_process_death, linked
 from trainer.inputs.specs import worker_runtime_env
 
+# Whether Ray's own output reaches the console (a job's --verbose; set_verbose): its workers' lines,
+# Ray Data's progress and INFO lines. Quiet, a job prints its own lines only; Ray's logs stay in
+# the session's log files (/tmp/ray/session_latest/logs) either way.
+_verbose = False
+
+
+def set_verbose(verbose: bool) -> None:
+    """A job's --verbose, before it starts Ray (ensure_ray reads it)."""
+    global _verbose
+    _verbose = verbose
+
+
+def verbose() -> bool:
+    return _verbose
+
 
 def configure_data_context() -> None:
     ctx = ray.data.DataContext.get_current()
+    # Ray Data's progress (bars in a terminal, blocks of INFO lines elsewhere) only with --verbose;
+    # quiet, its console shows warnings and errors, not its INFO lines (its log file keeps them).
+    ctx.enable_progress_bars = _verbose
+    _console_level("ray.data", logging.INFO if _verbose else logging.WARNING)
+    if not _verbose:
+        log_once("ray_data_progress_manager_disabled")  # its warning that we turned them off: we know
     # Task-based sort shuffle: the hash shuffle starts aggregator actors on every execution,
     # seconds of overhead per epoch on small machines.
     ctx.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
@@ -71,20 +93,72 @@ def quiet_console(*loggers: str) -> None:
                 handler.setLevel(logging.CRITICAL + 1)
 
 
+def _console_level(name: str, level: int) -> None:
+    """The console handlers of logger `name` show records from `level` up (its log files keep all)."""
+    for handler in logging.getLogger(name).handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(level)
+
+
 def ensure_ray() -> None:
     """Join the cluster at RAY_ADDRESS, else start a local embedded one (never the cluster that
-    `ray start` may have left on this machine: RAY_ADDRESS=auto joins that one); reuse a running session."""
+    `ray start` may have left on this machine: RAY_ADDRESS=auto joins that one); reuse a running session.
+    Quiet (no --verbose), the workers' output is not forwarded to this console: a job reports
+    progress and errors itself (an error raised in a worker reaches the driver as an exception)."""
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or "local"
         silent = _nothing_listens(address)
         if silent:  # ray.init would wait for it forever
             raise ClusterError(_join_problem(address, silent))
+        # A new local cluster checks a token (Ray >= 2.59's default) and says so with a WARNING each
+        # time: the job keeps that default and drops the notice (with --verbose it stays).
+        notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        level = notice.level
+        if not _verbose and address == "local":
+            notice.setLevel(logging.ERROR)
         try:
             env = worker_runtime_env()
-            ray.init(address=address, runtime_env=env, include_dashboard=False, logging_level="WARNING")
+            ray.init(
+                address=address,
+                runtime_env=env,
+                include_dashboard=False,
+                logging_level="WARNING",
+                log_to_driver=_verbose,
+            )
         except ConnectionError as exc:
             raise ClusterError(_join_problem(address, exc)) from None
+        finally:
+            notice.setLevel(level)
+        if not _verbose:
+            _spend_restart_warning()
     configure_data_context()
+
+
+@ray.remote(num_cpus=0, max_restarts=1, resources={"logitstore_never_scheduled": 1})
+class _NeverStarted:
+    def __init__(self, arg) -> None:
+        pass
+
+
+def _spend_restart_warning() -> None:
+    """Ray's core worker logs an ERROR, once per process, when it creates an actor that may restart
+    (max_restarts != 0) with a constructor argument in the object store (ray-project/ray#53727: the
+    argument might be gone by a restart). Ray Data creates every actor of an actor pool that way:
+    its MapWorker takes its DataContext and map function as ObjectRefs, and max_restarts=-1 (a killed
+    teacher actor is replaced), whatever our own arguments are; the references stay alive while the
+    dataset runs, so the restarts it warns about work. Spent here, once, on an actor that is never
+    scheduled (a resource no node has) and removed at once, with this process's stderr closed for
+    that one synchronous call; --verbose shows it where Ray Data starts its first actor."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        actor = _NeverStarted.remote(ray.put(None))
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+    ray.kill(actor)
 
 
 def _nothing_listens(address: str | None) -> str | None:

@@ -38,6 +38,14 @@ def test_every_problem_of_a_config_file_is_reported_at_once(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
+def test_verbose_is_no_part_of_a_dumps_identity():
+    """--verbose changes what a dump prints, not its store: a rerun with or without it resumes the same dump."""
+    from trainer.teacher.config import DumpConfig
+
+    quiet = DumpConfig(teacher="digits-cnn", dataset="digits", out="st")
+    assert quiet.content() == DumpConfig(teacher="digits-cnn", dataset="digits", out="st", verbose=True).content()
+
+
 def test_an_adaptive_dump_is_identified_by_its_cap_however_it_was_given():
     """--top-k 5 --max-k 8 and --top-k 8 write the same adaptive store: a rerun given either resumes it."""
     from trainer.teacher.config import DumpConfig

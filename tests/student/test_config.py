@@ -13,7 +13,16 @@ from trainer.errors import DataError
 from trainer.student.config import Data, TrainConfig
 from trainer.student.sweep import SweepConfig
 
-RESUME_FREE = {"overwrite", "max_failures", "log_every", "log_to", "loss_chunk", "eval_batch_size", "worker_resources"}
+RESUME_FREE = {
+    "overwrite",
+    "max_failures",
+    "log_every",
+    "log_to",
+    "loss_chunk",
+    "eval_batch_size",
+    "worker_resources",
+    "verbose",
+}
 
 
 def test_the_sections_flags_are_flat_everywhere(tmp_path):
@@ -21,7 +30,7 @@ def test_the_sections_flags_are_flat_everywhere(tmp_path):
     cfg = parse_config(TrainConfig, ["--store", store, "--lr", "0.5", "--workers", "3", "--log-to", "csv"], "x")
     assert (cfg.data.store, cfg.distill.lr, cfg.scale.workers, cfg.progress.log_to) == (store, 0.5, 3, "csv")
     flat = cfg.to_dict()
-    assert len(flat) == 41 and flat["lr"] == 0.5 and not {"data", "distill", "training"} & set(flat)
+    assert len(flat) == 42 and flat["lr"] == 0.5 and not {"data", "distill", "training"} & set(flat)
     assert TrainConfig.from_flags(**flat) == cfg and cfg.with_flags(lr=0.1).distill.lr == 0.1
     with pytest.raises(TypeError, match="no flag distill_lr"):
         TrainConfig.from_flags(distill_lr=0.1)
@@ -50,7 +59,7 @@ def test_a_resume_may_change_only_what_does_not_change_the_results(tmp_path):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     del saved["shuffle_window"]  # as an older version wrote it: a key it did not write had its default
     (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
-    changed = cfg.with_flags(loss_chunk=64, log_to="csv", eval_batch_size=8, max_failures=0)
+    changed = cfg.with_flags(loss_chunk=64, log_to="csv", eval_batch_size=8, max_failures=0, verbose=True)
     _prepare_output(changed, changed)  # the same run, resumed
     other = cfg.with_flags(lr=0.5, shuffle_window=4, log_every=1)
     with pytest.raises(DataError, match=r"differ in: lr, shuffle_window\)"):

@@ -48,7 +48,12 @@ class Batch:
 
 
 def _tensor(value: np.ndarray, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(value)).to(device, non_blocking=True)
+    array = np.ascontiguousarray(value)
+    if not array.flags.writeable:
+        # A column read from Arrow is read-only memory; a tensor on it (on the CPU, `.to` keeps the
+        # memory) would let an in-place op write there: the tensor gets its own copy.
+        array = array.copy()
+    t = torch.from_numpy(array).to(device, non_blocking=True)
     return t if dtype is None else t.to(dtype)
 
 

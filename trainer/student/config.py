@@ -490,6 +490,12 @@ class Progress:
         "csv,tensorboard",
         resume_free=True,
     )
+    verbose: bool = option(
+        "also show Ray's own output (its workers' lines, Ray Train's reports, Ray Data's INFO lines) and "
+        "a progress line every --log-every steps; without it the run prints a progress line at each quarter",
+        False,
+        resume_free=True,
+    )
 
     def problems(self) -> list[str]:
         problems = []

@@ -36,7 +36,7 @@ from trainer.student.export import STUDENT_DIR, export_student, student_dir
 from trainer.student.join import EpochClock, JoinSpec, batch_rows, join_with_store, store_batches
 from trainer.student.loop import LoopConfig, train_loop_per_worker
 from trainer.student.outputs import RunOutput
-from trainer.student.progress_bar import DriverBar, ProgressBoard, wants_bar
+from trainer.student.progress_bar import DriverBar, DriverLines, ProgressBoard, wants_bar
 from trainer.student.stores import RunStores, check_inputs, vocab_padding
 from trainer.student.timing import RunClock, run_timing
 
@@ -59,7 +59,8 @@ def run_training(cfg: TrainConfig, *, inputs_checked: bool = False) -> dict:
     over the data once for all its runs)."""
     clock = RunClock()
     ensure_ray()
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one epoch = one execution: too noisy
+    # One epoch = one execution: too noisy even with --verbose.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     clock.mark("ray_ready")
     stores = RunStores.open(cfg.data)
     if not inputs_checked:
@@ -75,12 +76,15 @@ def run_training(cfg: TrainConfig, *, inputs_checked: bool = False) -> dict:
     output = _prepare_output(cfg, resolved)
     datasets, loop = prepare_data(cfg, stores, students, cpus)
     clock.mark("fit_called")
-    if wants_bar():  # a terminal: a bar on the driver instead of rank 0's lines
+    if wants_bar() or not cfg.progress.verbose:
+        # A terminal: a bar on the driver instead of rank 0's lines; no terminal and no --verbose
+        # (rank 0's output is not forwarded then): a line on the driver at each quarter of the run.
         board = ProgressBoard.remote()
-        barred = replace(loop, progress_board=board, progress_lines=False)
-        with DriverBar(board, loop.optimisation.total_steps):
-            result = fit(cfg, datasets, barred, output, cpus, use_gpu)
-    else:
+        shown = replace(loop, progress_board=board, progress_lines=False)
+        view = DriverBar if wants_bar() else DriverLines
+        with view(board, loop.optimisation.total_steps):
+            result = fit(cfg, datasets, shown, output, cpus, use_gpu)
+    else:  # --verbose without a terminal: rank 0's lines every --log-every steps
         result = fit(cfg, datasets, loop, output, cpus, use_gpu)
     clock.mark("fit_returned")
     runtime = {"cpus_per_worker": cpus, "use_gpu": use_gpu}

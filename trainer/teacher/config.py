@@ -151,6 +151,7 @@ class DumpConfig:
         choices=("auto", "fp32", "bf16", "fp16"),
     )
     overwrite: bool = option("replace a complete store already at --out", False)
+    verbose: bool = option("also show Ray's own output: its workers' lines, Ray Data's progress and INFO lines", False)
 
     def validate(self) -> list[str]:
         problems = required_problems(self) + choice_problems(self) + settings.problems()
