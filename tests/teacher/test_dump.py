@@ -137,26 +137,24 @@ def test_user_module_teacher_and_parquet_dataset_from_the_working_directory(tmp_
     pq.write_table(table.slice(200), tmp_path / "data" / "part-1.parquet")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["LOGITSTORE_CACHE"] = str(teacher_cache)
+    argv = [
+        "--teacher",
+        "my_models:teacher",
+        "--dataset",
+        "data",
+        "--out",
+        "store",
+        "--top-k",
+        "3",
+        "--format",
+        "arrow",
+        "--shard-size",
+        "128",
+        "--workers",
+        "1",
+    ]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobs.dump_logits",
-            "--teacher",
-            "my_models:teacher",
-            "--dataset",
-            "data",
-            "--out",
-            "store",
-            "--top-k",
-            "3",
-            "--format",
-            "arrow",
-            "--shard-size",
-            "128",
-            "--workers",
-            "1",
-        ],
+        [sys.executable, "-m", "jobs.dump_logits", *argv],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -165,6 +163,23 @@ def test_user_module_teacher_and_parquet_dataset_from_the_working_directory(tmp_
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "bytes per stored (index, value) entry" in proc.stdout
+    assert "WARNING" not in proc.stderr and "ERROR" not in proc.stderr, proc.stderr  # a healthy run is quiet
+    # The same command again is answered from the manifest and the files' digest: Ray is never imported.
+    rerun = "import sys; from jobs import dump_logits; dump_logits.main(sys.argv[1:]); print('ray' in sys.modules)"
+    again = subprocess.run(
+        [sys.executable, "-c", rerun, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0 and "nothing to do" in again.stderr and again.stdout.endswith("False\n"), again
+    # One feature value changed: the digest differs, so only a full pass could tell (and would refuse).
+    from trainer.teacher.config import DumpConfig
+    from trainer.teacher.rerun import answer_without_ray
+
+    changed = table.slice(200).to_pydict()
+    changed["features"][0][0] += 1.0
+    pq.write_table(pa.table(changed, schema=table.schema), tmp_path / "data" / "part-1.parquet")
+    out, data = str(tmp_path / "store"), str(tmp_path / "data")
+    cfg = DumpConfig(teacher="my_models:teacher", dataset=data, out=out, top_k=3, format="arrow", shard_size=128)
+    assert answer_without_ray(cfg) is None
     sys.path.insert(0, str(tmp_path))
     try:
         import my_models
