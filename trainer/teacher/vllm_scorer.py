@@ -165,10 +165,10 @@ class VLLMScorer(TeacherScorer):
         rows = np.flatnonzero(valid.any(axis=1))  # a sample with nothing stored is not run at all
         with torch.inference_mode():
             hidden = self.hidden_states(batch, rows) if len(rows) else []
-            parts = [h[torch.from_numpy(valid[r, : h.shape[0]])] for r, h in zip(rows, hidden)]
+            parts = [h[torch.from_numpy(valid[r, : h.shape[0]]).to(h.device)] for r, h in zip(rows, hidden)]
             width = self.weight.shape[1]
             z = torch.cat(parts) if parts else torch.zeros(0, width)
-            out = self._stored(z, self._to_logits, batch, positions, torch.from_numpy(valid))
+            out = self._stored(z, self._to_logits, batch, positions, torch.from_numpy(valid).to(self.device))
         return {"id": batch["id"], "shard": batch["shard"], "positions": positions, **out}
 
 
