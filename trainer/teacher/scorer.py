@@ -176,20 +176,33 @@ class TeacherScorer:
                 if "loss_mask" in batch:
                     valid &= torch.as_tensor(batch["loss_mask"], device=out_device).bool()
                 z = z.reshape(-1, z.shape[-1]) if bool(valid.all()) else z[valid]
-            chunks = self._chunks(positions, self.layout.vocab_size)
-            parts = [self._reduce(to_logits(z[a:b]), batch["id"][i:j], positions[i:j]) for a, b, i, j in chunks]
-            out = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
-            self._check_finite(out["logsumexp"], out["topk_logit"], batch, valid)
-            out = {key: value.cpu().numpy() for key, value in out.items()}
+            out = self._stored(z, to_logits, batch, positions, valid)
+        if view_seed is not None:
+            out["view_seed"] = view_seed
+        return {"id": batch["id"], "shard": batch["shard"], "positions": positions, **out}
+
+    def _stored(
+        self,
+        z: torch.Tensor,
+        to_logits: Callable[[torch.Tensor], torch.Tensor],
+        batch: dict[str, np.ndarray],
+        positions: np.ndarray,
+        valid: torch.Tensor | None,
+    ) -> dict[str, np.ndarray]:
+        """The stored arrays of a batch's stored rows z [N, W] (logits, or hidden states that
+        `to_logits` turns into logits), reduced chunk by chunk, checked finite, in their store dtypes."""
+        chunks = self._chunks(positions, self.layout.vocab_size)
+        parts = [self._reduce(to_logits(z[a:b]), batch["id"][i:j], positions[i:j]) for a, b, i, j in chunks]
+        out = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+        self._check_finite(out["logsumexp"], out["topk_logit"], batch, valid)
+        out = {key: value.cpu().numpy() for key, value in out.items()}
         out["topk_index"] = out["topk_index"].astype(self.layout.index_dtype)
         if "topk_count" in out:
             out["topk_count"] = out["topk_count"].astype(np.uint16)
         if self.layout.selection.sampled:
             out["sample_index"] = out["sample_index"].astype(self.layout.index_dtype)
             out["sample_count"] = out["sample_count"].astype(np.uint16)
-        if view_seed is not None:
-            out["view_seed"] = view_seed
-        return {"id": batch["id"], "shard": batch["shard"], "positions": positions, **out}
+        return out
 
     def _chunks(self, positions: np.ndarray, vocab: int) -> list[tuple[int, int, int, int]]:
         """(first position, end position, first sample, end sample) of each chunk: whole samples (a
