@@ -10,6 +10,7 @@ import importlib.util
 import numpy as np
 import pytest
 
+import trainer  # noqa: F401  (first: where vLLM is installed, it sets aside broken media libraries)
 from logitstore import Selection, StoreLayout
 
 pytestmark = pytest.mark.skipif(
@@ -185,3 +186,25 @@ def test_construction_errors_are_kept_and_raised_from_score(teacher):
     assert isinstance(scorer.init_error, ConfigError)
     with pytest.raises(ConfigError, match="hf: teachers only"):
         scorer.score(teacher["batch"])
+
+
+def test_a_vllm_dump_equals_the_hf_dump_of_the_same_teacher_and_data(dump, teacher, tmp_path):
+    """The whole job both ways (Ray Data, actors, shards, manifest): `--engine vllm` stores the same
+    top-k (but for exact ties), logits and normalisers within 1e-4 as `--engine hf`, and records
+    its engine; a sample with nothing stored is stored as such."""
+    from logitstore import StoreReader, read_manifest
+    from tests.helpers import write_jsonl
+
+    data = write_jsonl(tmp_path / "chat.jsonl", ROWS)
+    args = dict(teacher=teacher["spec"], dataset=data, top_k=8, seq_len=256, shard_size=8, threads_per_worker=2)
+    hf, vl = dump(**args), dump(engine="vllm", **args)
+    assert read_manifest(vl).teacher["engine"] == "vllm" and "engine" not in read_manifest(hf).teacher
+    a, b = StoreReader(hf), StoreReader(vl)
+    assert a.manifest.num_positions == b.manifest.num_positions and a.num_shards == b.num_shards == 2
+    for (_, x), (_, y) in zip(a.iter_shards(), b.iter_shards()):
+        np.testing.assert_array_equal(x.sample_id, y.sample_id)
+        np.testing.assert_array_equal(x.position_offsets, y.position_offsets)
+        stored = {"topk_index": x.topk_index, "topk_logit": x.topk_logit, "logsumexp": x.logsumexp}
+        got = {"topk_index": y.topk_index, "topk_logit": y.topk_logit, "logsumexp": y.logsumexp}
+        same = {"id": x.sample_id, "shard": np.zeros(1), "positions": np.diff(x.position_offsets)}
+        assert_same_store({**same, **stored}, {**same, **got}, k=8)

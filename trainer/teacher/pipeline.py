@@ -56,6 +56,7 @@ from trainer.teacher.rerun import (
 )
 from trainer.teacher.scorer import TeacherScorer
 from trainer.teacher.source import TeacherSource, resolve_teacher
+from trainer.teacher.vllm_scorer import VLLMScorer
 
 
 @dataclass(frozen=True)
@@ -225,9 +226,27 @@ def _layout(cfg: DumpConfig, vocab_size: int, shard_size: int, sequence: bool) -
     )
 
 
+def _actor_gpus(cfg: DumpConfig) -> int:
+    """GPUs of one teacher actor on a GPU cluster: vLLM's tensor x pipeline parallel size, else --gpus-per-worker."""
+    if cfg.engine == "vllm":
+        return cfg.tensor_parallel_size * cfg.pipeline_parallel_size
+    return cfg.gpus_per_worker
+
+
 def _check_gpus(cfg: DumpConfig) -> None:
-    """--gpus-per-worker N > 1: the cluster must have N GPUs for an actor, and accelerate must be there."""
-    if cfg.gpus_per_worker <= 1:
+    """An actor of N > 1 GPUs: the cluster must have N GPUs, and accelerate must be there for --engine hf."""
+    if _actor_gpus(cfg) <= 1:
+        return
+    if cfg.engine == "vllm":
+        gpus = cluster_gpus()
+        if gpus < _actor_gpus(cfg):
+            raise ConfigError(
+                [
+                    f"--tensor-parallel-size {cfg.tensor_parallel_size} x --pipeline-parallel-size "
+                    f"{cfg.pipeline_parallel_size} needs {_actor_gpus(cfg)} GPUs for one teacher but the Ray cluster "
+                    f"has {gpus:g}: run on a GPU cluster, or drop the flags"
+                ]
+            )
         return
     gpus = cluster_gpus()
     if gpus < cfg.gpus_per_worker:
@@ -287,7 +306,7 @@ def _score_and_write(
     keyed = ds.map_batches(_shard_rows, batch_format="numpy", fn_kwargs={"plan": plan, "todo": todo})
     # Leave one whole CPU free for the read and sort tasks, or the pipeline stalls "backpressured".
     per_actor = (
-        {"num_gpus": cfg.gpus_per_worker}
+        {"num_gpus": _actor_gpus(cfg)}
         if _on_gpu()
         else {"num_cpus": max(0.25, min(1.0, (cluster_cpus() - 1.0) / cfg.workers))}
     )
@@ -300,7 +319,7 @@ def _score_and_write(
     # Group the inputs (small) by shard, not the outputs (k values per position): then one actor
     # scores and writes each shard.
     written = keyed.groupby("shard").map_groups(
-        ShardDumper,
+        VLLMShardDumper if cfg.engine == "vllm" else ShardDumper,
         compute=ray.data.ActorPoolStrategy(size=cfg.workers),
         batch_format="numpy",
         fn_constructor_kwargs=dict(
@@ -313,6 +332,7 @@ def _score_and_write(
             batch_size=cfg.batch_size,
             shards=shards,
             expected_counts=plan.counts,
+            **_engine_kwargs(cfg),
         ),
         runtime_env=worker_runtime_env(),  # user modules from the working directory, even in a long-lived session
         resources=resources or None,  # pinned to the nodes that offer them
@@ -379,6 +399,21 @@ class ShardDumper(TeacherScorer):
             extras=extras,
             tokens=tokens,
         )
+
+
+class VLLMShardDumper(ShardDumper, VLLMScorer):
+    """A ShardDumper whose teacher runs in a vLLM engine (--engine vllm): the same batches, the same
+    stored arrays, from vLLM's hidden states and the teacher's own output layer."""
+
+
+def _engine_kwargs(cfg: DumpConfig) -> dict:
+    if cfg.engine != "vllm":
+        return {}
+    return {
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "pipeline_parallel_size": cfg.pipeline_parallel_size,
+        "verbose": cfg.verbose,
+    }
 
 
 def _token_inputs(rows: dict[str, np.ndarray], index_dtype: str) -> TokenInputs:
