@@ -178,7 +178,7 @@ def _resolve_inputs(cfg: DumpConfig, teacher: TeacherSource) -> DumpInputs:
             f"tokens ({fingerprint.cut_tokens} tokens cut): raise --seq-len to keep them",
             file=sys.stderr,
         )
-    vocab = teacher.width(ds.take_batch(2, batch_format="numpy"))
+    vocab = teacher.width(lambda: ds.take_batch(2, batch_format="numpy"), tokens=fingerprint.max_token >= 0)
     teacher.check_length(fingerprint.max_length, cfg.dataset)
     if fingerprint.max_token >= vocab:
         raise DataError(

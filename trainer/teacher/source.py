@@ -10,6 +10,7 @@ replica loads it from the directory in the dump's precision.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,11 +39,13 @@ class TeacherSource:
         record = {"spec": self.spec, "weights_sha256": self.weights_sha256, "num_parameters": self.num_parameters}
         return {**record, "weights_fingerprint": "files"} if self.from_files else record
 
-    def width(self, batch: dict[str, np.ndarray]) -> int:
-        """The teacher's output width (V), checked against a few real rows of the dataset."""
+    def width(self, rows: Callable[[], dict[str, np.ndarray]], tokens: bool) -> int:
+        """The teacher's output width (V): a teacher built here is run on a few real rows of the
+        dataset (`rows()`); an hf: one's comes from its config, once the data is known to be
+        tokens (`tokens`: the fingerprint saw token ids), without reading the data again."""
         if self.module is not None:
-            return probe_width(self.module, batch, "--teacher", self.spec)
-        if "input_ids" not in batch:
+            return probe_width(self.module, rows(), "--teacher", self.spec)
+        if not tokens:
             raise DataError(
                 f"--teacher {self.spec} is a language model and reads token ids, but the dataset holds features: "
                 "give text or token data"
