@@ -69,6 +69,30 @@ def showcase_rows() -> list[dict]:
     return chat_rows("train")[::40]  # the showcase's own rows (docstrings of the stdlib), some with a system turn
 
 
+def assert_each_row_is_the_teacher_on_it_alone(store: str, teacher_dir, k: int) -> None:
+    """Rows of several lengths share a batch (scored longest first, cut to the batch's longest
+    row): every stored position equals the teacher run on its row alone (no padding at all), top-k
+    ids equal but for ties, logits and normalisers within 1e-5 (fp32 kernels of other shapes)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
+    reader, lengths = StoreReader(store), set()
+    for _, shard in reader.iter_shards():
+        for row in range(shard.num_samples):
+            ids, mask = shard.tokens.sample(row)
+            lengths.add(len(ids))
+            with torch.no_grad():
+                z = model(torch.as_tensor(ids[None].astype(np.int64))).logits[0][torch.as_tensor(mask == 1)]
+            got = shard.positions_of(row)
+            values = z.topk(k, dim=-1).values.numpy()
+            np.testing.assert_allclose(shard.topk_logit[got], values, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(shard.logsumexp[got, 0], torch.logsumexp(z, -1).numpy(), rtol=0, atol=1e-5)
+            chosen = np.take_along_axis(z.numpy(), shard.topk_index[got].astype(np.int64), axis=1)
+            np.testing.assert_allclose(chosen, values, rtol=0, atol=1e-5)  # the ids hold those logits: ties only
+    assert len(lengths) > reader.manifest.num_samples // 2  # many lengths: batches were cut and padded
+
+
 @pytest.mark.parametrize(
     "template, trailing",
     [  # CI: the showcase's own template and rows
@@ -97,35 +121,8 @@ def test_a_chat_store_holds_exactly_the_assistant_tokens(dump, chat_teacher, tmp
             trained = tok.decode(ids[1:][mask[:-1] == 1])  # position t is trained on token t + 1
             answers = [c["content"] + "<|im_end|>" + trailing for c in conversation if c["role"] == "assistant"]
             assert trained == "".join(answers) and mask[-1] == 0
-
-
-def test_each_row_is_scored_as_if_alone_though_batched_by_length_without_padding(dump, chat_teacher, tmp_path):
-    """Rows of many lengths in one shard, batched 8 at a time longest first and cut to each batch's
-    longest row: every stored position equals the teacher run on its row alone (no padding at all),
-    top-k ids equal but for ties, logits and normalisers within 1e-5 (fp32 kernels of other shapes)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    rows = showcase_rows()
-    data = write_jsonl(tmp_path / "chat.jsonl", rows)
-    store = dump(teacher=f"hf:{chat_teacher['showcase']}", dataset=data, top_k=4, seq_len=256, batch_size=8)
-    model = AutoModelForCausalLM.from_pretrained(chat_teacher["showcase"], dtype=torch.float32).eval()
-    reader = StoreReader(store)
-    lengths, checked = set(), 0
-    for _, shard in reader.iter_shards():
-        for row in range(shard.num_samples):
-            ids, mask = shard.tokens.sample(row)
-            lengths.add(len(ids))
-            with torch.no_grad():
-                z = model(torch.as_tensor(ids[None].astype(np.int64))).logits[0][torch.as_tensor(mask == 1)]
-            got = shard.positions_of(row)
-            values = z.topk(4, dim=-1).values.numpy()
-            np.testing.assert_allclose(shard.topk_logit[got], values, rtol=0, atol=1e-5)
-            np.testing.assert_allclose(shard.logsumexp[got, 0], torch.logsumexp(z, -1).numpy(), rtol=0, atol=1e-5)
-            chosen = np.take_along_axis(z.numpy(), shard.topk_index[got].astype(np.int64), axis=1)
-            np.testing.assert_allclose(chosen, values, rtol=0, atol=1e-5)  # the ids hold those logits: ties only
-            checked += 1
-    assert checked == len(rows) and len(lengths) > len(rows) // 2  # many lengths, so batches were cut
+    if template == "showcase":  # the values too, each row against the teacher on it alone
+        assert_each_row_is_the_teacher_on_it_alone(store, chat_teacher[template], k=4)
 
 
 def test_documents_are_split_into_blocks_and_prompts_train_on_their_completion(dump, chat_teacher, tmp_path):
@@ -159,7 +156,7 @@ def test_documents_are_split_into_blocks_and_prompts_train_on_their_completion(d
     assert json.loads(reader.storage.get("manifest.json"))["config"]["train_on"] == "auto"
 
 
-@pytest.mark.battery  # CI: test_text_files_on_object_storage_give_the_same_store_as_on_disk (a save_to_disk directory)
+@pytest.mark.battery  # CI: test_text_files_and_an_hf_teacher_on_object_storage_give_the_same_store_as_on_disk
 def test_a_datasets_directory_gives_the_same_store_as_its_jsonl(dump, chat_teacher, tmp_path):
     import datasets
 
@@ -171,15 +168,23 @@ def test_a_datasets_directory_gives_the_same_store_as_its_jsonl(dump, chat_teach
     assert same_content(jsonl, saved) and StoreReader(saved).manifest.num_positions > 0
 
 
-def test_text_files_on_object_storage_give_the_same_store_as_on_disk(dump, chat_teacher, tmp_path, s3):
+def test_text_files_and_an_hf_teacher_on_object_storage_give_the_same_store_as_on_disk(
+    dump, chat_teacher, tmp_path, s3
+):
     # The same rows as a prefix of two Parquet objects (ids follow the files' order, as locally) and
     # as an uploaded save_to_disk directory: each read task fetches its own file from the S3 server.
-    # (One JSONL object: tests/jobs/test_cluster.py's chat rows.)
+    # (One JSONL object: tests/jobs/test_cluster.py's chat rows.) The second is read by the same
+    # teacher given as hf:s3://...: the driver hashes the weights straight from the objects (no
+    # copy), and each machine that loads the model or its tokenizer copies the prefix into its own
+    # cache once.
     import datasets
 
     from logitstore.storage import open_storage
+    from trainer.inputs.modeldirs import cache_root
 
-    teacher = f"hf:{chat_teacher['generation']}"
+    directory = chat_teacher["generation"]
+    teacher, uri = f"hf:{directory}", s3("teacher")
+    open_storage(uri).put_many({p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()})
     local = dump(teacher=teacher, dataset=write_jsonl(tmp_path / "chat.jsonl", CHAT), top_k=4, seq_len=256)
     prefix = s3("chat-parquet")
     half = len(CHAT) // 2
@@ -189,32 +194,15 @@ def test_text_files_on_object_storage_give_the_same_store_as_on_disk(dump, chat_
     saved = s3("chat-saved")
     datasets.Dataset.from_list(CHAT).save_to_disk(str(tmp_path / "hf"))
     open_storage(saved).put_many({p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()})
-    for dataset in (prefix, saved):
-        store = dump(teacher=teacher, dataset=dataset, top_k=4, seq_len=256)
+    for dataset, spec in ((prefix, teacher), (saved, f"hf:{uri}")):
+        store = dump(teacher=spec, dataset=dataset, top_k=4, seq_len=256)
         assert same_content(local, store), dataset
-        assert StoreReader(store).manifest.dataset["spec"] == dataset
-
-
-def test_an_hf_teacher_on_object_storage_gives_the_same_store_as_its_directory(dump, chat_teacher, tmp_path, s3):
-    # hf:s3://... : the driver hashes the weights straight from the objects (no copy), and each
-    # machine that loads the model or its tokenizer copies the prefix into its own cache once.
-    from logitstore.storage import open_storage
-    from trainer.inputs.modeldirs import cache_root
-
-    directory = chat_teacher["generation"]
-    uri = s3("teacher")
-    open_storage(uri).put_many({p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()})
-    data = write_jsonl(tmp_path / "chat.jsonl", CHAT)
-    local = dump(teacher=f"hf:{directory}", dataset=data, top_k=4, seq_len=256)
-    remote = dump(teacher=f"hf:{uri}", dataset=data, top_k=4, seq_len=256)
-    assert same_content(local, remote)
-    teachers = [StoreReader(store).manifest.teacher for store in (local, remote)]
-    assert teachers[0]["weights_sha256"] == teachers[1]["weights_sha256"] and teachers[1]["spec"] == f"hf:{uri}"
+        m = StoreReader(store).manifest
+        assert m.dataset["spec"] == dataset and m.teacher["spec"] == spec
+        assert m.teacher["weights_sha256"] == StoreReader(local).manifest.teacher["weights_sha256"]
     copies = [d for d in cache_root().iterdir() if (d / "config.json").is_file()]
     weighted = [d for d in copies if (d / "model.safetensors").is_file()]
     assert weighted and len(copies) > len(weighted)  # the actors' copy, and the tokenizer's without weights
-    for d in weighted:
-        assert (d / "model.safetensors").read_bytes() == (directory / "model.safetensors").read_bytes()
 
 
 def test_chat_rows_longer_than_seq_len_keep_their_beginning(dump, chat_teacher, tmp_path, capfd):
