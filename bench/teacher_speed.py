@@ -51,13 +51,14 @@ def teacher_dir() -> Path:
     return TEACHER_DIR
 
 
-def chat_batch(rows: int, seq_len: int, tok) -> dict[str, np.ndarray]:
-    """The first `rows` train conversations as the dump's canonical batch (ids 0..rows-1)."""
+def chat_batch(rows: int, seq_len: int, tok, conversations: list[dict] | None = None) -> dict[str, np.ndarray]:
+    """The first `rows` conversations (default: the stdlib chat's train split) as the dump's
+    canonical batch (ids 0..rows-1)."""
     from trainer.builtin.stdlib.chat import chat_rows
     from trainer.inputs.chat import blocks_of, encode_row
 
     blocks = []
-    for i, row in enumerate(chat_rows("train")[:rows]):
+    for i, row in enumerate((conversations or chat_rows("train"))[:rows]):
         ids, target = encode_row(row, "chat", tok, "completion", f"row {i}")
         blocks.append(blocks_of(ids, target, seq_len, split=False)[0][0])
     n = len(blocks)

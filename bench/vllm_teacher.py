@@ -33,35 +33,14 @@ TEACHER = "models/smollm2"
 
 
 def chat_batches(teacher: str, data: str, rows: int, batch_size: int) -> list[dict[str, np.ndarray]]:
-    from trainer.inputs.chat import blocks_of, encode_row, load_tokenizer
+    """The rows as the dump batches them (bench.teacher_speed.chat_batch, trainer.teacher.batching)."""
+    from bench.teacher_speed import chat_batch
+    from trainer.inputs.chat import load_tokenizer
+    from trainer.teacher.batching import length_batches, trimmed
 
-    tok = load_tokenizer(teacher)
-    if data:
-        lines = [json.loads(line) for line in Path(data).read_text().splitlines() if line.strip()][:rows]
-    else:
-        from trainer.builtin.stdlib.chat import chat_rows
-
-        lines = chat_rows("train")[:rows]
-    blocks = [
-        blocks_of(*encode_row(r, "chat", tok, "completion", f"row {i}"), 4096, False)[0][0] for i, r in enumerate(lines)
-    ]
-    order = np.argsort([len(b.input_ids) for b in blocks], kind="stable")
-    batches = []
-    for s in range(0, len(order), batch_size):
-        part = [(int(i), blocks[i]) for i in order[s : s + batch_size]]
-        width = max(len(b.input_ids) for _, b in part)
-        batch = {
-            "id": np.array([i for i, _ in part], dtype=np.int64),
-            "shard": np.zeros(len(part), dtype=np.int64),
-            "input_ids": np.zeros((len(part), width), dtype=np.int64),
-            "loss_mask": np.zeros((len(part), width), dtype=np.uint8),
-            "length": np.array([len(b.input_ids) for _, b in part], dtype=np.int64),
-        }
-        for row, (_, b) in enumerate(part):
-            batch["input_ids"][row, : len(b.input_ids)] = b.input_ids
-            batch["loss_mask"][row, : len(b.loss_mask)] = b.loss_mask
-        batches.append(batch)
-    return batches
+    lines = [json.loads(line) for line in Path(data).read_text().splitlines() if line.strip()] if data else None
+    group = chat_batch(rows, 4096, load_tokenizer(teacher), lines)
+    return [trimmed(group, part) for part in length_batches(group, batch_size)]
 
 
 def one_batch(batches: list[dict]) -> dict[str, np.ndarray]:

@@ -52,7 +52,7 @@ def dump(cfg: DumpConfig) -> None:
         from trainer.teacher.pipeline import run_dump
 
         set_verbose(cfg.verbose)
-        result = run_dump(cfg)
+        result = run_dump(cfg, rerun_checked=True)  # not hashing the data and the teacher twice
     print(f"dump complete: {cfg.out}", file=sys.stderr)
     print("\n".join(summary_lines(result)))
 

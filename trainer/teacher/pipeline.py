@@ -90,10 +90,10 @@ class HFTokenizerFiles:
         return HFTokenizerFiles(tokenizer_files(spec), len(tok), chat_template_sha256(tok))
 
 
-def run_dump(cfg: DumpConfig) -> DumpResult:
+def run_dump(cfg: DumpConfig, *, rerun_checked: bool = False) -> DumpResult:
     """Dump under the store's lock or lease; an interrupted dump rerun with the same arguments resumes."""
     start = time.perf_counter()
-    answer = answer_without_ray(cfg)
+    answer = None if rerun_checked else answer_without_ray(cfg)  # the CLI asks before importing Ray
     if answer is not None:
         return answer
     with open_writer(cfg.out) as writer:
