@@ -12,7 +12,7 @@ import pytest
 
 from jobs import dump_logits
 from logitstore import StoreReader
-from tests.helpers import CHATML, run, same_content, tiny_chat_tokenizer, tiny_llama, write_jsonl
+from tests.helpers import CHATML, run, same_content, tiny_chat_tokenizer, tiny_llama, token_parquet, write_jsonl
 
 # ChatML whose assistant content and <|im_end|> are the template's own {% generation %} span.
 CHATML_GENERATION = CHATML.replace(
@@ -166,6 +166,36 @@ def test_a_datasets_directory_gives_the_same_store_as_its_jsonl(dump, chat_teach
     datasets.Dataset.from_list(CHAT).save_to_disk(str(tmp_path / "hf"))
     saved = dump(teacher=teacher, dataset=str(tmp_path / "hf"), top_k=4, seq_len=256, shard_size=2)
     assert same_content(jsonl, saved) and StoreReader(saved).manifest.num_positions > 0
+
+
+def test_small_data_read_in_the_driver_gives_ray_datas_fingerprint_and_store(dump, chat_teacher, tmp_path, monkeypatch):
+    # Small local data is read in the driver's process (no Ray Data pass: seconds of a small dump's
+    # fixed cost); the rows, so the fingerprint and the store, must be those of Ray Data's read.
+    from trainer.inputs import datasets
+    from trainer.teacher.config import DumpConfig
+    from trainer.teacher.pipeline import run_dump
+
+    chat = write_jsonl(tmp_path / "chat.jsonl", CHAT)
+    tokens = token_parquet(tmp_path / "tokens.parquet", [[1, 2, 3], [4, 5], [6, 7, 8, 9]], ids=[9, 3, 5])
+    chat_text = datasets.TextOptions(seq_len=24, hf_tokenizer=str(chat_teacher["plain"]))  # rows are cut
+    for spec, text in (
+        (chat, chat_text),
+        (tokens, datasets.TextOptions(seq_len=8)),
+        ("digits-eval", datasets.TextOptions()),
+    ):
+        here = datasets.fingerprint_rows(datasets.read_here(spec, text=text), spec)
+        there = datasets.fingerprint_dataset(datasets.load_dataset(spec, text=text), spec)
+        assert here.to_manifest() == there.to_manifest() and np.array_equal(here.ids, there.ids), spec
+        assert (here.cut_rows, here.num_tokens) == (there.cut_rows, there.num_tokens), spec
+    assert datasets.read_here("stdlib-small-eval") is None  # built-in text: tokenised by 8 parallel tasks
+    small = dump(teacher=f"hf:{chat_teacher['plain']}", dataset=chat, top_k=4, seq_len=24, shard_size=2)
+    monkeypatch.setattr(datasets, "SMALL_LOCAL_BYTES", 0)  # bigger than "small": read by Ray Data tasks
+    assert datasets.read_here(chat, text=chat_text) is None
+    teacher, out = f"hf:{chat_teacher['plain']}", str(tmp_path / "by-ray-data")
+    run_dump(DumpConfig(teacher=teacher, dataset=chat, out=out, top_k=4, seq_len=24, shard_size=2))
+    assert same_content(small, tmp_path / "by-ray-data")
+    manifests = [StoreReader(s).manifest for s in (small, tmp_path / "by-ray-data")]
+    assert manifests[0].content_sha256 == manifests[1].content_sha256 and len(manifests[0].shards) == 2
 
 
 def test_text_files_and_an_hf_teacher_on_object_storage_give_the_same_store_as_on_disk(

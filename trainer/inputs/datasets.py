@@ -53,9 +53,7 @@ class TextOptions:
 
 
 def load_dataset(spec: str, what: str = "--dataset", text: TextOptions = TextOptions()) -> ray.data.Dataset:
-    problems = check_dataset_spec(spec, what)
-    if problems:
-        raise DataError(problems[0])
+    _check_spec(spec, what)
     if registry.is_text(spec):
         return ray.data.range(TEXT_PARTS, override_num_blocks=TEXT_PARTS).map_batches(
             _text_block, batch_size=1, fn_kwargs={"spec": spec, "text": text}
@@ -76,11 +74,7 @@ def load_dataset(spec: str, what: str = "--dataset", text: TextOptions = TextOpt
         )
     texts = text_files(spec if remote else Path(spec))
     if texts is not None:
-        if text.hf_tokenizer is None:
-            raise DataError(
-                f"{what} {spec} is text and needs a tokenizer: pass --tokenizer (a directory saved by save_pretrained) "
-                "or an hf:<dir> teacher whose directory holds its tokenizer files"
-            )
+        _check_tokenizer(spec, what, text)
         # One read task per file: rows are read, tokenised and cut into blocks there.
         return ray.data.from_items([asdict(f) for f in texts]).map_batches(
             _read_text_batch, batch_size=1, batch_format="pyarrow", fn_kwargs={"text": text}
@@ -92,6 +86,56 @@ def load_dataset(spec: str, what: str = "--dataset", text: TextOptions = TextOpt
     return ray.data.from_items(items).map_batches(
         _read_parquet_batch, batch_size=1, batch_format="pyarrow", fn_kwargs={"seq_len": text.seq_len}
     )
+
+
+def _check_spec(spec: str, what: str) -> None:
+    problems = check_dataset_spec(spec, what)
+    if problems:
+        raise DataError(problems[0])
+
+
+def _check_tokenizer(spec: str, what: str, text: TextOptions) -> None:
+    if text.hf_tokenizer is None:
+        raise DataError(
+            f"{what} {spec} is text and needs a tokenizer: pass --tokenizer (a directory saved by save_pretrained) "
+            "or an hf:<dir> teacher whose directory holds its tokenizer files"
+        )
+
+
+SMALL_LOCAL_BYTES = 32 << 20  # local data files up to this size may be read in the driver's process
+
+
+def read_here(spec: str, what: str = "--dataset", text: TextOptions = TextOptions()) -> dict[str, np.ndarray] | None:
+    """Every row of a small dataset, read in this process by the functions load_dataset's read
+    tasks run (the same rows, bit for bit): local text or Parquet files of at most
+    SMALL_LOCAL_BYTES in all, and the built-in feature datasets. None for the rest (built-in text,
+    `module:function`, object storage, bigger files): read those with load_dataset. A small dump
+    saves a Ray Data pass (a Ray worker's start and imports: seconds), and needs no Ray to read."""
+    _check_spec(spec, what)
+    if registry.is_text(spec) or is_object_uri(spec) or (is_callable_spec(spec) and not Path(spec).exists()):
+        return None
+    if spec in registry.DATASETS:
+        return registry.DATASETS[spec].make()
+    texts = text_files(Path(spec))
+    if texts is not None:
+        _check_tokenizer(spec, what, text)
+        if _total_bytes(f.path for f in texts) > SMALL_LOCAL_BYTES:
+            return None
+        return _concat([_read_text_batch(pa.Table.from_pylist([asdict(f)]), text) for f in texts])
+    files = parquet_files(Path(spec))
+    if _total_bytes(files) > SMALL_LOCAL_BYTES:
+        return None
+    offsets = np.concatenate([[0], np.cumsum([_parquet(f).metadata.num_rows for f in files])])
+    items = [{"path": str(f), "offset": int(o)} for f, o in zip(files, offsets[:-1])]
+    return _concat([_read_parquet_batch(pa.Table.from_pylist([item]), text.seq_len) for item in items])
+
+
+def _total_bytes(paths) -> int:
+    return sum(Path(p).stat().st_size for p in paths)
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
 def _parquet(path) -> pq.ParquetFile:
@@ -381,11 +425,19 @@ class DatasetFingerprint:
 
 def fingerprint_dataset(ds: ray.data.Dataset, spec: str) -> DatasetFingerprint:
     """One pass over the dataset: sorted ids, their hash, the hash of the inputs. Checks ids are unique."""
+    digested = ds.map_batches(_digest_batch, batch_format="numpy")
+    return _fingerprint(digested.iter_batches(batch_size=None, batch_format="numpy"), spec)
+
+
+def fingerprint_rows(rows: dict[str, np.ndarray], spec: str) -> DatasetFingerprint:
+    """fingerprint_dataset of rows in memory (read_here's): the same fingerprint for the same rows."""
+    return _fingerprint([_digest_batch(rows)], spec)
+
+
+def _fingerprint(batches, spec: str) -> DatasetFingerprint:
     ids, digests, max_token, max_length = [], [], -1, 0
     cut, tokens, positions = np.zeros(0, np.int64), 0, 0
-    for batch in ds.map_batches(_digest_batch, batch_format="numpy").iter_batches(
-        batch_size=None, batch_format="numpy"
-    ):
+    for batch in batches:
         ids.append(batch["id"])
         digests.append(batch["digest"])
         cut = np.concatenate([cut, batch["cut"][batch["cut"] > 0]])

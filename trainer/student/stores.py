@@ -17,7 +17,14 @@ import torch
 
 from logitstore import Manifest, ShardData, StoreReader, read_manifest
 from trainer.errors import DataError
-from trainer.inputs.datasets import TextOptions, fingerprint_dataset, load_dataset
+from trainer.inputs.datasets import (
+    DatasetFingerprint,
+    TextOptions,
+    fingerprint_dataset,
+    fingerprint_rows,
+    load_dataset,
+    read_here,
+)
 from trainer.inputs.models import build_model, hf_model_facts, probe_width
 from trainer.inputs.specs import HF_PREFIX, LM_SEQ_LEN
 from trainer.student import vocab
@@ -95,25 +102,43 @@ def _hf_files(manifest: Manifest) -> dict | None:
 
 def check_inputs(cfg: TrainConfig, stores: RunStores) -> None:
     """The passes over the data that check it against the stores, and every student's width. A
-    store that carries its inputs is its own data: a --dataset given beside it must match it."""
+    store that carries its inputs is its own data: a --dataset given beside it must match it.
+    Small local data is read here, in the driver (read_here): no Ray Data pass, seconds saved."""
     data = cfg.data
     if data.dataset:
-        train_ds = load_dataset(data.dataset, "--dataset", stores.text)
-        rows = train_ds.take_batch(2, batch_format="numpy")
+        train = _Data(data.dataset, "--dataset", stores.text)
+        rows = train.first_rows()
     else:
         rows = stores.first_rows()
     for spec in dict.fromkeys(s.student for s in cfg.students()):
         check_student_width(student_width(spec, rows, cfg.training.gradient_checkpointing), stores, spec)
     if data.dataset:
-        check_store_matches(stores.manifest, train_ds, data.dataset, data.store, "--dataset")
+        check_store_matches(stores.manifest, train.fingerprint(), data.dataset, data.store, "--dataset")
     if stores.eval_manifest is not None and data.eval_dataset:
-        eval_ds = load_dataset(data.eval_dataset, "--eval-dataset", stores.eval_text)
-        check_store_matches(stores.eval_manifest, eval_ds, data.eval_dataset, data.eval_store, "--eval-dataset")
+        evaluated = _Data(data.eval_dataset, "--eval-dataset", stores.eval_text)
+        check_store_matches(
+            stores.eval_manifest, evaluated.fingerprint(), data.eval_dataset, data.eval_store, "--eval-dataset"
+        )
 
 
-def check_store_matches(manifest: Manifest, ds, spec: str, store: str, flag: str) -> None:
+class _Data:
+    """A dataset to check: its rows read here when it is small, else a Ray Dataset."""
+
+    def __init__(self, spec: str, flag: str, text: TextOptions) -> None:
+        self.spec, self.rows = spec, read_here(spec, flag, text)
+        self.ds = load_dataset(spec, flag, text) if self.rows is None else None
+
+    def first_rows(self) -> dict:
+        if self.rows is None:
+            return self.ds.take_batch(2, batch_format="numpy")
+        return {key: value[:2] for key, value in self.rows.items()}
+
+    def fingerprint(self) -> DatasetFingerprint:
+        return fingerprint_dataset(self.ds, self.spec) if self.rows is None else fingerprint_rows(self.rows, self.spec)
+
+
+def check_store_matches(manifest: Manifest, fp: DatasetFingerprint, spec: str, store: str, flag: str) -> None:
     """The dataset must be exactly the data the store was dumped from (ids and inputs; labels may differ)."""
-    fp = fingerprint_dataset(ds, spec)
     recorded = manifest.dataset
     if fp.ids_sha256 != recorded.get("ids_sha256"):
         raise DataError(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 import ray.data
+from ray.data.block import BlockAccessor
 
 from logitstore import (
     Inputs,
@@ -37,7 +38,9 @@ from trainer.inputs.datasets import (
     DatasetFingerprint,
     TextOptions,
     fingerprint_dataset,
+    fingerprint_rows,
     load_dataset,
+    read_here,
 )
 from trainer.inputs.sources import source_sha256
 from trainer.inputs.specs import worker_runtime_env
@@ -61,9 +64,11 @@ from trainer.teacher.vllm_scorer import VLLMScorer
 
 @dataclass(frozen=True)
 class DumpInputs:
-    """What the teacher pass reads, resolved and fingerprinted once."""
+    """What the teacher pass reads, resolved and fingerprinted once: a small dataset's rows read in
+    the driver (`rows`), or a Ray Dataset that reads the rest where it runs."""
 
-    dataset: ray.data.Dataset
+    dataset: ray.data.Dataset | None
+    rows: dict[str, np.ndarray] | None
     fingerprint: DatasetFingerprint
     tokenizer: Tokenizer | None  # for built-in text: what the dump tokenises with
     vocab_size: int  # the teacher's output width
@@ -97,8 +102,8 @@ def run_dump(cfg: DumpConfig, *, rerun_checked: bool = False) -> DumpResult:
     if answer is not None:
         return answer
     with open_writer(cfg.out) as writer:
-        teacher = _start(cfg)
-        inputs = _resolve_inputs(cfg, teacher)
+        teacher, read = _start(cfg)
+        inputs = _resolve_inputs(cfg, teacher, read)
         shard_size = _shard_size(cfg, inputs.fingerprint.num_samples, writer.recorded())
         layout = _layout(cfg, inputs.vocab_size, shard_size, sequence=inputs.fingerprint.max_length > 0)
         plan = plan_shards(inputs.fingerprint.ids, shard_size)
@@ -120,9 +125,7 @@ def run_dump(cfg: DumpConfig, *, rerun_checked: bool = False) -> DumpResult:
         tokenizer = _save_tokenizer(writer, inputs)
         todo = np.array([j not in writer.resumed for j in range(plan.num_shards)])
         scoring = time.perf_counter()
-        written = (
-            _score_and_write(cfg, teacher, inputs.dataset, plan, todo, writer.shard_writer()) if todo.any() else []
-        )
+        written = _score_and_write(cfg, teacher, inputs, plan, todo, writer.shard_writer()) if todo.any() else []
         scoring = time.perf_counter() - scoring
         manifest = writer.commit(
             [*writer.resumed.values(), *written], **records, config=cfg.to_dict(), tokenizer=tokenizer
@@ -131,17 +134,40 @@ def run_dump(cfg: DumpConfig, *, rerun_checked: bool = False) -> DumpResult:
     return DumpResult(manifest, seconds, len(writer.resumed), inputs.fingerprint.num_tokens, scoring)
 
 
-def _start(cfg: DumpConfig) -> TeacherSource:
-    """Ray started and the teacher resolved, at once: reading the teacher (importing transformers,
-    hashing its files: a 7B teacher's 15 GB take tens of seconds) overlaps Ray's start, which runs
-    here (ray.init wants the main thread); then the checks that need the cluster."""
-    with ThreadPoolExecutor(1) as pool:
+@dataclass(frozen=True)
+class _Read:
+    """What the driver reads before the teacher pass: the tokenizers, and a small dataset's rows."""
+
+    tokenizer: Tokenizer | None
+    hf_tokenizer: HFTokenizerFiles | None
+    text: TextOptions
+    rows: dict[str, np.ndarray] | None
+
+
+def _start(cfg: DumpConfig) -> tuple[TeacherSource, _Read]:
+    """Ray started, the teacher resolved and the data read, at once: reading the teacher (importing
+    transformers, hashing its files: a 7B teacher's 15 GB take tens of seconds) and the tokenizers and
+    a small dataset (read_here) overlap Ray's start, which runs here (ray.init wants the main thread);
+    then the checks that need the cluster."""
+    with ThreadPoolExecutor(2) as pool:
         resolving = pool.submit(resolve_teacher, cfg.teacher)
+        reading = pool.submit(_read, cfg)
         ensure_ray()
-        teacher = resolving.result()
+        teacher, read = resolving.result(), reading.result()
     _check_gpus(cfg)
     _warn_local_out_on_a_cluster(cfg)
-    return teacher
+    return teacher, read
+
+
+def _read(cfg: DumpConfig) -> _Read:
+    tokenizer, hf_tokenizer = _tokenizers(cfg)
+    text = TextOptions(
+        tokenizer.to_json() if tokenizer else None,
+        cfg.seq_len,
+        hf_tokenizer=cfg.hf_tokenizer() if cfg.text_files else None,
+        train_on="" if cfg.train_on == "auto" else cfg.train_on,
+    )
+    return _Read(tokenizer, hf_tokenizer, text, read_here(cfg.dataset, "--dataset", text))
 
 
 def _save_tokenizer(writer: StoreWriter, inputs: DumpInputs) -> TokenizerRef | None:
@@ -161,24 +187,23 @@ def _tokenizers(cfg: DumpConfig) -> tuple[Tokenizer | None, HFTokenizerFiles | N
     return tokenizer, HFTokenizerFiles.load(cfg.hf_tokenizer()) if cfg.text_files else None
 
 
-def _resolve_inputs(cfg: DumpConfig, teacher: TeacherSource) -> DumpInputs:
-    """Tokenizer, dataset, fingerprint (refuses empty data and duplicate ids), the teacher's width."""
-    tokenizer, hf_tokenizer = _tokenizers(cfg)
-    text = TextOptions(
-        tokenizer.to_json() if tokenizer else None,
-        cfg.seq_len,
-        hf_tokenizer=cfg.hf_tokenizer() if cfg.text_files else None,
-        train_on="" if cfg.train_on == "auto" else cfg.train_on,
-    )
-    ds = load_dataset(cfg.dataset, "--dataset", text)
-    fingerprint = fingerprint_dataset(ds, cfg.dataset)
+def _resolve_inputs(cfg: DumpConfig, teacher: TeacherSource, read: _Read) -> DumpInputs:
+    """Dataset, fingerprint (refuses empty data and duplicate ids), the teacher's width."""
+    rows = read.rows
+    if rows is None:
+        ds = load_dataset(cfg.dataset, "--dataset", read.text)
+        fingerprint = fingerprint_dataset(ds, cfg.dataset)
+        probe = lambda: ds.take_batch(2, batch_format="numpy")  # noqa: E731
+    else:
+        ds, fingerprint = None, fingerprint_rows(rows, cfg.dataset)
+        probe = lambda: {key: value[:2] for key, value in rows.items()}  # noqa: E731
     if fingerprint.cut_rows:
         print(
             f"{fingerprint.cut_rows} rows longer than --seq-len {cfg.seq_len} keep their first {cfg.seq_len} "
             f"tokens ({fingerprint.cut_tokens} tokens cut): raise --seq-len to keep them",
             file=sys.stderr,
         )
-    vocab = teacher.width(lambda: ds.take_batch(2, batch_format="numpy"), tokens=fingerprint.max_token >= 0)
+    vocab = teacher.width(probe, tokens=fingerprint.max_token >= 0)
     teacher.check_length(fingerprint.max_length, cfg.dataset)
     if fingerprint.max_token >= vocab:
         raise DataError(
@@ -188,7 +213,7 @@ def _resolve_inputs(cfg: DumpConfig, teacher: TeacherSource) -> DumpInputs:
     if cfg.stored_k > vocab:
         flag = "--max-k" if cfg.stored_k != cfg.top_k else "--top-k"
         raise ConfigError([f"{flag} {cfg.stored_k} exceeds the teacher's {vocab} classes: use {flag} {vocab} or less"])
-    return DumpInputs(ds, fingerprint, tokenizer, vocab, hf_tokenizer)
+    return DumpInputs(ds, rows, fingerprint, read.tokenizer, vocab, read.hf_tokenizer)
 
 
 def _shard_size(cfg: DumpConfig, num_samples: int, recorded: tuple[dict, dict] | None) -> int:
@@ -284,6 +309,17 @@ def _shard_rows(batch: dict[str, np.ndarray], plan: ShardPlan, todo: np.ndarray)
     return {**{key: value[keep] for key, value in batch.items()}, "shard": shard[keep]}
 
 
+def _shard_blocks(rows: dict[str, np.ndarray], plan: ShardPlan, todo: np.ndarray) -> ray.data.Dataset:
+    """Rows in memory as a dataset of one block per shard still to write (map_batches with
+    batch_size=None hands each block whole to one call, as map_groups hands a group)."""
+    keyed = _shard_rows(rows, plan, todo)
+    blocks = []
+    for shard in np.unique(keyed["shard"]):
+        part = keyed["shard"] == shard
+        blocks.append(BlockAccessor.batch_to_block({key: value[part] for key, value in keyed.items()}))
+    return ray.data.from_blocks(blocks)
+
+
 def _warn_local_out_on_a_cluster(cfg: DumpConfig) -> None:
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     if nodes > 1 and not is_object_uri(cfg.out):
@@ -298,12 +334,11 @@ def _warn_local_out_on_a_cluster(cfg: DumpConfig) -> None:
 def _score_and_write(
     cfg: DumpConfig,
     teacher: TeacherSource,
-    ds: ray.data.Dataset,
+    inputs: DumpInputs,
     plan: ShardPlan,
     todo: np.ndarray,
     shards: ShardWriter,
 ) -> list[ShardInfo]:
-    keyed = ds.map_batches(_shard_rows, batch_format="numpy", fn_kwargs={"plan": plan, "todo": todo})
     # Leave one whole CPU free for the read and sort tasks, or the pipeline stalls "backpressured".
     per_actor = (
         {"num_gpus": _actor_gpus(cfg)}
@@ -316,10 +351,7 @@ def _score_and_write(
         raise ConfigError(problem)
     # A teacher built here travels as its weights; an hf: one is loaded by each replica from its files.
     state_ref = None if teacher.from_files else [ray.put(teacher.state_dict())]
-    # Group the inputs (small) by shard, not the outputs (k values per position): then one actor
-    # scores and writes each shard.
-    written = keyed.groupby("shard").map_groups(
-        VLLMShardDumper if cfg.engine == "vllm" else ShardDumper,
+    pool = dict(
         compute=ray.data.ActorPoolStrategy(size=cfg.workers),
         batch_format="numpy",
         fn_constructor_kwargs=dict(
@@ -338,6 +370,14 @@ def _score_and_write(
         resources=resources or None,  # pinned to the nodes that offer them
         **per_actor,
     )
+    # Group the inputs (small) by shard, not the outputs (k values per position): then one actor
+    # scores and writes each shard. Rows read in the driver are grouped here, one block per shard.
+    dumper = VLLMShardDumper if cfg.engine == "vllm" else ShardDumper
+    if inputs.rows is not None:
+        written = _shard_blocks(inputs.rows, plan, todo).map_batches(dumper, batch_size=None, **pool)
+    else:
+        keyed = inputs.dataset.map_batches(_shard_rows, batch_format="numpy", fn_kwargs={"plan": plan, "todo": todo})
+        written = keyed.groupby("shard").map_groups(dumper, **pool)
     # Shards reach the driver as their actors finish them: shards written / total, positions/s, ETA.
     sequence = bool(shards.layout.inputs)
     progress = Progress(
