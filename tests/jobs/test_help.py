@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-JOBS = ("dump_logits", "train_student", "sweep", "inspect_store", "verify_store")
+JOBS = ("dump_logits", "train_student", "sweep", "inspect_store", "verify_store", "make_student")
 
 FLAGS = {
     "dump_logits": "--teacher --dataset --out --top-k --temperatures --format --batch-size --workers --shard-size "
@@ -24,6 +24,7 @@ FLAGS = {
     "--store --epochs --config",
     "inspect_store": "--out --max-positions",
     "verify_store": "",
+    "make_student": "--teacher --out --depth --keep-layers --calibration --calibration-rows --seq-len --overwrite",
 }
 
 # Every job's --help in one fresh interpreter, then what that loaded.

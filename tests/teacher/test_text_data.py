@@ -168,12 +168,10 @@ def test_a_datasets_directory_gives_the_same_store_as_its_jsonl(dump, chat_teach
     assert same_content(jsonl, saved) and StoreReader(saved).manifest.num_positions > 0
 
 
-def test_small_data_read_in_the_driver_gives_ray_datas_fingerprint_and_store(dump, chat_teacher, tmp_path, monkeypatch):
+def test_small_data_read_in_the_driver_has_the_fingerprint_of_ray_datas_read(ray_session, chat_teacher, tmp_path):
     # Small local data is read in the driver's process (no Ray Data pass: seconds of a small dump's
     # fixed cost); the rows, so the fingerprint and the store, must be those of Ray Data's read.
     from trainer.inputs import datasets
-    from trainer.teacher.config import DumpConfig
-    from trainer.teacher.pipeline import run_dump
 
     chat = write_jsonl(tmp_path / "chat.jsonl", CHAT)
     tokens = token_parquet(tmp_path / "tokens.parquet", [[1, 2, 3], [4, 5], [6, 7, 8, 9]], ids=[9, 3, 5])
@@ -188,6 +186,18 @@ def test_small_data_read_in_the_driver_gives_ray_datas_fingerprint_and_store(dum
         assert here.to_manifest() == there.to_manifest() and np.array_equal(here.ids, there.ids), spec
         assert (here.cut_rows, here.num_tokens) == (there.cut_rows, there.num_tokens), spec
     assert datasets.read_here("stdlib-small-eval") is None  # built-in text: tokenised by 8 parallel tasks
+
+
+@pytest.mark.battery  # CI: the object-storage test below dumps the same rows both ways (local: in the driver)
+def test_a_store_dumped_from_rows_read_in_the_driver_equals_one_read_by_ray_data(
+    dump, chat_teacher, tmp_path, monkeypatch
+):
+    from trainer.inputs import datasets
+    from trainer.teacher.config import DumpConfig
+    from trainer.teacher.pipeline import run_dump
+
+    chat = write_jsonl(tmp_path / "chat.jsonl", CHAT)
+    chat_text = datasets.TextOptions(seq_len=24, hf_tokenizer=str(chat_teacher["plain"]))
     small = dump(teacher=f"hf:{chat_teacher['plain']}", dataset=chat, top_k=4, seq_len=24, shard_size=2)
     monkeypatch.setattr(datasets, "SMALL_LOCAL_BYTES", 0)  # bigger than "small": read by Ray Data tasks
     assert datasets.read_here(chat, text=chat_text) is None
