@@ -18,7 +18,9 @@ class MakeStudentConfig:
     tokenizer and chat template, saved with save_pretrained for --student hf:DIR. Heal it with
     train_student from the teacher's store."""
 
-    teacher: str = option("the teacher to cut: hf:DIR, a decoder-only causal LM saved with save_pretrained", "", required=True)
+    teacher: str = option(
+        "the teacher to cut: hf:DIR, a decoder-only causal LM saved with save_pretrained", "", required=True
+    )
     out: str = option("directory the student is saved to (save_pretrained)", "", required=True)
     depth: int = option("decoder layers the student keeps, those of highest importance on --calibration", 0)
     keep_layers: str = option(

@@ -137,7 +137,7 @@ def make_student(cfg: MakeStudentConfig) -> MadeStudent:
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
         raise ConfigError([f"--out {cfg.out} already holds files: pass --overwrite to replace them, or another --out"])
     teacher_dir = local_dir(cfg.teacher[len("hf:") :])
-    teacher = _load(teacher_dir)
+    teacher = load_lm(teacher_dir)
     total = teacher.config.num_hidden_layers
     rows = _calibration_rows(cfg, teacher_dir) if cfg.calibration else []
     if cfg.keep_layers:
@@ -167,7 +167,7 @@ def make_student(cfg: MakeStudentConfig) -> MadeStudent:
     return MadeStudent(out, keep, total, count(student), count(teacher), ppl, time.perf_counter() - start)
 
 
-def _load(directory: str) -> nn.Module:
+def load_lm(directory: str) -> nn.Module:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
