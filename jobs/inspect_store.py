@@ -114,7 +114,8 @@ def _lines(report: dict) -> list[str]:
             f"{show(row['k90_median'])} / {show(row['k90_p95'])} | {show(row['k99_median'])} / "
             f"{show(row['k99_p95'])} | {row['k99_covered']:.1%} |"
         )
-    lines += ["", f"recommendation: {report['recommendation']}", f"plots: {', '.join(report['plots'])}"]
+    lines += ["", f"recommendation: {report['recommendation']}"]
+    lines += [f"temperature: {report['temperature_recommendation']}", f"plots: {', '.join(report['plots'])}"]
     return lines
 
 

@@ -1,5 +1,5 @@
 """What a store holds, per position: tail mass at each recorded T, teacher entropy and top-1
-confidence, and the k that covers 90% / 99% of the mass; a recommended k. (jobs/inspect_store.py
+confidence, and the k that covers 90% / 99% of the mass; a recommended k and temperature. (jobs/inspect_store.py
 prints and plots them.)
 
 Everything is computed from the stored head and its exact normalisers, so it is exact for the
@@ -102,6 +102,29 @@ def collect(reader: StoreReader, max_positions: int = 200_000) -> StoreStats:
     )
 
 
+TAIL_LIMIT = 0.25  # above it, a KD target is mostly one undifferentiated bucket
+
+
+def temperature_recommendation(stats: StoreStats, limit: float = TAIL_LIMIT) -> str:
+    """The highest recorded T at which the median position's tail (the mass beyond its stored head)
+    is at most `limit`: hotter targets carry more of the teacher's ranking only while the head still
+    resolves them."""
+    if stats.positions == 0:
+        return "the positions read hold no entries: nothing to recommend"
+    medians = {s.temperature: float(np.median(s.tail_mass)) for s in stats.per_temperature}
+    listed = ", ".join(f"{m:.2g} at T={t:g}" for t, m in sorted(medians.items()))
+    fine = [t for t, m in medians.items() if m <= limit]
+    if not fine:
+        return (
+            f"at every recorded T the tail beyond k holds over {limit:.0%} of the mass (median {listed}): train at "
+            f"the lowest, --temperature {min(medians):g}, or dump a larger k"
+        )
+    return (
+        f"--temperature {max(fine):g}: the highest recorded T whose tail beyond the stored head stays under "
+        f"{limit:.0%} of the mass (median {listed})"
+    )
+
+
 def recommendation(stats: StoreStats, cover: float = 0.99, share: float = 0.95) -> str:
     """The smallest k that keeps `cover` of the mass at the reference T for `share` of positions."""
     if stats.positions == 0:
@@ -195,4 +218,5 @@ def summary(reader: StoreReader, stats: StoreStats) -> dict:
         "top1_confidence": _spread(stats.top1_confidence),
         "per_temperature": _per_temperature(stats, m.top_k),
         "recommendation": recommendation(stats),
+        "temperature_recommendation": temperature_recommendation(stats),
     }

@@ -15,7 +15,7 @@ def test_inspect_store_cli_prints_a_summary_and_writes_plots(tmp_path, capsys):
     build_store(tmp_path / "s", "arrow", np.arange(40), k=4, vocab=12, seed=2, lengths=np.full(40, 3))
     assert inspect_store.main([str(tmp_path / "s"), "--out", str(tmp_path / "report")]) == 0
     out = capsys.readouterr().out
-    assert "40 samples, 120 positions" in out and "recommendation: k=" in out
+    assert "40 samples, 120 positions" in out and "recommendation: k=" in out and "\ntemperature: " in out
     assert [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()] == [
         "| 1",
         "| 2",

@@ -7,7 +7,7 @@ import pytest
 
 from logitstore import StoreReader
 from logitstore.codec import Codec
-from logitstore.inspection import collect, recommendation
+from logitstore.inspection import TAIL_LIMIT, collect, recommendation, temperature_recommendation
 from logitstore.testing import TEMPS, build_store
 
 
@@ -62,6 +62,22 @@ def test_recommendation_names_the_smallest_k_for_99_percent_of_the_mass(tmp_path
     assert recommendation(stats).startswith(f"k={k} keeps 99% of the mass at T=1 for 95% of positions")
     build_store(tmp_path / "top1", "zarr", np.arange(200), k=1, vocab=10, seed=1)
     assert "for only" in recommendation(collect(StoreReader(tmp_path / "top1")))  # one class cannot hold 99% here
+
+
+def test_the_temperature_recommended_is_the_hottest_whose_median_tail_stays_small(tmp_path):
+    # Against the dense distribution: the median mass outside the top-k at each recorded T, by loops.
+    build_store(tmp_path / "full", "zarr", np.arange(200), k=10, vocab=10, seed=1)
+    for k in (1, 3, 6):
+        build_store(tmp_path / f"top{k}", "zarr", np.arange(200), k=k, vocab=10, seed=1)
+        stats = collect(StoreReader(tmp_path / f"top{k}"))
+        medians = {t: float(np.median(dense_reference(StoreReader(tmp_path / "full"), k, t)[0])) for t in TEMPS}
+        fine = [t for t, m in medians.items() if m <= TAIL_LIMIT]
+        text = temperature_recommendation(stats)
+        if fine:
+            assert text.startswith(f"--temperature {max(fine):g}: the highest recorded T"), (k, medians, text)
+        else:
+            assert text.startswith("at every recorded T the tail beyond k holds over 25%"), (k, medians, text)
+        assert all(f"{m:.2g} at T={t:g}" in text for t, m in medians.items())
 
 
 def test_an_adaptive_stores_tail_counts_only_each_positions_own_head(tmp_path):
