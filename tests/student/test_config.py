@@ -5,6 +5,7 @@ stores of a run, whose first shard is read once."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,8 @@ from jobs.cli import parse_config
 from trainer.errors import DataError
 from trainer.student.config import Data, TrainConfig
 from trainer.student.sweep import SweepConfig
+
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 
 RESUME_FREE = {
     "overwrite",
@@ -75,3 +78,43 @@ def test_a_runs_first_shard_is_read_when_first_needed_and_once(digits_stores):
     assert "first_shard" not in vars(stores)
     first = stores.first_shard
     assert stores.first_shard is first and first.num_samples == 500
+
+
+@pytest.mark.parametrize(
+    "store, expected",
+    [
+        ("v1-digits-zarr", 4.0),  # classification
+        ("v4-views-zarr", 4.0),  # classification, two augmented views per sample
+        ("v1-tokens-zarr", 1.0),  # token positions, a store without its inputs
+        ("v5-chat-delta-logq8-zarr", 1.0),  # chat, with its inputs
+    ],
+)
+def test_without_temperature_a_token_store_trains_at_1_and_a_classification_store_at_4(store, expected, tmp_path):
+    from logitstore.manifest import read_manifest
+    from trainer.student.config import store_temperature
+
+    golden = GOLDEN / store
+    manifest = read_manifest(str(golden))
+    assert store_temperature(manifest) == expected
+    cfg = TrainConfig.from_flags(store=str(golden), student="digits-mlp", output=str(tmp_path / "r"), dataset="digits")
+    cfg = cfg.with_flags(variants='[{"lr": 0.1}, {"temperature": 2}, {"temperature": 0}]')
+    resolved = cfg.with_store_temperature(manifest)
+    assert [s.temperature for s in resolved.students()] == [expected, 2.0, expected]
+    assert resolved.to_dict()["temperature"] == expected  # what config.json records
+    assert cfg.with_flags(temperature=4.0).with_store_temperature(manifest).distill.temperature == 4.0
+
+
+def test_a_default_temperature_the_store_did_not_record_is_named_with_the_fix(tmp_path):
+    from dataclasses import replace
+
+    from logitstore.manifest import read_manifest
+
+    manifest = read_manifest(str(GOLDEN / "v5-chat-delta-logq8-zarr"))
+    hot = replace(manifest, layout=replace(manifest.layout, temperatures=(2.0, 4.0)))
+    cfg = TrainConfig.from_flags(store="s", student="digits-mlp", output=str(tmp_path / "r"))
+    problems = cfg.distill.problems(hot)
+    assert problems == [
+        "the default temperature of this store (1) was not recorded in the store (recorded: 2, 4): pass "
+        "--temperature with one of those, or dump again with it in --temperatures"
+    ]
+    assert cfg.distill.problems(manifest) == [] and cfg.with_flags(temperature=-1.0).distill.problems(manifest)

@@ -63,6 +63,7 @@ def run_training(cfg: TrainConfig, *, inputs_checked: bool = False) -> dict:
     ray.data.DataContext.get_current().enable_progress_bars = False
     clock.mark("ray_ready")
     stores = RunStores.open(cfg.data)
+    cfg = cfg.with_store_temperature(stores.manifest)  # --temperature 0: 1 for token stores, 4 otherwise
     if not inputs_checked:
         check_inputs(cfg, stores)
     clock.mark("inputs_checked")

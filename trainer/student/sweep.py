@@ -241,7 +241,8 @@ def run_sweep(cfg: SweepConfig, draw: Callable[[dict, Path], None] | None = None
     out, cpus = _start(cfg, trials)
     # Every run trains on the same data and stores: check them once here, not once per run.
     as_run = cfg.train.with_flags(variants=json.dumps(trials))
-    check_inputs(as_run, RunStores.open(as_run.data))
+    stores = RunStores.open(as_run.data)
+    check_inputs(as_run.with_store_temperature(stores.manifest), stores)
     n = cfg.search.students_per_run
     groups = [trials[i : i + n] for i in range(0, len(trials), n)]
     runs = [_run(cfg, r, group, cpus) for r, group in enumerate(groups)]
