@@ -38,6 +38,7 @@ def test_the_driver_draws_what_rank_0_posts(ray_session, tmp_path, capsys):
 
 def test_without_a_terminal_nor_verbose_the_driver_prints_a_line_at_each_quarter(ray_session, tmp_path):
     board = ProgressBoard.remote()
+    ray.get(board.read.remote())  # the board's actor is up (seconds on a loaded machine) before the quarters pass
     screen = io.StringIO()
     log = StepLog(str(tmp_path), (), 2, 20, active=True, board=board, lines=False)
     with DriverLines(board, 20, interval=0.05, stream=screen):

@@ -123,3 +123,28 @@ def test_an_existing_student_is_kept_without_overwrite(teacher, tmp_path, capsys
     assert (tmp_path / "s" / "mine.txt").read_text() == "keep me"
     code, _ = run(make_student.main, [*argv, "--overwrite"], capsys)
     assert code == 0 and not (tmp_path / "s" / "mine.txt").exists()
+
+
+def test_a_cut_student_is_the_teachers_forward_with_the_dropped_layers_skipped_and_generates(teacher, tmp_path, capsys):
+    # Layer 0 is not an identity: dropping it changes the outputs, which must be exactly the
+    # teacher's own forward through layer 3 alone.
+    from torch import nn
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "s"
+    code, errors = run(
+        make_student.main, ["--teacher", f"hf:{teacher}", "--out", str(out), "--keep-layers", "3"], capsys
+    )
+    assert code == 0 and not errors
+    skipped = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval()
+    skipped.model.layers = nn.ModuleList([skipped.model.layers[3]])
+    ids = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        want = skipped(ids, use_cache=False).logits
+    student = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        got = student(ids).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert not torch.allclose(got, logits(teacher, ids[0].tolist())[None], atol=1e-3)  # layer 0 mattered
+    generated = student.generate(ids[:, :8], max_new_tokens=6, do_sample=False)
+    assert generated.shape == (1, 14) and torch.equal(generated[:, :8], ids[:, :8])

@@ -154,6 +154,7 @@ def test_two_students_with_different_t_and_alpha_from_one_store(stores_without_t
         assert again.validate() == [] and again.to_dict() == {**saved, "overwrite": True}
 
 
+@pytest.mark.battery  # CI: test_fsdp.py's killed worker resumes from its (sharded) mid-epoch checkpoint
 def test_a_killed_training_worker_restarts_from_its_checkpoint(
     stores_without_teacher, undisturbed, user_modules, tmp_path
 ):
