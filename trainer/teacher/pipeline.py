@@ -313,11 +313,11 @@ def _shard_blocks(rows: dict[str, np.ndarray], plan: ShardPlan, todo: np.ndarray
     """Rows in memory as a dataset of one block per shard still to write (map_batches with
     batch_size=None hands each block whole to one call, as map_groups hands a group)."""
     keyed = _shard_rows(rows, plan, todo)
-    blocks = []
-    for shard in np.unique(keyed["shard"]):
-        part = keyed["shard"] == shard
-        blocks.append(BlockAccessor.batch_to_block({key: value[part] for key, value in keyed.items()}))
-    return ray.data.from_blocks(blocks)
+    order = np.argsort(keyed["shard"], kind="stable")
+    keyed = {key: value[order] for key, value in keyed.items()}
+    cuts = np.flatnonzero(np.diff(keyed["shard"])) + 1  # where one shard's rows end and the next's begin
+    parts = [{key: value[a:b] for key, value in keyed.items()} for a, b in zip([0, *cuts], [*cuts, len(order)])]
+    return ray.data.from_blocks([BlockAccessor.batch_to_block(part) for part in parts if len(part["id"])])
 
 
 def _warn_local_out_on_a_cluster(cfg: DumpConfig) -> None:
