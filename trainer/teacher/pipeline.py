@@ -148,12 +148,12 @@ def _start(cfg: DumpConfig) -> tuple[TeacherSource, _Read]:
     """Ray started, the teacher resolved and the data read, at once: reading the teacher (importing
     transformers, hashing its files: a 7B teacher's 15 GB take tens of seconds) and the tokenizers and
     a small dataset (read_here) overlap Ray's start, which runs here (ray.init wants the main thread);
-    then the checks that need the cluster."""
-    with ThreadPoolExecutor(2) as pool:
-        resolving = pool.submit(resolve_teacher, cfg.teacher)
-        reading = pool.submit(_read, cfg)
+    then the checks that need the cluster. One thread does both, one after the other: transformers'
+    lazy attributes are not safe to resolve from two threads at once (an ImportError of AutoTokenizer)."""
+    with ThreadPoolExecutor(1) as pool:
+        starting = pool.submit(lambda: (resolve_teacher(cfg.teacher), _read(cfg)))
         ensure_ray()
-        teacher, read = resolving.result(), reading.result()
+        teacher, read = starting.result()
     _check_gpus(cfg)
     _warn_local_out_on_a_cluster(cfg)
     return teacher, read
