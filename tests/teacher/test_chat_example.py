@@ -106,6 +106,30 @@ def test_chat_rows_are_deterministic_and_split(tmp_path):
     assert outputs[0] == outputs[1] and json.loads(outputs[0])
 
 
+def test_python_documentation_passages_split_by_topic_and_spread(tmp_path):
+    """make-data's second domain: passages of pydoc_data.topics, whole topics held out, every
+    passage a block at --seq-len 256; --docs-rows N keeps N spread over the topics, first and last."""
+    from trainer.builtin.stdlib import docs
+
+    train, held_out = docs.doc_rows("train"), docs.doc_rows("eval")
+    assert len(train) > 200 and len(held_out) > 20
+    assert not {r["topic"] for r in train} & {r["topic"] for r in held_out}
+    assert all(docs.is_eval_topic(r["topic"]) for r in held_out)
+    ids = [r["id"] for r in train + held_out]
+    assert len(set(ids)) == len(ids)
+    assert all(docs.MIN_PASSAGE_CHARS <= len(r["text"]) <= docs.MAX_PASSAGE_CHARS for r in train + held_out)
+    few = docs.doc_rows("train", 5)
+    assert len(few) == 5 and few[0] == train[0] and few[-1] == train[-1] and len({r["topic"] for r in few}) == 5
+
+    subprocess.run(
+        [sys.executable, "-m", "trainer.builtin.stdlib.chat", "make-data", "--out", str(tmp_path), "--docs-rows", "5"],
+        check=True,
+        capture_output=True,
+    )
+    written = [json.loads(line) for line in (tmp_path / "docs-train.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert written == few and (tmp_path / "docs-eval.jsonl").is_file() and (tmp_path / "chat-train.jsonl").is_file()
+
+
 def test_help_does_not_import_transformers():
     code = "import sys; from trainer.builtin.stdlib.chat import main; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

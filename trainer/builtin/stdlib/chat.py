@@ -12,7 +12,8 @@ from nothing but what ships with Python.
                         so AutoModelForCausalLM / AutoTokenizer load it like any Hub checkpoint
 
     python -m trainer.builtin.stdlib.chat make-teacher --out DIR [--steps N] [--seed S]
-    python -m trainer.builtin.stdlib.chat make-data --out DIR   (DIR/chat-train.jsonl, DIR/chat-eval.jsonl)
+    python -m trainer.builtin.stdlib.chat make-data --out DIR [--docs-rows N] [--docs-eval-rows N]
+        writes DIR/chat-{train,eval}.jsonl and DIR/docs-{train,eval}.jsonl (trainer.builtin.stdlib.docs)
 The rows and the text are those of the running Python: another Python version gives other docstrings.
 """
 
@@ -37,6 +38,7 @@ import numpy as np
 from logitstore.atomic import atomic_write_text
 from trainer.builtin.stdlib.bpe import stdlib_bpe_json, train_bpe
 from trainer.builtin.stdlib.corpus import corpus_files
+from trainer.builtin.stdlib.docs import doc_rows
 
 if TYPE_CHECKING:
     import torch
@@ -390,8 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     teacher.add_argument("--out", type=Path, required=True, help="the directory to save_pretrained into")
     teacher.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     teacher.add_argument("--seed", type=int, default=0)
-    data = sub.add_parser("make-data", help="write the chat rows as DIR/chat-train.jsonl and DIR/chat-eval.jsonl")
+    data = sub.add_parser(
+        "make-data", help="write DIR/chat-{train,eval}.jsonl and Python's documentation as DIR/docs-{train,eval}.jsonl"
+    )
     data.add_argument("--out", type=Path, required=True)
+    data.add_argument("--docs-rows", type=int, default=0, help="train passages, spread over the topics (0: all)")
+    data.add_argument("--docs-eval-rows", type=int, default=0, help="held-out passages (0: all)")
     args = parser.parse_args(argv)
     if args.command == "make-teacher":
         figures = make_teacher(args.out, steps=args.steps, seed=args.seed)
@@ -406,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = chat_rows(split)
             write_jsonl(rows, args.out / f"chat-{split}.jsonl")
             print(f"{split}: {len(rows)} rows -> {args.out / f'chat-{split}.jsonl'}")
+        for split, limit in (("train", args.docs_rows), ("eval", args.docs_eval_rows)):
+            rows = doc_rows(split, limit)
+            write_jsonl(rows, args.out / f"docs-{split}.jsonl")
+            print(f"{split}: {len(rows)} passages of Python's documentation -> {args.out / f'docs-{split}.jsonl'}")
     return 0
 
 
