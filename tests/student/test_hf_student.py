@@ -53,8 +53,14 @@ for shard in range(reader.num_shards):
             if mask[t]:
                 nll -= float(log_p[t, ids[t + 1]])
                 count += 1
+chat = tokenizer.apply_chat_template([{"role": "user", "content": "What does os.getcwd do?"}],
+                                     tokenize=False, add_generation_prompt=True)
+prompt = tokenizer(chat, return_tensors="pt", add_special_tokens=False)
+with torch.no_grad():
+    out = model.generate(**prompt, max_new_tokens=6, do_sample=False, min_new_tokens=6)
 print(json.dumps({"perplexity": math.exp(nll / count), "stored": stored, "vocab": len(tokenizer),
-                  "template": tokenizer.chat_template is not None}))
+                  "template": tokenizer.chat_template is not None,
+                  "generated": out.shape[1] - prompt["input_ids"].shape[1]}))
 """
 
 
@@ -81,7 +87,7 @@ def test_an_hf_student_from_a_config_exports_a_model_plain_transformers_loads(du
         [sys.executable, "-c", PLAIN_LOOP, str(exported), store], capture_output=True, text=True, check=True
     )
     got = json.loads(plain.stdout.strip().splitlines()[-1])
-    assert got["vocab"] == len(tok) and got["template"]
+    assert got["vocab"] == len(tok) and got["template"] and got["generated"] == 6  # it chats, with its template
     assert got["stored"] == metrics["epochs"][-1]["eval_positions"] > 0  # the same positions: assistant tokens
     assert got["perplexity"] == pytest.approx(metrics["eval_perplexity"], rel=1e-3)
 

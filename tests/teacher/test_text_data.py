@@ -208,6 +208,8 @@ def test_a_store_dumped_from_rows_read_in_the_driver_equals_one_read_by_ray_data
     assert manifests[0].content_sha256 == manifests[1].content_sha256 and len(manifests[0].shards) == 2
 
 
+# Battery: CI's object-storage dump is tests/jobs/test_cluster.py's (an hf teacher's chat rows on S3).
+@pytest.mark.battery
 def test_text_files_and_an_hf_teacher_on_object_storage_give_the_same_store_as_on_disk(
     dump, chat_teacher, tmp_path, s3
 ):
