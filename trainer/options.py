@@ -107,8 +107,11 @@ class SectionedConfig:
 
     @classmethod
     def from_flags(cls, **values: Any) -> Self:
-        """A config from flags by name (`store=..., lr=...`; the others their defaults)."""
-        return build_config(cls, values)
+        """A config from flags by name (`store=..., lr=...`; the others their defaults), local paths
+        made absolute as the CLI makes them (Ray's workers do not run in this directory)."""
+        from trainer.inputs.specs import absolute_paths
+
+        return build_config(cls, absolute_paths(values))
 
     def with_flags(self, **values: Any) -> Self:
         """This config with some flags (by name) changed."""

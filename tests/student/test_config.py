@@ -118,3 +118,17 @@ def test_a_default_temperature_the_store_did_not_record_is_named_with_the_fix(tm
         "--temperature with one of those, or dump again with it in --temperatures"
     ]
     assert cfg.distill.problems(manifest) == [] and cfg.with_flags(temperature=-1.0).distill.problems(manifest)
+
+
+def test_a_config_built_in_python_makes_local_paths_absolute_as_the_cli_does(tmp_path, monkeypatch):
+    """Ray's workers run in a directory of their own: a relative hf: student given to
+    TrainConfig.from_flags (as a bench or notebook builds a run) was not found there."""
+    (tmp_path / "models" / "student").mkdir(parents=True)
+    (tmp_path / "stores" / "s").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    flags = dict(store="stores/s", student="hf:models/student", output="runs/r", eval_dataset="missing.jsonl")
+    cfg = TrainConfig.from_flags(**flags)
+    assert cfg.data.store == str(tmp_path / "stores" / "s") and cfg.output == str(tmp_path / "runs" / "r")
+    assert cfg.distill.student == f"hf:{tmp_path / 'models' / 'student'}"
+    assert cfg.data.eval_dataset == "missing.jsonl"  # left as typed: validation names it
+    assert cfg == parse_config(TrainConfig, [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()], "t")
