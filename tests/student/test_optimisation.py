@@ -146,8 +146,10 @@ def test_bad_optimisation_flags_are_each_reported():
     cfg = TrainConfig.from_flags(
         grad_accum=0, clip_grad_norm=-1, warmup_steps=-2, adam_beta1=1.0, adam_eps=0.0, loss_chunk=-1
     )
+    cfg = cfg.with_flags(threads_per_worker=-1)
     problems = "\n".join(cfg.validate())
-    for flag in ("--grad-accum", "--clip-grad-norm", "--warmup-steps", "--adam-beta1", "--adam-eps", "--loss-chunk"):
+    flags = ("--grad-accum", "--clip-grad-norm", "--warmup-steps", "--adam-beta1", "--adam-eps", "--loss-chunk")
+    for flag in (*flags, "--threads-per-worker"):
         assert flag in problems, flag
 
 

@@ -475,6 +475,12 @@ class Scale:
         choices=STRATEGIES,
     )
     cpus_per_worker: float = option("CPUs per training worker; 0 = auto (leave room for the data pipeline)", 0.0)
+    threads_per_worker: int = option(
+        "torch threads of each training worker on the CPU; 0 = its --cpus-per-worker (at least 1). More threads "
+        "than reserved CPUs share them with the data pipeline: on 2 cores, --threads-per-worker 2 trains an LM "
+        "twice as fast once a small store is read",
+        0,
+    )
     max_failures: int = option(
         "restarts from the latest checkpoint after a worker dies (Ray Train FailureConfig; -1 = unlimited)",
         3,
@@ -488,6 +494,8 @@ class Scale:
         problems += parse_resources(self.worker_resources, "--worker-resources")[1]
         if self.cpus_per_worker < 0:
             problems.append(f"--cpus-per-worker must be >= 0 (0 = auto), got {self.cpus_per_worker}")
+        if self.threads_per_worker < 0:
+            problems.append(f"--threads-per-worker must be >= 0 (0 = --cpus-per-worker), got {self.threads_per_worker}")
         if self.max_failures < -1:
             problems.append(f"--max-failures must be >= -1 (-1 = unlimited), got {self.max_failures}")
         return problems

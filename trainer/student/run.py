@@ -88,13 +88,18 @@ def run_training(cfg: TrainConfig, *, inputs_checked: bool = False) -> dict:
     else:  # --verbose without a terminal: rank 0's lines every --log-every steps
         result = fit(cfg, datasets, loop, output, cpus, use_gpu)
     clock.mark("fit_returned")
-    runtime = {"cpus_per_worker": cpus, "use_gpu": use_gpu}
+    runtime = {"cpus_per_worker": cpus, "threads_per_worker": worker_threads(cfg, cpus), "use_gpu": use_gpu}
     return write_outputs(resolved, stores, students, result, output, runtime, clock)
 
 
 # ---- 1. the workers' CPUs, and the output -------------------------------------------------------
 def _cpus_per_worker(cfg: TrainConfig) -> float:
     return cpus_per_worker(cfg.scale.cpus_per_worker, cfg.scale.worker_resources, cfg.scale.workers)
+
+
+def worker_threads(cfg: TrainConfig, cpus: float) -> int:
+    """--threads-per-worker, else the CPUs a worker holds (at least 1)."""
+    return cfg.scale.threads_per_worker or max(1, int(cpus))
 
 
 def cpus_per_worker(given: float, worker_resources: str, workers: int) -> float:
@@ -180,7 +185,7 @@ def prepare_data(
         students=tuple(students),
         epochs=cfg.training.epochs,
         seed=seed,
-        threads=max(1, int(cpus)),
+        threads=worker_threads(cfg, cpus),
         train=train,
         eval=eval_options,
         eval_every=cfg.progress.eval_every,
