@@ -1,22 +1,23 @@
-"""The chat showcase's students (README, "Showcase") from top-k, sampled and hybrid stores of equal
-bytes per token, against a labels-only student and the teacher (issue 14).
+"""The showcase's students (README, "Showcase: SmolLM2") distilled against labels alone: does KD
+recover more of a real teacher, in the healing domain and out of it, at equal training tokens?
 
-    python -m bench.showcase_quality [--seeds 3] [--epochs 10] [--teacher-steps 900] [--work-dir DIR] [--json PATH]
+    python -m bench.showcase_quality [--seeds 3] [--train-rows 16] [--epochs 2] [--work-dir DIR] [--json PATH]
 
-1. The showcase's Llama chat teacher trained longer and on more chat than the README's
-   (--teacher-steps 900, --teacher-chat-every 2: the README's is weaker on the chat answers than a
-   labels-only student, leaving no gap to close; kept in --work-dir and reused), the chat data
-   (`make-data`), the eval store (k=32).
-2. A top-k store with k=32 over the train split sets the byte budget (bytes per stored position on
-   disk); the draws of the `sample` (top-1 + draws) and `hybrid` (k=16 + tail draws) stores are
-   calibrated to the same bytes per position on the train split too (within 3%).
-3. For each seed, the README's student (`stdlib-gpt-bpe8192-student`, --epochs, batch 16, lr 0.003,
-   T=1) trains from each store alone at alpha 0.5, and labels-only (alpha 0) from the top-k store;
-   every run with the same seed takes the same batches in the same order (the data order depends
-   on the seed and the store's shards, which the three stores share: same samples, same shard size).
-4. The teacher's perplexity over the same eval positions, with plain transformers; each student's
-   share of the gap it closes: (labels-only - student) / (labels-only - teacher), after the last
-   epoch and at each run's best epoch (eval after every epoch; chosen on the eval set itself).
+Teacher: SmolLM2-135M-Instruct (`trainer.builtin.smollm2 make-teacher`, or --teacher DIR).
+Healing domain: Python's documentation (trainer.builtin.stdlib.docs): --train-rows passages of
+the train topics, spread over them; held out: --eval-rows passages of the eval topics. Other
+domain: the stdlib docstring chat's eval conversations (their assistant tokens), which no
+student trains on.
+Students: the teacher cut to --depth layers by block influence on the training passages
+(`jobs.make_student`), and a from-scratch Llama (examples/smollm2-scratch-student.json).
+Stores over the training passages (seq-len 256): top-k (k=64) sets the byte budget; a sampled
+store (top-1 + draws) is calibrated to the same bytes per position on the first 16 passages.
+Runs, per seed: labels only (alpha 0), top-k and sampled (alpha 0.5, T = 1); a seed's runs read
+the same batches in the same order. Each export is then scored with plain transformers on both
+held-out sets: perplexity, the teacher's recovery (teacher perplexity / student perplexity) and
+the per-token KL(teacher || student) over the full vocabulary; tokens to parity: the training
+tokens after which a KD run's held-out docs perplexity (the trainer's eval after each epoch) first
+reaches labels-only's final one (mean over seeds).
 """
 
 from __future__ import annotations
@@ -24,165 +25,255 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from bench.common import add_work_flags, work_dir
+import numpy as np
+
+from bench.common import add_work_flags, markdown_table, work_dir, write_json
 from bench.lm_selections import bytes_per_token, calibrate_draws
-from logitstore import StoreReader
-from trainer.builtin.stdlib import chat
-from trainer.student.config import TrainConfig
-from trainer.student.run import run_training
-from trainer.teacher.config import DumpConfig
-from trainer.teacher.pipeline import run_dump
 
-STUDENT = "stdlib-gpt-bpe8192-student"
-TOPK = dict(selection="topk", top_k=32)
-SAMPLED = {"sample": dict(selection="sample", top_k=1), "hybrid": dict(selection="hybrid", top_k=16)}
+SCRATCH = Path(__file__).resolve().parent.parent / "examples" / "smollm2-scratch-student.json"
+TOPK = dict(selection="topk", top_k=64)
+SAMPLE = dict(selection="sample", top_k=1)
+STUDENTS = {"pruned": dict(lr=1e-4), "scratch": dict(lr=3e-3)}
 
 
-def teacher_perplexity(teacher: Path, store: str) -> float:
-    """Per-token perplexity of the teacher over a store's stored positions (the next token of each
-    stored position), computed by plain transformers: the positions a student's eval scores."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(teacher, local_files_only=True).eval()
-    reader = StoreReader(store)
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for shard in range(reader.num_shards):
-            tokens = reader.read_shard(shard).tokens
-            for s in range(len(tokens.offsets) - 1):
-                a, b = int(tokens.offsets[s]), int(tokens.offsets[s + 1])
-                ids = torch.tensor(tokens.input_ids[a:b].astype("int64"))
-                mask = torch.from_numpy(tokens.loss_mask[a:b].astype(bool))[:-1]
-                log_p = torch.log_softmax(model(ids[None]).logits[0, :-1].double(), dim=-1)
-                picked = log_p.gather(1, ids[1:, None]).squeeze(1)
-                nll -= float(picked[mask].sum())
-                count += int(mask.sum())
-    return math.exp(nll / count)
+def _job(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", *args], check=True, stdout=subprocess.DEVNULL)
 
 
-def print_table(rows: list[dict], teacher_ppl: float, seeds: int) -> None:
-    """Mean ± sd over the seeds after the last epoch, each seed, the share of the labels-only ->
-    teacher gap closed; and the same at each run's best epoch (chosen on the eval set itself:
-    optimistic for every row alike)."""
-
-    def cell(values: list[float]) -> str:
-        return f"{statistics.mean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
-
-    def closed(values: list[float], labels: list[float]) -> str:
-        gap = statistics.mean(labels) - teacher_ppl
-        return f"{(statistics.mean(labels) - statistics.mean(values)) / gap:.2f}" if gap else "-"
-
-    print(
-        f"| model | bytes per position | eval perplexity after the last epoch (mean ± sd, {seeds} seeds) | "
-        "per seed | gap closed | best epoch's (mean ± sd) | gap closed |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for i, row in enumerate(rows):
-        last, best = row["perplexities"], row["best"]
-        stored = "-" if row["bytes"] is None else f"{row['bytes']:.1f}"
-        each = ", ".join(f"{x:.2f}" for x in last) if len(last) > 1 else "-"
-        gaps = (closed(last, rows[1]["perplexities"]), closed(best, rows[1]["best"])) if i > 1 else ("-", "-")
-        row["gap_closed"], row["gap_closed_best"] = gaps
-        print(f"| {row['model']} | {stored} | {cell(last)} | {each} | {gaps[0]} | {cell(best)} | {gaps[1]} |")
+def prepare_data(work: Path, train_rows: int, eval_rows: int) -> dict[str, Path]:
+    """The files `make-data --docs-rows train_rows --docs-eval-rows eval_rows` writes, in `work`."""
+    _job("trainer.builtin.stdlib.chat", "make-data", "--out", str(work),
+         "--docs-rows", str(train_rows), "--docs-eval-rows", str(eval_rows))  # fmt: skip
+    files = {name: work / f"{name}.jsonl" for name in ("docs-train", "docs-calibration", "docs-eval", "chat-eval")}
+    with open(files["docs-train"]) as src:  # the sampled store's draws are calibrated on the first 16
+        files["docs-calibration"].write_text("".join(src.readlines()[:16]))
+    return files
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.showcase_quality",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--alpha", type=float, default=0.5)
-    # The README's teacher (300 steps, every 4th batch chat) is weaker on the chat answers than a
-    # labels-only student (334 vs ~280): no gap to close. This one is the same model trained longer
-    # with more chat (128.8 on the eval answers, 6.5 CPU minutes).
-    parser.add_argument("--teacher-steps", type=int, default=900)
-    parser.add_argument("--teacher-chat-every", type=int, default=2, help="every Nth teacher batch is chat rows")
-    add_work_flags(parser)
-    args = parser.parse_args(argv)
-    work = work_dir(args, "showcase-quality")
-    start = time.perf_counter()
+def held_out(path: Path, teacher: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(token ids, mask of the positions scored) per row, tokenised as a dump would (seq-len 256)."""
+    from trainer.inputs.datasets import TextOptions, read_here
 
-    teacher = work / "chat-teacher"
-    made = json.loads((teacher / "training.json").read_text()) if (teacher / "training.json").is_file() else {}
-    if (made.get("steps"), made.get("chat_every")) != (args.teacher_steps, args.teacher_chat_every):
-        chat.make_teacher(teacher, steps=args.teacher_steps, chat_every=args.teacher_chat_every)
-    data = work / "chat"
-    data.mkdir(parents=True, exist_ok=True)
-    chat.write_jsonl(chat.chat_rows("train"), data / "chat-train.jsonl")
-    chat.write_jsonl(chat.chat_rows("eval"), data / "chat-eval.jsonl")
-    train, evaluation = str(data / "chat-train.jsonl"), str(data / "chat-eval.jsonl")
+    read = read_here(str(path), text=TextOptions(seq_len=256, hf_tokenizer=str(teacher)))
+    rows = []
+    for i in np.argsort(read["id"], kind="stable"):
+        n = int(read["length"][i])
+        rows.append((read["input_ids"][i, :n], read["loss_mask"][i, : n - 1].astype(bool)))
+    return rows
 
-    def dump(out: Path, dataset: str, **extra) -> float:
-        run_dump(DumpConfig(teacher=f"hf:{teacher}", dataset=dataset, out=str(out), overwrite=True, **extra))
+
+class Scorer:
+    """Perplexity and KL(teacher || student) per scored position over one held-out set; the
+    teacher's log-probabilities are computed once (fp16 in memory)."""
+
+    def __init__(self, rows: list[tuple[np.ndarray, np.ndarray]], teacher) -> None:
+        self.rows = rows
+        self.teacher_logp = [self._logp(teacher, ids, mask).half() for ids, mask in rows]
+
+    @staticmethod
+    def _logp(model, ids: np.ndarray, mask: np.ndarray):
+        import torch
+
+        with torch.no_grad():
+            logits = model(torch.as_tensor(ids[None].astype(np.int64)), use_cache=False).logits[0, :-1]
+            return torch.log_softmax(logits.float(), dim=-1)[torch.from_numpy(mask)]
+
+    def score(self, model) -> dict[str, float]:
+        import torch
+
+        nll = kl = 0.0
+        count = 0
+        for (ids, mask), teacher in zip(self.rows, self.teacher_logp):
+            logp = self._logp(model, ids, mask)
+            targets = torch.as_tensor(ids[1:][mask].astype(np.int64))
+            nll -= float(logp.gather(1, targets[:, None]).sum())
+            t = teacher.float()
+            kl += float((t.exp() * (t - logp)).sum())
+            count += int(mask.sum())
+        return {"perplexity": math.exp(nll / count), "kl": kl / count, "positions": count}
+
+
+def make_stores(work: Path, teacher: Path, files: dict[str, Path]) -> dict[str, tuple[str, float]]:
+    """{"top-k": (store, B/position), "sample": ...}: the sampled store at the top-k store's bytes."""
+    from trainer.teacher.config import DumpConfig
+    from trainer.teacher.pipeline import run_dump
+
+    def dump(out: Path, dataset: Path, **extra) -> float:
+        if not (out / "manifest.json").is_file():
+            run_dump(DumpConfig(teacher=f"hf:{teacher}", dataset=str(dataset), out=str(out), seq_len=256, **extra))
         return bytes_per_token(str(out))
 
-    eval_store = str(work / "eval")
-    dump(Path(eval_store), evaluation, **TOPK)
-    # Calibrated on the train split itself: the teacher has seen it, so its distributions there
-    # are sharper than on held-out text and a sampled store of given draws is smaller (on the eval
-    # split's calibration the sampled store came out at 70% of the top-k bytes on train).
-    target = dump(work / "top-k", train, **TOPK)
-    configs, calibration = {"top-k (k=32)": TOPK}, {}
-    for name, extra in SAMPLED.items():
-        draws, tried = calibrate_draws(
-            work, extra, target, dump_eval=lambda d, e=extra: dump(work / "calibration", train, draws=d, **e)
-        )
-        calibration[name] = tried
-        label = f"sample (top-1 + {draws} draws)" if name == "sample" else f"hybrid (k=16 + {draws} tail draws)"
-        configs[label] = {**extra, "draws": draws}
-    stores = {}
-    for label, extra in configs.items():
-        stores[label] = str(work / label.split()[0])
-        if extra is not TOPK:  # (the top-k store is the target's)
-            dump(Path(stores[label]), train, **extra)
-        print(f"{label}: {bytes_per_token(stores[label]):.1f} B/position on the train split", flush=True)
+    stores = {"top-k": (str(work / "store-topk"), dump(work / "store-topk", files["docs-train"], **TOPK))}
+    target = dump(work / "calibration-topk", files["docs-calibration"], **TOPK)
+    draws, _ = calibrate_draws(
+        work,
+        SAMPLE,
+        target,
+        dump_eval=lambda d: dump(work / f"calibration-sample-{d}", files["docs-calibration"], draws=d, **SAMPLE),
+    )
+    out = work / f"store-sample-{draws}"
+    stores[f"sample (top-1 + {draws} draws)"] = (str(out), dump(out, files["docs-train"], draws=draws, **SAMPLE))
+    return stores
 
-    def student(store: str, alpha: float, tag: str, seed: int) -> float:
+
+def train(work: Path, store: str, student: str, kind: str, alpha: float, seed: int, args, eval_file: Path) -> dict:
+    from trainer.student.config import TrainConfig
+    from trainer.student.run import run_training
+
+    output = work / f"run-{kind}-{Path(store).name}-a{alpha:g}-s{seed}"
+    if not (output / "metrics.json").is_file():
         cfg = TrainConfig.from_flags(
             store=store,
-            eval_store=eval_store,
-            student=STUDENT,
-            output=str(work / f"run-{tag}-{seed}"),
+            student=student,
+            eval_dataset=str(eval_file),
+            output=str(output),
             epochs=args.epochs,
-            batch_size=16,
-            lr=0.003,
+            batch_size=args.batch_size,
+            lr=STUDENTS[kind]["lr"],
             temperature=1.0,
             alpha=alpha,
             seed=seed,
-            overwrite=True,
             eval_every=1,
+            checkpoint_every=args.epochs,
+            threads_per_worker=args.threads,  # the last epoch's only (a pruned student's is ~1.2 GB)
+            overwrite=True,
         )
-        curve = [e["eval_perplexity"] for e in run_training(cfg)["epochs"]]
-        print(f"  {tag} seed {seed}: eval perplexity {curve[-1]:.3f} (best {min(curve):.3f})", flush=True)
-        return curve
+        run_training(cfg)
+        shutil.rmtree(output / "checkpoint", ignore_errors=True)  # ~1.2 GB for the pruned student: the export stays
+    metrics = json.loads((output / "metrics.json").read_text())
+    return {"dir": output / "student", "curve": [e["eval_perplexity"] for e in metrics["epochs"]]}
 
-    seeds = range(args.seeds)
-    teacher_ppl = teacher_perplexity(teacher, eval_store)
-    rows = [{"model": "teacher (plain transformers)", "bytes": None, "curves": [[teacher_ppl]]}]
-    rows.append({"model": "student, labels only (alpha=0)", "bytes": None, "curves": []})
-    rows[1]["curves"] = [student(stores["top-k (k=32)"], 0.0, "labels", s) for s in seeds]
-    for label, store in stores.items():
-        curves = [student(store, args.alpha, label.split()[0], s) for s in seeds]
-        rows.append(
-            {"model": f"student, {label}, alpha={args.alpha:g}", "bytes": bytes_per_token(store), "curves": curves}
-        )
-    for row in rows:
-        row["perplexities"] = [curve[-1] for curve in row["curves"]]  # after the last epoch
-        row["best"] = [min(curve) for curve in row["curves"]]  # the best epoch's
-    print_table(rows, teacher_ppl, args.seeds)
+
+def score(export: Path, scorers: dict[str, Scorer]) -> dict[str, dict]:
+    """Each domain's figures for a student's export, kept beside it (a rerun with more seeds scores
+    only the new runs)."""
+    from trainer.student.pruning import load_lm
+
+    kept = export.parent / "bench-scores.json"
+    if kept.is_file():
+        return json.loads(kept.read_text())
+    model = load_lm(str(export))
+    figures = {domain: scorer.score(model) for domain, scorer in scorers.items()}
+    kept.write_text(json.dumps(figures))
+    return figures
+
+
+def parity_tokens(curves: list[list[float]], labels_final: float, per_epoch: int) -> float | None:
+    """Mean over seeds of the training positions after which a curve first reaches `labels_final`;
+    None when some seed never does."""
+    reached = [next((e + 1 for e, x in enumerate(c) if x <= labels_final), None) for c in curves]
+    return None if None in reached else statistics.mean(reached) * per_epoch
+
+
+def summarise(name: str, runs: list[dict], teacher: dict) -> dict:
+    """Mean ± sd over seeds of each domain's figures, and the teacher's recovery."""
+    row = {"run": name}
+    for domain in ("docs", "chat"):
+        ppl = [r[domain]["perplexity"] for r in runs]
+        kl = [r[domain]["kl"] for r in runs]
+        sd = f" ± {statistics.stdev(ppl):.2f}" if len(ppl) > 1 else ""
+        row[f"{domain}_ppl"] = f"{statistics.mean(ppl):.2f}{sd}"
+        row[f"{domain}_recovery"] = teacher[domain]["perplexity"] / statistics.mean(ppl)
+        row[f"{domain}_kl"] = statistics.mean(kl)
+        row[f"{domain}_per_seed"] = ppl
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--train-rows", type=int, default=16, help="training passages (~250 tokens each)")
+    parser.add_argument("--eval-rows", type=int, default=16, help="held-out passages")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of the pruned student")
+    parser.add_argument("--scratch-epochs", type=int, default=4, help="epochs of the from-scratch student")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--depth", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2, help="--threads-per-worker of the training runs")
+    parser.add_argument(
+        "--teacher", default=None, help="a converted SmolLM2 directory (default: convert into the work dir)"
+    )
+    add_work_flags(parser)
+    args = parser.parse_args(argv)
+    work = work_dir(args, "showcase-quality")
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    teacher = Path(args.teacher or work / "smollm2")
+    if args.teacher is None:
+        _job("trainer.builtin.smollm2", "make-teacher", "--out", str(teacher))
+    files = prepare_data(work, args.train_rows, args.eval_rows)
+    pruned = work / f"smollm2-d{args.depth}"
+    if not (pruned / "logitstore-student.json").is_file():
+        _job("jobs.make_student", "--teacher", f"hf:{teacher}", "--out", str(pruned), "--depth", str(args.depth),
+             "--calibration", str(files["docs-train"]), "--overwrite")  # fmt: skip
+    stores = make_stores(work, teacher, files)
+    print(", ".join(f"{k}: {b:.1f} B/position" for k, (_, b) in stores.items()), flush=True)
+
+    from trainer.student.pruning import load_lm
+
+    teacher_model = load_lm(str(teacher))
+    scorers = {d: Scorer(held_out(files[f"{d}-eval"], teacher), teacher_model) for d in ("docs", "chat")}
+    teacher_figures = {d: s.score(teacher_model) for d, s in scorers.items()}
+    before = {d: s.score(load_lm(str(pruned))) for d, s in scorers.items()}
+    del teacher_model
+    topk_store = stores["top-k"][0]
+    per_epoch = _positions(topk_store)
+    tables = {}
+    for kind, student in (("pruned", f"hf:{pruned}"), ("scratch", f"hf-config:{SCRATCH}")):
+        epochs = args.epochs if kind == "pruned" else args.scratch_epochs
+        settings = argparse.Namespace(epochs=epochs, batch_size=args.batch_size, threads=args.threads)
+        variants = {"labels only (alpha 0)": (topk_store, 0.0)}
+        variants.update({f"{name}, alpha 0.5": (store, 0.5) for name, (store, _) in stores.items()})
+        results = {}
+        for name, (store, alpha) in variants.items():
+            runs = []
+            for seed in range(args.seeds):
+                run = train(work, store, student, kind, alpha, seed, settings, files["docs-eval"])
+                runs.append({**run, **score(run["dir"], scorers)})
+                print(f"  {kind} {name} seed {seed}: docs {runs[-1]['docs']['perplexity']:.2f}, "
+                      f"chat {runs[-1]['chat']['perplexity']:.2f}", flush=True)  # fmt: skip
+            results[name] = runs
+        labels_final = statistics.mean(r["curve"][-1] for r in results["labels only (alpha 0)"])
+        rows = [summarise("teacher", [teacher_figures], teacher_figures)]
+        if kind == "pruned":
+            rows.append(summarise(f"cut to {args.depth} layers, before healing", [before], teacher_figures))
+        for name, runs in results.items():
+            rows.append(summarise(name, runs, teacher_figures))
+            if name != "labels only (alpha 0)":
+                rows[-1]["parity_tokens"] = parity_tokens([r["curve"] for r in runs], labels_final, per_epoch)
+        kept = {n: [{k: v for k, v in r.items() if k != "dir"} for r in rs] for n, rs in results.items()}
+        tables[kind] = {"rows": rows, "tokens": per_epoch * epochs, "runs": kept}
+        print(f"\n{kind} student, {per_epoch * epochs:,} training positions ({epochs} epochs), {args.seeds} seeds:")
+        print(markdown_table(rows, COLUMNS))
     print(f"({time.perf_counter() - start:.0f} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "calibration": calibration, "args": vars(args)}, indent=2))
+        write_json(args.json, {"showcase_quality": {"args": vars(args), "stores": stores, **tables}})
     return 0
 
 
+COLUMNS = [
+    ("run", "{}"),
+    ("docs_ppl", "{}"),
+    ("docs_recovery", "{:.2f}"),
+    ("docs_kl", "{:.3f}"),
+    ("chat_ppl", "{}"),
+    ("chat_recovery", "{:.2f}"),
+    ("chat_kl", "{:.3f}"),
+    ("parity_tokens", "{:,.0f}"),
+]
+
+
+def _positions(store: str) -> int:
+    from logitstore import read_manifest
+
+    return read_manifest(store).num_positions
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())
