@@ -16,8 +16,9 @@ Runs, per seed: labels only (alpha 0), top-k and sampled (alpha 0.5, T = 1); a s
 the same batches in the same order. Each export is then scored with plain transformers on both
 held-out sets: perplexity, the teacher's recovery (teacher perplexity / student perplexity) and
 the per-token KL(teacher || student) over the full vocabulary; tokens to parity: the training
-tokens after which a KD run's held-out docs perplexity (the trainer's eval after each epoch) first
-reaches labels-only's final one (mean over seeds).
+positions at which a KD run's held-out docs perplexity (the trainer's eval after each epoch,
+interpolated in log perplexity from the student's figure before training) first reaches the final
+figure of labels-only with the same seed (mean over seeds).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 from bench.common import add_work_flags, markdown_table, work_dir, write_json
 from bench.lm_selections import bytes_per_token, calibrate_draws
 
+STUDENT_VOCAB = 49_152  # a fresh student's perplexity before training, about uniform over the vocabulary
 SCRATCH = Path(__file__).resolve().parent.parent / "examples" / "smollm2-scratch-student.json"
 TOPK = dict(selection="topk", top_k=64)
 SAMPLE = dict(selection="sample", top_k=1)
@@ -165,11 +167,19 @@ def score(export: Path, scorers: dict[str, Scorer]) -> dict[str, dict]:
     return figures
 
 
-def parity_tokens(curves: list[list[float]], labels_final: float, per_epoch: int) -> float | None:
-    """Mean over seeds of the training positions after which a curve first reaches `labels_final`;
-    None when some seed never does."""
-    reached = [next((e + 1 for e, x in enumerate(c) if x <= labels_final), None) for c in curves]
-    return None if None in reached else statistics.mean(reached) * per_epoch
+def parity_tokens(curves: list[list[float]], labels: list[list[float]], start: float, per_epoch: int) -> float | None:
+    """Mean over seeds of the training positions at which a KD run's eval curve (`start` before
+    training, then after each epoch) first reaches the final figure of labels-only with the same
+    seed, interpolated in log perplexity between evals; None when some seed never does."""
+    reached = []
+    for curve, target in zip(curves, (c[-1] for c in labels)):
+        points = [start, *curve]
+        hit = next((e for e in range(1, len(points)) if points[e] <= target), None)
+        if hit is None:
+            return None
+        before, after = math.log(points[hit - 1]), math.log(points[hit])
+        reached.append(hit - 1 + (before - math.log(target)) / (before - after))
+    return statistics.mean(reached) * per_epoch
 
 
 def summarise(name: str, runs: list[dict], teacher: dict) -> dict:
@@ -239,14 +249,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {kind} {name} seed {seed}: docs {runs[-1]['docs']['perplexity']:.2f}, "
                       f"chat {runs[-1]['chat']['perplexity']:.2f}", flush=True)  # fmt: skip
             results[name] = runs
-        labels_final = statistics.mean(r["curve"][-1] for r in results["labels only (alpha 0)"])
+        labels = [r["curve"] for r in results["labels only (alpha 0)"]]
+        start = before["docs"]["perplexity"] if kind == "pruned" else float(STUDENT_VOCAB)  # a uniform guess
         rows = [summarise("teacher", [teacher_figures], teacher_figures)]
         if kind == "pruned":
             rows.append(summarise(f"cut to {args.depth} layers, before healing", [before], teacher_figures))
         for name, runs in results.items():
             rows.append(summarise(name, runs, teacher_figures))
             if name != "labels only (alpha 0)":
-                rows[-1]["parity_tokens"] = parity_tokens([r["curve"] for r in runs], labels_final, per_epoch)
+                rows[-1]["parity_tokens"] = parity_tokens([r["curve"] for r in runs], labels, start, per_epoch)
         kept = {n: [{k: v for k, v in r.items() if k != "dir"} for r in rs] for n, rs in results.items()}
         tables[kind] = {"rows": rows, "tokens": per_epoch * epochs, "runs": kept}
         print(f"\n{kind} student, {per_epoch * epochs:,} training positions ({epochs} epochs), {args.seeds} seeds:")
