@@ -232,40 +232,55 @@ def main(argv: list[str] | None = None) -> int:
     teacher_figures = {d: s.score(teacher_model) for d, s in scorers.items()}
     before = {d: s.score(load_lm(str(pruned))) for d, s in scorers.items()}
     del teacher_model
-    topk_store = stores["top-k"][0]
-    per_epoch = _positions(topk_store)
     tables = {}
-    for kind, student in (("pruned", f"hf:{pruned}"), ("scratch", f"hf-config:{SCRATCH}")):
-        epochs = args.epochs if kind == "pruned" else args.scratch_epochs
+    for kind, student, epochs in (
+        ("pruned", f"hf:{pruned}", args.epochs),
+        ("scratch", f"hf-config:{SCRATCH}", args.scratch_epochs),
+    ):
+        start_figures = before if kind == "pruned" else None
         settings = argparse.Namespace(epochs=epochs, batch_size=args.batch_size, threads=args.threads)
-        variants = {"labels only (alpha 0)": (topk_store, 0.0)}
-        variants.update({f"{name}, alpha 0.5": (store, 0.5) for name, (store, _) in stores.items()})
-        results = {}
-        for name, (store, alpha) in variants.items():
-            runs = []
-            for seed in range(args.seeds):
-                run = train(work, store, student, kind, alpha, seed, settings, files["docs-eval"])
-                runs.append({**run, **score(run["dir"], scorers)})
-                print(f"  {kind} {name} seed {seed}: docs {runs[-1]['docs']['perplexity']:.2f}, "
-                      f"chat {runs[-1]['chat']['perplexity']:.2f}", flush=True)  # fmt: skip
-            results[name] = runs
-        labels = [r["curve"] for r in results["labels only (alpha 0)"]]
-        start = before["docs"]["perplexity"] if kind == "pruned" else float(STUDENT_VOCAB)  # a uniform guess
-        rows = [summarise("teacher", [teacher_figures], teacher_figures)]
-        if kind == "pruned":
-            rows.append(summarise(f"cut to {args.depth} layers, before healing", [before], teacher_figures))
-        for name, runs in results.items():
-            rows.append(summarise(name, runs, teacher_figures))
-            if name != "labels only (alpha 0)":
-                rows[-1]["parity_tokens"] = parity_tokens([r["curve"] for r in runs], labels, start, per_epoch)
-        kept = {n: [{k: v for k, v in r.items() if k != "dir"} for r in rs] for n, rs in results.items()}
-        tables[kind] = {"rows": rows, "tokens": per_epoch * epochs, "runs": kept}
-        print(f"\n{kind} student, {per_epoch * epochs:,} training positions ({epochs} epochs), {args.seeds} seeds:")
-        print(markdown_table(rows, COLUMNS))
+        tables[kind] = student_table(work, kind, student, settings, stores, scorers, files, args.seeds)
+        tables[kind]["rows"] = table_rows(tables[kind], teacher_figures, start_figures, args.depth)
+        print(f"\n{kind} student, {tables[kind]['tokens']:,} training positions ({epochs} epochs), {args.seeds} seeds:")
+        print(markdown_table(tables[kind]["rows"], COLUMNS))
     print(f"({time.perf_counter() - start:.0f} s)")
     if args.json:
         write_json(args.json, {"showcase_quality": {"args": vars(args), "stores": stores, **tables}})
     return 0
+
+
+def student_table(work: Path, kind: str, student: str, settings, stores, scorers, files, seeds: int) -> dict:
+    """Every run of one student (labels only, then KD from each store; `seeds` each), trained and scored."""
+    topk_store = stores["top-k"][0]
+    variants = {"labels only (alpha 0)": (topk_store, 0.0)}
+    variants.update({f"{name}, alpha 0.5": (store, 0.5) for name, (store, _) in stores.items()})
+    results = {}
+    for name, (store, alpha) in variants.items():
+        runs = []
+        for seed in range(seeds):
+            run = train(work, store, student, kind, alpha, seed, settings, files["docs-eval"])
+            runs.append({**run, **score(run["dir"], scorers)})
+            print(f"  {kind} {name} seed {seed}: docs {runs[-1]['docs']['perplexity']:.2f}, "
+                  f"chat {runs[-1]['chat']['perplexity']:.2f}", flush=True)  # fmt: skip
+        results[name] = runs
+    return {"runs": results, "per_epoch": _positions(topk_store), "tokens": _positions(topk_store) * settings.epochs}
+
+
+def table_rows(table: dict, teacher: dict, before: dict | None, depth: int) -> list[dict]:
+    """The teacher's row, the cut's before healing (`before`; None for a fresh student), each run's
+    summary and its tokens to parity. The runs lose their export paths (the rows go to JSON)."""
+    results = table["runs"]
+    labels = [r["curve"] for r in results["labels only (alpha 0)"]]
+    start = before["docs"]["perplexity"] if before else float(STUDENT_VOCAB)  # a fresh student: about uniform
+    rows = [summarise("teacher", [teacher], teacher)]
+    if before:
+        rows.append(summarise(f"cut to {depth} layers, before healing", [before], teacher))
+    for name, runs in results.items():
+        rows.append(summarise(name, runs, teacher))
+        if name != "labels only (alpha 0)":
+            rows[-1]["parity_tokens"] = parity_tokens([r["curve"] for r in runs], labels, start, table["per_epoch"])
+    table["runs"] = {n: [{k: v for k, v in r.items() if k != "dir"} for r in rs] for n, rs in results.items()}
+    return rows
 
 
 COLUMNS = [
