@@ -9,6 +9,14 @@ import platform
 from pathlib import Path
 
 
+def run_module(*args: str) -> None:
+    """`python -m args...` in a process of its own, as a user runs a job; its output dropped, a failure raised."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", *args], check=True, stdout=subprocess.DEVNULL)
+
+
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """rows -> a Markdown table of `columns` (key, format)."""
     lines = ["| " + " | ".join(key for key, _ in columns) + " |", "|" + "---|" * len(columns)]

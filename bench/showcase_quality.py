@@ -28,15 +28,15 @@ import json
 import math
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import add_work_flags, markdown_table, work_dir, write_json
+from bench.common import add_work_flags, markdown_table, run_module, work_dir, write_json
 from bench.lm_selections import bytes_per_token, calibrate_draws
+from logitstore import read_manifest
 
 STUDENT_VOCAB = 49_152  # a fresh student's perplexity before training, about uniform over the vocabulary
 SCRATCH = Path(__file__).resolve().parent.parent / "examples" / "smollm2-scratch-student.json"
@@ -45,13 +45,9 @@ SAMPLE = dict(selection="sample", top_k=1)
 STUDENTS = {"pruned": dict(lr=1e-4), "scratch": dict(lr=3e-3)}
 
 
-def _job(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", *args], check=True, stdout=subprocess.DEVNULL)
-
-
 def prepare_data(work: Path, train_rows: int, eval_rows: int) -> dict[str, Path]:
     """The files `make-data --docs-rows train_rows --docs-eval-rows eval_rows` writes, in `work`."""
-    _job("trainer.builtin.stdlib.chat", "make-data", "--out", str(work),
+    run_module("trainer.builtin.stdlib.chat", "make-data", "--out", str(work),
          "--docs-rows", str(train_rows), "--docs-eval-rows", str(eval_rows))  # fmt: skip
     files = {name: work / f"{name}.jsonl" for name in ("docs-train", "docs-calibration", "docs-eval", "chat-eval")}
     with open(files["docs-train"]) as src:  # the sampled store's draws are calibrated on the first 16
@@ -216,11 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     teacher = Path(args.teacher or work / "smollm2")
     if args.teacher is None:
-        _job("trainer.builtin.smollm2", "make-teacher", "--out", str(teacher))
+        run_module("trainer.builtin.smollm2", "make-teacher", "--out", str(teacher))
     files = prepare_data(work, args.train_rows, args.eval_rows)
     pruned = work / f"smollm2-d{args.depth}"
     if not (pruned / "logitstore-student.json").is_file():
-        _job("jobs.make_student", "--teacher", f"hf:{teacher}", "--out", str(pruned), "--depth", str(args.depth),
+        run_module("jobs.make_student", "--teacher", f"hf:{teacher}", "--out", str(pruned), "--depth", str(args.depth),
              "--calibration", str(files["docs-train"]), "--overwrite")  # fmt: skip
     stores = make_stores(work, teacher, files)
     print(", ".join(f"{k}: {b:.1f} B/position" for k, (_, b) in stores.items()), flush=True)
@@ -263,7 +259,8 @@ def student_table(work: Path, kind: str, student: str, settings, stores, scorers
             print(f"  {kind} {name} seed {seed}: docs {runs[-1]['docs']['perplexity']:.2f}, "
                   f"chat {runs[-1]['chat']['perplexity']:.2f}", flush=True)  # fmt: skip
         results[name] = runs
-    return {"runs": results, "per_epoch": _positions(topk_store), "tokens": _positions(topk_store) * settings.epochs}
+    per_epoch = read_manifest(topk_store).num_positions
+    return {"runs": results, "per_epoch": per_epoch, "tokens": per_epoch * settings.epochs}
 
 
 def table_rows(table: dict, teacher: dict, before: dict | None, depth: int) -> list[dict]:
@@ -293,12 +290,6 @@ COLUMNS = [
     ("chat_kl", "{:.3f}"),
     ("parity_tokens", "{:,.0f}"),
 ]
-
-
-def _positions(store: str) -> int:
-    from logitstore import read_manifest
-
-    return read_manifest(store).num_positions
 
 
 if __name__ == "__main__":

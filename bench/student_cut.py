@@ -18,25 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import add_work_flags, markdown_table, write_json
-
-
-def _job(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", *args], check=True, stdout=subprocess.DEVNULL)
+from bench.common import add_work_flags, markdown_table, run_module, write_json
 
 
 def _prepare(work: Path) -> tuple[Path, Path]:
     teacher, data = work / "smollm2", work / "chat"
-    _job("trainer.builtin.smollm2", "make-teacher", "--out", str(teacher))
+    run_module("trainer.builtin.smollm2", "make-teacher", "--out", str(teacher))
     if not (data / "chat-train.jsonl").is_file():
-        _job("trainer.builtin.stdlib.chat", "make-data", "--out", str(data))
+        run_module("trainer.builtin.stdlib.chat", "make-data", "--out", str(data))
     return teacher, data
 
 
@@ -67,7 +62,7 @@ def cut_figures(work: Path, teacher: Path, data: Path, depth: int, rows: int) ->
     for name, keep in _cuts(30, depth).items():
         out = work / f"cut-{name.replace(' ', '-')}"
         how = ("--keep-layers", keep) if keep else ("--depth", str(depth))
-        _job(
+        run_module(
             "jobs.make_student",
             "--teacher",
             f"hf:{teacher}",
@@ -94,7 +89,7 @@ def cut_figures(work: Path, teacher: Path, data: Path, depth: int, rows: int) ->
 
 def heal_figures(work: Path, teacher: Path, data: Path, student: str, epochs: int) -> list[dict]:
     store = work / "store-chat-train"
-    _job(
+    run_module(
         "jobs.dump_logits",
         "--teacher",
         f"hf:{teacher}",
@@ -112,7 +107,7 @@ def heal_figures(work: Path, teacher: Path, data: Path, student: str, epochs: in
     figures = []
     for name, alpha in (("KD (alpha 0.5, T = 1)", "0.5"), ("labels only (alpha 0)", "0")):
         out = work / f"heal-alpha{alpha}"
-        _job(
+        run_module(
             "jobs.train_student",
             "--store",
             str(store),
