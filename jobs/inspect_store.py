@@ -81,6 +81,17 @@ def _views(report: dict) -> list[str]:
     return [line, "           that is neither a built-in augmentation nor module:function: nothing can replay it"]
 
 
+def _features(report: dict) -> list[str]:
+    f = report.get("features")
+    if not f:
+        return []
+    return [
+        f"features   hidden states of layers {','.join(map(str, f['layers']))}, projected to {f['dim']} dims in 8 "
+        f"bits: {f['bytes_per_position']:.1f} bytes per position on disk ({f['raw_bytes_per_position']} raw; the "
+        f"logits {f['logits_bytes_per_position']:.1f}), {f['share_of_store']:.0%} of the store"
+    ]
+
+
 def _lines(report: dict) -> list[str]:
     teacher, data = report["teacher"], report["dataset"]
     codec = f"{report['codec'].get('index', 'plain')}/{report['codec'].get('values', 'float32')}"
@@ -95,6 +106,7 @@ def _lines(report: dict) -> list[str]:
         f"data       {data.get('spec', '?')}, {data.get('num_samples', '?')} samples, ids sha256 "
         f"{str(data.get('ids_sha256', '?'))[:16]}",
         *_views(report),
+        *_features(report),
         f"sampled    {report['sampled_positions']} positions from {report['shards_read']} shards",
         f"entropy    at T={report['reference_temperature']:g}: median {report['entropy']['median']:.3f} nats "
         f"(5%-95%: {report['entropy']['p5']:.3f}-{report['entropy']['p95']:.3f}; head + tail bucket)",

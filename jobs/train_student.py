@@ -17,6 +17,7 @@ PRINTED = (
     "train_loss",
     "train_kd_loss",
     "train_ce_loss",
+    "train_feature_loss",
 )
 
 

@@ -14,7 +14,7 @@ from logitstore.errors import (
     StoreLockedError,
     StoreNotFoundError,
 )
-from logitstore.layout import Inputs, Selection, StoreLayout, TokenizerRef, Views, index_dtype_for
+from logitstore.layout import Features, Inputs, Selection, StoreLayout, TokenizerRef, Views, index_dtype_for
 from logitstore.manifest import FORMAT_VERSION, Manifest, ShardInfo, read_manifest
 from logitstore.planning import ShardPlan, plan_shards
 from logitstore.reader import StoreReader, topk_probabilities
@@ -26,6 +26,7 @@ from logitstore.writer import ShardWriter, StoreWriter, open_writer
 __all__ = [
     "EXTRAS",
     "FORMAT_VERSION",
+    "Features",
     "Inputs",
     "Codec",
     "Manifest",

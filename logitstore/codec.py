@@ -49,6 +49,8 @@ _STORED_DTYPES: dict[str, tuple[str, ...]] = {
     "sample_count": ("uint16",),
     "topk_count": ("uint16",),
     "view_seed": ("int64",),
+    "feature_code": ("int8",),
+    "feature_scale": ("float32",),
     "loss_mask": ("uint8",),
     "topk_index_gap_lo": ("uint8",),
     "topk_index_gap_hi": tuple(_INDEX_DTYPE),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from logitstore.backends import get_backend
 from logitstore.reader import StoreReader, topk_probabilities
 
 COVER = (0.90, 0.99)
@@ -184,6 +185,31 @@ def _per_temperature(stats: StoreStats, top_k: int) -> list[dict]:
     return rows
 
 
+def feature_bytes(reader: StoreReader) -> dict | None:
+    """What a store's features cost: its largest shard encoded by its backend with and without the
+    feature arrays (compressed as on disk), per position; None for a store without features."""
+    m = reader.manifest
+    if m.layout.features is None:
+        return None
+    index = max(range(len(m.shards)), key=lambda i: m.shards[i].num_positions)
+    data = reader.read_shard(index)
+    arrays = m.codec.encode(data)
+    backend = get_backend(m.backend)
+    full = sum(len(b) for b in backend.encode(arrays).values())
+    rest = sum(
+        len(b) for b in backend.encode({k: a for k, a in arrays.items() if not k.startswith("feature_")}).values()
+    )
+    f, positions = m.layout.features, max(data.num_positions, 1)
+    return {
+        "layers": list(f.layers),
+        "dim": f.dim,
+        "bytes_per_position": (full - rest) / positions,  # on disk, compressed
+        "raw_bytes_per_position": f.count * (f.dim + 4),  # the int8 codes and a float32 scale per layer
+        "share_of_store": (full - rest) / full if full else 0.0,
+        "logits_bytes_per_position": rest / positions,
+    }
+
+
 def summary(reader: StoreReader, stats: StoreStats) -> dict:
     m = reader.manifest
     # An adaptive store holds fewer entries than k per position: estimated from the positions read.
@@ -211,6 +237,7 @@ def summary(reader: StoreReader, stats: StoreStats) -> dict:
         "tokenizer": None if m.tokenizer is None else m.tokenizer.to_json(),
         # Views name their augmentation: a name, or code (module:function) that reading never runs.
         "views": None if m.views is None else m.views.to_json(),
+        "features": feature_bytes(reader),
         "sampled_positions": stats.positions,
         "shards_read": stats.shards_read,
         "reference_temperature": stats.reference_temperature,

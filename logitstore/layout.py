@@ -9,7 +9,7 @@ what writers, readers, codecs and shard validation agree on; it replaces loose k
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from logitstore.codec import Codec
@@ -221,6 +221,83 @@ class Inputs:
         return Inputs(kind=obj.get("kind"), seq_len=obj.get("seq_len"))
 
 
+FEATURE_PROJECTIONS = ("orthogonal",)
+FEATURE_CODECS = ("int8",)
+FEATURE_FILE = "feature_projection.bin"
+
+
+@dataclass(frozen=True)
+class Features:
+    """The teacher's hidden states after `layers` (numbered as Hugging Face's hidden_states), of
+    `widths` per position, each projected to `dim` by a fixed `projection` made from `seed` (saved
+    in the store's projection file, of `sha256`; "" until the writer saved it) and quantized by `codec`."""
+
+    layers: tuple[int, ...]
+    widths: tuple[int, ...]
+    dim: int
+    seed: int
+    projection: str = "orthogonal"
+    codec: str = "int8"
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "widths"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, tuple(value) if isinstance(value, (list, tuple)) else ())
+
+    @property
+    def count(self) -> int:
+        return len(self.layers)
+
+    def problems(self, committed: bool = True) -> list[str]:
+        out = []
+        if not self.layers or not all(_is_int(v) and 0 <= v < 2**31 for v in self.layers):
+            out.append("features layers must be a non-empty list of layer numbers >= 0")
+        elif len(set(self.layers)) != len(self.layers):
+            out.append("features layers lists a layer twice")
+        if not _is_int(self.dim) or not 1 <= self.dim <= 65535:
+            out.append(f"features dim {self.dim!r} must be an integer in 1..65535")
+        elif len(self.widths) != len(self.layers) or not all(_is_int(w) and self.dim <= w < 2**31 for w in self.widths):
+            out.append(f"features widths must give each layer's width, each at least dim {self.dim}")
+        if not _is_int(self.seed):
+            out.append(f"features seed {self.seed!r} must be an integer")
+        if self.projection not in FEATURE_PROJECTIONS:
+            out.append(
+                f"features projection {self.projection!r} is unknown (expected {', '.join(FEATURE_PROJECTIONS)})"
+            )
+        if self.codec not in FEATURE_CODECS:
+            out.append(f"features codec {self.codec!r} is unknown (expected {', '.join(FEATURE_CODECS)})")
+        if committed and not _is_hex64(self.sha256):
+            out.append("features sha256 must be the projection file's sha256")
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "layers": list(self.layers),
+            "widths": list(self.widths),
+            "dim": self.dim,
+            "projection": self.projection,
+            "seed": self.seed,
+            "file": FEATURE_FILE,
+            "sha256": self.sha256,
+            "codec": self.codec,
+        }
+
+    @staticmethod
+    def from_json(obj: Any) -> Features:
+        obj = obj if isinstance(obj, dict) else {}
+        f = Features(
+            layers=obj.get("layers"),
+            widths=obj.get("widths"),
+            dim=obj.get("dim"),
+            seed=obj.get("seed"),
+            projection=obj.get("projection"),
+            codec=obj.get("codec"),
+            sha256=obj.get("sha256"),
+        )
+        return f if obj.get("file") == FEATURE_FILE else replace(f, projection=f"file {obj.get('file')!r}")
+
+
 def _is_plain_name(value: Any) -> bool:
     return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
 
@@ -245,6 +322,7 @@ class StoreLayout:
     views: Views | None = None
     index_dtype: str = ""  # "" = the narrowest that holds the vocabulary
     inputs: Inputs | None = None  # the shards carry their samples' tokens and loss masks
+    features: Features | None = None  # the shards carry the teacher's projected hidden states
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "temperatures", tuple(self.temperatures))
@@ -265,6 +343,7 @@ class StoreLayout:
         value_bits: int = 0,
         views: Views | None = None,
         inputs: Inputs | None = None,
+        features: Features | None = None,
     ) -> StoreLayout:
         temperatures = tuple(float(t) for t in temperatures)
         codec = Codec.make(index_codec, value_codec, value_bits, temperatures)
@@ -278,6 +357,7 @@ class StoreLayout:
             codec=codec,
             views=views,
             inputs=inputs,
+            features=features,
         )
 
     @property
@@ -293,6 +373,8 @@ class StoreLayout:
     @property
     def format_version(self) -> int:
         """The lowest format version that holds this layout (FORMAT.md, versions)."""
+        if self.features:
+            return 9
         if self.selection.adaptive:
             return 6
         if self.inputs:
@@ -339,6 +421,8 @@ class StoreLayout:
             out += self.inputs.problems()
             if self.views is not None:
                 out.append("a store of views cannot carry token inputs (views apply to one input per sample)")
+        if self.features is not None:
+            out += self.features.problems(committed=False)
         return out
 
     def to_json(self) -> dict:
@@ -358,6 +442,8 @@ class StoreLayout:
             out["views"] = self.views.to_json()
         if self.inputs is not None:
             out["inputs"] = self.inputs.to_json()
+        if self.features is not None:
+            out["features"] = self.features.to_json()
         return out
 
     @staticmethod
@@ -376,6 +462,7 @@ class StoreLayout:
             codec=Codec.from_json(codec, temps) if isinstance(codec, dict) else Codec(index=repr(codec)),
             views=None if raw.get("views") is None else Views.from_json(raw["views"]),
             inputs=None if raw.get("inputs") is None else Inputs.from_json(raw["inputs"]),
+            features=None if raw.get("features") is None else Features.from_json(raw["features"]),
             index_dtype=raw.get("index_dtype")
             if isinstance(raw.get("index_dtype"), str)
             else repr(raw.get("index_dtype")),

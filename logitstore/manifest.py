@@ -7,7 +7,7 @@ import math
 import os
 import re
 import reprlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from logitstore.planning import ShardPlan
 from logitstore.storage import Storage, open_storage, shard_name
 
 FORMAT_NAME = "logitstore"
-FORMAT_VERSION = 8  # the newest this code reads and writes; stores are written with the lowest version that holds them
+FORMAT_VERSION = 9  # the newest this code reads and writes; stores are written with the lowest version that holds them
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 _SHARD_NAME = re.compile(r"^shards/[0-9]{5,9}(\.[0-9a-f]{12})?\.(zarr|arrow|zarr\.zip)$")
@@ -342,7 +342,8 @@ def _parse_layout(raw: dict, version: int) -> StoreLayout:
         raise ManifestError(f"manifest value_dtype {_short(raw['value_dtype'])} is unknown (expected float32)")
     _check_layout_numbers(raw)
     layout = StoreLayout.from_json(raw)
-    problems = layout.problems()
+    # a committed store's features also name their projection file's checksum
+    problems = layout.problems() or (layout.features.problems() if layout.features else [])
     if problems:
         found = "; ".join(problems)
         found = found if len(found) <= 160 else found[:157] + "..."
@@ -351,7 +352,8 @@ def _parse_layout(raw: dict, version: int) -> StoreLayout:
         raise ManifestError(
             f"manifest of format version {version} declares what version {layout.format_version} "
             f"introduced (selection {layout.selection.kind}, codec {layout.codec.to_json()}, "
-            f"views {layout.views is not None}, inputs {layout.inputs is not None}): {_DAMAGED}"
+            f"views {layout.views is not None}, inputs {layout.inputs is not None}, features "
+            f"{layout.features is not None}): {_DAMAGED}"
         )
     return layout
 
@@ -445,12 +447,15 @@ def build_manifest(
     config: dict,
     tokenizer: TokenizerRef | None = None,
     created_by: str = "",
+    features_sha256: str = "",
 ) -> Manifest:
     """The manifest of a dump that wrote `shards` (every planned one, once), at the lowest format
     version that holds its layout and its shards' names."""
     infos = sorted(shards, key=lambda s: s.index)
     if [s.index for s in infos] != list(range(plan.num_shards)):
         raise StoreError(f"the dump wrote shards {[s.index for s in infos]} of {plan.num_shards} planned: run it again")
+    if layout.features is not None:  # the projection file the shards were written with
+        layout = replace(layout, features=replace(layout.features, sha256=features_sha256))
     return Manifest(
         layout=layout,
         num_samples=sum(s.num_samples for s in infos),

@@ -19,7 +19,8 @@ import numpy as np
 from logitstore.backends import get_backend
 from logitstore.checksum import files_checksum
 from logitstore.errors import ShardCorruptError, StoreError
-from logitstore.layout import TOKENIZER_DIR, TOKENIZER_NAME
+from logitstore.features import read_projection
+from logitstore.layout import FEATURE_FILE, TOKENIZER_DIR, TOKENIZER_NAME
 from logitstore.manifest import Manifest, ShardInfo, read_manifest
 from logitstore.planning import ShardPlan
 from logitstore.shard import ShardData, head_mask
@@ -203,6 +204,23 @@ class StoreReader:
                 )
         return private_copy(files, entry.files)
 
+    def feature_projection(self) -> list[np.ndarray] | None:
+        """The stored features' projection matrices P_j [H_j, R] (checked against the manifest), or None
+        when the store holds no features."""
+        features = self.manifest.layout.features
+        if features is None:
+            return None
+        data = self._small_file(FEATURE_FILE)
+        if data is None or hashlib.sha256(data).hexdigest() != features.sha256:
+            raise ShardCorruptError(
+                f"{FEATURE_FILE} of store {self.root} is missing or fails its checksum: the store is damaged; "
+                "dump it again"
+            )
+        matrices = read_projection(data, features.widths, features.dim)
+        if matrices is None:
+            raise ShardCorruptError(f"{FEATURE_FILE} of store {self.root} has the wrong size: the store is damaged")
+        return matrices
+
     def _small_file(self, name: str) -> bytes | None:
         """One of the store's small files (tokenizer), or None when it is missing."""
         try:
@@ -216,6 +234,7 @@ class StoreReader:
         try:
             self.tokenizer_json()
             self.tokenizer_dir()
+            self.feature_projection()
         except StoreError as exc:
             problems.append(str(exc))
         for index in range(self.num_shards):

@@ -80,6 +80,23 @@ def _check_topk_count(c: np.ndarray, data: ShardData, layout: StoreLayout) -> li
     return [] if not p or int(c.max()) <= data.top_k else [f"topk_count exceeds the head's {data.top_k} columns"]
 
 
+def _check_feature_code(c: np.ndarray, data: ShardData, layout: StoreLayout) -> list[str]:
+    p, f = data.num_positions, layout.features
+    width = f.count * f.dim
+    return (
+        []
+        if c.dtype == np.int8 and c.shape == (p, width)
+        else [f"feature_code must be int8 [{p}, {width}], got {c.dtype} {c.shape}"]
+    )
+
+
+def _check_feature_scale(s: np.ndarray, data: ShardData, layout: StoreLayout) -> list[str]:
+    p, n = data.num_positions, layout.features.count
+    if s.dtype != np.float32 or s.shape != (p, n):
+        return [f"feature_scale must be float32 [{p}, {n}], got {s.dtype} {s.shape}"]
+    return [] if np.all(np.isfinite(s) & (s >= 0)) else ["feature_scale must be finite and >= 0"]
+
+
 TOKEN_ARRAYS = ("token_offsets", "input_ids", "loss_mask")
 
 
@@ -159,6 +176,9 @@ EXTRAS: dict[str, Extra] = {
         Extra("view_seed", lambda layout: layout.num_views > 0, _check_view_seed),
         # adaptive top-k: how many of the k columns each position holds (the rest are padding)
         Extra("topk_count", lambda layout: layout.selection.adaptive, _check_topk_count),
+        # teacher features: each layer's projected hidden state, int8 codes and a scale per position and layer
+        Extra("feature_code", lambda layout: layout.features is not None, _check_feature_code),
+        Extra("feature_scale", lambda layout: layout.features is not None, _check_feature_scale),
     )
 }
 

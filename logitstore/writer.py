@@ -23,11 +23,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from logitstore.backends import get_backend
 from logitstore.checksum import files_checksum
 from logitstore.errors import ShardCorruptError, ShardDataError, StoreConflictError, StoreError, StoreExistsError
+from logitstore.features import projection_bytes, read_projection
 from logitstore.identity import canonical, content_sha256, differences
-from logitstore.layout import TOKENIZER_DIR, TOKENIZER_NAME, StoreLayout, TokenizerRef
+from logitstore.layout import FEATURE_FILE, TOKENIZER_DIR, TOKENIZER_NAME, Features, StoreLayout, TokenizerRef
 from logitstore.manifest import MANIFEST_NAME, Manifest, ShardInfo, build_manifest, read_manifest
 from logitstore.planning import ShardPlan
 from logitstore.shard import ShardData
@@ -233,6 +236,21 @@ class StoreWriter:
             chat_template_sha256=chat_template_sha256,
         )
 
+    def save_projection(self, matrices: list[np.ndarray]) -> str:
+        """Save the features' projection file (before the commit) -> its sha256."""
+        data = projection_bytes(matrices)
+        self._exclusive.check()
+        self.storage.put(FEATURE_FILE, data)
+        return hashlib.sha256(data).hexdigest()
+
+    def saved_projection(self, features: Features) -> list[np.ndarray] | None:
+        """The projection an unfinished dump saved (its resumed shards were written with it), or None."""
+        try:
+            data = self.storage.get(FEATURE_FILE)
+        except FileNotFoundError:
+            return None
+        return read_projection(data, features.widths, features.dim)
+
     def commit(
         self,
         shards: list[ShardInfo],
@@ -241,12 +259,13 @@ class StoreWriter:
         dataset: dict,
         config: dict,
         tokenizer: TokenizerRef | None = None,
+        features_sha256: str = "",
     ) -> Manifest:
         """Build the manifest from the layout and every planned shard, and create it last, under an
         exclusive access just confirmed: the store is complete from this moment."""
         manifest = build_manifest(
             self._started(), self.plan, self.identity, shards, teacher=teacher, dataset=dataset, config=config,
-            tokenizer=tokenizer, created_by=f"logitstore {__version__}",
+            tokenizer=tokenizer, created_by=f"logitstore {__version__}", features_sha256=features_sha256,
         )  # fmt: skip
         self._exclusive.confirm()
         try:

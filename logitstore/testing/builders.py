@@ -12,7 +12,8 @@ import numpy as np
 from logitstore.backends import get_backend
 from logitstore.checksum import files_checksum, shard_checksum
 from logitstore.codec import Codec, Compander
-from logitstore.layout import Inputs, Selection, StoreLayout, Views, index_dtype_for
+from logitstore.features import projections, quantize
+from logitstore.layout import Features, Inputs, Selection, StoreLayout, Views, index_dtype_for
 from logitstore.planning import plan_shards
 from logitstore.reader import topk_probabilities
 from logitstore.shard import (
@@ -97,6 +98,18 @@ def with_samples(rng, data: ShardData, vocab: int, draws: int, trim: bool = Fals
     return with_extras(data, sample_index=index, sample_count=count)
 
 
+def with_features(rng, data: ShardData, features: Features) -> ShardData:
+    """Random projected states of `features`' layers, quantized as a writer does."""
+    p, n = data.num_positions, features.count
+    y = rng.normal(0, 3, size=(p * n, features.dim)).astype(np.float32)
+    codes, scale = quantize(y)
+    return with_extras(data, feature_code=codes.reshape(p, n * features.dim), feature_scale=scale.reshape(p, n))
+
+
+# two layers of the widths a small model has, projected to 5 dimensions
+TEST_FEATURES = Features(layers=(0, 2), widths=(12, 9), dim=5, seed=11)
+
+
 def layout_for(
     backend: str,
     *,
@@ -108,6 +121,7 @@ def layout_for(
     views: int = 0,
     seq_len: int = 0,
     top_p: float | None = None,
+    features: Features | None = None,
 ) -> StoreLayout:
     selection = Selection("hybrid", draws, 1.0, 0) if draws else Selection()
     if top_p is not None:
@@ -122,6 +136,7 @@ def layout_for(
         codec=codec,
         views=Views(views, "test-augment", 0) if views else None,
         inputs=Inputs("tokens", seq_len) if seq_len else None,
+        features=features,
     )
 
 
@@ -138,19 +153,22 @@ def build_store(
     codec: Codec = CODECS["plain"],
     seq_len: int = 0,
     top_p: float | None = None,
+    features: Features | None = None,
 ) -> list[ShardData]:
     """A complete store of random shards through the StoreWriter (carrying random tokens of at
-    most `seq_len` when it is not 0; an adaptive head of mass `top_p` when given); -> the shards as
-    written."""
+    most `seq_len` when it is not 0; an adaptive head of mass `top_p` when given; random features
+    and their orthogonal projections when `features` is given); -> the shards as written."""
     rng = np.random.default_rng(seed)
     ids = np.asarray(ids, dtype=np.int64)
     layout = layout_for(
-        backend, k=k, vocab=vocab, shard_size=shard_size, draws=draws, codec=codec, seq_len=seq_len, top_p=top_p
-    )
+        backend, k=k, vocab=vocab, shard_size=shard_size, draws=draws, codec=codec, seq_len=seq_len, top_p=top_p,
+        features=features,
+    )  # fmt: skip
     plan = plan_shards(ids, shard_size)
     shards, infos, start = [], [], 0
     with open_writer(root) as writer:  # a local path or an object-storage URI
         writer.start(layout, plan, {"test": seed}, overwrite=False)
+        projection = "" if features is None else writer.save_projection(projections(features))
         for j in range(plan.num_shards):
             n = int(plan.counts[j])
             data = random_shard(
@@ -162,10 +180,14 @@ def build_store(
                 data = with_tokens(rng, data, vocab, seq_len)
             if top_p is not None:
                 data = with_top_p(data, top_p)
+            if features is not None:
+                data = with_features(rng, data, features)
             start += n
             shards.append(data)
             infos.append(writer.shard_writer().write(j, data))
-        writer.commit(infos, teacher=TEST_TEACHER, dataset=dataset_record(ids, seed), config={})
+        writer.commit(
+            infos, teacher=TEST_TEACHER, dataset=dataset_record(ids, seed), config={}, features_sha256=projection
+        )
     return shards
 
 

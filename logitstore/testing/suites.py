@@ -36,7 +36,8 @@ from logitstore.errors import (
     StoreLockedError,
     StoreNotFoundError,
 )
-from logitstore.layout import index_dtype_for
+from logitstore.features import dequantize, projections
+from logitstore.layout import FEATURE_FILE, index_dtype_for
 from logitstore.manifest import names_version, parse_manifest, read_manifest
 from logitstore.planning import plan_shards
 from logitstore.reader import StoreReader
@@ -44,6 +45,7 @@ from logitstore.shard import ShardData, TokenInputs, head_mask, pad_width, with_
 from logitstore.storage import open_storage
 from logitstore.testing.builders import (
     CODECS,
+    TEST_FEATURES,
     TEST_TEACHER,
     assert_same_content,
     build_store,
@@ -52,6 +54,7 @@ from logitstore.testing.builders import (
     random_shard,
     round_trip,
     with_extras,
+    with_features,
     with_samples,
     with_tokens,
     with_top_p,
@@ -112,6 +115,18 @@ class BackendTests:
             data = with_tokens(rng, data, vocab, seq_len=9)
             data.validate(layout_for(self.backend, k=3, vocab=vocab, seq_len=9), reading=False)
             assert_same_content(round_trip(self.backend, codec, tmp_path / f"s{vocab}", data), data, codec)
+
+    def test_features_round_trip(self, tmp_path, codec):
+        rng = np.random.default_rng(9)
+        data = random_shard(rng, [3, 5, 8], k=3, vocab=50, positions_per_sample=np.array([2, 0, 4]))
+        data = with_features(rng, data, TEST_FEATURES)
+        layout = layout_for(self.backend, k=3, vocab=50, features=TEST_FEATURES)
+        data.validate(layout, reading=False)
+        back = round_trip(self.backend, codec, tmp_path / "s", data)
+        assert_same_content(back, data, codec)
+        for name in ("feature_code", "feature_scale"):
+            assert back.extras[name].dtype == data.extras[name].dtype
+            assert np.array_equal(back.extras[name], data.extras[name])
 
     def test_adaptive_heads_round_trip_packed(self, tmp_path, codec):
         rng = np.random.default_rng(8)
@@ -236,6 +251,33 @@ class StoreTests:
             assert np.array_equal(got.topk_index[row], shard.topk_index[i % 5, : got.top_k])
             assert np.array_equal(got.topk_logit[row], shard.topk_logit[i % 5, : got.top_k])
         assert reader.verify() == []
+
+    def test_a_store_with_features_is_version_9_and_its_projection_is_checked(self, where):
+        shards = build_store(where("st"), self.backend, np.arange(9), lengths=np.arange(9) % 4, shard_size=4,
+                             features=TEST_FEATURES)  # fmt: skip
+        reader = StoreReader(where("st"))
+        assert reader.manifest.format_version == 9 and reader.manifest.layout.features.count == 2
+        matrices = reader.feature_projection()
+        assert [m.shape for m in matrices] == [(12, 5), (9, 5)]
+        for m, want in zip(matrices, projections(TEST_FEATURES)):
+            assert np.array_equal(m, want)
+            np.testing.assert_allclose(m.T @ m, np.eye(5), atol=1e-6)  # orthonormal columns
+        got = reader.lookup(np.array([7, 1]))
+        for row, i in enumerate((7, 1)):
+            rows = got.positions_of(row)
+            want = shards[i // 4].extras["feature_code"][shards[i // 4].positions_of(i % 4)]
+            assert np.array_equal(got.extras["feature_code"][rows], want)
+        y = dequantize(got.extras["feature_code"], got.extras["feature_scale"])
+        assert y.shape == (got.num_positions, 10)
+        assert reader.verify() == []
+        # The projection is the store's: a changed byte is found before anything uses it.
+        storage = open_storage(where("st"))
+        data = bytearray(storage.get(FEATURE_FILE))
+        data[5] ^= 1
+        storage.put(FEATURE_FILE, bytes(data))
+        with pytest.raises(ShardCorruptError, match="feature_projection.bin"):
+            StoreReader(where("st")).feature_projection()
+        assert any(FEATURE_FILE in p for p in StoreReader(where("st")).verify())
 
     def test_reader_memory_is_bounded_by_its_cache(self, where):
         build_store(where("st"), self.backend, np.arange(50), shard_size=5)

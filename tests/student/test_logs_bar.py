@@ -24,7 +24,7 @@ def test_the_driver_draws_what_rank_0_posts(ray_session, tmp_path, capsys):
     log = StepLog(str(tmp_path), (), 2, 10, active=True, board=board, lines=False)
     with DriverBar(board, 10, interval=0.05, stream=screen):
         for step in range(1, 11):
-            log.step(step, 1 + (step > 5), [8.0 * step, 6.0, 2.0, 4.0], 0.01)
+            log.step(step, 1 + (step > 5), [8.0 * step, 6.0, 2.0, 0.0, 4.0], 0.01)
             time.sleep(0.06)
         deadline = time.time() + 10
         while ray.get(board.read.remote())["step"] != 10 and time.time() < deadline:
@@ -43,7 +43,7 @@ def test_without_a_terminal_nor_verbose_the_driver_prints_a_line_at_each_quarter
     log = StepLog(str(tmp_path), (), 2, 20, active=True, board=board, lines=False)
     with DriverLines(board, 20, interval=0.05, stream=screen):
         for step in range(1, 21):  # the quarters 0.75 s apart: each seen on its own
-            log.step(step, 1 + (step > 10), [8.0 * step, 6.0, 2.0, 4.0], 0.01)
+            log.step(step, 1 + (step > 10), [8.0 * step, 6.0, 2.0, 0.0, 4.0], 0.01)
             time.sleep(0.15)
         time.sleep(0.3)
     lines = screen.getvalue().splitlines()
@@ -56,6 +56,6 @@ def test_without_a_terminal_nor_verbose_the_driver_prints_a_line_at_each_quarter
 def test_without_a_terminal_rank_0_prints_plain_lines(tmp_path, capsys):
     log = StepLog(str(tmp_path), (), 2, 4, active=True)
     for step in range(1, 5):
-        log.step(step, 1, [4.0, 3.0, 1.0, 4.0], 0.01)
+        log.step(step, 1, [4.0, 3.0, 1.0, 0.0, 4.0], 0.01)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and lines[-1].startswith("epoch 1 step 4/4 loss 1.0000")

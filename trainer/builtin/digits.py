@@ -41,12 +41,25 @@ class DigitsCNN(nn.Module):
         self.fc2 = nn.Linear(128, NUM_CLASSES)
         self.dropout = nn.Dropout(0.3)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    # the hidden layers' widths: 1 = conv1 (32 x 8 x 8), 2 = conv2 after pooling (64 x 4 x 4), 3 = fc1
+    WIDTHS = {1: 32 * 8 * 8, 2: 64 * 4 * 4, 3: 128}
+
+    def forward(self, x: torch.Tensor, layers: tuple[int, ...] | None = None):
+        """[B, 64] -> logits [B, 10]; with `layers`, also those layers' outputs, flattened: (logits, [[B, H]])."""
         x = x.reshape(-1, 1, 8, 8)
-        x = F.relu(self.conv1(x))
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = self.dropout(F.relu(self.fc1(x.flatten(1))))
-        return self.fc2(x)
+        h1 = F.relu(self.conv1(x))
+        h2 = F.max_pool2d(F.relu(self.conv2(h1)), 2)
+        h3 = F.relu(self.fc1(h2.flatten(1)))
+        logits = self.fc2(self.dropout(h3))
+        if layers is None:
+            return logits
+        states = {1: h1.flatten(1), 2: h2.flatten(1), 3: h3}
+        return logits, [states[layer] for layer in layers]
+
+    def feature_width(self, layer: int) -> int:
+        if layer not in self.WIDTHS:
+            raise ValueError("its layers are 1 (conv1), 2 (conv2) and 3 (fc1)")
+        return self.WIDTHS[layer]
 
 
 class DigitsMLP(nn.Module):
@@ -56,8 +69,17 @@ class DigitsMLP(nn.Module):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(NUM_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, NUM_CLASSES))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.reshape(x.shape[0], -1))
+    def forward(self, x: torch.Tensor, layers: tuple[int, ...] | None = None):
+        """[B, 64] -> logits [B, 10]; with `layers` (only 1: the hidden layer, after its ReLU) also
+        (logits, [[B, hidden]])."""
+        h = self.net[1](self.net[0](x.reshape(x.shape[0], -1)))
+        logits = self.net[2](h)
+        return logits if layers is None else (logits, [h for _ in layers])
+
+    def feature_width(self, layer: int) -> int:
+        if layer != 1:
+            raise ValueError("its one layer is 1 (the hidden layer)")
+        return self.net[0].out_features
 
 
 def student(hidden: int) -> DigitsMLP:

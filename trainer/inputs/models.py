@@ -58,11 +58,24 @@ class HFCausalLM(nn.Module):
                 config = AutoConfig.from_pretrained(path, local_files_only=True)
             self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
 
-    def forward(self, input_ids: torch.Tensor, hidden: bool = False) -> torch.Tensor:
-        """-> logits [B, T, V], or with hidden=True what the output layer reads [B, T, H]."""
+    def forward(self, input_ids: torch.Tensor, hidden: bool = False, layers: tuple[int, ...] | None = None):
+        """-> logits [B, T, V], or with hidden=True what the output layer reads [B, T, H]; with
+        `layers` (numbered as transformers' hidden_states), also those layers' states:
+        (out, [[B, T, H] per layer])."""
+        if layers is None:
+            return self.hidden_states(input_ids) if hidden else self.model(input_ids=input_ids, use_cache=False).logits
         if hidden:
-            return self.hidden_states(input_ids)
-        return self.model(input_ids=input_ids, use_cache=False).logits
+            out = self.model.base_model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
+            return out.last_hidden_state, [out.hidden_states[layer] for layer in layers]
+        out = self.model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
+        return out.logits, [out.hidden_states[layer] for layer in layers]
+
+    def feature_width(self, layer: int) -> int:
+        """The width of hidden_states[layer] (0..num_hidden_layers)."""
+        config = self.model.config
+        if not 0 <= layer <= config.num_hidden_layers:
+            raise ValueError(f"its layers are 0..{config.num_hidden_layers}")
+        return int(config.hidden_size)
 
     def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [B, T] -> [B, T, H]: what the output layer reads (the base model's last hidden state)."""
@@ -89,6 +102,24 @@ class HFCausalLM(nn.Module):
         finally:
             self.train(training)
         return split.shape == whole.shape and torch.allclose(split.float(), whole.float(), rtol=1e-4, atol=1e-5)
+
+
+def feature_widths(model: nn.Module, layers: tuple[int, ...], flag: str, spec: str) -> tuple[int, ...]:
+    """The width of each layer's hidden state per position, as the model says (`feature_width`); a
+    model that cannot return its hidden states (forward without `layers`) is refused."""
+    width = getattr(model, "feature_width", None)
+    if not callable(width) or "layers" not in inspect.signature(model.forward).parameters:
+        raise ModelError(
+            f"{flag} {spec} does not return hidden features: its forward needs a `layers` argument and the "
+            "model a feature_width(layer) method (README, Teacher features); or drop the feature flags"
+        )
+    widths = []
+    for layer in layers:
+        try:
+            widths.append(int(width(layer)))
+        except (ValueError, IndexError) as exc:
+            raise ModelError(f"{flag} {spec} has no layer {layer}: {exc}") from None
+    return tuple(widths)
 
 
 def splits_at_the_output_layer(model: nn.Module) -> bool:
@@ -182,6 +213,8 @@ class HFModelFacts:
     vocab_size: int  # rows of the output embedding (the logits' width; may exceed the tokenizer's)
     num_parameters: int
     max_positions: int | None  # the longest input it embeds (None: the config does not say)
+    hidden_size: int = 0  # the width of its hidden states
+    num_layers: int = 0  # hidden_states has num_layers + 1 entries
 
 
 def hf_model_facts(spec: str, what: str) -> HFModelFacts:
@@ -195,7 +228,13 @@ def hf_model_facts(spec: str, what: str) -> HFModelFacts:
     head = model.get_output_embeddings()
     width = int(head.weight.shape[0]) if head is not None else int(config.vocab_size)
     max_positions = getattr(config, "max_position_embeddings", None)
-    return HFModelFacts(width, sum(p.numel() for p in model.parameters()), max_positions)
+    return HFModelFacts(
+        width,
+        sum(p.numel() for p in model.parameters()),
+        max_positions,
+        int(getattr(config, "hidden_size", 0) or 0),
+        int(getattr(config, "num_hidden_layers", 0) or 0),
+    )
 
 
 def model_input(batch: dict) -> torch.Tensor:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from trainer.inputs.augment import Augment, derive_seeds, resolve_augment
+from trainer.student.features import dequantized
 from trainer.student.targets import TeacherTargets
 
 
@@ -27,6 +28,7 @@ class BatchOptions:
     views: int = 0  # a store of views: V positions per sample
     augment_spec: str = ""  # replays the views' augmentation, or augments afresh each epoch ("" = none)
     seed: int = 0
+    features: bool = False  # a student trains on the store's teacher features
 
     @cached_property
     def augment(self) -> Augment | None:
@@ -94,6 +96,8 @@ def _targets(r: dict[str, np.ndarray], options: BatchOptions, device: torch.devi
     optional = {key: _tensor(r[key], device) for key in ("rest",) if key in r}
     if "topk_count" in r:  # an adaptive head
         optional["topk_count"] = _tensor(r["topk_count"], device, torch.int64)
+    if options.features:
+        optional["features"] = dequantized(_tensor(r["feature_code"], device), _tensor(r["feature_scale"], device))
     if "sample_index" in r:
         optional["sample_index"] = _tensor(r["sample_index"], device, torch.int64)
         optional["sample_count"] = _tensor(r["sample_count"], device, torch.int64)

@@ -99,6 +99,7 @@ def report(
                 {
                     "optimizers": [state["optimizer"] for state in states],
                     "schedules": [state["schedule"] for state in states],
+                    "feature_maps": [state["feature_maps"] for state in states],
                     "epoch": epoch,
                     "step": step,
                 },
@@ -118,4 +119,5 @@ def student_state(state: dict | None, index: int) -> dict | None:
     """Student `index`'s optimiser and schedule states in a restored training state."""
     if state is None:
         return None
-    return {"optimizer": state["optimizers"][index], "schedule": state["schedules"][index]}
+    maps = state.get("feature_maps") or [None] * len(state["schedules"])  # (older checkpoints have none)
+    return {"optimizer": state["optimizers"][index], "schedule": state["schedules"][index], "feature_maps": maps[index]}

@@ -31,13 +31,45 @@ from trainer.options import (
 )
 
 LOSS_KINDS = ("kl", "reverse-kl", "jsd")
+FEATURE_LOSSES = ("mse", "cosine")
+
+
+def parse_feature_map(text: str) -> tuple[list[tuple[int, int]], list[str]]:
+    """`S:T,S:T,...` -> ([(student layer, teacher layer)], problems)."""
+    pairs, problems = [], []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        student, _, teacher = item.partition(":")
+        try:
+            pair = (int(student), int(teacher))
+        except ValueError:
+            problems.append(f"--feature-map entry {item!r} is not S:T (a student layer and a stored teacher layer)")
+            continue
+        if min(pair) < 0:
+            problems.append(f"--feature-map entry {item!r} names a negative layer")
+        pairs.append(pair)
+    if text.strip() and not pairs and not problems:
+        problems.append("--feature-map names no layers: pass S:T,... or leave it out")
+    return pairs, problems
+
+
 LR_SCHEDULES = ("epoch-cosine", "cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
 STRATEGIES = ("ddp", "fsdp")
 SHUFFLE_WINDOW = 8192
 
 # What one student of a multi-student run (--variants) may set for itself; the rest is shared.
-VARIANT_FIELDS = ("student", "lr", "weight_decay", "temperature", "alpha", "loss", "jsd_beta")
+VARIANT_FIELDS = (
+    "student",
+    "lr",
+    "weight_decay",
+    "temperature",
+    "alpha",
+    "loss",
+    "jsd_beta",
+    "feature_map",
+    "feature_loss",
+    "feature_weight",
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +83,14 @@ class StudentSettings:
     alpha: float
     loss: str
     jsd_beta: float
+    feature_map: str = ""
+    feature_loss: str = "mse"
+    feature_weight: float = 1.0
+
+    @property
+    def feature_pairs(self) -> list[tuple[int, int]]:
+        """(student layer, teacher layer) pairs of the feature loss ([] when it is off)."""
+        return parse_feature_map(self.feature_map)[0] if self.feature_weight > 0 else []
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -245,6 +285,20 @@ class Distillation:
     jsd_beta: float = option(
         "beta of --loss jsd: beta * KL(p||m) + (1 - beta) * KL(q||m), m = beta * p + (1 - beta) * q; in (0, 1)", 0.5
     )
+    feature_map: str = option(
+        "feature distillation: pairs S:T,... of a student layer S and a teacher layer T the store holds (dump_logits "
+        "--hidden-layers; numbered as Hugging Face's hidden_states): the student's state after S, through a learned "
+        "linear map and the store's projection, is pulled towards the teacher's stored one",
+        "",
+    )
+    feature_loss: str = option(
+        "with --feature-map: mse (mean squared error over the projected dimensions) or cosine (1 - cosine similarity)",
+        "mse",
+        choices=FEATURE_LOSSES,
+    )
+    feature_weight: float = option(
+        "with --feature-map: loss = alpha * KD + (1 - alpha) * CE + feature-weight * feature loss (0 = off)", 1.0
+    )
     variants: str = option(
         "train several students in this one run from one read of the store (each batch feeds all): a JSON "
         "list of objects, each overriding some of "
@@ -316,7 +370,28 @@ class Distillation:
             )
         if self.loss == "jsd" and not 0.0 < self.jsd_beta < 1.0:
             problems.append(f"--jsd-beta must be in (0, 1), got {self.jsd_beta}")
-        return problems
+        return problems + self._feature_problems(manifest)
+
+    def _feature_problems(self, manifest: Manifest | None) -> list[str]:
+        """--feature-map against the layers the store holds."""
+        if not (math.isfinite(self.feature_weight) and self.feature_weight >= 0):
+            return [f"--feature-weight must be >= 0, got {self.feature_weight}"]
+        pairs, problems = parse_feature_map(self.feature_map)
+        if problems or not pairs or self.feature_weight == 0 or manifest is None:
+            return problems
+        stored = manifest.layout.features
+        if stored is None:
+            return [
+                f"--feature-map needs a store with teacher features; {self.feature_map!r} names teacher layers but "
+                f"the store has none: dump it with --hidden-layers {','.join(str(t) for _, t in pairs)}"
+            ]
+        missing = sorted({t for _, t in pairs} - set(stored.layers))
+        if missing:
+            return [
+                f"--feature-map names teacher layer {missing[0]}, which the store does not hold (it holds "
+                f"{','.join(map(str, stored.layers))}): map to those, or dump with --hidden-layers {missing[0]}"
+            ]
+        return []
 
     def _temperature_problems(self, manifest: Manifest | None) -> list[str]:
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
@@ -583,7 +658,14 @@ class TrainConfig(SectionedConfig):
             *self.training.problems(),
             *self.scale.problems(),
             *self.progress.problems(),
+            *self._feature_strategy_problems(students),
         ]
+
+    def _feature_strategy_problems(self, students: list[dict] | None) -> list[str]:
+        featured = self.distill.feature_map or any((s or {}).get("feature_map") for s in students or [])
+        if featured and self.scale.strategy == "fsdp":
+            return ["--feature-map is not built for --strategy fsdp yet: use --strategy ddp (the default)"]
+        return []
 
     def _output_problems(self) -> list[str]:
         from trainer.student.outputs import RunOutput

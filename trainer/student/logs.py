@@ -67,31 +67,33 @@ class StepLog:
 
     def step(self, global_step: int, epoch: int, figures: list[float], lr: float) -> None:
         """After optimiser step `global_step` (from 1) of epoch `epoch` (from 1): figures = student 0's
-        [loss, kd, ce] (each times the positions) and positions of that step."""
+        [loss, kd, ce, feature] (each times the positions) and positions of that step."""
         if self.board is not None:
             self._post(global_step, epoch, figures)
         if not self.active:
             return
         self.done += 1
-        self.positions += figures[3]
+        self.positions += figures[4]
         if global_step % self.every:
             return
         now = time.perf_counter()
-        n = max(figures[3], 1.0)
+        n = max(figures[4], 1.0)
         row = {
             "step": global_step,
             "epoch": epoch,
             "loss": figures[0] / n,
             "kd": figures[1] / n,
             "ce": figures[2] / n,
+            "feature": figures[3] / n,
             "lr": lr,
             "positions_per_s": self.positions / max(now - self.last_time, 1e-9),
         }
         self.positions, self.last_time = 0.0, now
         eta = (now - self.start) / self.done * (self.total - global_step)
+        feature = f" feature {row['feature']:.4f}" if figures[3] else ""
         text = (
             f"epoch {epoch} step {global_step}/{self.total} loss {row['loss']:.4f} kd {row['kd']:.4f} "
-            f"ce {row['ce']:.4f} lr {lr:.3g} {row['positions_per_s']:,.0f} positions/s ETA {_duration(eta)}"
+            f"ce {row['ce']:.4f}{feature} lr {lr:.3g} {row['positions_per_s']:,.0f} positions/s ETA {_duration(eta)}"
         )
         if self.lines:
             say(text, sys.stderr)
@@ -100,7 +102,7 @@ class StepLog:
     def _post(self, global_step: int, epoch: int, figures: list[float]) -> None:
         """The step to the driver's bar, at most 4 times a second (a call to an actor, not awaited)."""
         now = time.perf_counter()
-        self.posted_positions += figures[3]
+        self.posted_positions += figures[4]
         if now - self.posted_at < 0.25 and global_step < self.total:
             return
         self.board.post.remote(
@@ -108,7 +110,7 @@ class StepLog:
                 "step": global_step,
                 "total": self.total,
                 "epoch": epoch,
-                "loss": figures[0] / max(figures[3], 1.0),
+                "loss": figures[0] / max(figures[4], 1.0),
                 "positions_per_s": self.posted_positions / max(now - self.posted_at, 1e-9),
             }
         )

@@ -17,6 +17,7 @@ from trainer.student import checkpoint
 from trainer.student.batches import Batch, BatchOptions, make_batch
 from trainer.student.config import Optimisation, StudentSettings
 from trainer.student.evaluate import evaluate
+from trainer.student.features import StoredFeatures
 from trainer.student.logs import StepLog, say
 from trainer.student.students import Student
 
@@ -45,6 +46,7 @@ class LoopConfig:
     # the store whose tokenizer files go beside each checkpoint's export (each worker copies them;
     # "": none)
     tokenizer_dir: str = ""
+    features: StoredFeatures | None = None  # the store's teacher features' layers and projection (--feature-map)
 
 
 def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -53,17 +55,17 @@ def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def _per_student(totals: torch.Tensor) -> list[dict]:
-    """Mean loss, KD and CE per position, from each student's [loss, kd, ce] * positions and positions."""
-    return [
-        {
-            "train_loss": t[0].item() / max(t[3].item(), 1.0),
-            "train_kd_loss": t[1].item() / max(t[3].item(), 1.0),
-            "train_ce_loss": t[2].item() / max(t[3].item(), 1.0),
-            "train_positions": int(t[3].item()),
-        }
-        for t in totals
-    ]
+def _per_student(totals: torch.Tensor, featured: list[bool]) -> list[dict]:
+    """Mean loss, KD and CE (and the feature loss of students with --feature-map) per position, from
+    each student's [loss, kd, ce, feature] * positions and positions."""
+    out = []
+    for t, with_features in zip(totals, featured):
+        n = max(t[4].item(), 1.0)
+        figures = {"train_loss": t[0].item() / n, "train_kd_loss": t[1].item() / n, "train_ce_loss": t[2].item() / n}
+        if with_features:
+            figures["train_feature_loss"] = t[3].item() / n
+        out.append({**figures, "train_positions": int(t[4].item())})
+    return out
 
 
 def _epoch_metrics(epoch: int, steps: int, clock: dict[str, float], per_student: list[dict]) -> dict:
@@ -116,7 +118,7 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(worker.start_epoch, loop.epochs):
         totals, steps, clock = _train_epoch(worker, train_data, epoch)
         # Metrics: summed over the workers; rank 0 evaluates every student when due.
-        per_student = _per_student(_all_reduce_sum(totals))
+        per_student = _per_student(_all_reduce_sum(totals), [s.feature_maps is not None for s in worker.students])
         last = epoch + 1 == loop.epochs
         if eval_data is not None and (last or (loop.eval_every and (epoch + 1) % loop.eval_every == 0)):
             _evaluate(worker, eval_data, per_student)
@@ -144,7 +146,14 @@ def _build(loop: LoopConfig) -> Worker:
     rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(loop.threads)
     students = [
-        Student(s, seed=loop.seed, epochs=loop.epochs, loss_chunk=loop.loss_chunk, optimisation=loop.optimisation)
+        Student(
+            s,
+            seed=loop.seed,
+            epochs=loop.epochs,
+            loss_chunk=loop.loss_chunk,
+            optimisation=loop.optimisation,
+            stored_features=loop.features,
+        )  # fmt: skip
         for s in loop.students
     ]
     total = loop.optimisation.total_steps
@@ -174,12 +183,12 @@ def _build(loop: LoopConfig) -> Worker:
 def _train_epoch(worker: Worker, train_data, epoch: int) -> tuple[torch.Tensor, int, dict[str, float]]:
     """One epoch: every --grad-accum batches feed one optimiser step of every student (a restart
     inside an epoch skips the batches it trained on: checkpoints fall between optimiser steps);
-    -> each student's [loss, kd, ce, positions] sums, the steps taken and the epoch's clock."""
+    -> each student's [loss, kd, ce, feature, positions] sums, the steps taken and the epoch's clock."""
     loop, students, accumulate = worker.loop, worker.students, worker.loop.optimisation.grad_accum
     skip = worker.skip_steps if epoch == worker.start_epoch else 0
     epoch_start, steps = time.perf_counter(), 0
     clock = {"started_at": time.time(), "first_batch": -1.0}
-    totals = torch.zeros(len(students), 4, dtype=torch.float64)
+    totals = torch.zeros(len(students), 5, dtype=torch.float64)
     for student in students:
         student.model.train()
     pending: list[Batch] = []

@@ -33,6 +33,7 @@ from trainer.student.batches import BatchOptions
 from trainer.student.checkpoint import HISTORY_FILE, checkpoint_file
 from trainer.student.config import StudentSettings, TrainConfig, log_sinks
 from trainer.student.export import STUDENT_DIR, export_student, student_dir
+from trainer.student.features import stored_features
 from trainer.student.join import EpochClock, JoinSpec, batch_rows, join_with_store, store_batches
 from trainer.student.loop import LoopConfig, train_loop_per_worker
 from trainer.student.outputs import RunOutput
@@ -50,6 +51,7 @@ SUMMARY_KEYS = (
     "train_loss",
     "train_kd_loss",
     "train_ce_loss",
+    "train_feature_loss",
 )
 RUN_NAME = "train"  # Ray Train's run directory under <output>/ray; the same name is what lets a rerun resume
 
@@ -159,7 +161,8 @@ def prepare_data(
     """The training data in this run's order (joined with the store unless every student trains on
     labels only: then the store is never read), the eval data in id order, and the loop's config."""
     data, manifest = cfg.data, stores.manifest
-    reads_store = any(s.alpha > 0 for s in students)
+    featured = any(s.feature_pairs for s in students)
+    reads_store = featured or any(s.alpha > 0 for s in students)
     # The join carries one logsumexp column per temperature the students train at.
     temperatures = tuple(sorted({s.temperature for s in students})) if reads_store else ()
     # A fresh dataset: the epoch's order counts the executions of the dataset it is made from.
@@ -179,6 +182,7 @@ def prepare_data(
         views=manifest.num_views if reads_store else 0,
         augment_spec=data.views_augment(manifest),
         seed=seed,
+        features=featured,
     )
     eval_options = _eval_data(cfg, stores, datasets)
     loop = LoopConfig(
@@ -199,6 +203,7 @@ def prepare_data(
         epoch_clock=clock,
         # The store, whose tokenizer each worker copies (checked) beside its checkpoints' exports.
         tokenizer_dir=open_storage(data.store).uri if stores.has_hf_tokenizer() else "",
+        features=stored_features(data.store, manifest) if featured else None,
     )
     return datasets, loop
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 STEPS_CSV = "steps.csv"
-STEP_FIELDS = ("step", "epoch", "loss", "kd", "ce", "lr", "positions_per_s")
+STEP_FIELDS = ("step", "epoch", "loss", "kd", "ce", "feature", "lr", "positions_per_s")
 
 
 class Sink(Protocol):

@@ -10,10 +10,11 @@ import ray.train.torch
 import torch
 
 from trainer.errors import ModelError
-from trainer.inputs.models import HFCausalLM, build_model, splits_at_the_output_layer
+from trainer.inputs.models import HFCausalLM, build_model, feature_widths, splits_at_the_output_layer
 from trainer.student import vocab
 from trainer.student.batches import Batch
 from trainer.student.config import Optimisation, StudentSettings
+from trainer.student.features import FeatureMaps, StoredFeatures, feature_loss
 from trainer.student.losses import auto_loss_chunk, chunked_distillation_loss
 
 Head = Callable[[torch.Tensor], torch.Tensor]
@@ -56,6 +57,7 @@ class Student:
         epochs: int,
         loss_chunk: int = 0,
         optimisation: Optimisation | None = None,
+        stored_features: StoredFeatures | None = None,
     ) -> None:
         self.settings = settings
         torch.manual_seed(seed)  # every student starts as it would in a run of its own
@@ -63,6 +65,15 @@ class Student:
         self.opt = optimisation or Optimisation()
         if self.opt.gradient_checkpointing:
             enable_gradient_checkpointing(self.model, settings.student)
+        # --feature-map: the student's layers paired with stored teacher ones, and the learned maps
+        pairs = settings.feature_pairs
+        self.feature_layers = tuple(student for student, _ in pairs)
+        self.feature_maps: FeatureMaps | None = None
+        if pairs:
+            if stored_features is None:
+                raise ModelError("--feature-map needs a store with teacher features: dump it with --hidden-layers")
+            widths = feature_widths(self.model, self.feature_layers, "--student", settings.student)
+            self.feature_maps = FeatureMaps(pairs, widths, stored_features)
         # A model that exposes its output layer never holds all positions' logits at once.
         self.split = splits_at_the_output_layer(self.model)
         self.optimizer: torch.optim.Optimizer | None = None
@@ -91,9 +102,13 @@ class Student:
         else:
             self.model = wrap(self.model)
         s, o = self.settings, self.opt
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=o.betas, eps=o.eps
-        )
+        groups = [{"params": list(self.model.parameters())}]
+        if self.feature_maps is not None:  # replicated on every worker; gradients averaged in step()
+            self.feature_maps.to(ray.train.torch.get_device())
+            if state is not None and state.get("feature_maps") is not None:
+                self.feature_maps.load_state_dict(state["feature_maps"])
+            groups.append({"params": list(self.feature_maps.parameters()), "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups, lr=s.lr, weight_decay=s.weight_decay, betas=o.betas, eps=o.eps)
         if self.per_epoch_schedule:
             self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.epochs)
         else:
@@ -106,7 +121,8 @@ class Student:
     def state(self) -> dict:
         """The optimiser's and schedule's states (an FSDP optimiser's is saved with its shards instead)."""
         optimizer = None if self.opt.strategy == "fsdp" else self.optimizer.state_dict()
-        return {"optimizer": optimizer, "schedule": self.schedule.state_dict()}
+        maps = None if self.feature_maps is None else self.feature_maps.state_dict()
+        return {"optimizer": optimizer, "schedule": self.schedule.state_dict(), "feature_maps": maps}
 
     def end_epoch(self) -> None:
         if self.per_epoch_schedule:
@@ -119,19 +135,31 @@ class Student:
         plain module, whose forward starts no collective (DDP's buffer broadcast would wait for the
         others). Every id the batch holds is checked against the output width (trainer/student/vocab.py):
         before the forward once the width is known (from the first batch on)."""
+        rows, head, chunk, _ = self._forward(batch, wrapped, ())
+        return rows, head, chunk
+
+    def _forward(
+        self, batch: Batch, wrapped: bool, layers: tuple[int, ...]
+    ) -> tuple[torch.Tensor, Head | None, int, list[torch.Tensor]]:
+        """features(), and the hidden states after `layers` at the batch's positions ([N, H_s] each)."""
         if self.width:
             vocab.check_batch(batch, self.width, self.settings.student)
         model = self.model if wrapped else self.module
+        extra = {"layers": layers} if layers else {}
         if not self.split:
-            logits = batch.positions(model(batch.inputs))
+            out = model(batch.inputs, **extra)
+            logits, states = out if layers else (out, [])
+            logits = batch.positions(logits)
             self._found_width(batch, logits.shape[-1])
-            return logits, None, self.loss_chunk or auto_loss_chunk(self.width)
-        hidden = batch.positions(model(batch.inputs, hidden=True))
+            return logits, None, self.loss_chunk or auto_loss_chunk(self.width), [batch.positions(h) for h in states]
+        out = model(batch.inputs, hidden=True, **extra)
+        hidden, states = out if layers else (out, [])
+        hidden = batch.positions(hidden)
         head = self.module.output_layer
         if not self.width:
             with torch.no_grad():
                 self._found_width(batch, head(hidden[:1]).shape[-1])
-        return hidden, head, self.loss_chunk or auto_loss_chunk(self.width)
+        return hidden, head, self.loss_chunk or auto_loss_chunk(self.width), [batch.positions(h) for h in states]
 
     def _found_width(self, batch: Batch, width: int) -> None:
         if not self.width:
@@ -140,20 +168,20 @@ class Student:
 
     def step(self, batches: list[Batch]) -> torch.Tensor:
         """One optimiser step on `batches` (--grad-accum of them: their positions weighted as in one
-        batch) -> float64 [4]: loss, KD and CE (each times the positions), positions."""
+        batch) -> float64 [5]: loss, KD, CE and feature loss (each times the positions), positions."""
         s, o = self.settings, self.opt
         positions = sum(int(b.labels.shape[0]) for b in batches)
         labelled = sum(int((b.labels >= 0).sum()) for b in batches)
         # One batch: its own means (exactly the unaccumulated loss); several: the means over all.
         totals = None if len(batches) == 1 else (positions, labelled)
-        sums = torch.zeros(3, dtype=torch.float64)
+        sums = torch.zeros(4, dtype=torch.float64)
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(batches):
             last = i + 1 == len(batches)
             # DDP synchronises the gradients once, in the last batch's backward (FSDP after each).
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
             with sync, self._autocast():
-                features, head, chunk = self.features(batch)
+                features, head, chunk, states = self._forward(batch, True, self.feature_layers)
                 parts = chunked_distillation_loss(
                     features,
                     batch.labels,
@@ -166,16 +194,31 @@ class Student:
                     beta=s.jsd_beta,
                     totals=totals,
                 )
-                parts.loss.backward()
-            sums += torch.tensor([parts.loss.item(), parts.kd.item(), parts.ce.item()], dtype=torch.float64)
+                # the feature loss is a mean over positions too: with totals, this batch's share of it
+                share = batch.labels.shape[0] / positions if totals else 1.0
+                feature = self._feature_loss(states, batch) * share
+                loss = parts.loss + s.feature_weight * feature if self.feature_maps is not None else parts.loss
+                loss.backward()
+            sums += torch.tensor([loss.item(), parts.kd.item(), parts.ce.item(), feature.item()], dtype=torch.float64)
+        if self.feature_maps is not None:
+            self.feature_maps.all_reduce_gradients()
         if o.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.clip_grad_norm)
+            torch.nn.utils.clip_grad_norm_(
+                [p for group in self.optimizer.param_groups for p in group["params"]], o.clip_grad_norm
+            )
         self.last_lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         if not self.per_epoch_schedule:
             self.schedule.step()
         # With totals each batch's parts are its share of the means: their sums are the step's means.
         return torch.cat([sums * positions, torch.tensor([positions], dtype=torch.float64)])
+
+    def _feature_loss(self, states: list[torch.Tensor], batch: Batch) -> torch.Tensor:
+        """The feature loss of the batch's positions (0 without --feature-map)."""
+        if self.feature_maps is None:
+            return torch.zeros(())
+        mine = self.feature_maps(states)
+        return feature_loss(mine, batch.targets.features, self.feature_maps.columns, self.settings.feature_loss)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.opt.precision != "bf16":

@@ -8,6 +8,18 @@ from dataclasses import dataclass, replace
 
 import torch
 
+# the per-position tensors of TeacherTargets (what rows() selects)
+ROW_FIELDS = (
+    "topk_index",
+    "topk_logit",
+    "logsumexp",
+    "rest",
+    "sample_index",
+    "sample_count",
+    "topk_count",
+    "features",
+)
+
 
 @dataclass(frozen=True)
 class TeacherTargets:
@@ -21,6 +33,8 @@ class TeacherTargets:
     sample_count  int64   [N, w]  how often each was drawn
     topk_count    int64   [N]     adaptive top-k stores: the columns of the head each position holds
                                   (the others are padding: no mass for teacher or student), else None
+    features      float32 [N, n, R]  the stored teacher features of n layers (dequantized), when a
+                                  student trains on them, else None
     """
 
     selection: str
@@ -32,6 +46,7 @@ class TeacherTargets:
     sample_index: torch.Tensor | None = None
     sample_count: torch.Tensor | None = None
     topk_count: torch.Tensor | None = None
+    features: torch.Tensor | None = None
 
     @property
     def head_mask(self) -> torch.Tensor | None:
@@ -81,6 +96,15 @@ class TeacherTargets:
         """The targets of the positions at `index` [M] (or a slice of them: views, no copy)."""
         pick = {
             name: getattr(self, name)
-            for name in ("topk_index", "topk_logit", "logsumexp", "rest", "sample_index", "sample_count", "topk_count")
+            for name in (
+                "topk_index",
+                "topk_logit",
+                "logsumexp",
+                "rest",
+                "sample_index",
+                "sample_count",
+                "topk_count",
+                "features",
+            )  # fmt: skip
         }
         return replace(self, **{name: None if t is None else t[index] for name, t in pick.items()})

@@ -52,6 +52,8 @@ CONTENT_FIELDS = (
     "value_bits",
     "views",
     "augment",
+    "hidden_layers",
+    "hidden_dim",
 )
 
 
@@ -110,6 +112,13 @@ class DumpConfig:
         0,
     )
     augment: str = option(f"the augmentation of --views: {specs.AUGMENT_FORMS}", "")
+    hidden_layers: str = option(
+        "also store the teacher's hidden states after these layers (comma-separated; numbered as Hugging Face's "
+        "hidden_states: 0 = the embeddings, L = the output of layer L), projected to --hidden-dim dimensions "
+        "(a fixed random orthogonal projection from --seed, saved in the store) in 8 bits",
+        "",
+    )
+    hidden_dim: int = option("with --hidden-layers: dimensions each stored hidden state is projected to", 64)
     tokenizer: str = option(
         f"for text datasets: {specs.TOKENIZER_FORMS}; saved in the store. Default: bytes for built-in text, "
         "the hf: teacher's own tokenizer for text files",
@@ -196,6 +205,7 @@ class DumpConfig:
             if value < 1:
                 problems.append(f"{flag} must be >= 1, got {value}")
         problems += self._engine_problems()
+        problems += self._feature_problems()
         if self.gpus_per_worker > 1 and self.teacher and not self.teacher.startswith(specs.HF_PREFIX):
             problems.append(
                 f"--gpus-per-worker {self.gpus_per_worker} spreads an hf:<dir> teacher over several GPUs; "
@@ -203,6 +213,29 @@ class DumpConfig:
             )
         if self.out:
             problems += self._out_problems()
+        return problems
+
+    @property
+    def feature_layers(self) -> tuple[int, ...]:
+        """--hidden-layers as numbers (() when off; a malformed list is one of validate's problems)."""
+        try:
+            return tuple(int(v) for v in self.hidden_layers.split(",")) if self.hidden_layers.strip() else ()
+        except ValueError:
+            return ()
+
+    def _feature_problems(self) -> list[str]:
+        if not self.hidden_layers.strip():
+            return []
+        layers, problems = self.feature_layers, []
+        if not layers or min(layers) < 0 or len(set(layers)) != len(layers):
+            problems.append(
+                f"--hidden-layers {self.hidden_layers!r} must list distinct layer numbers >= 0, e.g. "
+                "--hidden-layers 10,20"
+            )
+        if not 1 <= self.hidden_dim <= 65535:
+            problems.append(f"--hidden-dim must lie in 1..65535, got {self.hidden_dim}")
+        if self.engine == "vllm":
+            problems.append("--hidden-layers needs --engine hf (vLLM does not return hidden states): drop one of them")
         return problems
 
     def _engine_problems(self) -> list[str]:
@@ -393,6 +426,8 @@ class DumpConfig:
             out["tokenizer"] = "bytes"
         if not self.text_files:
             del out["train_on"]
+        if not self.hidden_layers.strip():  # no features, as versions before them recorded it
+            del out["hidden_layers"], out["hidden_dim"]
         if not self.adaptive:  # a fixed-k store, as versions before adaptive top-k recorded it
             for key in ("top_p", "min_k", "max_k"):
                 del out[key]

@@ -16,6 +16,7 @@ import ray.data
 from ray.data.block import BlockAccessor
 
 from logitstore import (
+    Features,
     Inputs,
     Selection,
     ShardData,
@@ -29,6 +30,7 @@ from logitstore import (
     open_writer,
     plan_shards,
 )
+from logitstore.features import projection_sha256, projections
 from logitstore.shard import EXTRAS, TokenInputs, trim_samples
 from logitstore.storage import is_object_uri
 from trainer.errors import ConfigError, DataError
@@ -105,7 +107,13 @@ def run_dump(cfg: DumpConfig, *, rerun_checked: bool = False) -> DumpResult:
         teacher, read = _start(cfg)
         inputs = _resolve_inputs(cfg, teacher, read)
         shard_size = _shard_size(cfg, inputs.fingerprint.num_samples, writer.recorded())
-        layout = _layout(cfg, inputs.vocab_size, shard_size, sequence=inputs.fingerprint.max_length > 0)
+        layout = _layout(
+            cfg,
+            inputs.vocab_size,
+            shard_size,
+            sequence=inputs.fingerprint.max_length > 0,
+            features=_features(cfg, teacher),
+        )
         plan = plan_shards(inputs.fingerprint.ids, shard_size)
         records = {
             "teacher": teacher_record(cfg, teacher.record(), _on_gpu()),
@@ -123,13 +131,17 @@ def run_dump(cfg: DumpConfig, *, rerun_checked: bool = False) -> DumpResult:
                 file=sys.stderr,
             )
         tokenizer = _save_tokenizer(writer, inputs)
+        projection = _save_projection(writer, layout)
         todo = np.array([j not in writer.resumed for j in range(plan.num_shards)])
         scoring = time.perf_counter()
-        written = _score_and_write(cfg, teacher, inputs, plan, todo, writer.shard_writer()) if todo.any() else []
+        written = (
+            _score_and_write(cfg, teacher, inputs, plan, todo, writer.shard_writer(), projection) if todo.any() else []
+        )
         scoring = time.perf_counter() - scoring
         manifest = writer.commit(
-            [*writer.resumed.values(), *written], **records, config=cfg.to_dict(), tokenizer=tokenizer
-        )
+            [*writer.resumed.values(), *written], **records, config=cfg.to_dict(), tokenizer=tokenizer,
+            features_sha256=projection_sha256(projection) if projection else "",
+        )  # fmt: skip
     seconds = time.perf_counter() - start
     return DumpResult(manifest, seconds, len(writer.resumed), inputs.fingerprint.num_tokens, scoring)
 
@@ -181,6 +193,34 @@ def _save_tokenizer(writer: StoreWriter, inputs: DumpInputs) -> TokenizerRef | N
     return writer.save_tokenizer(text, kind, vocab) if text else TokenizerRef(kind, vocab)
 
 
+def _features(cfg: DumpConfig, teacher: TeacherSource) -> Features | None:
+    """--hidden-layers: the teacher's layers, their widths and the projection's size and seed."""
+    layers = cfg.feature_layers
+    if not layers:
+        return None
+    widths = teacher.feature_widths(layers)
+    narrow = [(layer, width) for layer, width in zip(layers, widths) if width < cfg.hidden_dim]
+    if narrow:
+        layer, width = narrow[0]
+        raise ConfigError(
+            [f"--hidden-dim {cfg.hidden_dim} exceeds layer {layer}'s width {width}: use --hidden-dim {width} or less"]
+        )
+    return Features(layers=layers, widths=widths, dim=cfg.hidden_dim, seed=cfg.seed)
+
+
+def _save_projection(writer: StoreWriter, layout: StoreLayout) -> list[np.ndarray] | None:
+    """The features' projection, saved in the store before any shard is written with it; a resumed
+    dump keeps the one its finished shards were written with."""
+    if layout.features is None:
+        return None
+    saved = writer.saved_projection(layout.features) if writer.resumed else None
+    if saved is not None:
+        return saved
+    matrices = projections(layout.features)
+    writer.save_projection(matrices)
+    return matrices
+
+
 def _tokenizers(cfg: DumpConfig) -> tuple[Tokenizer | None, HFTokenizerFiles | None]:
     """What the dump tokenises with: built-in text's tokenizer, or the Hugging Face one of text files."""
     tokenizer = resolve_tokenizer(cfg.tokenizer or "bytes") if registry.is_text(cfg.dataset) else None
@@ -226,7 +266,9 @@ def _shard_size(cfg: DumpConfig, num_samples: int, recorded: tuple[dict, dict] |
     return max(1, min(cfg.shard_size, -(-num_samples // cfg.workers)))
 
 
-def _layout(cfg: DumpConfig, vocab_size: int, shard_size: int, sequence: bool) -> StoreLayout:
+def _layout(
+    cfg: DumpConfig, vocab_size: int, shard_size: int, sequence: bool, features: Features | None = None
+) -> StoreLayout:
     """The store's layout; a store of token data carries its tokens and loss masks (format version 5)."""
     selection = (
         Selection()
@@ -248,6 +290,7 @@ def _layout(cfg: DumpConfig, vocab_size: int, shard_size: int, sequence: bool) -
         value_bits=cfg.value_bits,
         views=views,
         inputs=Inputs("tokens", cfg.seq_len) if sequence else None,
+        features=features,
     )
 
 
@@ -338,6 +381,7 @@ def _score_and_write(
     plan: ShardPlan,
     todo: np.ndarray,
     shards: ShardWriter,
+    projection: list[np.ndarray] | None = None,
 ) -> list[ShardInfo]:
     # Leave one whole CPU free for the read and sort tasks, or the pipeline stalls "backpressured".
     per_actor = (
@@ -365,6 +409,8 @@ def _score_and_write(
             shards=shards,
             expected_counts=plan.counts,
             **_engine_kwargs(cfg),
+            # the features' projection, the same object for every replica
+            **({"projection_ref": [ray.put(projection)]} if projection else {}),
         ),
         runtime_env=worker_runtime_env(),  # user modules from the working directory, even in a long-lived session
         resources=resources or None,  # pinned to the nodes that offer them

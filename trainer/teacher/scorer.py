@@ -15,6 +15,7 @@ import ray
 import torch
 
 from logitstore import StoreLayout
+from logitstore.features import quantize
 from trainer.errors import DataError
 from trainer.inputs.augment import derive_seeds, resolve_augment
 from trainer.inputs.datasets import positions_per_sample
@@ -89,8 +90,17 @@ def draw_teacher_samples(
 CHUNK_BYTES = 1 << 28
 
 
+# Rows of hidden states projected at once (their fp32 copy is about this size).
+FEATURE_CHUNK_BYTES = 1 << 26
+
+
 def _identity(z: torch.Tensor) -> torch.Tensor:
     return z
+
+
+def _stored_rows(z: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[B, T, W] -> the rows of the stored positions [N, W] (full blocks: a view, no copy)."""
+    return z.reshape(-1, z.shape[-1]) if bool(valid.all()) else z[valid]
 
 
 class TeacherScorer:
@@ -107,6 +117,7 @@ class TeacherScorer:
         threads: int,
         chunk_bytes: int = CHUNK_BYTES,
         gpus: int = 1,
+        projection_ref: list | None = None,
     ):
         # An error raised here would reach the driver as a bare ActorDiedError; keep it and raise it
         # from __call__, where Ray keeps the original exception.
@@ -114,6 +125,9 @@ class TeacherScorer:
         self.chunk_bytes = chunk_bytes
         try:
             self._setup(spec, state_ref, layout, precision, threads, gpus)
+            # --hidden-layers: the store's projection of each layer, P_j [H_j, R]
+            matrices = ray.get(projection_ref[0]) if projection_ref else []
+            self.projection = [torch.tensor(m, device=self.device) for m in matrices]
         except Exception as exc:
             self.init_error = exc
 
@@ -138,12 +152,22 @@ class TeacherScorer:
         # An hf: teacher's output layer runs chunk by chunk on its hidden states: no [B, T, V] logits.
         self.split_head = isinstance(self.model, HFCausalLM) and self.model.splits_at_the_output_layer()
 
-    def _outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-        """x -> (rows [B, (T,) W], to_logits): the logits themselves (W = V), or the hidden states
-        (W = H) with the output layer to apply to a chunk of them."""
+    def _outputs(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], list[torch.Tensor]]:
+        """x -> (rows [B, (T,) W], to_logits, features): the logits themselves (W = V), or the hidden
+        states (W = H) with the output layer to apply to a chunk of them; and with --hidden-layers
+        those layers' states [B, (T,) H_j] (else [])."""
+        features = self.layout.features
+        if features is None:
+            if self.split_head:
+                return self.model.hidden_states(x), self.model.output_layer, []
+            return self.model(x), _identity, []
         if self.split_head:
-            return self.model.hidden_states(x), self.model.output_layer
-        return self.model(x), _identity
+            rows, states = self.model(x, hidden=True, layers=features.layers)
+            return rows, self.model.output_layer, states
+        rows, states = self.model(x, layers=features.layers)
+        return rows, _identity, states
 
     def score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One batch through the teacher -> the top-k, log-normalisers (and draws, view seeds) of its
@@ -164,7 +188,7 @@ class TeacherScorer:
         if self.layout.views:
             positions *= self.layout.views.count
         with torch.inference_mode():
-            z, to_logits = self._outputs(x)  # in the teacher's dtype; each chunk is reduced in fp32
+            z, to_logits, states = self._outputs(x)  # in the teacher's dtype; each chunk is reduced in fp32
             valid = None
             if sequence:
                 # Only the stored positions of each block: never padding, nor what the loss mask
@@ -175,11 +199,32 @@ class TeacherScorer:
                 ).unsqueeze(1)
                 if "loss_mask" in batch:
                     valid &= torch.as_tensor(batch["loss_mask"], device=out_device).bool()
-                z = z.reshape(-1, z.shape[-1]) if bool(valid.all()) else z[valid]
+                z = _stored_rows(z, valid)
+                states = [_stored_rows(h, valid.to(h.device)) for h in states]
             out = self._stored(z, to_logits, batch, positions, valid)
+            if states:
+                out.update(self._features(states, batch))
         if view_seed is not None:
             out["view_seed"] = view_seed
         return {"id": batch["id"], "shard": batch["shard"], "positions": positions, **out}
+
+    def _features(self, states: list[torch.Tensor], batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each layer's stored rows h [N, ...] projected (h P_j in fp32, a chunk of rows at a time) and
+        quantized (FORMAT.md, Teacher features) -> feature_code int8 [N, n R], feature_scale float32 [N, n]."""
+        codes, scales = [], []
+        for h, p in zip(states, self.projection):
+            h = h.reshape(h.shape[0], -1)
+            rows = max(1, FEATURE_CHUNK_BYTES // (4 * max(1, h.shape[1])))
+            y = torch.cat([h[a : a + rows].float() @ p.to(h.device) for a in range(0, h.shape[0], rows)])
+            if not bool(torch.isfinite(y).all()):
+                raise DataError(
+                    f"the teacher produced NaN or inf hidden states in a batch of sample ids "
+                    f"{batch['id'][:5].tolist()}: check the teacher and those inputs"
+                )
+            code, scale = quantize(y.cpu().numpy())
+            codes.append(code)
+            scales.append(scale)
+        return {"feature_code": np.concatenate(codes, axis=1), "feature_scale": np.stack(scales, axis=1)}
 
     def _stored(
         self,

@@ -16,8 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainer.errors import DataError
-from trainer.inputs.models import build_model, hf_files_sha256, hf_model_facts, probe_width, weights_sha256
+from trainer.errors import DataError, ModelError
+from trainer.inputs.models import (
+    build_model,
+    feature_widths,
+    hf_files_sha256,
+    hf_model_facts,
+    probe_width,
+    weights_sha256,
+)
 from trainer.inputs.specs import HF_PREFIX
 
 
@@ -29,6 +36,8 @@ class TeacherSource:
     module: torch.nn.Module | None  # built on the driver; None: each replica loads the hf: directory
     vocab_size: int | None = None  # known from an hf: config; else probed on the data
     max_positions: int | None = None
+    hidden_size: int = 0  # an hf: teacher's hidden states' width and layer count (its config)
+    num_layers: int = 0
 
     @property
     def from_files(self) -> bool:
@@ -51,6 +60,19 @@ class TeacherSource:
                 "give text or token data"
             )
         return int(self.vocab_size)
+
+    def feature_widths(self, layers: tuple[int, ...]) -> tuple[int, ...]:
+        """--hidden-layers: each layer's width per position (a teacher built here says it; an hf:
+        one's config does)."""
+        if self.module is not None:
+            return feature_widths(self.module, layers, "--teacher", self.spec)
+        bad = [layer for layer in layers if layer > self.num_layers]
+        if bad:
+            raise ModelError(
+                f"--hidden-layers {bad[0]}: --teacher {self.spec} has hidden states 0..{self.num_layers} (0 = the "
+                "embeddings): choose layers in that range"
+            )
+        return tuple(self.hidden_size for _ in layers)
 
     def check_length(self, max_length: int, dataset: str) -> None:
         """A sample longer than the positions the teacher embeds fails deep in its forward pass."""
@@ -75,6 +97,8 @@ def resolve_teacher(spec: str) -> TeacherSource:
             None,
             facts.vocab_size,
             facts.max_positions,
+            facts.hidden_size,
+            facts.num_layers,
         )
     model = build_model(spec, "--teacher")
     return TeacherSource(spec, weights_sha256(model), sum(p.numel() for p in model.parameters()), model)

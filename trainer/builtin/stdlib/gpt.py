@@ -62,15 +62,30 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, input_ids: torch.Tensor, hidden: bool = False) -> torch.Tensor:
-        """-> logits [B, T, V], or with hidden=True what the output layer reads [B, T, width]."""
+    def forward(self, input_ids: torch.Tensor, hidden: bool = False, layers: tuple[int, ...] | None = None):
+        """-> logits [B, T, V], or with hidden=True what the output layer reads [B, T, width]; with
+        `layers`, also the hidden states after those layers (0: the embeddings, depth: after the final
+        norm, as Hugging Face numbers them): (out, [[B, T, width] per layer])."""
         t = input_ids.shape[1]
         if t > self.cfg.seq_len:
             raise ValueError(f"sequence of {t} tokens exceeds the model's seq_len {self.cfg.seq_len}")
         x = self.tok(input_ids) + self.pos(torch.arange(t, device=input_ids.device))
+        states = [x]
         for block in self.blocks:
             x = block(x)
-        return self.ln(x) if hidden else self.head(self.ln(x))
+            states.append(x)
+        last = self.ln(x)
+        out = last if hidden else self.head(last)
+        if layers is None:
+            return out
+        states[-1] = last
+        return out, [states[layer] for layer in layers]
+
+    def feature_width(self, layer: int) -> int:
+        """The width of the hidden state after `layer` (0..depth)."""
+        if not 0 <= layer <= self.cfg.depth:
+            raise ValueError(f"its layers are 0..{self.cfg.depth}")
+        return self.cfg.width
 
     def output_layer(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., width] -> logits [..., V]."""
