@@ -103,3 +103,41 @@ def test_a_student_trains_on_the_teachers_features_beside_one_that_does_not(dump
     assert steps and all(float(row["feature"]) > 0 for row in steps)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["feature_map"] == "1:1,0:0" and config["feature_loss"] == "mse"
+
+
+def test_with_features_four_accumulated_batches_of_8_take_the_step_of_one_batch_of_32():
+    """The feature loss is a mean over positions like KD and CE: accumulated, each batch adds its
+    share; the maps' gradients (outside the model's wrapper) step with the rest."""
+    from dataclasses import replace
+
+    from tests.student.test_optimisation import digits_batch, settings
+    from trainer.student.config import Optimisation
+    from trainer.student.students import Student
+
+    rng = np.random.default_rng(3)
+    stored = StoredFeatures(
+        layers=(3,), widths=(24,), projection=(np.linalg.qr(rng.normal(size=(24, 5)))[0].astype(np.float32),)
+    )
+    y = torch.from_numpy(rng.normal(size=(32, 1, 5)).astype(np.float32))
+
+    def batch(rows: slice):
+        b = digits_batch(rows)
+        return replace(b, targets=replace(b.targets, features=y[rows]))
+
+    def first_step(batches, **optimisation):
+        chosen = replace(settings(), feature_map="1:3", feature_weight=0.5, feature_loss="cosine")
+        student = Student(chosen, seed=0, epochs=3, optimisation=Optimisation(**optimisation), stored_features=stored)
+        student.prepare(wrap=lambda model: model)
+        totals = student.step(batches)
+        return student, totals
+
+    whole, whole_totals = first_step([batch(slice(0, 32))])
+    parts, part_totals = first_step([batch(slice(s, s + 8)) for s in range(0, 32, 8)], grad_accum=4)
+    assert whole_totals[3] > 0 and whole_totals.shape == (5,)
+    torch.testing.assert_close(part_totals, whole_totals, rtol=1e-5, atol=1e-6)
+    for a, b in ((whole.module, parts.module), (whole.feature_maps, parts.feature_maps)):
+        for (name, p), q in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-7, msg=name)
+    start = Student(replace(settings(), feature_map="1:3"), seed=0, epochs=3, stored_features=stored).feature_maps
+    assert not torch.equal(start.maps[0].weight, whole.feature_maps.maps[0].weight)  # the map learned too
+    assert whole.state()["feature_maps"].keys() == {"maps.0.weight"}

@@ -104,7 +104,7 @@ class Student:
         s, o = self.settings, self.opt
         groups = [{"params": list(self.model.parameters())}]
         if self.feature_maps is not None:  # replicated on every worker; gradients averaged in step()
-            self.feature_maps.to(ray.train.torch.get_device())
+            self.feature_maps.to(next(self.module.parameters()).device)  # where the wrapper put the model
             if state is not None and state.get("feature_maps") is not None:
                 self.feature_maps.load_state_dict(state["feature_maps"])
             groups.append({"params": list(self.feature_maps.parameters()), "weight_decay": 0.0})
