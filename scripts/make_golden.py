@@ -54,6 +54,7 @@ PINNED_AT = {
     6: "4782fb7",
     7: "c8d9a2a",
     8: "de3376a",
+    9: "c64c4c8",
 }
 DIGITS = ("--top-k", "3", "--shard-size", "128")
 TOKENS = ("--seq-len", "24", "--shard-size", "5")
@@ -86,6 +87,10 @@ GOLDEN = {
     "v7-s3-chat-delta-logq8-arrow": Golden(7, "chat", (*LLAMA, "--top-k", "4", *ARROW, *LOGQ), on_s3=True),
     "v7-s3-text-zarr": Golden(7, "text", (*LLAMA, "--top-k", "4", "--seq-len", "16"), on_s3=True),
     "v8-s3-chat-zarr-zip": Golden(8, "chat", (*LLAMA, "--top-k", "4", *ZARR, "--index-codec", "delta"), on_s3=True),
+    "v9-features-digits-zarr": Golden(9, "digits", (*DIGITS, "--hidden-layers", "3,2", "--hidden-dim", "4", *ZARR)),
+    "v9-features-chat-arrow": Golden(
+        9, "chat", (*LLAMA, "--top-k", "4", "--hidden-layers", "1,0", "--hidden-dim", "4", *ARROW, *LOGQ)
+    ),
 }
 
 # The tiny random GPTs of the token stores (the teacher code of 3d11b59 lived in trainer.lm.gpt).
@@ -161,7 +166,9 @@ def expected(store: Path) -> dict:
     shards = [
         {name: array_digest(a) for name, a in reader.read_shard(i).arrays().items()} for i in range(reader.num_shards)
     ]
-    return {**summary, "shards": shards}
+    projection = reader.feature_projection()  # version 9: the features' projection matrices
+    extra = {} if projection is None else {"feature_projection": [array_digest(p) for p in projection]}
+    return {**summary, "shards": shards, **extra}
 
 
 def dump(name: str, golden: Golden, sources: dict[str, list[str]], out: Path, work: Path) -> None:

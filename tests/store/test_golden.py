@@ -14,6 +14,7 @@ import pytest
 import logitstore
 from logitstore import StoreReader
 from logitstore.testing import build_store
+from logitstore.testing.builders import TEST_FEATURES
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "data" / "golden"
 STORES = sorted(p.name[: -len(".expected.json")] for p in GOLDEN_DIR.glob("*.expected.json"))
@@ -42,7 +43,7 @@ def test_the_golden_table_describes_every_pinned_store():
 
 def test_every_format_version_and_layout_is_pinned():
     versions = {json.loads((GOLDEN_DIR / name / "manifest.json").read_text())["format_version"] for name in STORES}
-    assert versions == {1, 2, 3, 4, 5, 6, 7, 8} and len(STORES) == 19
+    assert versions == {1, 2, 3, 4, 5, 6, 7, 8, 9} and len(STORES) == 21
 
 
 @pytest.mark.parametrize("name", STORES)
@@ -63,6 +64,8 @@ def test_a_golden_store_reads_exactly_as_its_writer_read_it(name):
     for index, want in enumerate(expected["shards"]):
         got = {key: digest(a) for key, a in reader.read_shard(index).arrays().items()}
         assert got == want, f"{name} shard {index}"
+    projection = reader.feature_projection()
+    assert [digest(p) for p in projection or []] == expected.get("feature_projection", [])
 
 
 @pytest.mark.parametrize("name", STORES)
@@ -70,11 +73,13 @@ def test_a_golden_manifest_follows_the_schema(name):
     jsonschema.Draft202012Validator(SCHEMA).validate(json.loads((GOLDEN_DIR / name / "manifest.json").read_text()))
 
 
-@pytest.mark.parametrize("draws, top_p", [(0, None), (4, None), (0, 0.5)])
-def test_a_freshly_written_manifest_follows_the_schema(tmp_path, draws, top_p):
-    build_store(tmp_path / "st", "zarr", np.arange(12), draws=draws, top_p=top_p)
+@pytest.mark.parametrize(
+    "draws, top_p, features", [(0, None, None), (4, None, None), (0, 0.5, None), (0, None, TEST_FEATURES)]
+)
+def test_a_freshly_written_manifest_follows_the_schema(tmp_path, draws, top_p, features):
+    build_store(tmp_path / "st", "zarr", np.arange(12), draws=draws, top_p=top_p, features=features)
     manifest = json.loads((tmp_path / "st" / "manifest.json").read_text())
     jsonschema.Draft202012Validator(SCHEMA).validate(manifest)
-    for wrong in (1 if draws else 5, 5 if top_p else 6):
+    for wrong in (1 if draws else 5, 5 if top_p or features else 6, *((8, 6) if features else ())):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.Draft202012Validator(SCHEMA).validate({**manifest, "format_version": wrong})
