@@ -1,0 +1,107 @@
+"""Student quality with and without the teacher's stored features, at equal steps.
+
+    python -m bench.feature_quality [--seeds 3] [--only digits|smollm2] [--work-dir DIR] [--json PATH]
+
+Each seed is ONE train_student run of two students on the same batches (`--variants`): one with
+`--feature-map` at `--feature-weight`, its twin at weight 0; everything else equal (KD and CE as
+in the README's examples). Jobs run as a user runs them (python -m jobs...).
+
+- digits few-labels: the digits CNN's fc1 (layer 3, width 128) stored at R = 32; the digits-mlp
+  student's hidden layer (16 units) mapped to it; held-out accuracy on digits-eval.
+- SmolLM2 (the README's showcase; needs models/smollm2, models/smollm2-d20 and data/docs-*.jsonl
+  made by its commands): the teacher's layers 12 and 25 stored at R = 64; the cut student's
+  layers 10 and 17, which are the teacher's 12 and 25 (its layers 9 and 16 are the teacher's 11
+  and 24); held-out documentation perplexity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from bench.common import add_work_flags, markdown_table, run_module, work_dir, write_json
+
+
+def digits_runs(work: Path, seeds: int, loss: str, weight: float) -> dict:
+    store = work / "digits-features"
+    run_module("jobs.dump_logits", "--teacher", "digits-cnn", "--dataset", "digits", "--out", str(store),
+               "--hidden-layers", "3", "--hidden-dim", "32", "--overwrite")  # fmt: skip
+    per_seed = []
+    for seed in range(seeds):
+        out = work / f"digits-s{seed}"
+        run_module("jobs.train_student", "--store", str(store), "--dataset", "digits-fewlabels", "--eval-dataset",
+                   "digits-eval", "--student", "digits-mlp", "--output", str(out), "--seed", str(seed),
+                   "--feature-map", "1:3", "--feature-loss", loss, "--feature-weight", str(weight),
+                   "--variants", '[{}, {"feature_weight": 0}]', "--overwrite")  # fmt: skip
+        per_seed.append([s["eval_accuracy"] for s in json.loads((out / "metrics.json").read_text())["students"]])
+    return {"metric": "eval_accuracy", "per_seed": per_seed}
+
+
+def smollm2_runs(work: Path, seeds: int, loss: str, weight: float, epochs: int) -> dict:
+    store = work / "docs-features"
+    if not (store / "manifest.json").exists():
+        run_module("jobs.dump_logits", "--teacher", "hf:models/smollm2", "--dataset", "data/docs-train.jsonl",
+                   "--out", str(store), "--top-k", "64", "--seq-len", "256", "--threads-per-worker", "2",
+                   "--hidden-layers", "12,25", "--hidden-dim", "64")  # fmt: skip
+    per_seed = []
+    for seed in range(seeds):
+        out = work / f"smollm2-s{seed}"
+        if not (out / "metrics.json").exists():
+            run_module("jobs.train_student", "--store", str(store), "--student", "hf:models/smollm2-d20",
+                       "--eval-dataset", "data/docs-eval.jsonl", "--output", str(out), "--epochs", str(epochs),
+                       "--batch-size", "8", "--lr", "1e-4", "--alpha", "0.5", "--threads-per-worker", "2",
+                       "--seed", str(seed), "--feature-map", "10:12,17:25", "--feature-loss", loss,
+                       "--feature-weight", str(weight), "--variants", '[{}, {"feature_weight": 0}]',
+                       "--overwrite")  # fmt: skip
+        per_seed.append([s["eval_perplexity"] for s in json.loads((out / "metrics.json").read_text())["students"]])
+    return {"metric": "eval_perplexity", "per_seed": per_seed}
+
+
+def rows(name: str, result: dict, lower_is_better: bool) -> list[dict]:
+    pairs = result["per_seed"]
+    out = []
+    for i, label in enumerate(("with features", "without (weight 0)")):
+        values = [p[i] for p in pairs]
+        out.append({
+            "task": name, "student": label, result["metric"]: statistics.mean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "seeds": ", ".join(f"{v:.4g}" for v in values),
+        })  # fmt: skip
+    better = sum((a < b) if lower_is_better else (a > b) for a, b in pairs)
+    out[0]["wins"] = f"{better} of {len(pairs)}"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.feature_quality",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--only", choices=("digits", "smollm2"), default=None)
+    parser.add_argument("--feature-loss", default="cosine", choices=("mse", "cosine"))
+    parser.add_argument("--feature-weight", type=float, default=1.0)
+    parser.add_argument("--epochs", type=int, default=2, help="the SmolLM2 runs' epochs (the README's: 2)")
+    add_work_flags(parser)
+    args = parser.parse_args(argv)
+    work = work_dir(args, "feature-quality")
+    table, figures = [], {"feature_loss": args.feature_loss, "feature_weight": args.feature_weight}
+    if args.only in (None, "digits"):
+        figures["digits"] = digits_runs(work, args.seeds, args.feature_loss, args.feature_weight)
+        table += rows("digits few-labels (accuracy)", figures["digits"], lower_is_better=False)
+    if args.only in (None, "smollm2"):
+        figures["smollm2"] = smollm2_runs(work, args.seeds, args.feature_loss, args.feature_weight, args.epochs)
+        table += rows("SmolLM2 cut, docs (perplexity)", figures["smollm2"], lower_is_better=True)
+    columns = [("task", "{}"), ("student", "{}"), ("eval_accuracy", "{:.4f}"), ("eval_perplexity", "{:.2f}"),
+               ("sd", "{:.4f}"), ("wins", "{}"), ("seeds", "{}")]  # fmt: skip
+    print(markdown_table(table, columns))
+    if args.json:
+        write_json(args.json, {"feature_quality": figures})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
