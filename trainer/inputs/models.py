@@ -65,10 +65,17 @@ class HFCausalLM(nn.Module):
         if layers is None:
             return self.hidden_states(input_ids) if hidden else self.model(input_ids=input_ids, use_cache=False).logits
         if hidden:
-            out = self.model.base_model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
+            out = self.transformer.base_model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
             return out.last_hidden_state, [out.hidden_states[layer] for layer in layers]
         out = self.model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
         return out.logits, [out.hidden_states[layer] for layer in layers]
+
+    @property
+    def transformer(self) -> nn.Module:
+        """The transformers model itself: `model`, or what a peft wrapper (LoRA adapters,
+        trainer/student/lora.py) wraps; its base model's forward gives the hidden states."""
+        unwrap = getattr(self.model, "get_base_model", None)
+        return unwrap() if callable(unwrap) else self.model
 
     def feature_width(self, layer: int) -> int:
         """The width of hidden_states[layer] (0..num_hidden_layers)."""
@@ -79,7 +86,7 @@ class HFCausalLM(nn.Module):
 
     def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [B, T] -> [B, T, H]: what the output layer reads (the base model's last hidden state)."""
-        return self.model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
+        return self.transformer.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
 
     def output_layer(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, H] -> logits [N, V]."""

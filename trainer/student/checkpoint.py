@@ -93,7 +93,9 @@ def report(
                 torch.save(state_dict, os.path.join(tmp, checkpoint_file(i, len(students))))
             if not sharded:  # (FSDP: the driver exports the final checkpoint's gathered weights)
                 for i, student in enumerate(students):
-                    export_student(student.module, student_dir(Path(tmp), i, len(students)), _dir(tokenizer))
+                    export_student(
+                        student.module, student_dir(Path(tmp), i, len(students)), _dir(tokenizer), student.merge_lora
+                    )
             states = [student.state() for student in students]
             torch.save(
                 {

@@ -7,6 +7,7 @@ Light on purpose (no torch, no Ray), so `python -m jobs.train_student --help` lo
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
@@ -69,6 +70,10 @@ VARIANT_FIELDS = (
     "feature_map",
     "feature_loss",
     "feature_weight",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_targets",
 )
 
 
@@ -86,6 +91,10 @@ class StudentSettings:
     feature_map: str = ""
     feature_loss: str = "mse"
     feature_weight: float = 1.0
+    lora_r: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = ""
 
     @property
     def feature_pairs(self) -> list[tuple[int, int]]:
@@ -299,6 +308,23 @@ class Distillation:
     feature_weight: float = option(
         "with --feature-map: loss = alpha * KD + (1 - alpha) * CE + feature-weight * feature loss (0 = off)", 1.0
     )
+    lora_r: int = option(
+        "LoRA: train rank-r adapters (peft) on an hf: student's linear layers, its weights frozen (0 = train every "
+        "weight)",
+        0,
+    )
+    lora_alpha: float = option("with --lora-r: the adapters' scale is lora-alpha / lora-r", 16.0)
+    lora_dropout: float = option("with --lora-r: dropout on the adapters' input", 0.0)
+    lora_targets: str = option(
+        "with --lora-r: the modules to adapt, comma-separated names (e.g. q_proj,v_proj); default: every linear layer "
+        "but the output layer",
+        "",
+    )
+    merge_lora: bool = option(
+        "with --lora-r: export the merged model (plain transformers loads it, no peft) with the adapter in "
+        "student/adapter/; without: student/ is the adapter",
+        False,
+    )
     variants: str = option(
         "train several students in this one run from one read of the store (each batch feeds all): a JSON "
         "list of objects, each overriding some of "
@@ -327,6 +353,8 @@ class Distillation:
                 for p in replace(self, variants="", **variant)._student_problems(manifest)
                 if p not in problems and not p.endswith(" is required")
             ]
+        if self.merge_lora and not any(v.get("lora_r", self.lora_r) for v in variants or [{}]):
+            problems.append("--merge-lora merges LoRA adapters: add --lora-r R, or drop --merge-lora")
         return problems
 
     def students(self) -> list[StudentSettings]:
@@ -370,7 +398,26 @@ class Distillation:
             )
         if self.loss == "jsd" and not 0.0 < self.jsd_beta < 1.0:
             problems.append(f"--jsd-beta must be in (0, 1), got {self.jsd_beta}")
-        return problems + self._feature_problems(manifest)
+        return problems + self._feature_problems(manifest) + self._lora_problems()
+
+    def _lora_problems(self) -> list[str]:
+        if self.lora_r < 0:
+            return [f"--lora-r must be >= 0, got {self.lora_r}"]
+        if self.lora_r == 0:
+            return []
+        problems = []
+        if self.student and not self.student.startswith(specs.HF_PREFIX):
+            problems.append(
+                f"--lora-r trains adapters on a pretrained Hugging Face student (hf:<dir>); --student {self.student} "
+                "is not one: drop --lora-r"
+            )
+        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            problems.append(f"--lora-alpha must be positive, got {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            problems.append(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if importlib.util.find_spec("peft") is None:
+            problems.append('--lora-r needs peft: pip install -e ".[lora]"')
+        return problems
 
     def _feature_problems(self, manifest: Manifest | None) -> list[str]:
         """--feature-map against the layers the store holds."""

@@ -12,6 +12,7 @@ import safetensors.torch
 import torch.nn as nn
 
 from trainer.inputs.models import HFCausalLM
+from trainer.student.lora import is_lora, save_lora
 
 STUDENT_DIR = "student"
 
@@ -21,14 +22,18 @@ def student_dir(output: Path, student: int, students: int) -> Path:
     return output / (STUDENT_DIR if students == 1 else f"{STUDENT_DIR}-{student}")
 
 
-def export_student(model: nn.Module, directory: Path, tokenizer_files: Path | None) -> Path:
+def export_student(model: nn.Module, directory: Path, tokenizer_files: Path | None, merge_lora: bool = False) -> Path:
     """Write `model` into `directory` (replaced whole: written beside it, then renamed into place,
-    so a crash never leaves a half-written export under the final name)."""
+    so a crash never leaves a half-written export under the final name). A LoRA student: its
+    adapter, or with `merge_lora` the merged model and the adapter in adapter/ (trainer/student/lora.py)."""
     partial = directory.with_name(directory.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     if isinstance(model, HFCausalLM):
-        model.model.save_pretrained(partial, safe_serialization=True)
+        if is_lora(model):
+            save_lora(model, partial, merge_lora)
+        else:
+            model.model.save_pretrained(partial, safe_serialization=True)
         if tokenizer_files is not None and tokenizer_files.is_dir():
             for path in sorted(tokenizer_files.iterdir()):
                 shutil.copyfile(path, partial / path.name)

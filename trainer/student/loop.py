@@ -47,6 +47,7 @@ class LoopConfig:
     # "": none)
     tokenizer_dir: str = ""
     features: StoredFeatures | None = None  # the store's teacher features' layers and projection (--feature-map)
+    merge_lora: bool = False  # LoRA students' exports: the merged model, the adapter beside it
 
 
 def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -153,6 +154,7 @@ def _build(loop: LoopConfig) -> Worker:
             loss_chunk=loop.loss_chunk,
             optimisation=loop.optimisation,
             stored_features=loop.features,
+            merge_lora=loop.merge_lora,
         )  # fmt: skip
         for s in loop.students
     ]

@@ -25,7 +25,6 @@ from logitstore.atomic import atomic_write_text
 from logitstore.storage import open_storage
 from trainer.errors import DataError, ModelError, RemoteError, TrainerError, is_process_death
 from trainer.inputs.datasets import load_dataset
-from trainer.inputs.models import build_model
 from trainer.inputs.specs import absolute_paths, worker_runtime_env
 from trainer.options import parse_resources
 from trainer.ray_env import cluster_cpus, cluster_gpus, ensure_ray, node_cpus, placement_problem, quiet_console
@@ -39,6 +38,7 @@ from trainer.student.loop import LoopConfig, train_loop_per_worker
 from trainer.student.outputs import RunOutput
 from trainer.student.progress_bar import DriverBar, DriverLines, ProgressBoard, wants_bar
 from trainer.student.stores import RunStores, check_inputs, vocab_padding
+from trainer.student.students import build_student
 from trainer.student.timing import RunClock, run_timing
 
 # What metrics.json reports of each student (the last epoch's figures).
@@ -204,6 +204,7 @@ def prepare_data(
         # The store, whose tokenizer each worker copies (checked) beside its checkpoints' exports.
         tokenizer_dir=open_storage(data.store).uri if stores.has_hf_tokenizer() else "",
         features=stored_features(data.store, manifest) if featured else None,
+        merge_lora=cfg.distill.merge_lora,
     )
     return datasets, loop
 
@@ -335,9 +336,9 @@ def write_outputs(
     tokenizer = stores.tokenizer_dir()
     for i, s in enumerate(students):
         weights = final / checkpoint_file(i, len(students))
-        model = build_model(s.student, "--student", pretrained=False)  # the weights are the checkpoint's
+        model = build_student(s, pretrained=False)  # the weights are the checkpoint's
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        exported = export_student(model, student_dir(output.local, i, len(students)), tokenizer)
+        exported = export_student(model, student_dir(output.local, i, len(students)), tokenizer, cfg.distill.merge_lora)
         last = history[-1] if len(students) == 1 else history[-1]["students"][i]
         results.append(
             {

@@ -15,6 +15,7 @@ from trainer.student import vocab
 from trainer.student.batches import Batch
 from trainer.student.config import Optimisation, StudentSettings
 from trainer.student.features import FeatureMaps, StoredFeatures, feature_loss
+from trainer.student.lora import apply_lora
 from trainer.student.losses import auto_loss_chunk, chunked_distillation_loss
 
 Head = Callable[[torch.Tensor], torch.Tensor]
@@ -45,6 +46,16 @@ def enable_gradient_checkpointing(model: torch.nn.Module, spec: str) -> None:
     model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def build_student(settings: StudentSettings, pretrained: bool = True) -> torch.nn.Module:
+    """The student a run trains: its model (pretrained=False: the architecture only, for weights
+    from a checkpoint), with LoRA adapters when it trains them (--lora-r)."""
+    model = build_model(settings.student, "--student", pretrained=pretrained)
+    if settings.lora_r:
+        s = settings
+        apply_lora(model, s.student, s.lora_r, s.lora_alpha, s.lora_dropout, s.lora_targets)
+    return model
+
+
 class Student:
     """AdamW under `optimisation` (default: a cosine schedule over the epochs); the loss is
     alpha * KD + (1 - alpha) * CE, computed `loss_chunk` positions at a time (0: auto, by the vocabulary)."""
@@ -58,10 +69,12 @@ class Student:
         loss_chunk: int = 0,
         optimisation: Optimisation | None = None,
         stored_features: StoredFeatures | None = None,
+        merge_lora: bool = False,
     ) -> None:
         self.settings = settings
+        self.merge_lora = merge_lora  # a LoRA student's exports: the merged model (and the adapter)
         torch.manual_seed(seed)  # every student starts as it would in a run of its own
-        self.model = build_model(settings.student, "--student")
+        self.model = build_student(settings)
         self.opt = optimisation or Optimisation()
         if self.opt.gradient_checkpointing:
             enable_gradient_checkpointing(self.model, settings.student)
@@ -102,7 +115,7 @@ class Student:
         else:
             self.model = wrap(self.model)
         s, o = self.settings, self.opt
-        groups = [{"params": list(self.model.parameters())}]
+        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]  # (LoRA: the adapters)
         if self.feature_maps is not None:  # replicated on every worker; gradients averaged in step()
             self.feature_maps.to(next(self.module.parameters()).device)  # where the wrapper put the model
             if state is not None and state.get("feature_maps") is not None:
