@@ -93,3 +93,23 @@ def test_a_lora_student_trains_under_ddp_and_its_merged_export_is_base_plus_adap
     before = logits(AutoModelForCausalLM.from_pretrained(tmp_path / "student"), ids)
     assert not torch.allclose(before, merged, atol=1e-4)  # the adapters trained
     assert (out / "student" / "tokenizer.json").is_file()  # the store's tokenizer beside the merged model
+
+
+@pytest.mark.battery
+def test_a_lora_student_trains_under_fsdp(dump, tmp_path, capsys):
+    """--strategy fsdp shards the frozen base and the adapters alike; the final export merges."""
+    from transformers import AutoModelForCausalLM
+
+    tok = tiny_chat_tokenizer(tmp_path / "teacher")
+    tiny_llama(tmp_path / "teacher", len(tok), max_positions=128, init_std=0.2)
+    store = dump(teacher=f"hf:{tmp_path / 'teacher'}", dataset=write_jsonl(tmp_path / "chat.jsonl", CHAT * 4),
+                 top_k=8, seq_len=64)  # fmt: skip
+    tiny_llama(tmp_path / "student", len(tok), max_positions=128, seed=1)
+    out = tmp_path / "run"
+    argv = ["--store", store, "--student", f"hf:{tmp_path / 'student'}", "--output", str(out), "--epochs", "2"]
+    argv += ["--batch-size", "2", "--lr", "0.05", "--lora-r", "4", "--merge-lora", "--workers", "2"]
+    code, errors = run(train_student.main, [*argv, "--strategy", "fsdp"], capsys)
+    assert code == 0, errors
+    ids = torch.as_tensor([[1, 5, 9, 2, 7, 3]])
+    before = logits(AutoModelForCausalLM.from_pretrained(tmp_path / "student"), ids)
+    assert not torch.allclose(before, logits(AutoModelForCausalLM.from_pretrained(out / "student"), ids), atol=1e-4)
