@@ -41,8 +41,11 @@ class Batch:
     inputs: torch.Tensor  # features float32 [B, ...] or input_ids int64 [B, T]
     labels: torch.Tensor  # int64 [N], one per position (< 0: none): a classifier's label, or the next token
     valid: torch.Tensor | None  # bool [B, T], the stored positions of a sequence batch (None: one per sample)
-    targets: TeacherTargets | None  # N positions (None: the run trains on labels only)
+    targets: TeacherTargets | None  # N positions (None: the run trains on labels only); across tokenizers M <= N
     shard: torch.Tensor  # int64 [B], the store shard of each sample (for measuring the data order)
+    # across tokenizers (trainer/student/crosstok.py): int64 [M], the rows of `labels` (the student's
+    # positions) the M targets belong to; None: targets and labels share their rows
+    kd_index: torch.Tensor | None = None
 
     def positions(self, logits: torch.Tensor) -> torch.Tensor:
         """A model's logits in the rows of `labels` and `targets`: [B, V] as they are, [B, T, V] -> [N, V]."""
@@ -89,7 +92,16 @@ def make_batch(row: dict[str, np.ndarray], options: BatchOptions, epoch: int, de
     elif options.augment is not None:
         # A fresh augmentation per sample and epoch, the targets those of the un-augmented input.
         inputs = options.augment(inputs, torch.from_numpy(derive_seeds(options.seed, r["id"], epoch + 1)).to(device))
-    return Batch(ids, inputs, labels, valid, targets, _tensor(r["shard"], device, torch.int64))
+    kd_index = _kd_index(r, valid, device) if "kd_pos" in r and targets is not None else None
+    return Batch(ids, inputs, labels, valid, targets, _tensor(r["shard"], device, torch.int64), kd_index)
+
+
+def _kd_index(r: dict[str, np.ndarray], valid: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Across tokenizers: each target's row among the batch's positions (valid, row-major), from its
+    sample and its student position `kd_pos`."""
+    sample = np.repeat(np.arange(len(r["offsets"]) - 1), np.diff(r["offsets"]))
+    rank = valid.reshape(-1).long().cumsum(0).reshape(valid.shape) - 1
+    return rank[_tensor(sample, device, torch.int64), _tensor(r["kd_pos"], device, torch.int64)]
 
 
 def _targets(r: dict[str, np.ndarray], options: BatchOptions, device: torch.device) -> TeacherTargets:

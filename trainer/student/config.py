@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 from logitstore.errors import StoreError
 from logitstore.manifest import Manifest, read_manifest
@@ -32,6 +33,7 @@ from trainer.options import (
 )
 
 LOSS_KINDS = ("kl", "reverse-kl", "jsd")
+CROSS_TOKENIZER_LOSSES = ("uld", "gold")
 FEATURE_LOSSES = ("mse", "cosine")
 
 
@@ -197,6 +199,13 @@ class Data:
         SHUFFLE_WINDOW,
     )
     eval_batch_size: int = option("samples per eval batch", 256, resume_free=True)
+    student_tokenizer: str = option(
+        "a student with another tokenizer than the store's: bytes, bpe:N, a tokenizer.json or a Hugging Face "
+        "tokenizer directory (default: an hf: student's own, when it differs from the store's). The store's text "
+        "is tokenised again with it and positions aligned on the text's bytes (see --cross-tokenizer); needs a "
+        "store that carries its inputs",
+        "",
+    )
 
     def read_store(self) -> tuple[Manifest | None, list[str]]:
         """The store's manifest, or None (no --store, or the problem of reading it)."""
@@ -222,6 +231,27 @@ class Data:
         for flag, value in (("--shuffle-window", self.shuffle_window), ("--eval-batch-size", self.eval_batch_size)):
             if value < 1:
                 problems.append(f"{flag} must be >= 1, got {value}")
+        return problems
+
+    def cross_tokenizer_problems(self, manifest: Manifest | None) -> list[str]:
+        """--student-tokenizer: the store must be its own data, and carry the tokenizer it was made with."""
+        if not self.student_tokenizer or manifest is None:
+            return []
+        problems = []
+        if manifest.layout.inputs is None or manifest.tokenizer is None:
+            problems.append(
+                f"--student-tokenizer needs a store that carries its inputs and its tokenizer (text dumped from "
+                f"files or built-in text); {self.store} does not: dump the text again"
+            )
+        if self.dataset:
+            problems.append("--student-tokenizer trains from the store's own text: drop --dataset")
+        if self.eval_store:
+            problems.append("--student-tokenizer evaluates on labels (--eval-dataset): drop --eval-store")
+        spec = self.student_tokenizer
+        if spec != "bytes" and not registry.BPE_SPEC.match(spec) and not Path(spec).exists():
+            problems.append(
+                f"--student-tokenizer {spec!r} is neither bytes, bpe:N, nor an existing tokenizer.json or directory"
+            )
         return problems
 
     def _augment_problems(self, manifest: Manifest | None) -> list[str]:
@@ -324,6 +354,12 @@ class Distillation:
         "with --lora-r: export the merged model (plain transformers loads it, no peft) with the adapter in "
         "student/adapter/; without: student/ is the adapter",
         False,
+    )
+    cross_tokenizer: str = option(
+        "KD across tokenizers (--student-tokenizer): uld (sorted-probability L1 over the stored head and the tail, "
+        "Boizard et al.) or gold (exact KL on the tokens both vocabularies share by text, ULD on the rest)",
+        "uld",
+        choices=CROSS_TOKENIZER_LOSSES,
     )
     variants: str = option(
         "train several students in this one run from one read of the store (each batch feeds all): a JSON "
@@ -706,6 +742,12 @@ class TrainConfig(SectionedConfig):
             *self.scale.problems(),
             *self.progress.problems(),
             *self._feature_strategy_problems(students),
+            *self.data.cross_tokenizer_problems(manifest),
+            *(
+                ["--feature-map compares the teacher's positions: it cannot train a student of another tokenizer"]
+                if self.data.student_tokenizer and self.distill.feature_map
+                else []
+            ),
         ]
 
     def _feature_strategy_problems(self, students: list[dict] | None) -> list[str]:

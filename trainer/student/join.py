@@ -34,6 +34,7 @@ import ray.data
 from logitstore import Manifest, ShardData, StoreReader
 from trainer.errors import DataError
 from trainer.inputs.datasets import positions_per_sample
+from trainer.student.crosstok import TextTokenizer, align_window
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class JoinSpec:
     seed: int
     window: int  # samples shuffled together; 0 = no shuffle: one shard per window, samples in id order
     clock: Any = None  # an EpochClock actor (the run's): the epoch its workers started at; None = 0
+    # a student of another tokenizer (trainer/student/crosstok.py): its tokenizer's spec; "" = the store's
+    student_tokenizer: str = ""
 
     @cached_property
     def plan(self):
@@ -117,8 +120,23 @@ def _store_window(batch: dict[str, np.ndarray], spec: JoinSpec) -> dict[str, np.
     parts = reader.read_shards(shards)  # on object storage, the window's shards fetched at once
     data = ShardData.concat(parts)
     shard_of = np.repeat(shards, [p.num_samples for p in parts])
-    rows = store_rows(data, spec.manifest.layout.inputs.seq_len, shard_of)
+    if spec.student_tokenizer:  # the samples re-tokenised for the student, the targets cut to the aligned positions
+        rows, data, _ = align_window(data, *_cross_tokenizers(spec))
+        rows["shard"] = shard_of[np.searchsorted(np.concatenate([p.sample_id for p in parts]), rows["id"])]
+    else:
+        rows = store_rows(data, spec.manifest.layout.inputs.seq_len, shard_of)
     return _cut_window(rows, data if spec.temperatures else None, spec, window, epoch)
+
+
+_TOKENIZERS: dict[tuple[str, str, str], tuple[TextTokenizer, TextTokenizer]] = {}
+
+
+def _cross_tokenizers(spec: JoinSpec) -> tuple[TextTokenizer, TextTokenizer]:
+    """The store's tokenizer and the student's, loaded once per worker process."""
+    key = (spec.store, spec.manifest.content_sha256, spec.student_tokenizer)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = (TextTokenizer.of_store(_reader(spec)), TextTokenizer(spec.student_tokenizer))
+    return _TOKENIZERS[key]
 
 
 def batch_rows(ds: ray.data.Dataset, batch_size: int) -> ray.data.Dataset:

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from trainer.student import checkpoint
 from trainer.student.batches import Batch, BatchOptions, make_batch
 from trainer.student.config import Optimisation, StudentSettings
+from trainer.student.crosstok import CrossTokenizer
 from trainer.student.evaluate import evaluate
 from trainer.student.features import StoredFeatures
 from trainer.student.logs import StepLog, say
@@ -48,6 +49,7 @@ class LoopConfig:
     tokenizer_dir: str = ""
     features: StoredFeatures | None = None  # the store's teacher features' layers and projection (--feature-map)
     merge_lora: bool = False  # LoRA students' exports: the merged model, the adapter beside it
+    cross: CrossTokenizer | None = None  # students of another tokenizer than the store's
 
 
 def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -155,6 +157,7 @@ def _build(loop: LoopConfig) -> Worker:
             optimisation=loop.optimisation,
             stored_features=loop.features,
             merge_lora=loop.merge_lora,
+            cross=loop.cross,
         )  # fmt: skip
         for s in loop.students
     ]

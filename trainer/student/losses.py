@@ -334,3 +334,55 @@ def hybrid_cross_entropy(student_logits: torch.Tensor, targets: TeacherTargets, 
     weights = targets.sample_count.float() / targets.sample_count.sum(dim=1, keepdim=True).clamp(min=1)
     tail = -(weights * log_q.gather(1, targets.sample_index)).sum(dim=1)
     return (head + p_rest * tail) * temperature**2
+
+
+def _sorted_head(targets: TeacherTargets, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The teacher's stored head at T: (log p [M, k], p [M, k], tail [M]) (teacher_buckets')."""
+    lse, rest = targets.at(temperature)
+    return teacher_buckets(targets.topk_logit, lse, temperature, None, rest, targets.head_mask)
+
+
+def _uld(p: torch.Tensor, p_tail: torch.Tensor, q: torch.Tensor, q_outside: torch.Tensor) -> torch.Tensor:
+    """sum_i |p_(i) - q_(i)| over each side's k largest, sorted, + |the rest of p - the rest of q|.
+    p [M, k] (0 where not a class), p_tail [M]; q [M, V] the student's probabilities that take
+    part, q_outside [M] its mass not in q."""
+    k = min(p.shape[1], q.shape[1])
+    p_sorted = p.sort(dim=1, descending=True).values
+    q_top = q.topk(k, dim=1).values
+    q_rest = (q.sum(dim=1) - q_top.sum(dim=1)).clamp(min=0.0) + q_outside
+    p_rest = p_tail + p_sorted[:, k:].sum(dim=1)
+    return (p_sorted[:, :k] - q_top).abs().sum(dim=1) + (p_rest - q_rest).abs()
+
+
+def uld_loss(student_logits: torch.Tensor, targets: TeacherTargets, temperature: float) -> torch.Tensor:
+    """Universal Logit Distillation (Boizard et al. 2024) across vocabularies, per position [M]:
+    the L1 distance between the sorted probabilities at T of teacher and student over the stored
+    head's k, plus the tails' difference (ULD's Wasserstein distance with the tail as one bucket).
+
+    student_logits [M, V_s] at the aligned positions; targets: their M teacher positions.
+    """
+    _, p, p_tail = _sorted_head(targets, temperature)
+    q = torch.softmax(student_logits.float() / temperature, dim=1)
+    return _uld(p, p_tail, q, q.new_zeros(q.shape[0]))
+
+
+def gold_loss(
+    student_logits: torch.Tensor, targets: TeacherTargets, temperature: float, vocab_map: torch.Tensor
+) -> torch.Tensor:
+    """GOLD-style hybrid, per position [M]: T^2 * KL(teacher || student) over the stored classes whose
+    text the student's vocabulary holds too (`vocab_map` [V_t]: the student id of each teacher id,
+    -1 for none), plus ULD between the rest of each side (the teacher's unmatched head and tail; the
+    student's probabilities outside the matched ids)."""
+    log_p, p, p_tail = _sorted_head(targets, temperature)
+    mapped = vocab_map[targets.topk_index]
+    matched = mapped >= 0
+    if targets.head_mask is not None:
+        matched &= targets.head_mask
+    log_q = torch.log_softmax(student_logits.float() / temperature, dim=1)
+    at = mapped.clamp(min=0)
+    kl = torch.where(matched, p * (log_p - log_q.gather(1, at)), 0.0).sum(dim=1) * temperature**2
+    q = log_q.exp()
+    # the student ids the KL covered (amax: an unmatched column pointing at id 0 must not clear it)
+    taken = torch.zeros_like(q).scatter_reduce(1, at, matched.float(), reduce="amax") > 0
+    outside = q.masked_fill(taken, 0.0)
+    return kl + _uld(torch.where(matched, 0.0, p), p_tail, outside, q.new_zeros(q.shape[0]))

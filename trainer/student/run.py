@@ -66,6 +66,7 @@ def run_training(cfg: TrainConfig, *, inputs_checked: bool = False) -> dict:
     clock.mark("ray_ready")
     stores = RunStores.open(cfg.data)
     cfg = cfg.with_store_temperature(stores.manifest)  # --temperature 0: 1 for token stores, 4 otherwise
+    stores = stores.with_student_tokenizer(cfg)  # a student of another tokenizer (trainer/student/crosstok.py)
     if not inputs_checked:
         check_inputs(cfg, stores)
     clock.mark("inputs_checked")
@@ -168,7 +169,10 @@ def prepare_data(
     # A fresh dataset: the epoch's order counts the executions of the dataset it is made from.
     clock = EpochClock.remote()  # the epoch a (restarted) worker group starts at: the join's orders follow it
     seed = cfg.training.seed
-    spec = JoinSpec(data.store, manifest, temperatures, cfg.training.batch_size, seed, data.shuffle_window, clock)
+    spec = JoinSpec(
+        data.store, manifest, temperatures, cfg.training.batch_size, seed, data.shuffle_window, clock,
+        student_tokenizer=stores.cross.student_tokenizer if stores.cross else "",
+    )  # fmt: skip
     if data.dataset:
         datasets = {"train": join_with_store(load_dataset(data.dataset, "--dataset", stores.text), spec)}
     else:
@@ -205,6 +209,7 @@ def prepare_data(
         tokenizer_dir=open_storage(data.store).uri if stores.has_hf_tokenizer() else "",
         features=stored_features(data.store, manifest) if featured else None,
         merge_lora=cfg.distill.merge_lora,
+        cross=stores.cross,
     )
     return datasets, loop
 

@@ -8,7 +8,10 @@ student must cover, the teacher's tail mass): it is read and decoded once per ru
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -16,7 +19,10 @@ import numpy as np
 import torch
 
 from logitstore import Manifest, ShardData, StoreReader, read_manifest
-from trainer.errors import DataError
+from logitstore.atomic import atomic_write_text
+from logitstore.storage import open_storage
+from trainer.errors import ConfigError, DataError
+from trainer.inputs import registry
 from trainer.inputs.datasets import (
     DatasetFingerprint,
     TextOptions,
@@ -29,6 +35,7 @@ from trainer.inputs.models import build_model, hf_model_facts, probe_width
 from trainer.inputs.specs import HF_PREFIX, LM_SEQ_LEN
 from trainer.student import vocab
 from trainer.student.config import Data, StudentSettings, TrainConfig
+from trainer.student.crosstok import CrossTokenizer, TextTokenizer, align_window
 from trainer.student.join import store_rows
 from trainer.student.students import enable_gradient_checkpointing
 
@@ -43,6 +50,20 @@ class RunStores:
     text: TextOptions
     eval_manifest: Manifest | None = None
     eval_text: TextOptions | None = None
+    cross: CrossTokenizer | None = None  # a student of another tokenizer than the store's
+
+    def with_student_tokenizer(self, cfg: TrainConfig) -> RunStores:
+        """These stores for a student of another tokenizer (--student-tokenizer, or an hf: student's
+        own when it differs from the store's): its eval text tokenised with it; else as they are."""
+        spec = cfg.data.student_tokenizer or _students_own_tokenizer(cfg, self)
+        if not spec:
+            return self
+        problems = replace(cfg.data, student_tokenizer=spec).cross_tokenizer_problems(self.manifest)
+        if problems:
+            raise ConfigError(problems)
+        cross = CrossTokenizer(open_storage(self.store).uri, spec, cfg.distill.cross_tokenizer)
+        eval_text = None if self.eval_text is None else _student_text(spec, self.text)
+        return replace(self, cross=cross, eval_text=eval_text)
 
     @staticmethod
     def open(data: Data) -> RunStores:
@@ -75,11 +96,14 @@ class RunStores:
         return store_rows(data.select(np.arange(min(2, data.num_samples))), self.manifest.layout.inputs.seq_len)
 
     def has_hf_tokenizer(self) -> bool:
-        return self.manifest.tokenizer is not None and self.manifest.tokenizer.kind == "hf"
+        """The store's Hugging Face tokenizer goes beside every export (not a student of another tokenizer's)."""
+        return self.cross is None and self.manifest.tokenizer is not None and self.manifest.tokenizer.kind == "hf"
 
     def tokenizer_dir(self) -> Path | None:
-        """A local copy of the store's Hugging Face tokenizer files (checked), which go beside every
-        export; None without them."""
+        """A local copy of the tokenizer files that go beside the final export: the store's Hugging
+        Face tokenizer (checked), or a student of another tokenizer's own; None without them."""
+        if self.cross is not None:
+            return self.cross.saved_tokenizer()
         return StoreReader(self.store, manifest=self.manifest).tokenizer_dir() if self.has_hf_tokenizer() else None
 
 
@@ -94,6 +118,33 @@ def _text_options(store: str, manifest: Manifest) -> TextOptions:
         hf_tokenizer=None if hf is None else str(hf),
         train_on="" if train_on == "auto" else str(train_on),
     )
+
+
+def _students_own_tokenizer(cfg: TrainConfig, stores: RunStores) -> str:
+    """An hf: student directory's tokenizer when it is not the store's (another vocabulary); "" otherwise."""
+    spec = cfg.students()[0].student
+    if not spec.startswith(HF_PREFIX) or stores.manifest.tokenizer is None or stores.manifest.layout.inputs is None:
+        return ""
+    directory = Path(spec[len(HF_PREFIX) :])
+    if not (directory / "tokenizer.json").is_file() and not (directory / "tokenizer_config.json").is_file():
+        return ""
+    theirs = TextTokenizer.of_store(StoreReader(stores.store, manifest=stores.manifest)).tok
+    mine = TextTokenizer(str(directory)).tok
+    return "" if theirs.get_vocab() == mine.get_vocab() else str(directory)
+
+
+def _student_text(spec: str, text: TextOptions) -> TextOptions:
+    """How eval text is tokenised for a student of tokenizer `spec` (blocks as long as the store's)."""
+    if spec == "bytes":
+        raise ConfigError(
+            ["--eval-dataset with --student-tokenizer bytes is not built yet: use a bpe:N or HF tokenizer"]
+        )
+    match = registry.BPE_SPEC.match(spec)
+    if match:  # the built-in BPE as a tokenizer.json file, which text files are tokenised with
+        path = Path(tempfile.gettempdir()) / f"logitstore-bpe{match.group(1)}-{os.getuid()}.json"
+        atomic_write_text(path, registry.bpe_tokenizer_json(int(match.group(1))))
+        spec = str(path)
+    return TextOptions(None, text.seq_len, hf_tokenizer=spec, train_on=text.train_on)
 
 
 def _hf_files(manifest: Manifest) -> dict | None:
@@ -111,7 +162,11 @@ def check_inputs(cfg: TrainConfig, stores: RunStores) -> None:
     else:
         rows = stores.first_rows()
     for spec in dict.fromkeys(s.student for s in cfg.students()):
-        check_student_width(student_width(spec, rows, cfg.training.gradient_checkpointing), stores, spec)
+        width = student_width(spec, rows, cfg.training.gradient_checkpointing)
+        if stores.cross is None:
+            check_student_width(width, stores, spec)
+        else:
+            check_cross_student(width, stores, spec)
     if data.dataset:
         check_store_matches(stores.manifest, train.fingerprint(), data.dataset, data.store, "--dataset")
     if stores.eval_manifest is not None and data.eval_dataset:
@@ -167,6 +222,20 @@ def student_width(spec: str, rows: dict, gradient_checkpointing: bool) -> int:
     if gradient_checkpointing:
         enable_gradient_checkpointing(student, spec)
     return probe_width(student, rows, "--student", spec)
+
+
+def check_cross_student(width: int, stores: RunStores, spec: str) -> None:
+    """A student of another tokenizer: its outputs hold that tokenizer's ids; what alignment keeps of
+    the first shard is printed (what is dropped, FORMAT-free: trainer/student/crosstok.py)."""
+    cross = stores.cross
+    tokenizer = TextTokenizer(cross.student_tokenizer)
+    if width < tokenizer.vocab_size:
+        raise DataError(
+            f"--student {spec} outputs {width} classes but its tokenizer {cross.student_tokenizer} has "
+            f"{tokenizer.vocab_size} tokens: use a student with at least that many outputs"
+        )
+    teacher = TextTokenizer.of_store(StoreReader(stores.store, manifest=stores.manifest))
+    print(align_window(stores.first_shard, teacher, tokenizer)[2].line() + " (first shard)", file=sys.stderr)
 
 
 def check_student_width(width: int, stores: RunStores, spec: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import ray.train.torch
 import torch
@@ -14,9 +15,10 @@ from trainer.inputs.models import HFCausalLM, build_model, feature_widths, split
 from trainer.student import vocab
 from trainer.student.batches import Batch
 from trainer.student.config import Optimisation, StudentSettings
+from trainer.student.crosstok import CrossTokenizer
 from trainer.student.features import FeatureMaps, StoredFeatures, feature_loss
 from trainer.student.lora import apply_lora
-from trainer.student.losses import auto_loss_chunk, chunked_distillation_loss
+from trainer.student.losses import LossParts, auto_loss_chunk, chunked_distillation_loss, gold_loss, uld_loss
 
 Head = Callable[[torch.Tensor], torch.Tensor]
 
@@ -70,6 +72,7 @@ class Student:
         optimisation: Optimisation | None = None,
         stored_features: StoredFeatures | None = None,
         merge_lora: bool = False,
+        cross: CrossTokenizer | None = None,
     ) -> None:
         self.settings = settings
         self.merge_lora = merge_lora  # a LoRA student's exports: the merged model (and the adapter)
@@ -78,6 +81,11 @@ class Student:
         self.opt = optimisation or Optimisation()
         if self.opt.gradient_checkpointing:
             enable_gradient_checkpointing(self.model, settings.student)
+        # a student of another tokenizer: the KD loss across vocabularies (GOLD: the ids both share)
+        self.cross = cross
+        self.vocab_map = None
+        if cross is not None and cross.loss == "gold":
+            self.vocab_map = torch.from_numpy(cross.vocab_map())
         # --feature-map: the student's layers paired with stored teacher ones, and the learned maps
         pairs = settings.feature_pairs
         self.feature_layers = tuple(student for student, _ in pairs)
@@ -156,7 +164,9 @@ class Student:
     ) -> tuple[torch.Tensor, Head | None, int, list[torch.Tensor]]:
         """features(), and the hidden states after `layers` at the batch's positions ([N, H_s] each)."""
         if self.width:
-            vocab.check_batch(batch, self.width, self.settings.student)
+            # (across tokenizers the targets hold the teacher's ids: only the student's own are checked)
+            vocab.check_batch(batch if batch.kd_index is None else replace(batch, targets=None), self.width,
+                              self.settings.student)  # fmt: skip
         model = self.model if wrapped else self.module
         extra = {"layers": layers} if layers else {}
         if not self.split:
@@ -177,12 +187,13 @@ class Student:
     def _found_width(self, batch: Batch, width: int) -> None:
         if not self.width:
             self.width = width
-            vocab.check_batch(batch, width, self.settings.student)
+            vocab.check_batch(batch if batch.kd_index is None else replace(batch, targets=None), width,
+                              self.settings.student)  # fmt: skip
 
     def step(self, batches: list[Batch]) -> torch.Tensor:
         """One optimiser step on `batches` (--grad-accum of them: their positions weighted as in one
         batch) -> float64 [5]: loss, KD, CE and feature loss (each times the positions), positions."""
-        s, o = self.settings, self.opt
+        o = self.opt
         positions = sum(int(b.labels.shape[0]) for b in batches)
         labelled = sum(int((b.labels >= 0).sum()) for b in batches)
         # One batch: its own means (exactly the unaccumulated loss); several: the means over all.
@@ -194,23 +205,7 @@ class Student:
             # DDP synchronises the gradients once, in the last batch's backward (FSDP after each).
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
             with sync, self._autocast():
-                features, head, chunk, states = self._forward(batch, True, self.feature_layers)
-                parts = chunked_distillation_loss(
-                    features,
-                    batch.labels,
-                    batch.targets,
-                    head=head,
-                    chunk=chunk,
-                    temperature=s.temperature,
-                    alpha=s.alpha,
-                    kind=s.loss,
-                    beta=s.jsd_beta,
-                    totals=totals,
-                )
-                # the feature loss is a mean over positions too: with totals, this batch's share of it
-                share = batch.labels.shape[0] / positions if totals else 1.0
-                feature = self._feature_loss(states, batch) * share
-                loss = parts.loss + s.feature_weight * feature if self.feature_maps is not None else parts.loss
+                loss, parts, feature = self._batch_loss(batch, positions, totals)
                 loss.backward()
             sums += torch.tensor([loss.item(), parts.kd.item(), parts.ce.item(), feature.item()], dtype=torch.float64)
         if self.feature_maps is not None:
@@ -226,10 +221,56 @@ class Student:
         # With totals each batch's parts are its share of the means: their sums are the step's means.
         return torch.cat([sums * positions, torch.tensor([positions], dtype=torch.float64)])
 
-    def _feature_loss(self, states: list[torch.Tensor], batch: Batch) -> torch.Tensor:
-        """The feature loss of the batch's positions (0 without --feature-map)."""
+    def _batch_loss(
+        self, batch: Batch, positions: int, totals: tuple[int, int] | None
+    ) -> tuple[torch.Tensor, LossParts, torch.Tensor]:
+        """One batch's loss (with totals: its share of the step's means), its KD/CE parts and its
+        feature loss: alpha * KD + (1 - alpha) * CE (+ feature-weight * features)."""
+        s = self.settings
+        features, head, chunk, states = self._forward(batch, True, self.feature_layers)
+        if batch.kd_index is not None:  # across tokenizers: CE on the student's tokens, KD where aligned
+            parts = self._cross_tokenizer_loss(features, head, chunk, batch, positions, totals)
+            return parts.loss, parts, torch.zeros(())
+        parts = chunked_distillation_loss(
+            features,
+            batch.labels,
+            batch.targets,
+            head=head,
+            chunk=chunk,
+            temperature=s.temperature,
+            alpha=s.alpha,
+            kind=s.loss,
+            beta=s.jsd_beta,
+            totals=totals,
+        )
         if self.feature_maps is None:
-            return torch.zeros(())
+            return parts.loss, parts, torch.zeros(())
+        # the feature loss is a mean over positions too: with totals, this batch's share of it
+        share = batch.labels.shape[0] / positions if totals else 1.0
+        feature = self._feature_loss(states, batch) * share
+        return parts.loss + s.feature_weight * feature, parts, feature
+
+    def _cross_tokenizer_loss(
+        self, features: torch.Tensor, head: Head | None, chunk: int, batch: Batch, positions: int, totals
+    ) -> LossParts:
+        """alpha * mean KD (ULD or GOLD) over the aligned positions + (1 - alpha) * mean CE over the
+        student's labelled positions; with totals (accumulation), this batch's share of each."""
+        s = self.settings
+        ce = chunked_distillation_loss(
+            features, batch.labels, None, head=head, chunk=chunk, temperature=s.temperature, alpha=0.0, totals=totals
+        ).ce
+        rows = features[batch.kd_index]
+        logits = rows if head is None else head(rows)
+        if self.cross.loss == "gold":
+            per_position = gold_loss(logits, batch.targets, s.temperature, self.vocab_map.to(logits.device))
+        else:
+            per_position = uld_loss(logits, batch.targets, s.temperature)
+        share = batch.labels.shape[0] / positions if totals else 1.0
+        kd = per_position.mean() * share if per_position.numel() else logits.sum() * 0.0
+        return LossParts(s.alpha * kd + (1.0 - s.alpha) * ce, kd.detach(), ce.detach())
+
+    def _feature_loss(self, states: list[torch.Tensor], batch: Batch) -> torch.Tensor:
+        """The feature loss of the batch's positions (--feature-map)."""
         mine = self.feature_maps(states)
         return feature_loss(mine, batch.targets.features, self.feature_maps.columns, self.settings.feature_loss)
 

@@ -242,7 +242,8 @@ def run_sweep(cfg: SweepConfig, draw: Callable[[dict, Path], None] | None = None
     # Every run trains on the same data and stores: check them once here, not once per run.
     as_run = cfg.train.with_flags(variants=json.dumps(trials))
     stores = RunStores.open(as_run.data)
-    check_inputs(as_run.with_store_temperature(stores.manifest), stores)
+    as_run = as_run.with_store_temperature(stores.manifest)
+    check_inputs(as_run, stores.with_student_tokenizer(as_run))
     n = cfg.search.students_per_run
     groups = [trials[i : i + n] for i in range(0, len(trials), n)]
     runs = [_run(cfg, r, group, cpus) for r, group in enumerate(groups)]
