@@ -105,3 +105,40 @@ def test_a_student_of_another_tokenizer_distils_from_a_chat_store(dump, tmp_path
     assert kd["train_kd_loss"] > 0 and kd["eval_perplexity"] > 1 and labels["eval_perplexity"] > 1
     assert kd["eval_perplexity"] != labels["eval_perplexity"]
     assert len(AutoTokenizer.from_pretrained(tmp_path / "run" / "student-0")) == len(student) != len(teacher)
+
+
+def test_uld_and_gold_are_their_plain_formulas():
+    """ULD: sum |p_(i) - q_(i)| over the k largest of each side, sorted, + |tail_p - tail_q|; GOLD:
+    T^2 KL over the teacher classes whose text the student has, + ULD of the rest of each side."""
+    import torch
+
+    from trainer.student.losses import gold_loss, uld_loss
+    from trainer.student.targets import TeacherTargets
+
+    g = torch.Generator().manual_seed(0)
+    t, k, vt, vs = 2.0, 3, 7, 5
+    z = torch.randn(4, vt, generator=g) * 2
+    values, index = z.topk(k, dim=1)
+    targets = TeacherTargets("topk", (t,), index, values, torch.logsumexp(z / t, dim=1, keepdim=True))
+    s = torch.randn(4, vs, generator=g)
+    p_full, q = torch.softmax(z / t, 1).numpy(), torch.softmax(s / t, 1).numpy()
+    vocab_map = torch.tensor([2, -1, 0, 4, -1, 1, -1])  # teacher id -> student id of the same text
+    uld, gold = uld_loss(s, targets, t).numpy(), gold_loss(s, targets, t, vocab_map).numpy()
+    for n in range(4):
+        head = p_full[n][index[n].numpy()]
+        want = np.abs(np.sort(head)[::-1] - np.sort(q[n])[::-1][:k]).sum()
+        want += abs((1 - head.sum()) - (1 - np.sort(q[n])[::-1][:k].sum()))
+        assert uld[n] == np.float32(want) or abs(uld[n] - want) < 1e-5
+        kl, rest_p, used = 0.0, [], set()
+        for i in index[n].tolist():
+            j = int(vocab_map[i])
+            if j >= 0:
+                kl += p_full[n][i] * (np.log(p_full[n][i]) - np.log(q[n][j]))
+                used.add(j)
+            else:
+                rest_p.append(p_full[n][i])
+        rest_q = np.sort([q[n][j] for j in range(vs) if j not in used])[::-1]
+        rest_p = np.sort(np.concatenate([rest_p, np.zeros(k - len(rest_p))]))[::-1]
+        top_q = rest_q[:k] if len(rest_q) >= k else np.concatenate([rest_q, np.zeros(k - len(rest_q))])
+        uld_rest = np.abs(rest_p - top_q).sum() + abs((1 - head.sum()) - (rest_q.sum() - top_q.sum()))
+        assert abs(gold[n] - (t**2 * kl + uld_rest)) < 1e-5

@@ -75,10 +75,15 @@ def test_feature_flags_are_checked_against_the_store(digits_stores, dump):
     assert problems(digits_stores["train"], ("feature_map", "1:3"), ("feature_weight", 0.0)) == ""  # off
 
 
-def test_a_student_trains_on_the_teachers_features_beside_one_that_does_not(dump, tmp_path, monkeypatch, capsys):
-    """Per token, an hf: student of the teacher's width: the featured student (first) reports its
-    feature loss, which falls, in metrics.json and steps.csv; its twin (weight 0) reports none and
-    ends elsewhere. Relative paths, as a user types them."""
+def test_two_students_under_ddp_one_on_the_teachers_features_one_a_lora_adapter(dump, tmp_path, monkeypatch, capsys):
+    """One run, 2 workers (DDP), two hf: students of the teacher's width on the same batches: the
+    first trains on the stored features (per token) and reports its feature loss, which falls, in
+    metrics.json and steps.csv; the second, without features, trains a LoRA adapter (--lora-r 4
+    --merge-lora): its export is the merged model, whose outputs equal the base's with the adapter
+    in student-1/adapter/. Relative paths, as a user types them."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
     teacher = tmp_path / "teacher"
     tok = tiny_chat_tokenizer(teacher)
     tiny_llama(teacher, len(tok), max_positions=128, init_std=0.2)
@@ -89,7 +94,8 @@ def test_a_student_trains_on_the_teachers_features_beside_one_that_does_not(dump
     tiny_llama(tmp_path / "models" / "student", len(tok), max_positions=128, seed=1)
     argv = ["--store", "store", "--student", "hf:models/student", "--output", "run", "--epochs", "3"]
     argv += ["--batch-size", "4", "--lr", "0.01", "--feature-map", "1:1,0:0", "--feature-weight", "2"]
-    argv += ["--variants", '[{}, {"feature_weight": 0}]', "--log-every", "1", "--log-to", "csv"]
+    argv += ["--variants", '[{}, {"feature_weight": 0, "lora_r": 4, "lr": 0.05}]', "--merge-lora"]
+    argv += ["--workers", "2", "--log-every", "1", "--log-to", "csv"]
     code, errors = run(train_student.main, argv, capsys)
     assert code == 0, errors
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -97,12 +103,21 @@ def test_a_student_trains_on_the_teachers_features_beside_one_that_does_not(dump
     assert first["train_feature_loss"] > 0 and second["train_feature_loss"] is None
     per_epoch = [e["students"][0]["train_feature_loss"] for e in metrics["epochs"]]
     assert per_epoch[-1] < per_epoch[0]
-    assert first["train_loss"] != second["train_loss"]
     with open(tmp_path / "run" / "logs" / "steps.csv") as fh:
         steps = list(csv.DictReader(fh))
     assert steps and all(float(row["feature"]) > 0 for row in steps)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["feature_map"] == "1:1,0:0" and config["feature_loss"] == "mse"
+    # the LoRA student: merged = base + adapter; the adapter trained
+    ids = torch.as_tensor([[1, 5, 9, 2, 7, 3]])
+    base = AutoModelForCausalLM.from_pretrained("models/student").eval()
+    with torch.no_grad():
+        before = base(ids).logits
+        with_adapter = PeftModel.from_pretrained(base, "run/student-1/adapter").eval()(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained("run/student-1").eval()(ids).logits
+    torch.testing.assert_close(merged, with_adapter, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(before, merged, atol=1e-4)
+    assert (tmp_path / "run" / "student-0" / "model.safetensors").is_file()  # not a LoRA student: whole
 
 
 def test_with_features_four_accumulated_batches_of_8_take_the_step_of_one_batch_of_32():

@@ -68,7 +68,7 @@ def test_lora_flags_are_checked(digits_stores):
     assert "--merge-lora merges LoRA adapters: add --lora-r" in problems(student="digits-mlp", merge_lora=True)
 
 
-@pytest.mark.slow
+@pytest.mark.battery  # CI: tests/student/test_features.py trains a LoRA student under DDP beside another
 def test_a_lora_student_trains_under_ddp_and_its_merged_export_is_base_plus_adapter(dump, tmp_path, capsys):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
