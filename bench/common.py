@@ -17,6 +17,15 @@ def run_module(*args: str) -> None:
     subprocess.run([sys.executable, "-m", *args], check=True, stdout=subprocess.DEVNULL)
 
 
+def drop_weights(run: Path) -> None:
+    """A finished run's checkpoints and exports removed, its metrics.json kept: a bench of many LM
+    runs keeps its figures, not gigabytes of weights."""
+    import shutil
+
+    for path in [run / "ray", run / "checkpoint", *run.glob("student*")]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """rows -> a Markdown table of `columns` (key, format)."""
     lines = ["| " + " | ".join(key for key, _ in columns) + " |", "|" + "---|" * len(columns)]

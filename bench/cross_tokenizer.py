@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 
-from bench.common import add_work_flags, markdown_table, run_module, work_dir, write_json
+from bench.common import add_work_flags, drop_weights, markdown_table, run_module, work_dir, write_json
 
 STUDENT = "hf-config:examples/smollm2-bpe8192-student.json"
 
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                    '[{"alpha": 0.5}, {"alpha": 0}]', "--overwrite"]  # fmt: skip
             done = subprocess.run(cmd, check=True, capture_output=True, text=True)
             aligned = next((x for x in done.stderr.splitlines() if x.startswith("across tokenizers:")), aligned)
+            drop_weights(out)
         per_seed.append([s["eval_perplexity"] for s in json.loads((out / "metrics.json").read_text())["students"]])
     rows = []
     for i, name in enumerate((f"KD across tokenizers ({args.loss}, alpha 0.5)", "labels only (alpha 0)")):

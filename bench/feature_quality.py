@@ -21,20 +21,22 @@ import json
 import statistics
 from pathlib import Path
 
-from bench.common import add_work_flags, markdown_table, run_module, work_dir, write_json
+from bench.common import add_work_flags, drop_weights, markdown_table, run_module, work_dir, write_json
 
 
 def digits_runs(work: Path, seeds: int, loss: str, weight: float) -> dict:
     store = work / "digits-features"
-    run_module("jobs.dump_logits", "--teacher", "digits-cnn", "--dataset", "digits", "--out", str(store),
-               "--hidden-layers", "3", "--hidden-dim", "32", "--overwrite")  # fmt: skip
+    if not (store / "manifest.json").exists():
+        run_module("jobs.dump_logits", "--teacher", "digits-cnn", "--dataset", "digits", "--out", str(store),
+                   "--hidden-layers", "3", "--hidden-dim", "32")  # fmt: skip
     per_seed = []
     for seed in range(seeds):
         out = work / f"digits-s{seed}"
-        run_module("jobs.train_student", "--store", str(store), "--dataset", "digits-fewlabels", "--eval-dataset",
-                   "digits-eval", "--student", "digits-mlp", "--output", str(out), "--seed", str(seed),
-                   "--feature-map", "1:3", "--feature-loss", loss, "--feature-weight", str(weight),
-                   "--variants", '[{}, {"feature_weight": 0}]', "--overwrite")  # fmt: skip
+        if not (out / "metrics.json").exists():
+            run_module("jobs.train_student", "--store", str(store), "--dataset", "digits-fewlabels",
+                       "--eval-dataset", "digits-eval", "--student", "digits-mlp", "--output", str(out), "--seed",
+                       str(seed), "--feature-map", "1:3", "--feature-loss", loss, "--feature-weight", str(weight),
+                       "--variants", '[{}, {"feature_weight": 0}]', "--overwrite")  # fmt: skip
         per_seed.append([s["eval_accuracy"] for s in json.loads((out / "metrics.json").read_text())["students"]])
     return {"metric": "eval_accuracy", "per_seed": per_seed}
 
@@ -55,6 +57,7 @@ def smollm2_runs(work: Path, seeds: int, loss: str, weight: float, epochs: int) 
                        "--seed", str(seed), "--feature-map", "10:12,17:25", "--feature-loss", loss,
                        "--feature-weight", str(weight), "--variants", '[{}, {"feature_weight": 0}]',
                        "--overwrite")  # fmt: skip
+            drop_weights(out)
         per_seed.append([s["eval_perplexity"] for s in json.loads((out / "metrics.json").read_text())["students"]])
     return {"metric": "eval_perplexity", "per_seed": per_seed}
 
