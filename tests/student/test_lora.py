@@ -68,11 +68,9 @@ def test_lora_flags_are_checked(digits_stores):
     assert "--merge-lora merges LoRA adapters: add --lora-r" in problems(student="digits-mlp", merge_lora=True)
 
 
-@pytest.mark.battery  # CI: tests/student/test_features.py trains a LoRA student under DDP beside another
-def test_a_lora_student_trains_under_ddp_and_its_merged_export_is_base_plus_adapter(dump, tmp_path, capsys):
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
+def lora_run(dump, tmp_path, capsys, *flags: str) -> tuple:
+    """A LoRA student (--lora-r 4 --merge-lora) trained on 2 workers from a tiny Llama's chat store
+    -> (the run's directory, the student's base directory)."""
     tok = tiny_chat_tokenizer(tmp_path / "teacher")
     tiny_llama(tmp_path / "teacher", len(tok), max_positions=128, init_std=0.2)
     store = dump(teacher=f"hf:{tmp_path / 'teacher'}", dataset=write_jsonl(tmp_path / "chat.jsonl", CHAT * 4),
@@ -80,18 +78,27 @@ def test_a_lora_student_trains_under_ddp_and_its_merged_export_is_base_plus_adap
     tiny_llama(tmp_path / "student", len(tok), max_positions=128, seed=1)
     out = tmp_path / "run"
     argv = ["--store", store, "--student", f"hf:{tmp_path / 'student'}", "--output", str(out), "--epochs", "2"]
-    argv += ["--batch-size", "2", "--lr", "0.05", "--lora-r", "4", "--merge-lora", "--workers", "2"]
+    argv += ["--batch-size", "2", "--lr", "0.05", "--lora-r", "4", "--merge-lora", "--workers", "2", *flags]
     code, errors = run(train_student.main, argv, capsys)
     assert code == 0, errors
+    return out, tmp_path / "student"
+
+
+@pytest.mark.battery  # CI: tests/student/test_feature_distillation.py trains a LoRA student under DDP
+def test_a_lora_student_trains_under_ddp_and_its_merged_export_is_base_plus_adapter(dump, tmp_path, capsys):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out, base = lora_run(dump, tmp_path, capsys)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["lora_r"] == 4 and metrics["train_loss"] > 0
     ids = torch.as_tensor([[1, 5, 9, 2, 7, 3]])
-    base = AutoModelForCausalLM.from_pretrained(tmp_path / "student")
-    with_adapter = logits(PeftModel.from_pretrained(base, out / "student" / "adapter"), ids)
+    with_adapter = logits(
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out / "student" / "adapter"), ids
+    )
     merged = logits(AutoModelForCausalLM.from_pretrained(out / "student"), ids)
     torch.testing.assert_close(merged, with_adapter, rtol=1e-5, atol=1e-5)
-    before = logits(AutoModelForCausalLM.from_pretrained(tmp_path / "student"), ids)
-    assert not torch.allclose(before, merged, atol=1e-4)  # the adapters trained
+    assert not torch.allclose(logits(AutoModelForCausalLM.from_pretrained(base), ids), merged, atol=1e-4)
     assert (out / "student" / "tokenizer.json").is_file()  # the store's tokenizer beside the merged model
 
 
@@ -100,16 +107,10 @@ def test_a_lora_student_trains_under_fsdp(dump, tmp_path, capsys):
     """--strategy fsdp shards the frozen base and the adapters alike; the final export merges."""
     from transformers import AutoModelForCausalLM
 
-    tok = tiny_chat_tokenizer(tmp_path / "teacher")
-    tiny_llama(tmp_path / "teacher", len(tok), max_positions=128, init_std=0.2)
-    store = dump(teacher=f"hf:{tmp_path / 'teacher'}", dataset=write_jsonl(tmp_path / "chat.jsonl", CHAT * 4),
-                 top_k=8, seq_len=64)  # fmt: skip
-    tiny_llama(tmp_path / "student", len(tok), max_positions=128, seed=1)
-    out = tmp_path / "run"
-    argv = ["--store", store, "--student", f"hf:{tmp_path / 'student'}", "--output", str(out), "--epochs", "2"]
-    argv += ["--batch-size", "2", "--lr", "0.05", "--lora-r", "4", "--merge-lora", "--workers", "2"]
-    code, errors = run(train_student.main, [*argv, "--strategy", "fsdp"], capsys)
-    assert code == 0, errors
+    out, base = lora_run(dump, tmp_path, capsys, "--strategy", "fsdp")
     ids = torch.as_tensor([[1, 5, 9, 2, 7, 3]])
-    before = logits(AutoModelForCausalLM.from_pretrained(tmp_path / "student"), ids)
-    assert not torch.allclose(before, logits(AutoModelForCausalLM.from_pretrained(out / "student"), ids), atol=1e-4)
+    assert not torch.allclose(
+        logits(AutoModelForCausalLM.from_pretrained(base), ids),
+        logits(AutoModelForCausalLM.from_pretrained(out / "student"), ids),
+        atol=1e-4,
+    )

@@ -94,17 +94,5 @@ class TeacherTargets:
 
     def rows(self, index: torch.Tensor | slice) -> TeacherTargets:
         """The targets of the positions at `index` [M] (or a slice of them: views, no copy)."""
-        pick = {
-            name: getattr(self, name)
-            for name in (
-                "topk_index",
-                "topk_logit",
-                "logsumexp",
-                "rest",
-                "sample_index",
-                "sample_count",
-                "topk_count",
-                "features",
-            )  # fmt: skip
-        }
+        pick = {name: getattr(self, name) for name in ROW_FIELDS}
         return replace(self, **{name: None if t is None else t[index] for name, t in pick.items()})
