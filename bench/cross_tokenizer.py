@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                    "--out", str(store), "--top-k", "64", "--seq-len", "256", "--threads-per-worker", "2")  # fmt: skip
     per_seed, aligned = [], ""
     for seed in range(args.seeds):
-        out = work / f"{args.loss}-s{seed}"
+        out = work / f"{args.loss}-e{args.epochs}-s{seed}"
         if not (out / "metrics.json").exists():
             cmd = [sys.executable, "-m", "jobs.train_student", "--store", str(store), "--student", STUDENT,
                    "--student-tokenizer", "bpe:8192", "--cross-tokenizer", args.loss, "--eval-dataset",

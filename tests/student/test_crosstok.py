@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 
 from tests.helpers import tiny_chat_tokenizer
 from trainer.student.crosstok import TextTokenizer, align, align_sample, byte_ends
@@ -102,7 +103,8 @@ def test_a_student_of_another_tokenizer_distils_from_a_chat_store(dump, tmp_path
     assert 0 < aligned <= stored and "0 of" in line.split(";")[-1]  # no sample dropped: the tokens round-trip
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["train_kd_loss"] > 0 and metrics["train_ce_loss"] > 0 and metrics["eval_perplexity"] > 1
-    assert metrics["epochs"][-1]["train_kd_loss"] < metrics["epochs"][0]["train_kd_loss"]  # it learns the teacher
+    first, last = metrics["epochs"][0], metrics["epochs"][-1]
+    assert last["train_kd_loss"] < first["train_kd_loss"] and last["train_ce_loss"] < first["train_ce_loss"]
     assert len(AutoTokenizer.from_pretrained(tmp_path / "run" / "student")) == len(student) != len(teacher)
 
 
@@ -141,3 +143,31 @@ def test_uld_and_gold_are_their_plain_formulas():
         top_q = rest_q[:k] if len(rest_q) >= k else np.concatenate([rest_q, np.zeros(k - len(rest_q))])
         uld_rest = np.abs(rest_p - top_q).sum() + abs((1 - head.sum()) - (rest_q.sum() - top_q.sum()))
         assert abs(gold[n] - (t**2 * kl + uld_rest)) < 1e-5
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_across_tokenizers_every_part_of_the_loss_has_its_gradient(alpha):
+    """CE on all the student's positions, KD on the aligned ones: each trains the student when its
+    weight is not 0 (a labels-only twin learns; a KD-only one too)."""
+    from dataclasses import replace
+
+    import torch
+
+    from tests.student.test_optimisation import gpt_batch, settings
+    from trainer.student.crosstok import CrossTokenizer
+    from trainer.student.students import Student
+
+    batch = gpt_batch([16, 9, 12], seed=0)
+    aligned = torch.arange(0, batch.labels.shape[0], 3)  # a third of the positions align
+    batch = replace(batch, targets=batch.targets.rows(aligned), kd_index=aligned)
+    student = Student(replace(settings("stdlib-gpt-student"), alpha=alpha, temperature=2.0), seed=0, epochs=1,
+                      cross=CrossTokenizer("", "bytes", "uld"))  # fmt: skip
+    student.prepare(wrap=lambda model: model)
+    before = {k: v.clone() for k, v in student.module.state_dict().items()}
+    totals = student.step([batch])
+    assert totals[1] > 0 and totals[2] > 0  # KD and CE are both reported, whatever their weights
+    moved = any(not torch.equal(before[k], v) for k, v in student.module.state_dict().items())
+    grads = [p.grad for p in student.module.parameters() if p.grad is not None]
+    assert moved and grads and any(g.abs().sum() > 0 for g in grads)
+    if alpha == 0.0:  # the loss is the CE alone: it is what was minimised
+        assert float(totals[0]) == pytest.approx(float(totals[2]), rel=1e-6)

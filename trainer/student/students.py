@@ -256,9 +256,10 @@ class Student:
         """alpha * mean KD (ULD or GOLD) over the aligned positions + (1 - alpha) * mean CE over the
         student's labelled positions; with totals (accumulation), this batch's share of each."""
         s = self.settings
+        # alpha 0: its loss is the CE itself, with its gradient (the parts' .ce is detached, for the logs)
         ce = chunked_distillation_loss(
             features, batch.labels, None, head=head, chunk=chunk, temperature=s.temperature, alpha=0.0, totals=totals
-        ).ce
+        ).loss
         rows = features[batch.kd_index]
         logits = rows if head is None else head(rows)
         if self.cross.loss == "gold":
