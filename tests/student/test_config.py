@@ -33,7 +33,7 @@ def test_the_sections_flags_are_flat_everywhere(tmp_path):
     cfg = parse_config(TrainConfig, ["--store", store, "--lr", "0.5", "--workers", "3", "--log-to", "csv"], "x")
     assert (cfg.data.store, cfg.distill.lr, cfg.scale.workers, cfg.progress.log_to) == (store, 0.5, 3, "csv")
     flat = cfg.to_dict()
-    assert len(flat) == 46 and flat["lr"] == 0.5 and not {"data", "distill", "training"} & set(flat)
+    assert len(flat) == 53 and flat["lr"] == 0.5 and not {"data", "distill", "training"} & set(flat)
     assert TrainConfig.from_flags(**flat) == cfg and cfg.with_flags(lr=0.1).distill.lr == 0.1
     with pytest.raises(TypeError, match="no flag distill_lr"):
         TrainConfig.from_flags(distill_lr=0.1)
