@@ -24,42 +24,38 @@ from pathlib import Path
 from bench.common import add_work_flags, drop_weights, markdown_table, run_module, work_dir, write_json
 
 
-def digits_runs(work: Path, seeds: int, loss: str, weight: float) -> dict:
-    store = work / "digits-features"
+def paired_runs(work: Path, name: str, dump: list[str], train: list[str], metric: str, seeds: int) -> dict:
+    """The store dumped once (`dump`: dump_logits' flags but --out), then per seed one train_student
+    run of the featured student and its twin (`train`: the run's flags but --store, --output,
+    --seed), each kept in `work` (its weights dropped) -> {"metric", "per_seed": [[with, without]]}."""
+    store = work / f"{name}-features"
     if not (store / "manifest.json").exists():
-        run_module("jobs.dump_logits", "--teacher", "digits-cnn", "--dataset", "digits", "--out", str(store),
-                   "--hidden-layers", "3", "--hidden-dim", "32")  # fmt: skip
+        run_module("jobs.dump_logits", *dump, "--out", str(store))
     per_seed = []
     for seed in range(seeds):
-        out = work / f"digits-s{seed}"
+        out = work / f"{name}-s{seed}"
         if not (out / "metrics.json").exists():
-            run_module("jobs.train_student", "--store", str(store), "--dataset", "digits-fewlabels",
-                       "--eval-dataset", "digits-eval", "--student", "digits-mlp", "--output", str(out), "--seed",
-                       str(seed), "--feature-map", "1:3", "--feature-loss", loss, "--feature-weight", str(weight),
-                       "--variants", '[{}, {"feature_weight": 0}]', "--overwrite")  # fmt: skip
-        per_seed.append([s["eval_accuracy"] for s in json.loads((out / "metrics.json").read_text())["students"]])
-    return {"metric": "eval_accuracy", "per_seed": per_seed}
+            run_module("jobs.train_student", "--store", str(store), "--output", str(out), "--seed", str(seed),
+                       *train, "--variants", '[{}, {"feature_weight": 0}]', "--overwrite")  # fmt: skip
+            drop_weights(out)
+        per_seed.append([s[metric] for s in json.loads((out / "metrics.json").read_text())["students"]])
+    return {"metric": metric, "per_seed": per_seed}
+
+
+def digits_runs(work: Path, seeds: int, loss: str, weight: float) -> dict:
+    dump = ["--teacher", "digits-cnn", "--dataset", "digits", "--hidden-layers", "3", "--hidden-dim", "32"]
+    train = ["--dataset", "digits-fewlabels", "--eval-dataset", "digits-eval", "--student", "digits-mlp",
+             "--feature-map", "1:3", "--feature-loss", loss, "--feature-weight", str(weight)]  # fmt: skip
+    return paired_runs(work, "digits", dump, train, "eval_accuracy", seeds)
 
 
 def smollm2_runs(work: Path, seeds: int, loss: str, weight: float, epochs: int) -> dict:
-    store = work / "docs-features"
-    if not (store / "manifest.json").exists():
-        run_module("jobs.dump_logits", "--teacher", "hf:models/smollm2", "--dataset", "data/docs-train.jsonl",
-                   "--out", str(store), "--top-k", "64", "--seq-len", "256", "--threads-per-worker", "2",
-                   "--hidden-layers", "12,25", "--hidden-dim", "64")  # fmt: skip
-    per_seed = []
-    for seed in range(seeds):
-        out = work / f"smollm2-s{seed}"
-        if not (out / "metrics.json").exists():
-            run_module("jobs.train_student", "--store", str(store), "--student", "hf:models/smollm2-d20",
-                       "--eval-dataset", "data/docs-eval.jsonl", "--output", str(out), "--epochs", str(epochs),
-                       "--batch-size", "8", "--lr", "1e-4", "--alpha", "0.5", "--threads-per-worker", "2",
-                       "--seed", str(seed), "--feature-map", "10:12,17:25", "--feature-loss", loss,
-                       "--feature-weight", str(weight), "--variants", '[{}, {"feature_weight": 0}]',
-                       "--overwrite")  # fmt: skip
-            drop_weights(out)
-        per_seed.append([s["eval_perplexity"] for s in json.loads((out / "metrics.json").read_text())["students"]])
-    return {"metric": "eval_perplexity", "per_seed": per_seed}
+    dump = ["--teacher", "hf:models/smollm2", "--dataset", "data/docs-train.jsonl", "--top-k", "64", "--seq-len",
+            "256", "--threads-per-worker", "2", "--hidden-layers", "12,25", "--hidden-dim", "64"]  # fmt: skip
+    train = ["--student", "hf:models/smollm2-d20", "--eval-dataset", "data/docs-eval.jsonl", "--epochs", str(epochs),
+             "--batch-size", "8", "--lr", "1e-4", "--alpha", "0.5", "--threads-per-worker", "2", "--feature-map",
+             "10:12,17:25", "--feature-loss", loss, "--feature-weight", str(weight)]  # fmt: skip
+    return paired_runs(work, "smollm2", dump, train, "eval_perplexity", seeds)
 
 
 def rows(name: str, result: dict, lower_is_better: bool) -> list[dict]:

@@ -152,11 +152,13 @@ def align(t_ends: np.ndarray, t_mask: np.ndarray, s_ids: np.ndarray, s_ends: np.
     t_ends [T], t_mask bool [T] (the teacher's stored positions), s_ids / s_ends [S].
     """
     total = int(t_ends[-1]) if len(t_ends) else 0
-    # The bytes the store trains on: the next token of every stored teacher position.
-    trained = np.zeros(total, dtype=bool)
-    starts = t_ends[:-1]
-    for t in np.nonzero(t_mask[:-1])[0]:
-        trained[starts[t] : t_ends[t + 1]] = True
+    # The bytes the store trains on: the next token of every stored teacher position (a count of
+    # the spans covering each byte, from +1 at each span's start and -1 at its end).
+    stored = np.nonzero(t_mask[:-1])[0]
+    edges = np.zeros(total + 1, dtype=np.int64)
+    np.add.at(edges, t_ends[stored], 1)
+    np.add.at(edges, t_ends[stored + 1], -1)
+    trained = np.cumsum(edges[:-1]) > 0
     covered = np.concatenate([[0], np.cumsum(~trained)])  # untrained bytes before each offset
     # Student position s predicts bytes [s_ends[s], s_ends[s+1]): trained when none of them is untrained.
     s_mask = np.zeros(len(s_ids), dtype=np.uint8)

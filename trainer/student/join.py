@@ -50,6 +50,7 @@ class JoinSpec:
     clock: Any = None  # an EpochClock actor (the run's): the epoch its workers started at; None = 0
     # a student of another tokenizer (trainer/student/crosstok.py): its tokenizer's spec; "" = the store's
     student_tokenizer: str = ""
+    features: bool = False  # carry the store's teacher features (a student trains on them)
 
     @cached_property
     def plan(self):
@@ -268,6 +269,8 @@ def _flat_targets(data: ShardData, spec: JoinSpec) -> dict[str, np.ndarray]:
         "logsumexp": np.ascontiguousarray(data.logsumexp[:, columns]),
     }
     for name, array in data.extras.items():
+        if name.startswith("feature_") and not spec.features:  # no student reads them: not carried
+            continue
         out["rest" if name == "rest_mass" else name] = (
             np.ascontiguousarray(array[:, columns]) if name == "rest_mass" else array
         )

@@ -342,14 +342,13 @@ def _sorted_head(targets: TeacherTargets, temperature: float) -> tuple[torch.Ten
     return teacher_buckets(targets.topk_logit, lse, temperature, None, rest, targets.head_mask)
 
 
-def _uld(p: torch.Tensor, p_tail: torch.Tensor, q: torch.Tensor, q_outside: torch.Tensor) -> torch.Tensor:
+def _uld(p: torch.Tensor, p_tail: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """sum_i |p_(i) - q_(i)| over each side's k largest, sorted, + |the rest of p - the rest of q|.
-    p [M, k] (0 where not a class), p_tail [M]; q [M, V] the student's probabilities that take
-    part, q_outside [M] its mass not in q."""
+    p [M, k] (0 where not a class), p_tail [M]; q [M, V] the student's probabilities that take part."""
     k = min(p.shape[1], q.shape[1])
     p_sorted = p.sort(dim=1, descending=True).values
     q_top = q.topk(k, dim=1).values
-    q_rest = (q.sum(dim=1) - q_top.sum(dim=1)).clamp(min=0.0) + q_outside
+    q_rest = (q.sum(dim=1) - q_top.sum(dim=1)).clamp(min=0.0)
     p_rest = p_tail + p_sorted[:, k:].sum(dim=1)
     return (p_sorted[:, :k] - q_top).abs().sum(dim=1) + (p_rest - q_rest).abs()
 
@@ -363,7 +362,7 @@ def uld_loss(student_logits: torch.Tensor, targets: TeacherTargets, temperature:
     """
     _, p, p_tail = _sorted_head(targets, temperature)
     q = torch.softmax(student_logits.float() / temperature, dim=1)
-    return _uld(p, p_tail, q, q.new_zeros(q.shape[0]))
+    return _uld(p, p_tail, q)
 
 
 def gold_loss(
@@ -385,4 +384,4 @@ def gold_loss(
     # the student ids the KL covered (amax: an unmatched column pointing at id 0 must not clear it)
     taken = torch.zeros_like(q).scatter_reduce(1, at, matched.float(), reduce="amax") > 0
     outside = q.masked_fill(taken, 0.0)
-    return kl + _uld(torch.where(matched, 0.0, p), p_tail, outside, q.new_zeros(q.shape[0]))
+    return kl + _uld(torch.where(matched, 0.0, p), p_tail, outside)

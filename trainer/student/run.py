@@ -171,7 +171,7 @@ def prepare_data(
     seed = cfg.training.seed
     spec = JoinSpec(
         data.store, manifest, temperatures, cfg.training.batch_size, seed, data.shuffle_window, clock,
-        student_tokenizer=stores.cross.student_tokenizer if stores.cross else "",
+        student_tokenizer=stores.cross.student_tokenizer if stores.cross else "", features=featured,
     )  # fmt: skip
     if data.dataset:
         datasets = {"train": join_with_store(load_dataset(data.dataset, "--dataset", stores.text), spec)}
